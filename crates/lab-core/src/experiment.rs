@@ -1,1 +1,181 @@
-//! (being written)
+//! An experiment as one serializable value, and its URL form: a shared link reproduces the
+//! run (loss, hyper-parameters, seed, scenario), as TensorFlow Playground's links do.
+//!
+//! URL form: `loss=sigmoid%2B0.5*sft&beta=0.1&lr=0.001&batch_size=16&steps=100&seed=0`,
+//! then any loss parameter that differs from its default (`label_smoothing`,
+//! `simpo_gamma`, `discopop_tau`, `exo_epsilon`, `cpo_alpha`, `kto_desirable_weight`,
+//! `kto_undesirable_weight`), `weight_decay` if non-zero, and `scenario` if set. Unknown
+//! keys are an error naming the key, so a mistyped link never silently runs something else.
+
+use crate::error::{LabError, Result};
+use crate::loss::{LossMix, LossParams};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExperimentConfig {
+    /// A loss or a weighted mix, in `LossMix` spec form (`"sigmoid"`, `"sigmoid+0.5*sft"`).
+    pub loss: String,
+    pub params: LossParams,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Pairs per step.
+    pub batch_size: usize,
+    pub steps: u32,
+    pub seed: u64,
+    pub scenario: Option<String>,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        ExperimentConfig { loss: "sigmoid".into(), params: LossParams::default(), lr: 1e-3, weight_decay: 0.0, batch_size: 16, steps: 100, seed: 0, scenario: None }
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => out.push(byte as char),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+fn percent_decode(text: &str, key: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.ok_or_else(|| LabError::parse(format!("bad percent escape in {text:?}")).in_field(key))?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            other => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| LabError::parse("not UTF-8 after decoding").in_field(key))
+}
+
+impl ExperimentConfig {
+    /// Check everything a run needs before it starts, naming the bad setting.
+    pub fn validate(&self) -> Result<LossMix> {
+        let mix = LossMix::parse(&self.loss)?;
+        for (kind, _) in &mix.terms {
+            self.params.validate(*kind)?;
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(LabError::param("lr", format!("{} must be a finite number > 0", self.lr)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(LabError::param("weight_decay", format!("{} must be finite and ≥ 0", self.weight_decay)));
+        }
+        if self.batch_size == 0 {
+            return Err(LabError::param("batch_size", "must be at least 1"));
+        }
+        Ok(mix)
+    }
+
+    /// The query-string form (no leading `?`).
+    pub fn to_query(&self) -> String {
+        let defaults = LossParams::default();
+        let mut pairs: Vec<(&str, String)> = vec![
+            ("loss", self.loss.clone()),
+            ("beta", self.params.beta.to_string()),
+            ("lr", self.lr.to_string()),
+            ("batch_size", self.batch_size.to_string()),
+            ("steps", self.steps.to_string()),
+            ("seed", self.seed.to_string()),
+        ];
+        let optional = [
+            ("label_smoothing", self.params.label_smoothing, defaults.label_smoothing),
+            ("simpo_gamma", self.params.simpo_gamma, defaults.simpo_gamma),
+            ("discopop_tau", self.params.discopop_tau, defaults.discopop_tau),
+            ("exo_epsilon", self.params.exo_epsilon, defaults.exo_epsilon),
+            ("cpo_alpha", self.params.cpo_alpha, defaults.cpo_alpha),
+            ("kto_desirable_weight", self.params.kto_desirable_weight, defaults.kto_desirable_weight),
+            ("kto_undesirable_weight", self.params.kto_undesirable_weight, defaults.kto_undesirable_weight),
+            ("weight_decay", self.weight_decay, 0.0),
+        ];
+        for (key, value, default) in optional {
+            if value != default {
+                pairs.push((key, value.to_string()));
+            }
+        }
+        if let Some(scenario) = &self.scenario {
+            pairs.push(("scenario", scenario.clone()));
+        }
+        pairs.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect::<Vec<_>>().join("&")
+    }
+
+    /// Parse a query string (with or without the leading `?`); keys not given keep their
+    /// defaults. The result is validated.
+    pub fn from_query(query: &str) -> Result<ExperimentConfig> {
+        let mut config = ExperimentConfig::default();
+        for part in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
+            let (key, raw) = part.split_once('=').unwrap_or((part, ""));
+            let value = percent_decode(raw, key)?;
+            let number = |v: &str| -> Result<f64> { v.parse::<f64>().map_err(|_| LabError::parse(format!("{v:?} is not a number")).in_field(key)) };
+            let whole = |v: &str| -> Result<u64> { v.parse::<u64>().map_err(|_| LabError::parse(format!("{v:?} is not a whole number")).in_field(key)) };
+            match key {
+                "loss" => config.loss = value,
+                "beta" => config.params.beta = number(&value)?,
+                "lr" => config.lr = number(&value)?,
+                "batch_size" => config.batch_size = whole(&value)? as usize,
+                "steps" => config.steps = whole(&value)?.min(u32::MAX as u64) as u32,
+                "seed" => config.seed = whole(&value)?,
+                "label_smoothing" => config.params.label_smoothing = number(&value)?,
+                "simpo_gamma" => config.params.simpo_gamma = number(&value)?,
+                "discopop_tau" => config.params.discopop_tau = number(&value)?,
+                "exo_epsilon" => config.params.exo_epsilon = number(&value)?,
+                "cpo_alpha" => config.params.cpo_alpha = number(&value)?,
+                "kto_desirable_weight" => config.params.kto_desirable_weight = number(&value)?,
+                "kto_undesirable_weight" => config.params.kto_undesirable_weight = number(&value)?,
+                "weight_decay" => config.weight_decay = number(&value)?,
+                "scenario" => config.scenario = Some(value).filter(|s| !s.is_empty()),
+                other => return Err(LabError::parse(format!("unknown setting {other:?} in the link"))),
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_round_trips_a_mix_and_non_default_params() {
+        let mut config = ExperimentConfig { loss: "sigmoid+0.5*sft".into(), lr: 5e-4, seed: 42, steps: 30, scenario: Some("no-never".into()), ..Default::default() };
+        config.params.beta = 0.25;
+        config.params.label_smoothing = 0.1;
+        let query = config.to_query();
+        assert!(query.contains("loss=sigmoid%2B0.5*sft"), "{query}");
+        assert!(query.contains("label_smoothing=0.1"), "{query}");
+        assert!(!query.contains("simpo_gamma"), "{query}");
+        assert_eq!(ExperimentConfig::from_query(&format!("?{query}")).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_links_name_the_setting() {
+        let err = ExperimentConfig::from_query("loss=sigmoid&beta=-1").unwrap_err().to_string();
+        assert!(err.contains("beta"), "{err}");
+        let err = ExperimentConfig::from_query("lr=fast").unwrap_err().to_string();
+        assert!(err.contains("\"lr\""), "{err}");
+        let err = ExperimentConfig::from_query("betta=0.1").unwrap_err().to_string();
+        assert!(err.contains("betta"), "{err}");
+        let err = ExperimentConfig::from_query("loss=dpo").unwrap_err().to_string();
+        assert!(err.contains("sigmoid"), "{err}");
+    }
+}

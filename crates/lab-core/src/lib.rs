@@ -4,6 +4,7 @@
 //! layout of [`config::ParamLayout`]; the training session (`lab-train`) combines an engine
 //! with the loss zoo ([`loss`]) and the instruments ([`metrics`]).
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod engine;
