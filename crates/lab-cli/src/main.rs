@@ -1,1 +1,47 @@
-fn main() {}
+//! `alignlab`: the lab headless. Every subcommand prints JSON so it can be scripted; every
+//! error names what is wrong and where, exits non-zero and writes nothing.
+
+mod bench;
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "alignlab", version, about = "Preference learning (DPO and its variants) on a tiny GPT, headless.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate every TRL DPO loss type on given per-sequence log-probs.
+    Losses(commands::LossesArgs),
+    /// Train a policy on preference data; one JSON line of metrics per step.
+    Train(commands::TrainArgs),
+    /// The instruments for a model on a dataset.
+    Eval(commands::EvalArgs),
+    /// Time full DPO steps and print steps/s and tokens/s.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Losses(args) => commands::losses(args),
+        Command::Train(args) => commands::train(args),
+        Command::Eval(args) => commands::eval(args),
+        Command::Bench(args) => bench::bench(args),
+    };
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("alignlab: error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

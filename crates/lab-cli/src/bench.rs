@@ -1,0 +1,96 @@
+//! `alignlab bench`: full DPO steps on a synthetic batch, timed.
+//!
+//! The step is the one PyTorch users know: reference forward (no grad) and policy forward
+//! on 16 chosen + 16 rejected rows of 64 tokens (prompt 16 + response 48), the sigmoid DPO
+//! loss, backward, AdamW. Timings are a benchmark, never a test.
+
+use clap::Args;
+use lab_core::config::{init_params, GptConfig};
+use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::loss::{paired_loss, LossKind, LossParams, PairLogps};
+use lab_core::rng::Rng;
+use lab_core::{LabError, Result};
+use lab_cpu::CpuEngine;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+const PAIRS: usize = 16;
+const PROMPT_TOKENS: usize = 16;
+const RESPONSE_TOKENS: usize = 48;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// tiny | medium
+    #[arg(long, default_value = "tiny")]
+    config: String,
+    #[arg(long, default_value = "cpu")]
+    engine: String,
+    /// Timed steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 30)]
+    steps: u32,
+}
+
+/// 2·PAIRS rows of random tokens, the response part scored.
+fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
+    let mut rng = Rng::new(seed);
+    let rows: Vec<(Vec<u32>, usize)> = (0..2 * PAIRS)
+        .map(|_| ((0..PROMPT_TOKENS + RESPONSE_TOKENS).map(|_| 1 + rng.below(cfg.vocab - 1) as u32).collect(), PROMPT_TOKENS))
+        .collect();
+    TokenBatch::from_rows(&rows)
+}
+
+fn dpo_step(policy: &mut dyn Engine, reference: &mut dyn Engine, batch: &TokenBatch, opt: &AdamWConfig, step: u32) -> Result<f64> {
+    let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let reference_logps = to64(&reference.forward(batch)?.seq_logps);
+    let policy_logps = to64(&policy.forward(batch)?.seq_logps);
+    let lengths = vec![RESPONSE_TOKENS as f64; PAIRS];
+    let x = PairLogps {
+        policy_chosen: &policy_logps[..PAIRS],
+        policy_rejected: &policy_logps[PAIRS..],
+        reference_chosen: &reference_logps[..PAIRS],
+        reference_rejected: &reference_logps[PAIRS..],
+        chosen_lengths: &lengths,
+        rejected_lengths: &lengths,
+    };
+    let out = paired_loss(LossKind::Sigmoid, &LossParams::default(), &x)?;
+    let d_seq: Vec<f32> = out.d_policy_chosen.iter().chain(&out.d_policy_rejected).map(|&d| d as f32).collect();
+    policy.backward(&d_seq)?;
+    policy.adamw_step(opt, step)?;
+    Ok(out.loss)
+}
+
+pub fn bench(args: BenchArgs) -> Result<Value> {
+    let cfg = GptConfig::preset(&args.config)?;
+    if args.steps == 0 {
+        return Err(LabError::param("steps", "must be at least 1"));
+    }
+    let (mut policy, mut reference): (Box<dyn Engine>, Box<dyn Engine>) = match args.engine.as_str() {
+        "cpu" => (Box::new(CpuEngine::new(cfg, init_params(&cfg, 0))?), Box::new(CpuEngine::new(cfg, init_params(&cfg, 0))?)),
+        "gpu" => return Err(LabError::param("engine", "the GPU engine is not built yet; use --engine cpu")),
+        other => return Err(LabError::param("engine", format!("unknown engine {other:?} (expected cpu or gpu)"))),
+    };
+    let batch = synthetic_batch(&cfg, 1)?;
+    let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
+    for step in 1..=2 {
+        dpo_step(policy.as_mut(), reference.as_mut(), &batch, &opt, step)?;
+    }
+    let start = Instant::now();
+    let mut loss = 0.0;
+    for step in 0..args.steps {
+        loss = dpo_step(policy.as_mut(), reference.as_mut(), &batch, &opt, step + 3)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let steps_per_s = args.steps as f64 / seconds;
+    Ok(json!({
+        "engine": args.engine,
+        "adapter": policy.name(),
+        "config": args.config,
+        "batch_pairs": PAIRS,
+        "seq_len": PROMPT_TOKENS + RESPONSE_TOKENS,
+        "steps": args.steps,
+        "seconds": seconds,
+        "steps_per_s": steps_per_s,
+        "tokens_per_s": steps_per_s * (2 * PAIRS * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64,
+        "final_loss": loss,
+    }))
+}

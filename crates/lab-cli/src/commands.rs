@@ -1,0 +1,226 @@
+//! `losses`, `train` and `eval`.
+
+use clap::Args;
+use lab_core::checkpoint::{self, StorageDtype};
+use lab_core::config::{init_params, GptConfig};
+use lab_core::data::{self, Record};
+use lab_core::engine::AdamWConfig;
+use lab_core::experiment::ExperimentConfig;
+use lab_core::loss::LossParams;
+use lab_core::{Engine, LabError, Result};
+use lab_cpu::CpuEngine;
+use lab_train::{record_lines, Session, SessionConfig};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct LossesArgs {
+    /// JSON with policy/reference chosen/rejected log-probs, lengths and params.
+    #[arg(long)]
+    input: PathBuf,
+}
+
+pub fn losses(args: LossesArgs) -> Result<Value> {
+    let name = args.input.display().to_string();
+    let text = std::fs::read_to_string(&args.input).map_err(|e| LabError::io(&name, e))?;
+    let input: Value = serde_json::from_str(&text).map_err(|e| LabError::parse(format!("malformed JSON at line {}, column {}: {e}", e.line(), e.column())).in_file(&name))?;
+    lab_core::loss::evaluate_trl_losses(&input).map_err(|e| e.in_file(&name))
+}
+
+/// Where the starting weights come from.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A model directory (model.safetensors + config.json), e.g. assets/models/starter.
+    #[arg(long, conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// Or a preset with GPT-2 random initialisation: tiny | medium.
+    #[arg(long)]
+    config: Option<String>,
+    /// Engine: cpu (gpu arrives with lab-gpu).
+    #[arg(long, default_value = "cpu")]
+    engine: String,
+}
+
+impl ModelArgs {
+    /// (config, params) from --model or --config (seeded init; tiny by default).
+    fn load(&self, seed: u64) -> Result<(GptConfig, Vec<f32>)> {
+        match (&self.model, &self.config) {
+            (Some(dir), _) => checkpoint::load_dir(dir),
+            (None, preset) => {
+                let cfg = GptConfig::preset(preset.as_deref().unwrap_or("tiny"))?;
+                Ok((cfg, init_params(&cfg, seed)))
+            }
+        }
+    }
+
+    fn engine(&self, cfg: GptConfig, params: Vec<f32>) -> Result<CpuEngine> {
+        match self.engine.as_str() {
+            "cpu" => CpuEngine::new(cfg, params),
+            "gpu" => Err(LabError::param("engine", "the GPU engine is not built yet; use --engine cpu")),
+            other => Err(LabError::param("engine", format!("unknown engine {other:?} (expected cpu or gpu)"))),
+        }
+    }
+}
+
+/// Read a JSONL dataset with line numbers for later errors.
+fn read_data(path: &Path) -> Result<(Vec<Record>, Vec<usize>, String)> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(&name, e))?;
+    let records = data::parse_jsonl(&text).map_err(|e| e.in_file(&name))?;
+    Ok((records, record_lines(&text), name))
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Preference data (TRL JSONL: plain, implicit-prompt, conversational; unpaired for kto; ranked for plackett_luce).
+    #[arg(long)]
+    data: PathBuf,
+    /// A loss of the zoo or a weighted mix, e.g. sigmoid, ipo, "sigmoid+0.5*sft".
+    #[arg(long, default_value = "sigmoid")]
+    loss: String,
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 100)]
+    steps: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, allow_negative_numbers = true, default_value_t = LossParams::default().label_smoothing)]
+    label_smoothing: f64,
+    #[arg(long, allow_negative_numbers = true, default_value_t = LossParams::default().simpo_gamma)]
+    simpo_gamma: f64,
+    #[arg(long, allow_negative_numbers = true, default_value_t = LossParams::default().discopop_tau)]
+    discopop_tau: f64,
+    #[arg(long, allow_negative_numbers = true, default_value_t = LossParams::default().cpo_alpha)]
+    cpo_alpha: f64,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Where the per-step metrics go (JSON lines).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the final weights go (default: the --out path with extension ".model").
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Store the saved weights as f16.
+    #[arg(long)]
+    f16: bool,
+}
+
+impl TrainArgs {
+    fn experiment(&self) -> ExperimentConfig {
+        let params = LossParams {
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            simpo_gamma: self.simpo_gamma,
+            discopop_tau: self.discopop_tau,
+            cpo_alpha: self.cpo_alpha,
+            ..LossParams::default()
+        };
+        ExperimentConfig { loss: self.loss.clone(), params, lr: self.lr, weight_decay: self.weight_decay, batch_size: self.batch_size, steps: self.steps, seed: self.seed, scenario: None }
+    }
+}
+
+/// Build a session from an experiment; the weights come from `model`.
+pub fn session_for(experiment: &ExperimentConfig, model: &ModelArgs, records: &[Record], lines: Option<&[usize]>) -> Result<Session<CpuEngine>> {
+    let mix = experiment.validate()?;
+    let (cfg, params) = model.load(experiment.seed)?;
+    let engine = model.engine(cfg, params)?;
+    let optimizer = AdamWConfig { lr: experiment.lr as f32, weight_decay: experiment.weight_decay as f32, ..AdamWConfig::default() };
+    let config = SessionConfig { loss: mix, params: experiment.params, optimizer, batch_size: experiment.batch_size, seed: experiment.seed };
+    Session::with_lines(engine, records, lines, config)
+}
+
+pub fn train(args: TrainArgs) -> Result<Value> {
+    let experiment = args.experiment();
+    experiment.validate()?;
+    let (records, lines, data_name) = read_data(&args.data)?;
+    let mut session = session_for(&experiment, &args.model, &records, Some(&lines)).map_err(|e| e.in_file(&data_name))?;
+    let save_dir = args.save.clone().unwrap_or_else(|| args.out.with_extension("model"));
+
+    // Metrics go to a side file renamed into place at the end: a failed run leaves nothing.
+    let partial = args.out.with_extension("partial");
+    let out_name = partial.display().to_string();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(|e| LabError::io(&out_name, e))?);
+    let run = (|| -> Result<Value> {
+        let mut last = Value::Null;
+        for _ in 0..args.steps {
+            let record = session.step()?;
+            last = serde_json::to_value(&record).expect("metrics serialize");
+            writeln!(file, "{last}").map_err(|e| LabError::io(&out_name, e))?;
+        }
+        file.flush().map_err(|e| LabError::io(&out_name, e))?;
+        Ok(last)
+    })();
+    let last = match run {
+        Ok(last) => last,
+        Err(err) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(err);
+        }
+    };
+    let dtype = if args.f16 { StorageDtype::F16 } else { StorageDtype::F32 };
+    let engine = session.engine();
+    if let Err(err) = checkpoint::save_dir(&save_dir, engine.config(), &engine.params(), dtype) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(err);
+    }
+    std::fs::rename(&partial, &args.out).map_err(|e| LabError::io(args.out.display().to_string(), e))?;
+    Ok(json!({
+        "steps": session.steps_done(),
+        "engine": session.engine().name(),
+        "experiment": experiment.to_query(),
+        "metrics": args.out.display().to_string(),
+        "model": save_dir.display().to_string(),
+        "final": last,
+    }))
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The reference model the rewards are measured against (default: the model itself).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn eval(args: EvalArgs) -> Result<Value> {
+    let (records, lines, data_name) = read_data(&args.data)?;
+    let experiment = ExperimentConfig { params: LossParams { beta: args.beta, ..LossParams::default() }, seed: args.seed, ..ExperimentConfig::default() };
+    let (policy_cfg, policy_params) = args.model.load(args.seed)?;
+    let reference_model = ModelArgs { model: args.reference.clone().or(args.model.model.clone()), ..args.model.clone() };
+    let mut session = session_for(&experiment, &reference_model, &records, Some(&lines)).map_err(|e| e.in_file(&data_name))?;
+    if *session.engine().config() != policy_cfg {
+        return Err(LabError::shape("the model and the reference have different configs"));
+    }
+    session.engine_mut().set_params(&policy_params)?;
+    let instruments = session.evaluate()?;
+    let pairs: Vec<Value> = session.pairs().iter().map(|p| serde_json::to_value(p).expect("pair stats serialize")).collect();
+    let trl = if session.pairs().is_empty() {
+        Value::Null
+    } else {
+        let pick = |f: fn(&lab_train::PairStats) -> f64| session.pairs().iter().map(f).collect::<Vec<f64>>();
+        let metrics = lab_core::metrics::trl_metrics(args.beta, &pick(|p| p.policy_chosen), &pick(|p| p.policy_rejected), &pick(|p| p.reference_chosen), &pick(|p| p.reference_rejected));
+        metrics.to_json()
+    };
+    Ok(json!({
+        "engine": session.engine().name(),
+        "records": records.len(),
+        "trl": trl,
+        "instruments": instruments,
+        "pairs": pairs,
+    }))
+}

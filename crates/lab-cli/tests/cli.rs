@@ -1,0 +1,127 @@
+//! The `alignlab` binary as a user runs it: JSON out, clear errors, nothing written on failure.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn alignlab(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_alignlab")).args(args).output().expect("alignlab runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("alignlab-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const PAIRS: &str = "{\"prompt\": \"Is fire hot?\", \"chosen\": \" Yes.\", \"rejected\": \" No.\"}\n\
+{\"prompt\": \"Is ice hot?\", \"chosen\": \" No.\", \"rejected\": \" Yes.\"}\n\
+{\"chosen\": \"Sky? Blue.\", \"rejected\": \"Sky? Green.\"}\n\
+{\"prompt\": [{\"role\": \"user\", \"content\": \"Say hi\"}], \"chosen\": [{\"role\": \"assistant\", \"content\": \"Hi!\"}], \"rejected\": [{\"role\": \"assistant\", \"content\": \"Bye.\"}]}\n";
+
+#[test]
+fn losses_prints_every_trl_loss_type() {
+    let dir = scratch("losses");
+    let input = write(&dir, "logps.json", r#"{"policy_chosen_logps": [-5.0, -7.5], "policy_rejected_logps": [-6.0, -7.0],
+        "reference_chosen_logps": [-5.5, -7.0], "reference_rejected_logps": [-5.8, -7.2],
+        "chosen_lengths": [5, 8], "rejected_lengths": [6, 7],
+        "params": {"beta": 0.1, "label_smoothing": 0.1, "simpo_gamma": 0.5, "discopop_tau": 0.05}}"#);
+    let (code, stdout, stderr) = alignlab(&["losses", "--input", &input]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    let names = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"];
+    for name in names {
+        let entry = &json[name];
+        assert_eq!(entry["losses"].as_array().map(Vec::len), Some(2), "{name}: {entry}");
+        assert_eq!(entry["chosen_rewards"].as_array().map(Vec::len), Some(2), "{name}");
+    }
+    // Δ = (−5 + 5.5) − (−6 + 5.8) = 0.7 for pair 0: hinge = max(0, 1 − 0.07) = 0.93.
+    let hinge0 = json["hinge"]["losses"][0].as_f64().unwrap();
+    assert!((hinge0 - 0.93).abs() < 1e-12, "{hinge0}");
+    let sigmoid0 = json["sigmoid"]["losses"][0].as_f64().unwrap();
+    let expected = (1.0f64 + (-0.07f64).exp()).ln();
+    assert!((sigmoid0 - expected).abs() < 1e-12, "{sigmoid0} vs {expected}");
+}
+
+#[test]
+fn losses_rejects_nan_and_bad_beta_naming_the_field() {
+    let dir = scratch("losses-bad");
+    let input = write(&dir, "nan.json", r#"{"policy_chosen_logps": [-5.0, NaN], "policy_rejected_logps": [-6.0, -7.0], "reference_chosen_logps": [-5.5, -7.0], "reference_rejected_logps": [-5.8, -7.2], "chosen_lengths": [5, 8], "rejected_lengths": [6, 7], "params": {"beta": 0.1}}"#);
+    let (code, _, stderr) = alignlab(&["losses", "--input", &input]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("nan.json"), "{stderr}");
+    let input = write(&dir, "beta.json", r#"{"policy_chosen_logps": [-5.0], "policy_rejected_logps": [-6.0], "reference_chosen_logps": [-5.5], "reference_rejected_logps": [-5.8], "chosen_lengths": [5], "rejected_lengths": [6], "params": {"beta": 0}}"#);
+    let (code, _, stderr) = alignlab(&["losses", "--input", &input]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("beta"), "{stderr}");
+}
+
+#[test]
+fn train_writes_one_metrics_line_per_step_and_a_loadable_model() {
+    let dir = scratch("train");
+    let data = write(&dir, "pairs.jsonl", PAIRS);
+    let out = dir.join("metrics.jsonl").display().to_string();
+    let model = dir.join("model").display().to_string();
+    let (code, stdout, stderr) = alignlab(&["train", "--data", &data, "--loss", "sigmoid", "--beta", "0.1", "--lr", "1e-2", "--steps", "12", "--seed", "3", "--batch-size", "4", "--out", &out, "--save", &model]);
+    assert_eq!(code, 0, "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["steps"], 12);
+    let lines: Vec<Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 12);
+    for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "eval/ranking_accuracy", "eval/idealized_ranking_accuracy", "eval/topk_entropy"] {
+        assert!(lines[11][key].is_number(), "missing {key}: {}", lines[11]);
+    }
+    assert!(lines[11]["loss"].as_f64().unwrap() < lines[0]["loss"].as_f64().unwrap());
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model/config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "gpt2");
+    // The trained model evaluates against the starting one: rewards are now positive.
+    let (code, stdout, stderr) = alignlab(&["eval", "--model", &model, "--data", &data]);
+    assert_eq!(code, 0, "{stderr}");
+    let eval: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(eval["pairs"].as_array().unwrap().len(), 4);
+    assert!(eval["instruments"]["eval/ranking_accuracy"].is_number());
+}
+
+#[test]
+fn train_with_bad_data_names_the_line_and_writes_nothing() {
+    let dir = scratch("train-bad");
+    let data = write(&dir, "pairs.jsonl", &format!("{PAIRS}{{\"prompt\": \"Q\", \"chosen\": \"\", \"rejected\": \" x\"}}\n"));
+    let out = dir.join("metrics.jsonl");
+    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--steps", "2", "--out", &out.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("line 5") && stderr.contains("chosen"), "{stderr}");
+    assert!(!out.exists() && !out.with_extension("model").exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "only the input file remains");
+
+    let data = write(&dir, "bad.jsonl", "{\"prompt\": \"Q\", \"chosen\": \"a\"}\n");
+    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--out", &out.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("line 1") && stderr.contains("rejected"), "{stderr}");
+
+    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--beta", "-1", "--out", &out.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("beta"), "{stderr}");
+    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--loss", "robust", "--label-smoothing", "0.7", "--out", &out.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("label_smoothing"), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn bench_prints_one_json_line() {
+    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "cpu", "--steps", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(stdout.trim().lines().count(), 1);
+    assert_eq!(json["config"], "tiny");
+    assert!(json["steps_per_s"].as_f64().unwrap() > 0.0);
+    assert!(json["final_loss"].as_f64().unwrap().is_finite());
+}

@@ -1,0 +1,1241 @@
+//! GPT-2 forward and backward in plain Rust, llm.c style: one `*_forward` / `*_backward`
+//! pair per layer, then [`Gpt`], which strings them together over the flat parameter
+//! vector of [`lab_core::config::ParamLayout`].
+//!
+//! Notation: B rows, T tokens, C channels, NH heads, hs = C / NH head size, V vocabulary,
+//! L layers, N = B·T. Matrices are (out, in) row-major and `y = x · Wᵀ + b`. Everything is
+//! generic over [`Float`] so the tests can run the very same code in f64.
+//!
+//! Parallelism (rayon) never splits a floating-point sum between threads: every output
+//! element is owned by one task and summed in a fixed order, so results are bit-for-bit
+//! reproducible whatever the thread count or scheduling.
+//!
+//! Backward functions *accumulate* into parameter gradients (`dweight`, `dbias`), which the
+//! caller zeroes once per backward (the tied `wte` receives both the LM head's and the
+//! encoder's gradient). Input gradients are overwritten, except LayerNorm's, which adds
+//! into `dinp`: that is where the residual stream's gradient gathers.
+
+use crate::float::{vectorized, Float};
+use lab_core::config::GptConfig;
+use lab_core::engine::TOPK;
+use rayon::prelude::*;
+
+/// LayerNorm epsilon (GPT-2 / HF `layer_norm_epsilon`).
+pub const LN_EPS: f64 = 1e-5;
+
+/// Rows of N per rayon task in the row-parallel layers (matmul, layernorm, gelu).
+const ROWS_PER_TASK: usize = 32;
+/// Output channels per rayon task when a matmul backward computes dweight.
+const OUT_PER_TASK: usize = 16;
+
+// ------------------------------------------------------------------------------------
+// The one matrix kernel every matmul and attention product goes through.
+// ------------------------------------------------------------------------------------
+
+/// Register tile: MR rows of the output times NS contiguous columns. The tile lives in
+/// registers while the reduction runs over `depth`; the inner `s` loop is a plain
+/// element-wise multiply-add over a contiguous row of `b`, which LLVM vectorises without
+/// having to reorder any sum.
+const MR: usize = 4;
+const NS: usize = 16;
+/// Steps of the reduction per packed block of `a` (MR·KC floats on the stack).
+const KC: usize = 64;
+
+/// c[r, s] (+)= Σ_k a[r, k] · b[k, s] for r < rows, s < cols, k < depth, with
+/// a[r, k] = a[r·a_rs + k·a_ks] (any strides, so `a` may be read transposed),
+/// b[k, s] = b[k·b_ks + s] (rows contiguous), c[r, s] = c[r·c_rs + s].
+/// `accumulate = false` overwrites c. The k-sum runs in order 0..depth for every element.
+pub fn gemm<F: Float>(
+    c: &mut [F],
+    c_rs: usize,
+    a: &[F],
+    a_rs: usize,
+    a_ks: usize,
+    b: &[F],
+    b_ks: usize,
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    accumulate: bool,
+) {
+    vectorized(#[inline(always)] || gemm_body(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate))
+}
+
+#[inline(always)]
+fn gemm_body<F: Float>(
+    c: &mut [F],
+    c_rs: usize,
+    a: &[F],
+    a_rs: usize,
+    a_ks: usize,
+    b: &[F],
+    b_ks: usize,
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    accumulate: bool,
+) {
+    // Full MR-row tiles: copy the tile's slice of `a` for KC steps of k into a small
+    // contiguous buffer (one pointer in the inner loop, any strides outside it), then sweep
+    // it across all column tiles. Splitting k into blocks only stores and reloads the
+    // accumulators, so every element's sum still runs over k in order.
+    let mut a_pack = [F::ZERO; MR * KC];
+    let full_rows = rows - rows % MR;
+    let full_cols = cols - cols % NS;
+    // k blocks outermost, so a block of `b` rows stays in L1 while every row tile uses it
+    for k0 in (0..depth).step_by(KC) {
+        let kc = KC.min(depth - k0);
+        let acc = accumulate || k0 > 0;
+        let b_blk = &b[k0 * b_ks..];
+        for r0 in (0..full_rows).step_by(MR) {
+            for k in 0..kc {
+                for r in 0..MR {
+                    a_pack[k * MR + r] = a[(r0 + r) * a_rs + (k0 + k) * a_ks];
+                }
+            }
+            for s0 in (0..full_cols).step_by(NS) {
+                gemm_tile::<F, MR, NS>(c, c_rs, &a_pack[..kc * MR], b_blk, b_ks, r0, s0, kc, acc);
+            }
+        }
+    }
+    if full_cols < cols {
+        gemm_edge(c, c_rs, a, a_rs, a_ks, b, b_ks, 0..full_rows, full_cols..cols, depth, accumulate);
+    }
+    if full_rows < rows {
+        gemm_edge(c, c_rs, a, a_rs, a_ks, b, b_ks, full_rows..rows, 0..cols, depth, accumulate);
+    }
+}
+
+/// One R×S tile over `kc` steps of k, `a_pack` holding a[r0 + r, k] at [k·R + r].
+#[inline(always)]
+fn gemm_tile<F: Float, const R: usize, const S: usize>(
+    c: &mut [F],
+    c_rs: usize,
+    a_pack: &[F],
+    b: &[F],
+    b_ks: usize,
+    r0: usize,
+    s0: usize,
+    kc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[F::ZERO; S]; R];
+    if accumulate {
+        for r in 0..R {
+            acc[r].copy_from_slice(&c[(r0 + r) * c_rs + s0..(r0 + r) * c_rs + s0 + S]);
+        }
+    }
+    for (k, a_k) in a_pack.chunks_exact(R).take(kc).enumerate() {
+        let b_row: &[F; S] = b[k * b_ks + s0..k * b_ks + s0 + S].try_into().unwrap();
+        for r in 0..R {
+            let a_rk = a_k[r];
+            for s in 0..S {
+                acc[r][s] += a_rk * b_row[s];
+            }
+        }
+    }
+    for r in 0..R {
+        c[(r0 + r) * c_rs + s0..(r0 + r) * c_rs + s0 + S].copy_from_slice(&acc[r]);
+    }
+}
+
+/// The ragged borders of [`gemm`], same summation order, scalar.
+#[inline(always)]
+fn gemm_edge<F: Float>(
+    c: &mut [F],
+    c_rs: usize,
+    a: &[F],
+    a_rs: usize,
+    a_ks: usize,
+    b: &[F],
+    b_ks: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    depth: usize,
+    accumulate: bool,
+) {
+    for r in rows {
+        for s in cols.clone() {
+            let mut acc = if accumulate { c[r * c_rs + s] } else { F::ZERO };
+            for k in 0..depth {
+                acc += a[r * a_rs + k * a_ks] * b[k * b_ks + s];
+            }
+            c[r * c_rs + s] = acc;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Encoder: token + position embeddings.
+// ------------------------------------------------------------------------------------
+
+/// out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :].
+pub fn encoder_forward<F: Float>(
+    out: &mut [F],   // (B, T, C)
+    tokens: &[u32],  // (B, T)
+    wte: &[F],       // (V, C)
+    wpe: &[F],       // (ctx, C)
+    t_len: usize,
+    c: usize,
+) {
+    out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(bt, (out_bt, &tok))| {
+        let t = bt % t_len;
+        let wte_row = &wte[tok as usize * c..(tok as usize + 1) * c];
+        let wpe_row = &wpe[t * c..(t + 1) * c];
+        for i in 0..c {
+            out_bt[i] = wte_row[i] + wpe_row[i];
+        }
+    });
+}
+
+/// dwte[tokens[b, t]] += dout[b, t]; dwpe[t] += dout[b, t]. Serial: tokens repeat, and a
+/// fixed order keeps the scatter-add reproducible (it is O(N·C), negligible).
+pub fn encoder_backward<F: Float>(
+    dwte: &mut [F],  // (V, C)
+    dwpe: &mut [F],  // (ctx, C)
+    dout: &[F],      // (B, T, C)
+    tokens: &[u32],  // (B, T)
+    t_len: usize,
+    c: usize,
+) {
+    for (bt, (dout_bt, &tok)) in dout.chunks(c).zip(tokens).enumerate() {
+        let t = bt % t_len;
+        let dwte_row = &mut dwte[tok as usize * c..(tok as usize + 1) * c];
+        for i in 0..c {
+            dwte_row[i] += dout_bt[i];
+        }
+        let dwpe_row = &mut dwpe[t * c..(t + 1) * c];
+        for i in 0..c {
+            dwpe_row[i] += dout_bt[i];
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// LayerNorm over the last axis.
+// ------------------------------------------------------------------------------------
+
+/// out = (x − mean) · rstd · weight + bias per row; keeps mean and rstd = 1/√(var + ε)
+/// (biased variance) for the backward.
+pub fn layernorm_forward<F: Float>(
+    out: &mut [F],   // (N, C)
+    mean: &mut [F],  // (N)
+    rstd: &mut [F],  // (N)
+    inp: &[F],       // (N, C)
+    weight: &[F],    // (C)
+    bias: &[F],      // (C)
+    c: usize,
+) {
+    let eps = F::from_f64(LN_EPS);
+    let inv_c = F::ONE / F::from_usize(c);
+    out.par_chunks_mut(c)
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((out_n, x), (mean_n, rstd_n))| {
+            let mut sum = F::ZERO;
+            for &xi in x {
+                sum += xi;
+            }
+            let m = sum * inv_c;
+            let mut var = F::ZERO;
+            for &xi in x {
+                var += (xi - m) * (xi - m);
+            }
+            let s = F::ONE / (var * inv_c + eps).sqrt();
+            for i in 0..c {
+                out_n[i] = (x[i] - m) * s * weight[i] + bias[i];
+            }
+            *mean_n = m;
+            *rstd_n = s;
+        });
+}
+
+/// dinp += rstd · (dnorm − mean(dnorm) − norm · mean(dnorm · norm)) with
+/// dnorm = weight · dout; dweight += Σ_n dout · norm; dbias += Σ_n dout. The parameter
+/// gradients are split over channels, each channel summing its rows in order.
+pub fn layernorm_backward<F: Float>(
+    dinp: &mut [F],    // (N, C)
+    dweight: &mut [F], // (C)
+    dbias: &mut [F],   // (C)
+    dout: &[F],        // (N, C)
+    inp: &[F],         // (N, C)
+    weight: &[F],      // (C)
+    mean: &[F],        // (N)
+    rstd: &[F],        // (N)
+    c: usize,
+) {
+    let inv_c = F::ONE / F::from_usize(c);
+    dinp.par_chunks_mut(c)
+        .zip(dout.par_chunks(c))
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|(((dinp_n, dout_n), x), (&m, &s))| {
+            let mut dnorm_mean = F::ZERO;
+            let mut dnorm_norm_mean = F::ZERO;
+            for i in 0..c {
+                let norm = (x[i] - m) * s;
+                let dnorm = weight[i] * dout_n[i];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+            }
+            dnorm_mean *= inv_c;
+            dnorm_norm_mean *= inv_c;
+            for i in 0..c {
+                let norm = (x[i] - m) * s;
+                let dnorm = weight[i] * dout_n[i];
+                dinp_n[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+            }
+        });
+    const CH: usize = 16;
+    dweight.par_chunks_mut(CH).zip(dbias.par_chunks_mut(CH)).enumerate().for_each(|(chunk, (dw, db))| {
+        let c0 = chunk * CH;
+        for (n, (dout_n, x)) in dout.chunks(c).zip(inp.chunks(c)).enumerate() {
+            for j in 0..dw.len() {
+                let norm = (x[c0 + j] - mean[n]) * rstd[n];
+                dw[j] += dout_n[c0 + j] * norm;
+                db[j] += dout_n[c0 + j];
+            }
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------
+// Matmul (linear layer): out = inp · Wᵀ + bias.
+// ------------------------------------------------------------------------------------
+
+/// out[n, o] = bias[o] + Σ_i inp[n, i] · weight[o, i]. Parallel over blocks of rows.
+/// `weight_t` (≥ IC·OC) is scratch for Wᵀ (IC, OC), so the kernel's inner loop runs over
+/// contiguous output channels; the copy costs OC·IC, against N·OC·IC for the product.
+pub fn matmul_forward<F: Float>(
+    out: &mut [F],          // (N, OC)
+    inp: &[F],              // (N, IC)
+    weight: &[F],           // (OC, IC)
+    bias: Option<&[F]>,     // (OC)
+    weight_t: &mut [F],     // scratch, (IC, OC)
+    ic: usize,
+    oc: usize,
+) {
+    let weight_t = &mut weight_t[..ic * oc];
+    for o in 0..oc {
+        for i in 0..ic {
+            weight_t[i * oc + o] = weight[o * ic + i];
+        }
+    }
+    let weight_t = &*weight_t;
+    out.par_chunks_mut(ROWS_PER_TASK * oc).zip(inp.par_chunks(ROWS_PER_TASK * ic)).for_each(|(out_blk, inp_blk)| {
+        let rows = inp_blk.len() / ic;
+        match bias {
+            Some(bias) => out_blk.chunks_mut(oc).for_each(|row| row.copy_from_slice(bias)),
+            None => out_blk.fill(F::ZERO),
+        }
+        gemm(out_blk, oc, inp_blk, ic, 1, weight_t, oc, rows, oc, ic, true);
+    });
+}
+
+/// dinp (overwritten) = dout · W, parallel over rows; dweight += doutᵀ · inp and
+/// dbias += Σ_n dout, parallel over output channels (each channel's sum over n in order).
+pub fn matmul_backward<F: Float>(
+    dinp: &mut [F],          // (N, IC)
+    dweight: &mut [F],       // (OC, IC)
+    dbias: Option<&mut [F]>, // (OC)
+    dout: &[F],              // (N, OC)
+    inp: &[F],               // (N, IC)
+    weight: &[F],            // (OC, IC)
+    ic: usize,
+    oc: usize,
+) {
+    let n = inp.len() / ic;
+    dinp.par_chunks_mut(ROWS_PER_TASK * ic).zip(dout.par_chunks(ROWS_PER_TASK * oc)).for_each(|(dinp_blk, dout_blk)| {
+        let rows = dout_blk.len() / oc;
+        gemm(dinp_blk, ic, dout_blk, oc, 1, weight, ic, rows, ic, oc, false);
+    });
+    dweight.par_chunks_mut(OUT_PER_TASK * ic).enumerate().for_each(|(blk, dw_blk)| {
+        let o0 = blk * OUT_PER_TASK;
+        let outs = dw_blk.len() / ic;
+        // a[r, k] = dout[k, o0 + r]: dout read transposed.
+        gemm(dw_blk, ic, &dout[o0..], 1, oc, inp, ic, outs, ic, n, true);
+    });
+    if let Some(dbias) = dbias {
+        dbias.par_chunks_mut(OUT_PER_TASK).enumerate().for_each(|(blk, db)| {
+            let o0 = blk * OUT_PER_TASK;
+            for dout_n in dout.chunks(oc) {
+                for j in 0..db.len() {
+                    db[j] += dout_n[o0 + j];
+                }
+            }
+        });
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Causal multi-head self-attention.
+// ------------------------------------------------------------------------------------
+
+/// Query rows per attention product call; each block stops at its last causal column.
+const CAUSAL_BLOCK: usize = NS;
+
+/// Scratch floats per batch row that attention needs (head-contiguous copies of q, k, v,
+/// their transposes, the head output and its gradients, two T×T score matrices).
+pub fn attention_scratch_len(t_len: usize, hs: usize) -> usize {
+    9 * t_len * hs + 2 * t_len * t_len
+}
+
+/// Split one row's scratch into named head buffers.
+fn head_buffers<F>(scratch: &mut [F], t_len: usize, hs: usize) -> [&mut [F]; 11] {
+    let sizes = [t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * t_len, t_len * t_len];
+    let mut rest = scratch;
+    let mut out: [&mut [F]; 11] = Default::default();
+    for (slot, size) in out.iter_mut().zip(sizes) {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(size);
+        *slot = head;
+        rest = tail;
+    }
+    out
+}
+
+/// qkv[b, t] = [q | k | v], each C = NH·hs. For each (b, h):
+/// att = softmax(q·kᵀ / √hs with t2 > t masked) (T, T); out[b, :, h] = att · v (T, hs).
+/// Parallel over b; the heads of a row run in turn. `att` is kept for the backward.
+pub fn attention_forward<F: Float>(
+    out: &mut [F],     // (B, T, C)
+    att: &mut [F],     // (B, NH, T, T)
+    qkv: &[F],         // (B, T, 3C)
+    scratch: &mut [F], // (B, attention_scratch_len)
+    t_len: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = F::ONE / F::from_usize(hs).sqrt();
+    let per_row = attention_scratch_len(t_len, hs);
+    out.par_chunks_mut(t_len * c)
+        .zip(att.par_chunks_mut(nh * t_len * t_len))
+        .zip(qkv.par_chunks(t_len * 3 * c))
+        .zip(scratch.par_chunks_mut(per_row))
+        .for_each(|(((out_b, att_b), qkv_b), scratch_b)| vectorized(#[inline(always)] || {
+            let [q, k_t, v, y, ..] = head_buffers(scratch_b, t_len, hs);
+            for h in 0..nh {
+                for t in 0..t_len {
+                    let row = &qkv_b[t * 3 * c..(t + 1) * 3 * c];
+                    for d in 0..hs {
+                        q[t * hs + d] = row[h * hs + d];
+                        k_t[d * t_len + t] = row[c + h * hs + d];
+                        v[t * hs + d] = row[2 * c + h * hs + d];
+                    }
+                }
+                let att_bh = &mut att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
+                // pre-attention scores q · kᵀ (T, T), in row blocks that stop at the
+                // block's last column: entries above the diagonal are never computed
+                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                    let rows = CAUSAL_BLOCK.min(t_len - r0);
+                    gemm(&mut att_bh[r0 * t_len..], t_len, &q[r0 * hs..], hs, 1, k_t, t_len, rows, r0 + rows, hs, false);
+                }
+                for t in 0..t_len {
+                    let row = &mut att_bh[t * t_len..(t + 1) * t_len];
+                    let (live, masked) = row.split_at_mut(t + 1);
+                    let mut max = live[0] * scale;
+                    for x in live.iter_mut() {
+                        *x *= scale;
+                        max = max.max(*x);
+                    }
+                    for x in live.iter_mut() {
+                        *x = (*x - max).exp();
+                    }
+                    let mut sum = F::ZERO;
+                    for &x in live.iter() {
+                        sum += x;
+                    }
+                    let inv_sum = F::ONE / sum;
+                    for x in live.iter_mut() {
+                        *x *= inv_sum;
+                    }
+                    masked.fill(F::ZERO);
+                }
+                // head output att · v, (T, hs)
+                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                    let rows = CAUSAL_BLOCK.min(t_len - r0);
+                    gemm(&mut y[r0 * hs..], hs, &att_bh[r0 * t_len..], t_len, 1, v, hs, rows, hs, r0 + rows, false);
+                }
+                for t in 0..t_len {
+                    out_b[t * c + h * hs..t * c + (h + 1) * hs].copy_from_slice(&y[t * hs..(t + 1) * hs]);
+                }
+            }
+        }));
+}
+
+/// dqkv (overwritten) from dout through the softmax: for each (b, h)
+/// datt = dy · vᵀ, dv = attᵀ · dy, dpre = att ⊙ (datt − rowsum(att ⊙ datt)) / √hs,
+/// dq = dpre · k, dk = dpreᵀ · q. Parallel over b.
+pub fn attention_backward<F: Float>(
+    dqkv: &mut [F],    // (B, T, 3C)
+    dout: &[F],        // (B, T, C)
+    qkv: &[F],         // (B, T, 3C)
+    att: &[F],         // (B, NH, T, T)
+    scratch: &mut [F], // (B, attention_scratch_len)
+    t_len: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hs = c / nh;
+    let scale = F::ONE / F::from_usize(hs).sqrt();
+    let per_row = attention_scratch_len(t_len, hs);
+    dqkv.par_chunks_mut(t_len * 3 * c)
+        .zip(dout.par_chunks(t_len * c))
+        .zip(qkv.par_chunks(t_len * 3 * c).zip(att.par_chunks(nh * t_len * t_len)))
+        .zip(scratch.par_chunks_mut(per_row))
+        .for_each(|(((dqkv_b, dout_b), (qkv_b, att_b)), scratch_b)| vectorized(#[inline(always)] || {
+            let [q, k, v_t, dy, dq, dk, dv, _, _, datt, dpre] = head_buffers(scratch_b, t_len, hs);
+            for h in 0..nh {
+                for t in 0..t_len {
+                    let row = &qkv_b[t * 3 * c..(t + 1) * 3 * c];
+                    for d in 0..hs {
+                        q[t * hs + d] = row[h * hs + d];
+                        k[t * hs + d] = row[c + h * hs + d];
+                        v_t[d * t_len + t] = row[2 * c + h * hs + d];
+                        dy[t * hs + d] = dout_b[t * c + h * hs + d];
+                    }
+                }
+                let att_bh = &att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
+                // Row blocks again skip the zero upper triangle: rows t only reach columns
+                // ≤ t, and the transposed products dv, dk only sum over t ≥ t2.
+                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                    let rows = CAUSAL_BLOCK.min(t_len - r0);
+                    gemm(&mut datt[r0 * t_len..], t_len, &dy[r0 * hs..], hs, 1, v_t, t_len, rows, r0 + rows, hs, false); // (T, T)
+                    gemm(&mut dv[r0 * hs..], hs, &att_bh[r0 * t_len + r0..], 1, t_len, &dy[r0 * hs..], hs, rows, hs, t_len - r0, false); // (T, hs)
+                }
+                for t in 0..t_len {
+                    let a = &att_bh[t * t_len..t * t_len + t + 1];
+                    let da = &datt[t * t_len..t * t_len + t + 1];
+                    let mut dot = F::ZERO;
+                    for t2 in 0..=t {
+                        dot += a[t2] * da[t2];
+                    }
+                    let (dp, masked) = dpre[t * t_len..(t + 1) * t_len].split_at_mut(t + 1);
+                    for t2 in 0..=t {
+                        dp[t2] = a[t2] * (da[t2] - dot) * scale;
+                    }
+                    masked.fill(F::ZERO);
+                }
+                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                    let rows = CAUSAL_BLOCK.min(t_len - r0);
+                    gemm(&mut dq[r0 * hs..], hs, &dpre[r0 * t_len..], t_len, 1, k, hs, rows, hs, r0 + rows, false); // (T, hs)
+                    gemm(&mut dk[r0 * hs..], hs, &dpre[r0 * t_len + r0..], 1, t_len, &q[r0 * hs..], hs, rows, hs, t_len - r0, false); // (T, hs)
+                }
+                for t in 0..t_len {
+                    let row = &mut dqkv_b[t * 3 * c..(t + 1) * 3 * c];
+                    row[h * hs..(h + 1) * hs].copy_from_slice(&dq[t * hs..(t + 1) * hs]);
+                    row[c + h * hs..c + (h + 1) * hs].copy_from_slice(&dk[t * hs..(t + 1) * hs]);
+                    row[2 * c + h * hs..2 * c + (h + 1) * hs].copy_from_slice(&dv[t * hs..(t + 1) * hs]);
+                }
+            }
+        }));
+}
+
+// ------------------------------------------------------------------------------------
+// GELU, tanh approximation (GPT-2's `gelu_new`).
+// ------------------------------------------------------------------------------------
+
+const GELU_SCALE: f64 = 0.797_884_560_802_865_4; // √(2/π)
+const GELU_CUBIC: f64 = 0.044715;
+
+/// out = ½ x (1 + tanh(√(2/π) (x + 0.044715 x³))).
+pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
+    let (s, k, half) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5));
+    out.par_chunks_mut(4096).zip(inp.par_chunks(4096)).for_each(|(out, inp)| {
+        vectorized(#[inline(always)] || {
+            for (y, &x) in out.iter_mut().zip(inp) {
+                let u = s * (x + k * x * x * x);
+                *y = half * x * (F::ONE + u.tanh());
+            }
+        })
+    });
+}
+
+/// dinp (overwritten) = dout · gelu'(x).
+pub fn gelu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+    let (s, k, half, three) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5), F::from_f64(3.0));
+    dinp.par_chunks_mut(4096).zip(inp.par_chunks(4096).zip(dout.par_chunks(4096))).for_each(|(dinp, (inp, dout))| {
+        vectorized(#[inline(always)] || {
+            for ((dx, &x), &dy) in dinp.iter_mut().zip(inp).zip(dout) {
+                let u = s * (x + k * x * x * x);
+                let th = u.tanh();
+                let sech2 = F::ONE - th * th;
+                let local = half * (F::ONE + th) + half * x * sech2 * s * (F::ONE + three * k * x * x);
+                *dx = local * dy;
+            }
+        })
+    });
+}
+
+// ------------------------------------------------------------------------------------
+// Residual add. Its backward is the identity into both inputs, so the model's backward
+// fuses it away: a branch reads the stream gradient as its output gradient and its
+// LayerNorm backward adds into the stream gradient in place (see `Gpt::backward`).
+// ------------------------------------------------------------------------------------
+
+/// out = a + b.
+pub fn residual_forward<F: Float>(out: &mut [F], a: &[F], b: &[F]) {
+    out.par_chunks_mut(4096).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(|(out, (a, b))| {
+        for i in 0..out.len() {
+            out[i] = a[i] + b[i];
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------
+// Head: fused log-softmax + gather of scored tokens, and the top-k instruments.
+// ------------------------------------------------------------------------------------
+
+/// What the head reports per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadOut<F> {
+    /// (B, T) log p(tokens[b, t] | tokens[b, <t]) where mask[b, t] > 0, else 0.
+    pub token_logps: Vec<F>,
+    /// (B) Σ_t mask[b, t] · token_logps[b, t].
+    pub seq_logps: Vec<F>,
+    /// (B) mean over scored positions of −Σ_{top-10} p log₂ p.
+    pub topk_entropy: Vec<F>,
+    /// (B) mean over scored positions of Σ_{top-10} p.
+    pub topk_mass: Vec<F>,
+}
+
+/// Top-k entropy (bits) and mass of one predicting distribution, from its logits and
+/// log-sum-exp: −Σ_{i∈top-k} p_i log₂ p_i and Σ_{i∈top-k} p_i, with p the full softmax
+/// (not renormalised over the top k), after Shi et al. 2024, "Understanding Likelihood
+/// Over-optimisation in Direct Alignment Algorithms", §5 (k = 10).
+pub fn topk_entropy_mass<F: Float>(logits: &[F], lse: F) -> (F, F) {
+    let k = TOPK.min(logits.len());
+    let mut top = [F::ZERO; TOPK]; // logits, descending
+    let mut filled = 0;
+    for &x in logits {
+        if filled < k {
+            let mut j = filled;
+            while j > 0 && top[j - 1] < x {
+                top[j] = top[j - 1];
+                j -= 1;
+            }
+            top[j] = x;
+            filled += 1;
+        } else if x > top[k - 1] {
+            let mut j = k - 1;
+            while j > 0 && top[j - 1] < x {
+                top[j] = top[j - 1];
+                j -= 1;
+            }
+            top[j] = x;
+        }
+    }
+    let inv_ln2 = F::from_f64(std::f64::consts::LOG2_E);
+    let (mut entropy, mut mass) = (F::ZERO, F::ZERO);
+    for &x in &top[..k] {
+        let logp = x - lse;
+        let p = logp.exp();
+        entropy -= p * logp * inv_ln2;
+        mass += p;
+    }
+    (entropy, mass)
+}
+
+/// Σ_i exp(row[i] − shift), in 8 interleaved partial sums added in a fixed order: the exps
+/// vectorise and the result stays reproducible.
+#[inline(always)]
+fn sum_exp<F: Float>(row: &[F], shift: F) -> F {
+    let mut lanes = [F::ZERO; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for j in 0..8 {
+            lanes[j] += (chunk[j] - shift).exp();
+        }
+    }
+    let mut sum = F::ZERO;
+    for &x in tail {
+        sum += (x - shift).exp();
+    }
+    for lane in lanes {
+        sum += lane;
+    }
+    sum
+}
+
+/// For every scored position t of row b, the logits at t − 1 predict tokens[b, t]:
+/// lse[b, t−1] = log Σ exp(logits[b, t−1, :]), token_logp = logits[b, t−1, tok] − lse.
+/// Parallel over b.
+pub fn logprob_forward<F: Float>(
+    lse: &mut [F],   // (B, T), filled at predicting positions t − 1 of scored t
+    logits: &[F],    // (B, T, V)
+    tokens: &[u32],  // (B, T)
+    mask: &[F],      // (B, T)
+    t_len: usize,
+    v: usize,
+) -> HeadOut<F> {
+    let b_len = tokens.len() / t_len;
+    let mut out = HeadOut {
+        token_logps: vec![F::ZERO; b_len * t_len],
+        seq_logps: vec![F::ZERO; b_len],
+        topk_entropy: vec![F::ZERO; b_len],
+        topk_mass: vec![F::ZERO; b_len],
+    };
+    lse.par_chunks_mut(t_len)
+        .zip(out.token_logps.par_chunks_mut(t_len))
+        .zip(out.seq_logps.par_iter_mut().zip(out.topk_entropy.par_iter_mut().zip(out.topk_mass.par_iter_mut())))
+        .enumerate()
+        .for_each(|(b, ((lse_b, logp_b), (seq, (ent, mass))))| vectorized(#[inline(always)] || {
+            lse_b.fill(F::ZERO);
+            let mut scored = 0usize;
+            for t in 1..t_len {
+                let m = mask[b * t_len + t];
+                if m <= F::ZERO {
+                    continue;
+                }
+                let row = &logits[(b * t_len + t - 1) * v..(b * t_len + t) * v];
+                let mut max = row[0];
+                for &x in row {
+                    max = max.max(x);
+                }
+                let l = max + sum_exp(row, max).ln();
+                lse_b[t - 1] = l;
+                let logp = row[tokens[b * t_len + t] as usize] - l;
+                logp_b[t] = logp;
+                *seq += m * logp;
+                let (e, p) = topk_entropy_mass(row, l);
+                *ent += e;
+                *mass += p;
+                scored += 1;
+            }
+            if scored > 0 {
+                *ent = *ent / F::from_usize(scored);
+                *mass = *mass / F::from_usize(scored);
+            }
+        }));
+    out
+}
+
+/// dlogits (overwritten): at the predicting position t − 1 of each scored t,
+/// d_seq[b] · mask[b, t] · (onehot(tokens[b, t]) − softmax(logits[b, t − 1])); 0 elsewhere.
+/// (llm.c's crossentropy_softmax_backward, with the loss being +Σ logp.)
+pub fn logprob_backward<F: Float>(
+    dlogits: &mut [F], // (B, T, V)
+    logits: &[F],      // (B, T, V)
+    lse: &[F],         // (B, T)
+    tokens: &[u32],    // (B, T)
+    mask: &[F],        // (B, T)
+    d_seq: &[F],       // (B)
+    t_len: usize,
+    v: usize,
+) {
+    dlogits.par_chunks_mut(t_len * v).enumerate().for_each(|(b, dlogits_b)| vectorized(#[inline(always)] || {
+        dlogits_b.fill(F::ZERO);
+        for t in 1..t_len {
+            let m = mask[b * t_len + t];
+            if m <= F::ZERO {
+                continue;
+            }
+            let g = d_seq[b] * m;
+            let bt = b * t_len + t - 1;
+            let row = &logits[bt * v..(bt + 1) * v];
+            let drow = &mut dlogits_b[(t - 1) * v..t * v];
+            for i in 0..v {
+                drow[i] = -g * (row[i] - lse[bt]).exp();
+            }
+            drow[tokens[b * t_len + t] as usize] += g;
+        }
+    }));
+}
+
+// ------------------------------------------------------------------------------------
+// The whole model.
+// ------------------------------------------------------------------------------------
+
+/// Split a flat buffer into the 16 tensors of the llm.c layout.
+fn split_params<'a, F>(buf: &'a [F], cfg: &GptConfig) -> [&'a [F]; 16] {
+    let mut rest = buf;
+    let mut out: [&[F]; 16] = Default::default();
+    for (slot, (_, _, shape)) in out.iter_mut().zip(cfg.layout().tensors(cfg)) {
+        let (head, tail) = rest.split_at(shape.iter().product());
+        *slot = head;
+        rest = tail;
+    }
+    out
+}
+
+fn split_params_mut<'a, F>(buf: &'a mut [F], cfg: &GptConfig) -> [&'a mut [F]; 16] {
+    let mut rest = buf;
+    let mut out: [&mut [F]; 16] = Default::default();
+    let sizes = cfg.layout().tensors(cfg).into_iter().map(|(_, _, shape)| shape.iter().product::<usize>());
+    for (slot, size) in out.iter_mut().zip(sizes) {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(size);
+        *slot = head;
+        rest = tail;
+    }
+    out
+}
+
+/// Layer l of a layer-stacked tensor (L, ...).
+fn layer<F>(t: &[F], l: usize, n_layer: usize) -> &[F] {
+    let n = t.len() / n_layer;
+    &t[l * n..(l + 1) * n]
+}
+
+fn layer_mut<F>(t: &mut [F], l: usize, n_layer: usize) -> &mut [F] {
+    let n = t.len() / n_layer;
+    &mut t[l * n..(l + 1) * n]
+}
+
+/// Activations of one (B, T) shape, allocated once and reused while the shape repeats.
+/// Layer-stacked buffers lead with L.
+#[derive(Debug)]
+struct Activations<F> {
+    b: usize,
+    t: usize,
+    tokens: Vec<u32>,       // (B, T)
+    mask: Vec<F>,           // (B, T)
+    encoded: Vec<F>,        // (B, T, C)
+    ln1: Vec<F>,            // (L, B, T, C)
+    ln1_mean: Vec<F>,       // (L, B, T)
+    ln1_rstd: Vec<F>,       // (L, B, T)
+    qkv: Vec<F>,            // (L, B, T, 3C)
+    atty: Vec<F>,           // (L, B, T, C)
+    att: Vec<F>,            // (L, B, NH, T, T)
+    attproj: Vec<F>,        // (L, B, T, C)
+    residual2: Vec<F>,      // (L, B, T, C)
+    ln2: Vec<F>,            // (L, B, T, C)
+    ln2_mean: Vec<F>,       // (L, B, T)
+    ln2_rstd: Vec<F>,       // (L, B, T)
+    fch: Vec<F>,            // (L, B, T, 4C)
+    fch_gelu: Vec<F>,       // (L, B, T, 4C)
+    fcproj: Vec<F>,         // (L, B, T, C)
+    residual3: Vec<F>,      // (L, B, T, C)
+    lnf: Vec<F>,            // (B, T, C)
+    lnf_mean: Vec<F>,       // (B, T)
+    lnf_rstd: Vec<F>,       // (B, T)
+    logits: Vec<F>,         // (B, T, V)
+    lse: Vec<F>,            // (B, T)
+    // backward scratch, one layer at a time
+    dres: Vec<F>,           // (B, T, C) gradient of the residual stream
+    dln: Vec<F>,            // (B, T, C)
+    datty: Vec<F>,          // (B, T, C)
+    dqkv: Vec<F>,           // (B, T, 3C)
+    dfch: Vec<F>,           // (B, T, 4C)
+    dfch_gelu: Vec<F>,      // (B, T, 4C)
+    dlogits: Vec<F>,        // (B, T, V)
+    attn_scratch: Vec<F>,   // (B, attention_scratch_len)
+    weight_t: Vec<F>,       // (max OC·IC) matmul_forward's Wᵀ
+}
+
+impl<F: Float> Activations<F> {
+    fn new(cfg: &GptConfig, b: usize, t: usize) -> Self {
+        let (c, l, v, nh) = (cfg.d_model, cfg.n_layer, cfg.vocab, cfg.n_head);
+        let n = b * t;
+        let z = |len: usize| vec![F::ZERO; len];
+        Activations {
+            b,
+            t,
+            tokens: vec![0; n],
+            mask: z(n),
+            encoded: z(n * c),
+            ln1: z(l * n * c),
+            ln1_mean: z(l * n),
+            ln1_rstd: z(l * n),
+            qkv: z(l * n * 3 * c),
+            atty: z(l * n * c),
+            att: z(l * b * nh * t * t),
+            attproj: z(l * n * c),
+            residual2: z(l * n * c),
+            ln2: z(l * n * c),
+            ln2_mean: z(l * n),
+            ln2_rstd: z(l * n),
+            fch: z(l * n * 4 * c),
+            fch_gelu: z(l * n * 4 * c),
+            fcproj: z(l * n * c),
+            residual3: z(l * n * c),
+            lnf: z(n * c),
+            lnf_mean: z(n),
+            lnf_rstd: z(n),
+            logits: z(n * v),
+            lse: z(n),
+            dres: z(n * c),
+            dln: z(n * c),
+            datty: z(n * c),
+            dqkv: z(n * 3 * c),
+            dfch: z(n * 4 * c),
+            dfch_gelu: z(n * 4 * c),
+            dlogits: z(n * v),
+            attn_scratch: z(b * attention_scratch_len(t, cfg.head_dim())),
+            weight_t: z((4 * c * c).max(v * c)),
+        }
+    }
+}
+
+/// GPT-2 over a flat parameter vector, with its gradient and the activations of the last
+/// forward.
+#[derive(Debug)]
+pub struct Gpt<F> {
+    pub cfg: GptConfig,
+    /// Flat parameters, llm.c layout.
+    pub params: Vec<F>,
+    /// Flat gradient of the last backward, same layout.
+    pub grads: Vec<F>,
+    acts: Option<Activations<F>>,
+    /// Whether `acts` holds a forward that `backward` may use.
+    forward_done: bool,
+}
+
+impl<F: Float> Gpt<F> {
+    /// `params.len()` must equal the layout's total (checked by the engine).
+    pub fn new(cfg: GptConfig, params: Vec<F>) -> Self {
+        let total = params.len();
+        Gpt { cfg, params, grads: vec![F::ZERO; total], acts: None, forward_done: false }
+    }
+
+    /// Rows of the last forward, if any.
+    pub fn last_batch(&self) -> Option<usize> {
+        self.acts.as_ref().filter(|_| self.forward_done).map(|a| a.b)
+    }
+
+    pub fn invalidate(&mut self) {
+        self.forward_done = false;
+    }
+
+    /// Forward pass on (B, T) tokens with the score mask; keeps activations for
+    /// [`Gpt::backward`]. Tokens must be < V and T ≤ ctx (the engine checks).
+    pub fn forward(&mut self, tokens: &[u32], mask: &[F], b: usize, t: usize) -> HeadOut<F> {
+        let cfg = self.cfg;
+        let (c, nl, nh, v) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab);
+        if self.acts.as_ref().is_none_or(|a| a.b != b || a.t != t) {
+            self.acts = Some(Activations::new(&cfg, b, t));
+        }
+        let acts = self.acts.as_mut().unwrap();
+        acts.tokens.copy_from_slice(tokens);
+        acts.mask.copy_from_slice(mask);
+        let [wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb] =
+            split_params(&self.params, &cfg);
+
+        encoder_forward(&mut acts.encoded, tokens, wte, wpe, t, c); // (B, T, C)
+        for l in 0..nl {
+            let residual = if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) }; // (B, T, C)
+            let ln1 = layer_mut(&mut acts.ln1, l, nl);
+            layernorm_forward(ln1, layer_mut(&mut acts.ln1_mean, l, nl), layer_mut(&mut acts.ln1_rstd, l, nl), residual, layer(ln1w, l, nl), layer(ln1b, l, nl), c);
+            let qkv = layer_mut(&mut acts.qkv, l, nl); // (B, T, 3C)
+            matmul_forward(qkv, ln1, layer(qkvw, l, nl), Some(layer(qkvb, l, nl)), &mut acts.weight_t, c, 3 * c);
+            let atty = layer_mut(&mut acts.atty, l, nl); // (B, T, C)
+            attention_forward(atty, layer_mut(&mut acts.att, l, nl), qkv, &mut acts.attn_scratch, t, c, nh);
+            let attproj = layer_mut(&mut acts.attproj, l, nl); // (B, T, C)
+            matmul_forward(attproj, atty, layer(attprojw, l, nl), Some(layer(attprojb, l, nl)), &mut acts.weight_t, c, c);
+            let residual2 = layer_mut(&mut acts.residual2, l, nl);
+            residual_forward(residual2, residual, attproj);
+            let ln2 = layer_mut(&mut acts.ln2, l, nl);
+            layernorm_forward(ln2, layer_mut(&mut acts.ln2_mean, l, nl), layer_mut(&mut acts.ln2_rstd, l, nl), residual2, layer(ln2w, l, nl), layer(ln2b, l, nl), c);
+            let fch = layer_mut(&mut acts.fch, l, nl); // (B, T, 4C)
+            matmul_forward(fch, ln2, layer(fcw, l, nl), Some(layer(fcb, l, nl)), &mut acts.weight_t, c, 4 * c);
+            let fch_gelu = layer_mut(&mut acts.fch_gelu, l, nl); // (B, T, 4C)
+            gelu_forward(fch_gelu, fch);
+            let fcproj = layer_mut(&mut acts.fcproj, l, nl); // (B, T, C)
+            matmul_forward(fcproj, fch_gelu, layer(fcprojw, l, nl), Some(layer(fcprojb, l, nl)), &mut acts.weight_t, 4 * c, c);
+            residual_forward(layer_mut(&mut acts.residual3, l, nl), residual2, fcproj);
+        }
+        let residual = layer(&acts.residual3, nl - 1, nl); // (B, T, C)
+        layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, residual, lnfw, lnfb, c);
+        matmul_forward(&mut acts.logits, &acts.lnf, wte, None, &mut acts.weight_t, c, v); // (B, T, V), tied head
+        self.forward_done = true;
+        logprob_forward(&mut acts.lse, &acts.logits, tokens, mask, t, v)
+    }
+
+    /// (B, T, V) logits of the last forward.
+    pub fn logits(&self) -> &[F] {
+        self.acts.as_ref().map_or(&[], |a| &a.logits)
+    }
+
+    /// (B, T, C) final-LayerNorm hidden states of the last forward.
+    pub fn hidden_states(&self) -> &[F] {
+        self.acts.as_ref().map_or(&[], |a| &a.lnf)
+    }
+
+    /// Back-propagate d(loss)/d(seq_logp) (B) through the last forward into `grads`
+    /// (overwritten). Panics without a forward; the engine checks first.
+    pub fn backward(&mut self, d_seq: &[F]) {
+        let cfg = self.cfg;
+        let (c, nl, nh, v) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab);
+        let acts = self.acts.as_mut().filter(|_| self.forward_done).expect("backward needs a forward");
+        let t = acts.t;
+        self.grads.fill(F::ZERO);
+        let [wte, _, ln1w, _, qkvw, _, attprojw, _, ln2w, _, fcw, _, fcprojw, _, lnfw, _] = split_params(&self.params, &cfg);
+        let [dwte, dwpe, dln1w, dln1b, dqkvw, dqkvb, dattprojw, dattprojb, dln2w, dln2b, dfcw, dfcb, dfcprojw, dfcprojb, dlnfw, dlnfb] =
+            split_params_mut(&mut self.grads, &cfg);
+
+        logprob_backward(&mut acts.dlogits, &acts.logits, &acts.lse, &acts.tokens, &acts.mask, d_seq, t, v); // (B, T, V)
+        matmul_backward(&mut acts.dln, dwte, None, &acts.dlogits, &acts.lnf, wte, c, v); // dlnf (B, T, C)
+        let residual = layer(&acts.residual3, nl - 1, nl);
+        acts.dres.fill(F::ZERO);
+        layernorm_backward(&mut acts.dres, dlnfw, dlnfb, &acts.dln, residual, lnfw, &acts.lnf_mean, &acts.lnf_rstd, c);
+        // acts.dres is now d(residual3[L−1]); each block reads it as the gradient of its
+        // branch outputs and its LayerNorms add their input gradients into it in place.
+        for l in (0..nl).rev() {
+            let residual = if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) };
+            // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+            matmul_backward(&mut acts.dfch_gelu, layer_mut(dfcprojw, l, nl), Some(layer_mut(dfcprojb, l, nl)), &acts.dres, layer(&acts.fch_gelu, l, nl), layer(fcprojw, l, nl), 4 * c, c);
+            gelu_backward(&mut acts.dfch, layer(&acts.fch, l, nl), &acts.dfch_gelu); // (B, T, 4C)
+            matmul_backward(&mut acts.dln, layer_mut(dfcw, l, nl), Some(layer_mut(dfcb, l, nl)), &acts.dfch, layer(&acts.ln2, l, nl), layer(fcw, l, nl), c, 4 * c);
+            // dres becomes d(residual2)
+            layernorm_backward(&mut acts.dres, layer_mut(dln2w, l, nl), layer_mut(dln2b, l, nl), &acts.dln, layer(&acts.residual2, l, nl), layer(ln2w, l, nl), layer(&acts.ln2_mean, l, nl), layer(&acts.ln2_rstd, l, nl), c);
+            // attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+            matmul_backward(&mut acts.datty, layer_mut(dattprojw, l, nl), Some(layer_mut(dattprojb, l, nl)), &acts.dres, layer(&acts.atty, l, nl), layer(attprojw, l, nl), c, c);
+            attention_backward(&mut acts.dqkv, &acts.datty, layer(&acts.qkv, l, nl), layer(&acts.att, l, nl), &mut acts.attn_scratch, t, c, nh); // (B, T, 3C)
+            matmul_backward(&mut acts.dln, layer_mut(dqkvw, l, nl), Some(layer_mut(dqkvb, l, nl)), &acts.dqkv, layer(&acts.ln1, l, nl), layer(qkvw, l, nl), c, 3 * c);
+            // dres becomes d(residual into block l)
+            layernorm_backward(&mut acts.dres, layer_mut(dln1w, l, nl), layer_mut(dln1b, l, nl), &acts.dln, residual, layer(ln1w, l, nl), layer(&acts.ln1_mean, l, nl), layer(&acts.ln1_rstd, l, nl), c);
+        }
+        encoder_backward(dwte, dwpe, &acts.dres, &acts.tokens, t, c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every layer's backward against central finite differences of its forward, in f64,
+    //! on shapes that exercise both the kernel's full tiles and its ragged edges.
+    use super::*;
+    use lab_core::rng::Rng;
+
+    const H: f64 = 1e-6;
+    /// |analytic − numeric| ≤ ABS + REL·|numeric|: central differences in f64 with h = 1e-6
+    /// are good to ~1e-9 on these O(1) functions.
+    const ABS: f64 = 1e-7;
+    const REL: f64 = 1e-6;
+
+    fn randn(rng: &mut Rng, len: usize, std: f64) -> Vec<f64> {
+        (0..len).map(|_| std * rng.normal() as f64).collect()
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// Check `analytic` = ∂loss/∂x at every index of `x`.
+    fn check(name: &str, x: &mut [f64], analytic: &[f64], loss: &mut dyn FnMut(&[f64]) -> f64) {
+        assert_eq!(x.len(), analytic.len(), "{name}: gradient length");
+        let mut worst = 0.0f64;
+        for i in 0..x.len() {
+            let x0 = x[i];
+            x[i] = x0 + H;
+            let up = loss(x);
+            x[i] = x0 - H;
+            let down = loss(x);
+            x[i] = x0;
+            let numeric = (up - down) / (2.0 * H);
+            let err = (analytic[i] - numeric).abs();
+            assert!(err <= ABS + REL * numeric.abs(), "{name}[{i}]: analytic {} numeric {numeric} (err {err:e})", analytic[i]);
+            worst = worst.max(err);
+        }
+        eprintln!("{name}: max abs diff {worst:e} over {} entries", x.len());
+    }
+
+    #[test]
+    fn gemm_matches_naive_product_on_ragged_and_tiled_shapes() {
+        let mut rng = Rng::new(1);
+        for (rows, cols, depth) in [(4, 16, 3), (9, 37, 5), (13, 16, 1), (3, 5, 7)] {
+            let a = randn(&mut rng, rows * depth, 1.0);
+            let b = randn(&mut rng, depth * cols, 1.0);
+            let c0 = randn(&mut rng, rows * cols, 1.0);
+            let mut c = c0.clone();
+            gemm(&mut c, cols, &a, depth, 1, &b, cols, rows, cols, depth, true);
+            // the same through a transposed view of a
+            let a_t: Vec<f64> = (0..depth * rows).map(|i| a[(i % rows) * depth + i / rows]).collect();
+            let mut c_t = vec![0.0; rows * cols];
+            gemm(&mut c_t, cols, &a_t, 1, rows, &b, cols, rows, cols, depth, false);
+            for r in 0..rows {
+                for s in 0..cols {
+                    let want: f64 = (0..depth).map(|k| a[r * depth + k] * b[k * cols + s]).sum();
+                    assert!((c[r * cols + s] - c0[r * cols + s] - want).abs() < 1e-12);
+                    assert!((c_t[r * cols + s] - want).abs() < 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encoder_backward_matches_finite_differences() {
+        let (b, t, c, v) = (2, 3, 4, 5);
+        let mut rng = Rng::new(2);
+        let tokens = [1u32, 4, 1, 0, 1, 3];
+        let mut wte = randn(&mut rng, v * c, 1.0);
+        let mut wpe = randn(&mut rng, t * c, 1.0);
+        let probe = randn(&mut rng, b * t * c, 1.0);
+        let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; t * c]);
+        encoder_backward(&mut dwte, &mut dwpe, &probe, &tokens, t, c);
+        let mut out = vec![0.0; b * t * c];
+        let wpe0 = wpe.clone();
+        check("encoder dwte", &mut wte, &dwte, &mut |w| {
+            encoder_forward(&mut out, &tokens, w, &wpe0, t, c);
+            dot(&out, &probe)
+        });
+        let wte0 = wte.clone();
+        check("encoder dwpe", &mut wpe, &dwpe, &mut |w| {
+            encoder_forward(&mut out, &tokens, &wte0, w, t, c);
+            dot(&out, &probe)
+        });
+    }
+
+    #[test]
+    fn layernorm_backward_matches_finite_differences() {
+        let (n, c) = (5, 7);
+        let mut rng = Rng::new(3);
+        let mut inp = randn(&mut rng, n * c, 1.0);
+        let mut weight = randn(&mut rng, c, 1.0);
+        let mut bias = randn(&mut rng, c, 1.0);
+        let probe = randn(&mut rng, n * c, 1.0);
+        let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &weight, &bias, c);
+        let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
+        layernorm_backward(&mut dinp, &mut dw, &mut db, &probe, &inp, &weight, &mean, &rstd, c);
+        let (w0, b0, x0) = (weight.clone(), bias.clone(), inp.clone());
+        check("layernorm dinp", &mut inp, &dinp, &mut |x| {
+            layernorm_forward(&mut out, &mut mean, &mut rstd, x, &w0, &b0, c);
+            dot(&out, &probe)
+        });
+        check("layernorm dweight", &mut weight, &dw, &mut |w| {
+            layernorm_forward(&mut out, &mut mean, &mut rstd, &x0, w, &b0, c);
+            dot(&out, &probe)
+        });
+        check("layernorm dbias", &mut bias, &db, &mut |bb| {
+            layernorm_forward(&mut out, &mut mean, &mut rstd, &x0, &w0, bb, c);
+            dot(&out, &probe)
+        });
+    }
+
+    #[test]
+    fn matmul_backward_matches_finite_differences() {
+        // (5, 7, 19): ragged everywhere; (8, 16, 32): full register tiles; (40, 3, 17):
+        // more rows than one rayon task and more outputs than one dweight task.
+        for (n, ic, oc) in [(5, 7, 19), (8, 16, 32), (40, 3, 17)] {
+            let mut rng = Rng::new(4 + n as u64);
+            let mut inp = randn(&mut rng, n * ic, 1.0);
+            let mut weight = randn(&mut rng, oc * ic, 1.0);
+            let mut bias = randn(&mut rng, oc, 1.0);
+            let probe = randn(&mut rng, n * oc, 1.0);
+            let (mut out, mut wt) = (vec![0.0; n * oc], vec![0.0; ic * oc]);
+            let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; oc * ic], vec![0.0; oc]);
+            matmul_backward(&mut dinp, &mut dw, Some(&mut db), &probe, &inp, &weight, ic, oc);
+            let (w0, b0, x0) = (weight.clone(), bias.clone(), inp.clone());
+            check("matmul dinp", &mut inp, &dinp, &mut |x| {
+                matmul_forward(&mut out, x, &w0, Some(&b0), &mut wt, ic, oc);
+                dot(&out, &probe)
+            });
+            check("matmul dweight", &mut weight, &dw, &mut |w| {
+                matmul_forward(&mut out, &x0, w, Some(&b0), &mut wt, ic, oc);
+                dot(&out, &probe)
+            });
+            check("matmul dbias", &mut bias, &db, &mut |bb| {
+                matmul_forward(&mut out, &x0, &w0, Some(bb), &mut wt, ic, oc);
+                dot(&out, &probe)
+            });
+        }
+    }
+
+    #[test]
+    fn attention_backward_matches_finite_differences() {
+        // T = 20 crosses a causal block boundary (16); hs = 3 is ragged for the kernel.
+        for (b, t, c, nh) in [(2, 5, 8, 2), (1, 20, 6, 2)] {
+            let hs = c / nh;
+            let mut rng = Rng::new(5 + t as u64);
+            let mut qkv = randn(&mut rng, b * t * 3 * c, 1.0);
+            let probe = randn(&mut rng, b * t * c, 1.0);
+            let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
+            let mut scratch = vec![0.0; b * attention_scratch_len(t, hs)];
+            attention_forward(&mut out, &mut att, &qkv, &mut scratch, t, c, nh);
+            // causal: every att row sums to 1 and is zero above the diagonal
+            for (row, w) in att.chunks(t).enumerate() {
+                let tq = row % t;
+                assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+                assert!(w[tq + 1..].iter().all(|&x| x == 0.0));
+            }
+            let mut dqkv = vec![0.0; b * t * 3 * c];
+            attention_backward(&mut dqkv, &probe, &qkv, &att, &mut scratch, t, c, nh);
+            check("attention dqkv", &mut qkv, &dqkv, &mut |x| {
+                attention_forward(&mut out, &mut att, x, &mut scratch, t, c, nh);
+                dot(&out, &probe)
+            });
+        }
+    }
+
+    #[test]
+    fn gelu_backward_matches_finite_differences() {
+        let mut rng = Rng::new(6);
+        let mut inp = randn(&mut rng, 50, 2.0);
+        let probe = randn(&mut rng, 50, 1.0);
+        let mut dinp = vec![0.0; 50];
+        gelu_backward(&mut dinp, &inp, &probe);
+        let mut out = vec![0.0; 50];
+        check("gelu dinp", &mut inp, &dinp, &mut |x| {
+            gelu_forward(&mut out, x);
+            dot(&out, &probe)
+        });
+        // gelu_new at a known point: 0.5·1·(1 + tanh(√(2/π)·1.044715)) = 0.8411919906
+        gelu_forward(&mut out[..1], &[1.0]);
+        assert!((out[0] - 0.841_191_990_6).abs() < 1e-9, "{}", out[0]);
+    }
+
+    #[test]
+    fn residual_forward_adds() {
+        let mut out = [0.0; 3];
+        residual_forward(&mut out, &[1.0, 2.0, 3.0], &[0.5, -2.0, 4.0]);
+        assert_eq!(out, [1.5, 0.0, 7.0]);
+    }
+
+    #[test]
+    fn logprob_backward_matches_finite_differences() {
+        let (b, t, v) = (3, 6, 7);
+        let mut rng = Rng::new(7);
+        let mut logits = randn(&mut rng, b * t * v, 2.0);
+        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+        // row 0 scores 2.., row 1 only its last token, row 2 nothing
+        let mut mask = vec![0.0; b * t];
+        mask[2..t].fill(1.0);
+        mask[2 * t - 1] = 1.0;
+        let d_seq = [0.7, -1.3, 2.0];
+        let mut lse = vec![0.0; b * t];
+        let head = logprob_forward(&mut lse, &logits, &tokens, &mask, t, v);
+        assert_eq!(head.seq_logps[2], 0.0);
+        assert_eq!((head.topk_entropy[2], head.topk_mass[2]), (0.0, 0.0));
+        // token_logps agree with an explicit log-softmax
+        for bt in [2usize, 5, 11] {
+            let row = &logits[(bt - 1) * v..bt * v];
+            let lse_ref = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            assert!((head.token_logps[bt] - (row[tokens[bt] as usize] - lse_ref)).abs() < 1e-12);
+        }
+        let mut dlogits = vec![1.0; b * t * v];
+        logprob_backward(&mut dlogits, &logits, &lse, &tokens, &mask, &d_seq, t, v);
+        check("logprob dlogits", &mut logits, &dlogits, &mut |x| {
+            let mut lse = vec![0.0; b * t];
+            dot(&logprob_forward(&mut lse, x, &tokens, &mask, t, v).seq_logps, &d_seq)
+        });
+    }
+
+    #[test]
+    fn topk_of_uniform_over_96_is_ten_96ths_with_entropy_in_bits() {
+        let logits = vec![0.25f64; 96];
+        let (entropy, mass) = topk_entropy_mass(&logits, 0.25 + (96f64).ln());
+        assert!((mass - 10.0 / 96.0).abs() < 1e-12, "{mass}");
+        // −Σ_{10} (1/96) log₂(1/96) = (10/96) log₂ 96 ≈ 0.6864 bits
+        assert!((entropy - 10.0 / 96.0 * 96f64.log2()).abs() < 1e-12, "{entropy}");
+    }
+
+    #[test]
+    fn topk_picks_the_ten_largest_probabilities() {
+        let mut rng = Rng::new(8);
+        for _ in 0..20 {
+            let logits = randn(&mut rng, 40, 3.0);
+            let lse = logits.iter().map(|x| x.exp()).sum::<f64>().ln();
+            let mut probs: Vec<f64> = logits.iter().map(|x| (x - lse).exp()).collect();
+            probs.sort_by(|a, b| b.total_cmp(a));
+            let want_mass: f64 = probs[..10].iter().sum();
+            let want_entropy: f64 = probs[..10].iter().map(|p| -p * p.log2()).sum();
+            let (entropy, mass) = topk_entropy_mass(&logits, lse);
+            assert!((mass - want_mass).abs() < 1e-12 && (entropy - want_entropy).abs() < 1e-12);
+        }
+        // a one-hot prediction has mass 1 and entropy 0
+        let mut peaked = vec![-1e3f64; 96];
+        peaked[17] = 0.0;
+        let (entropy, mass) = topk_entropy_mass(&peaked, 0.0);
+        assert!((mass - 1.0).abs() < 1e-12 && entropy.abs() < 1e-12);
+    }
+}

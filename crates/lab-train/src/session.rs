@@ -1,0 +1,468 @@
+//! [`Session`]: one training run. See the crate docs for what a step does.
+
+use crate::examples::{EncodedRow, Examples};
+use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::loss::{self, DataShape, LossMix, LossParams, PairLogps, RankedLogps, UnpairedLogps};
+use lab_core::metrics;
+use lab_core::rng::Rng;
+use lab_core::data::Record;
+use lab_core::{LabError, Result};
+use serde::Serialize;
+use std::ops::Range;
+
+/// Rows per engine call when evaluating the whole dataset.
+const EVAL_CHUNK_ROWS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    pub loss: LossMix,
+    pub params: LossParams,
+    pub optimizer: AdamWConfig,
+    /// Pairs (or unpaired examples, or rankings) per step.
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl SessionConfig {
+    /// Reject invalid settings before anything is computed.
+    pub fn validate(&self) -> Result<DataShape> {
+        let shape = self.loss.data_shape()?;
+        for (kind, weight) in &self.loss.terms {
+            self.params.validate(*kind)?;
+            if !weight.is_finite() {
+                return Err(LabError::param("loss weight", format!("weight of {} is {weight}", kind.name())));
+            }
+        }
+        let lr = self.optimizer.lr;
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(LabError::param("lr", format!("{lr} must be a finite number > 0")));
+        }
+        if self.batch_size == 0 {
+            return Err(LabError::param("batch_size", "must be at least 1"));
+        }
+        Ok(shape)
+    }
+}
+
+/// A training example as the session holds it: which rows, best first.
+#[derive(Debug, Clone, PartialEq)]
+struct Group {
+    rows: Range<usize>,
+    alpha: f64,
+    desirable: bool,
+    record: usize,
+}
+
+/// What the pairs table shows for one preference pair (paired data only).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairStats {
+    /// Index of the record in the dataset.
+    pub record: usize,
+    pub ches: f64,
+    pub ches_normalized: f64,
+    /// Chen et al. 2024 thm. 4.1: the pair is ranked right iff its DPO loss ≤ this.
+    pub flip_threshold: f64,
+    pub reference_chosen: f64,
+    pub reference_rejected: f64,
+    pub policy_chosen: f64,
+    pub policy_rejected: f64,
+    /// β·(ρw − ρl) now.
+    pub margin: f64,
+    pub chosen_len: usize,
+    pub rejected_len: usize,
+    pub alpha: f64,
+}
+
+/// The metrics of one step. Batch metrics use TRL's names and are taken before the
+/// update; `eval/*` instruments cover the whole dataset after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub step: u32,
+    pub loss: f64,
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    #[serde(flatten)]
+    pub eval: Instruments,
+}
+
+/// The dataset-wide instruments (see shared/reference/losses-and-metrics.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Instruments {
+    /// R: fraction of pairs with πθ(yw) ≥ πθ(yl) (Chen et al. 2024, def. 2.3).
+    #[serde(rename = "eval/ranking_accuracy", skip_serializing_if = "Option::is_none")]
+    pub ranking_accuracy: Option<f64>,
+    /// R̃: the same with length-normalised log-probs.
+    #[serde(rename = "eval/ranking_accuracy_normalized", skip_serializing_if = "Option::is_none")]
+    pub ranking_accuracy_normalized: Option<f64>,
+    /// R*: idealized ranking accuracy from the reference and α (Chen et al. 2024, cor. 3.3).
+    #[serde(rename = "eval/idealized_ranking_accuracy", skip_serializing_if = "Option::is_none")]
+    pub idealized_ranking_accuracy: Option<f64>,
+    /// R* − R.
+    #[serde(rename = "eval/alignment_gap", skip_serializing_if = "Option::is_none")]
+    pub alignment_gap: Option<f64>,
+    /// Fraction of pairs with β·ρw > β·ρl over the whole dataset.
+    #[serde(rename = "eval/reward_accuracy", skip_serializing_if = "Option::is_none")]
+    pub reward_accuracy: Option<f64>,
+    /// Mean change of log πθ(yw) since step 0 (the preferred responses; desirable ones for KTO).
+    #[serde(rename = "eval/logps_chosen_change")]
+    pub logps_chosen_change: f64,
+    /// Mean change of log πθ(yl) since step 0.
+    #[serde(rename = "eval/logps_rejected_change")]
+    pub logps_rejected_change: f64,
+    /// Fraction of pairs whose chosen log-prob fell below its start while the margin grew
+    /// (likelihood displacement, Razin et al. 2024).
+    #[serde(rename = "eval/displaced_fraction", skip_serializing_if = "Option::is_none")]
+    pub displaced_fraction: Option<f64>,
+    /// Mean top-10 entropy (bits) over the preferred responses' positions (Shi et al. 2024).
+    #[serde(rename = "eval/topk_entropy")]
+    pub topk_entropy: f64,
+    /// Mean top-10 probability mass over the same positions.
+    #[serde(rename = "eval/topk_mass")]
+    pub topk_mass: f64,
+}
+
+pub struct Session<E: Engine> {
+    engine: E,
+    config: SessionConfig,
+    shape: DataShape,
+    rows: Vec<EncodedRow>,
+    groups: Vec<Group>,
+    /// Per row: log πref, computed once from the starting weights.
+    reference_logps: Vec<f64>,
+    /// Per row: log πθ at the last evaluation.
+    policy_logps: Vec<f64>,
+    pair_stats: Vec<PairStats>,
+    rng: Rng,
+    order: Vec<usize>,
+    cursor: usize,
+    steps_done: u32,
+    last_instruments: Instruments,
+}
+
+/// Per-row results of a forward pass over many rows.
+struct Scores {
+    seq_logps: Vec<f64>,
+    topk_entropy: Vec<f64>,
+    topk_mass: Vec<f64>,
+}
+
+fn batch_of(rows: &[&EncodedRow]) -> Result<TokenBatch> {
+    let owned: Vec<(Vec<u32>, usize)> = rows.iter().map(|r| (r.tokens.clone(), r.first_scored)).collect();
+    TokenBatch::from_rows(&owned)
+}
+
+fn score_rows<E: Engine>(engine: &mut E, rows: &[EncodedRow]) -> Result<Scores> {
+    let mut scores = Scores { seq_logps: Vec::new(), topk_entropy: Vec::new(), topk_mass: Vec::new() };
+    for chunk in rows.chunks(EVAL_CHUNK_ROWS) {
+        let refs: Vec<&EncodedRow> = chunk.iter().collect();
+        let out = engine.forward(&batch_of(&refs)?)?;
+        scores.seq_logps.extend(out.seq_logps.iter().map(|&v| v as f64));
+        scores.topk_entropy.extend(out.topk_entropy.iter().map(|&v| v as f64));
+        scores.topk_mass.extend(out.topk_mass.iter().map(|&v| v as f64));
+    }
+    Ok(scores)
+}
+
+impl<E: Engine> Session<E> {
+    /// Start a run: the engine's current weights become both the policy and the frozen
+    /// reference. Fails, changing nothing, if the config or the data is invalid.
+    pub fn new(engine: E, records: &[Record], config: SessionConfig) -> Result<Self> {
+        Self::with_lines(engine, records, None, config)
+    }
+
+    /// As [`Session::new`], with the records' line numbers (from
+    /// [`crate::examples::record_lines`]) so data errors name the line.
+    pub fn with_lines(mut engine: E, records: &[Record], lines: Option<&[usize]>, config: SessionConfig) -> Result<Self> {
+        let shape = config.validate()?;
+        let ctx = engine.config().ctx;
+        let examples = Examples::encode(records, lines, shape, ctx)?;
+        let mut rows = Vec::new();
+        let mut groups = Vec::new();
+        let mut push = |members: Vec<EncodedRow>, alpha: f64, desirable: bool, record: usize| {
+            let start = rows.len();
+            rows.extend(members);
+            groups.push(Group { rows: start..rows.len(), alpha, desirable, record });
+        };
+        match examples {
+            Examples::Paired(pairs) => pairs.into_iter().for_each(|p| push(vec![p.chosen, p.rejected], p.alpha, true, p.record)),
+            Examples::Unpaired(items) => items.into_iter().for_each(|u| push(vec![u.row], 1.0, u.desirable, u.record)),
+            Examples::Ranked(lists) => lists.into_iter().for_each(|r| push(r.rows, 1.0, true, r.record)),
+        }
+        let reference = score_rows(&mut engine, &rows)?;
+        let pair_stats = if shape == DataShape::Paired { Self::pair_stats_at_start(&mut engine, &rows, &groups, &reference.seq_logps, config.params.beta)? } else { Vec::new() };
+        let rng = Rng::new(config.seed);
+        let mut session = Session {
+            engine,
+            shape,
+            order: (0..groups.len()).collect(),
+            cursor: usize::MAX,
+            rows,
+            groups,
+            policy_logps: reference.seq_logps.clone(),
+            reference_logps: reference.seq_logps,
+            pair_stats,
+            rng,
+            steps_done: 0,
+            config,
+            last_instruments: Instruments::default(),
+        };
+        session.last_instruments = session.instruments_from(&Scores { seq_logps: session.reference_logps.clone(), topk_entropy: reference.topk_entropy, topk_mass: reference.topk_mass });
+        Ok(session)
+    }
+
+    /// CHES and flip thresholds come from the starting model, as in Razin et al. and Chen
+    /// et al.: they predict what training will do to each pair.
+    fn pair_stats_at_start(engine: &mut E, rows: &[EncodedRow], groups: &[Group], reference: &[f64], beta: f64) -> Result<Vec<PairStats>> {
+        let c = engine.config().d_model;
+        let mut stats = Vec::with_capacity(groups.len());
+        for chunk in groups.chunks(EVAL_CHUNK_ROWS / 2) {
+            let refs: Vec<&EncodedRow> = chunk.iter().flat_map(|g| g.rows.clone().map(|r| &rows[r])).collect();
+            let batch = batch_of(&refs)?;
+            let hidden = engine.hidden_states(&batch)?; // (B, T, C)
+            let t = batch.seq_len;
+            for (k, group) in chunk.iter().enumerate() {
+                let (w, l) = (&rows[group.rows.start], &rows[group.rows.start + 1]);
+                let row_hidden = |i: usize| &hidden[i * t * c..(i + 1) * t * c];
+                let ches = metrics::ches(row_hidden(2 * k), w.first_scored, w.tokens.len(), row_hidden(2 * k + 1), l.first_scored, l.tokens.len(), c);
+                let (rw, rl) = (reference[group.rows.start], reference[group.rows.start + 1]);
+                stats.push(PairStats {
+                    record: group.record,
+                    ches: ches.ches,
+                    ches_normalized: ches.ches_normalized,
+                    flip_threshold: metrics::flip_threshold(rw, rl, beta),
+                    reference_chosen: rw,
+                    reference_rejected: rl,
+                    policy_chosen: rw,
+                    policy_rejected: rl,
+                    margin: 0.0,
+                    chosen_len: w.completion_len(),
+                    rejected_len: l.completion_len(),
+                    alpha: group.alpha,
+                });
+            }
+        }
+        Ok(stats)
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    pub fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    pub fn steps_done(&self) -> u32 {
+        self.steps_done
+    }
+
+    /// Per-pair statistics (empty unless the data is paired), updated at each step.
+    pub fn pairs(&self) -> &[PairStats] {
+        &self.pair_stats
+    }
+
+    /// The instruments at the last evaluation (step 0: the reference itself).
+    pub fn instruments(&self) -> &Instruments {
+        &self.last_instruments
+    }
+
+    /// Per-row reference and current policy log-probs, in dataset order.
+    pub fn row_logps(&self) -> (&[f64], &[f64]) {
+        (&self.reference_logps, &self.policy_logps)
+    }
+
+    /// The next `batch_size` groups: a seeded shuffle per epoch, wrapping across epochs.
+    fn next_batch(&mut self) -> Vec<usize> {
+        let n = self.groups.len();
+        let want = self.config.batch_size.min(n);
+        let mut picked = Vec::with_capacity(want);
+        while picked.len() < want {
+            if self.cursor >= n {
+                self.rng.shuffle(&mut self.order);
+                self.cursor = 0;
+            }
+            let candidate = self.order[self.cursor];
+            self.cursor += 1;
+            if !picked.contains(&candidate) {
+                picked.push(candidate);
+            }
+        }
+        picked
+    }
+
+    fn lengths(&self, rows: &[usize]) -> Vec<f64> {
+        rows.iter().map(|&r| self.rows[r].completion_len() as f64).collect()
+    }
+
+    /// One optimisation step; returns its metrics.
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let picked = self.next_batch();
+        // Rows in engine order and, for each, its position in the forward batch.
+        let (d_seq_logps, record) = match self.shape {
+            DataShape::Paired => {
+                // TRL concatenates all chosen rows, then all rejected rows.
+                let chosen: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
+                let rejected: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start + 1).collect();
+                let rows: Vec<usize> = chosen.iter().chain(&rejected).copied().collect();
+                let out = self.forward_rows(&rows)?;
+                let n = picked.len();
+                let (pc, pr) = out.split_at(n);
+                let rc: Vec<f64> = chosen.iter().map(|&r| self.reference_logps[r]).collect();
+                let rr: Vec<f64> = rejected.iter().map(|&r| self.reference_logps[r]).collect();
+                let (lc, lr) = (self.lengths(&chosen), self.lengths(&rejected));
+                let x = PairLogps { policy_chosen: pc, policy_rejected: pr, reference_chosen: &rc, reference_rejected: &rr, chosen_lengths: &lc, rejected_lengths: &lr };
+                let lo = loss::mixed_loss(&self.config.loss, &self.config.params, &x)?;
+                let d_seq: Vec<f32> = lo.d_policy_chosen.iter().chain(&lo.d_policy_rejected).map(|&d| d as f32).collect();
+                let accuracies = metrics::mean(&lo.chosen_rewards.iter().zip(&lo.rejected_rewards).map(|(c, r)| f64::from(u8::from(c > r))).collect::<Vec<_>>());
+                let rewards_chosen = metrics::mean(&lo.chosen_rewards);
+                let rewards_rejected = metrics::mean(&lo.rejected_rewards);
+                let record = StepRecord {
+                    step: self.steps_done + 1,
+                    loss: lo.loss,
+                    rewards_chosen,
+                    rewards_rejected,
+                    rewards_margins: rewards_chosen - rewards_rejected,
+                    rewards_accuracies: accuracies,
+                    logps_chosen: metrics::mean(pc),
+                    logps_rejected: metrics::mean(pr),
+                    eval: Instruments::default(),
+                };
+                (d_seq, record)
+            }
+            DataShape::Unpaired => {
+                let rows: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
+                let out = self.forward_rows(&rows)?;
+                let reference: Vec<f64> = rows.iter().map(|&r| self.reference_logps[r]).collect();
+                let desirable: Vec<bool> = picked.iter().map(|&g| self.groups[g].desirable).collect();
+                let lengths = self.lengths(&rows);
+                let x = UnpairedLogps { policy: &out, reference: &reference, lengths: &lengths, desirable: &desirable };
+                let lo = loss::kto_loss(&self.config.params, &x)?;
+                let side = |want: bool, values: &[f64]| metrics::mean(&values.iter().zip(&desirable).filter(|(_, &d)| d == want).map(|(v, _)| *v).collect::<Vec<_>>());
+                let (rewards_chosen, rewards_rejected) = (side(true, &lo.rewards), side(false, &lo.rewards));
+                let record = StepRecord {
+                    step: self.steps_done + 1,
+                    loss: lo.loss,
+                    rewards_chosen,
+                    rewards_rejected,
+                    rewards_margins: rewards_chosen - rewards_rejected,
+                    rewards_accuracies: f64::from(u8::from(rewards_chosen > rewards_rejected)),
+                    logps_chosen: side(true, &out),
+                    logps_rejected: side(false, &out),
+                    eval: Instruments::default(),
+                };
+                (lo.d_policy.iter().map(|&d| d as f32).collect(), record)
+            }
+            DataShape::Ranked => {
+                let rows: Vec<usize> = picked.iter().flat_map(|&g| self.groups[g].rows.clone()).collect();
+                let out = self.forward_rows(&rows)?;
+                let mut policy = Vec::new();
+                let mut reference = Vec::new();
+                let mut offset = 0;
+                for &g in &picked {
+                    let range = self.groups[g].rows.clone();
+                    policy.push(out[offset..offset + range.len()].to_vec());
+                    reference.push(self.reference_logps[range.clone()].to_vec());
+                    offset += range.len();
+                }
+                let lo = loss::plackett_luce_loss(&self.config.params, &RankedLogps { policy: &policy, reference: &reference })?;
+                // Report the best vs the worst response of each list as chosen vs rejected.
+                let best: Vec<f64> = lo.rewards.iter().map(|r| r[0]).collect();
+                let worst: Vec<f64> = lo.rewards.iter().map(|r| r[r.len() - 1]).collect();
+                let record = StepRecord {
+                    step: self.steps_done + 1,
+                    loss: lo.loss,
+                    rewards_chosen: metrics::mean(&best),
+                    rewards_rejected: metrics::mean(&worst),
+                    rewards_margins: metrics::mean(&best) - metrics::mean(&worst),
+                    rewards_accuracies: metrics::mean(&best.iter().zip(&worst).map(|(b, w)| f64::from(u8::from(b > w))).collect::<Vec<_>>()),
+                    logps_chosen: metrics::mean(&policy.iter().map(|p| p[0]).collect::<Vec<_>>()),
+                    logps_rejected: metrics::mean(&policy.iter().map(|p| p[p.len() - 1]).collect::<Vec<_>>()),
+                    eval: Instruments::default(),
+                };
+                (lo.d_policy.iter().flatten().map(|&d| d as f32).collect(), record)
+            }
+        };
+        let mut record = record;
+        if !record.loss.is_finite() {
+            return Err(LabError::Engine { msg: format!("step {}: the loss is {} (learning rate {} too high?)", record.step, record.loss, self.config.optimizer.lr) });
+        }
+        self.engine.backward(&d_seq_logps)?;
+        self.steps_done += 1;
+        self.engine.adamw_step(&self.config.optimizer, self.steps_done)?;
+        record.eval = self.evaluate()?;
+        Ok(record)
+    }
+
+    /// Forward the given rows as one batch (kept for the following backward).
+    fn forward_rows(&mut self, rows: &[usize]) -> Result<Vec<f64>> {
+        let refs: Vec<&EncodedRow> = rows.iter().map(|&r| &self.rows[r]).collect();
+        let out = self.engine.forward(&batch_of(&refs)?)?;
+        Ok(out.seq_logps.iter().map(|&v| v as f64).collect())
+    }
+
+    /// Score the whole dataset with the current policy and update the instruments and the
+    /// pairs table.
+    pub fn evaluate(&mut self) -> Result<Instruments> {
+        let scores = score_rows(&mut self.engine, &self.rows)?;
+        self.policy_logps = scores.seq_logps.clone();
+        let beta = self.config.params.beta;
+        for (stats, group) in self.pair_stats.iter_mut().zip(&self.groups) {
+            stats.policy_chosen = self.policy_logps[group.rows.start];
+            stats.policy_rejected = self.policy_logps[group.rows.start + 1];
+            stats.margin = beta * ((stats.policy_chosen - stats.reference_chosen) - (stats.policy_rejected - stats.reference_rejected));
+        }
+        self.last_instruments = self.instruments_from(&scores);
+        Ok(self.last_instruments.clone())
+    }
+
+    fn instruments_from(&self, scores: &Scores) -> Instruments {
+        // The preferred row of each group: chosen, the best of a ranking, or a desirable example.
+        let preferred: Vec<usize> = self.groups.iter().filter(|g| g.desirable).map(|g| g.rows.start).collect();
+        let dispreferred: Vec<usize> = match self.shape {
+            DataShape::Unpaired => self.groups.iter().filter(|g| !g.desirable).map(|g| g.rows.start).collect(),
+            _ => self.groups.iter().map(|g| g.rows.end - 1).collect(),
+        };
+        let change = |rows: &[usize]| metrics::mean(&rows.iter().map(|&r| scores.seq_logps[r] - self.reference_logps[r]).collect::<Vec<_>>());
+        let at = |values: &[f64], rows: &[usize]| metrics::mean(&rows.iter().map(|&r| values[r]).collect::<Vec<_>>());
+        let mut out = Instruments {
+            logps_chosen_change: change(&preferred),
+            logps_rejected_change: change(&dispreferred),
+            topk_entropy: at(&scores.topk_entropy, &preferred),
+            topk_mass: at(&scores.topk_mass, &preferred),
+            ..Instruments::default()
+        };
+        if self.shape == DataShape::Paired {
+            let pick = |rows: &[usize], values: &[f64]| rows.iter().map(|&r| values[r]).collect::<Vec<f64>>();
+            let (pc, pr) = (pick(&preferred, &scores.seq_logps), pick(&dispreferred, &scores.seq_logps));
+            let (rc, rr) = (pick(&preferred, &self.reference_logps), pick(&dispreferred, &self.reference_logps));
+            let lc: Vec<f64> = preferred.iter().map(|&r| self.rows[r].completion_len() as f64).collect();
+            let lr: Vec<f64> = dispreferred.iter().map(|&r| self.rows[r].completion_len() as f64).collect();
+            let alpha: Vec<f64> = self.groups.iter().map(|g| g.alpha).collect();
+            let beta = self.config.params.beta;
+            let ranking = metrics::ranking_accuracy(&pc, &pr);
+            let idealized = metrics::idealized_ranking_accuracy(&rc, &rr, &alpha, beta);
+            out.ranking_accuracy = Some(ranking);
+            out.ranking_accuracy_normalized = Some(metrics::ranking_accuracy_normalized(&pc, &pr, &lc, &lr));
+            out.idealized_ranking_accuracy = Some(idealized);
+            out.alignment_gap = Some(metrics::alignment_gap(idealized, ranking));
+            out.reward_accuracy = Some(metrics::trl_metrics(beta, &pc, &pr, &rc, &rr).rewards_accuracies);
+            let displaced: Vec<f64> = (0..pc.len()).map(|i| f64::from(u8::from(metrics::displacement(rc[i], pc[i], rr[i], pr[i]).chosen_fell))).collect();
+            out.displaced_fraction = Some(metrics::mean(&displaced));
+        }
+        out
+    }
+}

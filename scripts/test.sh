@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every alignlab test, installing what is missing. Works from a fresh Debian machine
+# with nothing but this checkout: `bash scripts/test.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  # Debian's rustup package brings a current stable toolchain from the Rust registry.
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustup
+  rustup default stable
+fi
+
+echo "== cargo test (workspace, release: the burn gradient oracle, parity and golden tests)"
+cargo test --workspace --release --locked 2>&1
