@@ -32,19 +32,21 @@ const OUT_PER_TASK: usize = 16;
 // The one matrix kernel every matmul and attention product goes through.
 // ------------------------------------------------------------------------------------
 
-/// Register tile: MR rows of the output times NS contiguous columns. The tile lives in
-/// registers while the reduction runs over `depth`; the inner `s` loop is a plain
-/// element-wise multiply-add over a contiguous row of `b`, which LLVM vectorises without
-/// having to reorder any sum.
-const MR: usize = 4;
+/// Register tiles: R rows of the output times NS contiguous columns. The tile lives in
+/// registers while the reduction runs over a block of `depth`; the inner `s` loop is a
+/// plain element-wise multiply-add over a contiguous row of `b`, which LLVM vectorises
+/// without having to reorder any sum. AVX-512 (32 registers) takes 8-row tiles, AVX2
+/// (16 registers) 4-row tiles; the tile shape never changes a sum's order.
 const NS: usize = 16;
-/// Steps of the reduction per packed block of `a` (MR·KC floats on the stack).
+/// Steps of the reduction per block: a block of `b` (KC·NS floats) stays in L1 while every
+/// row tile sweeps it.
 const KC: usize = 64;
 
 /// c[r, s] (+)= Σ_k a[r, k] · b[k, s] for r < rows, s < cols, k < depth, with
 /// a[r, k] = a[r·a_rs + k·a_ks] (any strides, so `a` may be read transposed),
 /// b[k, s] = b[k·b_ks + s] (rows contiguous), c[r, s] = c[r·c_rs + s].
-/// `accumulate = false` overwrites c. The k-sum runs in order 0..depth for every element.
+/// `accumulate = false` overwrites c. The k-sum runs in order 0..depth for every element,
+/// one multiply and one add per step (no FMA), so every path gives the same bits.
 pub fn gemm<F: Float>(
     c: &mut [F],
     c_rs: usize,
@@ -58,11 +60,16 @@ pub fn gemm<F: Float>(
     depth: usize,
     accumulate: bool,
 ) {
-    vectorized(#[inline(always)] || gemm_body(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate))
+    #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+    if let Some(simd) = pulp::x86::V4::try_new() {
+        return pulp::Simd::vectorize(simd, #[inline(always)] || gemm_body::<F, 8>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate));
+    }
+    vectorized(#[inline(always)] || gemm_body::<F, 4>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate))
 }
 
+/// [`gemm`] without the dispatch, for callers already inside [`vectorized`] code.
 #[inline(always)]
-fn gemm_body<F: Float>(
+fn gemm_body<F: Float, const R: usize>(
     c: &mut [F],
     c_rs: usize,
     a: &[F],
@@ -75,38 +82,77 @@ fn gemm_body<F: Float>(
     depth: usize,
     accumulate: bool,
 ) {
-    // Full MR-row tiles: copy the tile's slice of `a` for KC steps of k into a small
-    // contiguous buffer (one pointer in the inner loop, any strides outside it), then sweep
-    // it across all column tiles. Splitting k into blocks only stores and reloads the
-    // accumulators, so every element's sum still runs over k in order.
-    let mut a_pack = [F::ZERO; MR * KC];
-    let full_rows = rows - rows % MR;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    if depth == 0 {
+        if !accumulate {
+            for r in 0..rows {
+                c[r * c_rs..r * c_rs + cols].fill(F::ZERO);
+            }
+        }
+        return;
+    }
+    // `a` read along rows (a_ks = 1) or along columns (a_rs = 1); anything else is scalar.
+    let a_rows = a_ks == 1;
+    if !a_rows && a_rs != 1 {
+        gemm_edge(c, c_rs, a, a_rs, a_ks, b, b_ks, 0..rows, 0..cols, 0..depth, accumulate);
+        return;
+    }
+    let full_rows = rows - rows % R;
     let full_cols = cols - cols % NS;
-    // k blocks outermost, so a block of `b` rows stays in L1 while every row tile uses it
+    // k blocks outermost (splitting k only stores and reloads the accumulators, so every
+    // element's sum still runs over k in order). Each row tile's slice of `a` for the block
+    // is copied into a small k-major buffer (R·KC floats on the stack), then swept across
+    // every column tile: the inner loop reads one contiguous buffer and one row of `b`.
+    let mut a_pack = [F::ZERO; 8 * KC];
     for k0 in (0..depth).step_by(KC) {
         let kc = KC.min(depth - k0);
         let acc = accumulate || k0 > 0;
         let b_blk = &b[k0 * b_ks..];
-        for r0 in (0..full_rows).step_by(MR) {
-            for k in 0..kc {
-                for r in 0..MR {
-                    a_pack[k * MR + r] = a[(r0 + r) * a_rs + (k0 + k) * a_ks];
+        let mut r0 = 0;
+        while r0 < rows {
+            let tile_rows = if r0 < full_rows { R } else { 1 };
+            let pack = &mut a_pack[..kc * tile_rows];
+            if a_rows {
+                for r in 0..tile_rows {
+                    let a_row = &a[(r0 + r) * a_rs + k0..][..kc];
+                    for (dst, &x) in pack.chunks_exact_mut(tile_rows).zip(a_row) {
+                        dst[r] = x;
+                    }
+                }
+            } else {
+                // fixed-size copies: a slice copy of R floats would be a memcpy call
+                if tile_rows == R {
+                    for (k, dst) in pack.chunks_exact_mut(R).enumerate() {
+                        let src: &[F; R] = a[(k0 + k) * a_ks + r0..][..R].try_into().unwrap();
+                        let dst: &mut [F; R] = dst.try_into().unwrap();
+                        *dst = *src;
+                    }
+                } else {
+                    for (k, dst) in pack.iter_mut().enumerate() {
+                        *dst = a[(k0 + k) * a_ks + r0];
+                    }
                 }
             }
+            let pack = &*pack;
             for s0 in (0..full_cols).step_by(NS) {
-                gemm_tile::<F, MR, NS>(c, c_rs, &a_pack[..kc * MR], b_blk, b_ks, r0, s0, kc, acc);
+                if tile_rows == R {
+                    gemm_tile::<F, R, NS>(c, c_rs, pack, b_blk, b_ks, r0, s0, acc);
+                } else {
+                    gemm_tile::<F, 1, NS>(c, c_rs, pack, b_blk, b_ks, r0, s0, acc);
+                }
             }
+            r0 += tile_rows;
         }
-    }
-    if full_cols < cols {
-        gemm_edge(c, c_rs, a, a_rs, a_ks, b, b_ks, 0..full_rows, full_cols..cols, depth, accumulate);
-    }
-    if full_rows < rows {
-        gemm_edge(c, c_rs, a, a_rs, a_ks, b, b_ks, full_rows..rows, 0..cols, depth, accumulate);
+        if full_cols < cols {
+            gemm_edge(c, c_rs, a, a_rs, a_ks, b, b_ks, 0..rows, full_cols..cols, k0..k0 + kc, acc);
+        }
     }
 }
 
-/// One R×S tile over `kc` steps of k, `a_pack` holding a[r0 + r, k] at [k·R + r].
+/// One R×S tile over one block of k, `a_pack` holding a[r0 + r, k0 + k] at [k·R + r] and
+/// `b` starting at row k0.
 #[inline(always)]
 fn gemm_tile<F: Float, const R: usize, const S: usize>(
     c: &mut [F],
@@ -116,17 +162,16 @@ fn gemm_tile<F: Float, const R: usize, const S: usize>(
     b_ks: usize,
     r0: usize,
     s0: usize,
-    kc: usize,
     accumulate: bool,
 ) {
     let mut acc = [[F::ZERO; S]; R];
     if accumulate {
         for r in 0..R {
-            acc[r].copy_from_slice(&c[(r0 + r) * c_rs + s0..(r0 + r) * c_rs + s0 + S]);
+            acc[r].copy_from_slice(&c[(r0 + r) * c_rs + s0..][..S]);
         }
     }
-    for (k, a_k) in a_pack.chunks_exact(R).take(kc).enumerate() {
-        let b_row: &[F; S] = b[k * b_ks + s0..k * b_ks + s0 + S].try_into().unwrap();
+    for (a_k, b_row) in a_pack.chunks_exact(R).zip(b[s0..].chunks(b_ks)) {
+        let b_row: &[F; S] = b_row[..S].try_into().unwrap();
         for r in 0..R {
             let a_rk = a_k[r];
             for s in 0..S {
@@ -135,11 +180,11 @@ fn gemm_tile<F: Float, const R: usize, const S: usize>(
         }
     }
     for r in 0..R {
-        c[(r0 + r) * c_rs + s0..(r0 + r) * c_rs + s0 + S].copy_from_slice(&acc[r]);
+        c[(r0 + r) * c_rs + s0..][..S].copy_from_slice(&acc[r]);
     }
 }
 
-/// The ragged borders of [`gemm`], same summation order, scalar.
+/// The ragged borders of [`gemm`] over one block of k, same summation order, scalar.
 #[inline(always)]
 fn gemm_edge<F: Float>(
     c: &mut [F],
@@ -151,13 +196,13 @@ fn gemm_edge<F: Float>(
     b_ks: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
-    depth: usize,
+    ks: std::ops::Range<usize>,
     accumulate: bool,
 ) {
     for r in rows {
         for s in cols.clone() {
             let mut acc = if accumulate { c[r * c_rs + s] } else { F::ZERO };
-            for k in 0..depth {
+            for k in ks.clone() {
                 acc += a[r * a_rs + k * a_ks] * b[k * b_ks + s];
             }
             c[r * c_rs + s] = acc;
@@ -178,7 +223,7 @@ pub fn encoder_forward<F: Float>(
     t_len: usize,
     c: usize,
 ) {
-    out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(bt, (out_bt, &tok))| {
+    out.chunks_mut(c).zip(tokens.iter()).enumerate().for_each(|(bt, (out_bt, &tok))| {
         let t = bt % t_len;
         let wte_row = &wte[tok as usize * c..(tok as usize + 1) * c];
         let wpe_row = &wpe[t * c..(t + 1) * c];
@@ -228,9 +273,9 @@ pub fn layernorm_forward<F: Float>(
 ) {
     let eps = F::from_f64(LN_EPS);
     let inv_c = F::ONE / F::from_usize(c);
-    out.par_chunks_mut(c)
-        .zip(inp.par_chunks(c))
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+    out.chunks_mut(c)
+        .zip(inp.chunks(c))
+        .zip(mean.iter_mut().zip(rstd.iter_mut()))
         .for_each(|((out_n, x), (mean_n, rstd_n))| {
             let mut sum = F::ZERO;
             for &xi in x {
@@ -264,11 +309,17 @@ pub fn layernorm_backward<F: Float>(
     rstd: &[F],        // (N)
     c: usize,
 ) {
+    layernorm_backward_dinp(dinp, dout, inp, weight, mean, rstd, c);
+    layernorm_backward_params(dweight, dbias, dout, inp, mean, rstd, c);
+}
+
+/// The input part of [`layernorm_backward`] (row-local): dinp += ….
+pub fn layernorm_backward_dinp<F: Float>(dinp: &mut [F], dout: &[F], inp: &[F], weight: &[F], mean: &[F], rstd: &[F], c: usize) {
     let inv_c = F::ONE / F::from_usize(c);
-    dinp.par_chunks_mut(c)
-        .zip(dout.par_chunks(c))
-        .zip(inp.par_chunks(c))
-        .zip(mean.par_iter().zip(rstd.par_iter()))
+    dinp.chunks_mut(c)
+        .zip(dout.chunks(c))
+        .zip(inp.chunks(c))
+        .zip(mean.iter().zip(rstd.iter()))
         .for_each(|(((dinp_n, dout_n), x), (&m, &s))| {
             let mut dnorm_mean = F::ZERO;
             let mut dnorm_norm_mean = F::ZERO;
@@ -286,17 +337,21 @@ pub fn layernorm_backward<F: Float>(
                 dinp_n[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
             }
         });
-    const CH: usize = 16;
-    dweight.par_chunks_mut(CH).zip(dbias.par_chunks_mut(CH)).enumerate().for_each(|(chunk, (dw, db))| {
-        let c0 = chunk * CH;
-        for (n, (dout_n, x)) in dout.chunks(c).zip(inp.chunks(c)).enumerate() {
-            for j in 0..dw.len() {
-                let norm = (x[c0 + j] - mean[n]) * rstd[n];
-                dw[j] += dout_n[c0 + j] * norm;
-                db[j] += dout_n[c0 + j];
+}
+
+/// The parameter part of [`layernorm_backward`]: each channel sums its rows in order.
+pub fn layernorm_backward_params<F: Float>(dweight: &mut [F], dbias: &mut [F], dout: &[F], inp: &[F], mean: &[F], rstd: &[F], c: usize) {
+    vectorized(#[inline(always)] || {
+        let (dweight, dbias) = (&mut dweight[..c], &mut dbias[..c]);
+        for (n, (dout_n, x)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).enumerate() {
+            let (m, s) = (mean[n], rstd[n]);
+            for j in 0..c {
+                let norm = (x[j] - m) * s;
+                dweight[j] += dout_n[j] * norm;
+                dbias[j] += dout_n[j];
             }
         }
-    });
+    })
 }
 
 // ------------------------------------------------------------------------------------
@@ -322,7 +377,7 @@ pub fn matmul_forward<F: Float>(
         }
     }
     let weight_t = &*weight_t;
-    out.par_chunks_mut(ROWS_PER_TASK * oc).zip(inp.par_chunks(ROWS_PER_TASK * ic)).for_each(|(out_blk, inp_blk)| {
+    out.chunks_mut(ROWS_PER_TASK * oc).zip(inp.chunks(ROWS_PER_TASK * ic)).for_each(|(out_blk, inp_blk)| {
         let rows = inp_blk.len() / ic;
         match bias {
             Some(bias) => out_blk.chunks_mut(oc).for_each(|row| row.copy_from_slice(bias)),
@@ -330,6 +385,40 @@ pub fn matmul_forward<F: Float>(
         }
         gemm(out_blk, oc, inp_blk, ic, 1, weight_t, oc, rows, oc, ic, true);
     });
+}
+
+/// out = inp · Wᵀ + bias with Wᵀ (IC, OC) given, serial.
+pub fn matmul_forward_t<F: Float>(out: &mut [F], inp: &[F], weight_t: &[F], bias: Option<&[F]>, ic: usize, oc: usize) {
+    let rows = inp.len() / ic;
+    match bias {
+        Some(bias) => out.chunks_mut(oc).for_each(|row| row.copy_from_slice(bias)),
+        None => out.fill(F::ZERO),
+    }
+    gemm(out, oc, inp, ic, 1, weight_t, oc, rows, oc, ic, true);
+}
+
+/// Wᵀ (IC, OC) of W (OC, IC).
+pub fn transpose<F: Float>(weight_t: &mut [F], weight: &[F], ic: usize, oc: usize) {
+    for (o, w_o) in weight.chunks_exact(ic).take(oc).enumerate() {
+        for (i, &w) in w_o.iter().enumerate() {
+            weight_t[i * oc + o] = w;
+        }
+    }
+}
+
+/// dweight[o0.., :] += Σ_n dout[n, o0 + r] · inp[n, :] for the rows of `dweight` (a block of
+/// output channels starting at o0), dbias likewise; each element sums n in order.
+pub fn matmul_backward_params<F: Float>(dweight: &mut [F], dbias: Option<&mut [F]>, o0: usize, dout: &[F], inp: &[F], ic: usize, oc: usize) {
+    let n = inp.len() / ic;
+    let outs = dweight.len() / ic;
+    gemm(dweight, ic, &dout[o0..], 1, oc, inp, ic, outs, ic, n, true);
+    if let Some(db) = dbias {
+        for dout_n in dout.chunks(oc) {
+            for j in 0..db.len() {
+                db[j] += dout_n[o0 + j];
+            }
+        }
+    }
 }
 
 /// dinp (overwritten) = dout · W, parallel over rows; dweight += doutᵀ · inp and
@@ -345,18 +434,18 @@ pub fn matmul_backward<F: Float>(
     oc: usize,
 ) {
     let n = inp.len() / ic;
-    dinp.par_chunks_mut(ROWS_PER_TASK * ic).zip(dout.par_chunks(ROWS_PER_TASK * oc)).for_each(|(dinp_blk, dout_blk)| {
+    dinp.chunks_mut(ROWS_PER_TASK * ic).zip(dout.chunks(ROWS_PER_TASK * oc)).for_each(|(dinp_blk, dout_blk)| {
         let rows = dout_blk.len() / oc;
         gemm(dinp_blk, ic, dout_blk, oc, 1, weight, ic, rows, ic, oc, false);
     });
-    dweight.par_chunks_mut(OUT_PER_TASK * ic).enumerate().for_each(|(blk, dw_blk)| {
+    dweight.chunks_mut(OUT_PER_TASK * ic).enumerate().for_each(|(blk, dw_blk)| {
         let o0 = blk * OUT_PER_TASK;
         let outs = dw_blk.len() / ic;
         // a[r, k] = dout[k, o0 + r]: dout read transposed.
         gemm(dw_blk, ic, &dout[o0..], 1, oc, inp, ic, outs, ic, n, true);
     });
     if let Some(dbias) = dbias {
-        dbias.par_chunks_mut(OUT_PER_TASK).enumerate().for_each(|(blk, db)| {
+        dbias.chunks_mut(OUT_PER_TASK).enumerate().for_each(|(blk, db)| {
             let o0 = blk * OUT_PER_TASK;
             for dout_n in dout.chunks(oc) {
                 for j in 0..db.len() {
@@ -408,10 +497,10 @@ pub fn attention_forward<F: Float>(
     let hs = c / nh;
     let scale = F::ONE / F::from_usize(hs).sqrt();
     let per_row = attention_scratch_len(t_len, hs);
-    out.par_chunks_mut(t_len * c)
-        .zip(att.par_chunks_mut(nh * t_len * t_len))
-        .zip(qkv.par_chunks(t_len * 3 * c))
-        .zip(scratch.par_chunks_mut(per_row))
+    out.chunks_mut(t_len * c)
+        .zip(att.chunks_mut(nh * t_len * t_len))
+        .zip(qkv.chunks(t_len * 3 * c))
+        .zip(scratch.chunks_mut(per_row))
         .for_each(|(((out_b, att_b), qkv_b), scratch_b)| vectorized(#[inline(always)] || {
             let [q, k_t, v, y, ..] = head_buffers(scratch_b, t_len, hs);
             for h in 0..nh {
@@ -479,10 +568,10 @@ pub fn attention_backward<F: Float>(
     let hs = c / nh;
     let scale = F::ONE / F::from_usize(hs).sqrt();
     let per_row = attention_scratch_len(t_len, hs);
-    dqkv.par_chunks_mut(t_len * 3 * c)
-        .zip(dout.par_chunks(t_len * c))
-        .zip(qkv.par_chunks(t_len * 3 * c).zip(att.par_chunks(nh * t_len * t_len)))
-        .zip(scratch.par_chunks_mut(per_row))
+    dqkv.chunks_mut(t_len * 3 * c)
+        .zip(dout.chunks(t_len * c))
+        .zip(qkv.chunks(t_len * 3 * c).zip(att.chunks(nh * t_len * t_len)))
+        .zip(scratch.chunks_mut(per_row))
         .for_each(|(((dqkv_b, dout_b), (qkv_b, att_b)), scratch_b)| vectorized(#[inline(always)] || {
             let [q, k, v_t, dy, dq, dk, dv, _, _, datt, dpre] = head_buffers(scratch_b, t_len, hs);
             for h in 0..nh {
@@ -541,7 +630,7 @@ const GELU_CUBIC: f64 = 0.044715;
 /// out = ½ x (1 + tanh(√(2/π) (x + 0.044715 x³))).
 pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
     let (s, k, half) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5));
-    out.par_chunks_mut(4096).zip(inp.par_chunks(4096)).for_each(|(out, inp)| {
+    out.chunks_mut(4096).zip(inp.chunks(4096)).for_each(|(out, inp)| {
         vectorized(#[inline(always)] || {
             for (y, &x) in out.iter_mut().zip(inp) {
                 let u = s * (x + k * x * x * x);
@@ -554,7 +643,7 @@ pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
 /// dinp (overwritten) = dout · gelu'(x).
 pub fn gelu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
     let (s, k, half, three) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5), F::from_f64(3.0));
-    dinp.par_chunks_mut(4096).zip(inp.par_chunks(4096).zip(dout.par_chunks(4096))).for_each(|(dinp, (inp, dout))| {
+    dinp.chunks_mut(4096).zip(inp.chunks(4096).zip(dout.chunks(4096))).for_each(|(dinp, (inp, dout))| {
         vectorized(#[inline(always)] || {
             for ((dx, &x), &dy) in dinp.iter_mut().zip(inp).zip(dout) {
                 let u = s * (x + k * x * x * x);
@@ -575,7 +664,7 @@ pub fn gelu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
 
 /// out = a + b.
 pub fn residual_forward<F: Float>(out: &mut [F], a: &[F], b: &[F]) {
-    out.par_chunks_mut(4096).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(|(out, (a, b))| {
+    out.chunks_mut(4096).zip(a.chunks(4096).zip(b.chunks(4096))).for_each(|(out, (a, b))| {
         for i in 0..out.len() {
             out[i] = a[i] + b[i];
         }
@@ -676,12 +765,32 @@ pub fn logprob_forward<F: Float>(
         topk_entropy: vec![F::ZERO; b_len],
         topk_mass: vec![F::ZERO; b_len],
     };
-    lse.par_chunks_mut(t_len)
-        .zip(out.token_logps.par_chunks_mut(t_len))
-        .zip(out.seq_logps.par_iter_mut().zip(out.topk_entropy.par_iter_mut().zip(out.topk_mass.par_iter_mut())))
+    logprob_forward_into(lse, logits, tokens, mask, t_len, v, &mut out.token_logps, &mut out.seq_logps, &mut out.topk_entropy, &mut out.topk_mass);
+    out
+}
+
+/// [`logprob_forward`] into caller buffers (token_logps (B, T) and the three (B) rows,
+/// all overwritten).
+pub fn logprob_forward_into<F: Float>(
+    lse: &mut [F],
+    logits: &[F],
+    tokens: &[u32],
+    mask: &[F],
+    t_len: usize,
+    v: usize,
+    token_logps: &mut [F],
+    seq_logps: &mut [F],
+    topk_entropy: &mut [F],
+    topk_mass: &mut [F],
+) {
+    token_logps.fill(F::ZERO);
+    lse.chunks_mut(t_len)
+        .zip(token_logps.chunks_mut(t_len))
+        .zip(seq_logps.iter_mut().zip(topk_entropy.iter_mut().zip(topk_mass.iter_mut())))
         .enumerate()
         .for_each(|(b, ((lse_b, logp_b), (seq, (ent, mass))))| vectorized(#[inline(always)] || {
             lse_b.fill(F::ZERO);
+            (*seq, *ent, *mass) = (F::ZERO, F::ZERO, F::ZERO);
             let mut scored = 0usize;
             for t in 1..t_len {
                 let m = mask[b * t_len + t];
@@ -708,7 +817,6 @@ pub fn logprob_forward<F: Float>(
                 *mass = *mass / F::from_usize(scored);
             }
         }));
-    out
 }
 
 /// dlogits (overwritten): at the predicting position t − 1 of each scored t,
@@ -724,7 +832,7 @@ pub fn logprob_backward<F: Float>(
     t_len: usize,
     v: usize,
 ) {
-    dlogits.par_chunks_mut(t_len * v).enumerate().for_each(|(b, dlogits_b)| vectorized(#[inline(always)] || {
+    dlogits.chunks_mut(t_len * v).enumerate().for_each(|(b, dlogits_b)| vectorized(#[inline(always)] || {
         dlogits_b.fill(F::ZERO);
         for t in 1..t_len {
             let m = mask[b * t_len + t];
@@ -777,9 +885,27 @@ fn layer<F>(t: &[F], l: usize, n_layer: usize) -> &[F] {
     &t[l * n..(l + 1) * n]
 }
 
-fn layer_mut<F>(t: &mut [F], l: usize, n_layer: usize) -> &mut [F] {
-    let n = t.len() / n_layer;
-    &mut t[l * n..(l + 1) * n]
+/// Split a layer-stacked (L, B, ...) buffer into `nb` equal blocks of batch rows:
+/// out[block][layer].
+fn blocks_mut<F>(buf: &mut [F], nl: usize, nb: usize) -> Vec<Vec<&mut [F]>> {
+    let per_layer = buf.len() / nl;
+    let mut out: Vec<Vec<&mut [F]>> = (0..nb).map(|_| Vec::with_capacity(nl)).collect();
+    for layer in buf.chunks_mut(per_layer) {
+        for (j, blk) in layer.chunks_mut(per_layer / nb).enumerate() {
+            out[j].push(blk);
+        }
+    }
+    out
+}
+
+/// Like [`blocks_mut`] for a buffer without the layer axis: out[block].
+fn blocks1_mut<F>(buf: &mut [F], nb: usize) -> Vec<&mut [F]> {
+    let per = buf.len() / nb;
+    buf.chunks_mut(per).collect()
+}
+
+fn blocks1<F>(buf: &[F], nb: usize) -> Vec<&[F]> {
+    buf.chunks(buf.len() / nb).collect()
 }
 
 /// Activations of one (B, T) shape, allocated once and reused while the shape repeats.
@@ -811,16 +937,20 @@ struct Activations<F> {
     lnf_rstd: Vec<F>,       // (B, T)
     logits: Vec<F>,         // (B, T, V)
     lse: Vec<F>,            // (B, T)
-    // backward scratch, one layer at a time
-    dres: Vec<F>,           // (B, T, C) gradient of the residual stream
-    dln: Vec<F>,            // (B, T, C)
-    datty: Vec<F>,          // (B, T, C)
-    dqkv: Vec<F>,           // (B, T, 3C)
-    dfch: Vec<F>,           // (B, T, 4C)
-    dfch_gelu: Vec<F>,      // (B, T, 4C)
+    // backward: the output gradients the parameter gradients need, per layer
+    dres3: Vec<F>,          // (L, B, T, C) d(block output)
+    dfch: Vec<F>,           // (L, B, T, 4C)
+    dln2: Vec<F>,           // (L, B, T, C)
+    dres2: Vec<F>,          // (L, B, T, C)
+    dqkv: Vec<F>,           // (L, B, T, 3C)
+    dln1: Vec<F>,           // (L, B, T, C)
+    dlnf: Vec<F>,           // (B, T, C)
+    dres0: Vec<F>,          // (B, T, C) d(encoded)
     dlogits: Vec<F>,        // (B, T, V)
+    // backward scratch, per row
+    datty: Vec<F>,          // (B, T, C)
+    dfch_gelu: Vec<F>,      // (B, T, 4C)
     attn_scratch: Vec<F>,   // (B, attention_scratch_len)
-    weight_t: Vec<F>,       // (max OC·IC) matmul_forward's Wᵀ
 }
 
 impl<F: Float> Activations<F> {
@@ -854,18 +984,129 @@ impl<F: Float> Activations<F> {
             lnf_rstd: z(n),
             logits: z(n * v),
             lse: z(n),
-            dres: z(n * c),
-            dln: z(n * c),
-            datty: z(n * c),
-            dqkv: z(n * 3 * c),
-            dfch: z(n * 4 * c),
-            dfch_gelu: z(n * 4 * c),
+            dres3: z(l * n * c),
+            dfch: z(l * n * 4 * c),
+            dln2: z(l * n * c),
+            dres2: z(l * n * c),
+            dqkv: z(l * n * 3 * c),
+            dln1: z(l * n * c),
+            dlnf: z(n * c),
+            dres0: z(n * c),
             dlogits: z(n * v),
+            datty: z(n * c),
+            dfch_gelu: z(n * 4 * c),
             attn_scratch: z(b * attention_scratch_len(t, cfg.head_dim())),
-            weight_t: z((4 * c * c).max(v * c)),
         }
     }
 }
+
+/// One block of batch rows of every activation buffer, for the row-parallel passes.
+struct RowBlock<'a, F> {
+    tokens: &'a [u32],
+    mask: &'a [F],
+    encoded: &'a mut [F],
+    ln1: Vec<&'a mut [F]>,
+    ln1_mean: Vec<&'a mut [F]>,
+    ln1_rstd: Vec<&'a mut [F]>,
+    qkv: Vec<&'a mut [F]>,
+    atty: Vec<&'a mut [F]>,
+    att: Vec<&'a mut [F]>,
+    attproj: Vec<&'a mut [F]>,
+    residual2: Vec<&'a mut [F]>,
+    ln2: Vec<&'a mut [F]>,
+    ln2_mean: Vec<&'a mut [F]>,
+    ln2_rstd: Vec<&'a mut [F]>,
+    fch: Vec<&'a mut [F]>,
+    fch_gelu: Vec<&'a mut [F]>,
+    fcproj: Vec<&'a mut [F]>,
+    residual3: Vec<&'a mut [F]>,
+    lnf: &'a mut [F],
+    lnf_mean: &'a mut [F],
+    lnf_rstd: &'a mut [F],
+    logits: &'a mut [F],
+    lse: &'a mut [F],
+    dres3: Vec<&'a mut [F]>,
+    dfch: Vec<&'a mut [F]>,
+    dln2: Vec<&'a mut [F]>,
+    dres2: Vec<&'a mut [F]>,
+    dqkv: Vec<&'a mut [F]>,
+    dln1: Vec<&'a mut [F]>,
+    dlnf: &'a mut [F],
+    dres0: &'a mut [F],
+    dlogits: &'a mut [F],
+    datty: &'a mut [F],
+    dfch_gelu: &'a mut [F],
+    attn_scratch: &'a mut [F],
+}
+
+impl<F: Float> Activations<F> {
+    /// Blocks of `rows` batch rows each (rows divides B).
+    fn row_blocks(&mut self, nl: usize, rows: usize) -> Vec<RowBlock<'_, F>> {
+        let nb = self.b / rows;
+        macro_rules! it {
+            ($f:ident) => {
+                blocks_mut(&mut self.$f, nl, nb).into_iter()
+            };
+        }
+        macro_rules! it1 {
+            ($f:ident) => {
+                blocks1_mut(&mut self.$f, nb).into_iter()
+            };
+        }
+        let mut tokens = self.tokens.chunks(self.tokens.len() / nb);
+        let mut mask = blocks1(&self.mask, nb).into_iter();
+        let (mut encoded, mut ln1, mut ln1_mean, mut ln1_rstd, mut qkv, mut atty, mut att, mut attproj) =
+            (it1!(encoded), it!(ln1), it!(ln1_mean), it!(ln1_rstd), it!(qkv), it!(atty), it!(att), it!(attproj));
+        let (mut residual2, mut ln2, mut ln2_mean, mut ln2_rstd, mut fch, mut fch_gelu, mut fcproj, mut residual3) =
+            (it!(residual2), it!(ln2), it!(ln2_mean), it!(ln2_rstd), it!(fch), it!(fch_gelu), it!(fcproj), it!(residual3));
+        let (mut lnf, mut lnf_mean, mut lnf_rstd, mut logits, mut lse) = (it1!(lnf), it1!(lnf_mean), it1!(lnf_rstd), it1!(logits), it1!(lse));
+        let (mut dres3, mut dfch, mut dln2, mut dres2, mut dqkv, mut dln1) = (it!(dres3), it!(dfch), it!(dln2), it!(dres2), it!(dqkv), it!(dln1));
+        let (mut dlnf, mut dres0, mut dlogits, mut datty, mut dfch_gelu, mut attn_scratch) =
+            (it1!(dlnf), it1!(dres0), it1!(dlogits), it1!(datty), it1!(dfch_gelu), it1!(attn_scratch));
+        (0..nb)
+            .map(|_| RowBlock {
+                tokens: tokens.next().unwrap(),
+                mask: mask.next().unwrap(),
+                encoded: encoded.next().unwrap(),
+                ln1: ln1.next().unwrap(),
+                ln1_mean: ln1_mean.next().unwrap(),
+                ln1_rstd: ln1_rstd.next().unwrap(),
+                qkv: qkv.next().unwrap(),
+                atty: atty.next().unwrap(),
+                att: att.next().unwrap(),
+                attproj: attproj.next().unwrap(),
+                residual2: residual2.next().unwrap(),
+                ln2: ln2.next().unwrap(),
+                ln2_mean: ln2_mean.next().unwrap(),
+                ln2_rstd: ln2_rstd.next().unwrap(),
+                fch: fch.next().unwrap(),
+                fch_gelu: fch_gelu.next().unwrap(),
+                fcproj: fcproj.next().unwrap(),
+                residual3: residual3.next().unwrap(),
+                lnf: lnf.next().unwrap(),
+                lnf_mean: lnf_mean.next().unwrap(),
+                lnf_rstd: lnf_rstd.next().unwrap(),
+                logits: logits.next().unwrap(),
+                lse: lse.next().unwrap(),
+                dres3: dres3.next().unwrap(),
+                dfch: dfch.next().unwrap(),
+                dln2: dln2.next().unwrap(),
+                dres2: dres2.next().unwrap(),
+                dqkv: dqkv.next().unwrap(),
+                dln1: dln1.next().unwrap(),
+                dlnf: dlnf.next().unwrap(),
+                dres0: dres0.next().unwrap(),
+                dlogits: dlogits.next().unwrap(),
+                datty: datty.next().unwrap(),
+                dfch_gelu: dfch_gelu.next().unwrap(),
+                attn_scratch: attn_scratch.next().unwrap(),
+            })
+            .collect()
+    }
+}
+
+/// Batch rows per task of the row-parallel passes (1 divides every B).
+const BATCH_ROWS_PER_TASK: usize = 1;
 
 /// GPT-2 over a flat parameter vector, with its gradient and the activations of the last
 /// forward.
@@ -879,13 +1120,16 @@ pub struct Gpt<F> {
     acts: Option<Activations<F>>,
     /// Whether `acts` holds a forward that `backward` may use.
     forward_done: bool,
+    /// Wᵀ of every matmul weight (per layer qkv, attproj, fc, fcproj, then wte), rebuilt
+    /// from `params` at every forward.
+    weights_t: Vec<F>,
 }
 
 impl<F: Float> Gpt<F> {
     /// `params.len()` must equal the layout's total (checked by the engine).
     pub fn new(cfg: GptConfig, params: Vec<F>) -> Self {
         let total = params.len();
-        Gpt { cfg, params, grads: vec![F::ZERO; total], acts: None, forward_done: false }
+        Gpt { cfg, params, grads: vec![F::ZERO; total], acts: None, forward_done: false, weights_t: Vec::new() }
     }
 
     /// Rows of the last forward, if any.
@@ -899,46 +1143,77 @@ impl<F: Float> Gpt<F> {
 
     /// Forward pass on (B, T) tokens with the score mask; keeps activations for
     /// [`Gpt::backward`]. Tokens must be < V and T ≤ ctx (the engine checks).
+    ///
+    /// Every layer is row-local except attention, which stays inside a batch row, so the
+    /// whole forward runs as one parallel pass over blocks of batch rows.
     pub fn forward(&mut self, tokens: &[u32], mask: &[F], b: usize, t: usize) -> HeadOut<F> {
         let cfg = self.cfg;
         let (c, nl, nh, v) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab);
         if self.acts.as_ref().is_none_or(|a| a.b != b || a.t != t) {
             self.acts = Some(Activations::new(&cfg, b, t));
         }
+        let [wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb] =
+            split_params(&self.params, &cfg);
+        // Wᵀ of every matrix, so the kernel's inner loop runs over contiguous outputs
+        let per_layer_t = 12 * c * c;
+        self.weights_t.resize(nl * per_layer_t + v * c, F::ZERO);
+        {
+            let (layers_t, wte_t) = self.weights_t.split_at_mut(nl * per_layer_t);
+            let mut jobs: Vec<(&mut [F], &[F], usize, usize)> = Vec::with_capacity(4 * nl + 1);
+            for (l, lt) in layers_t.chunks_mut(per_layer_t).enumerate() {
+                let (q, rest) = lt.split_at_mut(3 * c * c);
+                let (ap, rest) = rest.split_at_mut(c * c);
+                let (f, fp) = rest.split_at_mut(4 * c * c);
+                jobs.push((q, layer(qkvw, l, nl), c, 3 * c));
+                jobs.push((ap, layer(attprojw, l, nl), c, c));
+                jobs.push((f, layer(fcw, l, nl), c, 4 * c));
+                jobs.push((fp, layer(fcprojw, l, nl), 4 * c, c));
+            }
+            jobs.push((wte_t, wte, c, v));
+            jobs.into_par_iter().for_each(|(dst, w, ic, oc)| transpose(dst, w, ic, oc));
+        }
+        let weights_t = &self.weights_t[..];
         let acts = self.acts.as_mut().unwrap();
         acts.tokens.copy_from_slice(tokens);
         acts.mask.copy_from_slice(mask);
-        let [wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb] =
-            split_params(&self.params, &cfg);
-
-        encoder_forward(&mut acts.encoded, tokens, wte, wpe, t, c); // (B, T, C)
-        for l in 0..nl {
-            let residual = if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) }; // (B, T, C)
-            let ln1 = layer_mut(&mut acts.ln1, l, nl);
-            layernorm_forward(ln1, layer_mut(&mut acts.ln1_mean, l, nl), layer_mut(&mut acts.ln1_rstd, l, nl), residual, layer(ln1w, l, nl), layer(ln1b, l, nl), c);
-            let qkv = layer_mut(&mut acts.qkv, l, nl); // (B, T, 3C)
-            matmul_forward(qkv, ln1, layer(qkvw, l, nl), Some(layer(qkvb, l, nl)), &mut acts.weight_t, c, 3 * c);
-            let atty = layer_mut(&mut acts.atty, l, nl); // (B, T, C)
-            attention_forward(atty, layer_mut(&mut acts.att, l, nl), qkv, &mut acts.attn_scratch, t, c, nh);
-            let attproj = layer_mut(&mut acts.attproj, l, nl); // (B, T, C)
-            matmul_forward(attproj, atty, layer(attprojw, l, nl), Some(layer(attprojb, l, nl)), &mut acts.weight_t, c, c);
-            let residual2 = layer_mut(&mut acts.residual2, l, nl);
-            residual_forward(residual2, residual, attproj);
-            let ln2 = layer_mut(&mut acts.ln2, l, nl);
-            layernorm_forward(ln2, layer_mut(&mut acts.ln2_mean, l, nl), layer_mut(&mut acts.ln2_rstd, l, nl), residual2, layer(ln2w, l, nl), layer(ln2b, l, nl), c);
-            let fch = layer_mut(&mut acts.fch, l, nl); // (B, T, 4C)
-            matmul_forward(fch, ln2, layer(fcw, l, nl), Some(layer(fcb, l, nl)), &mut acts.weight_t, c, 4 * c);
-            let fch_gelu = layer_mut(&mut acts.fch_gelu, l, nl); // (B, T, 4C)
-            gelu_forward(fch_gelu, fch);
-            let fcproj = layer_mut(&mut acts.fcproj, l, nl); // (B, T, C)
-            matmul_forward(fcproj, fch_gelu, layer(fcprojw, l, nl), Some(layer(fcprojb, l, nl)), &mut acts.weight_t, 4 * c, c);
-            residual_forward(layer_mut(&mut acts.residual3, l, nl), residual2, fcproj);
-        }
-        let residual = layer(&acts.residual3, nl - 1, nl); // (B, T, C)
-        layernorm_forward(&mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, residual, lnfw, lnfb, c);
-        matmul_forward(&mut acts.logits, &acts.lnf, wte, None, &mut acts.weight_t, c, v); // (B, T, V), tied head
+        let mut head = HeadOut { token_logps: vec![F::ZERO; b * t], seq_logps: vec![F::ZERO; b], topk_entropy: vec![F::ZERO; b], topk_mass: vec![F::ZERO; b] };
+        let rows = BATCH_ROWS_PER_TASK;
+        let blocks = acts.row_blocks(nl, rows);
+        blocks
+            .into_par_iter()
+            .zip(head.token_logps.par_chunks_mut(rows * t))
+            .zip(head.seq_logps.par_chunks_mut(rows).zip(head.topk_entropy.par_chunks_mut(rows).zip(head.topk_mass.par_chunks_mut(rows))))
+            .for_each(|((mut blk, token_logps), (seq, (ent, mass)))| {
+                let wt = |l: usize| {
+                    let lt = &weights_t[l * per_layer_t..(l + 1) * per_layer_t];
+                    let (q, rest) = lt.split_at(3 * c * c);
+                    let (ap, rest) = rest.split_at(c * c);
+                    let (f, fp) = rest.split_at(4 * c * c);
+                    (q, ap, f, fp)
+                };
+                encoder_forward(blk.encoded, blk.tokens, wte, wpe, t, c);
+                for l in 0..nl {
+                    let (qkvw_t, attprojw_t, fcw_t, fcprojw_t) = wt(l);
+                    let (done, _) = blk.residual3.split_at_mut(l);
+                    let residual: &[F] = if l == 0 { blk.encoded } else { done[l - 1] };
+                    layernorm_forward(blk.ln1[l], blk.ln1_mean[l], blk.ln1_rstd[l], residual, layer(ln1w, l, nl), layer(ln1b, l, nl), c);
+                    matmul_forward_t(blk.qkv[l], blk.ln1[l], qkvw_t, Some(layer(qkvb, l, nl)), c, 3 * c);
+                    attention_forward(blk.atty[l], blk.att[l], blk.qkv[l], blk.attn_scratch, t, c, nh);
+                    matmul_forward_t(blk.attproj[l], blk.atty[l], attprojw_t, Some(layer(attprojb, l, nl)), c, c);
+                    residual_forward(blk.residual2[l], residual, blk.attproj[l]);
+                    layernorm_forward(blk.ln2[l], blk.ln2_mean[l], blk.ln2_rstd[l], blk.residual2[l], layer(ln2w, l, nl), layer(ln2b, l, nl), c);
+                    matmul_forward_t(blk.fch[l], blk.ln2[l], fcw_t, Some(layer(fcb, l, nl)), c, 4 * c);
+                    gelu_forward(blk.fch_gelu[l], blk.fch[l]);
+                    matmul_forward_t(blk.fcproj[l], blk.fch_gelu[l], fcprojw_t, Some(layer(fcprojb, l, nl)), 4 * c, c);
+                    residual_forward(blk.residual3[l], blk.residual2[l], blk.fcproj[l]);
+                }
+                layernorm_forward(blk.lnf, blk.lnf_mean, blk.lnf_rstd, blk.residual3[nl - 1], lnfw, lnfb, c);
+                matmul_forward_t(blk.logits, blk.lnf, &weights_t[nl * per_layer_t..], None, c, v); // tied head
+                logprob_forward_into(blk.lse, blk.logits, blk.tokens, blk.mask, t, v, token_logps, seq, ent, mass);
+                let _ = &mut blk;
+            });
         self.forward_done = true;
-        logprob_forward(&mut acts.lse, &acts.logits, tokens, mask, t, v)
+        head
     }
 
     /// (B, T, V) logits of the last forward.
@@ -953,39 +1228,108 @@ impl<F: Float> Gpt<F> {
 
     /// Back-propagate d(loss)/d(seq_logp) (B) through the last forward into `grads`
     /// (overwritten). Panics without a forward; the engine checks first.
+    ///
+    /// Two parallel passes: the input gradients, row-local like the forward, over blocks of
+    /// batch rows (keeping every output gradient a parameter needs), then the parameter
+    /// gradients, over blocks of output channels, each summing its rows in order.
     pub fn backward(&mut self, d_seq: &[F]) {
         let cfg = self.cfg;
         let (c, nl, nh, v) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab);
         let acts = self.acts.as_mut().filter(|_| self.forward_done).expect("backward needs a forward");
         let t = acts.t;
-        self.grads.fill(F::ZERO);
         let [wte, _, ln1w, _, qkvw, _, attprojw, _, ln2w, _, fcw, _, fcprojw, _, lnfw, _] = split_params(&self.params, &cfg);
+        let rows = BATCH_ROWS_PER_TASK;
+        acts.row_blocks(nl, rows).into_par_iter().zip(d_seq.par_chunks(rows)).for_each(|(mut blk, d_seq)| {
+            let n = rows * t;
+            logprob_backward(blk.dlogits, blk.logits, blk.lse, blk.tokens, blk.mask, d_seq, t, v); // (B, T, V)
+            gemm(blk.dlnf, c, blk.dlogits, v, 1, wte, c, n, c, v, false); // dlnf = dlogits · wte
+            let dres = &mut blk.dres3[nl - 1];
+            dres.fill(F::ZERO);
+            layernorm_backward_dinp(dres, blk.dlnf, blk.residual3[nl - 1], lnfw, blk.lnf_mean, blk.lnf_rstd, c);
+            for l in (0..nl).rev() {
+                // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+                gemm(blk.dfch_gelu, 4 * c, blk.dres3[l], c, 1, layer(fcprojw, l, nl), 4 * c, n, 4 * c, c, false);
+                gelu_backward(blk.dfch[l], blk.fch[l], blk.dfch_gelu);
+                gemm(blk.dln2[l], c, blk.dfch[l], 4 * c, 1, layer(fcw, l, nl), c, n, c, 4 * c, false);
+                blk.dres2[l].copy_from_slice(blk.dres3[l]);
+                layernorm_backward_dinp(blk.dres2[l], blk.dln2[l], blk.residual2[l], layer(ln2w, l, nl), blk.ln2_mean[l], blk.ln2_rstd[l], c);
+                // attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+                gemm(blk.datty, c, blk.dres2[l], c, 1, layer(attprojw, l, nl), c, n, c, c, false);
+                attention_backward(blk.dqkv[l], blk.datty, blk.qkv[l], blk.att[l], blk.attn_scratch, t, c, nh);
+                gemm(blk.dln1[l], c, blk.dqkv[l], 3 * c, 1, layer(qkvw, l, nl), c, n, c, 3 * c, false);
+                let (below, this) = blk.dres3.split_at_mut(l);
+                let dres_in: &mut [F] = if l == 0 { &mut *blk.dres0 } else { &mut *below[l - 1] };
+                dres_in.copy_from_slice(blk.dres2[l]);
+                let residual: &[F] = if l == 0 { blk.encoded } else { blk.residual3[l - 1] };
+                layernorm_backward_dinp(dres_in, blk.dln1[l], residual, layer(ln1w, l, nl), blk.ln1_mean[l], blk.ln1_rstd[l], c);
+                let _ = this;
+            }
+        });
+
+        // parameter gradients
+        self.grads.fill(F::ZERO);
+        let acts = self.acts.as_ref().unwrap();
         let [dwte, dwpe, dln1w, dln1b, dqkvw, dqkvb, dattprojw, dattprojb, dln2w, dln2b, dfcw, dfcb, dfcprojw, dfcprojb, dlnfw, dlnfb] =
             split_params_mut(&mut self.grads, &cfg);
-
-        logprob_backward(&mut acts.dlogits, &acts.logits, &acts.lse, &acts.tokens, &acts.mask, d_seq, t, v); // (B, T, V)
-        matmul_backward(&mut acts.dln, dwte, None, &acts.dlogits, &acts.lnf, wte, c, v); // dlnf (B, T, C)
-        let residual = layer(&acts.residual3, nl - 1, nl);
-        acts.dres.fill(F::ZERO);
-        layernorm_backward(&mut acts.dres, dlnfw, dlnfb, &acts.dln, residual, lnfw, &acts.lnf_mean, &acts.lnf_rstd, c);
-        // acts.dres is now d(residual3[L−1]); each block reads it as the gradient of its
-        // branch outputs and its LayerNorms add their input gradients into it in place.
-        for l in (0..nl).rev() {
-            let residual = if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) };
-            // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-            matmul_backward(&mut acts.dfch_gelu, layer_mut(dfcprojw, l, nl), Some(layer_mut(dfcprojb, l, nl)), &acts.dres, layer(&acts.fch_gelu, l, nl), layer(fcprojw, l, nl), 4 * c, c);
-            gelu_backward(&mut acts.dfch, layer(&acts.fch, l, nl), &acts.dfch_gelu); // (B, T, 4C)
-            matmul_backward(&mut acts.dln, layer_mut(dfcw, l, nl), Some(layer_mut(dfcb, l, nl)), &acts.dfch, layer(&acts.ln2, l, nl), layer(fcw, l, nl), c, 4 * c);
-            // dres becomes d(residual2)
-            layernorm_backward(&mut acts.dres, layer_mut(dln2w, l, nl), layer_mut(dln2b, l, nl), &acts.dln, layer(&acts.residual2, l, nl), layer(ln2w, l, nl), layer(&acts.ln2_mean, l, nl), layer(&acts.ln2_rstd, l, nl), c);
-            // attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-            matmul_backward(&mut acts.datty, layer_mut(dattprojw, l, nl), Some(layer_mut(dattprojb, l, nl)), &acts.dres, layer(&acts.atty, l, nl), layer(attprojw, l, nl), c, c);
-            attention_backward(&mut acts.dqkv, &acts.datty, layer(&acts.qkv, l, nl), layer(&acts.att, l, nl), &mut acts.attn_scratch, t, c, nh); // (B, T, 3C)
-            matmul_backward(&mut acts.dln, layer_mut(dqkvw, l, nl), Some(layer_mut(dqkvb, l, nl)), &acts.dqkv, layer(&acts.ln1, l, nl), layer(qkvw, l, nl), c, 3 * c);
-            // dres becomes d(residual into block l)
-            layernorm_backward(&mut acts.dres, layer_mut(dln1w, l, nl), layer_mut(dln1b, l, nl), &acts.dln, residual, layer(ln1w, l, nl), layer(&acts.ln1_mean, l, nl), layer(&acts.ln1_rstd, l, nl), c);
+        enum Job<'a, F> {
+            Mat { dw: &'a mut [F], db: Option<&'a mut [F]>, o0: usize, dout: &'a [F], inp: &'a [F], ic: usize, oc: usize },
+            Ln { dw: &'a mut [F], db: &'a mut [F], dout: &'a [F], inp: &'a [F], mean: &'a [F], rstd: &'a [F] },
+            Wte { dw: &'a mut [F], o0: usize },
+            Wpe { dw: &'a mut [F] },
         }
-        encoder_backward(dwte, dwpe, &acts.dres, &acts.tokens, t, c);
+        let mut jobs: Vec<Job<F>> = Vec::new();
+        fn mat_jobs<'a, F>(jobs: &mut Vec<Job<'a, F>>, dw: &'a mut [F], db: &'a mut [F], dout: &'a [F], inp: &'a [F], ic: usize, oc: usize) {
+            for (j, (dw, db)) in dw.chunks_mut(OUT_PER_TASK * ic).zip(db.chunks_mut(OUT_PER_TASK)).enumerate() {
+                jobs.push(Job::Mat { dw, db: Some(db), o0: j * OUT_PER_TASK, dout, inp, ic, oc });
+            }
+        }
+        fn per<F>(x: &mut [F], nl: usize) -> std::vec::IntoIter<&mut [F]> {
+            let n = x.len() / nl;
+            x.chunks_mut(n).collect::<Vec<_>>().into_iter()
+        }
+        let (mut dln1w, mut dln1b, mut dqkvw, mut dqkvb, mut dattprojw, mut dattprojb) = (per(dln1w, nl), per(dln1b, nl), per(dqkvw, nl), per(dqkvb, nl), per(dattprojw, nl), per(dattprojb, nl));
+        let (mut dln2w, mut dln2b, mut dfcw, mut dfcb, mut dfcprojw, mut dfcprojb) = (per(dln2w, nl), per(dln2b, nl), per(dfcw, nl), per(dfcb, nl), per(dfcprojw, nl), per(dfcprojb, nl));
+        for (j, dw) in dwte.chunks_mut(OUT_PER_TASK * c).enumerate() {
+            jobs.push(Job::Wte { dw, o0: j * OUT_PER_TASK });
+        }
+        jobs.push(Job::Wpe { dw: dwpe });
+        jobs.push(Job::Ln { dw: dlnfw, db: dlnfb, dout: &acts.dlnf, inp: layer(&acts.residual3, nl - 1, nl), mean: &acts.lnf_mean, rstd: &acts.lnf_rstd });
+        for l in 0..nl {
+            mat_jobs(&mut jobs, dfcprojw.next().unwrap(), dfcprojb.next().unwrap(), layer(&acts.dres3, l, nl), layer(&acts.fch_gelu, l, nl), 4 * c, c);
+            mat_jobs(&mut jobs, dfcw.next().unwrap(), dfcb.next().unwrap(), layer(&acts.dfch, l, nl), layer(&acts.ln2, l, nl), c, 4 * c);
+            jobs.push(Job::Ln { dw: dln2w.next().unwrap(), db: dln2b.next().unwrap(), dout: layer(&acts.dln2, l, nl), inp: layer(&acts.residual2, l, nl), mean: layer(&acts.ln2_mean, l, nl), rstd: layer(&acts.ln2_rstd, l, nl) });
+            mat_jobs(&mut jobs, dattprojw.next().unwrap(), dattprojb.next().unwrap(), layer(&acts.dres2, l, nl), layer(&acts.atty, l, nl), c, c);
+            mat_jobs(&mut jobs, dqkvw.next().unwrap(), dqkvb.next().unwrap(), layer(&acts.dqkv, l, nl), layer(&acts.ln1, l, nl), c, 3 * c);
+            let residual = if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) };
+            jobs.push(Job::Ln { dw: dln1w.next().unwrap(), db: dln1b.next().unwrap(), dout: layer(&acts.dln1, l, nl), inp: residual, mean: layer(&acts.ln1_mean, l, nl), rstd: layer(&acts.ln1_rstd, l, nl) });
+        }
+        jobs.into_par_iter().for_each(|job| match job {
+            Job::Mat { dw, db, o0, dout, inp, ic, oc } => matmul_backward_params(dw, db, o0, dout, inp, ic, oc),
+            Job::Ln { dw, db, dout, inp, mean, rstd } => layernorm_backward_params(dw, db, dout, inp, mean, rstd, c),
+            Job::Wte { dw, o0 } => {
+                // the tied head's gradient, then the encoder's rows, in token order
+                matmul_backward_params(dw, None, o0, &acts.dlogits, &acts.lnf, c, v);
+                let rows = dw.len() / c;
+                for (n, &tok) in acts.tokens.iter().enumerate() {
+                    let tok = tok as usize;
+                    if tok >= o0 && tok < o0 + rows {
+                        let dst = &mut dw[(tok - o0) * c..(tok - o0 + 1) * c];
+                        let src = &acts.dres0[n * c..(n + 1) * c];
+                        for i in 0..c {
+                            dst[i] += src[i];
+                        }
+                    }
+                }
+            }
+            Job::Wpe { dw } => {
+                for (n, src) in acts.dres0.chunks(c).enumerate() {
+                    let dst = &mut dw[(n % t) * c..(n % t + 1) * c];
+                    for i in 0..c {
+                        dst[i] += src[i];
+                    }
+                }
+            }
+        });
     }
 }
 
