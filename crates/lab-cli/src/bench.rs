@@ -10,7 +10,6 @@ use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
 use lab_core::loss::{paired_loss, LossKind, LossParams, PairLogps};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
-use lab_cpu::CpuEngine;
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -64,11 +63,8 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     if args.steps == 0 {
         return Err(LabError::param("steps", "must be at least 1"));
     }
-    let (mut policy, mut reference): (Box<dyn Engine>, Box<dyn Engine>) = match args.engine.as_str() {
-        "cpu" => (Box::new(CpuEngine::new(cfg, init_params(&cfg, 0))?), Box::new(CpuEngine::new(cfg, init_params(&cfg, 0))?)),
-        "gpu" => return Err(LabError::param("engine", "the GPU engine is not built yet; use --engine cpu")),
-        other => return Err(LabError::param("engine", format!("unknown engine {other:?} (expected cpu or gpu)"))),
-    };
+    let open = |kind: &str| crate::commands::open_engine(kind, cfg, init_params(&cfg, 0));
+    let (mut policy, mut reference) = (open(&args.engine)?, open(&args.engine)?);
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
     for step in 1..=2 {
@@ -81,6 +77,7 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
+    let profile = if args.engine == "gpu" { gpu_profile(cfg, &batch, &opt)? } else { Value::Null };
     Ok(json!({
         "engine": args.engine,
         "adapter": policy.name(),
@@ -92,5 +89,19 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         "steps_per_s": steps_per_s,
         "tokens_per_s": steps_per_s * (2 * PAIRS * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64,
         "final_loss": loss,
+        "gpu_profile": profile,
     }))
+}
+
+/// Where a GPU step's time goes: per-kernel GPU time from timestamp queries, or null when
+/// the adapter has no TIMESTAMP_QUERY.
+fn gpu_profile(cfg: GptConfig, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+    let mut gpu = lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0))?;
+    gpu.forward(batch)?;
+    let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
+    let Some(profile) = gpu.profile_step(batch, &d_seq, opt, 1)? else {
+        return Ok(Value::Null);
+    };
+    let kernels: Vec<Value> = profile.kernels.iter().map(|k| json!({"kernel": k.kernel, "launches": k.launches, "total_us": k.total_us})).collect();
+    Ok(json!({"total_us": profile.total_us, "kernels": kernels}))
 }

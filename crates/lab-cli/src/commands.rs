@@ -37,7 +37,7 @@ pub struct ModelArgs {
     /// Or a preset with GPT-2 random initialisation: tiny | medium.
     #[arg(long)]
     config: Option<String>,
-    /// Engine: cpu (gpu arrives with lab-gpu).
+    /// Engine: cpu (the reference) or gpu (WebGPU through wgpu: Vulkan, Metal, DX12).
     #[arg(long, default_value = "cpu")]
     engine: String,
 }
@@ -54,12 +54,17 @@ impl ModelArgs {
         }
     }
 
-    fn engine(&self, cfg: GptConfig, params: Vec<f32>) -> Result<CpuEngine> {
-        match self.engine.as_str() {
-            "cpu" => CpuEngine::new(cfg, params),
-            "gpu" => Err(LabError::param("engine", "the GPU engine is not built yet; use --engine cpu")),
-            other => Err(LabError::param("engine", format!("unknown engine {other:?} (expected cpu or gpu)"))),
-        }
+    fn engine(&self, cfg: GptConfig, params: Vec<f32>) -> Result<Box<dyn Engine>> {
+        open_engine(&self.engine, cfg, params)
+    }
+}
+
+/// `cpu` (the reference engine) or `gpu` (WebGPU over the default adapter).
+pub fn open_engine(kind: &str, cfg: GptConfig, params: Vec<f32>) -> Result<Box<dyn Engine>> {
+    match kind {
+        "cpu" => Ok(Box::new(CpuEngine::new(cfg, params)?)),
+        "gpu" => Ok(Box::new(lab_gpu::GpuEngine::from_default_adapter(cfg, params)?)),
+        other => Err(LabError::param("engine", format!("unknown engine {other:?} (expected cpu or gpu)"))),
     }
 }
 
@@ -128,7 +133,7 @@ impl TrainArgs {
 }
 
 /// Build a session from an experiment; the weights come from `model`.
-pub fn session_for(experiment: &ExperimentConfig, model: &ModelArgs, records: &[Record], lines: Option<&[usize]>) -> Result<Session<CpuEngine>> {
+pub fn session_for(experiment: &ExperimentConfig, model: &ModelArgs, records: &[Record], lines: Option<&[usize]>) -> Result<Session<Box<dyn Engine>>> {
     let mix = experiment.validate()?;
     let (cfg, params) = model.load(experiment.seed)?;
     let engine = model.engine(cfg, params)?;

@@ -120,3 +120,38 @@ pub trait Engine {
     /// One AdamW update from the current gradients; `step` counts from 1.
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()>;
 }
+
+/// A boxed engine is an engine, so binaries can pick CPU or GPU at run time
+/// (`Session<Box<dyn Engine>>`).
+impl<E: Engine + ?Sized> Engine for Box<E> {
+    fn config(&self) -> &GptConfig {
+        (**self).config()
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn params(&self) -> Vec<f32> {
+        (**self).params()
+    }
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        (**self).set_params(params)
+    }
+    fn forward(&mut self, batch: &TokenBatch) -> Result<ForwardOut> {
+        (**self).forward(batch)
+    }
+    fn logits(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        (**self).logits(batch)
+    }
+    fn hidden_states(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        (**self).hidden_states(batch)
+    }
+    fn backward(&mut self, d_seq_logps: &[f32]) -> Result<()> {
+        (**self).backward(d_seq_logps)
+    }
+    fn grads(&self) -> Vec<f32> {
+        (**self).grads()
+    }
+    fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
+        (**self).adamw_step(opt, step)
+    }
+}

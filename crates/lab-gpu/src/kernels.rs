@@ -1,0 +1,146 @@
+//! The WGSL kernels (one op per file in `shaders/`, the single source, embedded at compile
+//! time) and their compute pipelines, built once per device.
+
+use lab_core::error::Result;
+
+/// Every shader file, by name, as embedded in the binary. The naga test compiles the files
+/// on disk; this list is what the engine runs.
+pub const SHADERS: [(&str, &str); 8] = [
+    ("encoder.wgsl", include_str!("../../../shaders/encoder.wgsl")),
+    ("layernorm.wgsl", include_str!("../../../shaders/layernorm.wgsl")),
+    ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
+    ("attention.wgsl", include_str!("../../../shaders/attention.wgsl")),
+    ("gelu.wgsl", include_str!("../../../shaders/gelu.wgsl")),
+    ("logprob.wgsl", include_str!("../../../shaders/logprob.wgsl")),
+    ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl")),
+    ("adamw.wgsl", include_str!("../../../shaders/adamw.wgsl")),
+];
+
+/// One entry point of one shader: the unit a dispatch runs and a timestamp names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    EncoderForward,
+    EncoderBackwardWte,
+    EncoderBackwardWpe,
+    LayerNormForward,
+    LayerNormBackwardDinp,
+    LayerNormBackwardParams,
+    Gemm,
+    BiasBackward,
+    AttentionForward,
+    AttentionBackwardQuery,
+    AttentionBackwardKey,
+    GeluForward,
+    GeluBackward,
+    LogprobForward,
+    LogprobBackward,
+    SeqSums,
+    AdamW,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 17] = [
+        Kernel::EncoderForward,
+        Kernel::EncoderBackwardWte,
+        Kernel::EncoderBackwardWpe,
+        Kernel::LayerNormForward,
+        Kernel::LayerNormBackwardDinp,
+        Kernel::LayerNormBackwardParams,
+        Kernel::Gemm,
+        Kernel::BiasBackward,
+        Kernel::AttentionForward,
+        Kernel::AttentionBackwardQuery,
+        Kernel::AttentionBackwardKey,
+        Kernel::GeluForward,
+        Kernel::GeluBackward,
+        Kernel::LogprobForward,
+        Kernel::LogprobBackward,
+        Kernel::SeqSums,
+        Kernel::AdamW,
+    ];
+
+    /// (shader file, entry point)
+    pub fn entry(self) -> (&'static str, &'static str) {
+        match self {
+            Kernel::EncoderForward => ("encoder.wgsl", "forward"),
+            Kernel::EncoderBackwardWte => ("encoder.wgsl", "backward_wte"),
+            Kernel::EncoderBackwardWpe => ("encoder.wgsl", "backward_wpe"),
+            Kernel::LayerNormForward => ("layernorm.wgsl", "forward"),
+            Kernel::LayerNormBackwardDinp => ("layernorm.wgsl", "backward_dinp"),
+            Kernel::LayerNormBackwardParams => ("layernorm.wgsl", "backward_params"),
+            Kernel::Gemm => ("matmul.wgsl", "gemm"),
+            Kernel::BiasBackward => ("matmul.wgsl", "bias_backward"),
+            Kernel::AttentionForward => ("attention.wgsl", "forward"),
+            Kernel::AttentionBackwardQuery => ("attention.wgsl", "backward_query"),
+            Kernel::AttentionBackwardKey => ("attention.wgsl", "backward_key"),
+            Kernel::GeluForward => ("gelu.wgsl", "forward"),
+            Kernel::GeluBackward => ("gelu.wgsl", "backward"),
+            Kernel::LogprobForward => ("logprob.wgsl", "forward"),
+            Kernel::LogprobBackward => ("logprob.wgsl", "backward"),
+            Kernel::SeqSums => ("reduce.wgsl", "seq_sums"),
+            Kernel::AdamW => ("adamw.wgsl", "update"),
+        }
+    }
+
+    /// "matmul.wgsl:gemm"
+    pub fn name(self) -> String {
+        let (file, entry) = self.entry();
+        format!("{}:{entry}", file.trim_end_matches(".wgsl"))
+    }
+}
+
+/// The compute pipelines of every kernel on one device.
+#[derive(Debug)]
+pub struct Pipelines {
+    pipelines: Vec<wgpu::ComputePipeline>,
+}
+
+impl Pipelines {
+    /// Compile every shader and build one pipeline per entry point (layouts derived from the
+    /// bindings each entry uses). A WGSL error comes back as an error naming the file.
+    pub fn new(device: &wgpu::Device) -> Result<Pipelines> {
+        let mut modules = Vec::new();
+        for (file, source) in SHADERS {
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(source.into()) });
+            check_scope(scope, file)?;
+            modules.push((file, module));
+        }
+        let mut pipelines = Vec::new();
+        for kernel in Kernel::ALL {
+            let (file, entry) = kernel.entry();
+            let module = &modules.iter().find(|(f, _)| *f == file).expect("every kernel's file is in SHADERS").1;
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            check_scope(scope, &kernel.name())?;
+            pipelines.push(pipeline);
+        }
+        Ok(Pipelines { pipelines })
+    }
+
+    pub fn get(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
+        &self.pipelines[Kernel::ALL.iter().position(|&k| k == kernel).expect("kernel in ALL")]
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn check_scope(scope: wgpu::ErrorScopeGuard, what: &str) -> Result<()> {
+    match pollster::block_on(scope.pop()) {
+        None => Ok(()),
+        Some(err) => Err(lab_core::error::LabError::Engine { msg: format!("{what}: {err}") }),
+    }
+}
+
+/// In the browser, errors surface through the uncaptured-error handler instead.
+#[cfg(target_arch = "wasm32")]
+fn check_scope(scope: wgpu::ErrorScopeGuard, _what: &str) -> Result<()> {
+    drop(scope.pop());
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! The GPU engine: GPT-2 forward, backward and AdamW as WGSL compute kernels on WebGPU
+//! (wgpu), the twin of the `lab-cpu` reference and tested against it for parity.
+//!
+//! [`GpuEngine`] implements [`lab_core::Engine`], so `lab-train`, the CLI and the web app
+//! run on it unchanged. The kernels live in `shaders/` (one op per file, embedded here);
+//! [`kernels`] turns them into pipelines, [`plan`] records every dispatch of one batch
+//! shape once, and [`setup`] finds an adapter and turns wgpu's failures into errors.
+//!
+//! A DPO step costs two queue submissions and one GPU→CPU readback: `forward` submits one
+//! compute pass and reads back the (B, T) token log-probs and (B) sums in one copy;
+//! `backward` records its pass without submitting, and `adamw_step` appends the optimizer
+//! pass and submits both. Nothing is allocated per step once a batch shape has been seen.
+
+pub mod kernels;
+pub mod plan;
+pub mod setup;
+pub mod timing;
+
+use kernels::{Kernel, Pipelines};
+use lab_core::config::GptConfig;
+use lab_core::engine::{AdamWConfig, Engine, ForwardOut, TokenBatch};
+use lab_core::error::{LabError, Result};
+use plan::{record_pass, Dispatch, Grid, Plan};
+use setup::{check_buffer_size, submit_and_read, Faults};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use wgpu::util::DeviceExt;
+
+/// Batch shapes whose plans are kept (training alternates a few: the train batch, the
+/// evaluation batch, single-row sampling).
+const PLAN_CACHE: usize = 4;
+
+/// GPT-2 on a WebGPU device, with AdamW state, all resident on the GPU.
+pub struct GpuEngine {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    cfg: GptConfig,
+    adapter: String,
+    faults: Faults,
+    pipelines: Pipelines,
+    /// Flat parameters, gradient and AdamW moments, llm.c layout (P floats each).
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    adam_m: wgpu::Buffer,
+    adam_v: wgpu::Buffer,
+    /// Stands in for a GEMM's unused bias or addend binding.
+    dummy: wgpu::Buffer,
+    /// AdamW's step-dependent scalars (adamw.wgsl `Hyper`), written each step.
+    hyper: wgpu::Buffer,
+    adamw: Dispatch,
+    /// Most recently used last.
+    plans: Vec<Plan>,
+    /// (B, T) of the forward a `backward` may use.
+    last_forward: Option<(usize, usize)>,
+    /// Backward pass recorded but not yet submitted (behind a lock so that `grads(&self)`
+    /// can submit it).
+    pending: Mutex<Option<wgpu::CommandEncoder>>,
+    /// Queue submissions and GPU→CPU readbacks so far (see [`GpuEngine::sync_counts`]).
+    submissions: AtomicU64,
+    readbacks: AtomicU64,
+}
+
+/// How often the engine has synchronised with the GPU: the step budget is two submissions
+/// and one readback (forward; backward + AdamW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub submissions: u64,
+    pub readbacks: u64,
+}
+
+impl std::fmt::Debug for GpuEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuEngine").field("adapter", &self.adapter).field("cfg", &self.cfg).field("plans", &self.plans.len()).finish()
+    }
+}
+
+impl GpuEngine {
+    /// An engine on a device the caller opened (tests, or an app sharing its device), with
+    /// `params` in the llm.c layout. Compiles every kernel.
+    pub fn new(device: wgpu::Device, queue: wgpu::Queue, cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
+        cfg.validate()?;
+        let total = cfg.layout().total;
+        if params.len() != total {
+            return Err(LabError::shape(format!("{} parameters given, but the config {cfg:?} needs {total}", params.len())));
+        }
+        let limits = device.limits();
+        setup::check_limits(&limits, "this device")?;
+        check_buffer_size(&limits, &format!("the {total} parameters"), (total * 4) as u64)?;
+        let faults = Faults::install(&device);
+        let pipelines = Pipelines::new(&device)?;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&params), usage });
+        let zeros = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (total * 4) as u64, usage, mapped_at_creation: false });
+        let (grads, adam_m, adam_v) = (zeros("grads"), zeros("adam_m"), zeros("adam_v"));
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor { label: Some("dummy"), size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+        let hyper = device.create_buffer(&wgpu::BufferDescriptor { label: Some("adamw hyper"), size: 64, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+        let layout = pipelines.get(Kernel::AdamW).get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("adamw"),
+            layout: &layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: hyper.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: grads.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 2, resource: params_buf.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 3, resource: adam_m.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 4, resource: adam_v.as_entire_binding() },
+            ],
+        });
+        let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
+        // one invocation per parameter, @workgroup_size(64)
+        let adamw = Dispatch { kernel: Kernel::AdamW, bind_group, groups: grid.cover(total, 64)? };
+        faults.check()?;
+        let info = device.adapter_info();
+        Ok(GpuEngine {
+            adapter: format!("{} / {:?}", info.name, info.backend),
+            device,
+            queue,
+            cfg,
+            faults,
+            pipelines,
+            params: params_buf,
+            grads,
+            adam_m,
+            adam_v,
+            dummy,
+            hyper,
+            adamw,
+            plans: Vec::new(),
+            last_forward: None,
+            pending: Mutex::new(None),
+            submissions: AtomicU64::new(0),
+            readbacks: AtomicU64::new(0),
+        })
+    }
+
+    /// Open the platform's best adapter and build an engine on it (async: the browser's way).
+    pub async fn new_async(cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
+        let adapter = instance.request_adapter(&options).await.map_err(|err| LabError::Engine { msg: setup::no_adapter_message(&err) })?;
+        let (device, queue) = setup::open_device(&adapter).await?;
+        GpuEngine::new(device, queue, cfg, params)
+    }
+
+    /// [`GpuEngine::new_async`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_default_adapter(cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
+        pollster::block_on(GpuEngine::new_async(cfg, params))
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Submissions and readbacks since the engine was made.
+    pub fn sync_counts(&self) -> SyncCounts {
+        SyncCounts { submissions: self.submissions.load(Ordering::Relaxed), readbacks: self.readbacks.load(Ordering::Relaxed) }
+    }
+
+    fn count(&self, readback: bool) {
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        if readback {
+            self.readbacks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// The recorded-but-unsubmitted backward, if any.
+    fn take_pending(&self) -> Option<wgpu::CommandEncoder> {
+        self.pending.lock().map(|mut p| p.take()).unwrap_or(None)
+    }
+
+    /// Submit recorded-but-unsubmitted passes.
+    fn flush(&self) {
+        if let Some(encoder) = self.take_pending() {
+            self.count(false);
+            self.queue.submit([encoder.finish()]);
+        }
+    }
+
+    /// Read a whole P-float buffer (parameters or gradient), after any pending pass, in
+    /// the same submission.
+    fn read_flat(&self, src: &wgpu::Buffer) -> Result<Vec<f32>> {
+        let total = self.cfg.layout().total;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: (total * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.take_pending().unwrap_or_else(|| self.encoder("readback"));
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some((total * 4) as u64));
+        self.count(true);
+        submit_and_read(&self.device, &self.queue, &self.faults, encoder, &staging, total)
+    }
+
+    /// The plan for (B, T), built on first use; evicts the least recently used.
+    fn plan_index(&mut self, b: usize, t: usize) -> Result<usize> {
+        if let Some(i) = self.plans.iter().position(|p| p.batch == b && p.seq_len == t) {
+            let plan = self.plans.remove(i);
+            self.plans.push(plan);
+        } else {
+            if self.plans.len() == PLAN_CACHE {
+                self.plans.remove(0);
+            }
+            let plan = Plan::new(&self.device, &self.pipelines, &self.cfg, &self.params, &self.grads, &self.dummy, b, t)?;
+            self.faults.check()?;
+            self.plans.push(plan);
+        }
+        Ok(self.plans.len() - 1)
+    }
+
+    /// Upload the batch and record its forward pass into a new encoder (not submitted).
+    fn record_forward(&mut self, batch: &TokenBatch) -> Result<(usize, wgpu::CommandEncoder)> {
+        batch.check(&self.cfg)?;
+        if batch.batch == 0 || batch.seq_len == 0 {
+            return Err(LabError::shape(format!("empty batch ({}x{})", batch.batch, batch.seq_len)));
+        }
+        // the pending backward reads this shape's tokens: submit it before they change
+        self.flush();
+        self.last_forward = None;
+        let i = self.plan_index(batch.batch, batch.seq_len)?;
+        let plan = &self.plans[i];
+        self.queue.write_buffer(&plan.tokens, 0, bytemuck::cast_slice(&batch.tokens));
+        self.queue.write_buffer(&plan.mask, 0, bytemuck::cast_slice(&batch.score_mask));
+        let mut encoder = self.encoder("forward");
+        record_pass(&mut encoder, &self.pipelines, "forward", &plan.forward);
+        self.last_forward = Some((batch.batch, batch.seq_len));
+        Ok((i, encoder))
+    }
+
+    /// Copy `len` floats of `src` into a fresh MAP_READ buffer and read them (parity tests
+    /// and checkpoints, not the training step).
+    fn read_buffer(&mut self, mut encoder: wgpu::CommandEncoder, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: (len.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some((len * 4) as u64));
+        self.count(true);
+        submit_and_read(&self.device, &self.queue, &self.faults, encoder, &staging, len)
+    }
+
+    /// Run a forward and read back one of its activations.
+    fn forward_and_read(&mut self, batch: &TokenBatch, which: fn(&Plan) -> &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let (i, encoder) = self.record_forward(batch)?;
+        let src = which(&self.plans[i]).clone();
+        self.read_buffer(encoder, &src, len)
+    }
+
+    fn plan_of_last_forward(&self) -> Result<&Plan> {
+        let (b, t) = self.last_forward.ok_or_else(|| LabError::Engine { msg: "backward called before forward".into() })?;
+        self.plans.iter().find(|p| p.batch == b && p.seq_len == t).ok_or_else(|| LabError::Engine { msg: "the forward's buffers were evicted".into() })
+    }
+
+    /// The GPU work of the dispatch lists, per kernel, from timestamp queries (see
+    /// [`timing`]); `None` when the adapter has no TIMESTAMP_QUERY.
+    pub fn profile_step(&mut self, batch: &TokenBatch, d_seq_logps: &[f32], opt: &AdamWConfig, step: u32) -> Result<Option<timing::Profile>> {
+        if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        self.flush();
+        let (i, _) = self.record_forward(batch)?;
+        if d_seq_logps.len() != batch.batch {
+            return Err(LabError::shape(format!("{} sequence gradients for a batch of {} rows", d_seq_logps.len(), batch.batch)));
+        }
+        self.write_hyper(opt, step)?;
+        let plan = &self.plans[i];
+        self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
+        let dispatches: Vec<&Dispatch> = plan.forward.iter().chain(&plan.backward).chain(std::iter::once(&self.adamw)).collect();
+        let profile = timing::profile(&self.device, &self.queue, &self.faults, &self.pipelines, &dispatches)?;
+        Ok(Some(profile))
+    }
+
+    fn write_hyper(&self, opt: &AdamWConfig, step: u32) -> Result<()> {
+        if step == 0 {
+            return Err(LabError::param("step", "AdamW steps count from 1"));
+        }
+        // the same f32 arithmetic as lab-cpu's adamw_update
+        let bias_correction1 = 1.0 - opt.beta1.powi(step as i32);
+        let bias_correction2 = 1.0 - opt.beta2.powi(step as i32);
+        let hyper = [
+            f32::from_bits(self.cfg.layout().total as u32),
+            opt.beta1,
+            opt.beta2,
+            1.0 - opt.beta1,
+            1.0 - opt.beta2,
+            opt.eps,
+            opt.lr / bias_correction1,
+            bias_correction2.sqrt(),
+            1.0 - opt.lr * opt.weight_decay,
+        ];
+        self.queue.write_buffer(&self.hyper, 0, bytemuck::cast_slice(&hyper));
+        Ok(())
+    }
+}
+
+impl Engine for GpuEngine {
+    fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    fn name(&self) -> String {
+        self.adapter.clone()
+    }
+
+    fn params(&self) -> Vec<f32> {
+        // the trait's signature has no Result: a failed readback is reported as empty
+        // parameters, which every caller rejects as a length mismatch
+        self.read_flat(&self.params).unwrap_or_default()
+    }
+
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        let total = self.cfg.layout().total;
+        if params.len() != total {
+            return Err(LabError::shape(format!("{} parameters given, but the config {:?} needs {total}", params.len(), self.cfg)));
+        }
+        self.flush();
+        self.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(params));
+        let mut encoder = self.encoder("reset adamw");
+        encoder.clear_buffer(&self.adam_m, 0, None);
+        encoder.clear_buffer(&self.adam_v, 0, None);
+        self.count(false);
+        self.queue.submit([encoder.finish()]);
+        self.last_forward = None;
+        self.faults.check()
+    }
+
+    fn forward(&mut self, batch: &TokenBatch) -> Result<ForwardOut> {
+        let (i, mut encoder) = self.record_forward(batch)?;
+        let plan = &self.plans[i];
+        let len = plan.out_len();
+        encoder.copy_buffer_to_buffer(&plan.out, 0, &plan.staging, 0, Some((len * 4) as u64));
+        self.count(true);
+        let out = submit_and_read(&self.device, &self.queue, &self.faults, encoder, &plan.staging, len)?;
+        let (n, b) = (batch.batch * batch.seq_len, batch.batch);
+        Ok(ForwardOut { token_logps: out[..n].to_vec(), seq_logps: out[n..n + b].to_vec(), topk_entropy: out[n + b..n + 2 * b].to_vec(), topk_mass: out[n + 2 * b..].to_vec() })
+    }
+
+    /// Runs a full forward, which also becomes the one a following `backward` uses.
+    fn logits(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        let len = batch.batch * batch.seq_len * self.cfg.vocab;
+        self.forward_and_read(batch, |p| &p.logits, len)
+    }
+
+    /// Runs a full forward, which also becomes the one a following `backward` uses.
+    fn hidden_states(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        let len = batch.batch * batch.seq_len * self.cfg.d_model;
+        self.forward_and_read(batch, |p| &p.lnf, len)
+    }
+
+    /// Records the backward pass without submitting it: `adamw_step` (or any call that
+    /// needs its result) submits it, so backward + update cost one submission.
+    fn backward(&mut self, d_seq_logps: &[f32]) -> Result<()> {
+        self.flush();
+        let plan = self.plan_of_last_forward()?;
+        if d_seq_logps.len() != plan.batch {
+            return Err(LabError::shape(format!("{} sequence gradients for a forward of {} rows", d_seq_logps.len(), plan.batch)));
+        }
+        self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
+        let mut encoder = self.encoder("backward");
+        record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
+        if let Ok(mut pending) = self.pending.lock() {
+            *pending = Some(encoder);
+        }
+        Ok(())
+    }
+
+    fn grads(&self) -> Vec<f32> {
+        self.read_flat(&self.grads).unwrap_or_default()
+    }
+
+    fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
+        self.write_hyper(opt, step)?;
+        let mut encoder = self.take_pending().unwrap_or_else(|| self.encoder("adamw"));
+        record_pass(&mut encoder, &self.pipelines, "adamw", std::slice::from_ref(&self.adamw));
+        self.count(false);
+        self.queue.submit([encoder.finish()]);
+        self.faults.check()
+    }
+}

@@ -1,0 +1,359 @@
+//! Everything one batch shape (B, T) needs on the GPU: the activation buffers, one uniform
+//! buffer holding every dispatch's parameters, and the bind groups of the forward and
+//! backward dispatch lists. Built once per shape and replayed every step, so a step
+//! allocates nothing and only records `dispatch_workgroups` calls.
+//!
+//! Buffer names and shapes follow lab-cpu's `Activations` (N = B·T, layer-stacked buffers
+//! lead with L); the order of dispatches is lab-cpu's `Gpt::forward` / `Gpt::backward`.
+
+use crate::kernels::{Kernel, Pipelines};
+use crate::setup::check_buffer_size;
+use lab_core::config::GptConfig;
+use lab_core::error::{LabError, Result};
+use wgpu::util::DeviceExt;
+
+/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 56
+/// bytes, and 256 is WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
+const UNIFORM_STRIDE: u64 = 256;
+
+/// One kernel launch, ready to replay.
+#[derive(Debug)]
+pub struct Dispatch {
+    pub kernel: Kernel,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+}
+
+/// Record `dispatches` into one compute pass.
+pub fn record_pass(encoder: &mut wgpu::CommandEncoder, pipelines: &Pipelines, label: &str, dispatches: &[Dispatch]) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+    let mut current = None;
+    for d in dispatches {
+        if current != Some(d.kernel) {
+            pass.set_pipeline(pipelines.get(d.kernel));
+            current = Some(d.kernel);
+        }
+        pass.set_bind_group(0, &d.bind_group, &[]);
+        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+    }
+}
+
+/// A dispatch before its bind group exists: its uniform words and storage buffers.
+struct Spec {
+    kernel: Kernel,
+    words: Vec<u32>,
+    buffers: Vec<(u32, wgpu::Buffer)>,
+    groups: [u32; 3],
+    backward: bool,
+}
+
+/// Workgroup grids that respect `max_compute_workgroups_per_dimension`: a 1-D range of
+/// workgroups becomes (x, y) and the kernels rebuild the index as gid.x + gid.y·(nwg.x·wg).
+#[derive(Debug, Clone, Copy)]
+pub struct Grid {
+    pub max_per_dim: u32,
+}
+
+impl Grid {
+    /// Workgroups to cover `invocations` with `per_group` invocations each (the kernel's
+    /// @workgroup_size).
+    pub fn cover(&self, invocations: usize, per_group: usize) -> Result<[u32; 3]> {
+        let groups = invocations.div_ceil(per_group).max(1);
+        let max = self.max_per_dim as usize;
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(LabError::Engine { msg: format!("{invocations} invocations exceed the limit max_compute_workgroups_per_dimension = {max} in two dimensions") });
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    /// A 2-D grid for a kernel that uses gid.x and gid.y as they are (matmul.wgsl).
+    fn tiles(&self, x: usize, y: usize) -> Result<[u32; 3]> {
+        let max = self.max_per_dim as usize;
+        if x > max || y > max {
+            return Err(LabError::Engine { msg: format!("a {x}×{y} grid of matmul tiles exceeds the limit max_compute_workgroups_per_dimension = {max}") });
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+}
+
+/// The GEMM parameters of matmul.wgsl, in its uniform's field order.
+#[derive(Debug, Clone, Copy, Default)]
+struct Gemm {
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    flags: u32,
+    a_off: usize,
+    a_rs: usize,
+    a_ks: usize,
+    b_off: usize,
+    b_ks: usize,
+    b_ss: usize,
+    c_off: usize,
+    c_rs: usize,
+    bias_off: usize,
+    addend_off: usize,
+}
+
+// flag 1 (accumulate into C) exists in the kernel; the model overwrites every gradient once.
+const BIAS: u32 = 2;
+const ADDEND: u32 = 4;
+
+fn words(values: &[usize]) -> Vec<u32> {
+    values.iter().map(|&v| v as u32).collect()
+}
+
+/// Builds the dispatch lists, then their uniform buffer and bind groups in one go.
+struct Recorder<'a> {
+    grid: Grid,
+    params: &'a wgpu::Buffer,
+    grads: &'a wgpu::Buffer,
+    dummy: &'a wgpu::Buffer,
+    n: usize,
+    specs: Vec<Spec>,
+    backward: bool,
+}
+
+impl Recorder<'_> {
+    fn push(&mut self, kernel: Kernel, words: Vec<u32>, buffers: &[(u32, &wgpu::Buffer)], groups: [u32; 3]) {
+        let buffers = buffers.iter().map(|(slot, buf)| (*slot, (*buf).clone())).collect();
+        self.specs.push(Spec { kernel, words, buffers, groups, backward: self.backward });
+    }
+
+    fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer) -> Result<()> {
+        // 64×64 output tile per 16×16 workgroup
+        let groups = self.grid.tiles(g.cols.div_ceil(64), g.rows.div_ceil(64))?;
+        let w = words(&[g.rows, g.cols, g.depth, g.flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off]);
+        let (bias, addend) = (bias.unwrap_or(self.dummy), addend.unwrap_or(self.dummy));
+        self.push(Kernel::Gemm, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c)], groups);
+        Ok(())
+    }
+
+    /// out (N, OC) at out_off = inp (N, IC) at inp_off · Wᵀ (+ bias) (+ addend), W (OC, IC)
+    /// and bias in the parameters.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_forward(&mut self, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, bias_off: Option<usize>, out: (&wgpu::Buffer, usize), addend: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+        let mut flags = 0;
+        if bias_off.is_some() {
+            flags |= BIAS;
+        }
+        if addend.is_some() {
+            flags |= ADDEND;
+        }
+        let g = Gemm {
+            rows: self.n,
+            cols: oc,
+            depth: ic,
+            flags,
+            a_off: inp.1,
+            a_rs: ic,
+            a_ks: 1,
+            b_off: w_off,
+            b_ks: 1,
+            b_ss: ic,
+            c_off: out.1,
+            c_rs: oc,
+            bias_off: bias_off.unwrap_or(0),
+            addend_off: addend.map_or(0, |a| a.1),
+        };
+        let params = self.params;
+        self.gemm(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0)
+    }
+
+    /// dinp (N, IC) = dout · W (overwritten); dW (OC, IC) = doutᵀ · inp and dbias = Σ_n dout
+    /// (overwritten) in the gradient buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, dw_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer) -> Result<()> {
+        let n = self.n;
+        let (params, grads) = (self.params, self.grads);
+        let dx = Gemm { rows: n, cols: ic, depth: oc, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, ..Gemm::default() };
+        self.gemm(dx, dout, params, None, None, dinp)?;
+        let dw = Gemm { rows: oc, cols: ic, depth: n, a_rs: 1, a_ks: oc, b_off: inp.1, b_ks: ic, b_ss: 1, c_off: dw_off, c_rs: ic, ..Gemm::default() };
+        self.gemm(dw, dout, inp.0, None, None, grads)?;
+        if let Some(db_off) = db_off {
+            let db = words(&[0, oc, n, 0, 0, 0, oc, 0, 0, 0, db_off, 0, 0, 0]);
+            // one invocation per output channel, @workgroup_size(64)
+            self.push(Kernel::BiasBackward, db, &[(1, dout), (5, grads)], [oc.div_ceil(64) as u32, 1, 1]);
+        }
+        Ok(())
+    }
+}
+
+/// Per-shape state: activations, scratch, and the recorded dispatches.
+#[derive(Debug)]
+pub struct Plan {
+    pub batch: usize,
+    pub seq_len: usize,
+    /// (B, T) u32, written each forward.
+    pub tokens: wgpu::Buffer,
+    /// (B, T), written each forward.
+    pub mask: wgpu::Buffer,
+    /// (B), written each backward.
+    pub d_seq: wgpu::Buffer,
+    /// [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)]
+    pub out: wgpu::Buffer,
+    /// MAP_READ twin of `out`: the step's one readback.
+    pub staging: wgpu::Buffer,
+    /// (B, T, V)
+    pub logits: wgpu::Buffer,
+    /// (B, T, C) after the final LayerNorm
+    pub lnf: wgpu::Buffer,
+    pub forward: Vec<Dispatch>,
+    pub backward: Vec<Dispatch>,
+    /// Keeps the uniforms alive for the bind groups.
+    _uniforms: wgpu::Buffer,
+}
+
+impl Plan {
+    /// Floats in `out`.
+    pub fn out_len(&self) -> usize {
+        self.batch * self.seq_len + 3 * self.batch
+    }
+
+    pub fn new(device: &wgpu::Device, pipelines: &Pipelines, cfg: &GptConfig, params: &wgpu::Buffer, grads: &wgpu::Buffer, dummy: &wgpu::Buffer, b: usize, t: usize) -> Result<Plan> {
+        let limits = device.limits();
+        let (c, nl, nh, v, hs) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab, cfg.head_dim());
+        let n = b * t;
+        let (nc, att_len) = (n * c, b * nh * t * t);
+        let lay = cfg.layout();
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let make = |name: &str, floats: usize| -> Result<wgpu::Buffer> {
+            let bytes = (floats.max(1) * 4) as u64;
+            check_buffer_size(&limits, &format!("activation {name} for a {b}x{t} batch"), bytes)?;
+            Ok(device.create_buffer(&wgpu::BufferDescriptor { label: Some(name), size: bytes, usage: storage, mapped_at_creation: false }))
+        };
+        let tokens = make("tokens", n)?; // (B, T) u32
+        let mask = make("mask", n)?; // (B, T)
+        let d_seq = make("d_seq", b)?; // (B)
+        let encoded = make("encoded", nc)?; // (B, T, C)
+        let ln1 = make("ln1", nl * nc)?; // (L, B, T, C)
+        let ln1_mean = make("ln1_mean", nl * n)?; // (L, B, T)
+        let ln1_rstd = make("ln1_rstd", nl * n)?;
+        let qkv = make("qkv", nl * 3 * nc)?; // (L, B, T, 3C)
+        let atty = make("atty", nl * nc)?; // (L, B, T, C)
+        let att = make("att", nl * att_len)?; // (L, B, NH, T, T)
+        let residual2 = make("residual2", nl * nc)?; // (L, B, T, C)
+        let ln2 = make("ln2", nl * nc)?;
+        let ln2_mean = make("ln2_mean", nl * n)?;
+        let ln2_rstd = make("ln2_rstd", nl * n)?;
+        let fch = make("fch", nl * 4 * nc)?; // (L, B, T, 4C)
+        let fch_gelu = make("fch_gelu", nl * 4 * nc)?;
+        let residual3 = make("residual3", nl * nc)?; // (L, B, T, C)
+        let lnf = make("lnf", nc)?; // (B, T, C)
+        let lnf_mean = make("lnf_mean", n)?;
+        let lnf_rstd = make("lnf_rstd", n)?;
+        let logits = make("logits", n * v)?; // (B, T, V)
+        let lse = make("lse", n)?; // (B, T)
+        let topk = make("topk", 2 * n)?; // (B, T, 2)
+        let out_len = n + 3 * b;
+        let out = make("out", out_len)?;
+        // backward scratch, one layer at a time
+        let dres = make("dres", nc)?; // (B, T, C)
+        let dln = make("dln", nc)?;
+        let datty = make("datty", nc)?;
+        let dqkv = make("dqkv", 3 * nc)?; // (B, T, 3C)
+        let dfch = make("dfch", 4 * nc)?; // (B, T, 4C)
+        let dfch_gelu = make("dfch_gelu", 4 * nc)?;
+        let dlogits = make("dlogits", n * v)?; // (B, T, V)
+        let dpre = make("dpre", att_len)?; // (B, NH, T, T)
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("out staging"),
+            size: (out_len * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
+        let mut rec = Recorder { grid, params, grads, dummy, n, specs: Vec::new(), backward: false };
+        let scale = 1.0 / (hs as f32).sqrt();
+        // per-layer parameter offsets (layer-stacked tensors lead with L)
+        let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
+        let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, dw_off, db_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, dw_off, db_off, accumulate]);
+        let att_words = |l: usize| {
+            let mut w = words(&[b, t, c, nh, hs, l * 3 * nc, l * att_len, l * nc]);
+            w.push(scale.to_bits());
+            w
+        };
+
+        // ---------------- forward ----------------
+        let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wte, lay.wpe]);
+        rec.push(Kernel::EncoderForward, enc_words.clone(), &[(1, &tokens), (2, params), (3, &encoded)], grid.cover(nc, 64)?);
+        for l in 0..nl {
+            let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
+            let w = ln_words(res_off, l * nc, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 0, 0, 0);
+            rec.push(Kernel::LayerNormForward, w, &[(1, residual), (2, params), (3, &ln1), (4, &ln1_mean), (5, &ln1_rstd)], grid.cover(n, 1)?);
+            rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None)?;
+            rec.push(Kernel::AttentionForward, att_words(l), &[(1, &qkv), (2, &att), (3, &atty)], grid.cover(b * nh * t, 64)?);
+            // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
+            rec.linear_forward((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), (&residual2, l * nc), Some((residual, res_off)))?;
+            let w = ln_words(l * nc, l * nc, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 0, 0, 0);
+            rec.push(Kernel::LayerNormForward, w, &[(1, &residual2), (2, params), (3, &ln2), (4, &ln2_mean), (5, &ln2_rstd)], grid.cover(n, 1)?);
+            rec.linear_forward((&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), (&fch, l * 4 * nc), None)?;
+            rec.push(Kernel::GeluForward, words(&[4 * nc, l * 4 * nc, l * 4 * nc, 0]), &[(1, &fch), (2, &fch_gelu)], grid.cover(4 * nc, 64)?);
+            rec.linear_forward((&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), (&residual3, l * nc), Some((&residual2, l * nc)))?;
+        }
+        let last = (nl - 1) * nc;
+        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0, 0, 0);
+        rec.push(Kernel::LayerNormForward, w, &[(1, &residual3), (2, params), (3, &lnf), (4, &lnf_mean), (5, &lnf_rstd)], grid.cover(n, 1)?);
+        rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None)?; // tied LM head
+        let head_words = words(&[b, t, v, 0]);
+        rec.push(Kernel::LogprobForward, head_words.clone(), &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)], grid.cover(n, 64)?);
+        rec.push(Kernel::SeqSums, words(&[b, t, 0, 0]), &[(1, &mask), (2, &topk), (3, &out)], [b.div_ceil(64) as u32, 1, 1]);
+
+        // ---------------- backward ----------------
+        rec.backward = true;
+        rec.push(Kernel::LogprobBackward, head_words, &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)], grid.cover(n * v, 64)?);
+        rec.linear_backward(&dlogits, (&lnf, 0), c, v, lay.wte, lay.wte, None, &dln)?; // dlnf; dwte = dlogitsᵀ·lnf (first write)
+        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, lay.lnfw, lay.lnfb, 0);
+        rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual3), (2, params), (6, &dln), (7, &lnf_mean), (8, &lnf_rstd), (9, &dres)], grid.cover(n, 1)?);
+        rec.push(Kernel::LayerNormBackwardParams, w, &[(1, &residual3), (6, &dln), (7, &lnf_mean), (8, &lnf_rstd), (10, grads)], [c.div_ceil(64) as u32, 1, 1]);
+        // dres now holds d(residual3[L−1]); each block reads it as its branch outputs'
+        // gradient, and its LayerNorms add their input gradients into it.
+        for l in (0..nl).rev() {
+            let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
+            rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch_gelu)?;
+            rec.push(Kernel::GeluBackward, words(&[4 * nc, l * 4 * nc, 0, 0]), &[(1, &fch), (3, &dfch_gelu), (4, &dfch)], grid.cover(4 * nc, 64)?);
+            rec.linear_backward(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln)?;
+            let w = ln_words(l * nc, 0, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 1);
+            rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual2), (2, params), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (9, &dres)], grid.cover(n, 1)?);
+            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, &residual2), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (10, grads)], [c.div_ceil(64) as u32, 1, 1]);
+            rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty)?;
+            rec.push(Kernel::AttentionBackwardQuery, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (6, &dpre), (7, &dqkv)], grid.cover(b * nh * t, 64)?);
+            rec.push(Kernel::AttentionBackwardKey, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (7, &dqkv), (8, &dpre)], grid.cover(b * nh * t, 64)?);
+            rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln)?;
+            let w = ln_words(res_off, 0, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 1);
+            rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, residual), (2, params), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (9, &dres)], grid.cover(n, 1)?);
+            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, residual), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (10, grads)], [c.div_ceil(64) as u32, 1, 1]);
+        }
+        // dwte += scatter of dres (after the LM head's write), dwpe = Σ_b dres
+        rec.push(Kernel::EncoderBackwardWte, enc_words.clone(), &[(1, &tokens), (4, &dres), (5, grads)], grid.cover(c, 64)?);
+        rec.push(Kernel::EncoderBackwardWpe, enc_words, &[(4, &dres), (5, grads)], grid.cover(cfg.ctx * c, 64)?);
+
+        // ---------------- uniforms and bind groups ----------------
+        let mut blob = vec![0u8; rec.specs.len() * UNIFORM_STRIDE as usize];
+        for (i, spec) in rec.specs.iter().enumerate() {
+            let bytes: &[u8] = bytemuck::cast_slice(&spec.words);
+            blob[i * UNIFORM_STRIDE as usize..i * UNIFORM_STRIDE as usize + bytes.len()].copy_from_slice(bytes);
+        }
+        let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("dispatch uniforms"), contents: &blob, usage: wgpu::BufferUsages::UNIFORM });
+        let (mut forward, mut backward) = (Vec::new(), Vec::new());
+        for (i, spec) in rec.specs.into_iter().enumerate() {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &uniforms, offset: i as u64 * UNIFORM_STRIDE, size: wgpu::BufferSize::new(UNIFORM_STRIDE) }),
+            }];
+            entries.extend(spec.buffers.iter().map(|(slot, buf)| wgpu::BindGroupEntry { binding: *slot, resource: buf.as_entire_binding() }));
+            let layout = pipelines.get(spec.kernel).get_bind_group_layout(0);
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(spec.kernel.entry().1), layout: &layout, entries: &entries });
+            let dispatch = Dispatch { kernel: spec.kernel, bind_group, groups: spec.groups };
+            if spec.backward {
+                backward.push(dispatch);
+            } else {
+                forward.push(dispatch);
+            }
+        }
+        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, logits, lnf, forward, backward, _uniforms: uniforms })
+    }
+}

@@ -1,0 +1,153 @@
+//! Finding an adapter, opening a device with the limits the kernels need, and turning
+//! wgpu's asynchronous failures (validation errors, device loss, a map that never
+//! completes) into [`LabError`] values a user can act on instead of panics or hangs.
+
+use lab_core::error::{LabError, Result};
+use std::sync::{Arc, Mutex};
+
+/// Device limits the kernels need whatever the model size; the size-dependent ones
+/// (largest buffer, workgroup counts) are checked where buffers and grids are made.
+/// Each entry: (name as in `wgpu::Limits` and the WebGPU spec, needed value, accessor).
+#[allow(clippy::type_complexity)]
+const FIXED_NEEDS: [(&str, u32, fn(&wgpu::Limits) -> u32); 6] = [
+    // logprob.wgsl and layernorm.wgsl's backward bind six storage buffers
+    ("max_storage_buffers_per_shader_stage", 6, |l| l.max_storage_buffers_per_shader_stage),
+    // matmul.wgsl: @workgroup_size(16, 16)
+    ("max_compute_invocations_per_workgroup", 256, |l| l.max_compute_invocations_per_workgroup),
+    ("max_compute_workgroup_size_x", 64, |l| l.max_compute_workgroup_size_x),
+    ("max_compute_workgroup_size_y", 16, |l| l.max_compute_workgroup_size_y),
+    // matmul.wgsl: two 16×64 f32 tiles
+    ("max_compute_workgroup_storage_size", 8192, |l| l.max_compute_workgroup_storage_size),
+    ("max_uniform_buffer_binding_size", 256, |l| l.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32),
+];
+
+/// Check the fixed needs against an adapter's (or device's) limits, naming the first
+/// limit that is too small and the value needed.
+pub fn check_limits(limits: &wgpu::Limits, adapter_name: &str) -> Result<()> {
+    for (name, needed, get) in FIXED_NEEDS {
+        let have = get(limits);
+        if have < needed {
+            return Err(LabError::Engine { msg: format!("adapter {adapter_name:?}: limit {name} is {have}, the GPU engine needs at least {needed}") });
+        }
+    }
+    Ok(())
+}
+
+/// Check that one buffer of `bytes` can be created and bound as storage.
+pub fn check_buffer_size(limits: &wgpu::Limits, what: &str, bytes: u64) -> Result<()> {
+    if bytes > limits.max_storage_buffer_binding_size {
+        return Err(LabError::Engine {
+            msg: format!("{what} needs a {bytes}-byte storage buffer, over this device's limit max_storage_buffer_binding_size = {}; use a smaller model or batch", limits.max_storage_buffer_binding_size),
+        });
+    }
+    if bytes > limits.max_buffer_size {
+        return Err(LabError::Engine { msg: format!("{what} needs a {bytes}-byte buffer, over this device's limit max_buffer_size = {}", limits.max_buffer_size) });
+    }
+    Ok(())
+}
+
+/// What to tell a user when no adapter is found.
+pub fn no_adapter_message(err: &dyn std::fmt::Display) -> String {
+    format!(
+        "no GPU adapter found ({err}). Natively, install a Vulkan driver (on Debian/Ubuntu without a GPU: `apt-get install mesa-vulkan-drivers libvulkan1` for Mesa's lavapipe CPU driver); in the browser, use one with WebGPU enabled"
+    )
+}
+
+/// Open a device on `adapter`, asking for everything it offers (so large models fit) and
+/// timestamp queries when it has them, after checking the fixed needs.
+pub async fn open_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    check_limits(&limits, &info.name)?;
+    let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+    let desc = wgpu::DeviceDescriptor { label: Some("alignlab"), required_features, required_limits: limits, ..Default::default() };
+    adapter.request_device(&desc).await.map_err(|err| LabError::Engine { msg: format!("could not open a device on {:?}: {err}", info.name) })
+}
+
+/// Errors wgpu reports outside any call (validation errors, device loss), collected so the
+/// next engine call returns them instead of wgpu's default panic.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<Mutex<Vec<String>>>);
+
+impl Faults {
+    pub fn install(device: &wgpu::Device) -> Faults {
+        let faults = Faults::default();
+        let sink = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| sink.push(format!("GPU error: {err}"))));
+        let sink = faults.clone();
+        device.set_device_lost_callback(move |reason, msg| sink.push(format!("GPU device lost ({reason:?}): {msg}")));
+        faults
+    }
+
+    fn push(&self, msg: String) {
+        if let Ok(mut list) = self.0.lock() {
+            list.push(msg);
+        }
+    }
+
+    /// The first fault since the last check, as an error.
+    pub fn check(&self) -> Result<()> {
+        let mut list = self.0.lock().map_err(|_| LabError::Engine { msg: "GPU fault list poisoned".into() })?;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let msg = list.join("; ");
+        list.clear();
+        Err(LabError::Engine { msg })
+    }
+}
+
+/// How long a readback waits for the GPU before calling the device hung or lost. Long,
+/// because lavapipe runs medium-sized steps on a CPU.
+#[cfg(not(target_arch = "wasm32"))]
+const READBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Submit `encoder` (which must end with a copy of the wanted bytes into `staging`), wait
+/// for it, and return the first `len` values of `staging`. The step's only GPU→CPU sync.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn submit_and_read<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+    let bytes = (len * std::mem::size_of::<T>()) as u64;
+    let index = queue.submit([encoder.finish()]);
+    let slice = staging.slice(..bytes.max(4));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |result| {
+        let _ = sender.send(result);
+    });
+    let polled = device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(READBACK_TIMEOUT) });
+    faults.check()?;
+    polled.map_err(|err| LabError::Engine { msg: format!("waiting for the GPU failed ({err}); the device may be lost or hung") })?;
+    match receiver.try_recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(LabError::Engine { msg: format!("reading results back from the GPU failed: {err}") }),
+        Err(_) => return Err(LabError::Engine { msg: "the GPU finished but the readback never completed; the device may be lost".into() }),
+    }
+    let values = {
+        let view = slice.get_mapped_range().map_err(|err| LabError::Engine { msg: format!("mapping the readback buffer failed: {err}") })?;
+        bytemuck::cast_slice::<u8, T>(&view[..bytes as usize]).to_vec()
+    };
+    staging.unmap();
+    faults.check()?;
+    Ok(values)
+}
+
+/// In the browser a readback must be awaited; the synchronous [`lab_core::Engine`] calls
+/// that need one report this until the async path lands.
+#[cfg(target_arch = "wasm32")]
+pub fn submit_and_read<T: bytemuck::Pod>(_device: &wgpu::Device, _queue: &wgpu::Queue, _faults: &Faults, _encoder: wgpu::CommandEncoder, _staging: &wgpu::Buffer, _len: usize) -> Result<Vec<T>> {
+    Err(LabError::Engine { msg: "synchronous GPU readback is not available in the browser yet".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_limit_is_named_with_the_value_needed() {
+        let limits = wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..wgpu::Limits::default() };
+        let err = check_limits(&limits, "tiny adapter").unwrap_err().to_string();
+        assert!(err.contains("max_storage_buffers_per_shader_stage is 4") && err.contains("at least 6"), "{err}");
+        assert!(check_limits(&wgpu::Limits::default(), "webgpu defaults").is_ok(), "WebGPU's default limits must suffice");
+        let err = check_buffer_size(&wgpu::Limits::default(), "activation att", 1 << 40).unwrap_err().to_string();
+        assert!(err.contains("max_storage_buffer_binding_size = 134217728") && err.contains("activation att"), "{err}");
+    }
+}

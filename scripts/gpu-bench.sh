@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU benchmark on a machine with a real GPU (native wgpu over Vulkan), with the same
+# DPO step in plain PyTorch eager beside it when python3 has torch.
+#
+#   bash scripts/gpu-bench.sh prepare   # here: build the binary, fetch the Vulkan loader into .gl/
+#   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch, one JSON line each
+#
+# `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
+# NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-run}" in
+  prepare)
+    grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo '/.gl/' >> .git/info/exclude
+    mkdir -p .gl /tmp/amd64/partial
+    o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1)
+    cargo build --release --locked -p lab-cli
+    strip target/release/alignlab
+    ;;
+  run)
+    if ! ldconfig -p | grep -q libvulkan.so.1; then
+      for f in .gl/*.deb; do dpkg -x "$f" /; done
+      ldconfig
+    fi
+    export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg}; mkdir -p "$XDG_RUNTIME_DIR"; chmod 700 "$XDG_RUNTIME_DIR"
+    nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
+    for config in tiny medium; do
+      ./target/release/alignlab bench --engine gpu --config "$config" --steps 200
+      if python3 -c 'import torch' 2>/dev/null; then
+        device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
+        python3 scripts/bench_torch.py --config "$config" --device "$device" --steps 200
+      fi
+    done
+    ;;
+  *) echo "usage: $0 prepare|run" >&2; exit 2 ;;
+esac

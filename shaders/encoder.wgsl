@@ -1,0 +1,85 @@
+// Embedding: token + learned position, forward and backward.
+// Reference twin: lab-cpu `encoder_forward` / `encoder_backward`.
+//
+// Bindings (group 0):
+//   0 uniform  Dims
+//   1 tokens   array<u32>  (B, T)                                     read
+//   2 params   array<f32>  flat; wte (V, C) at wte_off, wpe (ctx, C)  read        [forward]
+//   3 out      array<f32>  (B, T, C)                                  read_write  [forward]
+//   4 dout     array<f32>  (B, T, C)                                  read        [backward]
+//   5 grads    array<f32>  flat; dwte at dwte_off, dwpe at dwpe_off   read_write  [backward]
+// Workgroup size 64, one invocation per element (forward), per channel (backward_wte)
+// or per (position, channel) of the whole ctx table (backward_wpe). Grids may be 2D
+// (x·64 invocations per row of y) when a dimension exceeds the 65535-workgroup limit.
+//
+// The wte gradient is a scatter-add (tokens repeat). Rather than float atomics (which WGSL
+// lacks and which would make the sum order, and so the result, vary run to run), each
+// invocation owns one channel c and walks the B·T tokens in order: the same order as the
+// CPU reference, so the sum is reproducible. The LM head already wrote its share of dwte;
+// this adds to it. O(B·T·C) work in C-way parallelism: fine at C ≤ 1024.
+
+struct Dims {
+    n_rows: u32,   // B·T
+    t_len: u32,    // T
+    c: u32,        // C
+    ctx: u32,      // rows of the position table
+    wte_off: u32,
+    wpe_off: u32,
+    dwte_off: u32,
+    dwpe_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> d: Dims;
+@group(0) @binding(1) var<storage, read> tokens: array<u32>;
+@group(0) @binding(2) var<storage, read> params: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> dout: array<f32>;
+@group(0) @binding(5) var<storage, read_write> grads: array<f32>;
+
+fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 64u;
+}
+
+// out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]
+@compute @workgroup_size(64)
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= d.n_rows * d.c) {
+        return;
+    }
+    let bt = i / d.c;
+    let ch = i % d.c;
+    let t = bt % d.t_len;
+    out[i] = params[d.wte_off + tokens[bt] * d.c + ch] + params[d.wpe_off + t * d.c + ch];
+}
+
+// dwte[tokens[b, t], c] += dout[b, t, c], for one channel c per invocation, rows in order.
+@compute @workgroup_size(64)
+fn backward_wte(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ch = linear_id(gid, nwg);
+    if (ch >= d.c) {
+        return;
+    }
+    for (var bt = 0u; bt < d.n_rows; bt += 1u) {
+        let slot = d.dwte_off + tokens[bt] * d.c + ch;
+        grads[slot] = grads[slot] + dout[bt * d.c + ch];
+    }
+}
+
+// dwpe[t, c] = Σ_b dout[b, t, c] for t < T, 0 for T ≤ t < ctx (overwrites).
+@compute @workgroup_size(64)
+fn backward_wpe(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= d.ctx * d.c) {
+        return;
+    }
+    let t = i / d.c;
+    let ch = i % d.c;
+    var sum = 0.0;
+    if (t < d.t_len) {
+        for (var bt = t; bt < d.n_rows; bt += d.t_len) {
+            sum += dout[bt * d.c + ch];
+        }
+    }
+    grads[d.dwpe_off + i] = sum;
+}

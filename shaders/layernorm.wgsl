@@ -1,0 +1,151 @@
+// LayerNorm over the last axis (eps 1e-5, biased variance), forward and backward.
+// Reference twin: lab-cpu `layernorm_forward` / `layernorm_backward`.
+//
+// Bindings (group 0):
+//   0  uniform  Dims
+//   1  inp      array<f32>  (N, C) at inp_off           read
+//   2  params   array<f32>  flat; weight, bias (C)      read        [forward, backward_dinp]
+//   3  out      array<f32>  (N, C) at out_off           read_write  [forward]
+//   4  mean     array<f32>  (N) at stat_off             read_write  [forward]
+//   5  rstd     array<f32>  (N) at stat_off             read_write  [forward]
+//   6  dout     array<f32>  (N, C) at dout_off          read        [backward_*]
+//   7  mean_r   array<f32>  (N) at stat_off             read        [backward_*]
+//   8  rstd_r   array<f32>  (N) at stat_off             read        [backward_*]
+//   9  dinp     array<f32>  (N, C) at dinp_off          read_write  [backward_dinp]
+//   10 grads    array<f32>  flat; dweight, dbias (C)    read_write  [backward_params]
+// N = B·T rows. forward and backward_dinp: one workgroup of 64 per row (x + y·65535
+// workgroups), the row's sums reduced in workgroup memory. backward_params: workgroup 64,
+// one invocation per channel, summing the N rows in order (no atomics, reproducible).
+//
+// backward_dinp adds into dinp when `accumulate` is 1: that is where the residual stream's
+// gradient gathers (the residual add's backward is the identity, so it costs no kernel).
+
+struct Dims {
+    n_rows: u32,
+    c: u32,
+    inp_off: u32,
+    out_off: u32,
+    stat_off: u32,
+    w_off: u32,
+    b_off: u32,
+    dout_off: u32,
+    dinp_off: u32,
+    dw_off: u32,
+    db_off: u32,
+    accumulate: u32,
+}
+
+const WG: u32 = 64u;
+const EPS: f32 = 1e-5;
+
+@group(0) @binding(0) var<uniform> d: Dims;
+@group(0) @binding(1) var<storage, read> inp: array<f32>;
+@group(0) @binding(2) var<storage, read> params: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
+@group(0) @binding(6) var<storage, read> dout: array<f32>;
+@group(0) @binding(7) var<storage, read> mean_r: array<f32>;
+@group(0) @binding(8) var<storage, read> rstd_r: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(10) var<storage, read_write> grads: array<f32>;
+
+var<workgroup> partial: array<f32, 64>;
+
+// Sum of one value per invocation over the workgroup; every invocation gets the total.
+fn workgroup_sum(value: f32, lid: u32) -> f32 {
+    partial[lid] = value;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] = partial[lid] + partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(64)
+fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= d.n_rows) {
+        return;
+    }
+    let x0 = d.inp_off + row * d.c;
+    let inv_c = 1.0 / f32(d.c);
+    var sum = 0.0;
+    for (var i = lid; i < d.c; i += WG) {
+        sum += inp[x0 + i];
+    }
+    let m = workgroup_sum(sum, lid) * inv_c;
+    var var_sum = 0.0;
+    for (var i = lid; i < d.c; i += WG) {
+        let centred = inp[x0 + i] - m;
+        var_sum += centred * centred;
+    }
+    let s = 1.0 / sqrt(workgroup_sum(var_sum, lid) * inv_c + EPS);
+    let y0 = d.out_off + row * d.c;
+    for (var i = lid; i < d.c; i += WG) {
+        out[y0 + i] = (inp[x0 + i] - m) * s * params[d.w_off + i] + params[d.b_off + i];
+    }
+    if (lid == 0u) {
+        mean[d.stat_off + row] = m;
+        rstd[d.stat_off + row] = s;
+    }
+}
+
+// dinp (+)= rstd · (dnorm − mean(dnorm) − norm · mean(dnorm · norm)), dnorm = weight · dout
+@compute @workgroup_size(64)
+fn backward_dinp(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= d.n_rows) {
+        return;
+    }
+    let x0 = d.inp_off + row * d.c;
+    let g0 = d.dout_off + row * d.c;
+    let m = mean_r[d.stat_off + row];
+    let s = rstd_r[d.stat_off + row];
+    let inv_c = 1.0 / f32(d.c);
+    var dnorm_sum = 0.0;
+    var dnorm_norm_sum = 0.0;
+    for (var i = lid; i < d.c; i += WG) {
+        let norm = (inp[x0 + i] - m) * s;
+        let dnorm = params[d.w_off + i] * dout[g0 + i];
+        dnorm_sum += dnorm;
+        dnorm_norm_sum += dnorm * norm;
+    }
+    let dnorm_mean = workgroup_sum(dnorm_sum, lid) * inv_c;
+    let dnorm_norm_mean = workgroup_sum(dnorm_norm_sum, lid) * inv_c;
+    let dx0 = d.dinp_off + row * d.c;
+    for (var i = lid; i < d.c; i += WG) {
+        let norm = (inp[x0 + i] - m) * s;
+        let dnorm = params[d.w_off + i] * dout[g0 + i];
+        let dx = (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+        if (d.accumulate != 0u) {
+            dinp[dx0 + i] = dinp[dx0 + i] + dx;
+        } else {
+            dinp[dx0 + i] = dx;
+        }
+    }
+}
+
+// dweight[c] = Σ_n dout[n, c] · norm[n, c]; dbias[c] = Σ_n dout[n, c] (overwrite)
+@compute @workgroup_size(64)
+fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= d.c) {
+        return;
+    }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var n = 0u; n < d.n_rows; n += 1u) {
+        let norm = (inp[d.inp_off + n * d.c + ch] - mean_r[d.stat_off + n]) * rstd_r[d.stat_off + n];
+        let g = dout[d.dout_off + n * d.c + ch];
+        dw += g * norm;
+        db += g;
+    }
+    grads[d.dw_off + ch] = dw;
+    grads[d.db_off + ch] = db;
+}

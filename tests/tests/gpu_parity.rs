@@ -1,0 +1,283 @@
+//! lab-gpu against the lab-cpu reference: logits, per-token log-probs, top-k instruments,
+//! hidden states, every parameter gradient, the weights after three AdamW steps, and the
+//! loss curve of a 20-step DPO run.
+//!
+//! Tolerance, per tensor: |gpu − cpu| ≤ REL · max|cpu tensor| + ABS. The GPU sums in other
+//! orders than the CPU (workgroup tree reductions in LayerNorm, tiles in the GEMM, fused
+//! multiply-adds), so bit equality is not expected; f32 rounding of those sums is ~1e-6
+//! relative, and REL = 1e-4 leaves room for it to grow through two layers and a backward.
+//! Every check prints its max abs error so regressions show before they fail.
+//!
+//! These tests need a WebGPU adapter (in CI: Mesa's lavapipe over Vulkan). Without one
+//! they fail, naming the fix, unless ALIGNLAB_SKIP_GPU=1, which skips them with a notice.
+
+use lab_core::config::{init_params, GptConfig};
+use lab_core::data::parse_jsonl;
+use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::loss::{LossKind, LossMix, LossParams};
+use lab_core::rng::Rng;
+use lab_cpu::CpuEngine;
+use lab_gpu::GpuEngine;
+use lab_train::{Session, SessionConfig};
+
+const REL: f32 = 1e-4;
+const ABS: f32 = 1e-6;
+
+/// Ragged on purpose: C = 48 and N = B·T = 57 are not multiples of the 64-wide GEMM tile,
+/// hs = 12, and T < ctx leaves position rows without gradient.
+const RAGGED: GptConfig = GptConfig { vocab: 96, ctx: 24, d_model: 48, n_layer: 2, n_head: 4 };
+
+/// The engine on the default adapter, or None (with a notice) when there is none and
+/// ALIGNLAB_SKIP_GPU=1. Any other failure (a shader error, a limit) always fails.
+fn gpu(cfg: GptConfig, params: Vec<f32>) -> Option<GpuEngine> {
+    match GpuEngine::from_default_adapter(cfg, params) {
+        Ok(engine) => {
+            eprintln!("adapter: {}", engine.name());
+            Some(engine)
+        }
+        Err(err) if err.to_string().contains("no GPU adapter found") => {
+            if std::env::var("ALIGNLAB_SKIP_GPU").is_ok_and(|v| v == "1") {
+                eprintln!("SKIPPED (ALIGNLAB_SKIP_GPU=1): {err}");
+                None
+            } else {
+                panic!("{err}\nSet ALIGNLAB_SKIP_GPU=1 to skip the GPU parity tests on a machine without an adapter.");
+            }
+        }
+        Err(err) => panic!("the GPU engine failed to start: {err}"),
+    }
+}
+
+/// GPT-2 initialisation plus noise on every parameter, so biases and LayerNorm parameters
+/// are not at their special values (zeros and ones hide indexing bugs).
+fn random_params(cfg: &GptConfig, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    init_params(cfg, seed).into_iter().map(|p| p + 0.05 * rng.normal()).collect()
+}
+
+/// Rows of different lengths (so padding and its zero mask are exercised) with the
+/// first scored position varying; T = the longest row.
+fn random_batch(cfg: &GptConfig, rows: usize, max_len: usize, seed: u64) -> TokenBatch {
+    let mut rng = Rng::new(seed);
+    let rows: Vec<(Vec<u32>, usize)> = (0..rows)
+        .map(|r| {
+            let len = if r == 0 { max_len } else { max_len - rng.below(max_len / 2) };
+            let tokens = (0..len).map(|_| rng.below(cfg.vocab) as u32).collect();
+            (tokens, 1 + rng.below(len - 1))
+        })
+        .collect();
+    TokenBatch::from_rows(&rows).unwrap()
+}
+
+/// Assert `gpu` ≈ `cpu` within the stated tolerance; print the max abs error.
+fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) -> f32 {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
+    let scale = cpu.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let tol = REL * scale + ABS;
+    let (mut worst, mut at) = (0.0f32, 0);
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        let err = (g - c).abs();
+        if err > worst || err.is_nan() {
+            worst = if err.is_nan() { f32::INFINITY } else { err };
+            at = i;
+        }
+    }
+    eprintln!("{what:>28}: max abs err {worst:.3e} (tol {tol:.3e}, max|cpu| {scale:.3e})");
+    assert!(worst <= tol, "{what}: gpu {} vs cpu {} at {at}: err {worst:e} > tol {tol:e}", gpu[at], cpu[at]);
+    worst
+}
+
+/// Compare two flat parameter-layout vectors tensor by tensor.
+fn assert_tensors_close(what: &str, cfg: &GptConfig, gpu: &[f32], cpu: &[f32]) {
+    for (name, offset, shape) in cfg.layout().tensors(cfg) {
+        let len: usize = shape.iter().product();
+        assert_close(&format!("{what} {name}"), &gpu[offset..offset + len], &cpu[offset..offset + len]);
+    }
+}
+
+/// The key bias qkvb[l, C..2C] adds q·b_k to every score of a softmax row, a constant the
+/// softmax removes: its gradient is exactly zero in exact arithmetic, and both engines
+/// compute rounding noise (~1e-9). AdamW normalises a gradient by its own size, so that
+/// noise becomes ±lr-sized steps whose signs differ between engines. Those entries are held
+/// to the bound AdamW itself guarantees, |Δ| ≤ 2·lr per step, instead of the relative
+/// tolerance; they cannot change any output, which the forward and loss-curve tests show.
+fn is_key_bias(cfg: &GptConfig, index: usize) -> bool {
+    let layout = cfg.layout();
+    let c = cfg.d_model;
+    (layout.qkvb..layout.qkvb + cfg.n_layer * 3 * c).contains(&index) && ((index - layout.qkvb) % (3 * c)) / c == 1
+}
+
+#[test]
+fn forward_matches_cpu_on_logits_logprobs_instruments_and_hidden_states() {
+    for (cfg, rows, len) in [(RAGGED, 3, 19), (GptConfig::TINY, 4, 64)] {
+        let params = random_params(&cfg, 1);
+        let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
+        let mut cpu = CpuEngine::new(cfg, params).unwrap();
+        let batch = random_batch(&cfg, rows, len, 2);
+        eprintln!("config {cfg:?}, batch {}x{}", batch.batch, batch.seq_len);
+        assert_close("logits", &gpu.logits(&batch).unwrap(), &cpu.logits(&batch).unwrap());
+        assert_close("hidden states", &gpu.hidden_states(&batch).unwrap(), &cpu.hidden_states(&batch).unwrap());
+        let (g, c) = (gpu.forward(&batch).unwrap(), cpu.forward(&batch).unwrap());
+        assert_close("token logps", &g.token_logps, &c.token_logps);
+        assert_close("seq logps", &g.seq_logps, &c.seq_logps);
+        assert_close("topk entropy", &g.topk_entropy, &c.topk_entropy);
+        assert_close("topk mass", &g.topk_mass, &c.topk_mass);
+        // unscored positions are exactly zero on both
+        for (i, m) in batch.score_mask.iter().enumerate() {
+            if *m == 0.0 {
+                assert_eq!(g.token_logps[i], 0.0, "token {i} is not scored");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_parameter_gradient_matches_cpu() {
+    for (cfg, rows, len) in [(RAGGED, 3, 19), (GptConfig::TINY, 4, 64)] {
+        let params = random_params(&cfg, 3);
+        let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
+        let mut cpu = CpuEngine::new(cfg, params).unwrap();
+        let batch = random_batch(&cfg, rows, len, 4);
+        let mut rng = Rng::new(5);
+        let d_seq: Vec<f32> = (0..batch.batch).map(|_| rng.normal()).collect();
+        gpu.forward(&batch).unwrap();
+        cpu.forward(&batch).unwrap();
+        gpu.backward(&d_seq).unwrap();
+        cpu.backward(&d_seq).unwrap();
+        eprintln!("config {cfg:?}, batch {}x{}", batch.batch, batch.seq_len);
+        let (g, c) = (gpu.grads(), cpu.grads());
+        assert_tensors_close("grad", &cfg, &g, &c);
+        // the key bias's gradient is zero up to rounding on both (see is_key_bias)
+        let key_bias_max = (0..c.len()).filter(|&i| is_key_bias(&cfg, i)).fold(0.0f32, |m, i| m.max(c[i].abs()).max(g[i].abs()));
+        let qkvb_max = c[cfg.layout().qkvb..cfg.layout().attprojw].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        eprintln!("{:>28}: max |grad| {key_bias_max:.3e} against {qkvb_max:.3e} for all of qkvb", "key bias");
+        assert!(key_bias_max <= 1e-4 * qkvb_max);
+    }
+}
+
+#[test]
+fn weights_after_three_adamw_steps_match_cpu() {
+    let cfg = RAGGED;
+    let params = random_params(&cfg, 6);
+    let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
+    let mut cpu = CpuEngine::new(cfg, params).unwrap();
+    // weight decay on, so the decoupled decay is exercised too
+    let opt = AdamWConfig { lr: 1e-3, weight_decay: 0.1, ..AdamWConfig::default() };
+    for step in 1..=3 {
+        let batch = random_batch(&cfg, 3, 19, 10 + step as u64);
+        let mut rng = Rng::new(20 + step as u64);
+        let d_seq: Vec<f32> = (0..batch.batch).map(|_| rng.normal()).collect();
+        for engine in [&mut gpu as &mut dyn Engine, &mut cpu] {
+            engine.forward(&batch).unwrap();
+            engine.backward(&d_seq).unwrap();
+            engine.adamw_step(&opt, step).unwrap();
+        }
+    }
+    let (gpu_params, cpu_params) = (gpu.params(), cpu.params());
+    let key_bias_bound = 2.0 * 3.0 * opt.lr;
+    let mut key_bias_err = 0.0f32;
+    let (mut gpu_rest, mut cpu_rest) = (gpu_params.clone(), cpu_params.clone());
+    for i in (0..gpu_params.len()).filter(|&i| is_key_bias(&cfg, i)) {
+        key_bias_err = key_bias_err.max((gpu_params[i] - cpu_params[i]).abs());
+        (gpu_rest[i], cpu_rest[i]) = (0.0, 0.0);
+    }
+    eprintln!("{:>28}: max abs err {key_bias_err:.3e} (bound 2·lr·steps = {key_bias_bound:.1e})", "after 3 steps qkvb key part");
+    assert!(key_bias_err <= key_bias_bound);
+    assert_tensors_close("after 3 steps", &cfg, &gpu_rest, &cpu_rest);
+}
+
+#[test]
+fn dpo_loss_curves_agree_over_20_steps() {
+    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
+    let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
+    let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
+    let records = parse_jsonl(&jsonl).unwrap();
+    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 1 };
+    let params = init_params(&MICRO, 7);
+    let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
+    let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
+    let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+    let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        gpu_losses.push(on_gpu.step().unwrap().loss as f32);
+        cpu_losses.push(on_cpu.step().unwrap().loss as f32);
+    }
+    eprintln!("cpu loss curve {cpu_losses:?}");
+    eprintln!("gpu loss curve {gpu_losses:?}");
+    assert!(cpu_losses[19] < cpu_losses[0], "the run must learn for the comparison to mean anything");
+    assert_close("loss curve", &gpu_losses, &cpu_losses);
+}
+
+#[test]
+fn a_dpo_step_costs_two_submissions_and_one_readback() {
+    let cfg = RAGGED;
+    let Some(mut gpu) = gpu(cfg, random_params(&cfg, 8)) else { return };
+    let batch = random_batch(&cfg, 4, 16, 9);
+    let opt = AdamWConfig::default();
+    // the first step builds the plan for this shape
+    gpu.forward(&batch).unwrap();
+    gpu.backward(&[0.5, -0.5, 0.25, -0.25]).unwrap();
+    gpu.adamw_step(&opt, 1).unwrap();
+    let before = gpu.sync_counts();
+    for step in 2..=4 {
+        let out = gpu.forward(&batch).unwrap();
+        let d_seq: Vec<f32> = out.seq_logps.iter().map(|l| -l.signum()).collect();
+        gpu.backward(&d_seq).unwrap();
+        gpu.adamw_step(&opt, step).unwrap();
+    }
+    let after = gpu.sync_counts();
+    assert_eq!(after.readbacks - before.readbacks, 3, "one readback per step");
+    assert_eq!(after.submissions - before.submissions, 6, "two submissions per step");
+}
+
+#[test]
+fn misuse_is_an_error_not_a_panic() {
+    let cfg = RAGGED;
+    let Some(mut gpu) = gpu(cfg, random_params(&cfg, 9)) else { return };
+    let err = gpu.backward(&[1.0]).unwrap_err().to_string();
+    assert!(err.contains("before forward"), "{err}");
+    let too_long = random_batch(&cfg, 1, cfg.ctx + 1, 1);
+    let err = gpu.forward(&too_long).unwrap_err().to_string();
+    assert!(err.contains("exceeds the model's context"), "{err}");
+    let batch = random_batch(&cfg, 2, 10, 1);
+    gpu.forward(&batch).unwrap();
+    let err = gpu.backward(&[1.0]).unwrap_err().to_string();
+    assert!(err.contains("1 sequence gradients for a forward of 2 rows"), "{err}");
+    let err = gpu.adamw_step(&AdamWConfig::default(), 0).unwrap_err().to_string();
+    assert!(err.contains("count from 1"), "{err}");
+    let err = gpu.set_params(&[0.0; 3]).unwrap_err().to_string();
+    assert!(err.contains("3 parameters given"), "{err}");
+    let err = GpuEngine::new(gpu.device().clone(), gpu.queue().clone(), cfg, vec![0.0; 5]).unwrap_err().to_string();
+    assert!(err.contains("5 parameters given"), "{err}");
+}
+
+#[test]
+fn a_lost_device_is_reported_not_a_hang() {
+    let cfg = RAGGED;
+    let Some(mut gpu) = gpu(cfg, random_params(&cfg, 12)) else { return };
+    let batch = random_batch(&cfg, 2, 10, 1);
+    gpu.forward(&batch).unwrap();
+    gpu.device().destroy(); // what a driver reset or a browser tab losing its GPU looks like
+    let err = gpu.forward(&batch).unwrap_err().to_string();
+    eprintln!("after device loss: {err}");
+    assert!(err.contains("lost") || err.contains("GPU error"), "{err}");
+}
+
+#[test]
+fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
+    let cfg = GptConfig::TINY;
+    let Some(mut gpu) = gpu(cfg, random_params(&cfg, 10)) else { return };
+    let batch = random_batch(&cfg, 4, 48, 11);
+    match gpu.profile_step(&batch, &[1.0, -1.0, 0.5, -0.5], &AdamWConfig::default(), 1).unwrap() {
+        None => eprintln!("adapter {} has no TIMESTAMP_QUERY; no per-kernel times", gpu.name()),
+        Some(profile) => {
+            for k in &profile.kernels {
+                eprintln!("{:>28} {:>4} launches {:>10.1} us", k.kernel, k.launches, k.total_us);
+            }
+            eprintln!("{:>28} {:>10.1} us", "total", profile.total_us);
+            let launches: usize = profile.kernels.iter().map(|k| k.launches).sum();
+            // forward 8L + 5, backward 19L + 7, AdamW 1
+            assert_eq!(launches, 27 * cfg.n_layer + 13);
+            assert!(profile.total_us > 0.0);
+        }
+    }
+}
