@@ -3,6 +3,8 @@
 
 mod bench;
 mod commands;
+mod pretrain;
+mod scenario;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +26,10 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Time full DPO steps and print steps/s and tokens/s.
     Bench(bench::BenchArgs),
+    /// Train the starter policy from scratch on the synthetic corpus (SFT).
+    Pretrain(pretrain::PretrainArgs),
+    /// Run a classroom scenario headless: its metrics and a one-line verdict.
+    Scenario(scenario::ScenarioArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,8 +39,15 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train(args),
         Command::Eval(args) => commands::eval(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Pretrain(args) => pretrain::pretrain_cmd(args),
+        Command::Scenario(args) => scenario::scenario_cmd(args),
     };
     match result {
+        // A scenario whose phenomenon did not appear still prints its report, and exits 1.
+        Ok(json) if json.pointer("/verdict/passed") == Some(&serde_json::Value::Bool(false)) => {
+            println!("{json}");
+            ExitCode::from(1)
+        }
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS

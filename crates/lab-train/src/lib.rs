@@ -11,7 +11,10 @@
 //! evaluated after it. Runs are bit-for-bit deterministic for a given seed.
 
 mod examples;
+mod pretrain;
+pub mod scenario;
 mod session;
 
 pub use examples::{record_lines, EncodedPair, EncodedRanked, EncodedRow, EncodedUnpaired, Examples};
+pub use pretrain::{pretrain, probe_accuracy, PretrainConfig, PretrainProgress, PretrainSummary};
 pub use session::{Instruments, PairStats, Session, SessionConfig, StepRecord};

@@ -1,0 +1,65 @@
+//! `alignlab pretrain`: the starter policy, trained from scratch on the synthetic corpus.
+//! Progress JSON lines go to stderr, the summary JSON to stdout.
+
+use clap::Args;
+use lab_core::checkpoint::{self, StorageDtype};
+use lab_core::config::{init_params, GptConfig};
+use lab_core::{Engine, Result};
+use lab_cpu::CpuEngine;
+use lab_train::{pretrain, PretrainConfig};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Where the model directory goes (model.safetensors, config.json, tokenizer.json).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 4000)]
+    steps: u32,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 200)]
+    warmup: u32,
+    /// Seeds the initial weights, the corpus and the batch order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 64)]
+    d_model: usize,
+    #[arg(long, default_value_t = 3)]
+    n_layer: usize,
+    #[arg(long, default_value_t = 4)]
+    n_head: usize,
+    #[arg(long, default_value_t = 128)]
+    ctx: usize,
+    /// Store f32 instead of f16.
+    #[arg(long)]
+    f32: bool,
+    #[arg(long, default_value_t = 100)]
+    log_every: u32,
+}
+
+pub fn pretrain_cmd(args: PretrainArgs) -> Result<Value> {
+    let cfg = GptConfig { vocab: lab_core::tokenizer::VOCAB_SIZE, ctx: args.ctx, d_model: args.d_model, n_layer: args.n_layer, n_head: args.n_head };
+    cfg.validate()?;
+    let config = PretrainConfig { steps: args.steps, batch_size: args.batch_size, lr: args.lr, warmup: args.warmup, seed: args.seed, log_every: args.log_every };
+    config.validate()?;
+    let corpus = lab_core::corpus::generate(args.seed);
+    let mut engine = CpuEngine::new(cfg, init_params(&cfg, args.seed))?;
+    let started = std::time::Instant::now();
+    let summary = pretrain(&mut engine, &corpus, &config, |p| {
+        eprintln!("{}", json!({"step": p.step, "loss": p.loss, "lr": p.lr, "tokens_seen": p.tokens_seen, "seconds": started.elapsed().as_secs_f64()}));
+    })?;
+    let dtype = if args.f32 { StorageDtype::F32 } else { StorageDtype::F16 };
+    checkpoint::save_dir(&args.out, &cfg, &engine.params(), dtype)?;
+    Ok(json!({
+        "model": args.out.display().to_string(),
+        "config": cfg.to_hf_json(),
+        "parameters": cfg.layout().total,
+        "engine": engine.name(),
+        "seconds": started.elapsed().as_secs_f64(),
+        "summary": summary,
+    }))
+}
