@@ -95,6 +95,30 @@ pub struct StepRecord {
     pub eval: Instruments,
 }
 
+impl StepRecord {
+    /// Batch metrics as TRL reduces them (means over the batch); `eval` is filled after the
+    /// update.
+    fn from_batch(step: u32, loss: f64, [rewards_chosen, rewards_rejected]: [&[f64]; 2], accuracy: f64, [logps_chosen, logps_rejected]: [&[f64]; 2]) -> Self {
+        let (chosen, rejected) = (metrics::mean(rewards_chosen), metrics::mean(rewards_rejected));
+        StepRecord {
+            step,
+            loss,
+            rewards_chosen: chosen,
+            rewards_rejected: rejected,
+            rewards_margins: chosen - rejected,
+            rewards_accuracies: accuracy,
+            logps_chosen: metrics::mean(logps_chosen),
+            logps_rejected: metrics::mean(logps_rejected),
+            eval: Instruments::default(),
+        }
+    }
+}
+
+/// TRL's `rewards/accuracies`: the fraction of pairs whose chosen reward is strictly higher.
+fn pairwise_accuracy(chosen: &[f64], rejected: &[f64]) -> f64 {
+    metrics::mean(&chosen.iter().zip(rejected).map(|(c, r)| f64::from(u8::from(c > r))).collect::<Vec<_>>())
+}
+
 /// The dataset-wide instruments (see shared/reference/losses-and-metrics.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Instruments {
@@ -327,21 +351,8 @@ impl<E: Engine> Session<E> {
                 let x = PairLogps { policy_chosen: pc, policy_rejected: pr, reference_chosen: &rc, reference_rejected: &rr, chosen_lengths: &lc, rejected_lengths: &lr };
                 let lo = loss::mixed_loss(&self.config.loss, &self.config.params, &x)?;
                 let d_seq: Vec<f32> = lo.d_policy_chosen.iter().chain(&lo.d_policy_rejected).map(|&d| d as f32).collect();
-                let accuracies = metrics::mean(&lo.chosen_rewards.iter().zip(&lo.rejected_rewards).map(|(c, r)| f64::from(u8::from(c > r))).collect::<Vec<_>>());
-                let rewards_chosen = metrics::mean(&lo.chosen_rewards);
-                let rewards_rejected = metrics::mean(&lo.rejected_rewards);
-                let record = StepRecord {
-                    step: self.steps_done + 1,
-                    loss: lo.loss,
-                    rewards_chosen,
-                    rewards_rejected,
-                    rewards_margins: rewards_chosen - rewards_rejected,
-                    rewards_accuracies: accuracies,
-                    logps_chosen: metrics::mean(pc),
-                    logps_rejected: metrics::mean(pr),
-                    eval: Instruments::default(),
-                };
-                (d_seq, record)
+                let accuracy = pairwise_accuracy(&lo.chosen_rewards, &lo.rejected_rewards);
+                (d_seq, StepRecord::from_batch(self.steps_done + 1, lo.loss, [&lo.chosen_rewards, &lo.rejected_rewards], accuracy, [pc, pr]))
             }
             DataShape::Unpaired => {
                 let rows: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
@@ -351,19 +362,11 @@ impl<E: Engine> Session<E> {
                 let lengths = self.lengths(&rows);
                 let x = UnpairedLogps { policy: &out, reference: &reference, lengths: &lengths, desirable: &desirable };
                 let lo = loss::kto_loss(&self.config.params, &x)?;
-                let side = |want: bool, values: &[f64]| metrics::mean(&values.iter().zip(&desirable).filter(|(_, &d)| d == want).map(|(v, _)| *v).collect::<Vec<_>>());
+                let side = |want: bool, values: &[f64]| values.iter().zip(&desirable).filter(|(_, &d)| d == want).map(|(v, _)| *v).collect::<Vec<f64>>();
                 let (rewards_chosen, rewards_rejected) = (side(true, &lo.rewards), side(false, &lo.rewards));
-                let record = StepRecord {
-                    step: self.steps_done + 1,
-                    loss: lo.loss,
-                    rewards_chosen,
-                    rewards_rejected,
-                    rewards_margins: rewards_chosen - rewards_rejected,
-                    rewards_accuracies: f64::from(u8::from(rewards_chosen > rewards_rejected)),
-                    logps_chosen: side(true, &out),
-                    logps_rejected: side(false, &out),
-                    eval: Instruments::default(),
-                };
+                // Unpaired: accurate when desirable examples out-reward undesirable ones on average.
+                let accuracy = f64::from(u8::from(metrics::mean(&rewards_chosen) > metrics::mean(&rewards_rejected)));
+                let record = StepRecord::from_batch(self.steps_done + 1, lo.loss, [&rewards_chosen, &rewards_rejected], accuracy, [&side(true, &out), &side(false, &out)]);
                 (lo.d_policy.iter().map(|&d| d as f32).collect(), record)
             }
             DataShape::Ranked => {
@@ -382,17 +385,9 @@ impl<E: Engine> Session<E> {
                 // Report the best vs the worst response of each list as chosen vs rejected.
                 let best: Vec<f64> = lo.rewards.iter().map(|r| r[0]).collect();
                 let worst: Vec<f64> = lo.rewards.iter().map(|r| r[r.len() - 1]).collect();
-                let record = StepRecord {
-                    step: self.steps_done + 1,
-                    loss: lo.loss,
-                    rewards_chosen: metrics::mean(&best),
-                    rewards_rejected: metrics::mean(&worst),
-                    rewards_margins: metrics::mean(&best) - metrics::mean(&worst),
-                    rewards_accuracies: metrics::mean(&best.iter().zip(&worst).map(|(b, w)| f64::from(u8::from(b > w))).collect::<Vec<_>>()),
-                    logps_chosen: metrics::mean(&policy.iter().map(|p| p[0]).collect::<Vec<_>>()),
-                    logps_rejected: metrics::mean(&policy.iter().map(|p| p[p.len() - 1]).collect::<Vec<_>>()),
-                    eval: Instruments::default(),
-                };
+                let logps_best: Vec<f64> = policy.iter().map(|p| p[0]).collect();
+                let logps_worst: Vec<f64> = policy.iter().map(|p| p[p.len() - 1]).collect();
+                let record = StepRecord::from_batch(self.steps_done + 1, lo.loss, [&best, &worst], pairwise_accuracy(&best, &worst), [&logps_best, &logps_worst]);
                 (lo.d_policy.iter().flatten().map(|&d| d as f32).collect(), record)
             }
         };
