@@ -27,3 +27,14 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 echo "== cargo test (workspace, release: the burn gradient oracle, parity and golden tests)"
 cargo test --workspace --release --locked 2>&1
+
+echo "== browser tests (web/tests: the app in Debian's Chromium, WebGPU on SwiftShader)"
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+bash scripts/build-web.sh
+node web/tests/browser.test.mjs

@@ -1,0 +1,141 @@
+//! The messages between the page and the training worker, as JSON strings.
+//!
+//! The page owns the settings ([`crate::state::UiState`]); the worker owns the model, the
+//! sessions and every number the page shows. Everything numeric the page renders arrives
+//! here, computed by `lab-train` and `lab-core` in the worker.
+
+use lab_core::experiment::ExperimentConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Page → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// (Re)start every run from the starting weights: run 0 with `experiment.loss`, one more
+    /// run per entry of `compare`, all on the same data without the `drop_records`. With
+    /// `apply_preset` the scenario's preset replaces the experiment and the compared losses.
+    /// `generation` numbers the resets; replies about older ones are stale.
+    Reset { generation: u32, experiment: ExperimentConfig, compare: Vec<String>, drop_records: Vec<usize>, apply_preset: bool },
+    Play,
+    Pause,
+    /// One step of every run.
+    Step,
+    /// Candidate responses to `prompt` under the reference and run `run`'s policy.
+    Inspect { prompt: String, run: usize },
+    /// Sample from the policy of run `run` and from the reference.
+    Generate { prompt: String, run: usize, temperature: f32, max_new_tokens: usize, seed: u64 },
+}
+
+/// One run as the page lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub label: String,
+    pub loss: String,
+    /// Each term of the loss: (name, weight, formula, source).
+    pub terms: Vec<LossTerm>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossTerm {
+    pub name: String,
+    pub weight: f64,
+    pub formula: String,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ScenarioInfo {
+    pub name: String,
+    pub title: String,
+    pub paper: String,
+    pub explanation: String,
+}
+
+/// A training example's text, for the pairs table and the prompt picker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairText {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// One row of the pairs table: lab-train's `PairStats` plus whether the policy ranks it
+/// right now. `record` indexes the full dataset, dropped pairs included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRow {
+    pub record: usize,
+    pub ches: f64,
+    pub ches_normalized: f64,
+    pub flip_threshold: f64,
+    pub margin: f64,
+    pub policy_chosen: f64,
+    pub policy_rejected: f64,
+    pub reference_chosen: f64,
+    pub reference_rejected: f64,
+    /// πθ(yw) ≥ πθ(yl) now (Chen et al. 2024's ranking).
+    pub ranked: bool,
+}
+
+/// The metrics of one step under TRL's names (`loss`, `rewards/chosen`, ...,
+/// `eval/ranking_accuracy`, ...); step 0 holds the instruments of the reference itself.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// A candidate response of the displacement view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub completion: String,
+    /// Where it comes from: "chosen", "rejected", "watched", "sampled from the reference", ...
+    pub origin: String,
+    pub reference_logp: f64,
+    pub policy_logp: f64,
+    pub reference_prob: f64,
+    pub policy_prob: f64,
+    /// log πθ − log πref of the whole response.
+    pub logp_change: f64,
+    /// The largest gain of probability among the candidates.
+    pub gained_most: bool,
+    /// Per scored token: its label and the change of its log-prob (policy − reference).
+    pub tokens: Vec<String>,
+    pub token_logp_change: Vec<f64>,
+}
+
+/// Worker → page. (`Ready` is large, but each message is built once and serialized.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The runs are ready at step 0.
+    Ready {
+        generation: u32,
+        engine: String,
+        /// Why this engine (the fallback banner), if it is not the first choice.
+        engine_note: Option<String>,
+        model: String,
+        experiment: ExperimentConfig,
+        compare: Vec<String>,
+        runs: Vec<RunInfo>,
+        scenario: Option<ScenarioInfo>,
+        pairs: Vec<PairText>,
+        prompts: Vec<String>,
+        dropped: Vec<usize>,
+        /// Per run, the step-0 instruments.
+        start: Vec<Metrics>,
+        table: Vec<PairRow>,
+    },
+    /// One step of one run.
+    Stepped {
+        generation: u32,
+        run: usize,
+        metrics: Metrics,
+        /// First step at which the mean chosen log-prob fell below its start (Razin et al.).
+        displaced_at: Option<u32>,
+        step_ms: f64,
+        /// The pairs table of run 0 (sent with run 0's steps).
+        table: Option<Vec<PairRow>>,
+    },
+    Status { playing: bool, steps_done: u32 },
+    Inspected { prompt: String, run: usize, candidates: Vec<Candidate> },
+    Generated { prompt: String, policy: String, reference: String },
+    Error { message: String },
+}

@@ -1,0 +1,156 @@
+//! The page's settings as one serializable value, and its URL form.
+//!
+//! The experiment (loss, hyper-parameters, seed, scenario) round-trips through
+//! `lab_core::experiment::ExperimentConfig::to_query`/`from_query`; the page adds one key of
+//! its own, `compare`, the losses of the optional second and third runs. A shared link
+//! therefore reproduces every run on the page.
+
+use lab_core::experiment::ExperimentConfig;
+use lab_core::loss::LossMix;
+use lab_core::{LabError, Result};
+use serde::{Deserialize, Serialize};
+
+/// At most this many runs are drawn side by side (the main run and two compared ones).
+pub const MAX_RUNS: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UiState {
+    pub experiment: ExperimentConfig,
+    /// The compared runs, same data and start: a loss (`LossMix` spec form), then any
+    /// settings of its own as `;key=value` in the link's keys (`robust;beta=0.5;label_smoothing=0.25`).
+    pub compare: Vec<String>,
+}
+
+/// `%XX`-escape everything but unreserved characters (the loss specs hold `+`).
+fn escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' | b',' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn unescape(text: &str) -> Result<String> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let byte = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| LabError::parse(format!("bad percent escape in {text:?}")).in_field("compare"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| LabError::parse("not UTF-8").in_field("compare"))
+}
+
+impl UiState {
+    /// The query string (no `?`).
+    pub fn to_query(&self) -> String {
+        let mut query = self.experiment.to_query();
+        if !self.compare.is_empty() {
+            query.push_str("&compare=");
+            query.push_str(&escape(&self.compare.join(",")));
+        }
+        query
+    }
+
+    /// Parse a query string; errors name the bad setting, as `ExperimentConfig::from_query`'s do.
+    pub fn from_query(query: &str) -> Result<UiState> {
+        let mut rest = Vec::new();
+        let mut compare = Vec::new();
+        for part in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("compare", value)) => {
+                    compare = unescape(value)?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                }
+                _ => rest.push(part),
+            }
+        }
+        let state = UiState { experiment: ExperimentConfig::from_query(&rest.join("&"))?, compare };
+        state.validate()?;
+        Ok(state)
+    }
+
+    /// Every run's loss must parse, and there are at most [`MAX_RUNS`] runs.
+    pub fn validate(&self) -> Result<()> {
+        self.experiment.validate()?;
+        if self.compare.len() + 1 > MAX_RUNS {
+            return Err(LabError::param("compare", format!("at most {} compared runs", MAX_RUNS - 1)));
+        }
+        for entry in &self.compare {
+            self.run_experiment(entry)?;
+        }
+        Ok(())
+    }
+
+    /// The experiment of a compared run: the main one with the entry's loss and overrides.
+    pub fn run_experiment(&self, entry: &str) -> Result<ExperimentConfig> {
+        let mut parts = entry.split(';');
+        let loss = parts.next().unwrap_or("").trim();
+        LossMix::parse(loss).map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))?;
+        let mut query = self.experiment.to_query();
+        query.push_str(&format!("&loss={}", escape(loss)));
+        for part in parts.map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').ok_or_else(|| LabError::param("compare", format!("{entry:?}: {part:?} is not key=value")))?;
+            if matches!(key.trim(), "loss" | "scenario" | "compare") {
+                return Err(LabError::param("compare", format!("{entry:?}: {key} cannot differ between runs")));
+            }
+            query.push_str(&format!("&{}={}", key.trim(), escape(value.trim())));
+        }
+        ExperimentConfig::from_query(&query).map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))
+    }
+
+    /// Every run's experiment, the main run first.
+    pub fn experiments(&self) -> Result<Vec<ExperimentConfig>> {
+        self.validate()?;
+        let mut out = vec![self.experiment.clone()];
+        for entry in &self.compare {
+            out.push(self.run_experiment(entry)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_compared_runs_and_the_experiment() {
+        let mut state = UiState { compare: vec!["ipo".into(), "sigmoid+0.5*sft".into()], ..Default::default() };
+        state.experiment.params.beta = 0.3;
+        state.experiment.seed = 7;
+        state.experiment.scenario = Some("no-never".into());
+        let query = state.to_query();
+        assert!(query.contains("compare=ipo,sigmoid%2B0.5*sft"), "{query}");
+        assert_eq!(UiState::from_query(&format!("?{query}")).unwrap(), state);
+    }
+
+    #[test]
+    fn bad_compared_loss_is_named() {
+        let err = UiState::from_query("loss=sigmoid&compare=dpo").unwrap_err().to_string();
+        assert!(err.contains("compare"), "{err}");
+        let err = UiState::from_query("compare=ipo,hinge,robust").unwrap_err().to_string();
+        assert!(err.contains("at most 2"), "{err}");
+        let err = UiState::from_query("compare=robust%3Bbeta%3D-1").unwrap_err().to_string();
+        assert!(err.contains("beta"), "{err}");
+    }
+
+    #[test]
+    fn a_compared_run_keeps_its_own_settings() {
+        let state = UiState { compare: vec!["robust;beta=0.5;label_smoothing=0.25".into()], ..Default::default() };
+        let back = UiState::from_query(&state.to_query()).unwrap();
+        assert_eq!(back, state);
+        let runs = back.experiments().unwrap();
+        assert_eq!(runs[1].loss, "robust");
+        assert_eq!(runs[1].params.beta, 0.5);
+        assert_eq!(runs[1].params.label_smoothing, 0.25);
+        assert_eq!(runs[1].lr, runs[0].lr);
+        assert_eq!(runs[0].params.label_smoothing, 0.0);
+    }
+}

@@ -1,0 +1,539 @@
+//! The training worker: the model, the runs (one `lab_train::Session` each) and every
+//! number the page shows, off the main thread so that training never blocks the page.
+//!
+//! The loop handles every pending message, then, while playing, steps each run once and
+//! yields to the event loop (a zero timeout) so that pause, reset and inspect requests get
+//! through between steps.
+
+use crate::protocol::{Candidate, FromWorker, LossTerm, Metrics, PairRow, PairText, RunInfo, ScenarioInfo, ToWorker};
+use crate::state::UiState;
+use futures::channel::mpsc;
+use futures::StreamExt;
+use lab_core::config::{init_params, GptConfig};
+use lab_core::data::{encode_example, parse_jsonl, Record};
+use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::experiment::ExperimentConfig;
+use lab_core::loss::LossMix;
+use lab_core::rng::Rng;
+use lab_core::sample::{generate, SampleConfig};
+use lab_core::{checkpoint, tokenizer, LabError};
+use lab_cpu::CpuEngine;
+use lab_train::scenario::{Preset, SCENARIOS};
+use lab_train::{Session, SessionConfig, StepRecord};
+use std::collections::HashMap;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Response};
+
+type Result<T> = std::result::Result<T, String>;
+
+#[wasm_bindgen(module = "/js/glue.js")]
+extern "C" {
+    /// A description of the WebGPU adapter, or null when `navigator.gpu` gives none.
+    #[wasm_bindgen(js_name = webgpuAdapter)]
+    fn webgpu_adapter() -> js_sys::Promise;
+}
+
+const BUILTIN: &str = include_str!("builtin.jsonl");
+const MODEL_DIR: &str = "assets/models/starter";
+
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+fn post(msg: &FromWorker) {
+    let text = serde_json::to_string(msg).expect("worker messages serialize");
+    let _ = scope().post_message(&JsValue::from_str(&text));
+}
+
+fn now_ms() -> f64 {
+    scope().performance().map(|p| p.now()).unwrap_or(0.0)
+}
+
+fn js_err(err: JsValue) -> String {
+    err.as_string().or_else(|| js_sys::JSON::stringify(&err).ok().and_then(|s| s.as_string())).unwrap_or_else(|| "unknown JavaScript error".into())
+}
+
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
+    let response: Response = JsFuture::from(scope().fetch_with_str(url)).await.map_err(|e| format!("{url}: {}", js_err(e)))?.unchecked_into();
+    if !response.ok() {
+        return Err(format!("{url}: HTTP {}", response.status()));
+    }
+    let buffer = JsFuture::from(response.array_buffer().map_err(js_err)?).await.map_err(js_err)?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+async fn fetch_text(url: &str) -> Result<String> {
+    String::from_utf8(fetch_bytes(url).await?).map_err(|_| format!("{url}: not UTF-8"))
+}
+
+/// The starting weights: the policy's start and, frozen, the reference.
+struct Model {
+    cfg: GptConfig,
+    params: Vec<f32>,
+    description: String,
+}
+
+async fn load_model() -> (Model, Option<String>) {
+    let loaded: Result<Model> = async {
+        let config_json: serde_json::Value = serde_json::from_str(&fetch_text(&format!("{MODEL_DIR}/config.json")).await?).map_err(|e| format!("{MODEL_DIR}/config.json: {e}"))?;
+        let cfg = GptConfig::from_hf_json(&config_json).map_err(|e| format!("{MODEL_DIR}/config.json: {e}"))?;
+        let bytes = fetch_bytes(&format!("{MODEL_DIR}/model.safetensors")).await?;
+        let params = checkpoint::from_safetensors(&cfg, &bytes).map_err(|e| format!("{MODEL_DIR}/model.safetensors: {e}"))?;
+        let description = format!("starter model ({} layers, d_model {}, ctx {}, {} parameters)", cfg.n_layer, cfg.d_model, cfg.ctx, params.len());
+        Ok(Model { cfg, params, description })
+    }
+    .await;
+    match loaded {
+        Ok(model) => (model, None),
+        Err(err) => {
+            let cfg = GptConfig::TINY;
+            let params = init_params(&cfg, 0);
+            let description = format!("random tiny model ({} parameters)", params.len());
+            (Model { cfg, params, description }, Some(format!("The starter model could not be loaded ({err}); training a randomly initialised tiny model.")))
+        }
+    }
+}
+
+struct LoadedScenario {
+    info: ScenarioInfo,
+    preset: Preset,
+    records: Vec<Record>,
+}
+
+async fn load_scenario(name: &str) -> Result<LoadedScenario> {
+    if !SCENARIOS.contains(&name) {
+        return Err(format!("no scenario {name:?} (shipped: {})", SCENARIOS.join(", ")));
+    }
+    let dir = format!("assets/scenarios/{name}");
+    let preset: Preset = serde_json::from_str(&fetch_text(&format!("{dir}/preset.json")).await?).map_err(|e| format!("{dir}/preset.json: line {}: {e}", e.line()))?;
+    let data_path = format!("{dir}/{}", preset.data);
+    let records = parse_jsonl(&fetch_text(&data_path).await?).map_err(|e| e.in_file(&data_path).to_string())?;
+    let explanation = fetch_text(&format!("{dir}/README.md")).await.unwrap_or_default();
+    let info = ScenarioInfo { name: name.to_string(), title: preset.title.clone(), paper: preset.paper.clone(), explanation };
+    Ok(LoadedScenario { info, preset, records })
+}
+
+/// The compared runs a preset lists: the loss of each variant with the settings it
+/// changes (variants that drop pairs are the pairs table's "retrain without them").
+fn preset_compare(preset: &Preset) -> Vec<String> {
+    let base = UiState { experiment: preset.experiment.clone(), compare: Vec::new() };
+    let base_query: HashMap<String, String> = base.experiment.to_query().split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut out = Vec::new();
+    for variant in preset.variants.iter().filter(|v| v.drop_top_ches.is_none()) {
+        let mut experiment = preset.experiment.clone();
+        experiment.loss = variant.loss.clone().unwrap_or(experiment.loss);
+        experiment.params = variant.params.unwrap_or(experiment.params);
+        experiment.lr = variant.lr.unwrap_or(experiment.lr);
+        let mut entry = experiment.loss.clone();
+        for part in experiment.to_query().split('&') {
+            if let Some((key, value)) = part.split_once('=') {
+                if key != "loss" && base_query.get(key).map(String::as_str) != Some(value) {
+                    entry.push_str(&format!(";{key}={}", value.replace("%2B", "+")));
+                }
+            }
+        }
+        out.push(entry);
+    }
+    out.truncate(crate::state::MAX_RUNS - 1);
+    out
+}
+
+fn loss_terms(spec: &str) -> Vec<LossTerm> {
+    LossMix::parse(spec)
+        .map(|mix| mix.terms.iter().map(|(kind, weight)| LossTerm { name: kind.name().to_string(), weight: *weight, formula: kind.formula().to_string(), source: kind.source().to_string() }).collect())
+        .unwrap_or_default()
+}
+
+fn pair_text(record: &Record) -> PairText {
+    match record {
+        Record::Pair(pair) => {
+            let r = pair.render();
+            PairText { prompt: r.prompt, chosen: r.chosen, rejected: r.rejected }
+        }
+        Record::Unpaired(u) => {
+            let (prompt, completion) = u.render();
+            if u.label {
+                PairText { prompt, chosen: completion, rejected: String::new() }
+            } else {
+                PairText { prompt, chosen: String::new(), rejected: completion }
+            }
+        }
+        Record::Ranked(r) => {
+            let (prompt, responses) = r.render();
+            PairText { prompt, chosen: responses.first().cloned().unwrap_or_default(), rejected: responses.last().cloned().unwrap_or_default() }
+        }
+    }
+}
+
+fn metrics_of(value: serde_json::Value) -> Metrics {
+    match value {
+        serde_json::Value::Object(map) => map.into_iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).collect(),
+        _ => Metrics::new(),
+    }
+}
+
+struct Run {
+    session: Session<CpuEngine>,
+    target_steps: u32,
+    displaced_at: Option<u32>,
+}
+
+/// Everything the worker holds between messages.
+struct Lab {
+    model: Model,
+    engine_name: String,
+    engine_note: Option<String>,
+    reference: CpuEngine,
+    scenarios: HashMap<String, LoadedScenario>,
+    experiment: ExperimentConfig,
+    /// All records of the data (scenario or built-in) and the indices trained on.
+    records: Vec<Record>,
+    kept: Vec<usize>,
+    runs: Vec<Run>,
+    /// The reset these runs belong to.
+    generation: u32,
+    playing: bool,
+}
+
+impl Lab {
+    async fn new() -> Lab {
+        let (model, model_note) = load_model().await;
+        let adapter = JsFuture::from(webgpu_adapter()).await.ok().and_then(|v| v.as_string());
+        let reference = CpuEngine::new(model.cfg, model.params.clone()).expect("the loaded model fits its config");
+        let engine_name = format!("CPU engine (wasm, {})", reference.name());
+        let gpu_note = match adapter {
+            Some(adapter) => format!("WebGPU adapter found ({adapter}), but the GPU engine cannot read results back in the browser yet (its readback is synchronous); training on the CPU engine compiled to wasm."),
+            None => "WebGPU is not available in this browser (navigator.gpu gave no adapter); training on the CPU engine compiled to wasm.".to_string(),
+        };
+        let engine_note = Some(match model_note {
+            Some(note) => format!("{gpu_note} {note}"),
+            None => gpu_note,
+        });
+        Lab { model, engine_name, engine_note, reference, scenarios: HashMap::new(), experiment: ExperimentConfig::default(), records: Vec::new(), kept: Vec::new(), runs: Vec::new(), generation: 0, playing: false }
+    }
+
+    fn policy(&mut self, run: usize) -> Result<&mut CpuEngine> {
+        self.runs.get_mut(run).map(|r| r.session.engine_mut()).ok_or_else(|| format!("no run {run}"))
+    }
+
+    async fn reset(&mut self, generation: u32, mut experiment: ExperimentConfig, mut compare: Vec<String>, drop_records: Vec<usize>, apply_preset: bool) -> Result<FromWorker> {
+        self.playing = false;
+        self.runs.clear();
+        self.generation = generation;
+        let scenario = match experiment.scenario.clone() {
+            Some(name) => {
+                if !self.scenarios.contains_key(&name) {
+                    let loaded = load_scenario(&name).await?;
+                    self.scenarios.insert(name.clone(), loaded);
+                }
+                Some(name)
+            }
+            None => None,
+        };
+        let loaded = scenario.as_ref().and_then(|name| self.scenarios.get(name));
+        if apply_preset {
+            if let Some(s) = loaded {
+                experiment = ExperimentConfig { scenario: scenario.clone(), ..s.preset.experiment.clone() };
+                compare = preset_compare(&s.preset);
+            }
+        }
+        let state = UiState { experiment: experiment.clone(), compare: compare.clone() };
+        let experiments = state.experiments().map_err(|e| e.to_string())?;
+        self.records = match loaded {
+            Some(s) => s.records.clone(),
+            None => parse_jsonl(BUILTIN).map_err(|e| e.to_string())?,
+        };
+        self.kept = (0..self.records.len()).filter(|i| !drop_records.contains(i)).collect();
+        if self.kept.is_empty() {
+            return Err("every pair was dropped; nothing left to train on".into());
+        }
+        let kept_records: Vec<Record> = self.kept.iter().map(|&i| self.records[i].clone()).collect();
+        let mut runs = Vec::new();
+        let mut infos = Vec::new();
+        let mut start = Vec::new();
+        for (index, run_experiment) in experiments.iter().enumerate() {
+            let loss = run_experiment.validate().map_err(|e| e.to_string())?;
+            let optimizer = AdamWConfig { lr: run_experiment.lr as f32, weight_decay: run_experiment.weight_decay as f32, ..AdamWConfig::default() };
+            let config = SessionConfig { loss, params: run_experiment.params, optimizer, batch_size: run_experiment.batch_size, seed: run_experiment.seed };
+            let engine = CpuEngine::new(self.model.cfg, self.model.params.clone()).map_err(|e| e.to_string())?;
+            let session = Session::new(engine, &kept_records, config).map_err(|e: LabError| format!("run {}: {e}", index + 1))?;
+            let mut metrics = metrics_of(serde_json::to_value(session.instruments()).expect("instruments serialize"));
+            metrics.insert("step".into(), 0.0);
+            start.push(metrics);
+            let label = if index == 0 { run_experiment.loss.clone() } else { compare[index - 1].clone() };
+            infos.push(RunInfo { label, loss: run_experiment.loss.clone(), terms: loss_terms(&run_experiment.loss) });
+            runs.push(Run { session, target_steps: run_experiment.steps, displaced_at: None });
+        }
+        self.runs = runs;
+        self.experiment = experiment.clone();
+        let mut prompts: Vec<String> = Vec::new();
+        let pairs: Vec<PairText> = self.records.iter().map(pair_text).collect();
+        for p in &pairs {
+            if !prompts.contains(&p.prompt) {
+                prompts.push(p.prompt.clone());
+            }
+        }
+        if let Some(s) = scenario.as_ref().and_then(|name| self.scenarios.get(name)) {
+            for w in &s.preset.watch {
+                if !prompts.contains(&w.prompt) {
+                    prompts.insert(0, w.prompt.clone());
+                }
+            }
+        }
+        Ok(FromWorker::Ready {
+            generation,
+            engine: self.engine_name.clone(),
+            engine_note: self.engine_note.clone(),
+            model: self.model.description.clone(),
+            experiment,
+            compare,
+            runs: infos,
+            scenario: scenario.as_ref().and_then(|name| self.scenarios.get(name)).map(|s| s.info.clone()),
+            pairs,
+            prompts,
+            dropped: drop_records,
+            start,
+            table: self.table(),
+        })
+    }
+
+    /// Run 0's pairs table, with dataset-wide record indices.
+    fn table(&self) -> Vec<PairRow> {
+        let Some(run) = self.runs.first() else { return Vec::new() };
+        run.session
+            .pairs()
+            .iter()
+            .map(|p| PairRow {
+                record: self.kept.get(p.record).copied().unwrap_or(p.record),
+                ches: p.ches,
+                ches_normalized: p.ches_normalized,
+                flip_threshold: p.flip_threshold,
+                margin: p.margin,
+                policy_chosen: p.policy_chosen,
+                policy_rejected: p.policy_rejected,
+                reference_chosen: p.reference_chosen,
+                reference_rejected: p.reference_rejected,
+                ranked: p.policy_chosen >= p.policy_rejected,
+            })
+            .collect()
+    }
+
+    /// One step of every run that has steps left; false when none has.
+    fn tick(&mut self) -> bool {
+        let mut any = false;
+        for index in 0..self.runs.len() {
+            let run = &mut self.runs[index];
+            if run.session.steps_done() >= run.target_steps {
+                continue;
+            }
+            any = true;
+            let started = now_ms();
+            let record: StepRecord = match run.session.step() {
+                Ok(record) => record,
+                Err(err) => {
+                    self.playing = false;
+                    post(&FromWorker::Error { message: format!("run {}: {err}", index + 1) });
+                    return false;
+                }
+            };
+            let step_ms = now_ms() - started;
+            if run.displaced_at.is_none() && record.eval.logps_chosen_change < 0.0 {
+                run.displaced_at = Some(record.step);
+            }
+            let displaced_at = run.displaced_at;
+            let metrics = metrics_of(serde_json::to_value(&record).expect("step records serialize"));
+            let table = if index == 0 { Some(self.table()) } else { None };
+            post(&FromWorker::Stepped { generation: self.generation, run: index, metrics, displaced_at, step_ms, table });
+        }
+        any
+    }
+
+    fn status(&self) -> FromWorker {
+        FromWorker::Status { playing: self.playing, steps_done: self.runs.first().map(|r| r.session.steps_done()).unwrap_or(0) }
+    }
+
+    fn inspect(&mut self, prompt: &str, run: usize) -> Result<FromWorker> {
+        let mut candidates: Vec<(String, String)> = Vec::new();
+        let mut add = |completion: String, origin: &str| {
+            if !completion.is_empty() && !candidates.iter().any(|(c, _)| *c == completion) {
+                candidates.push((completion, origin.to_string()));
+            }
+        };
+        for record in &self.records {
+            let text = pair_text(record);
+            if text.prompt == prompt {
+                add(text.chosen, "chosen");
+                add(text.rejected, "rejected");
+            }
+        }
+        if let Some(s) = self.experiment.scenario.as_ref().and_then(|n| self.scenarios.get(n)) {
+            for w in s.preset.watch.iter().filter(|w| w.prompt == prompt) {
+                for c in &w.candidates {
+                    add(c.clone(), "watched");
+                }
+            }
+        }
+        let ctx = self.model.cfg.ctx;
+        let prompt_tokens = prompt_ids(prompt, ctx)?;
+        let mut rng = Rng::new(self.experiment.seed);
+        let sampling = SampleConfig { temperature: 1.0, top_k: 0, max_new_tokens: 32 };
+        for _ in 0..2 {
+            let ids = generate(&mut self.reference, &prompt_tokens, &sampling, &mut rng).map_err(|e| e.to_string())?;
+            add(tokenizer::decode(&ids), "sampled from the reference");
+        }
+        let greedy = SampleConfig { temperature: 0.0, ..sampling };
+        let ids = generate(self.policy(run)?, &prompt_tokens, &greedy, &mut rng).map_err(|e| e.to_string())?;
+        add(tokenizer::decode(&ids), "greedy from the policy");
+
+        let rows: Vec<(Vec<u32>, usize)> = candidates.iter().map(|(c, _)| encode_example(prompt, c, ctx)).collect::<lab_core::Result<_>>().map_err(|e| e.to_string())?;
+        let batch = TokenBatch::from_rows(&rows).map_err(|e| e.to_string())?;
+        let reference = self.reference.forward(&batch).map_err(|e| e.to_string())?;
+        let policy = self.policy(run)?.forward(&batch).map_err(|e| e.to_string())?;
+        let t = batch.seq_len;
+        let mut out: Vec<Candidate> = candidates
+            .iter()
+            .zip(&rows)
+            .enumerate()
+            .map(|(b, ((completion, origin), (tokens, first)))| {
+                let positions = *first..tokens.len();
+                let (r, p) = (reference.seq_logps[b] as f64, policy.seq_logps[b] as f64);
+                Candidate {
+                    completion: completion.clone(),
+                    origin: origin.clone(),
+                    reference_logp: r,
+                    policy_logp: p,
+                    reference_prob: r.exp(),
+                    policy_prob: p.exp(),
+                    logp_change: p - r,
+                    gained_most: false,
+                    tokens: positions.clone().map(|i| tokenizer::token_label(tokens[i])).collect(),
+                    token_logp_change: positions.map(|i| (policy.token_logps[b * t + i] - reference.token_logps[b * t + i]) as f64).collect(),
+                }
+            })
+            .collect();
+        if let Some(best) = (0..out.len()).max_by(|&a, &b| (out[a].policy_prob - out[a].reference_prob).total_cmp(&(out[b].policy_prob - out[b].reference_prob))) {
+            if out[best].policy_prob > out[best].reference_prob {
+                out[best].gained_most = true;
+            }
+        }
+        Ok(FromWorker::Inspected { prompt: prompt.to_string(), run, candidates: out })
+    }
+
+    fn generate(&mut self, prompt: &str, run: usize, temperature: f32, max_new_tokens: usize, seed: u64) -> Result<FromWorker> {
+        let prompt = chat_prompt(prompt);
+        let tokens = prompt_ids(&prompt, self.model.cfg.ctx)?;
+        let config = SampleConfig { temperature, top_k: 0, max_new_tokens: max_new_tokens.clamp(1, 96) };
+        let policy_ids = generate(self.policy(run)?, &tokens, &config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
+        let reference_ids = generate(&mut self.reference, &tokens, &config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
+        Ok(FromWorker::Generated { prompt, policy: tokenizer::decode(&policy_ids), reference: tokenizer::decode(&reference_ids) })
+    }
+}
+
+/// A bare question becomes the chat template's prompt (`User: … Assistant:`).
+fn chat_prompt(text: &str) -> String {
+    let text = text.trim();
+    if text.starts_with("User:") || text.ends_with("Assistant:") {
+        text.to_string()
+    } else {
+        lab_core::corpus::prompt(text)
+    }
+}
+
+fn prompt_ids(prompt: &str, ctx: usize) -> Result<Vec<u32>> {
+    let mut ids = vec![tokenizer::EOT];
+    ids.extend(tokenizer::encode(prompt).map_err(|e| format!("prompt: {e}"))?);
+    if ids.len() >= ctx {
+        return Err(format!("the prompt is {} tokens; the model's context is {ctx}", ids.len()));
+    }
+    Ok(ids)
+}
+
+async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
+    if lab.is_none() {
+        *lab = Some(Lab::new().await);
+    }
+    let lab = lab.as_mut().expect("just created");
+    let reply = match msg {
+        ToWorker::Reset { generation, experiment, compare, drop_records, apply_preset } => lab.reset(generation, experiment, compare, drop_records, apply_preset).await,
+        ToWorker::Play => {
+            lab.playing = !lab.runs.is_empty();
+            Ok(lab.status())
+        }
+        ToWorker::Pause => {
+            lab.playing = false;
+            Ok(lab.status())
+        }
+        ToWorker::Step => {
+            lab.playing = false;
+            lab.tick();
+            Ok(lab.status())
+        }
+        ToWorker::Inspect { prompt, run } => lab.inspect(&prompt, run),
+        ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => lab.generate(&prompt, run, temperature, max_new_tokens, seed),
+    };
+    post(&reply.unwrap_or_else(|message| FromWorker::Error { message }));
+}
+
+async fn run_loop(mut inbox: mpsc::UnboundedReceiver<ToWorker>) {
+    let mut lab: Option<Lab> = None;
+    loop {
+        let playing = lab.as_ref().is_some_and(|l| l.playing);
+        let next = if playing {
+            // Empty or closed: step on (a closed inbox ends the loop once paused).
+            inbox.try_recv().ok()
+        } else {
+            match inbox.next().await {
+                Some(msg) => Some(msg),
+                None => return,
+            }
+        };
+        if let Some(msg) = next {
+            // Of several resets waiting, only the last matters.
+            let mut batch = vec![msg];
+            while let Ok(more) = inbox.try_recv() {
+                batch.push(more);
+            }
+            let last_reset = batch.iter().rposition(|m| matches!(m, ToWorker::Reset { .. }));
+            for (i, msg) in batch.into_iter().enumerate() {
+                if matches!(msg, ToWorker::Reset { .. }) && Some(i) != last_reset {
+                    continue;
+                }
+                handle(&mut lab, msg).await;
+            }
+            continue;
+        }
+        if let Some(l) = lab.as_mut() {
+            if !l.tick() {
+                l.playing = false;
+                post(&l.status());
+            }
+        }
+        // Let pause and reset in between steps.
+        gloo_timers::future::TimeoutFuture::new(0).await;
+    }
+}
+
+/// The worker's entry point (called by `web/worker.js` with the messages that arrived
+/// while the module loaded).
+#[wasm_bindgen]
+pub fn worker_main(pending: js_sys::Array) {
+    let (sender, inbox) = mpsc::unbounded::<ToWorker>();
+    let receive = move |data: JsValue| {
+        let parsed = data.as_string().ok_or_else(|| "a message that is not a string".to_string()).and_then(|t| serde_json::from_str::<ToWorker>(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(msg) => {
+                let _ = sender.unbounded_send(msg);
+            }
+            Err(err) => post(&FromWorker::Error { message: format!("worker: bad message: {err}") }),
+        }
+    };
+    for data in pending.iter() {
+        receive(data);
+    }
+    let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| receive(event.data()));
+    scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    onmessage.forget();
+    wasm_bindgen_futures::spawn_local(run_loop(inbox));
+}
