@@ -33,6 +33,19 @@ pub trait Float:
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn tanh(self) -> Self;
+    /// self · a + b with one rounding (a fused multiply-add: one instruction inside
+    /// [`vectorized`] code on FMA hardware, a correctly rounded libm call elsewhere, the
+    /// same bits either way).
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    /// GELU forward over a slice (see `model::gelu_forward`); f32 overrides it with a
+    /// form that vectorises.
+    fn gelu_forward_slice(out: &mut [Self], inp: &[Self]) {
+        crate::model::gelu_forward_generic(out, inp)
+    }
+    /// GELU backward over a slice (see `model::gelu_backward`).
+    fn gelu_backward_slice(dinp: &mut [Self], inp: &[Self], dout: &[Self]) {
+        crate::model::gelu_backward_generic(dinp, inp, dout)
+    }
     fn max(self, other: Self) -> Self {
         if self > other {
             self
@@ -43,8 +56,9 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $exp:path, $tanh:path) => {
+    ($t:ty, $exp:path, $tanh:path $(, $extra:item)*) => {
         impl Float for $t {
+            $($extra)*
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             #[inline(always)]
@@ -67,6 +81,21 @@ macro_rules! impl_float {
             fn ln(self) -> Self {
                 <$t>::ln(self)
             }
+            /// Fused where the CPU has FMA (inside pulp's x86 dispatch). wasm32 has no fused
+            /// multiply-add, and `mul_add` there is a slow correctly-rounded libm call, so
+            /// the browser engine multiplies and adds: its numbers differ from the native
+            /// engine's in the last bits (within the parity tolerance), and stay deterministic.
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                #[cfg(target_arch = "wasm32")]
+                {
+                    self * a + b
+                }
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    <$t>::mul_add(self, a, b)
+                }
+            }
             #[inline(always)]
             fn tanh(self) -> Self {
                 $tanh(self)
@@ -77,7 +106,19 @@ macro_rules! impl_float {
 
 // f32 uses branch-free polynomial exp and tanh that vectorise (libm's are opaque calls
 // that cost a fifth of a training step); f64, the tests' reference, uses libm.
-impl_float!(f32, exp_f32, tanh_f32);
+impl_float!(
+    f32,
+    exp_f32,
+    tanh_f32,
+    #[inline]
+    fn gelu_forward_slice(out: &mut [f32], inp: &[f32]) {
+        gelu_forward_f32(out, inp)
+    },
+    #[inline]
+    fn gelu_backward_slice(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+        gelu_backward_f32(dinp, inp, dout)
+    }
+);
 impl_float!(f64, f64::exp, f64::tanh);
 
 /// e^x for f32 (Cephes `expf`: range reduction by ln 2 in two parts, degree-5 polynomial,
@@ -90,11 +131,14 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: (y + ROUND) − ROUND rounds y to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO; // |r| ≤ ln2 / 2
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
     let er = p * (r * r) + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of `shifted` = ROUND + n, whose low mantissa bits hold n + 2²²
+    // (integer ops only: a float-to-int `as` cast saturates and blocks vectorisation)
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     er * scale
 }
 
@@ -111,6 +155,43 @@ pub fn tanh_f32(x: f32) -> f32 {
     } else {
         large
     }
+}
+
+const GELU_S: f32 = 0.797_884_6; // √(2/π)
+const GELU_K: f32 = 0.044715;
+
+/// GELU (tanh form) written as ½x(1 + tanh u) = x·σ(2u) = x / (1 + e^{−2u}): one exp and
+/// one division, no cancellation, branch-free, so the loop vectorises. Element-wise, so
+/// the result never depends on how the slice is split across threads.
+#[inline(always)]
+fn gelu_forward_f32(out: &mut [f32], inp: &[f32]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for (y, &x) in out.iter_mut().zip(inp) {
+                let m2u = (-2.0 * GELU_S) * (x + GELU_K * x * x * x);
+                *y = x / (1.0 + exp_f32(m2u));
+            }
+        },
+    )
+}
+
+/// dinp = dout · gelu'(x) with σ = σ(2u), 1 − σ = e^{−2u}·σ:
+/// gelu'(x) = σ + 2x·σ(1 − σ)·√(2/π)(1 + 3·0.044715 x²).
+#[inline(always)]
+fn gelu_backward_f32(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for ((dx, &x), &dy) in dinp.iter_mut().zip(inp).zip(dout) {
+                let x2 = x * x;
+                let e = exp_f32((-2.0 * GELU_S) * (x + GELU_K * x2 * x));
+                let sig = 1.0 / (1.0 + e);
+                let local = sig + (2.0 * GELU_S) * x * (sig * (e * sig)) * (1.0 + 3.0 * GELU_K * x2);
+                *dx = local * dy;
+            }
+        },
+    )
 }
 
 /// Run `f` compiled for the best SIMD level this CPU offers (AVX2 on x86-64-v3, via pulp's

@@ -46,7 +46,7 @@ const KC: usize = 64;
 /// a[r, k] = a[r·a_rs + k·a_ks] (any strides, so `a` may be read transposed),
 /// b[k, s] = b[k·b_ks + s] (rows contiguous), c[r, s] = c[r·c_rs + s].
 /// `accumulate = false` overwrites c. The k-sum runs in order 0..depth for every element,
-/// one multiply and one add per step (no FMA), so every path gives the same bits.
+/// one fused multiply-add per step (tile and edge paths alike), so every path gives the same bits.
 pub fn gemm<F: Float>(
     c: &mut [F],
     c_rs: usize,
@@ -59,6 +59,33 @@ pub fn gemm<F: Float>(
     cols: usize,
     depth: usize,
     accumulate: bool,
+) {
+    let init = if accumulate { Init::Accumulate } else { Init::Zero };
+    gemm_init(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, init)
+}
+
+/// What the output starts from before the k-sum: zero, its current contents, or a bias row
+/// (c[r, s] starts at bias[s], exactly as if c had been filled with it and accumulated).
+#[derive(Clone, Copy)]
+enum Init<'a, F> {
+    Zero,
+    Accumulate,
+    Bias(&'a [F]),
+}
+
+/// [`gemm`] with an explicit starting value.
+fn gemm_init<F: Float>(
+    c: &mut [F],
+    c_rs: usize,
+    a: &[F],
+    a_rs: usize,
+    a_ks: usize,
+    b: &[F],
+    b_ks: usize,
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    accumulate: Init<'_, F>,
 ) {
     #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
     if let Some(simd) = pulp::x86::V4::try_new() {
@@ -80,15 +107,17 @@ fn gemm_body<F: Float, const R: usize>(
     rows: usize,
     cols: usize,
     depth: usize,
-    accumulate: bool,
+    accumulate: Init<'_, F>,
 ) {
     if rows == 0 || cols == 0 {
         return;
     }
     if depth == 0 {
-        if !accumulate {
-            for r in 0..rows {
-                c[r * c_rs..r * c_rs + cols].fill(F::ZERO);
+        for r in 0..rows {
+            match accumulate {
+                Init::Zero => c[r * c_rs..r * c_rs + cols].fill(F::ZERO),
+                Init::Accumulate => {}
+                Init::Bias(bias) => c[r * c_rs..r * c_rs + cols].copy_from_slice(&bias[..cols]),
             }
         }
         return;
@@ -108,11 +137,20 @@ fn gemm_body<F: Float, const R: usize>(
     let mut a_pack = [F::ZERO; 8 * KC];
     for k0 in (0..depth).step_by(KC) {
         let kc = KC.min(depth - k0);
-        let acc = accumulate || k0 > 0;
+        let acc = if k0 > 0 { Init::Accumulate } else { accumulate };
         let b_blk = &b[k0 * b_ks..];
         let mut r0 = 0;
         while r0 < rows {
             let tile_rows = if r0 < full_rows { R } else { 1 };
+            if a_rows && tile_rows == R {
+                // rows of `a` are contiguous: broadcast straight from them, no packing
+                let a_blk: [&[F]; R] = std::array::from_fn(|r| &a[(r0 + r) * a_rs + k0..][..kc]);
+                for s0 in (0..full_cols).step_by(NS) {
+                    gemm_tile_rows::<F, R, NS>(c, c_rs, &a_blk, kc, b_blk, b_ks, r0, s0, acc);
+                }
+                r0 += tile_rows;
+                continue;
+            }
             let pack = &mut a_pack[..kc * tile_rows];
             if a_rows {
                 for r in 0..tile_rows {
@@ -162,12 +200,21 @@ fn gemm_tile<F: Float, const R: usize, const S: usize>(
     b_ks: usize,
     r0: usize,
     s0: usize,
-    accumulate: bool,
+    accumulate: Init<'_, F>,
 ) {
     let mut acc = [[F::ZERO; S]; R];
-    if accumulate {
-        for r in 0..R {
-            acc[r].copy_from_slice(&c[(r0 + r) * c_rs + s0..][..S]);
+    match accumulate {
+        Init::Zero => {}
+        Init::Accumulate => {
+            for r in 0..R {
+                acc[r].copy_from_slice(&c[(r0 + r) * c_rs + s0..][..S]);
+            }
+        }
+        Init::Bias(bias) => {
+            let bias: &[F; S] = bias[s0..][..S].try_into().unwrap();
+            for r in 0..R {
+                acc[r] = *bias;
+            }
         }
     }
     for (a_k, b_row) in a_pack.chunks_exact(R).zip(b[s0..].chunks(b_ks)) {
@@ -175,7 +222,51 @@ fn gemm_tile<F: Float, const R: usize, const S: usize>(
         for r in 0..R {
             let a_rk = a_k[r];
             for s in 0..S {
-                acc[r][s] += a_rk * b_row[s];
+                acc[r][s] = a_rk.mul_add(b_row[s], acc[r][s]);
+            }
+        }
+    }
+    for r in 0..R {
+        c[(r0 + r) * c_rs + s0..][..S].copy_from_slice(&acc[r]);
+    }
+}
+
+/// [`gemm_tile`] reading `a` from R row slices of length `kc` (a[r0 + r, k0 + k] at
+/// `a_blk[r][k]`) instead of a packed buffer; the same operations in the same order.
+#[inline(always)]
+fn gemm_tile_rows<F: Float, const R: usize, const S: usize>(
+    c: &mut [F],
+    c_rs: usize,
+    a_blk: &[&[F]; R],
+    kc: usize,
+    b: &[F],
+    b_ks: usize,
+    r0: usize,
+    s0: usize,
+    accumulate: Init<'_, F>,
+) {
+    let mut acc = [[F::ZERO; S]; R];
+    match accumulate {
+        Init::Zero => {}
+        Init::Accumulate => {
+            for r in 0..R {
+                acc[r].copy_from_slice(&c[(r0 + r) * c_rs + s0..][..S]);
+            }
+        }
+        Init::Bias(bias) => {
+            let bias: &[F; S] = bias[s0..][..S].try_into().unwrap();
+            for r in 0..R {
+                acc[r] = *bias;
+            }
+        }
+    }
+    let a_blk: [&[F]; R] = std::array::from_fn(|r| &a_blk[r][..kc]);
+    for k in 0..kc {
+        let b_row: &[F; S] = b[k * b_ks + s0..][..S].try_into().unwrap();
+        for r in 0..R {
+            let a_rk = a_blk[r][k];
+            for s in 0..S {
+                acc[r][s] = a_rk.mul_add(b_row[s], acc[r][s]);
             }
         }
     }
@@ -197,13 +288,17 @@ fn gemm_edge<F: Float>(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     ks: std::ops::Range<usize>,
-    accumulate: bool,
+    accumulate: Init<'_, F>,
 ) {
     for r in rows {
         for s in cols.clone() {
-            let mut acc = if accumulate { c[r * c_rs + s] } else { F::ZERO };
+            let mut acc = match accumulate {
+                Init::Zero => F::ZERO,
+                Init::Accumulate => c[r * c_rs + s],
+                Init::Bias(bias) => bias[s],
+            };
             for k in ks.clone() {
-                acc += a[r * a_rs + k * a_ks] * b[k * b_ks + s];
+                acc = a[r * a_rs + k * a_ks].mul_add(b[k * b_ks + s], acc);
             }
             c[r * c_rs + s] = acc;
         }
@@ -276,23 +371,20 @@ pub fn layernorm_forward<F: Float>(
     out.chunks_mut(c)
         .zip(inp.chunks(c))
         .zip(mean.iter_mut().zip(rstd.iter_mut()))
-        .for_each(|((out_n, x), (mean_n, rstd_n))| {
-            let mut sum = F::ZERO;
-            for &xi in x {
-                sum += xi;
+        .for_each(|((out_n, x), (mean_n, rstd_n))| vectorized(#[inline(always)] || {
+            let m = lane_sum(x) * inv_c;
+            // (x − m)² staged in `out_n`, then summed over fixed lanes
+            for i in 0..c {
+                out_n[i] = (x[i] - m) * (x[i] - m);
             }
-            let m = sum * inv_c;
-            let mut var = F::ZERO;
-            for &xi in x {
-                var += (xi - m) * (xi - m);
-            }
+            let var = lane_sum(out_n);
             let s = F::ONE / (var * inv_c + eps).sqrt();
             for i in 0..c {
                 out_n[i] = (x[i] - m) * s * weight[i] + bias[i];
             }
             *mean_n = m;
             *rstd_n = s;
-        });
+        }));
 }
 
 /// dinp += rstd · (dnorm − mean(dnorm) − norm · mean(dnorm · norm)) with
@@ -320,14 +412,29 @@ pub fn layernorm_backward_dinp<F: Float>(dinp: &mut [F], dout: &[F], inp: &[F], 
         .zip(dout.chunks(c))
         .zip(inp.chunks(c))
         .zip(mean.iter().zip(rstd.iter()))
-        .for_each(|(((dinp_n, dout_n), x), (&m, &s))| {
-            let mut dnorm_mean = F::ZERO;
-            let mut dnorm_norm_mean = F::ZERO;
-            for i in 0..c {
+        .for_each(|(((dinp_n, dout_n), x), (&m, &s))| vectorized(#[inline(always)] || {
+            // two sums over 8 fixed lanes each (a fixed order, so they vectorise)
+            let (mut l1, mut l2) = ([F::ZERO; 8], [F::ZERO; 8]);
+            let full = c - c % 8;
+            for i0 in (0..full).step_by(8) {
+                for j in 0..8 {
+                    let i = i0 + j;
+                    let norm = (x[i] - m) * s;
+                    let dnorm = weight[i] * dout_n[i];
+                    l1[j] += dnorm;
+                    l2[j] += dnorm * norm;
+                }
+            }
+            let (mut dnorm_mean, mut dnorm_norm_mean) = (F::ZERO, F::ZERO);
+            for i in full..c {
                 let norm = (x[i] - m) * s;
                 let dnorm = weight[i] * dout_n[i];
                 dnorm_mean += dnorm;
                 dnorm_norm_mean += dnorm * norm;
+            }
+            for j in 0..8 {
+                dnorm_mean += l1[j];
+                dnorm_norm_mean += l2[j];
             }
             dnorm_mean *= inv_c;
             dnorm_norm_mean *= inv_c;
@@ -336,7 +443,7 @@ pub fn layernorm_backward_dinp<F: Float>(dinp: &mut [F], dout: &[F], inp: &[F], 
                 let dnorm = weight[i] * dout_n[i];
                 dinp_n[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
             }
-        });
+        }));
 }
 
 /// The parameter part of [`layernorm_backward`]: each channel sums its rows in order.
@@ -390,11 +497,11 @@ pub fn matmul_forward<F: Float>(
 /// out = inp · Wᵀ + bias with Wᵀ (IC, OC) given, serial.
 pub fn matmul_forward_t<F: Float>(out: &mut [F], inp: &[F], weight_t: &[F], bias: Option<&[F]>, ic: usize, oc: usize) {
     let rows = inp.len() / ic;
-    match bias {
-        Some(bias) => out.chunks_mut(oc).for_each(|row| row.copy_from_slice(bias)),
-        None => out.fill(F::ZERO),
-    }
-    gemm(out, oc, inp, ic, 1, weight_t, oc, rows, oc, ic, true);
+    let init = match bias {
+        Some(bias) => Init::Bias(&bias[..oc]),
+        None => Init::Zero,
+    };
+    gemm_init(out, oc, inp, ic, 1, weight_t, oc, rows, oc, ic, init);
 }
 
 /// Wᵀ (IC, OC) of W (OC, IC).
@@ -413,11 +520,14 @@ pub fn matmul_backward_params<F: Float>(dweight: &mut [F], dbias: Option<&mut [F
     let outs = dweight.len() / ic;
     gemm(dweight, ic, &dout[o0..], 1, oc, inp, ic, outs, ic, n, true);
     if let Some(db) = dbias {
-        for dout_n in dout.chunks(oc) {
-            for j in 0..db.len() {
-                db[j] += dout_n[o0 + j];
+        vectorized(#[inline(always)] || {
+            let len = db.len();
+            for dout_n in dout.chunks_exact(oc) {
+                for (d, &x) in db.iter_mut().zip(&dout_n[o0..o0 + len]) {
+                    *d += x;
+                }
             }
-        }
+        });
     }
 }
 
@@ -447,11 +557,14 @@ pub fn matmul_backward<F: Float>(
     if let Some(dbias) = dbias {
         dbias.chunks_mut(OUT_PER_TASK).enumerate().for_each(|(blk, db)| {
             let o0 = blk * OUT_PER_TASK;
-            for dout_n in dout.chunks(oc) {
-                for j in 0..db.len() {
-                    db[j] += dout_n[o0 + j];
+            vectorized(#[inline(always)] || {
+                let len = db.len();
+                for dout_n in dout.chunks_exact(oc) {
+                    for (d, &x) in db.iter_mut().zip(&dout_n[o0..o0 + len]) {
+                        *d += x;
+                    }
                 }
-            }
+            });
         });
     }
 }
@@ -502,14 +615,13 @@ pub fn attention_forward<F: Float>(
         .zip(qkv.chunks(t_len * 3 * c))
         .zip(scratch.chunks_mut(per_row))
         .for_each(|(((out_b, att_b), qkv_b), scratch_b)| vectorized(#[inline(always)] || {
-            let [q, k_t, v, y, ..] = head_buffers(scratch_b, t_len, hs);
+            let [_, k_t, ..] = head_buffers(scratch_b, t_len, hs);
             for h in 0..nh {
+                // q and v are read in place (row stride 3C); only kᵀ needs a copy
                 for t in 0..t_len {
-                    let row = &qkv_b[t * 3 * c..(t + 1) * 3 * c];
+                    let k_row = &qkv_b[t * 3 * c + c + h * hs..][..hs];
                     for d in 0..hs {
-                        q[t * hs + d] = row[h * hs + d];
-                        k_t[d * t_len + t] = row[c + h * hs + d];
-                        v[t * hs + d] = row[2 * c + h * hs + d];
+                        k_t[d * t_len + t] = k_row[d];
                     }
                 }
                 let att_bh = &mut att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
@@ -517,23 +629,19 @@ pub fn attention_forward<F: Float>(
                 // block's last column: entries above the diagonal are never computed
                 for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
                     let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut att_bh[r0 * t_len..], t_len, &q[r0 * hs..], hs, 1, k_t, t_len, rows, r0 + rows, hs, false);
+                    gemm(&mut att_bh[r0 * t_len..], t_len, &qkv_b[r0 * 3 * c + h * hs..], 3 * c, 1, k_t, t_len, rows, r0 + rows, hs, false);
                 }
                 for t in 0..t_len {
                     let row = &mut att_bh[t * t_len..(t + 1) * t_len];
                     let (live, masked) = row.split_at_mut(t + 1);
-                    let mut max = live[0] * scale;
                     for x in live.iter_mut() {
                         *x *= scale;
-                        max = max.max(*x);
                     }
+                    let max = lane_max(live);
                     for x in live.iter_mut() {
                         *x = (*x - max).exp();
                     }
-                    let mut sum = F::ZERO;
-                    for &x in live.iter() {
-                        sum += x;
-                    }
+                    let sum = lane_sum(live);
                     let inv_sum = F::ONE / sum;
                     for x in live.iter_mut() {
                         *x *= inv_sum;
@@ -543,10 +651,7 @@ pub fn attention_forward<F: Float>(
                 // head output att · v, (T, hs)
                 for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
                     let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut y[r0 * hs..], hs, &att_bh[r0 * t_len..], t_len, 1, v, hs, rows, hs, r0 + rows, false);
-                }
-                for t in 0..t_len {
-                    out_b[t * c + h * hs..t * c + (h + 1) * hs].copy_from_slice(&y[t * hs..(t + 1) * hs]);
+                    gemm(&mut out_b[r0 * c + h * hs..], c, &att_bh[r0 * t_len..], t_len, 1, &qkv_b[2 * c + h * hs..], 3 * c, rows, hs, r0 + rows, false);
                 }
             }
         }));
@@ -573,15 +678,15 @@ pub fn attention_backward<F: Float>(
         .zip(qkv.chunks(t_len * 3 * c).zip(att.chunks(nh * t_len * t_len)))
         .zip(scratch.chunks_mut(per_row))
         .for_each(|(((dqkv_b, dout_b), (qkv_b, att_b)), scratch_b)| vectorized(#[inline(always)] || {
-            let [q, k, v_t, dy, dq, dk, dv, _, _, datt, dpre] = head_buffers(scratch_b, t_len, hs);
+            let [_, _, v_t, _, _, _, _, _, _, datt, dpre] = head_buffers(scratch_b, t_len, hs);
             for h in 0..nh {
+                // q, k, dy are read in place and dq, dk, dv written in place (row strides
+                // 3C and C); only vᵀ needs a copy
+                let (q, k, dy) = (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &dout_b[h * hs..]);
                 for t in 0..t_len {
-                    let row = &qkv_b[t * 3 * c..(t + 1) * 3 * c];
+                    let v_row = &qkv_b[t * 3 * c + 2 * c + h * hs..][..hs];
                     for d in 0..hs {
-                        q[t * hs + d] = row[h * hs + d];
-                        k[t * hs + d] = row[c + h * hs + d];
-                        v_t[d * t_len + t] = row[2 * c + h * hs + d];
-                        dy[t * hs + d] = dout_b[t * c + h * hs + d];
+                        v_t[d * t_len + t] = v_row[d];
                     }
                 }
                 let att_bh = &att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
@@ -589,16 +694,13 @@ pub fn attention_backward<F: Float>(
                 // ≤ t, and the transposed products dv, dk only sum over t ≥ t2.
                 for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
                     let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut datt[r0 * t_len..], t_len, &dy[r0 * hs..], hs, 1, v_t, t_len, rows, r0 + rows, hs, false); // (T, T)
-                    gemm(&mut dv[r0 * hs..], hs, &att_bh[r0 * t_len + r0..], 1, t_len, &dy[r0 * hs..], hs, rows, hs, t_len - r0, false); // (T, hs)
+                    gemm(&mut datt[r0 * t_len..], t_len, &dy[r0 * c..], c, 1, v_t, t_len, rows, r0 + rows, hs, false); // (T, T)
+                    gemm(&mut dqkv_b[r0 * 3 * c + 2 * c + h * hs..], 3 * c, &att_bh[r0 * t_len + r0..], 1, t_len, &dy[r0 * c..], c, rows, hs, t_len - r0, false); // dv (T, hs)
                 }
                 for t in 0..t_len {
                     let a = &att_bh[t * t_len..t * t_len + t + 1];
                     let da = &datt[t * t_len..t * t_len + t + 1];
-                    let mut dot = F::ZERO;
-                    for t2 in 0..=t {
-                        dot += a[t2] * da[t2];
-                    }
+                    let dot = lane_dot(a, da);
                     let (dp, masked) = dpre[t * t_len..(t + 1) * t_len].split_at_mut(t + 1);
                     for t2 in 0..=t {
                         dp[t2] = a[t2] * (da[t2] - dot) * scale;
@@ -607,14 +709,8 @@ pub fn attention_backward<F: Float>(
                 }
                 for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
                     let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut dq[r0 * hs..], hs, &dpre[r0 * t_len..], t_len, 1, k, hs, rows, hs, r0 + rows, false); // (T, hs)
-                    gemm(&mut dk[r0 * hs..], hs, &dpre[r0 * t_len + r0..], 1, t_len, &q[r0 * hs..], hs, rows, hs, t_len - r0, false); // (T, hs)
-                }
-                for t in 0..t_len {
-                    let row = &mut dqkv_b[t * 3 * c..(t + 1) * 3 * c];
-                    row[h * hs..(h + 1) * hs].copy_from_slice(&dq[t * hs..(t + 1) * hs]);
-                    row[c + h * hs..c + (h + 1) * hs].copy_from_slice(&dk[t * hs..(t + 1) * hs]);
-                    row[2 * c + h * hs..2 * c + (h + 1) * hs].copy_from_slice(&dv[t * hs..(t + 1) * hs]);
+                    gemm(&mut dqkv_b[r0 * 3 * c + h * hs..], 3 * c, &dpre[r0 * t_len..], t_len, 1, k, 3 * c, rows, hs, r0 + rows, false); // dq (T, hs)
+                    gemm(&mut dqkv_b[r0 * 3 * c + c + h * hs..], 3 * c, &dpre[r0 * t_len + r0..], 1, t_len, &q[r0 * 3 * c..], 3 * c, rows, hs, t_len - r0, false); // dk (T, hs)
                 }
             }
         }));
@@ -629,6 +725,16 @@ const GELU_CUBIC: f64 = 0.044715;
 
 /// out = ½ x (1 + tanh(√(2/π) (x + 0.044715 x³))).
 pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
+    F::gelu_forward_slice(out, inp)
+}
+
+/// dinp (overwritten) = dout · gelu'(x).
+pub fn gelu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+    F::gelu_backward_slice(dinp, inp, dout)
+}
+
+/// `gelu_forward` by the tanh formula as written (the f64 reference path).
+pub fn gelu_forward_generic<F: Float>(out: &mut [F], inp: &[F]) {
     let (s, k, half) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5));
     out.chunks_mut(4096).zip(inp.chunks(4096)).for_each(|(out, inp)| {
         vectorized(#[inline(always)] || {
@@ -640,8 +746,8 @@ pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
     });
 }
 
-/// dinp (overwritten) = dout · gelu'(x).
-pub fn gelu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
+/// `gelu_backward` by the tanh formula as written (the f64 reference path).
+pub fn gelu_backward_generic<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
     let (s, k, half, three) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5), F::from_f64(3.0));
     dinp.chunks_mut(4096).zip(inp.chunks(4096).zip(dout.chunks(4096))).for_each(|(dinp, (inp, dout))| {
         vectorized(#[inline(always)] || {
@@ -694,9 +800,43 @@ pub struct HeadOut<F> {
 /// Over-optimisation in Direct Alignment Algorithms", §5 (k = 10).
 pub fn topk_entropy_mass<F: Float>(logits: &[F], lse: F) -> (F, F) {
     let k = TOPK.min(logits.len());
+    // Prefilter: the row's 16 strided lane maxima are 16 distinct elements, so at least k of
+    // the row are ≥ the k-th largest of them (τ), and every top-k element is ≥ τ. Only those
+    // candidates go through the insertion below; the sorted top k is the same multiset.
+    const LANES: usize = 16;
+    if logits.len() >= 2 * LANES && k <= LANES {
+        let mut lanes: [F; LANES] = logits[..LANES].try_into().unwrap();
+        for chunk in logits.chunks_exact(LANES) {
+            for j in 0..LANES {
+                lanes[j] = lanes[j].max(chunk[j]);
+            }
+        }
+        let tau = insert_topk(&lanes, k)[k - 1];
+        let (top, _) = insert_topk_filtered(logits, k, Some(tau));
+        return entropy_mass(&top[..k], lse);
+    }
+    let top = insert_topk(logits, k);
+    entropy_mass(&top[..k], lse)
+}
+
+/// The k largest of `xs` (k ≤ TOPK, k ≤ xs.len()), descending, by insertion.
+#[inline(always)]
+fn insert_topk<F: Float>(xs: &[F], k: usize) -> [F; TOPK] {
+    insert_topk_filtered(xs, k, None).0
+}
+
+/// [`insert_topk`] over only the elements x ≥ tau when `tau` is given; also returns how
+/// many were taken in (at most k).
+#[inline(always)]
+fn insert_topk_filtered<F: Float>(logits: &[F], k: usize, tau: Option<F>) -> ([F; TOPK], usize) {
     let mut top = [F::ZERO; TOPK]; // logits, descending
     let mut filled = 0;
     for &x in logits {
+        if let Some(tau) = tau {
+            if x < tau {
+                continue;
+            }
+        }
         if filled < k {
             let mut j = filled;
             while j > 0 && top[j - 1] < x {
@@ -714,15 +854,86 @@ pub fn topk_entropy_mass<F: Float>(logits: &[F], lse: F) -> (F, F) {
             top[j] = x;
         }
     }
+    (top, filled)
+}
+
+/// −Σ p log₂ p and Σ p over the given logits, p = exp(x − lse).
+#[inline(always)]
+fn entropy_mass<F: Float>(top: &[F], lse: F) -> (F, F) {
     let inv_ln2 = F::from_f64(std::f64::consts::LOG2_E);
     let (mut entropy, mut mass) = (F::ZERO, F::ZERO);
-    for &x in &top[..k] {
+    for &x in top {
         let logp = x - lse;
         let p = logp.exp();
         entropy -= p * logp * inv_ln2;
         mass += p;
     }
     (entropy, mass)
+}
+
+/// max of a non-empty slice, over 8 lanes so the loop vectorises (max is exact, so the
+/// grouping never changes the result).
+#[inline(always)]
+fn lane_max<F: Float>(row: &[F]) -> F {
+    let mut lanes = [row[0]; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for j in 0..8 {
+            lanes[j] = lanes[j].max(chunk[j]);
+        }
+    }
+    let mut max = row[0];
+    for &x in tail {
+        max = max.max(x);
+    }
+    for lane in lanes {
+        max = max.max(lane);
+    }
+    max
+}
+
+/// Σ a[i]·b[i] over 8 fixed lanes (a fixed order, independent of threads), so it vectorises.
+#[inline(always)]
+fn lane_dot<F: Float>(a: &[F], b: &[F]) -> F {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [F::ZERO; 8];
+    let full = n - n % 8;
+    for (ca, cb) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for j in 0..8 {
+            lanes[j] += ca[j] * cb[j];
+        }
+    }
+    let mut sum = F::ZERO;
+    for i in full..n {
+        sum += a[i] * b[i];
+    }
+    for lane in lanes {
+        sum += lane;
+    }
+    sum
+}
+
+/// Σ row[i] over 8 fixed lanes.
+#[inline(always)]
+fn lane_sum<F: Float>(row: &[F]) -> F {
+    let mut lanes = [F::ZERO; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for j in 0..8 {
+            lanes[j] += chunk[j];
+        }
+    }
+    let mut sum = F::ZERO;
+    for &x in tail {
+        sum += x;
+    }
+    for lane in lanes {
+        sum += lane;
+    }
+    sum
 }
 
 /// Σ_i exp(row[i] − shift), in 8 interleaved partial sums added in a fixed order: the exps
@@ -798,10 +1009,7 @@ pub fn logprob_forward_into<F: Float>(
                     continue;
                 }
                 let row = &logits[(b * t_len + t - 1) * v..(b * t_len + t) * v];
-                let mut max = row[0];
-                for &x in row {
-                    max = max.max(x);
-                }
+                let max = lane_max(row);
                 let l = max + sum_exp(row, max).ln();
                 lse_b[t - 1] = l;
                 let logp = row[tokens[b * t_len + t] as usize] - l;
@@ -1339,6 +1547,27 @@ mod tests {
     //! on shapes that exercise both the kernel's full tiles and its ragged edges.
     use super::*;
     use lab_core::rng::Rng;
+
+    #[test]
+    fn prefiltered_topk_equals_a_full_sort() {
+        let mut rng = Rng::new(7);
+        for len in [32usize, 40, 96, 100, 257] {
+            for trial in 0..200 {
+                // coarse values on some trials so ties occur
+                let row: Vec<f32> = (0..len)
+                    .map(|_| {
+                        let x = randn(&mut rng, 1, 2.0)[0] as f32;
+                        if trial % 2 == 0 { (x * 2.0).round() } else { x }
+                    })
+                    .collect();
+                let mut sorted = row.clone();
+                sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+                let want = entropy_mass(&sorted[..TOPK], 3.0f32);
+                let got = topk_entropy_mass(&row, 3.0f32);
+                assert_eq!((want.0.to_bits(), want.1.to_bits()), (got.0.to_bits(), got.1.to_bits()), "len {len} trial {trial}");
+            }
+        }
+    }
 
     const H: f64 = 1e-6;
     /// |analytic − numeric| ≤ ABS + REL·|numeric|: central differences in f64 with h = 1e-6
