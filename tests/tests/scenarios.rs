@@ -72,3 +72,28 @@ fn ranking_accuracy_stays_low_while_reward_accuracy_climbs() {
     assert!(last["eval/ranking_accuracy"].as_f64().unwrap() - start["eval/ranking_accuracy"].as_f64().unwrap() <= 0.15);
     assert!(last["eval/alignment_gap"].as_f64().unwrap() >= 0.5);
 }
+
+#[test]
+fn refusals_fall_with_all_pairs_and_less_without_high_ches_pairs() {
+    let report = run("refusals");
+    assert_checks(&report);
+    let refusal = |label: &str| report.run(label).unwrap().refusal_probability.unwrap();
+    let (before, after) = refusal("sigmoid");
+    let (_, filtered) = refusal("without high-CHES pairs");
+    // Preset seed 0 (lr 5e-4, β 0.5): 0.88 → 0.24 with all pairs, → 0.54 without the high-CHES half.
+    assert!(before - after >= 0.1, "refusal probability {before} -> {after}");
+    assert!(filtered - after >= 0.05, "filtered {filtered} vs all pairs {after}");
+}
+
+#[test]
+fn length_dpo_prefers_length_normalized_losses_much_less() {
+    let report = run("length");
+    assert_checks(&report);
+    let shift = |label: &str| report.run(label).unwrap().heldout.as_ref().unwrap().mean_margin_shift();
+    // Preset seed 0 (lr 2e-4, 30 steps): held-out log π(long) − log π(short) moves
+    // sigmoid +27.6, simpo +6.6, sigmoid_norm +1.2 nats; DPO ≥ 2 nats and ≥ 2× each normalised loss.
+    assert!(shift("sigmoid") >= 2.0, "sigmoid shift {}", shift("sigmoid"));
+    for label in ["simpo", "sigmoid_norm"] {
+        assert!(shift("sigmoid") >= 2.0 * shift(label), "sigmoid {} vs {label} {}", shift("sigmoid"), shift(label));
+    }
+}
