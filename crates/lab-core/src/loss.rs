@@ -603,19 +603,12 @@ fn aot_loss(p: &LossParams, x: &PairLogps) -> Term {
     let n = x.policy_chosen.len();
     let u: Vec<f64> = (0..n).map(|i| x.policy_chosen[i] - x.policy_rejected[i]).collect();
     let v: Vec<f64> = (0..n).map(|i| x.reference_chosen[i] - x.reference_rejected[i]).collect();
-    let (pu, pv) = (sort_order(&u), sort_order(&v));
-    let mut t = Term::zeros(n);
-    for k in 0..n {
-        let (i, j) = (pu[k], pv[k]);
-        let (loss, g) = smoothed_logistic(p.beta * (u[i] - v[j]), p.label_smoothing);
-        let g = g * p.beta / n as f64;
-        t.losses[k] = loss;
+    sorted_difference_term(p, &u, &v, |t, i, j, g| {
         t.d_pc[i] += g;
         t.d_pr[i] -= g;
         t.d_rc[j] -= g;
         t.d_rr[j] += g;
-    }
-    t
+    })
 }
 
 /// AOT, `aot_unpaired`: sort ρw and ρl across the batch separately, then ℓ_ε(β(ρw_(k) − ρl_(k))).
@@ -624,17 +617,26 @@ fn aot_unpaired_loss(p: &LossParams, x: &PairLogps) -> Term {
     let n = x.policy_chosen.len();
     let rw: Vec<f64> = (0..n).map(|i| x.policy_chosen[i] - x.reference_chosen[i]).collect();
     let rl: Vec<f64> = (0..n).map(|i| x.policy_rejected[i] - x.reference_rejected[i]).collect();
-    let (pw, pl) = (sort_order(&rw), sort_order(&rl));
-    let mut t = Term::zeros(n);
-    for k in 0..n {
-        let (i, j) = (pw[k], pl[k]);
-        let (loss, g) = smoothed_logistic(p.beta * (rw[i] - rl[j]), p.label_smoothing);
-        let g = g * p.beta / n as f64;
-        t.losses[k] = loss;
+    sorted_difference_term(p, &rw, &rl, |t, i, j, g| {
         t.d_pc[i] += g;
         t.d_rc[i] -= g;
         t.d_pr[j] -= g;
         t.d_rr[j] += g;
+    })
+}
+
+/// The AOT core: sort `a` and `b` separately and pair them by rank, `losses[k] =
+/// ℓ_ε(β(a_(k) − b_(k)))`; `spread(term, i, j, g)` sends g = d loss/d(a_i − b_j) back to the
+/// log-probs that `a_i` and `b_j` were made of.
+fn sorted_difference_term(p: &LossParams, a: &[f64], b: &[f64], spread: impl Fn(&mut Term, usize, usize, f64)) -> Term {
+    let n = a.len();
+    let (order_a, order_b) = (sort_order(a), sort_order(b));
+    let mut t = Term::zeros(n);
+    for k in 0..n {
+        let (i, j) = (order_a[k], order_b[k]);
+        let (loss, g) = smoothed_logistic(p.beta * (a[i] - b[j]), p.label_smoothing);
+        t.losses[k] = loss;
+        spread(&mut t, i, j, g * p.beta / n as f64);
     }
     t
 }
