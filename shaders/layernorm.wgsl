@@ -12,10 +12,13 @@
 //   7  mean_r   array<f32>  (N) at stat_off             read        [backward_*]
 //   8  rstd_r   array<f32>  (N) at stat_off             read        [backward_*]
 //   9  dinp     array<f32>  (N, C) at dinp_off          read_write  [backward_dinp]
-//   10 grads    array<f32>  flat; dweight, dbias (C)    read_write  [backward_params]
+//   10 partial_out array<f32>  (splits, 2C): [dweight | dbias] per split  read_write  [backward_params]
 // N = B·T rows. forward and backward_dinp: one workgroup of 64 per row (x + y·65535
 // workgroups), the row's sums reduced in workgroup memory. backward_params: workgroup 64,
-// one invocation per channel, summing the N rows in order (no atomics, reproducible).
+// one invocation per (channel, split of `split_rows` rows), dispatch (⌈C/64⌉, splits): the
+// serial sum over all N rows was latency-bound (one dependent load chain per channel), so
+// each split sums its rows in order and reduce.wgsl `split_sum` adds the splits in order
+// and writes dweight and dbias (no atomics, reproducible).
 //
 // backward_dinp adds into dinp when `accumulate` is 1: that is where the residual stream's
 // gradient gathers (the residual add's backward is the identity, so it costs no kernel).
@@ -30,8 +33,8 @@ struct Dims {
     b_off: u32,
     dout_off: u32,
     dinp_off: u32,
-    dw_off: u32,
-    db_off: u32,
+    split_rows: u32,
+    _pad0: u32,
     accumulate: u32,
 }
 
@@ -48,7 +51,7 @@ const EPS: f32 = 1e-5;
 @group(0) @binding(7) var<storage, read> mean_r: array<f32>;
 @group(0) @binding(8) var<storage, read> rstd_r: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
-@group(0) @binding(10) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(10) var<storage, read_write> partial_out: array<f32>;
 
 var<workgroup> partial: array<f32, 64>;
 
@@ -131,21 +134,23 @@ fn backward_dinp(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
-// dweight[c] = Σ_n dout[n, c] · norm[n, c]; dbias[c] = Σ_n dout[n, c] (overwrite)
+// partial[z, c] = Σ_{n in split z} dout[n, c] · norm[n, c]; partial[z, C + c] = Σ dout[n, c]
 @compute @workgroup_size(64)
-fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
     let ch = gid.x;
     if (ch >= d.c) {
         return;
     }
+    let z = wg.y;
+    let n_end = min(d.n_rows, (z + 1u) * d.split_rows);
     var dw = 0.0;
     var db = 0.0;
-    for (var n = 0u; n < d.n_rows; n += 1u) {
+    for (var n = z * d.split_rows; n < n_end; n += 1u) {
         let norm = (inp[d.inp_off + n * d.c + ch] - mean_r[d.stat_off + n]) * rstd_r[d.stat_off + n];
         let g = dout[d.dout_off + n * d.c + ch];
         dw += g * norm;
         db += g;
     }
-    grads[d.dw_off + ch] = dw;
-    grads[d.db_off + ch] = db;
+    partial_out[z * 2u * d.c + ch] = dw;
+    partial_out[z * 2u * d.c + d.c + ch] = db;
 }

@@ -1,13 +1,21 @@
 // Matrix multiply with bias and residual epilogue (forward), and the pieces of its
-// backward: one strided GEMM kernel serves y = x·Wᵀ + b, dx = dy·W and dW += dyᵀ·x, because
-// each is C[r, s] = Σ_k A[r, k] · B[k, s] read through different strides.
+// backward: one strided GEMM kernel serves y = x·Wᵀ + b, dx = dy·W and dW = dyᵀ·x (with
+// db = dyᵀ·1 as an extra column), because each is C[r, s] = Σ_k A[r, k] · B[k, s] read
+// through different strides.
 // Reference twin: lab-cpu `matmul_forward` / `matmul_backward` (and `residual_forward`).
 //
-//   C[c_off + r·c_rs + s] = addend[addend_off + r·c_rs + s]        (if flags & 4)
-//                         + (C[...] if flags & 1 else 0)
-//                         + bias[bias_off + s]                      (if flags & 2)
-//                         + Σ_{k < depth} A[a_off + r·a_rs + k·a_ks] · B[b_off + k·b_ks + s·b_ss]
-//   for r < rows, s < cols; the k-sum runs in order 0..depth, as on the CPU.
+//   C[c_off + z·c_zs + r·c_rs + s] = addend[addend_off + r·c_rs + s]      (if flags & 4)
+//                                  + (C[...] if flags & 1 else 0)
+//                                  + bias[bias_off + s]                    (if flags & 2)
+//                                  + Σ_{k in split z} A[r, k] · B[k, s]
+//   A[r, k] = a[a_off + r·a_rs + k·a_ks], or (tokens[a_off + k] == r) as 0/1 (flags & 16:
+//             the one-hot matrix of the token ids, for the embedding's backward)
+//   B[k, s] = b[b_off + k·b_ks + s·b_ss], or 1 for the last column s = cols − 1
+//             (flags & 8: the ones column that turns dyᵀ·x into [dW | db] in one pass)
+//   for r < rows, s < cols. Split z (workgroup z) sums k in [z·k_chunk, (z+1)·k_chunk):
+//   split-K, for the weight gradients whose depth (N = B·T) dwarfs their output; each split
+//   writes its own slab of C (c_zs apart) and reduce.wgsl `split_sum` adds the slabs in
+//   order, so the result is reproducible (no atomics).
 //
 // Bindings (group 0):
 //   0 uniform  Gemm
@@ -15,23 +23,25 @@
 //   2 b        array<f32>  read          (depth, cols) through (b_ks, b_ss)
 //   3 bias     array<f32>  read          (cols) at bias_off; any buffer when unused
 //   4 addend   array<f32>  read          (rows, cols) at addend_off; any buffer when unused
-//   5 c        array<f32>  read_write    (rows, cols) at c_off, row stride c_rs
+//   5 c        array<f32>  read_write    (splits, rows, cols) at c_off, strides (c_zs, c_rs)
+//   6 tokens   array<u32>  read          (depth) at a_off, for flags & 16; any buffer otherwise
 // Shapes as used by the model (N = B·T, IC/OC the layer's in/out channels):
 //   forward   A = x (N, IC), B = Wᵀ (IC, OC) read from W (OC, IC), C = y (N, OC)
 //   dinp      A = dy (N, OC), B = W (OC, IC), C = dx (N, IC)
-//   dweight   A = dyᵀ (OC, N) read from dy, B = x (N, IC), C = dW (OC, IC)
-// Workgroup 16×16 = 256 invocations computing a 64×64 tile of C, 4×4 outputs each
-// (rows ty + 16i, columns tx + 16j, so neighbouring invocations store neighbouring
-// columns); dispatch (⌈cols/64⌉, ⌈rows/64⌉, 1). K advances 16 at a time through two
-// 16×64 tiles in workgroup memory (8 KiB).
+//   dweight   A = dyᵀ (OC, N) read from dy, B = [x | 1] (N, IC + 1), C = partial [dW | db]
+//   dwte      A = one-hot(tokens)ᵀ (V, N), B = dres (N, C), C = partial dwte
+// Workgroup 16×16 = 256 invocations computing a 64×64 tile of C; invocation (x, y) owns
+// rows 4y..4y+3 and columns 4x..4x+3, accumulated in four vec4 registers (no arrays: an
+// indexed per-invocation array can land in slow local memory). Dispatch (⌈cols/64⌉,
+// ⌈rows/64⌉, splits). K advances 16 at a time through two 16×64 tiles held as vec4 in
+// workgroup memory (8 KiB): per k, two 16-byte reads feed 16 multiply-adds; the next
+// tiles' loads are in flight while this tile's multiply-adds run.
 //
 // Fusion: the residual add of each block (x + attproj(·), x + fcproj(·)) is the `addend`
 // epilogue of the projection GEMM, saving a kernel launch and a round trip of (B, T, C)
-// through memory per branch; the bias is its prologue. The backward of a residual add is
-// the identity, so it needs no kernel at all (see layernorm.wgsl, `accumulate`).
-//
-// bias_backward: dbias[s] (+)= Σ_{k < depth} A[a_off + k·a_ks + s] for s < cols, written to
-// c[c_off + s]; workgroup 64, one invocation per output channel, rows summed in order.
+// through memory per branch; the bias is its prologue; the bias gradient rides along as the
+// ones column. The backward of a residual add is the identity, so it needs no kernel at
+// all (see layernorm.wgsl, `accumulate`).
 
 struct Gemm {
     rows: u32,
@@ -48,6 +58,8 @@ struct Gemm {
     c_rs: u32,
     bias_off: u32,
     addend_off: u32,
+    k_chunk: u32,
+    c_zs: u32,
 }
 
 const TILE: u32 = 64u;
@@ -55,6 +67,8 @@ const KT: u32 = 16u;
 const ACCUMULATE: u32 = 1u;
 const BIAS: u32 = 2u;
 const ADDEND: u32 = 4u;
+const ONES_COLUMN: u32 = 8u;
+const ONEHOT_A: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> g: Gemm;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -62,109 +76,136 @@ const ADDEND: u32 = 4u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> addend: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
+@group(0) @binding(6) var<storage, read> tokens: array<u32>;
 
-var<workgroup> a_tile: array<f32, 1024>; // [k][r], KT × TILE
-var<workgroup> b_tile: array<f32, 1024>; // [k][s], KT × TILE
+var<workgroup> a_tile: array<vec4<f32>, 256>; // [k][r / 4], KT × TILE floats
+var<workgroup> b_tile: array<vec4<f32>, 256>; // [k][s / 4]
+
+fn load_a(r: u32, k: u32) -> f32 {
+    if ((g.flags & ONEHOT_A) != 0u) {
+        return select(0.0, 1.0, tokens[g.a_off + k] == r);
+    }
+    return a[g.a_off + r * g.a_rs + k * g.a_ks];
+}
+
+fn load_b(k: u32, s: u32) -> f32 {
+    if ((g.flags & ONES_COLUMN) != 0u && s + 1u == g.cols) {
+        return 1.0;
+    }
+    return b[g.b_off + k * g.b_ks + s * g.b_ss];
+}
+
+// C's value before the k-sum (prologue) at (r, s), for r < rows, s < cols.
+fn initial(r: u32, s: u32, at: u32) -> f32 {
+    var init = 0.0;
+    if ((g.flags & ACCUMULATE) != 0u) {
+        init = c[at];
+    }
+    if ((g.flags & BIAS) != 0u) {
+        init += bias[g.bias_off + s];
+    }
+    return init;
+}
+
+fn store(r: u32, s: u32, value: f32, z: u32) {
+    if (r < g.rows && s < g.cols) {
+        let at = g.c_off + z * g.c_zs + r * g.c_rs + s;
+        var out = initial(r, s, at) + value;
+        if ((g.flags & ADDEND) != 0u) {
+            out = addend[g.addend_off + r * g.c_rs + s] + out;
+        }
+        c[at] = out;
+    }
+}
+
+fn store_row(r: u32, s: u32, acc: vec4<f32>, z: u32) {
+    store(r, s, acc.x, z);
+    store(r, s + 1u, acc.y, z);
+    store(r, s + 2u, acc.z, z);
+    store(r, s + 3u, acc.w, z);
+}
+
+// Operand element q (0..3) of this invocation's share of the 16×64 tiles at k0: A's
+// (k, r) and B's (k, s). When an operand is contiguous along k, neighbouring invocations
+// take neighbouring k (coalesced); otherwise neighbouring rows/columns.
+fn tile_a(li: u32, q: u32) -> vec2<u32> {
+    let e = li + 256u * q;
+    if (g.a_ks == 1u && (g.flags & ONEHOT_A) == 0u) {
+        return vec2<u32>(e % KT, e / KT);
+    }
+    return vec2<u32>(e / TILE, e % TILE);
+}
+
+fn tile_b(li: u32, q: u32) -> vec2<u32> {
+    let e = li + 256u * q;
+    if (g.b_ks == 1u) {
+        return vec2<u32>(e % KT, e / KT);
+    }
+    return vec2<u32>(e / TILE, e % TILE);
+}
+
+fn fetch_a(r0: u32, k0: u32, k_end: u32, li: u32, q: u32) -> f32 {
+    let kr = tile_a(li, q);
+    if (r0 + kr.y < g.rows && k0 + kr.x < k_end) {
+        return load_a(r0 + kr.y, k0 + kr.x);
+    }
+    return 0.0;
+}
+
+fn fetch_b(s0: u32, k0: u32, k_end: u32, li: u32, q: u32) -> f32 {
+    let ks = tile_b(li, q);
+    if (s0 + ks.y < g.cols && k0 + ks.x < k_end) {
+        return load_b(k0 + ks.x, s0 + ks.y);
+    }
+    return 0.0;
+}
+
+fn put(li: u32, q: u32, a_value: f32, b_value: f32) {
+    let kr = tile_a(li, q);
+    a_tile[kr.x * 16u + kr.y / 4u][kr.y % 4u] = a_value;
+    let ks = tile_b(li, q);
+    b_tile[ks.x * 16u + ks.y / 4u][ks.y % 4u] = b_value;
+}
 
 @compute @workgroup_size(16, 16)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let r0 = wg.y * TILE;
     let s0 = wg.x * TILE;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 4u; i += 1u) {
-        for (var j = 0u; j < 4u; j += 1u) {
-            let r = r0 + lid.y + 16u * i;
-            let s = s0 + lid.x + 16u * j;
-            var init = 0.0;
-            if (r < g.rows && s < g.cols) {
-                if ((g.flags & ACCUMULATE) != 0u) {
-                    init = c[g.c_off + r * g.c_rs + s];
-                }
-                if ((g.flags & BIAS) != 0u) {
-                    init += bias[g.bias_off + s];
-                }
-            }
-            acc[i * 4u + j] = init;
-        }
-    }
-    // Tile loads: when an operand is contiguous along k, neighbouring invocations take
-    // neighbouring k (coalesced); otherwise neighbouring rows/columns.
-    let a_k_fast = g.a_ks == 1u;
-    let b_k_fast = g.b_ks == 1u;
-    for (var k0 = 0u; k0 < g.depth; k0 += KT) {
-        for (var q = 0u; q < 4u; q += 1u) {
-            let e = li + 256u * q;
-            var k: u32;
-            var r: u32;
-            if (a_k_fast) {
-                k = e % KT;
-                r = e / KT;
-            } else {
-                k = e / TILE;
-                r = e % TILE;
-            }
-            var value = 0.0;
-            if (r0 + r < g.rows && k0 + k < g.depth) {
-                value = a[g.a_off + (r0 + r) * g.a_rs + (k0 + k) * g.a_ks];
-            }
-            a_tile[k * TILE + r] = value;
-            var s: u32;
-            if (b_k_fast) {
-                k = e % KT;
-                s = e / KT;
-            } else {
-                k = e / TILE;
-                s = e % TILE;
-            }
-            value = 0.0;
-            if (s0 + s < g.cols && k0 + k < g.depth) {
-                value = b[g.b_off + (k0 + k) * g.b_ks + (s0 + s) * g.b_ss];
-            }
-            b_tile[k * TILE + s] = value;
-        }
+    let k_begin = wg.z * g.k_chunk;
+    let k_end = min(g.depth, k_begin + g.k_chunk);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    // Software pipelining: the next tiles' loads are issued before this tile's arithmetic,
+    // so their memory latency hides behind it (registers pa/pb hold them meanwhile).
+    var pa = vec4<f32>(fetch_a(r0, k_begin, k_end, li, 0u), fetch_a(r0, k_begin, k_end, li, 1u), fetch_a(r0, k_begin, k_end, li, 2u), fetch_a(r0, k_begin, k_end, li, 3u));
+    var pb = vec4<f32>(fetch_b(s0, k_begin, k_end, li, 0u), fetch_b(s0, k_begin, k_end, li, 1u), fetch_b(s0, k_begin, k_end, li, 2u), fetch_b(s0, k_begin, k_end, li, 3u));
+    for (var k0 = k_begin; k0 < k_end; k0 += KT) {
+        put(li, 0u, pa.x, pb.x);
+        put(li, 1u, pa.y, pb.y);
+        put(li, 2u, pa.z, pb.z);
+        put(li, 3u, pa.w, pb.w);
         workgroupBarrier();
+        let next = k0 + KT;
+        if (next < k_end) {
+            pa = vec4<f32>(fetch_a(r0, next, k_end, li, 0u), fetch_a(r0, next, k_end, li, 1u), fetch_a(r0, next, k_end, li, 2u), fetch_a(r0, next, k_end, li, 3u));
+            pb = vec4<f32>(fetch_b(s0, next, k_end, li, 0u), fetch_b(s0, next, k_end, li, 1u), fetch_b(s0, next, k_end, li, 2u), fetch_b(s0, next, k_end, li, 3u));
+        }
         for (var k = 0u; k < KT; k += 1u) {
-            var a_reg: array<f32, 4>;
-            var b_reg: array<f32, 4>;
-            for (var i = 0u; i < 4u; i += 1u) {
-                a_reg[i] = a_tile[k * TILE + lid.y + 16u * i];
-                b_reg[i] = b_tile[k * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i += 1u) {
-                for (var j = 0u; j < 4u; j += 1u) {
-                    acc[i * 4u + j] += a_reg[i] * b_reg[j];
-                }
-            }
+            let av = a_tile[k * 16u + lid.y];
+            let bv = b_tile[k * 16u + lid.x];
+            acc0 += av.x * bv;
+            acc1 += av.y * bv;
+            acc2 += av.z * bv;
+            acc3 += av.w * bv;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i += 1u) {
-        for (var j = 0u; j < 4u; j += 1u) {
-            let r = r0 + lid.y + 16u * i;
-            let s = s0 + lid.x + 16u * j;
-            if (r < g.rows && s < g.cols) {
-                var value = acc[i * 4u + j];
-                if ((g.flags & ADDEND) != 0u) {
-                    value = addend[g.addend_off + r * g.c_rs + s] + value;
-                }
-                c[g.c_off + r * g.c_rs + s] = value;
-            }
-        }
-    }
-}
-
-@compute @workgroup_size(64)
-fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let s = gid.x;
-    if (s >= g.cols) {
-        return;
-    }
-    var sum = 0.0;
-    if ((g.flags & ACCUMULATE) != 0u) {
-        sum = c[g.c_off + s];
-    }
-    for (var k = 0u; k < g.depth; k += 1u) {
-        sum += a[g.a_off + k * g.a_ks + s];
-    }
-    c[g.c_off + s] = sum;
+    let r = r0 + 4u * lid.y;
+    let s = s0 + 4u * lid.x;
+    store_row(r, s, acc0, wg.z);
+    store_row(r + 1u, s, acc1, wg.z);
+    store_row(r + 2u, s, acc2, wg.z);
+    store_row(r + 3u, s, acc3, wg.z);
 }

@@ -1,6 +1,8 @@
-// Per-sequence reduction of the head's per-token numbers: the sequence log-prob and the
-// row means of the top-10 instruments. Reference twin: the row sums in lab-cpu
-// `logprob_forward`.
+// Reductions. `seq_sums`: the per-sequence reduction of the head's per-token numbers (the
+// sequence log-prob and the row means of the top-10 instruments; reference twin: the row
+// sums in lab-cpu `logprob_forward`). `split_sum`: the second half of every split
+// reduction (matmul.wgsl's split-K weight gradients, layernorm.wgsl's parameter
+// gradients), adding the splits' slabs in order and routing each column to its gradient.
 //
 //   seq_logp[b]     = Σ_t mask[b, t] · token_logp[b, t]
 //   topk_entropy[b] = mean over scored t of topk[b, t, 0]   (0 if none scored)
@@ -16,6 +18,17 @@
 // does; B is small, and the fixed order keeps the sum reproducible).
 //
 // Laying every forward output in one buffer makes the step's single readback one copy.
+//
+// split_sum bindings (group 0):
+//   0 uniform  Split
+//   4 partial  array<f32>  (splits, len) with slab stride `stride`            read
+//   5 dst      array<f32>  the gradient buffer                              read_write
+// For m < len, row = m / width, col = m % width:
+//   v = Σ_{z < splits, in order} partial[z·stride + m]  (+ the old value if accumulate)
+//   dst[main_off + row·main_rs + col]               = v   for col < main_cols
+//   dst[side_off + row·side_rs + col − main_cols]   = v   otherwise
+// (a weight gradient [dW | db] sends its last column to the bias; a LayerNorm's [dγ | dβ]
+// sends its second half to β.) Workgroup 64, one invocation per m (x + y·65535·64).
 
 struct Dims {
     b: u32,
@@ -58,4 +71,45 @@ fn seq_sums(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[n + b] = seq;
     out[n + d.b + b] = entropy;
     out[n + 2u * d.b + b] = mass;
+}
+
+struct Split {
+    len: u32,
+    splits: u32,
+    stride: u32,
+    width: u32,
+    main_cols: u32,
+    main_off: u32,
+    main_rs: u32,
+    side_off: u32,
+    side_rs: u32,
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> sp: Split;
+@group(0) @binding(4) var<storage, read> partial: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+
+@compute @workgroup_size(64)
+fn split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let m = gid.x + gid.y * nwg.x * 64u;
+    if (m >= sp.len) {
+        return;
+    }
+    var sum = 0.0;
+    for (var z = 0u; z < sp.splits; z += 1u) {
+        sum += partial[z * sp.stride + m];
+    }
+    let row = m / sp.width;
+    let col = m % sp.width;
+    var at = sp.main_off + row * sp.main_rs + col;
+    if (col >= sp.main_cols) {
+        at = sp.side_off + row * sp.side_rs + (col - sp.main_cols);
+    }
+    if (sp.accumulate != 0u) {
+        sum = dst[at] + sum;
+    }
+    dst[at] = sum;
 }

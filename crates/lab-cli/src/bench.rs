@@ -103,5 +103,6 @@ fn gpu_profile(cfg: GptConfig, batch: &TokenBatch, opt: &AdamWConfig) -> Result<
         return Ok(Value::Null);
     };
     let kernels: Vec<Value> = profile.kernels.iter().map(|k| json!({"kernel": k.kernel, "launches": k.launches, "total_us": k.total_us})).collect();
-    Ok(json!({"total_us": profile.total_us, "kernels": kernels}))
+    let launches: Vec<Value> = profile.launches.iter().map(|(kernel, groups, us)| json!([kernel, groups, (us * 10.0).round() / 10.0])).collect();
+    Ok(json!({"total_us": profile.total_us, "kernels": kernels, "launches": launches}))
 }

@@ -20,13 +20,11 @@ pub const SHADERS: [(&str, &str); 8] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     EncoderForward,
-    EncoderBackwardWte,
     EncoderBackwardWpe,
     LayerNormForward,
     LayerNormBackwardDinp,
     LayerNormBackwardParams,
     Gemm,
-    BiasBackward,
     AttentionForward,
     AttentionBackwardQuery,
     AttentionBackwardKey,
@@ -35,19 +33,18 @@ pub enum Kernel {
     LogprobForward,
     LogprobBackward,
     SeqSums,
+    SplitSum,
     AdamW,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::EncoderForward,
-        Kernel::EncoderBackwardWte,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
         Kernel::LayerNormBackwardDinp,
         Kernel::LayerNormBackwardParams,
         Kernel::Gemm,
-        Kernel::BiasBackward,
         Kernel::AttentionForward,
         Kernel::AttentionBackwardQuery,
         Kernel::AttentionBackwardKey,
@@ -56,6 +53,7 @@ impl Kernel {
         Kernel::LogprobForward,
         Kernel::LogprobBackward,
         Kernel::SeqSums,
+        Kernel::SplitSum,
         Kernel::AdamW,
     ];
 
@@ -63,13 +61,11 @@ impl Kernel {
     pub fn entry(self) -> (&'static str, &'static str) {
         match self {
             Kernel::EncoderForward => ("encoder.wgsl", "forward"),
-            Kernel::EncoderBackwardWte => ("encoder.wgsl", "backward_wte"),
             Kernel::EncoderBackwardWpe => ("encoder.wgsl", "backward_wpe"),
             Kernel::LayerNormForward => ("layernorm.wgsl", "forward"),
             Kernel::LayerNormBackwardDinp => ("layernorm.wgsl", "backward_dinp"),
             Kernel::LayerNormBackwardParams => ("layernorm.wgsl", "backward_params"),
             Kernel::Gemm => ("matmul.wgsl", "gemm"),
-            Kernel::BiasBackward => ("matmul.wgsl", "bias_backward"),
             Kernel::AttentionForward => ("attention.wgsl", "forward"),
             Kernel::AttentionBackwardQuery => ("attention.wgsl", "backward_query"),
             Kernel::AttentionBackwardKey => ("attention.wgsl", "backward_key"),
@@ -78,6 +74,7 @@ impl Kernel {
             Kernel::LogprobForward => ("logprob.wgsl", "forward"),
             Kernel::LogprobBackward => ("logprob.wgsl", "backward"),
             Kernel::SeqSums => ("reduce.wgsl", "seq_sums"),
+            Kernel::SplitSum => ("reduce.wgsl", "split_sum"),
             Kernel::AdamW => ("adamw.wgsl", "update"),
         }
     }
@@ -89,6 +86,24 @@ impl Kernel {
     }
 }
 
+/// Largest head size attention.wgsl holds in registers and workgroup memory.
+pub const MAX_HEAD_DIM: usize = 64;
+
+/// The line of attention.wgsl that fixes the head size; the file on disk says 16 (so naga
+/// can check it as it is), and the engine substitutes the model's, giving the kernel's
+/// per-row loops fixed trip counts (registers, not local memory).
+const HEAD_SIZE_LINE: &str = "const HS: u32 = 16u;";
+
+/// `source` with the model's constants substituted (attention.wgsl's head size).
+pub fn specialise(file: &str, source: &str, head_dim: usize) -> String {
+    if file == "attention.wgsl" {
+        assert!(source.contains(HEAD_SIZE_LINE), "attention.wgsl declares `{HEAD_SIZE_LINE}`");
+        source.replacen(HEAD_SIZE_LINE, &format!("const HS: u32 = {head_dim}u;"), 1)
+    } else {
+        source.to_string()
+    }
+}
+
 /// The compute pipelines of every kernel on one device.
 #[derive(Debug)]
 pub struct Pipelines {
@@ -96,11 +111,16 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    /// Compile every shader and build one pipeline per entry point (layouts derived from the
-    /// bindings each entry uses). A WGSL error comes back as an error naming the file.
-    pub fn new(device: &wgpu::Device) -> Result<Pipelines> {
+    /// Compile every shader for a model with heads of `head_dim` and build one pipeline per
+    /// entry point (layouts derived from the bindings each entry uses). A WGSL error comes
+    /// back as an error naming the file.
+    pub fn new(device: &wgpu::Device, head_dim: usize) -> Result<Pipelines> {
+        if head_dim % 4 != 0 || !(4..=MAX_HEAD_DIM).contains(&head_dim) {
+            return Err(lab_core::error::LabError::Engine { msg: format!("the GPU engine needs a head size (d_model / n_head) that is a multiple of 4 from 4 to {MAX_HEAD_DIM}; this model's is {head_dim}") });
+        }
         let mut modules = Vec::new();
         for (file, source) in SHADERS {
+            let source = specialise(file, source, head_dim);
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(source.into()) });
             check_scope(scope, file)?;

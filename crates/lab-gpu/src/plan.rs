@@ -12,7 +12,7 @@ use lab_core::config::GptConfig;
 use lab_core::error::{LabError, Result};
 use wgpu::util::DeviceExt;
 
-/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 56
+/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 64
 /// bytes, and 256 is WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
 const UNIFORM_STRIDE: u64 = 256;
 
@@ -95,11 +95,45 @@ struct Gemm {
     c_rs: usize,
     bias_off: usize,
     addend_off: usize,
+    /// Depth per split (workgroup z); 0 means the whole depth in one split.
+    k_chunk: usize,
+    /// C's stride between the splits' slabs.
+    c_zs: usize,
 }
 
 // flag 1 (accumulate into C) exists in the kernel; the model overwrites every gradient once.
 const BIAS: u32 = 2;
 const ADDEND: u32 = 4;
+const ONES_COLUMN: u32 = 8;
+const ONEHOT_A: u32 = 16;
+
+/// Workgroups a split GEMM aims for: about two per streaming multiprocessor of a large GPU,
+/// and enough to hide latency on a small one.
+const SPLIT_TARGET_GROUPS: usize = 256;
+/// Most splits of one reduction: `split_sum` adds them serially per element.
+const MAX_SPLITS: usize = 32;
+/// Rows per split of a LayerNorm's parameter gradient.
+const LN_SPLIT_ROWS: usize = 64;
+
+/// How a weight gradient's depth (the N = B·T rows) is split: (splits, rows per split).
+/// The (rows × cols) output of a weight gradient has only a few 64×64 tiles, so without a
+/// split a handful of workgroups would walk all N rows in sequence.
+fn split_k(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
+    let tiles = rows.div_ceil(64) * cols.div_ceil(64);
+    let want = SPLIT_TARGET_GROUPS.div_ceil(tiles).clamp(1, MAX_SPLITS);
+    let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(16);
+    (depth.div_ceil(k_chunk), k_chunk)
+}
+
+/// Floats of split-reduction scratch a (B·T = n) plan needs: the largest slab set of any
+/// weight gradient (rows × cols per split) or LayerNorm parameter gradient.
+fn partial_floats(cfg: &GptConfig, n: usize) -> usize {
+    let (c, v) = (cfg.d_model, cfg.vocab);
+    // (rows, cols) of every split GEMM: [dW | db] of qkv, attproj, fc, fcproj; dwte twice
+    let shapes = [(3 * c, c + 1), (c, c + 1), (4 * c, c + 1), (c, 4 * c + 1), (v, c)];
+    let gemm = shapes.iter().map(|&(rows, cols)| split_k(rows, cols, n).0 * rows * cols).max().unwrap_or(0);
+    gemm.max(n.div_ceil(LN_SPLIT_ROWS) * 2 * c)
+}
 
 fn words(values: &[usize]) -> Vec<u32> {
     values.iter().map(|&v| v as u32).collect()
@@ -111,6 +145,8 @@ struct Recorder<'a> {
     params: &'a wgpu::Buffer,
     grads: &'a wgpu::Buffer,
     dummy: &'a wgpu::Buffer,
+    /// Split-reduction scratch (see [`partial_floats`]).
+    partial: &'a wgpu::Buffer,
     n: usize,
     specs: Vec<Spec>,
     backward: bool,
@@ -123,11 +159,38 @@ impl Recorder<'_> {
     }
 
     fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer) -> Result<()> {
-        // 64×64 output tile per 16×16 workgroup
-        let groups = self.grid.tiles(g.cols.div_ceil(64), g.rows.div_ceil(64))?;
-        let w = words(&[g.rows, g.cols, g.depth, g.flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off]);
+        let k_chunk = if g.k_chunk == 0 { g.depth.max(1) } else { g.k_chunk };
+        // 64×64 output tile per 16×16 workgroup, one workgroup layer per split
+        let mut groups = self.grid.tiles(g.cols.div_ceil(64), g.rows.div_ceil(64))?;
+        groups[2] = g.depth.div_ceil(k_chunk).max(1) as u32;
+        let w = words(&[g.rows, g.cols, g.depth, g.flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs]);
         let (bias, addend) = (bias.unwrap_or(self.dummy), addend.unwrap_or(self.dummy));
-        self.push(Kernel::Gemm, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c)], groups);
+        // the one-hot mode reads the token ids through `a`'s twin binding
+        let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
+        self.push(Kernel::Gemm, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens)], groups);
+        Ok(())
+    }
+
+    /// A weight gradient by split-K: `g` (rows, cols, depth; no C offsets) into the scratch
+    /// slabs, then `split_sum` routes column < main_cols to main (row stride main_rs) and
+    /// the rest to side (the bias), overwriting or adding (`accumulate`).
+    #[allow(clippy::too_many_arguments)]
+    fn split_gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, main: (usize, usize, usize), side_off: usize, accumulate: bool) -> Result<()> {
+        let (splits, k_chunk) = split_k(g.rows, g.cols, g.depth);
+        let slab = g.rows * g.cols;
+        let partial = self.partial;
+        self.gemm(Gemm { c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, partial)?;
+        let (main_off, main_rs, main_cols) = main;
+        self.split_sum(slab, splits, g.cols, main_cols, (main_off, main_rs), (side_off, 1), accumulate)
+    }
+
+    /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats in the scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn split_sum(&mut self, len: usize, splits: usize, width: usize, main_cols: usize, main: (usize, usize), side: (usize, usize), accumulate: bool) -> Result<()> {
+        let w = words(&[len, splits, len, width, main_cols, main.0, main.1, side.0, side.1, accumulate as usize, 0, 0]);
+        let (partial, grads) = (self.partial, self.grads);
+        let groups = self.grid.cover(len, 64)?;
+        self.push(Kernel::SplitSum, w, &[(4, partial), (5, grads)], groups);
         Ok(())
     }
 
@@ -157,6 +220,7 @@ impl Recorder<'_> {
             c_rs: oc,
             bias_off: bias_off.unwrap_or(0),
             addend_off: addend.map_or(0, |a| a.1),
+            ..Gemm::default()
         };
         let params = self.params;
         self.gemm(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0)
@@ -167,16 +231,14 @@ impl Recorder<'_> {
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, dw_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer) -> Result<()> {
         let n = self.n;
-        let (params, grads) = (self.params, self.grads);
+        let params = self.params;
         let dx = Gemm { rows: n, cols: ic, depth: oc, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, ..Gemm::default() };
         self.gemm(dx, dout, params, None, None, dinp)?;
-        let dw = Gemm { rows: oc, cols: ic, depth: n, a_rs: 1, a_ks: oc, b_off: inp.1, b_ks: ic, b_ss: 1, c_off: dw_off, c_rs: ic, ..Gemm::default() };
-        self.gemm(dw, dout, inp.0, None, None, grads)?;
-        if let Some(db_off) = db_off {
-            let db = words(&[0, oc, n, 0, 0, 0, oc, 0, 0, 0, db_off, 0, 0, 0]);
-            // one invocation per output channel, @workgroup_size(64)
-            self.push(Kernel::BiasBackward, db, &[(1, dout), (5, grads)], [oc.div_ceil(64) as u32, 1, 1]);
-        }
+        // [dW | db] = doutᵀ · [inp | 1]: the bias gradient is the ones column
+        let flags = if db_off.is_some() { ONES_COLUMN } else { 0 };
+        let cols = ic + db_off.is_some() as usize;
+        let dw = Gemm { rows: oc, cols, depth: n, flags, a_rs: 1, a_ks: oc, b_off: inp.1, b_ks: ic, b_ss: 1, ..Gemm::default() };
+        self.split_gemm(dw, dout, inp.0, (dw_off, ic, ic), db_off.unwrap_or(0), false)?;
         Ok(())
     }
 }
@@ -258,6 +320,7 @@ impl Plan {
         let dfch_gelu = make("dfch_gelu", 4 * nc)?;
         let dlogits = make("dlogits", n * v)?; // (B, T, V)
         let dpre = make("dpre", att_len)?; // (B, NH, T, T)
+        let partial = make("split partials", partial_floats(cfg, n))?;
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("out staging"),
             size: (out_len * 4) as u64,
@@ -266,11 +329,21 @@ impl Plan {
         });
 
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
-        let mut rec = Recorder { grid, params, grads, dummy, n, specs: Vec::new(), backward: false };
+        let mut rec = Recorder { grid, params, grads, dummy, partial: &partial, n, specs: Vec::new(), backward: false };
         let scale = 1.0 / (hs as f32).sqrt();
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
-        let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, dw_off, db_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, dw_off, db_off, accumulate]);
+        let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, LN_SPLIT_ROWS, 0, accumulate]);
+        let ln_splits = n.div_ceil(LN_SPLIT_ROWS);
+        // a LayerNorm's [dγ | dβ]: per-split sums, then split_sum routes dβ to its place
+        let ln_params = |rec: &mut Recorder, inp: &wgpu::Buffer, w: Vec<u32>, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, dw_off: usize, db_off: usize| -> Result<()> {
+            let groups = rec.grid.tiles(c.div_ceil(64), ln_splits)?;
+            let partial = rec.partial;
+            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, partial)], groups);
+            rec.split_sum(2 * c, ln_splits, 2 * c, c, (dw_off, 0), (db_off, 0), false)
+        };
+        // one workgroup per block of 64 query (or key) rows of one (b, h)
+        let att_groups = grid.tiles(t.div_ceil(64), b * nh)?;
         let att_words = |l: usize| {
             let mut w = words(&[b, t, c, nh, hs, l * 3 * nc, l * att_len, l * nc]);
             w.push(scale.to_bits());
@@ -282,20 +355,20 @@ impl Plan {
         rec.push(Kernel::EncoderForward, enc_words.clone(), &[(1, &tokens), (2, params), (3, &encoded)], grid.cover(nc, 64)?);
         for l in 0..nl {
             let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
-            let w = ln_words(res_off, l * nc, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 0, 0, 0);
+            let w = ln_words(res_off, l * nc, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 0);
             rec.push(Kernel::LayerNormForward, w, &[(1, residual), (2, params), (3, &ln1), (4, &ln1_mean), (5, &ln1_rstd)], grid.cover(n, 1)?);
             rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None)?;
-            rec.push(Kernel::AttentionForward, att_words(l), &[(1, &qkv), (2, &att), (3, &atty)], grid.cover(b * nh * t, 64)?);
+            rec.push(Kernel::AttentionForward, att_words(l), &[(1, &qkv), (2, &att), (3, &atty)], att_groups);
             // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
             rec.linear_forward((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), (&residual2, l * nc), Some((residual, res_off)))?;
-            let w = ln_words(l * nc, l * nc, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 0, 0, 0);
+            let w = ln_words(l * nc, l * nc, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 0);
             rec.push(Kernel::LayerNormForward, w, &[(1, &residual2), (2, params), (3, &ln2), (4, &ln2_mean), (5, &ln2_rstd)], grid.cover(n, 1)?);
             rec.linear_forward((&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), (&fch, l * 4 * nc), None)?;
             rec.push(Kernel::GeluForward, words(&[4 * nc, l * 4 * nc, l * 4 * nc, 0]), &[(1, &fch), (2, &fch_gelu)], grid.cover(4 * nc, 64)?);
             rec.linear_forward((&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), (&residual3, l * nc), Some((&residual2, l * nc)))?;
         }
         let last = (nl - 1) * nc;
-        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0, 0, 0);
+        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0);
         rec.push(Kernel::LayerNormForward, w, &[(1, &residual3), (2, params), (3, &lnf), (4, &lnf_mean), (5, &lnf_rstd)], grid.cover(n, 1)?);
         rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None)?; // tied LM head
         let head_words = words(&[b, t, v, 0]);
@@ -306,9 +379,9 @@ impl Plan {
         rec.backward = true;
         rec.push(Kernel::LogprobBackward, head_words, &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)], grid.cover(n * v, 64)?);
         rec.linear_backward(&dlogits, (&lnf, 0), c, v, lay.wte, lay.wte, None, &dln)?; // dlnf; dwte = dlogitsᵀ·lnf (first write)
-        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, lay.lnfw, lay.lnfb, 0);
+        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0);
         rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual3), (2, params), (6, &dln), (7, &lnf_mean), (8, &lnf_rstd), (9, &dres)], grid.cover(n, 1)?);
-        rec.push(Kernel::LayerNormBackwardParams, w, &[(1, &residual3), (6, &dln), (7, &lnf_mean), (8, &lnf_rstd), (10, grads)], [c.div_ceil(64) as u32, 1, 1]);
+        ln_params(&mut rec, &residual3, w, &lnf_mean, &lnf_rstd, lay.lnfw, lay.lnfb)?;
         // dres now holds d(residual3[L−1]); each block reads it as its branch outputs'
         // gradient, and its LayerNorms add their input gradients into it.
         for l in (0..nl).rev() {
@@ -316,19 +389,20 @@ impl Plan {
             rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch_gelu)?;
             rec.push(Kernel::GeluBackward, words(&[4 * nc, l * 4 * nc, 0, 0]), &[(1, &fch), (3, &dfch_gelu), (4, &dfch)], grid.cover(4 * nc, 64)?);
             rec.linear_backward(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln)?;
-            let w = ln_words(l * nc, 0, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 1);
+            let w = ln_words(l * nc, 0, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 1);
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual2), (2, params), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (9, &dres)], grid.cover(n, 1)?);
-            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, &residual2), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (10, grads)], [c.div_ceil(64) as u32, 1, 1]);
+            ln_params(&mut rec, &residual2, w, &ln2_mean, &ln2_rstd, p(lay.ln2w, c, l), p(lay.ln2b, c, l))?;
             rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty)?;
-            rec.push(Kernel::AttentionBackwardQuery, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (6, &dpre), (7, &dqkv)], grid.cover(b * nh * t, 64)?);
-            rec.push(Kernel::AttentionBackwardKey, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (7, &dqkv), (8, &dpre)], grid.cover(b * nh * t, 64)?);
+            rec.push(Kernel::AttentionBackwardQuery, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (6, &dpre), (7, &dqkv)], att_groups);
+            rec.push(Kernel::AttentionBackwardKey, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (7, &dqkv), (8, &dpre)], att_groups);
             rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln)?;
-            let w = ln_words(res_off, 0, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 1);
+            let w = ln_words(res_off, 0, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 1);
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, residual), (2, params), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (9, &dres)], grid.cover(n, 1)?);
-            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, residual), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (10, grads)], [c.div_ceil(64) as u32, 1, 1]);
+            ln_params(&mut rec, residual, w, &ln1_mean, &ln1_rstd, p(lay.ln1w, c, l), p(lay.ln1b, c, l))?;
         }
-        // dwte += scatter of dres (after the LM head's write), dwpe = Σ_b dres
-        rec.push(Kernel::EncoderBackwardWte, enc_words.clone(), &[(1, &tokens), (4, &dres), (5, grads)], grid.cover(c, 64)?);
+        // dwte += one-hot(tokens)ᵀ·dres (split-K GEMM, added onto the LM head's write), dwpe = Σ_b dres
+        let dwte = Gemm { rows: v, cols: c, depth: n, flags: ONEHOT_A, b_ks: c, b_ss: 1, ..Gemm::default() };
+        rec.split_gemm(dwte, &tokens, &dres, (lay.wte, c, c), 0, true)?;
         rec.push(Kernel::EncoderBackwardWpe, enc_words, &[(4, &dres), (5, grads)], grid.cover(cfg.ctx * c, 64)?);
 
         // ---------------- uniforms and bind groups ----------------

@@ -22,6 +22,8 @@ pub struct KernelTime {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub kernels: Vec<KernelTime>,
+    /// Every launch in step order: kernel, workgroup grid, GPU time (µs).
+    pub launches: Vec<(String, [u32; 3], f64)>,
     pub total_us: f64,
 }
 
@@ -52,9 +54,11 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
     }
     let ns_per_tick = queue.get_timestamp_period() as f64;
     let mut kernels: Vec<KernelTime> = Vec::new();
+    let mut launches = Vec::with_capacity(dispatches.len());
     for (d, &t) in dispatches.iter().zip(&ticks) {
         let name = d.kernel.name();
         let us = t as f64 * ns_per_tick / 1e3;
+        launches.push((name.clone(), d.groups, us));
         match kernels.iter_mut().find(|k| k.kernel == name) {
             Some(k) => {
                 k.launches += 1;
@@ -65,5 +69,5 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
     }
     kernels.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
     let total_us = kernels.iter().map(|k| k.total_us).sum();
-    Ok(Profile { kernels, total_us })
+    Ok(Profile { kernels, launches, total_us })
 }
