@@ -12,7 +12,10 @@
 //             the one-hot matrix of the token ids, for the embedding's backward)
 //   B[k, s] = b[b_off + k·b_ks + s·b_ss], or 1 for the last column s = cols − 1
 //             (flags & 8: the ones column that turns dyᵀ·x into [dW | db] in one pass)
-//   for r < rows, s < cols. Split z (workgroup z) sums k in [z·k_chunk, (z+1)·k_chunk):
+//   for r < rows, s < cols. Batched (flags & 32): workgroup z is a batch of independent
+//   products, z = zo·z_inner + zi, each operand offset by zo·(·)_zo + zi·(·)_zi: the
+//   per-(b, h) products of attention (zo = b, zi = h), read in place from qkv and att.
+//   Otherwise split z (workgroup z) sums k in [z·k_chunk, (z+1)·k_chunk):
 //   split-K, for the weight gradients whose depth (N = B·T) dwarfs their output; each split
 //   writes its own slab of C (c_zs apart) and reduce.wgsl `split_sum` adds the slabs in
 //   order, so the result is reproducible (no atomics).
@@ -60,6 +63,16 @@ struct Gemm {
     addend_off: u32,
     k_chunk: u32,
     c_zs: u32,
+    // batched mode (flags & 32): workgroup z is batch z = zo·z_inner + zi, and each operand
+    // starts at off + zo·(·)_zo + zi·(·)_zi (attention's per-(b, h) products)
+    z_inner: u32,
+    a_zo: u32,
+    a_zi: u32,
+    b_zo: u32,
+    b_zi: u32,
+    c_zo: u32,
+    c_zi: u32,
+    _pad: u32,
 }
 
 const TILE: u32 = 64u;
@@ -69,6 +82,7 @@ const BIAS: u32 = 2u;
 const ADDEND: u32 = 4u;
 const ONES_COLUMN: u32 = 8u;
 const ONEHOT_A: u32 = 16u;
+const BATCHED: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> g: Gemm;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -78,6 +92,11 @@ const ONEHOT_A: u32 = 16u;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
 @group(0) @binding(6) var<storage, read> tokens: array<u32>;
 
+// where this workgroup's batch of A, B and C starts
+var<private> a_base: u32;
+var<private> b_base: u32;
+var<private> c_base: u32;
+
 var<workgroup> a_tile: array<vec4<f32>, 256>; // [k][r / 4], KT × TILE floats
 var<workgroup> b_tile: array<vec4<f32>, 256>; // [k][s / 4]
 
@@ -85,14 +104,14 @@ fn load_a(r: u32, k: u32) -> f32 {
     if ((g.flags & ONEHOT_A) != 0u) {
         return select(0.0, 1.0, tokens[g.a_off + k] == r);
     }
-    return a[g.a_off + r * g.a_rs + k * g.a_ks];
+    return a[a_base + r * g.a_rs + k * g.a_ks];
 }
 
 fn load_b(k: u32, s: u32) -> f32 {
     if ((g.flags & ONES_COLUMN) != 0u && s + 1u == g.cols) {
         return 1.0;
     }
-    return b[g.b_off + k * g.b_ks + s * g.b_ss];
+    return b[b_base + k * g.b_ks + s * g.b_ss];
 }
 
 // C's value before the k-sum (prologue) at (r, s), for r < rows, s < cols.
@@ -107,9 +126,9 @@ fn initial(r: u32, s: u32, at: u32) -> f32 {
     return init;
 }
 
-fn store(r: u32, s: u32, value: f32, z: u32) {
+fn store(r: u32, s: u32, value: f32) {
     if (r < g.rows && s < g.cols) {
-        let at = g.c_off + z * g.c_zs + r * g.c_rs + s;
+        let at = c_base + r * g.c_rs + s;
         var out = initial(r, s, at) + value;
         if ((g.flags & ADDEND) != 0u) {
             out = addend[g.addend_off + r * g.c_rs + s] + out;
@@ -118,11 +137,11 @@ fn store(r: u32, s: u32, value: f32, z: u32) {
     }
 }
 
-fn store_row(r: u32, s: u32, acc: vec4<f32>, z: u32) {
-    store(r, s, acc.x, z);
-    store(r, s + 1u, acc.y, z);
-    store(r, s + 2u, acc.z, z);
-    store(r, s + 3u, acc.w, z);
+fn store_row(r: u32, s: u32, acc: vec4<f32>) {
+    store(r, s, acc.x);
+    store(r, s + 1u, acc.y);
+    store(r, s + 2u, acc.z);
+    store(r, s + 3u, acc.w);
 }
 
 // Operand element q (0..3) of this invocation's share of the 16×64 tiles at k0: A's
@@ -171,7 +190,15 @@ fn put(li: u32, q: u32, a_value: f32, b_value: f32) {
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let r0 = wg.y * TILE;
     let s0 = wg.x * TILE;
-    let k_begin = wg.z * g.k_chunk;
+    let batched = (g.flags & BATCHED) != 0u;
+    let split = select(wg.z, 0u, batched);
+    let batch = select(0u, wg.z, batched);
+    let zo = batch / g.z_inner;
+    let zi = batch % g.z_inner;
+    a_base = g.a_off + zo * g.a_zo + zi * g.a_zi;
+    b_base = g.b_off + zo * g.b_zo + zi * g.b_zi;
+    c_base = g.c_off + split * g.c_zs + zo * g.c_zo + zi * g.c_zi;
+    let k_begin = split * g.k_chunk;
     let k_end = min(g.depth, k_begin + g.k_chunk);
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -204,8 +231,8 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
     let r = r0 + 4u * lid.y;
     let s = s0 + 4u * lid.x;
-    store_row(r, s, acc0, wg.z);
-    store_row(r + 1u, s, acc1, wg.z);
-    store_row(r + 2u, s, acc2, wg.z);
-    store_row(r + 3u, s, acc3, wg.z);
+    store_row(r, s, acc0);
+    store_row(r + 1u, s, acc1);
+    store_row(r + 2u, s, acc2);
+    store_row(r + 3u, s, acc3);
 }

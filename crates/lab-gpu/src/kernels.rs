@@ -25,9 +25,8 @@ pub enum Kernel {
     LayerNormBackwardDinp,
     LayerNormBackwardParams,
     Gemm,
-    AttentionForward,
-    AttentionBackwardQuery,
-    AttentionBackwardKey,
+    SoftmaxForward,
+    SoftmaxBackward,
     GeluForward,
     GeluBackward,
     LogprobForward,
@@ -38,16 +37,15 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::EncoderForward,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
         Kernel::LayerNormBackwardDinp,
         Kernel::LayerNormBackwardParams,
         Kernel::Gemm,
-        Kernel::AttentionForward,
-        Kernel::AttentionBackwardQuery,
-        Kernel::AttentionBackwardKey,
+        Kernel::SoftmaxForward,
+        Kernel::SoftmaxBackward,
         Kernel::GeluForward,
         Kernel::GeluBackward,
         Kernel::LogprobForward,
@@ -66,9 +64,8 @@ impl Kernel {
             Kernel::LayerNormBackwardDinp => ("layernorm.wgsl", "backward_dinp"),
             Kernel::LayerNormBackwardParams => ("layernorm.wgsl", "backward_params"),
             Kernel::Gemm => ("matmul.wgsl", "gemm"),
-            Kernel::AttentionForward => ("attention.wgsl", "forward"),
-            Kernel::AttentionBackwardQuery => ("attention.wgsl", "backward_query"),
-            Kernel::AttentionBackwardKey => ("attention.wgsl", "backward_key"),
+            Kernel::SoftmaxForward => ("attention.wgsl", "softmax_forward"),
+            Kernel::SoftmaxBackward => ("attention.wgsl", "softmax_backward"),
             Kernel::GeluForward => ("gelu.wgsl", "forward"),
             Kernel::GeluBackward => ("gelu.wgsl", "backward"),
             Kernel::LogprobForward => ("logprob.wgsl", "forward"),
@@ -86,24 +83,6 @@ impl Kernel {
     }
 }
 
-/// Largest head size attention.wgsl holds in registers and workgroup memory.
-pub const MAX_HEAD_DIM: usize = 64;
-
-/// The line of attention.wgsl that fixes the head size; the file on disk says 16 (so naga
-/// can check it as it is), and the engine substitutes the model's, giving the kernel's
-/// per-row loops fixed trip counts (registers, not local memory).
-const HEAD_SIZE_LINE: &str = "const HS: u32 = 16u;";
-
-/// `source` with the model's constants substituted (attention.wgsl's head size).
-pub fn specialise(file: &str, source: &str, head_dim: usize) -> String {
-    if file == "attention.wgsl" {
-        assert!(source.contains(HEAD_SIZE_LINE), "attention.wgsl declares `{HEAD_SIZE_LINE}`");
-        source.replacen(HEAD_SIZE_LINE, &format!("const HS: u32 = {head_dim}u;"), 1)
-    } else {
-        source.to_string()
-    }
-}
-
 /// The compute pipelines of every kernel on one device.
 #[derive(Debug)]
 pub struct Pipelines {
@@ -111,16 +90,11 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    /// Compile every shader for a model with heads of `head_dim` and build one pipeline per
-    /// entry point (layouts derived from the bindings each entry uses). A WGSL error comes
-    /// back as an error naming the file.
-    pub fn new(device: &wgpu::Device, head_dim: usize) -> Result<Pipelines> {
-        if head_dim % 4 != 0 || !(4..=MAX_HEAD_DIM).contains(&head_dim) {
-            return Err(lab_core::error::LabError::Engine { msg: format!("the GPU engine needs a head size (d_model / n_head) that is a multiple of 4 from 4 to {MAX_HEAD_DIM}; this model's is {head_dim}") });
-        }
+    /// Compile every shader and build one pipeline per entry point (layouts derived from the
+    /// bindings each entry uses). A WGSL error comes back as an error naming the file.
+    pub fn new(device: &wgpu::Device) -> Result<Pipelines> {
         let mut modules = Vec::new();
         for (file, source) in SHADERS {
-            let source = specialise(file, source, head_dim);
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(source.into()) });
             check_scope(scope, file)?;

@@ -87,7 +87,7 @@ impl GpuEngine {
         setup::check_limits(&limits, "this device")?;
         check_buffer_size(&limits, &format!("the {total} parameters"), (total * 4) as u64)?;
         let faults = Faults::install(&device);
-        let pipelines = Pipelines::new(&device, cfg.head_dim())?;
+        let pipelines = Pipelines::new(&device)?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&params), usage });
         let zeros = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (total * 4) as u64, usage, mapped_at_creation: false });

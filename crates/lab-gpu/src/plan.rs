@@ -12,7 +12,7 @@ use lab_core::config::GptConfig;
 use lab_core::error::{LabError, Result};
 use wgpu::util::DeviceExt;
 
-/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 64
+/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 96
 /// bytes, and 256 is WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
 const UNIFORM_STRIDE: u64 = 256;
 
@@ -99,6 +99,19 @@ struct Gemm {
     k_chunk: usize,
     /// C's stride between the splits' slabs.
     c_zs: usize,
+    /// Batched products (flag BATCHED): batch z = zo·z_inner + zi, operands offset by
+    /// zo·(·)_zo + zi·(·)_zi.
+    batch: Option<Batch>,
+}
+
+/// The batch layout of a batched GEMM (attention: zo = b, zi = h).
+#[derive(Debug, Clone, Copy, Default)]
+struct Batch {
+    count: usize,
+    inner: usize,
+    a: (usize, usize),
+    b: (usize, usize),
+    c: (usize, usize),
 }
 
 // flag 1 (accumulate into C) exists in the kernel; the model overwrites every gradient once.
@@ -106,6 +119,7 @@ const BIAS: u32 = 2;
 const ADDEND: u32 = 4;
 const ONES_COLUMN: u32 = 8;
 const ONEHOT_A: u32 = 16;
+const BATCHED: u32 = 32;
 
 /// Workgroups a split GEMM aims for: about two per streaming multiprocessor of a large GPU,
 /// and enough to hide latency on a small one.
@@ -162,8 +176,15 @@ impl Recorder<'_> {
         let k_chunk = if g.k_chunk == 0 { g.depth.max(1) } else { g.k_chunk };
         // 64×64 output tile per 16×16 workgroup, one workgroup layer per split
         let mut groups = self.grid.tiles(g.cols.div_ceil(64), g.rows.div_ceil(64))?;
-        groups[2] = g.depth.div_ceil(k_chunk).max(1) as u32;
-        let w = words(&[g.rows, g.cols, g.depth, g.flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs]);
+        let batch = g.batch.unwrap_or(Batch { count: 1, inner: 1, ..Batch::default() });
+        let (z, flags) = match g.batch {
+            Some(batch) => (batch.count, g.flags | BATCHED),
+            None => (g.depth.div_ceil(k_chunk).max(1), g.flags),
+        };
+        groups[2] = u32::try_from(z).ok().filter(|&z| z <= self.grid.max_per_dim).ok_or_else(|| LabError::Engine { msg: format!("{z} GEMM batches or splits exceed the limit max_compute_workgroups_per_dimension = {}", self.grid.max_per_dim) })?;
+        #[rustfmt::skip]
+        let w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
+            batch.inner, batch.a.0, batch.a.1, batch.b.0, batch.b.1, batch.c.0, batch.c.1, 0]);
         let (bias, addend) = (bias.unwrap_or(self.dummy), addend.unwrap_or(self.dummy));
         // the one-hot mode reads the token ids through `a`'s twin binding
         let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
@@ -342,13 +363,16 @@ impl Plan {
             rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, partial)], groups);
             rec.split_sum(2 * c, ln_splits, 2 * c, c, (dw_off, 0), (db_off, 0), false)
         };
-        // one workgroup per block of 64 query (or key) rows of one (b, h)
-        let att_groups = grid.tiles(t.div_ceil(64), b * nh)?;
-        let att_words = |l: usize| {
-            let mut w = words(&[b, t, c, nh, hs, l * 3 * nc, l * att_len, l * nc]);
+        // attention: per (b, h) products as batched GEMMs around the softmax kernels
+        let softmax_groups = grid.cover(b * nh * t, 1)?;
+        let softmax_words = |l: usize| {
+            let mut w = words(&[b * nh * t, t, l * att_len]);
             w.push(scale.to_bits());
             w
         };
+        // strides (per b, per h) of a head's slice of qkv, of a (B, T, C) tensor, of att
+        let (qkv_z, btc_z, att_z) = ((t * 3 * c, hs), (t * c, hs), (nh * t * t, t * t));
+        let batch = |a, b_, c_| Some(Batch { count: b * nh, inner: nh, a, b: b_, c: c_ });
 
         // ---------------- forward ----------------
         let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wte, lay.wpe]);
@@ -358,7 +382,13 @@ impl Plan {
             let w = ln_words(res_off, l * nc, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 0);
             rec.push(Kernel::LayerNormForward, w, &[(1, residual), (2, params), (3, &ln1), (4, &ln1_mean), (5, &ln1_rstd)], grid.cover(n, 1)?);
             rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None)?;
-            rec.push(Kernel::AttentionForward, att_words(l), &[(1, &qkv), (2, &att), (3, &atty)], att_groups);
+            let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
+            // att = Q·Kᵀ (raw scores), softmax in place, atty = att·V
+            let scores = Gemm { rows: t, cols: t, depth: hs, a_off: q_off, a_rs: 3 * c, a_ks: 1, b_off: k_off, b_ks: 1, b_ss: 3 * c, c_off: l * att_len, c_rs: t, batch: batch(qkv_z, qkv_z, att_z), ..Gemm::default() };
+            rec.gemm(scores, &qkv, &qkv, None, None, &att)?;
+            rec.push(Kernel::SoftmaxForward, softmax_words(l), &[(1, &att)], softmax_groups);
+            let y = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: t, a_ks: 1, b_off: v_off, b_ks: 3 * c, b_ss: 1, c_off: l * nc, c_rs: c, batch: batch(att_z, qkv_z, btc_z), ..Gemm::default() };
+            rec.gemm(y, &att, &qkv, None, None, &atty)?;
             // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
             rec.linear_forward((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), (&residual2, l * nc), Some((residual, res_off)))?;
             let w = ln_words(l * nc, l * nc, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 0);
@@ -393,8 +423,18 @@ impl Plan {
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual2), (2, params), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (9, &dres)], grid.cover(n, 1)?);
             ln_params(&mut rec, &residual2, w, &ln2_mean, &ln2_rstd, p(lay.ln2w, c, l), p(lay.ln2b, c, l))?;
             rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty)?;
-            rec.push(Kernel::AttentionBackwardQuery, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (6, &dpre), (7, &dqkv)], att_groups);
-            rec.push(Kernel::AttentionBackwardKey, att_words(l), &[(1, &qkv), (4, &datty), (5, &att), (7, &dqkv), (8, &dpre)], att_groups);
+            let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
+            // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
+            // dk = dpreᵀ·Q, dv = attᵀ·dy (datty, dpre and dqkv hold one layer)
+            let datt = Gemm { rows: t, cols: t, depth: hs, a_rs: c, a_ks: 1, b_off: v_off, b_ks: 1, b_ss: 3 * c, c_rs: t, batch: batch(btc_z, qkv_z, att_z), ..Gemm::default() };
+            rec.gemm(datt, &datty, &qkv, None, None, &dpre)?;
+            rec.push(Kernel::SoftmaxBackward, softmax_words(l), &[(2, &att), (3, &dpre)], softmax_groups);
+            let dq = Gemm { rows: t, cols: hs, depth: t, a_rs: t, a_ks: 1, b_off: k_off, b_ks: 3 * c, b_ss: 1, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
+            rec.gemm(dq, &dpre, &qkv, None, None, &dqkv)?;
+            let dk = Gemm { rows: t, cols: hs, depth: t, a_rs: 1, a_ks: t, b_off: q_off, b_ks: 3 * c, b_ss: 1, c_off: c, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
+            rec.gemm(dk, &dpre, &qkv, None, None, &dqkv)?;
+            let dv = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: 1, a_ks: t, b_ks: c, b_ss: 1, c_off: 2 * c, c_rs: 3 * c, batch: batch(att_z, btc_z, qkv_z), ..Gemm::default() };
+            rec.gemm(dv, &att, &datty, None, None, &dqkv)?;
             rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln)?;
             let w = ln_words(res_off, 0, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 1);
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, residual), (2, params), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (9, &dres)], grid.cover(n, 1)?);
