@@ -22,13 +22,18 @@
 // split_sum bindings (group 0):
 //   0 uniform  Split
 //   4 partial  array<f32>  (splits, len) with slab stride `stride`            read
-//   5 dst      array<f32>  the gradient buffer                              read_write
+//   5 dst      array<f32>  the gradient buffer, or an activation            read_write
+//   6 bias     array<f32>  the parameters (flags & 2); any buffer otherwise  read
+//   7 addend   array<f32>  (rows, main_rs) (flags & 4); any buffer otherwise read
 // For m < len, row = m / width, col = m % width:
-//   v = Σ_{z < splits, in order} partial[z·stride + m]  (+ the old value if accumulate)
+//   v = Σ_{z < splits, in order} partial[z·stride + m]
+//       (+ the old value if flags & 1) (+ bias[bias_off + col] if flags & 2)
+//       (+ addend[addend_off + row·main_rs + col] if flags & 4)
 //   dst[main_off + row·main_rs + col]               = v   for col < main_cols
 //   dst[side_off + row·side_rs + col − main_cols]   = v   otherwise
 // (a weight gradient [dW | db] sends its last column to the bias; a LayerNorm's [dγ | dβ]
-// sends its second half to β.) Workgroup 64, one invocation per m (x + y·65535·64).
+// sends its second half to β; a split forward GEMM gets its bias and residual epilogue
+// here.) Workgroup 64, one invocation per m (x + y·65535·64).
 
 struct Dims {
     b: u32,
@@ -83,14 +88,20 @@ struct Split {
     main_rs: u32,
     side_off: u32,
     side_rs: u32,
-    accumulate: u32,
-    _pad0: u32,
-    _pad1: u32,
+    flags: u32,
+    bias_off: u32,
+    addend_off: u32,
 }
+
+const ACCUMULATE: u32 = 1u;
+const BIAS: u32 = 2u;
+const ADDEND: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> sp: Split;
 @group(0) @binding(4) var<storage, read> partial: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
+@group(0) @binding(7) var<storage, read> addend: array<f32>;
 
 @compute @workgroup_size(64)
 fn split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -108,8 +119,14 @@ fn split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if (col >= sp.main_cols) {
         at = sp.side_off + row * sp.side_rs + (col - sp.main_cols);
     }
-    if (sp.accumulate != 0u) {
+    if ((sp.flags & ACCUMULATE) != 0u) {
         sum = dst[at] + sum;
+    }
+    if ((sp.flags & BIAS) != 0u) {
+        sum = bias[sp.bias_off + col] + sum;
+    }
+    if ((sp.flags & ADDEND) != 0u) {
+        sum = addend[sp.addend_off + row * sp.main_rs + col] + sum;
     }
     dst[at] = sum;
 }

@@ -139,14 +139,32 @@ fn split_k(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
     (depth.div_ceil(k_chunk), k_chunk)
 }
 
+/// The split of an activation GEMM (forward, or a layer's input gradient): none when its
+/// output already spreads over enough workgroups or its depth is short; else about two
+/// workgroups per SM, at least 64 deep each. (At B·T = 2048 and C = 256, the projections
+/// back to C channels have only 128 tiles and a depth of up to 4C: one wave of workgroups
+/// each walking 1024 deep, latency-bound.)
+fn split_activation(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
+    let tiles = rows.div_ceil(64) * cols.div_ceil(64);
+    if tiles >= SPLIT_TARGET_GROUPS || depth < 128 {
+        return (1, depth);
+    }
+    let want = SPLIT_TARGET_GROUPS.div_ceil(tiles).clamp(1, MAX_SPLITS);
+    let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(64);
+    (depth.div_ceil(k_chunk), k_chunk)
+}
+
 /// Floats of split-reduction scratch a (B·T = n) plan needs: the largest slab set of any
-/// weight gradient (rows × cols per split) or LayerNorm parameter gradient.
+/// split GEMM (rows × cols per split) or LayerNorm parameter gradient.
 fn partial_floats(cfg: &GptConfig, n: usize) -> usize {
     let (c, v) = (cfg.d_model, cfg.vocab);
-    // (rows, cols) of every split GEMM: [dW | db] of qkv, attproj, fc, fcproj; dwte twice
-    let shapes = [(3 * c, c + 1), (c, c + 1), (4 * c, c + 1), (c, 4 * c + 1), (v, c)];
-    let gemm = shapes.iter().map(|&(rows, cols)| split_k(rows, cols, n).0 * rows * cols).max().unwrap_or(0);
-    gemm.max(n.div_ceil(LN_SPLIT_ROWS) * 2 * c)
+    // (rows, cols) of the weight gradients: [dW | db] of qkv, attproj, fc, fcproj; dwte
+    let weights = [(3 * c, c + 1), (c, c + 1), (4 * c, c + 1), (c, 4 * c + 1), (v, c)];
+    let weight = weights.iter().map(|&(rows, cols)| split_k(rows, cols, n).0 * rows * cols).max().unwrap_or(0);
+    // (cols, depth) of the activation GEMMs (n rows): forward, then input gradients
+    let activations = [(3 * c, c), (c, c), (4 * c, c), (c, 4 * c), (v, c), (c, 3 * c), (c, v), (4 * c, c)];
+    let activation = activations.iter().map(|&(cols, depth)| split_activation(n, cols, depth)).zip(activations).map(|((splits, _), (cols, _))| if splits > 1 { splits * n * cols } else { 0 }).max().unwrap_or(0);
+    weight.max(activation).max(n.div_ceil(LN_SPLIT_ROWS) * 2 * c)
 }
 
 fn words(values: &[usize]) -> Vec<u32> {
@@ -202,16 +220,37 @@ impl Recorder<'_> {
         let partial = self.partial;
         self.gemm(Gemm { c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, partial)?;
         let (main_off, main_rs, main_cols) = main;
-        self.split_sum(slab, splits, g.cols, main_cols, (main_off, main_rs), (side_off, 1), accumulate)
+        let grads = self.grads;
+        self.split_sum(slab, splits, g.cols, main_cols, (grads, main_off, main_rs), (side_off, 1), accumulate as u32, None, None)
     }
 
-    /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats in the scratch.
+    /// An activation GEMM (`g` with its C offset and epilogue, into `c`), split along its
+    /// depth when [`split_activation`] says so: the slabs go to the scratch and
+    /// `split_sum` adds them with the bias and addend into `c`.
     #[allow(clippy::too_many_arguments)]
-    fn split_sum(&mut self, len: usize, splits: usize, width: usize, main_cols: usize, main: (usize, usize), side: (usize, usize), accumulate: bool) -> Result<()> {
-        let w = words(&[len, splits, len, width, main_cols, main.0, main.1, side.0, side.1, accumulate as usize, 0, 0]);
-        let (partial, grads) = (self.partial, self.grads);
+    fn gemm_activation(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer) -> Result<()> {
+        let (splits, k_chunk) = split_activation(g.rows, g.cols, g.depth);
+        if splits == 1 {
+            return self.gemm(g, a, b, bias, addend, c);
+        }
+        let slab = g.rows * g.cols;
+        let partial = self.partial;
+        let plain = Gemm { flags: 0, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
+        self.gemm(plain, a, b, None, None, partial)?;
+        let epilogue = g.flags & (BIAS | ADDEND);
+        self.split_sum(slab, splits, g.cols, g.cols, (c, g.c_off, g.c_rs), (0, 0), epilogue, bias.map(|p| (p, g.bias_off)), addend.map(|x| (x, g.addend_off)))
+    }
+
+    /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats in the scratch, into
+    /// `main` = (buffer, offset, row stride); flags 1 accumulate, 2 bias, 4 addend.
+    #[allow(clippy::too_many_arguments)]
+    fn split_sum(&mut self, len: usize, splits: usize, width: usize, main_cols: usize, main: (&wgpu::Buffer, usize, usize), side: (usize, usize), flags: u32, bias: Option<(&wgpu::Buffer, usize)>, addend: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+        let (bias_buf, bias_off) = bias.unwrap_or((self.dummy, 0));
+        let (addend_buf, addend_off) = addend.unwrap_or((self.dummy, 0));
+        let w = words(&[len, splits, len, width, main_cols, main.1, main.2, side.0, side.1, flags as usize, bias_off, addend_off]);
+        let partial = self.partial;
         let groups = self.grid.cover(len, 64)?;
-        self.push(Kernel::SplitSum, w, &[(4, partial), (5, grads)], groups);
+        self.push(Kernel::SplitSum, w, &[(4, partial), (5, main.0), (6, bias_buf), (7, addend_buf)], groups);
         Ok(())
     }
 
@@ -244,7 +283,7 @@ impl Recorder<'_> {
             ..Gemm::default()
         };
         let params = self.params;
-        self.gemm(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0)
+        self.gemm_activation(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0)
     }
 
     /// dinp (N, IC) = dout · W (overwritten); dW (OC, IC) = doutᵀ · inp and dbias = Σ_n dout
@@ -254,7 +293,7 @@ impl Recorder<'_> {
         let n = self.n;
         let params = self.params;
         let dx = Gemm { rows: n, cols: ic, depth: oc, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, ..Gemm::default() };
-        self.gemm(dx, dout, params, None, None, dinp)?;
+        self.gemm_activation(dx, dout, params, None, None, dinp)?;
         // [dW | db] = doutᵀ · [inp | 1]: the bias gradient is the ones column
         let flags = if db_off.is_some() { ONES_COLUMN } else { 0 };
         let cols = ic + db_off.is_some() as usize;
@@ -361,7 +400,8 @@ impl Plan {
             let groups = rec.grid.tiles(c.div_ceil(64), ln_splits)?;
             let partial = rec.partial;
             rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, partial)], groups);
-            rec.split_sum(2 * c, ln_splits, 2 * c, c, (dw_off, 0), (db_off, 0), false)
+            let grads = rec.grads;
+            rec.split_sum(2 * c, ln_splits, 2 * c, c, (grads, dw_off, 0), (db_off, 0), 0, None, None)
         };
         // attention: per (b, h) products as batched GEMMs around the softmax kernels
         let softmax_groups = grid.cover(b * nh * t, 1)?;
@@ -402,7 +442,7 @@ impl Plan {
         rec.push(Kernel::LayerNormForward, w, &[(1, &residual3), (2, params), (3, &lnf), (4, &lnf_mean), (5, &lnf_rstd)], grid.cover(n, 1)?);
         rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None)?; // tied LM head
         let head_words = words(&[b, t, v, 0]);
-        rec.push(Kernel::LogprobForward, head_words.clone(), &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)], grid.cover(n, 64)?);
+        rec.push(Kernel::LogprobForward, head_words.clone(), &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)], grid.cover(n, 1)?);
         rec.push(Kernel::SeqSums, words(&[b, t, 0, 0]), &[(1, &mask), (2, &topk), (3, &out)], [b.div_ceil(64) as u32, 1, 1]);
 
         // ---------------- backward ----------------
