@@ -74,6 +74,27 @@ impl CandidateSet {
         CandidateSet { prompt, responses, origins }
     }
 
+    /// Add a sampled response; an empty one is left out, and one already in the set only
+    /// gains the new origin (`"policy+reference"`: both models said it). True when added.
+    pub fn push(&mut self, response: String, origin: &str) -> bool {
+        if response.is_empty() {
+            return false;
+        }
+        match self.responses.iter().position(|r| *r == response) {
+            Some(i) => {
+                if !self.origins[i].split('+').any(|o| o == origin) {
+                    self.origins[i] = format!("{}+{origin}", self.origins[i]);
+                }
+                false
+            }
+            None => {
+                self.responses.push(response);
+                self.origins.push(origin.to_string());
+                true
+            }
+        }
+    }
+
     /// The set as one JSONL line `{"prompt","responses","origins"}` (a ranked-list record
     /// whose order means nothing yet; `alignlab annotate` reads it).
     pub fn to_json_line(&self) -> String {
@@ -572,6 +593,10 @@ mod tests {
         assert_eq!(set.prompt, "User: Hi Assistant:");
         assert_eq!(set.responses, vec![" Hello.".to_string(), " Go.".to_string()]);
         let parsed = parse_jsonl(&set.to_json_line()).unwrap();
+        let mut sampled = CandidateSet { prompt: "P".into(), responses: Vec::new(), origins: Vec::new() };
+        assert!(sampled.push(" a".into(), "policy") && sampled.push(" b".into(), "policy"));
+        assert!(!sampled.push(" a".into(), "reference") && !sampled.push(" a".into(), "reference") && !sampled.push(String::new(), "policy"));
+        assert_eq!(sampled.origins, vec!["policy+reference".to_string(), "policy".to_string()]);
         assert!(matches!(&parsed[0], Record::Ranked(r) if r.responses.len() == 2));
     }
 }

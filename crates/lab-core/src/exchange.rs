@@ -205,7 +205,7 @@ pub fn check_trl_dpo_data(records: &[Record]) -> Result<()> {
 /// size, steps and seed, at a constant learning rate (as alignlab's AdamW runs).
 pub fn trl_script(experiment: &ExperimentConfig, data_file: &str) -> Result<String> {
     let args = trl_dpo_args(experiment)?;
-    let config_args: String = args.iter().map(|(k, v)| format!("    {k}={v},\n")).collect();
+    let config_args: String = args.iter().map(|(k, v)| format!("        {k}={v},\n")).collect();
     let data_literal = serde_json::to_string(data_file).expect("a string serializes");
     Ok(format!(
         r#"#!/usr/bin/env python3
