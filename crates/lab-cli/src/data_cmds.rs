@@ -6,13 +6,12 @@
 
 use crate::commands::open_engine;
 use clap::Args;
-use lab_core::annotate::{CandidateSet, Reward, SyntheticAnnotator};
+use lab_core::annotate::{sample_candidates, CandidateSet, Reward, SyntheticAnnotator};
 use lab_core::data::{to_jsonl, Record};
 use lab_core::exchange::{self, MetricsRow};
 use lab_core::experiment::ExperimentConfig;
-use lab_core::rng::Rng;
-use lab_core::sample::{generate, SampleConfig};
-use lab_core::{checkpoint, tokenizer, LabError, Result};
+use lab_core::sample::SampleConfig;
+use lab_core::{checkpoint, Engine, LabError, Result};
 use lab_train::record_lines;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -166,40 +165,25 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
 }
 
 pub fn sample(args: SampleArgs) -> Result<Value> {
-    if args.n == 0 {
-        return Err(LabError::param("n", "must be at least 1"));
-    }
-    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
-        return Err(LabError::param("temperature", format!("{} must be ≥ 0", args.temperature)));
-    }
     let prompts = read_prompts(&args.prompts)?;
-    let mut models = vec![("policy", args.model.clone())];
-    if let Some(reference) = &args.reference {
-        models.push(("reference", reference.clone()));
-    }
     let config = SampleConfig { temperature: args.temperature, top_k: args.top_k, max_new_tokens: args.max_new_tokens };
-    let mut sets: Vec<CandidateSet> = prompts.iter().map(|p| CandidateSet { prompt: p.clone(), responses: Vec::new(), origins: Vec::new() }).collect();
-    for (origin, dir) in models {
-        let (cfg, params) = checkpoint::load_dir(&dir)?;
-        let mut engine = open_engine(&args.engine, cfg, params)?;
-        let mut rng = Rng::new(args.seed);
-        for (i, set) in sets.iter_mut().enumerate() {
-            let mut ids = vec![tokenizer::EOT];
-            ids.extend(tokenizer::encode(&set.prompt).map_err(|e| LabError::parse(e.to_string()).in_field("prompt").at_line(i + 1).in_file(&args.prompts.display().to_string()))?);
-            for _ in 0..args.n {
-                let out = generate(engine.as_mut(), &ids, &config, &mut rng)?;
-                // Empty samples cannot be completions; repeats only add their origin.
-                set.push(tokenizer::decode(&out), origin);
-            }
-        }
+    let open = |dir: &Path| -> Result<Box<dyn Engine>> {
+        let (cfg, params) = checkpoint::load_dir(dir)?;
+        open_engine(&args.engine, cfg, params)
+    };
+    let mut policy = open(&args.model)?;
+    let mut reference = args.reference.as_deref().map(open).transpose()?;
+    let mut models: Vec<(&str, &mut dyn Engine)> = vec![("policy", policy.as_mut())];
+    if let Some(reference) = reference.as_mut() {
+        models.push(("reference", reference.as_mut()));
     }
-    let kept: Vec<&CandidateSet> = sets.iter().filter(|s| s.responses.len() >= 2).collect();
-    let text: String = kept.iter().map(|s| s.to_json_line() + "\n").collect();
-    if kept.is_empty() {
-        return Err(LabError::param("n", "no prompt got two non-empty responses; sample more (--n) or at a higher temperature"));
+    let sets = sample_candidates(&mut models, &prompts, args.n, &config, args.seed).map_err(|e| e.in_file(&args.prompts.display().to_string()))?;
+    if sets.is_empty() {
+        return Err(LabError::param("n", "no prompt got two distinct non-empty responses; sample more (--n) or at a higher temperature"));
     }
+    let text: String = sets.iter().map(|s| s.to_json_line() + "\n").collect();
     write_new(&args.out, &text, args.force)?;
-    Ok(json!({ "out": args.out.display().to_string(), "prompts": prompts.len(), "lists": kept.len(), "responses": kept.iter().map(|s| s.responses.len()).sum::<usize>() }))
+    Ok(json!({ "out": args.out.display().to_string(), "prompts": prompts.len(), "lists": sets.len(), "responses": sets.iter().map(|s| s.responses.len()).sum::<usize>() }))
 }
 
 #[derive(Args)]

@@ -33,8 +33,11 @@
 //! number of swaps). Unpaired examples get `label = reward > 0`, flipped with probability ε.
 
 use crate::data::{PreferencePair, RankedExample, Record, Text, RANKED_MAX, RANKED_MIN};
+use crate::engine::Engine;
 use crate::error::{LabError, Result};
 use crate::rng::Rng;
+use crate::sample::{generate, SampleConfig};
+use crate::tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -100,6 +103,33 @@ impl CandidateSet {
     pub fn to_json_line(&self) -> String {
         serde_json::json!({ "prompt": self.prompt, "responses": self.responses, "origins": self.origins }).to_string()
     }
+}
+
+/// Sample `n` responses to each prompt from each model (on-policy data: the policy, and the
+/// reference for contrast). Every model starts from the same seed, so where policy and
+/// reference still agree they say the same thing, and that response is listed once with
+/// both origins. Prompts with fewer than two distinct non-empty responses are left out
+/// (there is nothing to compare). Errors name the prompt that cannot be encoded.
+pub fn sample_candidates(models: &mut [(&str, &mut dyn Engine)], prompts: &[String], n: usize, config: &SampleConfig, seed: u64) -> Result<Vec<CandidateSet>> {
+    if n == 0 {
+        return Err(LabError::param("n", "must be at least 1"));
+    }
+    if !(config.temperature.is_finite() && config.temperature >= 0.0) {
+        return Err(LabError::param("temperature", format!("{} must be ≥ 0", config.temperature)));
+    }
+    let mut sets: Vec<CandidateSet> = prompts.iter().map(|p| CandidateSet { prompt: p.clone(), responses: Vec::new(), origins: Vec::new() }).collect();
+    for (origin, engine) in models.iter_mut() {
+        let mut rng = Rng::new(seed);
+        for (i, set) in sets.iter_mut().enumerate() {
+            let mut ids = vec![tokenizer::EOT];
+            ids.extend(tokenizer::encode(&set.prompt).map_err(|e| LabError::parse(format!("prompt {}: {e}", i + 1)).in_field("prompt"))?);
+            for _ in 0..n {
+                let out = generate(&mut **engine, &ids, config, &mut rng)?;
+                set.push(tokenizer::decode(&out), origin);
+            }
+        }
+    }
+    Ok(sets.into_iter().filter(|s| s.responses.len() >= 2).collect())
 }
 
 // ---------------------------------------------------------------------------------------
