@@ -263,6 +263,28 @@ await page.waitForFunction(() => window.__alabData.annotations === 1, null, { ti
 const ranked = annotationLines((await download(page, 'button[name=export-annotations]')).text)[0];
 const expectOrder = [before[2], before[0], before[1], ...before.slice(3)];
 check(JSON.stringify(ranked.responses) === JSON.stringify(expectOrder), 'a keyboard ranking (3, ↑, ↑, Enter) is stored best first', JSON.stringify(ranked.responses));
+
+// The synthetic annotator labels the 12 queued training pairs; with ε = 0.5 some flip.
+await page.click('button[name=queue-pairs]');
+await page.waitForFunction(() => window.__alabData.queue === 12, null, { timeout: 10000 });
+await page.fill('input[name=rules]', 'length=-1');
+await page.dispatchEvent('input[name=rules]', 'change');
+await page.fill('input[name=flip-rate]', '0.5');
+await page.dispatchEvent('input[name=flip-rate]', 'change');
+await page.click('button[name=label-queue]');
+await page.waitForFunction(() => window.__alabData.annotations === 13 && window.__alabData.queue === 0, null, { timeout: 10000 });
+const labelled = annotationLines((await download(page, 'button[name=export-annotations]')).text).slice(1);
+const words = (s) => s.trim().split(/\s+/).length;
+const agree = labelled.filter((r) => !r.flipped && words(r.chosen) <= words(r.rejected)).length;
+const flipped = labelled.filter((r) => r.flipped).length;
+const report = (await data(page)).message;
+check(labelled.length === 12 && agree + flipped === 12 && labelled.every((r) => r.alpha >= 0.5 && r.alpha <= 1), 'the synthetic annotator labels every queued pair by its rule; flipped ones are marked', `${flipped} flipped: ${report}`);
+await page.fill('input[name=rules]', 'lenght');
+await page.dispatchEvent('input[name=rules]', 'change');
+await page.click('button[name=queue-pairs]');
+await page.click('button[name=label-queue]');
+await page.waitForFunction(() => /lenght/.test(window.__alabData.error || ''), null, { timeout: 10000 });
+check((await data(page)).queue === 12, 'a mistyped rule is named and labels nothing', (await data(page)).error);
 await context.close();
 
 // 6. A full storage quota is reported; the annotation stays on the page.

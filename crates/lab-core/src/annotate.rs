@@ -98,6 +98,22 @@ impl CandidateSet {
         }
     }
 
+    /// The set as a record to label: a pair of its two responses (A as `chosen`), or a
+    /// list of its first [`RANKED_MAX`] responses in their order.
+    pub fn to_record(&self) -> Result<Record> {
+        match self.responses.as_slice() {
+            [] | [_] => Err(LabError::param("responses", format!("{:?} has {} response(s); two are needed to compare", self.prompt, self.responses.len()))),
+            [a, b] => Ok(Record::Pair(PreferencePair::plain(&self.prompt, a, b))),
+            many => Ok(Record::Ranked(RankedExample {
+                prompt: Text::Plain(self.prompt.clone()),
+                responses: many.iter().take(RANKED_MAX).map(|r| Text::Plain(r.clone())).collect(),
+                alpha: None,
+                rationale: None,
+                extra: Map::new(),
+            })),
+        }
+    }
+
     /// The set as one JSONL line `{"prompt","responses","origins"}` (a ranked-list record
     /// whose order means nothing yet; `alignlab annotate` reads it).
     pub fn to_json_line(&self) -> String {
@@ -627,6 +643,9 @@ mod tests {
         assert!(sampled.push(" a".into(), "policy") && sampled.push(" b".into(), "policy"));
         assert!(!sampled.push(" a".into(), "reference") && !sampled.push(" a".into(), "reference") && !sampled.push(String::new(), "policy"));
         assert_eq!(sampled.origins, vec!["policy+reference".to_string(), "policy".to_string()]);
+        assert!(matches!(sampled.to_record().unwrap(), Record::Pair(p) if p.chosen == Text::from(" a")));
+        sampled.push(" c".into(), "reference");
+        assert!(matches!(sampled.to_record().unwrap(), Record::Ranked(r) if r.responses.len() == 3));
         assert!(matches!(&parsed[0], Record::Ranked(r) if r.responses.len() == 2));
     }
 }

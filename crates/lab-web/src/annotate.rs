@@ -11,7 +11,7 @@
 use super::Store;
 use crate::protocol::{ToWorker, TrainingData};
 use crate::workbench::{Part, SavedRun, Workbench};
-use lab_core::annotate::{CandidateSet, Choice, RANK_MODE_MAX};
+use lab_core::annotate::{CandidateSet, Choice, Reward, SyntheticAnnotator, RANK_MODE_MAX};
 use lab_core::data::{parse_jsonl, Record};
 use lab_core::exchange::{self, MAX_IMPORT_BYTES};
 use leptos::prelude::*;
@@ -420,6 +420,21 @@ pub(super) fn DataPanel() -> impl IntoView {
         panel.reset_item();
     };
 
+    // The synthetic annotator, for bulk labels with a known amount of noise.
+    let rules = RwSignal::new("refusal=-2,sentiment".to_string());
+    let flip_rate = RwSignal::new(0.0f64);
+    let alpha_temperature = RwSignal::new(1.0f64);
+    let label_queue = move |_| {
+        let spec = rules.get_untracked();
+        let (eps, tau, seed) = (flip_rate.get_untracked(), alpha_temperature.get_untracked(), sample_seed.get_untracked());
+        panel.change(&[Part::Annotations, Part::Queue], |b| {
+            let annotator = SyntheticAnnotator { reward: Reward::parse(&spec)?, flip_rate: eps, alpha_temperature: tau, seed, lists_to_pairs: true };
+            let r = b.label_queue(&annotator)?;
+            Ok(format!("{} pairs labelled by {}: {} ties (α 0.5), {} of {} labels flipped (ε = {eps})", r.pairs, annotator.reward.spec(), r.ties, r.flipped, r.flippable))
+        });
+        panel.reset_item();
+    };
+
     // Import.
     let import = move |ev: leptos::ev::Event| {
         let Some(input) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok()) else { return };
@@ -544,6 +559,18 @@ pub(super) fn DataPanel() -> impl IntoView {
                 <label class="check"><input type="checkbox" name="sample-reference" prop:checked=move || sample_reference.get() on:change=move |ev| sample_reference.set(event_target_checked(&ev))/>"reference"</label>
                 <button name="sample" disabled=move || !store.ready.get() || !panel.loaded.get() on:click=sample>"sample"</button>
                 <button name="queue-pairs" disabled=move || !store.ready.get() || !panel.loaded.get() on:click=queue_training_pairs>"annotate the training pairs"</button>
+            </div>
+            <div class="row controls">
+                <label class="field wide"><span>"synthetic annotator: rules (length, contains:WORD, excludes:WORD, sentiment, refusal; =weight)"</span>
+                    <input type="text" name="rules" prop:value=move || rules.get() on:change=move |ev| rules.set(event_target_value(&ev))/>
+                </label>
+                <label class="field"><span>"flip rate ε"</span>
+                    <input type="number" name="flip-rate" min="0" max="0.5" step="0.05" prop:value=move || flip_rate.get().to_string() on:change=move |ev| flip_rate.set(event_target_value(&ev).parse().unwrap_or(0.0))/>
+                </label>
+                <label class="field"><span>"α temperature τ"</span>
+                    <input type="number" name="alpha-temperature" min="0" step="0.1" prop:value=move || alpha_temperature.get().to_string() on:change=move |ev| alpha_temperature.set(event_target_value(&ev).parse().unwrap_or(1.0))/>
+                </label>
+                <button name="label-queue" disabled=move || panel.bench.with(|b| b.queue.is_empty()) on:click=label_queue>"label everything queued"</button>
             </div>
             {annotate_view}
             {move || panel.bench.with(|b| !b.queue.is_empty()).then(|| view! {

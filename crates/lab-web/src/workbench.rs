@@ -9,7 +9,7 @@
 //! an export gives back the imported bytes), queue and runs as JSON.
 
 use crate::protocol::Metrics;
-use lab_core::annotate::{pair_from_choice, ranked_from_order, CandidateSet, Choice, RANK_MODE_MAX};
+use lab_core::annotate::{pair_from_choice, ranked_from_order, AnnotationReport, CandidateSet, Choice, SyntheticAnnotator, RANK_MODE_MAX};
 use lab_core::data::{parse_jsonl, to_jsonl, Record};
 use lab_core::exchange;
 use lab_core::experiment::ExperimentConfig;
@@ -105,6 +105,20 @@ impl Workbench {
         self.queue.remove(0);
         self.annotations.push(record);
         Ok(())
+    }
+
+    /// Label everything queued with a synthetic annotator (each set becomes one pair:
+    /// highest reward against lowest); the queue empties into the annotations.
+    pub fn label_queue(&mut self, annotator: &SyntheticAnnotator) -> Result<AnnotationReport> {
+        if self.queue.is_empty() {
+            return Err(LabError::param("queue", "nothing queued to label: sample responses or queue a dataset first"));
+        }
+        let records = self.queue.iter().map(CandidateSet::to_record).collect::<Result<Vec<_>>>()?;
+        let annotator = SyntheticAnnotator { lists_to_pairs: true, ..annotator.clone() };
+        let (labelled, report) = annotator.annotate(&records)?;
+        self.queue.clear();
+        self.annotations.extend(labelled);
+        Ok(report)
     }
 
     /// Put the first queued set at the end.
@@ -221,6 +235,19 @@ mod tests {
         let before = bench.clone();
         assert!(bench.choose(0, 0, Choice::A, 0.8, "").is_err());
         assert!(bench.choose(0, 1, Choice::A, 0.2, "").is_err());
+        assert_eq!(bench, before);
+    }
+
+    #[test]
+    fn the_synthetic_annotator_labels_the_whole_queue() {
+        let mut bench = Workbench::default();
+        bench.enqueue([set("P1", &[" I hate it.", " I love it."]), set("P2", &[" Good.", " Bad.", " Fine."])]);
+        let annotator = SyntheticAnnotator { reward: lab_core::annotate::Reward::parse("sentiment").unwrap(), flip_rate: 0.0, alpha_temperature: 1.0, seed: 0, lists_to_pairs: false };
+        let report = bench.label_queue(&annotator).unwrap();
+        assert_eq!((report.pairs, bench.queue.len(), bench.annotations.len()), (2, 0, 2));
+        assert!(bench.annotations.iter().all(|r| matches!(r, Record::Pair(p) if p.chosen == Text::from(" I love it.") || p.chosen == Text::from(" Good."))));
+        let before = bench.clone();
+        assert!(bench.label_queue(&annotator).is_err());
         assert_eq!(bench, before);
     }
 
