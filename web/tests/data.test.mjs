@@ -109,6 +109,8 @@ for (const [i, press] of presses.entries()) {
   const a = await page.textContent('[data-testid=response-a] pre');
   const b = await page.textContent('[data-testid=response-b] pre');
   shown.push({ prompt, a, b, press: press[0] });
+  // The second one is surer: the strength slider at 0.9.
+  if (i === 1) await page.fill('input[name=strength]', '0.9');
   await keys(page, ...press, 'Enter');
   await page.waitForFunction((n) => window.__alabData.annotations === n, i + 1, { timeout: 10000 });
 }
@@ -122,7 +124,7 @@ check(state.annotations === 5 && state.queue === 7, 'after a reload all 5 annota
 const exported = await download(page, 'button[name=export-annotations]');
 const records = annotationLines(exported.text);
 const expectChosen = shown.map((s) => (['2', 'ArrowRight'].includes(s.press) ? s.b : s.a));
-const expectAlpha = shown.map((s) => (s.press === '0' ? 0.5 : 0.75));
+const expectAlpha = shown.map((s, i) => (s.press === '0' ? 0.5 : i === 1 ? 0.9 : 0.75));
 check(records.length === 5 && records.every((r, i) => r.prompt === shown[i].prompt && r.chosen === expectChosen[i] && r.alpha === expectAlpha[i]),
   'each stored pair has the chosen response and α the keys gave (tie: α 0.5)', records.map((r) => `${JSON.stringify(r.chosen)} α ${r.alpha}`).join(', '));
 

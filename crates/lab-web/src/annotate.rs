@@ -202,11 +202,15 @@ impl Panel {
         if !self.loaded.get_untracked() || self.bench.with_untracked(|b| b.queue.is_empty()) || ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
             return;
         }
-        let target_tag = ev.target().and_then(|t| t.dyn_into::<web_sys::Element>().ok()).map(|e| e.tag_name()).unwrap_or_default();
-        if matches!(target_tag.as_str(), "INPUT" | "TEXTAREA" | "SELECT") {
+        let key = ev.key();
+        let target = ev.target().and_then(|t| t.dyn_into::<web_sys::Element>().ok());
+        let tag = target.as_ref().map(|e| e.tag_name()).unwrap_or_default();
+        // Typing goes to text fields; on the strength slider only the choice keys and Enter
+        // are ours (its arrows move it).
+        let on_slider = tag == "INPUT" && target.as_ref().and_then(|e| e.get_attribute("type")).as_deref() == Some("range");
+        if (matches!(tag.as_str(), "INPUT" | "TEXTAREA" | "SELECT") && !on_slider) || (on_slider && key.starts_with("Arrow")) {
             return;
         }
-        let key = ev.key();
         let handled = if self.rank_mode() {
             match key.as_str() {
                 "ArrowUp" => {

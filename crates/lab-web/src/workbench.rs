@@ -143,15 +143,21 @@ impl Workbench {
         self.queue.len() - before
     }
 
-    /// Parse an imported file; on any error nothing changes. Returns the records read.
+    /// Parse an imported file; on any error nothing changes. The same file imported again
+    /// changes nothing; a different file under a name already taken is kept beside it as
+    /// `name (2)`, so no import replaces another. Returns the records read.
     pub fn import(&mut self, name: &str, text: &str) -> Result<usize> {
         let records = exchange::import_jsonl(name, text)?;
-        let dataset = Dataset { name: name.to_string(), text: text.to_string(), records: records.len() };
-        match self.datasets.iter_mut().find(|d| d.name == name) {
-            // Importing a file of the same name again replaces it only if the text changed.
-            Some(existing) => *existing = dataset,
-            None => self.datasets.push(dataset),
+        if self.datasets.iter().any(|d| d.name == name && d.text == text) {
+            return Ok(records.len());
         }
+        let mut unique = name.to_string();
+        let mut k = 2;
+        while self.datasets.iter().any(|d| d.name == unique) {
+            unique = format!("{name} ({k})");
+            k += 1;
+        }
+        self.datasets.push(Dataset { name: unique, text: text.to_string(), records: records.len() });
         Ok(records.len())
     }
 
@@ -263,8 +269,12 @@ mod tests {
         let big = "x".repeat(exchange::MAX_IMPORT_BYTES + 1);
         assert!(bench.import("big.jsonl", &big).unwrap_err().to_string().contains("import limit"));
         assert_eq!(bench, before);
-        // The imported text is kept byte for byte.
+        // The imported text is kept byte for byte; a second file of the same name goes beside it.
         assert_eq!(bench.datasets[0].text, good);
+        bench.import("good.jsonl", good).unwrap();
+        assert_eq!(bench.datasets.len(), 1);
+        bench.import("good.jsonl", &format!("{good}{good}")).unwrap();
+        assert_eq!((bench.datasets.len(), bench.datasets[1].name.as_str(), bench.datasets[1].records), (2, "good.jsonl (2)", 2));
     }
 
     #[test]
