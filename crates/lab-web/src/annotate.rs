@@ -466,6 +466,10 @@ pub(super) fn DataPanel() -> impl IntoView {
     let export_trl = move |_| {
         let experiment = store.ui.with_untracked(|s| s.experiment.clone());
         let data = store.data.training.get_untracked().map(|t| t.jsonl).unwrap_or_else(|| panel.bench.with_untracked(|b| b.annotations_jsonl()));
+        if data.is_empty() {
+            panel.error.set(Some("Export to TRL writes the data you train on: annotate some pairs, or train on an imported dataset, first".into()));
+            return;
+        }
         let result = parse_jsonl(&data)
             .map_err(|e| e.in_file("alignlab-data.jsonl"))
             .and_then(|records| exchange::check_trl_dpo_data(&records).map_err(|e| e.in_file("alignlab-data.jsonl")))
