@@ -52,6 +52,7 @@ const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}`;
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'alignlab-data-test-'));
 const errors = [];
+let acceptDialogs = true;
 
 async function launch(profile, initScript) {
   const context = await chromium.launchPersistentContext(profile, { executablePath: chromiumPath, headless: true, args, acceptDownloads: true, viewport: { width: 1440, height: 1000 } });
@@ -65,7 +66,7 @@ async function open(context, expectErrors = false) {
     page.__watched = true;
     page.on('console', (msg) => { if (msg.type() === 'error' && !expectErrors) errors.push(msg.text()); });
     page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
-    page.on('dialog', (dialog) => dialog.accept());
+    page.on('dialog', (dialog) => (acceptDialogs ? dialog.accept() : dialog.dismiss()));
   }
   await page.goto(`${base}/`);
   await ready(page);
@@ -84,9 +85,9 @@ async function keys(page, ...names) {
   for (const name of names) await page.keyboard.press(name);
 }
 
-/** Wait until every change made so far is committed to IndexedDB. */
-async function settled(page, saves) {
-  await page.waitForFunction((n) => window.__alabData.saves >= n, saves, { timeout: 30000 });
+/** Wait until every write started so far is committed to IndexedDB. */
+async function settled(page) {
+  await page.waitForFunction(() => window.__alabData.pendingWrites === 0, null, { timeout: 30000 });
 }
 
 async function download(page, selector) {
@@ -116,7 +117,7 @@ for (const [i, press] of presses.entries()) {
 }
 let state = await data(page);
 check(state.annotations === 5 && state.queue === 7, 'five pairs annotated with the keyboard (1, 2, 0, ←, →, Enter)', `${state.annotations} annotations, ${state.queue} waiting`);
-await settled(page, 10);
+await settled(page);
 await page.reload();
 await ready(page);
 state = await data(page);
@@ -133,10 +134,9 @@ await page.click('button[name=undo]');
 await page.waitForFunction(() => window.__alabData.annotations === 4 && window.__alabData.queue === 8, null, { timeout: 10000 });
 const undonePrompt = await page.textContent('[data-testid=annotate-prompt]');
 check(undonePrompt === shown[4].prompt, 'undo shows the last annotated pair again', undonePrompt);
-const savesBefore = (await data(page)).saves;
 await keys(page, '2', 'Enter');
 await page.waitForFunction(() => window.__alabData.annotations === 5, null, { timeout: 10000 });
-await settled(page, savesBefore + 2);
+await settled(page);
 await context.close();
 context = await launch(profile);
 page = await open(context);
@@ -213,7 +213,7 @@ check((await data(page)).lastSampleSteps >= 15, 'sampling again uses the trained
 
 // The run's history survives a reload and exports as CSV and JSON.
 await page.waitForFunction(() => window.__alabData.runs >= 1, null, { timeout: 10000 });
-await page.waitForTimeout(300); // let the last IndexedDB write commit
+await settled(page);
 await page.reload();
 await ready(page);
 state = await data(page);
@@ -225,11 +225,15 @@ const json = JSON.parse((await download(page, 'button[name=run-json]')).text);
 check(json.metrics.length >= 16 && /lr=0.003/.test(json.experiment), 'and as JSON with the experiment', json.experiment);
 
 // Export to TRL: the script and the data.
-const trl = [];
-page.on('download', async (d) => trl.push({ name: d.suggestedFilename(), text: fs.readFileSync(await d.path(), 'utf8') }));
+const trlFiles = new Promise((resolve) => {
+  const got = [];
+  page.on('download', async (d) => {
+    got.push({ name: d.suggestedFilename(), text: fs.readFileSync(await d.path(), 'utf8') });
+    if (got.length === 2) resolve(got);
+  });
+});
 await page.click('button[name=export-trl]');
-await page.waitForFunction(() => /train_dpo\.py/.test(window.__alabData.message || ''), null, { timeout: 10000 });
-for (let i = 0; i < 50 && trl.length < 2; i++) await page.waitForTimeout(100);
+const trl = await trlFiles;
 const script = trl.find((f) => f.name === 'train_dpo.py');
 const trlData = trl.find((f) => f.name === 'alignlab-data.jsonl');
 check(script && /loss_type=\["sigmoid"\]/.test(script.text) && /beta=0\.1,/.test(script.text) && /learning_rate=0\.003,/.test(script.text) && /DPOTrainer\(/.test(script.text), 'Export to TRL writes a DPOTrainer script with the loss_type, β and learning rate');
@@ -287,6 +291,18 @@ await page.click('button[name=queue-pairs]');
 await page.click('button[name=label-queue]');
 await page.waitForFunction(() => /lenght/.test(window.__alabData.error || ''), null, { timeout: 10000 });
 check((await data(page)).queue === 12, 'a mistyped rule is named and labels nothing', (await data(page)).error);
+
+// "clear…" asks first: answered no, nothing goes; answered yes, everything does, for good.
+acceptDialogs = false;
+await page.click('button[name=clear]');
+check((await data(page)).annotations === 13, '"clear" asks first and a "no" keeps every annotation');
+acceptDialogs = true;
+await page.click('button[name=clear]');
+await page.waitForFunction(() => window.__alabData.annotations === 0, null, { timeout: 10000 });
+await settled(page);
+await page.reload();
+await ready(page);
+check((await data(page)).annotations === 0, 'a confirmed "clear" empties the annotations, also after a reload');
 await context.close();
 
 // 6. A full storage quota is reported; the annotation stays on the page.

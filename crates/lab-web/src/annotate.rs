@@ -75,6 +75,8 @@ struct Panel {
     picked: RwSignal<usize>,
     last_sample_steps: RwSignal<Option<u32>>,
     saves: RwSignal<u32>,
+    /// Writes started and not yet committed (or failed).
+    pending: RwSignal<u32>,
     page_id: f64,
 }
 
@@ -108,8 +110,11 @@ impl Panel {
                 continue;
             }
             let text = self.bench.with_untracked(|b| b.part_text(part));
+            self.pending.update(|n| *n += 1);
             spawn_local(async move {
-                match JsFuture::from(store_put(key, &text)).await {
+                let written = JsFuture::from(store_put(key, &text)).await;
+                panel.pending.update(|n| *n = n.saturating_sub(1));
+                match written {
                     Ok(_) => {
                         panel.saves.update(|n| *n += 1);
                         if panel.storage_error.with_untracked(|e| e.as_ref().is_some_and(|m| m.contains(key))) {
@@ -304,6 +309,7 @@ impl Panel {
                 "storageError": self.storage_error.get(),
                 "message": self.message.get(),
                 "saves": self.saves.get(),
+                "pendingWrites": self.pending.get(),
                 "lastSampleSteps": self.last_sample_steps.get(),
                 "training": self.store.data.training.with(|t| t.as_ref().map(|t| t.label.clone())),
                 "rankMode": b.queue.first().is_some_and(|s| s.responses.len() >= 3),
@@ -353,6 +359,7 @@ pub(super) fn DataPanel() -> impl IntoView {
         picked: RwSignal::new(0),
         last_sample_steps: RwSignal::new(None),
         saves: RwSignal::new(0),
+        pending: RwSignal::new(0),
         page_id: js_sys::Date::now(),
     };
     spawn_local(async move { panel.load().await });
