@@ -38,3 +38,5 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 bash scripts/build-web.sh
 node web/tests/browser.test.mjs
+# The data panel: annotate with the keyboard, reload/restart, import/export, the on-policy loop.
+node web/tests/data.test.mjs

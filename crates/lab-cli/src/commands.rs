@@ -71,6 +71,8 @@ pub fn open_engine(kind: &str, cfg: GptConfig, params: Vec<f32>) -> Result<Box<d
 /// Read a JSONL dataset with line numbers for later errors.
 fn read_data(path: &Path) -> Result<(Vec<Record>, Vec<usize>, String)> {
     let name = path.display().to_string();
+    let size = std::fs::metadata(path).map_err(|e| LabError::io(&name, e))?.len();
+    lab_core::exchange::check_import_size(&name, size)?;
     let text = std::fs::read_to_string(path).map_err(|e| LabError::io(&name, e))?;
     let records = data::parse_jsonl(&text).map_err(|e| e.in_file(&name))?;
     Ok((records, record_lines(&text), name))

@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod data_cmds;
 mod pretrain;
 mod scenario;
 
@@ -30,6 +31,14 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Run a classroom scenario headless: its metrics and a one-line verdict.
     Scenario(scenario::ScenarioArgs),
+    /// Sample candidate responses to prompts from a policy (and its reference) for annotation.
+    Sample(data_cmds::SampleArgs),
+    /// Label candidates or pairs with a synthetic annotator: rules, label noise, alpha.
+    Annotate(data_cmds::AnnotateArgs),
+    /// Write a trl.DPOTrainer script with the same loss_type, β and learning rate, and its data.
+    ExportTrl(data_cmds::ExportTrlArgs),
+    /// A run's metrics (train --out) as CSV or JSON.
+    ExportMetrics(data_cmds::ExportMetricsArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +50,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Pretrain(args) => pretrain::pretrain_cmd(args),
         Command::Scenario(args) => scenario::scenario_cmd(args),
+        Command::Sample(args) => data_cmds::sample(args),
+        Command::Annotate(args) => data_cmds::annotate(args),
+        Command::ExportTrl(args) => data_cmds::export_trl(args),
+        Command::ExportMetrics(args) => data_cmds::export_metrics(args),
     };
     match result {
         // A scenario whose phenomenon did not appear still prints its report, and exits 1.

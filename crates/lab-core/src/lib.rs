@@ -4,12 +4,14 @@
 //! layout of [`config::ParamLayout`]; the training session (`lab-train`) combines an engine
 //! with the loss zoo ([`loss`]) and the instruments ([`metrics`]).
 
+pub mod annotate;
 pub mod checkpoint;
 pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod exchange;
 pub mod experiment;
 pub mod loss;
 pub mod metrics;

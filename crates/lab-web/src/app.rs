@@ -1,6 +1,9 @@
 //! The page: thin Leptos components over one store of signals. The settings are a
 //! [`UiState`] whose URL form is the link; every number shown arrives from the worker.
 
+#[path = "annotate.rs"]
+mod annotate;
+
 use crate::bridge;
 use crate::charts::{self, RunHistory, CHART_IDS, RUN_COLORS};
 use crate::protocol::{Candidate, FromWorker, PairRow, PairText, ScenarioInfo, ToWorker};
@@ -34,6 +37,8 @@ struct Store {
     ready_ms: RwSignal<Option<f64>>,
     /// The last reset sent; replies about older resets are ignored.
     generation: RwSignal<u32>,
+    /// The data panel's: what the runs train on, sampled candidates.
+    data: annotate::DataSignals,
 }
 
 fn now_ms() -> f64 {
@@ -63,7 +68,8 @@ impl Store {
         self.playing.set(false);
         let generation = self.generation.get_untracked() + 1;
         self.generation.set(generation);
-        bridge::send(&ToWorker::Reset { generation, experiment: state.experiment, compare: state.compare, drop_records, apply_preset });
+        let data = self.data.training.get_untracked();
+        bridge::send(&ToWorker::Reset { generation, experiment: state.experiment, compare: state.compare, drop_records, apply_preset, data });
     }
 
     /// Change a setting; a change to the same value (a blur after a reset) restarts nothing.
@@ -131,6 +137,7 @@ impl Store {
             }
             FromWorker::Inspected { prompt, candidates, .. } => self.inspected.set(Some((prompt, candidates))),
             FromWorker::Generated { prompt, policy, reference } => self.generated.set(Some((prompt, policy, reference))),
+            FromWorker::Sampled { sets, steps, .. } => self.data.sampled.set(Some((sets, steps))),
             FromWorker::Error { message } => {
                 self.playing.set(false);
                 self.error.set(Some(message));
@@ -187,6 +194,7 @@ pub fn App() -> impl IntoView {
         first_step_ms: RwSignal::new(None),
         ready_ms: RwSignal::new(None),
         generation: RwSignal::new(0),
+        data: annotate::DataSignals::new(),
     };
     provide_context(store);
 
@@ -227,6 +235,7 @@ pub fn App() -> impl IntoView {
             <PairsTable/>
             <DisplacementView/>
             <GeneratePanel/>
+            <annotate::DataPanel/>
         </main>
         <footer>"alignlab · definitions and sources: shared/reference/losses-and-metrics.md · the link reproduces the run"</footer>
     }
@@ -293,6 +302,7 @@ fn TrainPanel() -> impl IntoView {
         let mut state = UiState::default();
         state.experiment.scenario = if name.is_empty() { None } else { Some(name) };
         let preset = state.experiment.scenario.is_some();
+        store.data.training.set(None);
         store.apply(state, preset, Vec::new());
     };
     let compare_input = move |slot: usize| {

@@ -9,6 +9,7 @@
 
 pub mod protocol;
 pub mod state;
+pub mod workbench;
 
 #[cfg(target_arch = "wasm32")]
 mod app;

@@ -16,7 +16,17 @@ pub enum ToWorker {
     /// run per entry of `compare`, all on the same data without the `drop_records`. With
     /// `apply_preset` the scenario's preset replaces the experiment and the compared losses.
     /// `generation` numbers the resets; replies about older ones are stale.
-    Reset { generation: u32, experiment: ExperimentConfig, compare: Vec<String>, drop_records: Vec<usize>, apply_preset: bool },
+    /// `data`: train on these records (the user's annotations or an imported dataset)
+    /// instead of the scenario's or the built-in ones.
+    Reset {
+        generation: u32,
+        experiment: ExperimentConfig,
+        compare: Vec<String>,
+        drop_records: Vec<usize>,
+        apply_preset: bool,
+        #[serde(default)]
+        data: Option<TrainingData>,
+    },
     Play,
     Pause,
     /// One step of every run.
@@ -25,6 +35,16 @@ pub enum ToWorker {
     Inspect { prompt: String, run: usize },
     /// Sample from the policy of run `run` and from the reference.
     Generate { prompt: String, run: usize, temperature: f32, max_new_tokens: usize, seed: u64 },
+    /// Candidate responses to annotate: `n` per prompt from run `run`'s policy and/or the reference.
+    Sample { prompts: Vec<String>, run: usize, n: usize, from_policy: bool, from_reference: bool, temperature: f32, top_k: usize, max_new_tokens: usize, seed: u64 },
+}
+
+/// Records to train on, named for the page (`"my annotations (12)"`, a file name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingData {
+    pub label: String,
+    /// TRL JSONL.
+    pub jsonl: String,
 }
 
 /// One run as the page lists it.
@@ -137,5 +157,7 @@ pub enum FromWorker {
     Status { playing: bool, steps_done: u32 },
     Inspected { prompt: String, run: usize, candidates: Vec<Candidate> },
     Generated { prompt: String, policy: String, reference: String },
+    /// Candidate sets for the annotate view; `steps` is how far run `run`'s policy had trained.
+    Sampled { sets: Vec<lab_core::annotate::CandidateSet>, run: usize, steps: u32 },
     Error { message: String },
 }

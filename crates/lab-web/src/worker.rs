@@ -5,7 +5,7 @@
 //! yields to the event loop (a zero timeout) so that pause, reset and inspect requests get
 //! through between steps.
 
-use crate::protocol::{Candidate, FromWorker, LossTerm, Metrics, PairRow, PairText, RunInfo, ScenarioInfo, ToWorker};
+use crate::protocol::{Candidate, FromWorker, LossTerm, Metrics, PairRow, PairText, RunInfo, ScenarioInfo, ToWorker, TrainingData};
 use crate::state::UiState;
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -218,7 +218,8 @@ impl Lab {
         self.runs.get_mut(run).map(|r| r.session.engine_mut()).ok_or_else(|| format!("no run {run}"))
     }
 
-    async fn reset(&mut self, generation: u32, mut experiment: ExperimentConfig, mut compare: Vec<String>, drop_records: Vec<usize>, apply_preset: bool) -> Result<FromWorker> {
+    #[allow(clippy::too_many_arguments)]
+    async fn reset(&mut self, generation: u32, mut experiment: ExperimentConfig, mut compare: Vec<String>, drop_records: Vec<usize>, apply_preset: bool, data: Option<TrainingData>) -> Result<FromWorker> {
         self.playing = false;
         self.runs.clear();
         self.generation = generation;
@@ -241,9 +242,10 @@ impl Lab {
         }
         let state = UiState { experiment: experiment.clone(), compare: compare.clone() };
         let experiments = state.experiments().map_err(|e| e.to_string())?;
-        self.records = match loaded {
-            Some(s) => s.records.clone(),
-            None => parse_jsonl(BUILTIN).map_err(|e| e.to_string())?,
+        self.records = match (&data, loaded) {
+            (Some(d), _) => parse_jsonl(&d.jsonl).map_err(|e| e.in_file(&d.label).to_string())?,
+            (None, Some(s)) => s.records.clone(),
+            (None, None) => parse_jsonl(BUILTIN).map_err(|e| e.to_string())?,
         };
         self.kept = (0..self.records.len()).filter(|i| !drop_records.contains(i)).collect();
         if self.kept.is_empty() {
@@ -431,6 +433,28 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Candidate responses for the annotate view (`lab_core::annotate::sample_candidates`).
+    #[allow(clippy::too_many_arguments)]
+    fn sample(&mut self, prompts: &[String], run: usize, n: usize, from_policy: bool, from_reference: bool, config: &SampleConfig, seed: u64) -> Result<FromWorker> {
+        let prompts: Vec<String> = prompts.iter().map(|p| chat_prompt(p)).collect();
+        let steps = self.runs.get(run).map(|r| r.session.steps_done()).unwrap_or(0);
+        let policy = self.runs.get_mut(run).map(|r| r.session.engine_mut()).ok_or_else(|| format!("no run {run}"))?;
+        let mut models: Vec<(&str, &mut dyn Engine)> = Vec::new();
+        if from_policy {
+            models.push(("policy", policy));
+        }
+        if from_reference {
+            models.push(("reference", &mut self.reference));
+        }
+        if models.is_empty() {
+            return Err("sample from the policy, the reference or both".into());
+        }
+        let sets = lab_core::annotate::sample_candidates(&mut models, &prompts, n, config, seed).map_err(|e| e.to_string())?;
+        Ok(FromWorker::Sampled { sets, run, steps })
+    }
+}
+
 /// A bare question becomes the chat template's prompt (`User: … Assistant:`).
 fn chat_prompt(text: &str) -> String {
     let text = text.trim();
@@ -456,7 +480,7 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
     }
     let lab = lab.as_mut().expect("just created");
     let reply = match msg {
-        ToWorker::Reset { generation, experiment, compare, drop_records, apply_preset } => lab.reset(generation, experiment, compare, drop_records, apply_preset).await,
+        ToWorker::Reset { generation, experiment, compare, drop_records, apply_preset, data } => lab.reset(generation, experiment, compare, drop_records, apply_preset, data).await,
         ToWorker::Play => {
             lab.playing = !lab.runs.is_empty();
             Ok(lab.status())
@@ -472,6 +496,10 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
         }
         ToWorker::Inspect { prompt, run } => lab.inspect(&prompt, run),
         ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => lab.generate(&prompt, run, temperature, max_new_tokens, seed),
+        ToWorker::Sample { prompts, run, n, from_policy, from_reference, temperature, top_k, max_new_tokens, seed } => {
+            let config = SampleConfig { temperature, top_k, max_new_tokens: max_new_tokens.clamp(1, 96) };
+            lab.sample(&prompts, run, n.clamp(1, 8), from_policy, from_reference, &config, seed)
+        }
     };
     post(&reply.unwrap_or_else(|message| FromWorker::Error { message }));
 }

@@ -1,0 +1,264 @@
+//! The data side of the lab, headless: `sample` (candidate responses from a policy and its
+//! reference), `annotate` (the synthetic annotator), `export-trl` (a `trl.DPOTrainer`
+//! script and its dataset) and `export-metrics` (a run's metrics as CSV or JSON). They read
+//! and write the files the page imports and exports. Outputs go to a side file renamed into
+//! place, and an existing output is never replaced without `--force`.
+
+use crate::commands::open_engine;
+use clap::Args;
+use lab_core::annotate::{sample_candidates, CandidateSet, Reward, SyntheticAnnotator};
+use lab_core::data::{to_jsonl, Record};
+use lab_core::exchange::{self, MetricsRow};
+use lab_core::experiment::ExperimentConfig;
+use lab_core::sample::SampleConfig;
+use lab_core::{checkpoint, Engine, LabError, Result};
+use lab_train::record_lines;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Read a text file under the import size limit.
+fn read_limited(path: &Path) -> Result<(String, String)> {
+    let name = path.display().to_string();
+    let size = std::fs::metadata(path).map_err(|e| LabError::io(&name, e))?.len();
+    exchange::check_import_size(&name, size)?;
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(&name, e))?;
+    Ok((name, text))
+}
+
+/// Read TRL JSONL; errors name the file, line and field.
+fn read_records(path: &Path) -> Result<(Vec<Record>, Vec<usize>, String)> {
+    let (name, text) = read_limited(path)?;
+    let records = exchange::import_jsonl(&name, &text)?;
+    Ok((records, record_lines(&text), name))
+}
+
+/// An error about the k-th record (1-based, as `at_line(k)`) moved to its real line.
+fn at_record_line(err: LabError, lines: &[usize], file: &str) -> LabError {
+    match err {
+        LabError::Parse { line: Some(k), field, msg, .. } => LabError::Parse { file: Some(file.to_string()), line: lines.get(k - 1).copied().or(Some(k)), field, msg },
+        other => other.in_file(file),
+    }
+}
+
+/// Write `text` to `path` through a side file; refuse to replace an existing file unless `force`.
+fn write_new(path: &Path, text: &str, force: bool) -> Result<()> {
+    let name = path.display().to_string();
+    if path.exists() && !force {
+        return Err(LabError::io(&name, "already exists; pass --force to replace it"));
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).map_err(|e| LabError::io(partial.display().to_string(), e))?;
+    std::fs::rename(&partial, path).map_err(|e| {
+        let _ = std::fs::remove_file(&partial);
+        LabError::io(&name, e)
+    })
+}
+
+#[derive(Args)]
+pub struct AnnotateArgs {
+    /// Records to label: pairs (relabelled), lists `{"prompt","responses"}` such as
+    /// `alignlab sample` writes (ranked by reward), unpaired examples (label = reward > 0).
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// Where the labelled TRL JSONL goes.
+    #[arg(long)]
+    out: PathBuf,
+    /// The reward: rules joined by commas, `rule[:word][=weight]`: length, contains:WORD,
+    /// excludes:WORD, sentiment, refusal. E.g. "refusal=-2,sentiment,length=-0.1".
+    #[arg(long)]
+    rules: String,
+    /// Probability of swapping each label (label noise), in [0, 0.5].
+    #[arg(long, default_value_t = 0.0)]
+    flip_rate: f64,
+    /// τ of alpha = σ(reward gap / τ).
+    #[arg(long, default_value_t = 1.0)]
+    alpha_temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Turn lists into one pair each (highest reward against lowest) instead of ranked lists.
+    #[arg(long)]
+    pairs: bool,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn annotate(args: AnnotateArgs) -> Result<Value> {
+    let reward = Reward::parse(&args.rules)?;
+    let annotator = SyntheticAnnotator { reward, flip_rate: args.flip_rate, alpha_temperature: args.alpha_temperature, seed: args.seed, lists_to_pairs: args.pairs };
+    annotator.validate()?;
+    if args.out == args.input {
+        return Err(LabError::io(args.out.display().to_string(), "is also --in; write the labels to a new file"));
+    }
+    let (records, _, _) = read_records(&args.input)?;
+    let (labelled, report) = annotator.annotate(&records)?;
+    write_new(&args.out, &to_jsonl(&labelled), args.force)?;
+    Ok(json!({
+        "out": args.out.display().to_string(),
+        "rules": annotator.reward.spec(),
+        "flip_rate": args.flip_rate,
+        "report": report,
+        "observed_flip_rate": if report.flippable > 0 { report.flipped as f64 / report.flippable as f64 } else { 0.0 },
+    }))
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// The policy (a model directory).
+    #[arg(long)]
+    model: PathBuf,
+    /// Also sample from this reference model (a model directory).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Prompts: TRL JSONL (the prompts of its records) or a text file, one prompt per line
+    /// (a bare question becomes "User: … Assistant:").
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Responses per prompt from each model.
+    #[arg(long, default_value_t = 2)]
+    n: usize,
+    /// 0 samples greedily.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// 0: no top-k cut.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 48)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    engine: String,
+    /// Where the candidate lists go (JSONL `{"prompt","responses","origins"}`; a response
+    /// both models sampled appears once, from "policy+reference"; prompts with fewer than
+    /// two distinct responses are left out).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+}
+
+/// The distinct prompts of a data file or a text file of prompts.
+fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let (name, text) = read_limited(path)?;
+    let looks_jsonl = text.trim_start().starts_with('{');
+    let mut prompts: Vec<String> = Vec::new();
+    if looks_jsonl {
+        for record in exchange::import_jsonl(&name, &text)? {
+            let prompt = CandidateSet::from_record(&record, "").prompt;
+            if !prompts.contains(&prompt) {
+                prompts.push(prompt);
+            }
+        }
+    } else {
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let prompt = if line.starts_with("User:") || line.ends_with("Assistant:") { line.to_string() } else { lab_core::corpus::prompt(line) };
+            if !prompts.contains(&prompt) {
+                prompts.push(prompt);
+            }
+        }
+    }
+    if prompts.is_empty() {
+        return Err(LabError::parse("no prompts").in_file(&name));
+    }
+    Ok(prompts)
+}
+
+pub fn sample(args: SampleArgs) -> Result<Value> {
+    let prompts = read_prompts(&args.prompts)?;
+    let config = SampleConfig { temperature: args.temperature, top_k: args.top_k, max_new_tokens: args.max_new_tokens };
+    let open = |dir: &Path| -> Result<Box<dyn Engine>> {
+        let (cfg, params) = checkpoint::load_dir(dir)?;
+        open_engine(&args.engine, cfg, params)
+    };
+    let mut policy = open(&args.model)?;
+    let mut reference = args.reference.as_deref().map(open).transpose()?;
+    let mut models: Vec<(&str, &mut dyn Engine)> = vec![("policy", policy.as_mut())];
+    if let Some(reference) = reference.as_mut() {
+        models.push(("reference", reference.as_mut()));
+    }
+    let sets = sample_candidates(&mut models, &prompts, args.n, &config, args.seed).map_err(|e| e.in_file(&args.prompts.display().to_string()))?;
+    if sets.is_empty() {
+        return Err(LabError::param("n", "no prompt got two distinct non-empty responses; sample more (--n) or at a higher temperature"));
+    }
+    let text: String = sets.iter().map(|s| s.to_json_line() + "\n").collect();
+    write_new(&args.out, &text, args.force)?;
+    Ok(json!({ "out": args.out.display().to_string(), "prompts": prompts.len(), "lists": sets.len(), "responses": sets.iter().map(|s| s.responses.len()).sum::<usize>() }))
+}
+
+#[derive(Args)]
+pub struct ExportTrlArgs {
+    /// The experiment in the page's link form, e.g. "loss=robust&beta=0.5&lr=0.0005&label_smoothing=0.1".
+    #[arg(long, default_value = "")]
+    experiment: String,
+    /// The preference data (TRL JSONL, pairs of one form).
+    #[arg(long)]
+    data: PathBuf,
+    /// A directory for train_dpo.py and data.jsonl (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn export_trl(args: ExportTrlArgs) -> Result<Value> {
+    let experiment = ExperimentConfig::from_query(&args.experiment)?;
+    let (records, lines, name) = read_records(&args.data)?;
+    exchange::check_trl_dpo_data(&records).map_err(|e| at_record_line(e, &lines, &name))?;
+    let script = exchange::trl_script(&experiment, "data.jsonl")?;
+    let out_name = args.out.display().to_string();
+    std::fs::create_dir_all(&args.out).map_err(|e| LabError::io(&out_name, e))?;
+    let (script_path, data_path) = (args.out.join("train_dpo.py"), args.out.join("data.jsonl"));
+    for path in [&script_path, &data_path] {
+        if path.exists() && !args.force {
+            return Err(LabError::io(path.display().to_string(), "already exists; pass --force to replace it"));
+        }
+    }
+    // The data goes out exactly as read: the user's bytes, their fields and order.
+    let (_, text) = read_limited(&args.data)?;
+    write_new(&data_path, &text, args.force)?;
+    write_new(&script_path, &script, args.force)?;
+    Ok(json!({
+        "script": script_path.display().to_string(),
+        "data": data_path.display().to_string(),
+        "records": records.len(),
+        "dpo_config": exchange::trl_dpo_args(&experiment)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+    }))
+}
+
+#[derive(Args)]
+pub struct ExportMetricsArgs {
+    /// Metrics as `alignlab train --out` writes them (one JSON object per line).
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// csv or json
+    #[arg(long, default_value = "csv")]
+    format: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// The experiment (link form) recorded in the JSON document.
+    #[arg(long, default_value = "")]
+    experiment: String,
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn export_metrics(args: ExportMetricsArgs) -> Result<Value> {
+    let (name, text) = read_limited(&args.input)?;
+    let mut rows: Vec<MetricsRow> = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: Value = serde_json::from_str(line).map_err(|e| LabError::parse(format!("malformed JSON at column {}", e.column())).at_line(i + 1).in_file(&name))?;
+        let Value::Object(map) = value else { return Err(LabError::parse("expected one JSON object of metrics per line").at_line(i + 1).in_file(&name)) };
+        rows.push(map.into_iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).collect());
+    }
+    let text = match args.format.as_str() {
+        "csv" => exchange::metrics_csv(&rows),
+        "json" => {
+            let experiment = ExperimentConfig::from_query(&args.experiment)?;
+            exchange::metrics_json(&name, &experiment, &rows)
+        }
+        other => return Err(LabError::param("format", format!("{other:?}: expected csv or json"))),
+    };
+    write_new(&args.out, &text, args.force)?;
+    Ok(json!({ "out": args.out.display().to_string(), "rows": rows.len() }))
+}

@@ -1,0 +1,330 @@
+// Browser tests of the data panel (dist/, Debian's Chromium via playwright-core):
+//
+//   node web/tests/data.test.mjs      (after scripts/build-web.sh)
+//
+// 1. Annotate 5 pairs with the keyboard; reload: all 5 are there; undo; restart the
+//    browser (same profile): still there.
+// 2. Export the annotations, import the file, export the dataset: byte-identical.
+// 3. A malformed file names its line and field and imports nothing; a file over 20 MB is
+//    refused with a message.
+// 4. The on-policy loop: sample from the policy, annotate, train on the fresh annotations
+//    (the pairs table holds exactly them, the loss falls), sample again from the trained
+//    policy; the run history survives a reload and exports as CSV; "Export to TRL" gives
+//    a script with the experiment's loss_type, β and learning rate, and the data.
+// 5. Ranking 3–5 responses with the keyboard is stored best first.
+// 6. A storage error (quota) is reported and the annotation stays on the page.
+import { chromium } from 'playwright-core';
+import http from 'node:http';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '..', '..');
+const dist = path.join(root, 'dist');
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+const args = ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
+
+let failures = 0;
+let passes = 0;
+function check(ok, what, detail = '') {
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${detail ? ` (${detail})` : ''}`);
+  if (ok) passes++; else failures++;
+}
+
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json', '.md': 'text/markdown', '.jsonl': 'text/plain', '.safetensors': 'application/octet-stream' };
+function serve() {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://127.0.0.1');
+    let file = path.join(dist, decodeURIComponent(url.pathname));
+    if (!file.startsWith(dist)) { res.writeHead(403).end(); return; }
+    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
+    if (!fs.existsSync(file)) { res.writeHead(404).end('not found'); return; }
+    res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream' });
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+const server = await serve();
+const base = `http://127.0.0.1:${server.address().port}`;
+const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'alignlab-data-test-'));
+const errors = [];
+let acceptDialogs = true;
+
+async function launch(profile, initScript) {
+  const context = await chromium.launchPersistentContext(profile, { executablePath: chromiumPath, headless: true, args, acceptDownloads: true, viewport: { width: 1440, height: 1000 } });
+  if (initScript) await context.addInitScript(initScript);
+  return context;
+}
+
+async function open(context, expectErrors = false) {
+  const page = context.pages()[0] || await context.newPage();
+  if (!page.__watched) {
+    page.__watched = true;
+    page.on('console', (msg) => { if (msg.type() === 'error' && !expectErrors) errors.push(msg.text()); });
+    page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
+    page.on('dialog', (dialog) => (acceptDialogs ? dialog.accept() : dialog.dismiss()));
+  }
+  await page.goto(`${base}/`);
+  await ready(page);
+  return page;
+}
+
+async function ready(page) {
+  await page.waitForFunction(() => window.__alab && window.__alab.ready && window.__alabData && window.__alabData.loaded, null, { timeout: 90000 });
+}
+
+const data = (page) => page.evaluate(() => window.__alabData);
+
+/** Press keys with the focus on the page body (not in a text field). */
+async function keys(page, ...names) {
+  await page.evaluate(() => document.activeElement && document.activeElement.blur());
+  for (const name of names) await page.keyboard.press(name);
+}
+
+/** Wait until every write started so far is committed to IndexedDB. */
+async function settled(page) {
+  await page.waitForFunction(() => window.__alabData.pendingWrites === 0, null, { timeout: 30000 });
+}
+
+async function download(page, selector) {
+  const [file] = await Promise.all([page.waitForEvent('download'), page.click(selector)]);
+  return { name: file.suggestedFilename(), text: fs.readFileSync(await file.path(), 'utf8') };
+}
+
+const annotationLines = (text) => text.split('\n').filter((l) => l).map((l) => JSON.parse(l));
+
+// 1. Annotate 5 pairs with the keyboard, reload, restart.
+const profile = path.join(scratch, 'profile');
+let context = await launch(profile);
+let page = await open(context);
+await page.click('button[name=queue-pairs]');
+await page.waitForFunction(() => window.__alabData.queue === 12, null, { timeout: 10000 });
+const shown = [];
+const presses = [['1'], ['2'], ['0'], ['ArrowLeft'], ['ArrowRight']];
+for (const [i, press] of presses.entries()) {
+  const prompt = await page.textContent('[data-testid=annotate-prompt]');
+  const a = await page.textContent('[data-testid=response-a] pre');
+  const b = await page.textContent('[data-testid=response-b] pre');
+  shown.push({ prompt, a, b, press: press[0] });
+  // The second one is surer: the strength slider at 0.9.
+  if (i === 1) await page.fill('input[name=strength]', '0.9');
+  await keys(page, ...press, 'Enter');
+  await page.waitForFunction((n) => window.__alabData.annotations === n, i + 1, { timeout: 10000 });
+}
+let state = await data(page);
+check(state.annotations === 5 && state.queue === 7, 'five pairs annotated with the keyboard (1, 2, 0, ←, →, Enter)', `${state.annotations} annotations, ${state.queue} waiting`);
+await settled(page);
+await page.reload();
+await ready(page);
+state = await data(page);
+check(state.annotations === 5 && state.queue === 7, 'after a reload all 5 annotations are there', `${state.annotations} annotations, ${state.queue} waiting`);
+const exported = await download(page, 'button[name=export-annotations]');
+const records = annotationLines(exported.text);
+const expectChosen = shown.map((s) => (['2', 'ArrowRight'].includes(s.press) ? s.b : s.a));
+const expectAlpha = shown.map((s, i) => (s.press === '0' ? 0.5 : i === 1 ? 0.9 : 0.75));
+check(records.length === 5 && records.every((r, i) => r.prompt === shown[i].prompt && r.chosen === expectChosen[i] && r.alpha === expectAlpha[i]),
+  'each stored pair has the chosen response and α the keys gave (tie: α 0.5)', records.map((r) => `${JSON.stringify(r.chosen)} α ${r.alpha}`).join(', '));
+
+// Undo takes back the last one and shows it again; a restart keeps the rest.
+await page.click('button[name=undo]');
+await page.waitForFunction(() => window.__alabData.annotations === 4 && window.__alabData.queue === 8, null, { timeout: 10000 });
+const undonePrompt = await page.textContent('[data-testid=annotate-prompt]');
+check(undonePrompt === shown[4].prompt, 'undo shows the last annotated pair again', undonePrompt);
+await keys(page, '2', 'Enter');
+await page.waitForFunction(() => window.__alabData.annotations === 5, null, { timeout: 10000 });
+await settled(page);
+await context.close();
+context = await launch(profile);
+page = await open(context);
+state = await data(page);
+check(state.annotations === 5, 'after a browser restart all 5 annotations are there', `${state.annotations}`);
+
+// 2. Export → import → export: byte-identical.
+const first = await download(page, 'button[name=export-annotations]');
+const exportPath = path.join(scratch, first.name);
+fs.writeFileSync(exportPath, first.text);
+await page.setInputFiles('input[name=import]', exportPath);
+await page.waitForFunction(() => window.__alabData.datasets.length === 1, null, { timeout: 10000 });
+state = await data(page);
+check(state.datasets[0].name === 'alignlab-annotations.jsonl' && state.datasets[0].records === 5, 'the exported file imports as a dataset of 5 records', JSON.stringify(state.datasets));
+const again = await download(page, 'button[name=export-dataset]');
+check(again.text === first.text && again.text.length > 0, 'export → import → export is byte-identical', `${first.text.length} bytes`);
+
+// 3. Bad input: the line and field named, nothing imported, nothing lost.
+const good = '{"prompt": "User: Hi Assistant:", "chosen": " Hello.", "rejected": " Go away."}\n';
+await page.setInputFiles('input[name=import]', { name: 'bad.jsonl', mimeType: 'application/json', buffer: Buffer.from(`${good}\n${good}{"prompt": "User: Hi Assistant:", "chosen": " Hello."}\n`) });
+await page.waitForSelector('[data-testid=data-error]', { timeout: 10000 });
+let message = await page.textContent('[data-testid=data-error]');
+state = await data(page);
+check(/bad\.jsonl/.test(message) && /line 4/.test(message) && /"rejected"/.test(message), 'a malformed file names its file, line and field', message);
+check(state.datasets.length === 1 && state.annotations === 5, 'a malformed file imports nothing and keeps the existing data', `${state.datasets.length} dataset(s), ${state.annotations} annotations`);
+await page.setInputFiles('input[name=import]', { name: 'huge.jsonl', mimeType: 'application/json', buffer: Buffer.alloc(20_000_001, 0x20) });
+await page.waitForFunction(() => /huge/.test(window.__alabData.error || ''), null, { timeout: 20000 });
+message = (await data(page)).error;
+check(/huge\.jsonl/.test(message) && /import limit of 20 MB/.test(message), 'a file over 20 MB is refused with a message', message);
+check((await data(page)).datasets.length === 1, 'the refused file imports nothing');
+await context.close();
+
+// 4. The on-policy loop, in a fresh profile.
+context = await launch(path.join(scratch, 'loop'));
+page = await open(context);
+await page.fill('input[name=sample-temperature]', '1.5');
+await page.dispatchEvent('input[name=sample-temperature]', 'change');
+await page.click('button[name=sample]');
+await page.waitForFunction(() => window.__alabData.queue > 0 && window.__alabData.lastSampleSteps !== null, null, { timeout: 60000 });
+state = await data(page);
+check(state.lastSampleSteps === 0 && state.queue >= 3, 'sampling from the starting policy queues prompts with two different responses', `${state.queue} queued`);
+const sampled = [];
+while ((await data(page)).queue > 0 && sampled.length < 6) {
+  const a = await page.textContent('[data-testid=response-a] pre');
+  const b = await page.textContent('[data-testid=response-b] pre');
+  // A rule a class might use: the shorter response is better.
+  const pickA = a.length <= b.length;
+  sampled.push(pickA ? a : b);
+  await keys(page, pickA ? '1' : '2', 'Enter');
+  await page.waitForFunction((n) => window.__alabData.annotations === n, sampled.length, { timeout: 10000 });
+}
+await page.click('button[name=train-annotations]');
+await page.waitForFunction((n) => window.__alab.ready && window.__alabData.training === `my annotations (${n})`, sampled.length, { timeout: 60000 });
+const rows = await page.locator('[data-testid=pairs] tbody tr').count();
+const tableText = await page.textContent('[data-testid=pairs] tbody');
+check(rows === sampled.length && sampled.every((c) => tableText.includes(c.trim())), 'training data is exactly the fresh annotations', `${rows} rows for ${sampled.length} annotations`);
+await page.fill('input[name=lr]', '0.003');
+await page.dispatchEvent('input[name=lr]', 'change');
+await page.waitForFunction(() => window.__alab.ready && window.__alab.query.includes('lr=0.003'), null, { timeout: 60000 });
+check((await data(page)).training === `my annotations (${sampled.length})`, 'changing a setting keeps training on the annotations');
+await page.click('button[name=play]');
+await page.waitForFunction(() => window.__alab.steps[0] >= 15, null, { timeout: 120000 });
+await page.click('button[name=play]');
+await page.waitForFunction(() => !window.__alab.playing, null, { timeout: 10000 });
+const curves = await page.evaluate(() => ({ loss: window.__alabCharts['chart-loss'].data[1], rewardAcc: window.__alabCharts['chart-accuracy'].data[4] }));
+const loss = curves.loss.filter((v) => v !== null);
+const mean = (xs) => xs.reduce((x, y) => x + y, 0) / xs.length;
+check(mean(loss.slice(-3)) < mean(loss.slice(0, 3)), 'training on the annotated pairs lowers the loss', `${mean(loss.slice(0, 3)).toFixed(4)} -> ${mean(loss.slice(-3)).toFixed(4)}`);
+const acc = curves.rewardAcc.filter((v) => v !== null);
+check(acc[acc.length - 1] > acc[0], 'reward accuracy on the annotated pairs rises', `${acc[0]} -> ${acc[acc.length - 1]}`);
+await page.click('button[name=sample]');
+await page.waitForFunction(() => window.__alabData.lastSampleSteps >= 15, null, { timeout: 60000 });
+check((await data(page)).lastSampleSteps >= 15, 'sampling again uses the trained policy', `policy at step ${(await data(page)).lastSampleSteps}`);
+
+// The run's history survives a reload and exports as CSV and JSON.
+await page.waitForFunction(() => window.__alabData.runs >= 1, null, { timeout: 10000 });
+await settled(page);
+await page.reload();
+await ready(page);
+state = await data(page);
+check(state.runs >= 1, 'the run history survives a reload', `${state.runs} saved run(s)`);
+const csv = await download(page, 'button[name=run-csv]');
+const header = csv.text.split('\n')[0].split(',');
+check(header[0] === 'step' && header.includes('loss') && header.includes('rewards/margins') && csv.text.trim().split('\n').length >= 17, 'a run exports as CSV (step, TRL metric names, one line per step)', `${csv.text.trim().split('\n').length - 1} rows`);
+const json = JSON.parse((await download(page, 'button[name=run-json]')).text);
+check(json.metrics.length >= 16 && /lr=0.003/.test(json.experiment), 'and as JSON with the experiment', json.experiment);
+
+// Export to TRL: the script and the data.
+const trlFiles = new Promise((resolve) => {
+  const got = [];
+  page.on('download', async (d) => {
+    got.push({ name: d.suggestedFilename(), text: fs.readFileSync(await d.path(), 'utf8') });
+    if (got.length === 2) resolve(got);
+  });
+});
+await page.click('button[name=export-trl]');
+const trl = await trlFiles;
+const script = trl.find((f) => f.name === 'train_dpo.py');
+const trlData = trl.find((f) => f.name === 'alignlab-data.jsonl');
+check(script && /loss_type=\["sigmoid"\]/.test(script.text) && /beta=0\.1,/.test(script.text) && /learning_rate=0\.003,/.test(script.text) && /DPOTrainer\(/.test(script.text), 'Export to TRL writes a DPOTrainer script with the loss_type, β and learning rate');
+check(trlData && annotationLines(trlData.text).length === sampled.length, 'and the annotations it trains on', trlData ? `${annotationLines(trlData.text).length} records` : 'missing');
+if (script) {
+  const scriptPath = path.join(scratch, 'train_dpo.py');
+  fs.writeFileSync(scriptPath, script.text);
+  try {
+    execFileSync('python3', ['-c', 'import ast,sys; ast.parse(open(sys.argv[1]).read())', scriptPath]);
+    check(true, 'the script parses as Python');
+  } catch (err) {
+    if (err.code === 'ENOENT') console.log('skip the script parses as Python (no python3)');
+    else check(false, 'the script parses as Python', String(err.stderr || err));
+  }
+}
+await context.close();
+
+// 5. Ranking 3–5 responses with the keyboard.
+context = await launch(path.join(scratch, 'rank'));
+page = await open(context);
+await page.fill('input[name=sample-prompt]', 'How do you feel about rain?');
+await page.dispatchEvent('input[name=sample-prompt]', 'change');
+await page.fill('input[name=sample-n]', '5');
+await page.dispatchEvent('input[name=sample-n]', 'change');
+await page.fill('input[name=sample-temperature]', '1.5');
+await page.dispatchEvent('input[name=sample-temperature]', 'change');
+await page.click('button[name=sample]');
+await page.waitForFunction(() => window.__alabData.queue === 1, null, { timeout: 60000 });
+check((await data(page)).rankMode, 'three or more responses are shown as a ranking');
+const before = await page.locator('[data-testid=ranking] li .text').allTextContents();
+await keys(page, '3', 'ArrowUp', 'ArrowUp', 'Enter');
+await page.waitForFunction(() => window.__alabData.annotations === 1, null, { timeout: 10000 });
+const ranked = annotationLines((await download(page, 'button[name=export-annotations]')).text)[0];
+const expectOrder = [before[2], before[0], before[1], ...before.slice(3)];
+check(JSON.stringify(ranked.responses) === JSON.stringify(expectOrder), 'a keyboard ranking (3, ↑, ↑, Enter) is stored best first', JSON.stringify(ranked.responses));
+
+// The synthetic annotator labels the 12 queued training pairs; with ε = 0.5 some flip.
+await page.click('button[name=queue-pairs]');
+await page.waitForFunction(() => window.__alabData.queue === 12, null, { timeout: 10000 });
+await page.fill('input[name=rules]', 'length=-1');
+await page.dispatchEvent('input[name=rules]', 'change');
+await page.fill('input[name=flip-rate]', '0.5');
+await page.dispatchEvent('input[name=flip-rate]', 'change');
+await page.click('button[name=label-queue]');
+await page.waitForFunction(() => window.__alabData.annotations === 13 && window.__alabData.queue === 0, null, { timeout: 10000 });
+const labelled = annotationLines((await download(page, 'button[name=export-annotations]')).text).slice(1);
+const words = (s) => s.trim().split(/\s+/).length;
+const agree = labelled.filter((r) => !r.flipped && words(r.chosen) <= words(r.rejected)).length;
+const flipped = labelled.filter((r) => r.flipped).length;
+const report = (await data(page)).message;
+check(labelled.length === 12 && agree + flipped === 12 && labelled.every((r) => r.alpha >= 0.5 && r.alpha <= 1), 'the synthetic annotator labels every queued pair by its rule; flipped ones are marked', `${flipped} flipped: ${report}`);
+await page.fill('input[name=rules]', 'lenght');
+await page.dispatchEvent('input[name=rules]', 'change');
+await page.click('button[name=queue-pairs]');
+await page.click('button[name=label-queue]');
+await page.waitForFunction(() => /lenght/.test(window.__alabData.error || ''), null, { timeout: 10000 });
+check((await data(page)).queue === 12, 'a mistyped rule is named and labels nothing', (await data(page)).error);
+
+// "clear…" asks first: answered no, nothing goes; answered yes, everything does, for good.
+acceptDialogs = false;
+await page.click('button[name=clear]');
+check((await data(page)).annotations === 13, '"clear" asks first and a "no" keeps every annotation');
+acceptDialogs = true;
+await page.click('button[name=clear]');
+await page.waitForFunction(() => window.__alabData.annotations === 0, null, { timeout: 10000 });
+await settled(page);
+await page.reload();
+await ready(page);
+check((await data(page)).annotations === 0, 'a confirmed "clear" empties the annotations, also after a reload');
+await context.close();
+
+// 6. A full storage quota is reported; the annotation stays on the page.
+context = await launch(path.join(scratch, 'quota'), () => {
+  const put = IDBObjectStore.prototype.put;
+  IDBObjectStore.prototype.put = function (value, key) {
+    if (String(key) === 'annotations.jsonl') throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+    return put.call(this, value, key);
+  };
+});
+page = await open(context);
+await page.click('button[name=queue-pairs]');
+await page.waitForFunction(() => window.__alabData.queue === 12, null, { timeout: 10000 });
+await keys(page, '1', 'Enter');
+await page.waitForSelector('[data-testid=storage-error]', { timeout: 10000 });
+message = await page.textContent('[data-testid=storage-error]');
+state = await data(page);
+check(/QuotaExceededError/.test(message) && /export/.test(message) && state.annotations === 1, 'a storage quota error is reported and the annotation is kept on the page', message);
+await context.close();
+
+check(errors.length === 0, 'no console errors', errors.join(' | '));
+server.close();
+fs.rmSync(scratch, { recursive: true, force: true });
+console.log(`browser: ${passes} passed, ${failures} failed (data panel)`);
+process.exit(failures ? 1 : 0);
