@@ -14,12 +14,14 @@ case "${1:-run}" in
     grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo '/.gl/' >> .git/info/exclude
     mkdir -p .gl /tmp/amd64/partial
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
-    apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1)
+    # the Vulkan loader and the GL dispatch libraries the NVIDIA ICD links against
+    apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1 libglvnd0 libegl1 libopengl0 libgl1 libglx0 libgles2)
     cargo build --release --locked -p lab-cli
     strip target/release/alignlab
     ;;
   run)
-    if ! ldconfig -p | grep -q libvulkan.so.1; then
+    # unpack even where a loader exists: the NVIDIA ICD also needs libGLdispatch (glvnd)
+    if ls .gl/*.deb >/dev/null 2>&1; then
       for f in .gl/*.deb; do dpkg -x "$f" /; done
       ldconfig
     fi
