@@ -210,6 +210,49 @@ fn dpo_loss_curves_agree_over_20_steps() {
     assert_close("loss curve", &gpu_losses, &cpu_losses);
 }
 
+/// The browser's path: `Session::new_async` and `step_async` on the GPU engine (awaited
+/// readbacks) against `Session::new` and `step` on the CPU engine, over 10 steps: the loss
+/// curve, the reference and final policy log-probs of every row, and CHES. The async step
+/// keeps the sync step's GPU budget, and `params_async` reads what `params` reads.
+#[test]
+fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
+    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
+    let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
+    let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
+    let records = parse_jsonl(&jsonl).unwrap();
+    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 2 };
+    let params = init_params(&MICRO, 5);
+    let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
+    let Some(gpu_sync_engine) = gpu(MICRO, params.clone()) else { return };
+    let mut on_gpu = pollster::block_on(Session::new_async(gpu_engine, &records, config.clone())).unwrap();
+    let mut on_gpu_sync = Session::new(gpu_sync_engine, &records, config.clone()).unwrap();
+    let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+    let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    assert_close("reference logps", &to_f32(on_gpu.row_logps().0), &to_f32(on_cpu.row_logps().0));
+    let ches = |s: &[lab_train::PairStats]| s.iter().map(|p| p.ches as f32).collect::<Vec<f32>>();
+    assert_close("CHES", &ches(on_gpu.pairs()), &ches(on_cpu.pairs()));
+    let (async_before, sync_before) = (on_gpu.engine().sync_counts(), on_gpu_sync.engine().sync_counts());
+    let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        gpu_losses.push(pollster::block_on(on_gpu.step_async()).unwrap().loss as f32);
+        cpu_losses.push(on_cpu.step().unwrap().loss as f32);
+        on_gpu_sync.step().unwrap();
+    }
+    eprintln!("cpu loss curve {cpu_losses:?}");
+    eprintln!("gpu loss curve {gpu_losses:?}");
+    assert!(cpu_losses[9] < cpu_losses[0], "the run must learn for the comparison to mean anything");
+    assert_close("loss curve", &gpu_losses, &cpu_losses);
+    assert_close("policy logps after 10 steps", &to_f32(on_gpu.row_logps().1), &to_f32(on_cpu.row_logps().1));
+    let spent = |after: lab_gpu::SyncCounts, before: lab_gpu::SyncCounts| (after.submissions - before.submissions, after.readbacks - before.readbacks);
+    let (async_spent, sync_spent) = (spent(on_gpu.engine().sync_counts(), async_before), spent(on_gpu_sync.engine().sync_counts(), sync_before));
+    eprintln!("10 steps, (submissions, readbacks): async {async_spent:?}, sync {sync_spent:?}");
+    assert_eq!(async_spent, sync_spent, "step_async must cost what step costs");
+    // the awaited readback returns exactly what the blocking one does
+    let weights = pollster::block_on(on_gpu.engine().params_async()).unwrap();
+    assert_eq!(weights.len(), MICRO.layout().total);
+    assert!(weights.iter().zip(on_gpu.engine().params()).all(|(a, b)| a.to_bits() == b.to_bits()), "params_async differs from params");
+}
+
 #[test]
 fn a_dpo_step_costs_two_submissions_and_one_readback() {
     let cfg = RAGGED;

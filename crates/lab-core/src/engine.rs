@@ -9,9 +9,19 @@
 //! - `backward` receives d(loss)/d(sequence log-prob) per row; every loss in the zoo is a
 //!   function of the sequence log-probs (and lengths), so this is the only gradient the
 //!   engines need.
+//! - Every call that returns numbers has an `_async` twin. In the browser a GPU readback
+//!   can only be awaited, so code that must run there (`lab-train`'s `step_async`, the web
+//!   worker) uses the twins; an engine whose results are at hand (the CPU engine) keeps the
+//!   default twins, which return the synchronous call's result, already complete.
 
 use crate::config::GptConfig;
 use crate::error::{LabError, Result};
+use std::future::Future;
+use std::pin::Pin;
+
+/// The future an `_async` engine call returns: boxed so that `dyn Engine` stays possible,
+/// and not `Send`, because WebGPU handles in the browser are not.
+pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenBatch {
@@ -119,6 +129,19 @@ pub trait Engine {
     fn grads(&self) -> Vec<f32>;
     /// One AdamW update from the current gradients; `step` counts from 1.
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()>;
+
+    /// [`Engine::forward`], awaitable (the only way to read a GPU result in the browser).
+    fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
+        Box::pin(std::future::ready(self.forward(batch)))
+    }
+    /// [`Engine::hidden_states`], awaitable.
+    fn hidden_states_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
+        Box::pin(std::future::ready(self.hidden_states(batch)))
+    }
+    /// [`Engine::params`], awaitable; unlike `params`, a failed readback is an error.
+    fn params_async(&self) -> EngineFuture<'_, Vec<f32>> {
+        Box::pin(std::future::ready(Ok(self.params())))
+    }
 }
 
 /// A boxed engine is an engine, so binaries can pick CPU or GPU at run time
@@ -153,5 +176,14 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     }
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
         (**self).adamw_step(opt, step)
+    }
+    fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
+        (**self).forward_async(batch)
+    }
+    fn hidden_states_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
+        (**self).hidden_states_async(batch)
+    }
+    fn params_async(&self) -> EngineFuture<'_, Vec<f32>> {
+        (**self).params_async()
     }
 }

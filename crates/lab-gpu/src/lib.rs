@@ -10,6 +10,10 @@
 //! compute pass and reads back the (B, T) token log-probs and (B) sums in one copy;
 //! `backward` records its pass without submitting, and `adamw_step` appends the optimizer
 //! pass and submits both. Nothing is allocated per step once a batch shape has been seen.
+//!
+//! Every readback has a synchronous form (the `Engine` calls, native only: they block on
+//! `device.poll`) and an awaitable one (`forward_async`, `hidden_states_async`,
+//! `params_async`: the browser's only way), recorded and counted identically.
 
 pub mod kernels;
 pub mod plan;
@@ -18,10 +22,10 @@ pub mod timing;
 
 use kernels::{Kernel, Pipelines};
 use lab_core::config::GptConfig;
-use lab_core::engine::{AdamWConfig, Engine, ForwardOut, TokenBatch};
+use lab_core::engine::{AdamWConfig, Engine, EngineFuture, ForwardOut, TokenBatch};
 use lab_core::error::{LabError, Result};
 use plan::{record_pass, Dispatch, Grid, Plan};
-use setup::{check_buffer_size, submit_and_read, Faults};
+use setup::{check_buffer_size, submit_and_read, submit_and_read_async, Faults};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use wgpu::util::DeviceExt;
@@ -58,6 +62,14 @@ pub struct GpuEngine {
     /// Queue submissions and GPU→CPU readbacks so far (see [`GpuEngine::sync_counts`]).
     submissions: AtomicU64,
     readbacks: AtomicU64,
+}
+
+/// Recorded GPU work whose last command copies `len` floats into `staging`, ready to be
+/// submitted and read back, blocking or awaited.
+struct Readback {
+    encoder: wgpu::CommandEncoder,
+    staging: wgpu::Buffer,
+    len: usize,
 }
 
 /// How often the engine has synchronised with the GPU: the step budget is two submissions
@@ -185,20 +197,40 @@ impl GpuEngine {
         }
     }
 
-    /// Read a whole P-float buffer (parameters or gradient), after any pending pass, in
-    /// the same submission.
-    fn read_flat(&self, src: &wgpu::Buffer) -> Result<Vec<f32>> {
-        let total = self.cfg.layout().total;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+    /// A fresh MAP_READ buffer for `len` floats (parity tests and checkpoints, not the
+    /// training step, which reuses its plan's).
+    fn staging(&self, len: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: (total * 4) as u64,
+            size: (len.max(1) * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
-        let mut encoder = self.take_pending().unwrap_or_else(|| self.encoder("readback"));
-        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some((total * 4) as u64));
+        })
+    }
+
+    /// Append to `encoder` the copy of `len` floats of `src` into `staging`.
+    fn readback(&self, mut encoder: wgpu::CommandEncoder, src: &wgpu::Buffer, staging: wgpu::Buffer, len: usize) -> Readback {
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some((len * 4) as u64));
         self.count(true);
-        submit_and_read(&self.device, &self.queue, &self.faults, encoder, &staging, total)
+        Readback { encoder, staging, len }
+    }
+
+    /// Submit and wait (native only).
+    fn read(&self, r: Readback) -> Result<Vec<f32>> {
+        submit_and_read(&self.device, &self.queue, &self.faults, r.encoder, &r.staging, r.len)
+    }
+
+    /// Submit and await.
+    async fn read_async(&self, r: Readback) -> Result<Vec<f32>> {
+        submit_and_read_async(&self.device, &self.queue, &self.faults, r.encoder, &r.staging, r.len).await
+    }
+
+    /// Read a whole P-float buffer (parameters or gradient), after any pending pass, in
+    /// the same submission.
+    fn flat_readback(&self, src: &wgpu::Buffer) -> Readback {
+        let total = self.cfg.layout().total;
+        let encoder = self.take_pending().unwrap_or_else(|| self.encoder("readback"));
+        self.readback(encoder, src, self.staging(total), total)
     }
 
     /// The plan for (B, T), built on first use; evicts the least recently used.
@@ -236,25 +268,26 @@ impl GpuEngine {
         Ok((i, encoder))
     }
 
-    /// Copy `len` floats of `src` into a fresh MAP_READ buffer and read them (parity tests
-    /// and checkpoints, not the training step).
-    fn read_buffer(&mut self, mut encoder: wgpu::CommandEncoder, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: (len.max(1) * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some((len * 4) as u64));
-        self.count(true);
-        submit_and_read(&self.device, &self.queue, &self.faults, encoder, &staging, len)
-    }
-
-    /// Run a forward and read back one of its activations.
-    fn forward_and_read(&mut self, batch: &TokenBatch, which: fn(&Plan) -> &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    /// Record a forward and the copy of one of its activations into a fresh buffer.
+    fn activation_readback(&mut self, batch: &TokenBatch, which: fn(&Plan) -> &wgpu::Buffer, len: usize) -> Result<Readback> {
         let (i, encoder) = self.record_forward(batch)?;
         let src = which(&self.plans[i]).clone();
-        self.read_buffer(encoder, &src, len)
+        Ok(self.readback(encoder, &src, self.staging(len), len))
+    }
+
+    /// Record a forward and the copy of its outputs into the plan's staging buffer: the
+    /// training step's one readback.
+    fn forward_readback(&mut self, batch: &TokenBatch) -> Result<Readback> {
+        let (i, encoder) = self.record_forward(batch)?;
+        let plan = &self.plans[i];
+        let (out, staging, len) = (plan.out.clone(), plan.staging.clone(), plan.out_len());
+        Ok(self.readback(encoder, &out, staging, len))
+    }
+
+    /// Split the plan's output buffer: [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)].
+    fn forward_out(batch: &TokenBatch, out: Vec<f32>) -> ForwardOut {
+        let (n, b) = (batch.batch * batch.seq_len, batch.batch);
+        ForwardOut { token_logps: out[..n].to_vec(), seq_logps: out[n..n + b].to_vec(), topk_entropy: out[n + b..n + 2 * b].to_vec(), topk_mass: out[n + 2 * b..].to_vec() }
     }
 
     fn plan_of_last_forward(&self) -> Result<&Plan> {
@@ -316,7 +349,7 @@ impl Engine for GpuEngine {
     fn params(&self) -> Vec<f32> {
         // the trait's signature has no Result: a failed readback is reported as empty
         // parameters, which every caller rejects as a length mismatch
-        self.read_flat(&self.params).unwrap_or_default()
+        self.read(self.flat_readback(&self.params)).unwrap_or_default()
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
@@ -336,26 +369,22 @@ impl Engine for GpuEngine {
     }
 
     fn forward(&mut self, batch: &TokenBatch) -> Result<ForwardOut> {
-        let (i, mut encoder) = self.record_forward(batch)?;
-        let plan = &self.plans[i];
-        let len = plan.out_len();
-        encoder.copy_buffer_to_buffer(&plan.out, 0, &plan.staging, 0, Some((len * 4) as u64));
-        self.count(true);
-        let out = submit_and_read(&self.device, &self.queue, &self.faults, encoder, &plan.staging, len)?;
-        let (n, b) = (batch.batch * batch.seq_len, batch.batch);
-        Ok(ForwardOut { token_logps: out[..n].to_vec(), seq_logps: out[n..n + b].to_vec(), topk_entropy: out[n + b..n + 2 * b].to_vec(), topk_mass: out[n + 2 * b..].to_vec() })
+        let readback = self.forward_readback(batch)?;
+        Ok(Self::forward_out(batch, self.read(readback)?))
     }
 
     /// Runs a full forward, which also becomes the one a following `backward` uses.
     fn logits(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
         let len = batch.batch * batch.seq_len * self.cfg.vocab;
-        self.forward_and_read(batch, |p| &p.logits, len)
+        let readback = self.activation_readback(batch, |p| &p.logits, len)?;
+        self.read(readback)
     }
 
     /// Runs a full forward, which also becomes the one a following `backward` uses.
     fn hidden_states(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
         let len = batch.batch * batch.seq_len * self.cfg.d_model;
-        self.forward_and_read(batch, |p| &p.lnf, len)
+        let readback = self.activation_readback(batch, |p| &p.lnf, len)?;
+        self.read(readback)
     }
 
     /// Records the backward pass without submitting it: `adamw_step` (or any call that
@@ -376,7 +405,7 @@ impl Engine for GpuEngine {
     }
 
     fn grads(&self) -> Vec<f32> {
-        self.read_flat(&self.grads).unwrap_or_default()
+        self.read(self.flat_readback(&self.grads)).unwrap_or_default()
     }
 
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
@@ -386,5 +415,24 @@ impl Engine for GpuEngine {
         self.count(false);
         self.queue.submit([encoder.finish()]);
         self.faults.check()
+    }
+
+    fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
+        Box::pin(async move {
+            let readback = self.forward_readback(batch)?;
+            Ok(Self::forward_out(batch, self.read_async(readback).await?))
+        })
+    }
+
+    fn hidden_states_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
+        Box::pin(async move {
+            let len = batch.batch * batch.seq_len * self.cfg.d_model;
+            let readback = self.activation_readback(batch, |p| &p.lnf, len)?;
+            self.read_async(readback).await
+        })
+    }
+
+    fn params_async(&self) -> EngineFuture<'_, Vec<f32>> {
+        Box::pin(async move { self.read_async(self.flat_readback(&self.params)).await })
     }
 }

@@ -102,24 +102,49 @@ impl Faults {
 #[cfg(not(target_arch = "wasm32"))]
 const READBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Submit `encoder` (which must end with a copy of the wanted bytes into `staging`), wait
-/// for it, and return the first `len` values of `staging`. The step's only GPU→CPU sync.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn submit_and_read<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+/// A readback in flight: the submission, and the map request whose callback reports
+/// through `mapped`.
+struct Mapping<'a> {
+    index: wgpu::SubmissionIndex,
+    slice: wgpu::BufferSlice<'a>,
+    bytes: u64,
+    mapped: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// Submit `encoder` (which must end with a copy of the wanted bytes into `staging`) and ask
+/// for `staging` to be mapped once the GPU is done.
+fn submit_and_map<'a, T>(queue: &wgpu::Queue, encoder: wgpu::CommandEncoder, staging: &'a wgpu::Buffer, len: usize) -> Mapping<'a> {
     let bytes = (len * std::mem::size_of::<T>()) as u64;
     let index = queue.submit([encoder.finish()]);
     let slice = staging.slice(..bytes.max(4));
-    let (sender, receiver) = std::sync::mpsc::channel();
+    let (sender, mapped) = futures_channel::oneshot::channel();
     slice.map_async(wgpu::MapMode::Read, move |result| {
         let _ = sender.send(result);
     });
+    Mapping { index, slice, bytes, mapped }
+}
+
+/// Block until the GPU has run the submission (native: wgpu runs map callbacks inside
+/// `poll`). After it the map callback has run, unless the device was lost.
+#[cfg(not(target_arch = "wasm32"))]
+fn wait_for(device: &wgpu::Device, faults: &Faults, index: wgpu::SubmissionIndex) -> Result<()> {
     let polled = device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(READBACK_TIMEOUT) });
     faults.check()?;
-    polled.map_err(|err| LabError::Engine { msg: format!("waiting for the GPU failed ({err}); the device may be lost or hung") })?;
-    match receiver.try_recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => return Err(LabError::Engine { msg: format!("reading results back from the GPU failed: {err}") }),
-        Err(_) => return Err(LabError::Engine { msg: "the GPU finished but the readback never completed; the device may be lost".into() }),
+    polled.map(|_| ()).map_err(|err| LabError::Engine { msg: format!("waiting for the GPU failed ({err}); the device may be lost or hung") })
+}
+
+/// The values of a mapped readback, after the map callback reported `result`.
+fn read_mapped<T: bytemuck::Pod>(faults: &Faults, staging: &wgpu::Buffer, slice: wgpu::BufferSlice<'_>, bytes: u64, result: Option<std::result::Result<(), wgpu::BufferAsyncError>>) -> Result<Vec<T>> {
+    match result {
+        Some(Ok(())) => {}
+        Some(Err(err)) => {
+            faults.check()?;
+            return Err(LabError::Engine { msg: format!("reading results back from the GPU failed: {err}") });
+        }
+        None => {
+            faults.check()?;
+            return Err(LabError::Engine { msg: "the GPU finished but the readback never completed; the device may be lost".into() });
+        }
     }
     let values = {
         let view = slice.get_mapped_range().map_err(|err| LabError::Engine { msg: format!("mapping the readback buffer failed: {err}") })?;
@@ -130,11 +155,35 @@ pub fn submit_and_read<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Qu
     Ok(values)
 }
 
-/// In the browser a readback must be awaited; the synchronous [`lab_core::Engine`] calls
-/// that need one report this until the async path lands.
+/// Submit `encoder` (which must end with a copy of the wanted bytes into `staging`), wait
+/// for it, and return the first `len` values of `staging`. The step's only GPU→CPU sync.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn submit_and_read<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+    let mut m = submit_and_map::<T>(queue, encoder, staging, len);
+    wait_for(device, faults, m.index)?;
+    let result = m.mapped.try_recv().ok().flatten();
+    read_mapped(faults, staging, m.slice, m.bytes, result)
+}
+
+/// In the browser a readback can only be awaited: the synchronous [`lab_core::Engine`]
+/// calls that need one report this, naming the async twin to use.
 #[cfg(target_arch = "wasm32")]
 pub fn submit_and_read<T: bytemuck::Pod>(_device: &wgpu::Device, _queue: &wgpu::Queue, _faults: &Faults, _encoder: wgpu::CommandEncoder, _staging: &wgpu::Buffer, _len: usize) -> Result<Vec<T>> {
-    Err(LabError::Engine { msg: "synchronous GPU readback is not available in the browser yet".into() })
+    Err(LabError::Engine { msg: "the browser cannot wait for the GPU synchronously; use the engine's async calls (forward_async, hidden_states_async, params_async)".into() })
+}
+
+/// [`submit_and_read`], awaitable. Natively the device is polled until the work is done
+/// (so the future is complete when first polled); in the browser the page's event loop
+/// runs the map callback, and awaiting yields to it.
+pub async fn submit_and_read_async<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+    let m = submit_and_map::<T>(queue, encoder, staging, len);
+    #[cfg(not(target_arch = "wasm32"))]
+    wait_for(device, faults, m.index)?;
+    #[cfg(target_arch = "wasm32")]
+    let _ = (device, m.index);
+    // a dropped sender (the callback never ran) reads as "never completed"
+    let result = m.mapped.await.ok();
+    read_mapped(faults, staging, m.slice, m.bytes, result)
 }
 
 #[cfg(test)]

@@ -1,14 +1,23 @@
 //! [`Session`]: one training run. See the crate docs for what a step does.
+//!
+//! Each engine call comes in two forms: blocking (`step`, `new`, `evaluate`: the CLI, the
+//! tests, native GPU) and awaitable (`step_async`, `new_async`, `evaluate_async`: the
+//! browser, where a GPU readback can only be awaited). Both run the same async code; a
+//! [`Drive`] says which engine calls it makes, and the blocking form polls it once, which
+//! completes because every blocking call's result is at hand.
 
 use crate::examples::{EncodedRow, Examples};
-use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::engine::{AdamWConfig, Engine, ForwardOut, TokenBatch};
 use lab_core::loss::{self, DataShape, LossMix, LossParams, PairLogps, RankedLogps, UnpairedLogps};
 use lab_core::metrics;
 use lab_core::rng::Rng;
 use lab_core::data::Record;
 use lab_core::{LabError, Result};
 use serde::Serialize;
+use std::future::Future;
 use std::ops::Range;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 /// Rows per engine call when evaluating the whole dataset.
 const EVAL_CHUNK_ROWS: usize = 64;
@@ -180,16 +189,49 @@ struct Scores {
     topk_mass: Vec<f64>,
 }
 
+/// Which engine calls a session's shared async code makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// The synchronous calls: every await inside completes at once.
+    Blocking,
+    /// The `_async` twins: awaits may wait for the GPU.
+    Async,
+}
+
+impl Drive {
+    async fn forward<E: Engine>(self, engine: &mut E, batch: &TokenBatch) -> Result<ForwardOut> {
+        match self {
+            Drive::Blocking => engine.forward(batch),
+            Drive::Async => engine.forward_async(batch).await,
+        }
+    }
+
+    async fn hidden_states<E: Engine>(self, engine: &mut E, batch: &TokenBatch) -> Result<Vec<f32>> {
+        match self {
+            Drive::Blocking => engine.hidden_states(batch),
+            Drive::Async => engine.hidden_states_async(batch).await,
+        }
+    }
+}
+
+/// Run a [`Drive::Blocking`] future: it never waits, so one poll completes it.
+fn complete_now<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => Err(LabError::Engine { msg: "a blocking session call had to wait (a bug: blocking calls never await anything pending)".into() }),
+    }
+}
+
 fn batch_of(rows: &[&EncodedRow]) -> Result<TokenBatch> {
     let owned: Vec<(Vec<u32>, usize)> = rows.iter().map(|r| (r.tokens.clone(), r.first_scored)).collect();
     TokenBatch::from_rows(&owned)
 }
 
-fn score_rows<E: Engine>(engine: &mut E, rows: &[EncodedRow]) -> Result<Scores> {
+async fn score_rows<E: Engine>(engine: &mut E, rows: &[EncodedRow], drive: Drive) -> Result<Scores> {
     let mut scores = Scores { seq_logps: Vec::new(), topk_entropy: Vec::new(), topk_mass: Vec::new() };
     for chunk in rows.chunks(EVAL_CHUNK_ROWS) {
         let refs: Vec<&EncodedRow> = chunk.iter().collect();
-        let out = engine.forward(&batch_of(&refs)?)?;
+        let out = drive.forward(engine, &batch_of(&refs)?).await?;
         scores.seq_logps.extend(out.seq_logps.iter().map(|&v| v as f64));
         scores.topk_entropy.extend(out.topk_entropy.iter().map(|&v| v as f64));
         scores.topk_mass.extend(out.topk_mass.iter().map(|&v| v as f64));
@@ -206,7 +248,16 @@ impl<E: Engine> Session<E> {
 
     /// As [`Session::new`], with the records' line numbers (from
     /// [`crate::examples::record_lines`]) so data errors name the line.
-    pub fn with_lines(mut engine: E, records: &[Record], lines: Option<&[usize]>, config: SessionConfig) -> Result<Self> {
+    pub fn with_lines(engine: E, records: &[Record], lines: Option<&[usize]>, config: SessionConfig) -> Result<Self> {
+        complete_now(Self::start(engine, records, lines, config, Drive::Blocking))
+    }
+
+    /// [`Session::new`] on the engine's async calls (the browser's GPU engine).
+    pub async fn new_async(engine: E, records: &[Record], config: SessionConfig) -> Result<Self> {
+        Self::start(engine, records, None, config, Drive::Async).await
+    }
+
+    async fn start(mut engine: E, records: &[Record], lines: Option<&[usize]>, config: SessionConfig, drive: Drive) -> Result<Self> {
         let shape = config.validate()?;
         let ctx = engine.config().ctx;
         let examples = Examples::encode(records, lines, shape, ctx)?;
@@ -222,8 +273,8 @@ impl<E: Engine> Session<E> {
             Examples::Unpaired(items) => items.into_iter().for_each(|u| push(vec![u.row], 1.0, u.desirable, u.record)),
             Examples::Ranked(lists) => lists.into_iter().for_each(|r| push(r.rows, 1.0, true, r.record)),
         }
-        let reference = score_rows(&mut engine, &rows)?;
-        let pair_stats = if shape == DataShape::Paired { Self::pair_stats_at_start(&mut engine, &rows, &groups, &reference.seq_logps, config.params.beta)? } else { Vec::new() };
+        let reference = score_rows(&mut engine, &rows, drive).await?;
+        let pair_stats = if shape == DataShape::Paired { Self::pair_stats_at_start(&mut engine, &rows, &groups, &reference.seq_logps, config.params.beta, drive).await? } else { Vec::new() };
         let rng = Rng::new(config.seed);
         let mut session = Session {
             engine,
@@ -246,13 +297,13 @@ impl<E: Engine> Session<E> {
 
     /// CHES and flip thresholds come from the starting model, as in Razin et al. and Chen
     /// et al.: they predict what training will do to each pair.
-    fn pair_stats_at_start(engine: &mut E, rows: &[EncodedRow], groups: &[Group], reference: &[f64], beta: f64) -> Result<Vec<PairStats>> {
+    async fn pair_stats_at_start(engine: &mut E, rows: &[EncodedRow], groups: &[Group], reference: &[f64], beta: f64, drive: Drive) -> Result<Vec<PairStats>> {
         let c = engine.config().d_model;
         let mut stats = Vec::with_capacity(groups.len());
         for chunk in groups.chunks(EVAL_CHUNK_ROWS / 2) {
             let refs: Vec<&EncodedRow> = chunk.iter().flat_map(|g| g.rows.clone().map(|r| &rows[r])).collect();
             let batch = batch_of(&refs)?;
-            let hidden = engine.hidden_states(&batch)?; // (B, T, C)
+            let hidden = drive.hidden_states(engine, &batch).await?; // (B, T, C)
             let t = batch.seq_len;
             for (k, group) in chunk.iter().enumerate() {
                 let (w, l) = (&rows[group.rows.start], &rows[group.rows.start + 1]);
@@ -284,6 +335,11 @@ impl<E: Engine> Session<E> {
 
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
+    }
+
+    /// End the run and hand back its engine (to start another run on it with `set_params`).
+    pub fn into_engine(self) -> E {
+        self.engine
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -334,6 +390,16 @@ impl<E: Engine> Session<E> {
 
     /// One optimisation step; returns its metrics.
     pub fn step(&mut self) -> Result<StepRecord> {
+        complete_now(self.run_step(Drive::Blocking))
+    }
+
+    /// [`Session::step`] on the engine's async calls (the browser's GPU engine); the same
+    /// numbers.
+    pub async fn step_async(&mut self) -> Result<StepRecord> {
+        self.run_step(Drive::Async).await
+    }
+
+    async fn run_step(&mut self, drive: Drive) -> Result<StepRecord> {
         let picked = self.next_batch();
         // Rows in engine order and, for each, its position in the forward batch.
         let (d_seq_logps, record) = match self.shape {
@@ -342,7 +408,7 @@ impl<E: Engine> Session<E> {
                 let chosen: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
                 let rejected: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start + 1).collect();
                 let rows: Vec<usize> = chosen.iter().chain(&rejected).copied().collect();
-                let out = self.forward_rows(&rows)?;
+                let out = self.forward_rows(&rows, drive).await?;
                 let n = picked.len();
                 let (pc, pr) = out.split_at(n);
                 let rc: Vec<f64> = chosen.iter().map(|&r| self.reference_logps[r]).collect();
@@ -356,7 +422,7 @@ impl<E: Engine> Session<E> {
             }
             DataShape::Unpaired => {
                 let rows: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
-                let out = self.forward_rows(&rows)?;
+                let out = self.forward_rows(&rows, drive).await?;
                 let reference: Vec<f64> = rows.iter().map(|&r| self.reference_logps[r]).collect();
                 let desirable: Vec<bool> = picked.iter().map(|&g| self.groups[g].desirable).collect();
                 let lengths = self.lengths(&rows);
@@ -371,7 +437,7 @@ impl<E: Engine> Session<E> {
             }
             DataShape::Ranked => {
                 let rows: Vec<usize> = picked.iter().flat_map(|&g| self.groups[g].rows.clone()).collect();
-                let out = self.forward_rows(&rows)?;
+                let out = self.forward_rows(&rows, drive).await?;
                 let mut policy = Vec::new();
                 let mut reference = Vec::new();
                 let mut offset = 0;
@@ -398,21 +464,33 @@ impl<E: Engine> Session<E> {
         self.engine.backward(&d_seq_logps)?;
         self.steps_done += 1;
         self.engine.adamw_step(&self.config.optimizer, self.steps_done)?;
-        record.eval = self.evaluate()?;
+        record.eval = self.run_evaluate(drive).await?;
         Ok(record)
     }
 
     /// Forward the given rows as one batch (kept for the following backward).
-    fn forward_rows(&mut self, rows: &[usize]) -> Result<Vec<f64>> {
-        let refs: Vec<&EncodedRow> = rows.iter().map(|&r| &self.rows[r]).collect();
-        let out = self.engine.forward(&batch_of(&refs)?)?;
+    async fn forward_rows(&mut self, rows: &[usize], drive: Drive) -> Result<Vec<f64>> {
+        let batch = {
+            let refs: Vec<&EncodedRow> = rows.iter().map(|&r| &self.rows[r]).collect();
+            batch_of(&refs)?
+        };
+        let out = drive.forward(&mut self.engine, &batch).await?;
         Ok(out.seq_logps.iter().map(|&v| v as f64).collect())
     }
 
     /// Score the whole dataset with the current policy and update the instruments and the
     /// pairs table.
     pub fn evaluate(&mut self) -> Result<Instruments> {
-        let scores = score_rows(&mut self.engine, &self.rows)?;
+        complete_now(self.run_evaluate(Drive::Blocking))
+    }
+
+    /// [`Session::evaluate`] on the engine's async calls.
+    pub async fn evaluate_async(&mut self) -> Result<Instruments> {
+        self.run_evaluate(Drive::Async).await
+    }
+
+    async fn run_evaluate(&mut self, drive: Drive) -> Result<Instruments> {
+        let scores = score_rows(&mut self.engine, &self.rows, drive).await?;
         self.policy_logps = scores.seq_logps.clone();
         let beta = self.config.params.beta;
         for (stats, group) in self.pair_stats.iter_mut().zip(&self.groups) {
