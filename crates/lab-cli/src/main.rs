@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod make_scenario;
 mod pretrain;
 mod scenario;
 
@@ -30,6 +31,8 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Run a classroom scenario headless: its metrics and a one-line verdict.
     Scenario(scenario::ScenarioArgs),
+    /// Write a scenario's data files from the seeded generator, or check them (--check).
+    MakeScenario(make_scenario::MakeScenarioArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Pretrain(args) => pretrain::pretrain_cmd(args),
         Command::Scenario(args) => scenario::scenario_cmd(args),
+        Command::MakeScenario(args) => make_scenario::make_scenario_cmd(args),
     };
     match result {
         // A scenario whose phenomenon did not appear still prints its report, and exits 1.
