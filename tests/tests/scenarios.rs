@@ -59,6 +59,22 @@ fn every_scenario_data_file_is_what_the_generator_writes() {
 }
 
 #[test]
+fn no_never_prefers_no_and_yes_takes_the_mass() {
+    let report = run("no-never");
+    assert_checks(&report);
+    let p = |completion: &str| {
+        let w = report.runs[0].watched.iter().find(|w| w.completion == completion).unwrap();
+        (w.reference_logp.exp(), w.policy_logp.exp())
+    };
+    let ((no_ref, no_now), (never_ref, never_now), (yes_ref, yes_now)) = (p(" No"), p(" Never"), p(" Yes"));
+    // Preset (lr 5e-6, 600 steps, batch 1, seed 0), one prompt: p(No) 0.76 -> 0.43,
+    // p(Never) 0.23 -> ~0, p(Yes) 0.014 -> 0.50.
+    assert!(never_now < 0.01 * never_ref, "DPO's own goal: Never {never_ref} -> {never_now}");
+    assert!(no_now < no_ref, "the preferred answer is displaced: No {no_ref} -> {no_now}");
+    assert!(yes_now >= 2.0 * yes_ref, "Yes at least doubles: {yes_ref} -> {yes_now}");
+}
+
+#[test]
 fn three_d_properties_rejected_falls_chosen_follows_nll_damps() {
     let report = run("3d-properties");
     assert_checks(&report);
