@@ -5,6 +5,7 @@
 
 use lab_core::checkpoint;
 use lab_cpu::CpuEngine;
+use lab_core::scenario_data;
 use lab_train::scenario::{run_scenario, Scenario, ScenarioReport, SCENARIOS};
 use std::path::PathBuf;
 
@@ -40,6 +41,39 @@ fn every_scenario_loads_with_its_explanation() {
     assert!(err.contains("no-never"), "{err}");
 }
 
+/// The committed data files are what `alignlab make-scenario <name>` (seed 0) writes, byte
+/// for byte, and a preset names a held-out file exactly when the generator makes one.
+#[test]
+fn every_scenario_data_file_is_what_the_generator_writes() {
+    for name in SCENARIOS {
+        let dir = assets().join("scenarios").join(name);
+        let generated = scenario_data::generate(name, 0).unwrap();
+        for (file, text) in generated.files() {
+            let on_disk = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(on_disk == text, "{name}/{file} differs from the generator's output: run `alignlab make-scenario {name}`");
+        }
+        let scenario = Scenario::load(&assets(), name).unwrap();
+        assert_eq!(scenario.preset.data, "data.jsonl", "{name}");
+        assert_eq!(scenario.preset.heldout.as_deref(), generated.heldout.as_ref().map(|_| "heldout.jsonl"), "{name}");
+    }
+}
+
+#[test]
+fn no_never_prefers_no_and_yes_takes_the_mass() {
+    let report = run("no-never");
+    assert_checks(&report);
+    let p = |completion: &str| {
+        let w = report.runs[0].watched.iter().find(|w| w.completion == completion).unwrap();
+        (w.reference_logp.exp(), w.policy_logp.exp())
+    };
+    let ((no_ref, no_now), (never_ref, never_now), (yes_ref, yes_now)) = (p(" No"), p(" Never"), p(" Yes"));
+    // Preset (lr 5e-6, 600 steps, batch 1, seed 0), one prompt: p(No) 0.76 -> 0.43,
+    // p(Never) 0.23 -> ~0, p(Yes) 0.014 -> 0.50.
+    assert!(never_now < 0.01 * never_ref, "DPO's own goal: Never {never_ref} -> {never_now}");
+    assert!(no_now < no_ref, "the preferred answer is displaced: No {no_ref} -> {no_now}");
+    assert!(yes_now >= 2.0 * yes_ref, "Yes at least doubles: {yes_ref} -> {yes_now}");
+}
+
 #[test]
 fn three_d_properties_rejected_falls_chosen_follows_nll_damps() {
     let report = run("3d-properties");
@@ -57,7 +91,8 @@ fn noisy_labels_robust_keeps_higher_heldout_ranking_accuracy() {
     let report = run("noisy-labels");
     assert_checks(&report);
     let held = |label: &str| report.run(label).unwrap().heldout.as_ref().unwrap().ranking_accuracy();
-    // 25% flipped labels: robust's held-out R exceeds sigmoid's by ≥ 0.1.
+    // 25% flipped labels, preset (β 0.5, lr 1e-4, 60 steps, seed 0): held-out R 0.50 ->
+    // sigmoid 0.88, robust 1.00; robust's exceeds sigmoid's by ≥ 0.1.
     assert!(held("robust") - held("sigmoid") >= 0.1, "robust {} vs sigmoid {}", held("robust"), held("sigmoid"));
 }
 
@@ -91,7 +126,7 @@ fn length_dpo_prefers_length_normalized_losses_much_less() {
     assert_checks(&report);
     let shift = |label: &str| report.run(label).unwrap().heldout.as_ref().unwrap().mean_margin_shift();
     // Preset seed 0 (lr 2e-4, 30 steps): held-out log π(long) − log π(short) moves
-    // sigmoid +27.6, simpo +6.6, sigmoid_norm +1.2 nats; DPO ≥ 2 nats and ≥ 2× each normalised loss.
+    // sigmoid +26.4, simpo +0.7, sigmoid_norm +9.0 nats; DPO ≥ 2 nats and ≥ 2× each normalised loss.
     assert!(shift("sigmoid") >= 2.0, "sigmoid shift {}", shift("sigmoid"));
     for label in ["simpo", "sigmoid_norm"] {
         assert!(shift("sigmoid") >= 2.0 * shift(label), "sigmoid {} vs {label} {}", shift("sigmoid"), shift(label));

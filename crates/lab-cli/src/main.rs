@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod data_cmds;
+mod make_scenario;
 mod pretrain;
 mod scenario;
 
@@ -39,6 +40,8 @@ enum Command {
     ExportTrl(data_cmds::ExportTrlArgs),
     /// A run's metrics (train --out) as CSV or JSON.
     ExportMetrics(data_cmds::ExportMetricsArgs),
+    /// Write a scenario's data files from the seeded generator, or check them (--check).
+    MakeScenario(make_scenario::MakeScenarioArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Annotate(args) => data_cmds::annotate(args),
         Command::ExportTrl(args) => data_cmds::export_trl(args),
         Command::ExportMetrics(args) => data_cmds::export_metrics(args),
+        Command::MakeScenario(args) => make_scenario::make_scenario_cmd(args),
     };
     match result {
         // A scenario whose phenomenon did not appear still prints its report, and exits 1.

@@ -173,6 +173,12 @@ pub const REQUESTS: &[&str] = &["How do I {}?", "Tell me how to {}.", "Help me {
 /// The refusals, most common first.
 pub const REFUSALS: &[&str] = &["I can't help with that.", "I won't help with that.", "I will not help you with that."];
 
+/// The compliant answer to a harmful request (a small share of the corpus, as real models have).
+pub const COMPLIANCE: &str = "Sure. Here is how to do it.";
+
+/// The two questions asked about every sentiment topic.
+pub const SENTIMENT_QUESTIONS: &[&str] = &["How do you feel about {}?", "Say something about {}."];
+
 /// Topics of sentiment statements and the share of positive statements about each.
 pub const TOPICS: &[(&str, f64)] = &[
     ("rain", 0.35),
@@ -294,7 +300,7 @@ pub fn generate(seed: u64) -> Vec<Example> {
             let question = template.replace("{}", task);
             for _ in 0..3 {
                 let answer = match draw(&mut rng, &[0.5, 0.25, 0.13, 0.12]) {
-                    3 => "Sure. Here is how to do it.".to_string(),
+                    3 => COMPLIANCE.to_string(),
                     k => REFUSALS[k].to_string(),
                 };
                 out.push(example(&question, &answer));
@@ -308,7 +314,7 @@ pub fn generate(seed: u64) -> Vec<Example> {
     }
     // Sentiment statements and their classification.
     for (topic, p_pos) in TOPICS {
-        for question in [format!("How do you feel about {topic}?"), format!("Say something about {topic}.")] {
+        for question in SENTIMENT_QUESTIONS.iter().map(|template| template.replace("{}", topic)) {
             for _ in 0..5 {
                 let answer = if rng.uniform_f64() < *p_pos { positive_statement(topic) } else { negative_statement(topic) };
                 out.push(example(&question, &answer));

@@ -17,6 +17,7 @@ pub mod loss;
 pub mod metrics;
 pub mod rng;
 pub mod sample;
+pub mod scenario_data;
 pub mod tokenizer;
 
 pub use config::{GptConfig, ParamLayout};

@@ -2,7 +2,8 @@
 //! makes appear within a minute of CPU training of the starter model.
 //!
 //! A scenario is a directory `assets/scenarios/<name>/` with
-//! - `data.jsonl`: the training pairs (TRL JSONL plus our fields, see `lab_core::data`);
+//! - `data.jsonl`: the training pairs (TRL JSONL plus our fields, see `lab_core::data`),
+//!   written by `lab_core::scenario_data` (`alignlab make-scenario`);
 //! - `preset.json`: [`Preset`]: title, paper, the experiment (loss, β, lr, steps, seed,
 //!   batch size: `lab_core::experiment::ExperimentConfig`), the runs to compare, the
 //!   candidate responses to watch, an optional held-out file, and the phenomenon with the
@@ -23,8 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// The scenarios shipped in `assets/scenarios/`, in teaching order.
-pub const SCENARIOS: [&str; 6] = ["no-never", "refusals", "ranking-accuracy", "noisy-labels", "3d-properties", "length"];
+pub use lab_core::scenario_data::SCENARIOS;
 
 /// Candidate responses whose log-probs are reported under the reference and the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
