@@ -1,5 +1,5 @@
 //! lab-train on the CPU engine: determinism, learning, the frozen reference, every loss of
-//! the zoo, and data errors that name their place.
+//! the zoo, data errors that name their place, and the async path equal to the blocking one.
 
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::{parse_jsonl, Record};
@@ -128,4 +128,23 @@ fn data_errors_name_the_line_and_field_and_invalid_config_is_rejected() {
     let bad = SessionConfig { params: LossParams { beta: 0.0, ..LossParams::default() }, ..config };
     let err = Session::new(engine, &records, bad).err().unwrap().to_string();
     assert!(err.contains("beta"), "{err}");
+}
+
+/// `step_async` (the browser's path) runs the same code as `step`: on the CPU engine, whose
+/// async calls return the blocking calls' results, the two runs are the same bit for bit.
+#[test]
+fn async_session_equals_blocking_session_bit_for_bit() {
+    let records = parse_jsonl(&pairs_jsonl()).unwrap();
+    let mut blocking = session(LossMix::single(LossKind::Sigmoid), &records, 1e-2, 5);
+    let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
+    let mut awaited = pollster::block_on(Session::new_async(engine, &records, blocking.config().clone())).unwrap();
+    assert_eq!(serde_json::to_string(blocking.pairs()).unwrap(), serde_json::to_string(awaited.pairs()).unwrap());
+    for _ in 0..5 {
+        let a = serde_json::to_string(&blocking.step().unwrap()).unwrap();
+        let b = serde_json::to_string(&pollster::block_on(awaited.step_async()).unwrap()).unwrap();
+        assert_eq!(a, b);
+    }
+    let awaited_params = pollster::block_on(awaited.engine().params_async()).unwrap();
+    assert!(blocking.engine().params().iter().zip(&awaited_params).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert_eq!(serde_json::to_string(&pollster::block_on(awaited.evaluate_async()).unwrap()).unwrap(), serde_json::to_string(&blocking.evaluate().unwrap()).unwrap());
 }

@@ -1,7 +1,10 @@
 // Browser glue for lab-web: WebGPU detection and the charts (uPlot, loaded by index.html
 // as the global `uPlot`). Nothing here computes a metric: it draws the numbers it is given.
 
-/** A description of the WebGPU adapter, or null when navigator.gpu gives none. */
+/**
+ * A description of the WebGPU adapter (in a worker: its navigator's), or null when
+ * navigator.gpu gives none. A software adapter (SwiftShader) says so.
+ */
 export async function webgpuAdapter() {
   const gpu = typeof navigator !== 'undefined' ? navigator.gpu : undefined;
   if (!gpu) return null;
@@ -9,8 +12,8 @@ export async function webgpuAdapter() {
     const adapter = await gpu.requestAdapter();
     if (!adapter) return null;
     const info = adapter.info || {};
-    const text = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
-    return text || 'unnamed adapter';
+    const text = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'unnamed adapter';
+    return (info.isFallbackAdapter || adapter.isFallbackAdapter) ? `${text} (software)` : text;
   } catch (_) {
     return null;
   }

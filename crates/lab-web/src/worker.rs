@@ -1,6 +1,11 @@
 //! The training worker: the model, the runs (one `lab_train::Session` each) and every
 //! number the page shows, off the main thread so that training never blocks the page.
 //!
+//! The runs train on the GPU engine when the worker's `navigator.gpu` gives an adapter
+//! (its readbacks are awaited: `Session::step_async`), else on the CPU engine compiled to
+//! wasm, and the page shows a banner saying why. Sampling and the "where did the
+//! probability go?" scores run on a CPU copy of the policy's weights on either engine.
+//!
 //! The loop handles every pending message, then, while playing, steps each run once and
 //! yields to the event loop (a zero timeout) so that pause, reset and inspect requests get
 //! through between steps.
@@ -18,6 +23,7 @@ use lab_core::rng::Rng;
 use lab_core::sample::{generate, SampleConfig};
 use lab_core::{checkpoint, tokenizer, LabError};
 use lab_cpu::CpuEngine;
+use lab_gpu::GpuEngine;
 use lab_train::scenario::{Preset, SCENARIOS};
 use lab_train::{Session, SessionConfig, StepRecord};
 use std::collections::HashMap;
@@ -175,7 +181,7 @@ fn metrics_of(value: serde_json::Value) -> Metrics {
 }
 
 struct Run {
-    session: Session<CpuEngine>,
+    session: Session<Box<dyn Engine>>,
     target_steps: u32,
     displaced_at: Option<u32>,
 }
@@ -183,9 +189,15 @@ struct Run {
 /// Everything the worker holds between messages.
 struct Lab {
     model: Model,
+    /// Whether the runs train on the GPU engine (WebGPU) rather than the CPU engine.
+    on_gpu: bool,
     engine_name: String,
     engine_note: Option<String>,
+    /// The frozen reference, for sampling and scoring on the page's requests.
     reference: CpuEngine,
+    /// Engines of ended runs, reused by the next reset (`set_params` resets them), so a
+    /// reset does not open a GPU device and compile the kernels again.
+    spare: Vec<Box<dyn Engine>>,
     scenarios: HashMap<String, LoadedScenario>,
     experiment: ExperimentConfig,
     /// All records of the data (scenario or built-in) and the indices trained on.
@@ -202,26 +214,55 @@ impl Lab {
         let (model, model_note) = load_model().await;
         let adapter = JsFuture::from(webgpu_adapter()).await.ok().and_then(|v| v.as_string());
         let reference = CpuEngine::new(model.cfg, model.params.clone()).expect("the loaded model fits its config");
-        let engine_name = format!("CPU engine (wasm, {})", reference.name());
-        let gpu_note = match adapter {
-            Some(adapter) => format!("WebGPU adapter found ({adapter}), but the GPU engine cannot read results back in the browser yet (its readback is synchronous); training on the CPU engine compiled to wasm."),
-            None => "WebGPU is not available in this browser (navigator.gpu gave no adapter); training on the CPU engine compiled to wasm.".to_string(),
+        let cpu_name = "CPU (wasm)".to_string();
+        let mut spare: Vec<Box<dyn Engine>> = Vec::new();
+        let (engine_name, gpu_note) = match adapter {
+            // the first engine proves the adapter can run every kernel; run 0 trains on it
+            Some(adapter) => match GpuEngine::new_async(model.cfg, model.params.clone()).await {
+                Ok(engine) => {
+                    spare.push(Box::new(engine));
+                    (format!("WebGPU: {adapter}"), None)
+                }
+                Err(err) => (cpu_name, Some(format!("WebGPU adapter found ({adapter}), but the GPU engine could not start on it: {err}. Training on the CPU engine compiled to wasm."))),
+            },
+            None => (cpu_name, Some("WebGPU is not available in this browser (navigator.gpu gave no adapter); training on the CPU engine compiled to wasm.".to_string())),
         };
-        let engine_note = Some(match model_note {
-            Some(note) => format!("{gpu_note} {note}"),
-            None => gpu_note,
-        });
-        Lab { model, engine_name, engine_note, reference, scenarios: HashMap::new(), experiment: ExperimentConfig::default(), records: Vec::new(), kept: Vec::new(), runs: Vec::new(), generation: 0, playing: false }
+        let engine_note = match (gpu_note, model_note) {
+            (Some(gpu), Some(model)) => Some(format!("{gpu} {model}")),
+            (gpu, model) => gpu.or(model),
+        };
+        let on_gpu = !spare.is_empty();
+        Lab { model, on_gpu, engine_name, engine_note, reference, spare, scenarios: HashMap::new(), experiment: ExperimentConfig::default(), records: Vec::new(), kept: Vec::new(), runs: Vec::new(), generation: 0, playing: false }
     }
 
-    fn policy(&mut self, run: usize) -> Result<&mut CpuEngine> {
-        self.runs.get_mut(run).map(|r| r.session.engine_mut()).ok_or_else(|| format!("no run {run}"))
+    /// An engine holding the starting weights: a spare one reset, or a new one.
+    async fn fresh_engine(&mut self) -> Result<Box<dyn Engine>> {
+        if let Some(mut engine) = self.spare.pop() {
+            engine.set_params(&self.model.params).map_err(|e| e.to_string())?;
+            return Ok(engine);
+        }
+        if self.on_gpu {
+            let engine = GpuEngine::new_async(self.model.cfg, self.model.params.clone()).await.map_err(|e| format!("the GPU engine: {e}"))?;
+            Ok(Box::new(engine))
+        } else {
+            Ok(Box::new(CpuEngine::new(self.model.cfg, self.model.params.clone()).map_err(|e| e.to_string())?))
+        }
+    }
+
+    /// Run `run`'s current policy as a CPU engine: sampling needs one forward per token,
+    /// which on the GPU would be one awaited readback each.
+    async fn policy(&self, run: usize) -> Result<CpuEngine> {
+        let session = &self.runs.get(run).ok_or_else(|| format!("no run {run}"))?.session;
+        let params = session.engine().params_async().await.map_err(|e| format!("reading the policy's weights: {e}"))?;
+        CpuEngine::new(self.model.cfg, params).map_err(|e| e.to_string())
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn reset(&mut self, generation: u32, mut experiment: ExperimentConfig, mut compare: Vec<String>, drop_records: Vec<usize>, apply_preset: bool, data: Option<TrainingData>) -> Result<FromWorker> {
         self.playing = false;
-        self.runs.clear();
+        for run in self.runs.drain(..) {
+            self.spare.push(run.session.into_engine());
+        }
         self.generation = generation;
         let scenario = match experiment.scenario.clone() {
             Some(name) => {
@@ -259,8 +300,8 @@ impl Lab {
             let loss = run_experiment.validate().map_err(|e| e.to_string())?;
             let optimizer = AdamWConfig { lr: run_experiment.lr as f32, weight_decay: run_experiment.weight_decay as f32, ..AdamWConfig::default() };
             let config = SessionConfig { loss, params: run_experiment.params, optimizer, batch_size: run_experiment.batch_size, seed: run_experiment.seed };
-            let engine = CpuEngine::new(self.model.cfg, self.model.params.clone()).map_err(|e| e.to_string())?;
-            let session = Session::new(engine, &kept_records, config).map_err(|e: LabError| format!("run {}: {e}", index + 1))?;
+            let engine = self.fresh_engine().await?;
+            let session = Session::new_async(engine, &kept_records, config).await.map_err(|e: LabError| format!("run {}: {e}", index + 1))?;
             let mut metrics = metrics_of(serde_json::to_value(session.instruments()).expect("instruments serialize"));
             metrics.insert("step".into(), 0.0);
             start.push(metrics);
@@ -323,7 +364,7 @@ impl Lab {
     }
 
     /// One step of every run that has steps left; false when none has.
-    fn tick(&mut self) -> bool {
+    async fn tick(&mut self) -> bool {
         let mut any = false;
         for index in 0..self.runs.len() {
             let run = &mut self.runs[index];
@@ -332,7 +373,7 @@ impl Lab {
             }
             any = true;
             let started = now_ms();
-            let record: StepRecord = match run.session.step() {
+            let record: StepRecord = match run.session.step_async().await {
                 Ok(record) => record,
                 Err(err) => {
                     self.playing = false;
@@ -356,7 +397,8 @@ impl Lab {
         FromWorker::Status { playing: self.playing, steps_done: self.runs.first().map(|r| r.session.steps_done()).unwrap_or(0) }
     }
 
-    fn inspect(&mut self, prompt: &str, run: usize) -> Result<FromWorker> {
+    async fn inspect(&mut self, prompt: &str, run: usize) -> Result<FromWorker> {
+        let mut policy = self.policy(run).await?;
         let mut candidates: Vec<(String, String)> = Vec::new();
         let mut add = |completion: String, origin: &str| {
             if !completion.is_empty() && !candidates.iter().any(|(c, _)| *c == completion) {
@@ -386,13 +428,13 @@ impl Lab {
             add(tokenizer::decode(&ids), "sampled from the reference");
         }
         let greedy = SampleConfig { temperature: 0.0, ..sampling };
-        let ids = generate(self.policy(run)?, &prompt_tokens, &greedy, &mut rng).map_err(|e| e.to_string())?;
+        let ids = generate(&mut policy, &prompt_tokens, &greedy, &mut rng).map_err(|e| e.to_string())?;
         add(tokenizer::decode(&ids), "greedy from the policy");
 
         let rows: Vec<(Vec<u32>, usize)> = candidates.iter().map(|(c, _)| encode_example(prompt, c, ctx)).collect::<lab_core::Result<_>>().map_err(|e| e.to_string())?;
         let batch = TokenBatch::from_rows(&rows).map_err(|e| e.to_string())?;
         let reference = self.reference.forward(&batch).map_err(|e| e.to_string())?;
-        let policy = self.policy(run)?.forward(&batch).map_err(|e| e.to_string())?;
+        let policy = policy.forward(&batch).map_err(|e| e.to_string())?;
         let t = batch.seq_len;
         let mut out: Vec<Candidate> = candidates
             .iter()
@@ -423,11 +465,12 @@ impl Lab {
         Ok(FromWorker::Inspected { prompt: prompt.to_string(), run, candidates: out })
     }
 
-    fn generate(&mut self, prompt: &str, run: usize, temperature: f32, max_new_tokens: usize, seed: u64) -> Result<FromWorker> {
+    async fn generate(&mut self, prompt: &str, run: usize, temperature: f32, max_new_tokens: usize, seed: u64) -> Result<FromWorker> {
+        let mut policy = self.policy(run).await?;
         let prompt = chat_prompt(prompt);
         let tokens = prompt_ids(&prompt, self.model.cfg.ctx)?;
         let config = SampleConfig { temperature, top_k: 0, max_new_tokens: max_new_tokens.clamp(1, 96) };
-        let policy_ids = generate(self.policy(run)?, &tokens, &config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
+        let policy_ids = generate(&mut policy, &tokens, &config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
         let reference_ids = generate(&mut self.reference, &tokens, &config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
         Ok(FromWorker::Generated { prompt, policy: tokenizer::decode(&policy_ids), reference: tokenizer::decode(&reference_ids) })
     }
@@ -436,13 +479,14 @@ impl Lab {
 impl Lab {
     /// Candidate responses for the annotate view (`lab_core::annotate::sample_candidates`).
     #[allow(clippy::too_many_arguments)]
-    fn sample(&mut self, prompts: &[String], run: usize, n: usize, from_policy: bool, from_reference: bool, config: &SampleConfig, seed: u64) -> Result<FromWorker> {
+    async fn sample(&mut self, prompts: &[String], run: usize, n: usize, from_policy: bool, from_reference: bool, config: &SampleConfig, seed: u64) -> Result<FromWorker> {
         let prompts: Vec<String> = prompts.iter().map(|p| chat_prompt(p)).collect();
         let steps = self.runs.get(run).map(|r| r.session.steps_done()).unwrap_or(0);
-        let policy = self.runs.get_mut(run).map(|r| r.session.engine_mut()).ok_or_else(|| format!("no run {run}"))?;
+        // sampling runs on a CPU copy of the policy, whichever engine trains it (see `policy`)
+        let mut policy = self.policy(run).await?;
         let mut models: Vec<(&str, &mut dyn Engine)> = Vec::new();
         if from_policy {
-            models.push(("policy", policy));
+            models.push(("policy", &mut policy));
         }
         if from_reference {
             models.push(("reference", &mut self.reference));
@@ -491,14 +535,14 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
         }
         ToWorker::Step => {
             lab.playing = false;
-            lab.tick();
+            lab.tick().await;
             Ok(lab.status())
         }
-        ToWorker::Inspect { prompt, run } => lab.inspect(&prompt, run),
-        ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => lab.generate(&prompt, run, temperature, max_new_tokens, seed),
+        ToWorker::Inspect { prompt, run } => lab.inspect(&prompt, run).await,
+        ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => lab.generate(&prompt, run, temperature, max_new_tokens, seed).await,
         ToWorker::Sample { prompts, run, n, from_policy, from_reference, temperature, top_k, max_new_tokens, seed } => {
             let config = SampleConfig { temperature, top_k, max_new_tokens: max_new_tokens.clamp(1, 96) };
-            lab.sample(&prompts, run, n.clamp(1, 8), from_policy, from_reference, &config, seed)
+            lab.sample(&prompts, run, n.clamp(1, 8), from_policy, from_reference, &config, seed).await
         }
     };
     post(&reply.unwrap_or_else(|message| FromWorker::Error { message }));
@@ -533,7 +577,7 @@ async fn run_loop(mut inbox: mpsc::UnboundedReceiver<ToWorker>) {
             continue;
         }
         if let Some(l) = lab.as_mut() {
-            if !l.tick() {
+            if !l.tick().await {
                 l.playing = false;
                 post(&l.status());
             }
