@@ -72,6 +72,14 @@ struct Readback {
     len: usize,
 }
 
+/// A forward submitted by [`GpuEngine::forward_submit`], not yet read.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct PendingForward {
+    in_flight: setup::InFlight,
+    batch: usize,
+    seq_len: usize,
+}
+
 /// How often the engine has synchronised with the GPU: the step budget is two submissions
 /// and one readback (forward; backward + AdamW).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,9 +292,27 @@ impl GpuEngine {
         Ok(self.readback(encoder, &out, staging, len))
     }
 
+    /// [`Engine::forward`] in two halves (native): submit now, read with
+    /// [`GpuEngine::forward_finish`] later, so that other GPU work (another engine's
+    /// forward) can be submitted in between instead of after a round trip. Same budget:
+    /// one submission, one readback.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_submit(&mut self, batch: &TokenBatch) -> Result<PendingForward> {
+        let r = self.forward_readback(batch)?;
+        let in_flight = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
+        Ok(PendingForward { in_flight, batch: batch.batch, seq_len: batch.seq_len })
+    }
+
+    /// Wait for a [`GpuEngine::forward_submit`] and return its outputs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_finish(&self, pending: PendingForward) -> Result<ForwardOut> {
+        let out = setup::finish_read::<f32>(&self.device, &self.faults, pending.in_flight)?;
+        Ok(Self::forward_out(pending.batch, pending.seq_len, out))
+    }
+
     /// Split the plan's output buffer: [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)].
-    fn forward_out(batch: &TokenBatch, out: Vec<f32>) -> ForwardOut {
-        let (n, b) = (batch.batch * batch.seq_len, batch.batch);
+    fn forward_out(batch: usize, seq_len: usize, out: Vec<f32>) -> ForwardOut {
+        let (n, b) = (batch * seq_len, batch);
         ForwardOut { token_logps: out[..n].to_vec(), seq_logps: out[n..n + b].to_vec(), topk_entropy: out[n + b..n + 2 * b].to_vec(), topk_mass: out[n + 2 * b..].to_vec() }
     }
 
@@ -370,7 +396,7 @@ impl Engine for GpuEngine {
 
     fn forward(&mut self, batch: &TokenBatch) -> Result<ForwardOut> {
         let readback = self.forward_readback(batch)?;
-        Ok(Self::forward_out(batch, self.read(readback)?))
+        Ok(Self::forward_out(batch.batch, batch.seq_len, self.read(readback)?))
     }
 
     /// Runs a full forward, which also becomes the one a following `backward` uses.
@@ -420,7 +446,7 @@ impl Engine for GpuEngine {
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
         Box::pin(async move {
             let readback = self.forward_readback(batch)?;
-            Ok(Self::forward_out(batch, self.read_async(readback).await?))
+            Ok(Self::forward_out(batch.batch, batch.seq_len, self.read_async(readback).await?))
         })
     }
 

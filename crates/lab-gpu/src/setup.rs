@@ -165,6 +165,31 @@ pub fn submit_and_read<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Qu
     read_mapped(faults, staging, m.slice, m.bytes, result)
 }
 
+/// A readback submitted and not yet waited for (native): the caller can put other GPU work
+/// in flight first (the GPU bench submits the reference and policy forwards back to back).
+#[cfg(not(target_arch = "wasm32"))]
+pub struct InFlight {
+    index: wgpu::SubmissionIndex,
+    staging: wgpu::Buffer,
+    bytes: u64,
+    mapped: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// The first half of [`submit_and_read`]: submit and request the map.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn submit_for_read<T: bytemuck::Pod>(queue: &wgpu::Queue, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> InFlight {
+    let m = submit_and_map::<T>(queue, encoder, staging, len);
+    InFlight { index: m.index, staging: staging.clone(), bytes: m.bytes, mapped: m.mapped }
+}
+
+/// The second half of [`submit_and_read`]: wait, then read.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn finish_read<T: bytemuck::Pod>(device: &wgpu::Device, faults: &Faults, mut r: InFlight) -> Result<Vec<T>> {
+    wait_for(device, faults, r.index)?;
+    let result = r.mapped.try_recv().ok().flatten();
+    read_mapped(faults, &r.staging, r.staging.slice(..r.bytes.max(4)), r.bytes, result)
+}
+
 /// In the browser a readback can only be awaited: the synchronous [`lab_core::Engine`]
 /// calls that need one report this, naming the async twin to use.
 #[cfg(target_arch = "wasm32")]
