@@ -33,6 +33,13 @@ const GPU_TIMEOUT_MS = 900000;
 // The GPU parity tolerance of tests/tests/gpu_parity.rs: |gpu - cpu| <= REL * max|cpu| + ABS.
 const PARITY_REL = 1e-4;
 const PARITY_ABS = 1e-6;
+// Loss curves after AdamW updates agree less tightly than one forward: Adam's update
+// m/(√v + ε) turns a near-zero gradient component's rounding (the GPU sums in split-K
+// order, the CPU in row order; gradients agree to ~1e-6 absolute, gpu_parity.rs) into a
+// step of up to the learning rate. Measured natively on lavapipe for this experiment
+// (`alignlab train --engine gpu|cpu --data crates/lab-web/src/builtin.jsonl --batch-size 2
+// --steps 20`): 1.1e-4 after the first update, 2.2e-4 at most over 20 steps.
+const CURVE_ABS = 1e-3;
 
 let failures = 0;
 let passes = 0;
@@ -147,9 +154,17 @@ check(perf.wasm_gzip_bytes <= WASM_GZ_LIMIT, 'wasm is at most 4 MB gzipped', `${
 // seconds; two pairs (plus the dataset evaluation every step) keep 20 steps in minutes.
 const EXPERIMENT = '?batch_size=2';
 
-// 1. WebGPU available (SwiftShader): the page trains on the GPU engine and says so.
+// 1. WebGPU available (SwiftShader). By default the page sees a software adapter, which is
+// far slower than the CPU engine, and trains on the CPU engine with a banner saying why;
+// the link's engine=webgpu makes it train on the GPU engine, and it says so.
 const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: [...baseArgs, ...webgpuArgs] });
-const page = await openPage(browser, EXPERIMENT, errors, GPU_TIMEOUT_MS);
+const auto = await openPage(browser, EXPERIMENT, errors);
+const autoEngine = await auto.textContent('[data-testid=engine]');
+const autoBanner = (await auto.locator('[data-testid=engine-banner]').count()) ? await auto.textContent('[data-testid=engine-banner]') : '';
+check(/Engine: CPU \(wasm\)/.test(autoEngine) && /software adapter/.test(autoBanner) && /engine=webgpu/.test(autoBanner), 'a software WebGPU adapter: the CPU engine by default, with a banner saying why', `${autoEngine.trim()} / ${autoBanner.trim()}`);
+await auto.close();
+const page = await openPage(browser, `${EXPERIMENT}&engine=webgpu`, errors, GPU_TIMEOUT_MS);
+check((await page.evaluate(() => window.__alab.query)).includes('engine=webgpu'), 'the link keeps engine=webgpu');
 const hasAdapter = await page.evaluate(async () => !!(navigator.gpu && await navigator.gpu.requestAdapter()));
 check(hasAdapter, 'navigator.gpu gives an adapter (SwiftShader)');
 const engineText = await page.textContent('[data-testid=engine]');
@@ -179,7 +194,7 @@ const scale = Math.max(...cpuRun.loss.slice(0, n).map(Math.abs));
 const diffs = gpuRun.loss.slice(0, n).map((v, i) => Math.abs(v - cpuRun.loss[i]));
 const tol = PARITY_REL * scale + PARITY_ABS;
 check(n === 20 && Math.abs(gpuRun.loss[0] - cpuRun.loss[0]) <= tol, 'the first-step loss on WebGPU equals the CPU engine\'s', `${gpuRun.loss[0]} vs ${cpuRun.loss[0]}, tol ${tol.toExponential(2)}`);
-check(Math.max(...diffs) <= tol, `the ${n}-step loss curves on WebGPU and on the CPU engine agree`, `max abs diff ${Math.max(...diffs).toExponential(2)}, tol ${tol.toExponential(2)}`);
+check(Math.max(...diffs) <= CURVE_ABS, `the ${n}-step loss curves on WebGPU and on the CPU engine agree`, `max abs diff ${Math.max(...diffs).toExponential(2)}, tol ${CURVE_ABS.toExponential(0)} (Adam's updates; see CURVE_ABS)`);
 perf.loss_curve_max_abs_diff = Math.max(...diffs);
 
 // 3. The URL round-trips the settings: change them, reload the link, find them again

@@ -19,6 +19,12 @@ export async function webgpuAdapter() {
   }
 }
 
+/** In the training worker: the engine its page asked for (`auto`, `webgpu` or `cpu`). */
+export function engineChoice() {
+  const query = typeof self !== 'undefined' && self.location ? self.location.search : '';
+  return new URLSearchParams(query).get('engine') || 'auto';
+}
+
 const plots = new Map();
 
 function drawMarks(u, marks) {

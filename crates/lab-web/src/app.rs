@@ -89,7 +89,7 @@ impl Store {
                 if self.ready_ms.get_untracked().is_none() {
                     self.ready_ms.set(Some(now_ms()));
                 }
-                let state = UiState { experiment, compare };
+                let state = UiState { experiment, compare, engine: self.ui.get_untracked().engine };
                 write_url(&state);
                 self.ui.set(state);
                 self.engine.set(engine);
@@ -205,7 +205,7 @@ pub fn App() -> impl IntoView {
     };
     // A link naming only a scenario gets the scenario's preset.
     let apply_preset = initial.experiment.scenario.is_some() && !query.contains("loss=");
-    if let Err(err) = bridge::start(move |msg| store.receive(msg)) {
+    if let Err(err) = bridge::start(initial.engine, move |msg| store.receive(msg)) {
         store.error.set(Some(err));
     } else {
         store.apply(initial, apply_preset, Vec::new());

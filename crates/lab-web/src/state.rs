@@ -1,9 +1,9 @@
 //! The page's settings as one serializable value, and its URL form.
 //!
 //! The experiment (loss, hyper-parameters, seed, scenario) round-trips through
-//! `lab_core::experiment::ExperimentConfig::to_query`/`from_query`; the page adds one key of
-//! its own, `compare`, the losses of the optional second and third runs. A shared link
-//! therefore reproduces every run on the page.
+//! `lab_core::experiment::ExperimentConfig::to_query`/`from_query`; the page adds two keys of
+//! its own: `compare`, the losses of the optional second and third runs, and `engine`
+//! (`auto`, `webgpu` or `cpu`). A shared link therefore reproduces every run on the page.
 
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossMix;
@@ -13,12 +13,45 @@ use serde::{Deserialize, Serialize};
 /// At most this many runs are drawn side by side (the main run and two compared ones).
 pub const MAX_RUNS: usize = 3;
 
+/// Which engine trains. `Auto`: WebGPU on a hardware adapter, else the CPU engine compiled
+/// to wasm (a software adapter such as SwiftShader is far slower than the CPU engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    #[default]
+    Auto,
+    Webgpu,
+    Cpu,
+}
+
+impl EngineChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Webgpu => "webgpu",
+            EngineChoice::Cpu => "cpu",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<EngineChoice> {
+        match text {
+            "auto" => Ok(EngineChoice::Auto),
+            "webgpu" => Ok(EngineChoice::Webgpu),
+            "cpu" => Ok(EngineChoice::Cpu),
+            other => Err(LabError::param("engine", format!("{other:?} is not auto, webgpu or cpu"))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct UiState {
     pub experiment: ExperimentConfig,
     /// The compared runs, same data and start: a loss (`LossMix` spec form), then any
     /// settings of its own as `;key=value` in the link's keys (`robust;beta=0.5;label_smoothing=0.25`).
     pub compare: Vec<String>,
+    /// The engine the link asks for (read when the page opens).
+    #[serde(default)]
+    pub engine: EngineChoice,
 }
 
 /// `%XX`-escape everything but unreserved characters (the loss specs hold `+`).
@@ -56,6 +89,10 @@ impl UiState {
             query.push_str("&compare=");
             query.push_str(&escape(&self.compare.join(",")));
         }
+        if self.engine != EngineChoice::Auto {
+            query.push_str("&engine=");
+            query.push_str(self.engine.as_str());
+        }
         query
     }
 
@@ -63,15 +100,17 @@ impl UiState {
     pub fn from_query(query: &str) -> Result<UiState> {
         let mut rest = Vec::new();
         let mut compare = Vec::new();
+        let mut engine = EngineChoice::Auto;
         for part in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
             match part.split_once('=') {
                 Some(("compare", value)) => {
                     compare = unescape(value)?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
                 }
+                Some(("engine", value)) => engine = EngineChoice::parse(value)?,
                 _ => rest.push(part),
             }
         }
-        let state = UiState { experiment: ExperimentConfig::from_query(&rest.join("&"))?, compare };
+        let state = UiState { experiment: ExperimentConfig::from_query(&rest.join("&"))?, compare, engine };
         state.validate()?;
         Ok(state)
     }
@@ -129,6 +168,16 @@ mod tests {
         let query = state.to_query();
         assert!(query.contains("compare=ipo,sigmoid%2B0.5*sft"), "{query}");
         assert_eq!(UiState::from_query(&format!("?{query}")).unwrap(), state);
+    }
+
+    #[test]
+    fn the_engine_choice_round_trips_and_a_bad_one_is_named() {
+        let state = UiState { engine: EngineChoice::Webgpu, ..Default::default() };
+        assert!(state.to_query().ends_with("&engine=webgpu"), "{}", state.to_query());
+        assert_eq!(UiState::from_query(&state.to_query()).unwrap(), state);
+        assert!(!UiState::default().to_query().contains("engine"));
+        let err = UiState::from_query("engine=gpu").unwrap_err().to_string();
+        assert!(err.contains("engine") && err.contains("\"gpu\""), "{err}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ extern "C" {
     /// A description of the WebGPU adapter, or null when `navigator.gpu` gives none.
     #[wasm_bindgen(js_name = webgpuAdapter)]
     fn webgpu_adapter() -> js_sys::Promise;
+    /// `auto`, `webgpu` or `cpu`: what the page's link asks for.
+    #[wasm_bindgen(js_name = engineChoice)]
+    fn engine_choice() -> String;
 }
 
 const BUILTIN: &str = include_str!("builtin.jsonl");
@@ -124,7 +127,7 @@ async fn load_scenario(name: &str) -> Result<LoadedScenario> {
 /// The compared runs a preset lists: the loss of each variant with the settings it
 /// changes (variants that drop pairs are the pairs table's "retrain without them").
 fn preset_compare(preset: &Preset) -> Vec<String> {
-    let base = UiState { experiment: preset.experiment.clone(), compare: Vec::new() };
+    let base = UiState { experiment: preset.experiment.clone(), ..UiState::default() };
     let base_query: HashMap<String, String> = base.experiment.to_query().split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let mut out = Vec::new();
     for variant in preset.variants.iter().filter(|v| v.drop_top_ches.is_none()) {
@@ -212,11 +215,19 @@ struct Lab {
 impl Lab {
     async fn new() -> Lab {
         let (model, model_note) = load_model().await;
-        let adapter = JsFuture::from(webgpu_adapter()).await.ok().and_then(|v| v.as_string());
+        let choice = engine_choice();
+        let adapter = if choice == "cpu" { None } else { JsFuture::from(webgpu_adapter()).await.ok().and_then(|v| v.as_string()) };
         let reference = CpuEngine::new(model.cfg, model.params.clone()).expect("the loaded model fits its config");
         let cpu_name = "CPU (wasm)".to_string();
         let mut spare: Vec<Box<dyn Engine>> = Vec::new();
         let (engine_name, gpu_note) = match adapter {
+            _ if choice == "cpu" => (cpu_name, Some("The link asks for the CPU engine (engine=cpu); training on the CPU engine compiled to wasm.".to_string())),
+            // a software adapter (SwiftShader) runs the kernels on the CPU, far slower than
+            // the CPU engine itself
+            Some(adapter) if adapter.ends_with("(software)") && choice != "webgpu" => (
+                cpu_name,
+                Some(format!("WebGPU here is a software adapter ({adapter}), much slower than the CPU engine; training on the CPU engine compiled to wasm. Add engine=webgpu to the link to train on it anyway.")),
+            ),
             // the first engine proves the adapter can run every kernel; run 0 trains on it
             Some(adapter) => match GpuEngine::new_async(model.cfg, model.params.clone()).await {
                 Ok(engine) => {
@@ -281,7 +292,7 @@ impl Lab {
                 compare = preset_compare(&s.preset);
             }
         }
-        let state = UiState { experiment: experiment.clone(), compare: compare.clone() };
+        let state = UiState { experiment: experiment.clone(), compare: compare.clone(), ..UiState::default() };
         let experiments = state.experiments().map_err(|e| e.to_string())?;
         self.records = match (&data, loaded) {
             (Some(d), _) => parse_jsonl(&d.jsonl).map_err(|e| e.in_file(&d.label).to_string())?,
