@@ -25,7 +25,6 @@ struct Dims {
     ctx: u32,      // rows of the position table
     wte_off: u32,
     wpe_off: u32,
-    _unused: u32,
     dwpe_off: u32,
 }
 

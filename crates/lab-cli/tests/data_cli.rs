@@ -2,26 +2,11 @@
 //! export, metrics as CSV/JSON, and bad input refused with its file, line and field.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+
+mod common;
+use common::{alignlab, scratch, write};
+use std::path::Path;
 use std::process::Command;
-
-fn alignlab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_alignlab")).args(args).output().expect("alignlab runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("alignlab-data-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
 
 fn starter() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/starter").display().to_string()

@@ -133,9 +133,15 @@ const LN_SPLIT_ROWS: usize = 64;
 /// The (rows × cols) output of a weight gradient has only a few 64×64 tiles, so without a
 /// split a handful of workgroups would walk all N rows in sequence.
 fn split_k(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
+    split_depth(rows, cols, depth, 16)
+}
+
+/// About [`SPLIT_TARGET_GROUPS`] workgroups for a (rows × cols) output, each split at least
+/// `min_chunk` deep (a multiple of the GEMM's 16-deep tile): (splits, depth per split).
+fn split_depth(rows: usize, cols: usize, depth: usize, min_chunk: usize) -> (usize, usize) {
     let tiles = rows.div_ceil(64) * cols.div_ceil(64);
     let want = SPLIT_TARGET_GROUPS.div_ceil(tiles).clamp(1, MAX_SPLITS);
-    let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(16);
+    let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(min_chunk);
     (depth.div_ceil(k_chunk), k_chunk)
 }
 
@@ -145,13 +151,10 @@ fn split_k(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
 /// back to C channels have only 128 tiles and a depth of up to 4C: one wave of workgroups
 /// each walking 1024 deep, latency-bound.)
 fn split_activation(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
-    let tiles = rows.div_ceil(64) * cols.div_ceil(64);
-    if tiles >= SPLIT_TARGET_GROUPS || depth < 128 {
+    if rows.div_ceil(64) * cols.div_ceil(64) >= SPLIT_TARGET_GROUPS || depth < 128 {
         return (1, depth);
     }
-    let want = SPLIT_TARGET_GROUPS.div_ceil(tiles).clamp(1, MAX_SPLITS);
-    let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(64);
-    (depth.div_ceil(k_chunk), k_chunk)
+    split_depth(rows, cols, depth, 64)
 }
 
 /// Floats of split-reduction scratch a (B·T = n) plan needs: the largest slab set of any
@@ -415,7 +418,7 @@ impl Plan {
         let batch = |a, b_, c_| Some(Batch { count: b * nh, inner: nh, a, b: b_, c: c_ });
 
         // ---------------- forward ----------------
-        let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wte, lay.wpe]);
+        let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wpe]);
         rec.push(Kernel::EncoderForward, enc_words.clone(), &[(1, &tokens), (2, params), (3, &encoded)], grid.cover(nc, 64)?);
         for l in 0..nl {
             let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
