@@ -5,6 +5,9 @@
 #   bash scripts/gpu-bench.sh prepare   # here: build the binary, fetch the Vulkan loader into .gl/
 #   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch, one JSON line each
 #
+# `run` benches each variant in VARIANTS (gemm:devices, default below: the measured
+# configuration first, then the 128×64 tiles and a shared device; see `alignlab bench --help`).
+#
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
 # NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
 set -euo pipefail
@@ -29,7 +32,9 @@ case "${1:-run}" in
     nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
     for config in tiny medium; do
-      ./target/release/alignlab bench --engine gpu --config "$config" --steps 200
+      for variant in ${VARIANTS:-narrow:2 auto:2 wide:2 auto:1}; do
+        ./target/release/alignlab bench --engine gpu --config "$config" --steps 200 --gemm "${variant%:*}" --devices "${variant#*:}"
+      done
       if python3 -c 'import torch' 2>/dev/null; then
         device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
         python3 scripts/bench_torch.py --config "$config" --device "$device" --steps 200

@@ -39,6 +39,8 @@
 // ⌈rows/64⌉, splits). K advances 16 at a time through two 16×64 tiles held as vec4 in
 // workgroup memory (8 KiB): per k, two 16-byte reads feed 16 multiply-adds; the next
 // tiles' loads are in flight while this tile's multiply-adds run.
+// A second entry point, `gemm_wide` (at the end of this file), computes a 128×64 tile with
+// the same 256 invocations (8×4 each); the engine picks per GEMM (lab-gpu `GemmTiles`).
 //
 // Fusion: the residual add of each block (x + attproj(·), x + fcproj(·)) is the `addend`
 // epilogue of the projection GEMM, saving a kernel launch and a round trip of (B, T, C)
@@ -144,39 +146,51 @@ fn store_row(r: u32, s: u32, acc: vec4<f32>) {
     store(r, s + 3u, acc.w);
 }
 
-// Operand element q (0..3) of this invocation's share of the 16×64 tiles at k0: A's
-// (k, r) and B's (k, s). When an operand is contiguous along k, neighbouring invocations
-// take neighbouring k (coalesced); otherwise neighbouring rows/columns.
-fn tile_a(li: u32, q: u32) -> vec2<u32> {
-    let e = li + 256u * q;
-    if (g.a_ks == 1u && (g.flags & ONEHOT_A) == 0u) {
-        return vec2<u32>(e % KT, e / KT);
+// Where element e of a (depth × width) operand tile lives: (k, row or column). When the
+// operand is contiguous along k, neighbouring invocations take neighbouring k (coalesced);
+// otherwise neighbouring rows/columns.
+fn tile_coords(e: u32, k_contiguous: bool, depth: u32, width: u32) -> vec2<u32> {
+    if (k_contiguous) {
+        return vec2<u32>(e % depth, e / depth);
     }
-    return vec2<u32>(e / TILE, e % TILE);
+    return vec2<u32>(e / width, e % width);
+}
+
+fn a_k_contiguous() -> bool {
+    return g.a_ks == 1u && (g.flags & ONEHOT_A) == 0u;
+}
+
+// Operand element q (0..3) of this invocation's share of the 16×64 tiles at k0: A's
+// (k, r) and B's (k, s).
+fn tile_a(li: u32, q: u32) -> vec2<u32> {
+    return tile_coords(li + 256u * q, a_k_contiguous(), KT, TILE);
 }
 
 fn tile_b(li: u32, q: u32) -> vec2<u32> {
-    let e = li + 256u * q;
-    if (g.b_ks == 1u) {
-        return vec2<u32>(e % KT, e / KT);
-    }
-    return vec2<u32>(e / TILE, e % TILE);
+    return tile_coords(li + 256u * q, g.b_ks == 1u, KT, TILE);
 }
 
-fn fetch_a(r0: u32, k0: u32, k_end: u32, li: u32, q: u32) -> f32 {
-    let kr = tile_a(li, q);
+// A[r0 + kr.y, k0 + kr.x] and B[k0 + ks.x, s0 + ks.y], zero outside the operand.
+fn fetch_a(r0: u32, k0: u32, k_end: u32, kr: vec2<u32>) -> f32 {
     if (r0 + kr.y < g.rows && k0 + kr.x < k_end) {
         return load_a(r0 + kr.y, k0 + kr.x);
     }
     return 0.0;
 }
 
-fn fetch_b(s0: u32, k0: u32, k_end: u32, li: u32, q: u32) -> f32 {
-    let ks = tile_b(li, q);
+fn fetch_b(s0: u32, k0: u32, k_end: u32, ks: vec2<u32>) -> f32 {
     if (s0 + ks.y < g.cols && k0 + ks.x < k_end) {
         return load_b(k0 + ks.x, s0 + ks.y);
     }
     return 0.0;
+}
+
+fn fetch_a4(r0: u32, k0: u32, k_end: u32, li: u32) -> vec4<f32> {
+    return vec4<f32>(fetch_a(r0, k0, k_end, tile_a(li, 0u)), fetch_a(r0, k0, k_end, tile_a(li, 1u)), fetch_a(r0, k0, k_end, tile_a(li, 2u)), fetch_a(r0, k0, k_end, tile_a(li, 3u)));
+}
+
+fn fetch_b4(s0: u32, k0: u32, k_end: u32, li: u32) -> vec4<f32> {
+    return vec4<f32>(fetch_b(s0, k0, k_end, tile_b(li, 0u)), fetch_b(s0, k0, k_end, tile_b(li, 1u)), fetch_b(s0, k0, k_end, tile_b(li, 2u)), fetch_b(s0, k0, k_end, tile_b(li, 3u)));
 }
 
 fn put(li: u32, q: u32, a_value: f32, b_value: f32) {
@@ -186,10 +200,8 @@ fn put(li: u32, q: u32, a_value: f32, b_value: f32) {
     b_tile[ks.x * 16u + ks.y / 4u][ks.y % 4u] = b_value;
 }
 
-@compute @workgroup_size(16, 16)
-fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let r0 = wg.y * TILE;
-    let s0 = wg.x * TILE;
+// Set this workgroup's operand bases (batch) and return its k range (split).
+fn begin(wg: vec3<u32>) -> vec2<u32> {
     let batched = (g.flags & BATCHED) != 0u;
     let split = select(wg.z, 0u, batched);
     let batch = select(0u, wg.z, batched);
@@ -199,15 +211,24 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     b_base = g.b_off + zo * g.b_zo + zi * g.b_zi;
     c_base = g.c_off + split * g.c_zs + zo * g.c_zo + zi * g.c_zi;
     let k_begin = split * g.k_chunk;
-    let k_end = min(g.depth, k_begin + g.k_chunk);
+    return vec2<u32>(k_begin, min(g.depth, k_begin + g.k_chunk));
+}
+
+@compute @workgroup_size(16, 16)
+fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r0 = wg.y * TILE;
+    let s0 = wg.x * TILE;
+    let range = begin(wg);
+    let k_begin = range.x;
+    let k_end = range.y;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     // Software pipelining: the next tiles' loads are issued before this tile's arithmetic,
     // so their memory latency hides behind it (registers pa/pb hold them meanwhile).
-    var pa = vec4<f32>(fetch_a(r0, k_begin, k_end, li, 0u), fetch_a(r0, k_begin, k_end, li, 1u), fetch_a(r0, k_begin, k_end, li, 2u), fetch_a(r0, k_begin, k_end, li, 3u));
-    var pb = vec4<f32>(fetch_b(s0, k_begin, k_end, li, 0u), fetch_b(s0, k_begin, k_end, li, 1u), fetch_b(s0, k_begin, k_end, li, 2u), fetch_b(s0, k_begin, k_end, li, 3u));
+    var pa = fetch_a4(r0, k_begin, k_end, li);
+    var pb = fetch_b4(s0, k_begin, k_end, li);
     for (var k0 = k_begin; k0 < k_end; k0 += KT) {
         put(li, 0u, pa.x, pb.x);
         put(li, 1u, pa.y, pb.y);
@@ -216,8 +237,8 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         workgroupBarrier();
         let next = k0 + KT;
         if (next < k_end) {
-            pa = vec4<f32>(fetch_a(r0, next, k_end, li, 0u), fetch_a(r0, next, k_end, li, 1u), fetch_a(r0, next, k_end, li, 2u), fetch_a(r0, next, k_end, li, 3u));
-            pb = vec4<f32>(fetch_b(s0, next, k_end, li, 0u), fetch_b(s0, next, k_end, li, 1u), fetch_b(s0, next, k_end, li, 2u), fetch_b(s0, next, k_end, li, 3u));
+            pa = fetch_a4(r0, next, k_end, li);
+            pb = fetch_b4(s0, next, k_end, li);
         }
         for (var k = 0u; k < KT; k += 1u) {
             let av = a_tile[k * 16u + lid.y];
@@ -235,4 +256,119 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     store_row(r + 1u, s, acc1);
     store_row(r + 2u, s, acc2);
     store_row(r + 3u, s, acc3);
+}
+
+// ---- gemm_wide: a 128×64 tile per workgroup, for GEMMs with tiles to spare ----
+// Same product, flags and bindings as `gemm`; dispatch (⌈cols/64⌉, ⌈rows/128⌉, splits or
+// batches). Invocation (x, y) of the 16×16 workgroup owns rows 4y..4y+3 and 64+4y..64+4y+3
+// and columns 4x..4x+3: eight vec4 accumulators, so each k reads three vec4 from workgroup
+// memory for 32 multiply-adds (the 64×64 tile reads two for 16), and each tile's global
+// loads are amortised over twice the arithmetic. K advances 8 at a time through
+// double-buffered tiles (2 × (8×128 + 8×64) floats = 12 KiB): the next tiles are stored
+// into the other buffer while this one is read, one barrier per step instead of two.
+
+const WIDE_ROWS: u32 = 128u;
+const KW: u32 = 8u;
+
+var<workgroup> wa: array<vec4<f32>, 512>; // [buffer][k][r / 4]: 2 × KW × WIDE_ROWS floats
+var<workgroup> wb: array<vec4<f32>, 256>; // [buffer][k][s / 4]: 2 × KW × TILE floats
+
+// Operand element q of this invocation's share of the 8×128 A tile (q < 4) and the 8×64 B
+// tile (q < 2).
+fn wide_a(li: u32, q: u32) -> vec2<u32> {
+    return tile_coords(li + 256u * q, a_k_contiguous(), KW, WIDE_ROWS);
+}
+
+fn wide_b(li: u32, q: u32) -> vec2<u32> {
+    return tile_coords(li + 256u * q, g.b_ks == 1u, KW, TILE);
+}
+
+fn wide_fetch_a(r0: u32, k0: u32, k_end: u32, li: u32) -> vec4<f32> {
+    return vec4<f32>(fetch_a(r0, k0, k_end, wide_a(li, 0u)), fetch_a(r0, k0, k_end, wide_a(li, 1u)), fetch_a(r0, k0, k_end, wide_a(li, 2u)), fetch_a(r0, k0, k_end, wide_a(li, 3u)));
+}
+
+fn wide_fetch_b(s0: u32, k0: u32, k_end: u32, li: u32) -> vec2<f32> {
+    return vec2<f32>(fetch_b(s0, k0, k_end, wide_b(li, 0u)), fetch_b(s0, k0, k_end, wide_b(li, 1u)));
+}
+
+fn wide_put_a(li: u32, buffer: u32, q: u32, value: f32) {
+    let kr = wide_a(li, q);
+    wa[buffer * 256u + kr.x * 32u + kr.y / 4u][kr.y % 4u] = value;
+}
+
+fn wide_put_b(li: u32, buffer: u32, q: u32, value: f32) {
+    let ks = wide_b(li, q);
+    wb[buffer * 128u + ks.x * 16u + ks.y / 4u][ks.y % 4u] = value;
+}
+
+// (written out, not looped: a vector indexed by a loop variable may leave registers)
+fn wide_put(li: u32, buffer: u32, pa: vec4<f32>, pb: vec2<f32>) {
+    wide_put_a(li, buffer, 0u, pa.x);
+    wide_put_a(li, buffer, 1u, pa.y);
+    wide_put_a(li, buffer, 2u, pa.z);
+    wide_put_a(li, buffer, 3u, pa.w);
+    wide_put_b(li, buffer, 0u, pb.x);
+    wide_put_b(li, buffer, 1u, pb.y);
+}
+
+@compute @workgroup_size(16, 16)
+fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r0 = wg.y * WIDE_ROWS;
+    let s0 = wg.x * TILE;
+    let range = begin(wg);
+    let k_begin = range.x;
+    let k_end = range.y;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    var pa = wide_fetch_a(r0, k_begin, k_end, li);
+    var pb = wide_fetch_b(s0, k_begin, k_end, li);
+    wide_put(li, 0u, pa, pb);
+    workgroupBarrier();
+    var buffer = 0u;
+    for (var k0 = k_begin; k0 < k_end; k0 += KW) {
+        // the next tiles' loads are in flight during this tile's multiply-adds
+        let next = k0 + KW;
+        let more = next < k_end;
+        if (more) {
+            pa = wide_fetch_a(r0, next, k_end, li);
+            pb = wide_fetch_b(s0, next, k_end, li);
+        }
+        let a_at = buffer * 256u + lid.y;
+        let b_at = buffer * 128u + lid.x;
+        for (var k = 0u; k < KW; k += 1u) {
+            let lo = wa[a_at + k * 32u];
+            let hi = wa[a_at + k * 32u + 16u];
+            let bv = wb[b_at + k * 16u];
+            acc0 += lo.x * bv;
+            acc1 += lo.y * bv;
+            acc2 += lo.z * bv;
+            acc3 += lo.w * bv;
+            acc4 += hi.x * bv;
+            acc5 += hi.y * bv;
+            acc6 += hi.z * bv;
+            acc7 += hi.w * bv;
+        }
+        // the other buffer was last read before the previous barrier
+        if (more) {
+            wide_put(li, 1u - buffer, pa, pb);
+        }
+        workgroupBarrier();
+        buffer = 1u - buffer;
+    }
+    let r = r0 + 4u * lid.y;
+    let s = s0 + 4u * lid.x;
+    store_row(r, s, acc0);
+    store_row(r + 1u, s, acc1);
+    store_row(r + 2u, s, acc2);
+    store_row(r + 3u, s, acc3);
+    store_row(r + 64u, s, acc4);
+    store_row(r + 65u, s, acc5);
+    store_row(r + 66u, s, acc6);
+    store_row(r + 67u, s, acc7);
 }

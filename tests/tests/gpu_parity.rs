@@ -17,7 +17,8 @@ use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
 use lab_core::loss::{LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_cpu::CpuEngine;
-use lab_gpu::GpuEngine;
+use lab_gpu::kernels::Kernel;
+use lab_gpu::{GemmTiles, GpuEngine};
 use lab_train::{Session, SessionConfig};
 
 const REL: f32 = 1e-4;
@@ -155,6 +156,54 @@ fn every_parameter_gradient_matches_cpu() {
         eprintln!("{:>28}: max |grad| {key_bias_max:.3e} against {qkvb_max:.3e} for all of qkvb", "key bias");
         assert!(key_bias_max <= 1e-4 * qkvb_max);
     }
+}
+
+/// matmul.wgsl's `gemm_wide` (128×64 tiles, double-buffered) on every GEMM it can take:
+/// ragged shapes (N = 57 and 300 rows against a 128-row tile, C = 48, depth not a multiple
+/// of its 8-deep step) forward and backward, split-K included.
+#[test]
+fn wide_gemm_tiles_match_cpu_forward_and_gradients() {
+    for (cfg, rows, len) in [(RAGGED, 3, 19), (WIDE, 2, 150)] {
+        let params = random_params(&cfg, 13);
+        let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
+        gpu.set_gemm_tiles(GemmTiles::Wide);
+        let mut cpu = CpuEngine::new(cfg, params).unwrap();
+        let batch = random_batch(&cfg, rows, len, 14);
+        let kernels: Vec<Kernel> = gpu.launches(&batch).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert!(kernels.contains(&Kernel::GemmWide) && kernels.contains(&Kernel::Gemm), "wide for the linear layers, 64×64 for attention");
+        eprintln!("config {cfg:?}, batch {}x{}, wide tiles", batch.batch, batch.seq_len);
+        assert_close("logits", &gpu.logits(&batch).unwrap(), &cpu.logits(&batch).unwrap());
+        let (g, c) = (gpu.forward(&batch).unwrap(), cpu.forward(&batch).unwrap());
+        assert_close("token logps", &g.token_logps, &c.token_logps);
+        let mut rng = Rng::new(15);
+        let d_seq: Vec<f32> = (0..batch.batch).map(|_| rng.normal()).collect();
+        gpu.backward(&d_seq).unwrap();
+        cpu.backward(&d_seq).unwrap();
+        assert_tensors_close("grad", &cfg, &gpu.grads(), &cpu.grads());
+    }
+}
+
+/// The medium model at the benchmark's shape (32 rows × 64 tokens, B·T = 2048) with the
+/// automatic tile choice, which puts the 3C- and 4C-wide products on `gemm_wide` and splits
+/// the rest: the shapes and splits the H100 benchmark runs, checked against the CPU.
+#[test]
+fn medium_at_the_benchmark_shape_matches_cpu_with_automatic_tiles() {
+    let cfg = GptConfig::MEDIUM;
+    let params = random_params(&cfg, 16);
+    let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
+    gpu.set_gemm_tiles(GemmTiles::Auto);
+    let mut cpu = CpuEngine::new(cfg, params).unwrap();
+    let rows: Vec<(Vec<u32>, usize)> = (0..32u32).map(|r| ((0..64u32).map(|i| (r * 7 + i * 13) % 95 + 1).collect(), 16)).collect();
+    let batch = TokenBatch::from_rows(&rows).unwrap();
+    let wide = gpu.launches(&batch).unwrap().iter().filter(|(k, _)| *k == Kernel::GemmWide).count();
+    assert_eq!(wide, 3 * cfg.n_layer, "qkv and fc forward and fcproj's input gradient, per layer");
+    let (g, c) = (gpu.forward(&batch).unwrap(), cpu.forward(&batch).unwrap());
+    assert_close("token logps", &g.token_logps, &c.token_logps);
+    assert_close("seq logps", &g.seq_logps, &c.seq_logps);
+    let d_seq: Vec<f32> = (0..32).map(|b| if b < 16 { -0.05 } else { 0.05 }).collect();
+    gpu.backward(&d_seq).unwrap();
+    cpu.backward(&d_seq).unwrap();
+    assert_tensors_close("grad", &cfg, &gpu.grads(), &cpu.grads());
 }
 
 #[test]

@@ -11,6 +11,7 @@ use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
 use lab_core::loss::{paired_loss, LossKind, LossParams, PairLogps};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
+use lab_gpu::GemmTiles;
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -28,6 +29,14 @@ pub struct BenchArgs {
     /// Timed steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 30)]
     steps: u32,
+    /// GPU engine's GEMM tile: narrow (64×64) | wide (128×64 wherever it applies) | auto
+    /// (128×64 where the output has tiles to spare).
+    #[arg(long, default_value = "narrow")]
+    gemm: String,
+    /// GPU devices for the policy and the reference engine: 2 (one each) | 1 (shared: one
+    /// queue, no switching between two device contexts).
+    #[arg(long, default_value_t = 2)]
+    devices: u32,
 }
 
 /// 2·PAIRS rows of random tokens, the response part scored.
@@ -48,10 +57,16 @@ enum Engines {
 }
 
 impl Engines {
-    fn open(kind: &str, cfg: GptConfig) -> Result<Engines> {
+    fn open(kind: &str, cfg: GptConfig, tiles: GemmTiles, devices: u32) -> Result<Engines> {
         if kind == "gpu" {
-            let open = || lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0)).map(Box::new);
-            return Ok(Engines::Gpu(open()?, open()?));
+            let policy = open_gpu(cfg, tiles)?;
+            let mut reference = match devices {
+                1 => lab_gpu::GpuEngine::new(policy.device().clone(), policy.queue().clone(), cfg, init_params(&cfg, 0))?,
+                2 => lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0))?,
+                other => return Err(LabError::param("devices", format!("{other} (expected 1 or 2)"))),
+            };
+            reference.set_gemm_tiles(tiles);
+            return Ok(Engines::Gpu(Box::new(policy), Box::new(reference)));
         }
         let open = || crate::commands::open_engine(kind, cfg, init_params(&cfg, 0));
         Ok(Engines::Cpu(open()?, open()?))
@@ -89,6 +104,12 @@ impl Engines {
     }
 }
 
+fn open_gpu(cfg: GptConfig, tiles: GemmTiles) -> Result<lab_gpu::GpuEngine> {
+    let mut engine = lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0))?;
+    engine.set_gemm_tiles(tiles);
+    Ok(engine)
+}
+
 fn dpo_step(engines: &mut Engines, batch: &TokenBatch, opt: &AdamWConfig, step: u32) -> Result<f64> {
     let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     let (policy_logps, reference_logps) = engines.forwards(batch)?;
@@ -115,7 +136,8 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     if args.steps == 0 {
         return Err(LabError::param("steps", "must be at least 1"));
     }
-    let mut engines = Engines::open(&args.engine, cfg)?;
+    let tiles = GemmTiles::parse(&args.gemm)?;
+    let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices)?;
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
     for step in 1..=2 {
@@ -128,11 +150,13 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
-    let profile = if args.engine == "gpu" { gpu_profile(cfg, &batch, &opt)? } else { Value::Null };
+    let profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, &batch, &opt)? } else { Value::Null };
     Ok(json!({
         "engine": args.engine,
         "adapter": engines.name(),
         "config": args.config,
+        "gemm": if args.engine == "gpu" { json!(args.gemm) } else { Value::Null },
+        "devices": if args.engine == "gpu" { json!(args.devices) } else { Value::Null },
         "batch_pairs": PAIRS,
         "seq_len": PROMPT_TOKENS + RESPONSE_TOKENS,
         "steps": args.steps,
@@ -146,8 +170,8 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
 
 /// Where a GPU step's time goes: per-kernel GPU time from timestamp queries, or null when
 /// the adapter has no TIMESTAMP_QUERY.
-fn gpu_profile(cfg: GptConfig, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
-    let mut gpu = lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0))?;
+fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+    let mut gpu = open_gpu(cfg, tiles)?;
     gpu.forward(batch)?;
     let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
     let Some(profile) = gpu.profile_step(batch, &d_seq, opt, 1)? else {

@@ -108,3 +108,11 @@ fn bench_prints_one_json_line() {
     assert!(json["steps_per_s"].as_f64().unwrap() > 0.0);
     assert!(json["final_loss"].as_f64().unwrap().is_finite());
 }
+
+#[test]
+fn bench_names_a_bad_gemm_tiling() {
+    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "cpu", "--gemm", "sideways", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("gemm") && stderr.contains("\"sideways\""), "{stderr}");
+}

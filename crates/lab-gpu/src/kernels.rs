@@ -25,6 +25,7 @@ pub enum Kernel {
     LayerNormBackwardDinp,
     LayerNormBackwardParams,
     Gemm,
+    GemmWide,
     SoftmaxForward,
     SoftmaxBackward,
     GeluForward,
@@ -37,13 +38,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::EncoderForward,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
         Kernel::LayerNormBackwardDinp,
         Kernel::LayerNormBackwardParams,
         Kernel::Gemm,
+        Kernel::GemmWide,
         Kernel::SoftmaxForward,
         Kernel::SoftmaxBackward,
         Kernel::GeluForward,
@@ -64,6 +66,7 @@ impl Kernel {
             Kernel::LayerNormBackwardDinp => ("layernorm.wgsl", "backward_dinp"),
             Kernel::LayerNormBackwardParams => ("layernorm.wgsl", "backward_params"),
             Kernel::Gemm => ("matmul.wgsl", "gemm"),
+            Kernel::GemmWide => ("matmul.wgsl", "gemm_wide"),
             Kernel::SoftmaxForward => ("attention.wgsl", "softmax_forward"),
             Kernel::SoftmaxBackward => ("attention.wgsl", "softmax_backward"),
             Kernel::GeluForward => ("gelu.wgsl", "forward"),

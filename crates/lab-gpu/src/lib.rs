@@ -24,6 +24,7 @@ use kernels::{Kernel, Pipelines};
 use lab_core::config::GptConfig;
 use lab_core::engine::{AdamWConfig, Engine, EngineFuture, ForwardOut, TokenBatch};
 use lab_core::error::{LabError, Result};
+pub use plan::GemmTiles;
 use plan::{record_pass, Dispatch, Grid, Plan};
 use setup::{check_buffer_size, submit_and_read, submit_and_read_async, Faults};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,8 @@ pub struct GpuEngine {
     adamw: Dispatch,
     /// Most recently used last.
     plans: Vec<Plan>,
+    /// The GEMM tile the plans use.
+    tiles: GemmTiles,
     /// (B, T) of the forward a `backward` may use.
     last_forward: Option<(usize, usize)>,
     /// Backward pass recorded but not yet submitted (behind a lock so that `grads(&self)`
@@ -146,6 +149,7 @@ impl GpuEngine {
             hyper,
             adamw,
             plans: Vec::new(),
+            tiles: GemmTiles::default(),
             last_forward: None,
             pending: Mutex::new(None),
             submissions: AtomicU64::new(0),
@@ -166,6 +170,27 @@ impl GpuEngine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_default_adapter(cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
         pollster::block_on(GpuEngine::new_async(cfg, params))
+    }
+
+    /// Use `tiles` for the GEMMs from now on (plans are rebuilt; a forward must come before
+    /// the next backward).
+    pub fn set_gemm_tiles(&mut self, tiles: GemmTiles) {
+        self.flush();
+        self.tiles = tiles;
+        self.plans.clear();
+        self.last_forward = None;
+    }
+
+    pub fn gemm_tiles(&self) -> GemmTiles {
+        self.tiles
+    }
+
+    /// The kernel launches (kernel, workgroups) of one step at `batch`'s shape, forward then
+    /// backward, building that shape's plan if needed.
+    pub fn launches(&mut self, batch: &TokenBatch) -> Result<Vec<(Kernel, [u32; 3])>> {
+        let index = self.plan_index(batch.batch, batch.seq_len)?;
+        let plan = &self.plans[index];
+        Ok(plan.forward.iter().chain(&plan.backward).map(|d| (d.kernel, d.groups)).collect())
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -250,7 +275,7 @@ impl GpuEngine {
             if self.plans.len() == PLAN_CACHE {
                 self.plans.remove(0);
             }
-            let plan = Plan::new(&self.device, &self.pipelines, &self.cfg, &self.params, &self.grads, &self.dummy, b, t)?;
+            let plan = Plan::new(&self.device, &self.pipelines, &self.cfg, &self.params, &self.grads, &self.dummy, b, t, self.tiles)?;
             self.faults.check()?;
             self.plans.push(plan);
         }

@@ -129,17 +129,65 @@ const MAX_SPLITS: usize = 32;
 /// Rows per split of a LayerNorm's parameter gradient.
 const LN_SPLIT_ROWS: usize = 64;
 
-/// How a weight gradient's depth (the N = B·T rows) is split: (splits, rows per split).
-/// The (rows × cols) output of a weight gradient has only a few 64×64 tiles, so without a
-/// split a handful of workgroups would walk all N rows in sequence.
-fn split_k(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
-    split_depth(rows, cols, depth, 16)
+/// Which GEMM tile the plan uses: matmul.wgsl `gemm` (64×64) or `gemm_wide` (128×64, the
+/// same 256 invocations doing twice the work each, with double-buffered tiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmTiles {
+    /// 64×64 everywhere: the tile measured on the H100 (crates/lab-gpu/PERF.md).
+    #[default]
+    Narrow,
+    /// 128×64 for every GEMM that is not a batched attention product (tests, A/B runs).
+    Wide,
+    /// 128×64 where the output has tiles to spare (at least [`WIDE_MIN_TILES`] of them
+    /// without a split), 64×64 elsewhere.
+    Auto,
 }
 
-/// About [`SPLIT_TARGET_GROUPS`] workgroups for a (rows × cols) output, each split at least
-/// `min_chunk` deep (a multiple of the GEMM's 16-deep tile): (splits, depth per split).
-fn split_depth(rows: usize, cols: usize, depth: usize, min_chunk: usize) -> (usize, usize) {
-    let tiles = rows.div_ceil(64) * cols.div_ceil(64);
+impl GemmTiles {
+    pub fn parse(name: &str) -> Result<GemmTiles> {
+        match name {
+            "narrow" => Ok(GemmTiles::Narrow),
+            "wide" => Ok(GemmTiles::Wide),
+            "auto" => Ok(GemmTiles::Auto),
+            other => Err(LabError::param("gemm", format!("unknown GEMM tiling {other:?} (expected \"narrow\", \"wide\" or \"auto\")"))),
+        }
+    }
+
+    /// Rows of C per workgroup for a (rows × cols) product: 128 (`gemm_wide`) or 64.
+    fn tile_rows(self, rows: usize, cols: usize, batched: bool) -> usize {
+        let wide = match self {
+            GemmTiles::Narrow => false,
+            GemmTiles::Wide => !batched,
+            GemmTiles::Auto => !batched && rows.div_ceil(WIDE_ROWS) * cols.div_ceil(64) >= WIDE_MIN_TILES,
+        };
+        if wide {
+            WIDE_ROWS
+        } else {
+            64
+        }
+    }
+}
+
+/// Rows of C per `gemm_wide` workgroup.
+const WIDE_ROWS: usize = 128;
+/// [`GemmTiles::Auto`] takes the wide tile when the output has this many 128×64 tiles:
+/// about one per streaming multiprocessor of a large GPU (132 on an H100), so the wide
+/// tile's halved workgroup count still fills it. At B·T = 2048 and C = 256 that is the
+/// 3C- and 4C-wide products (qkv and fc forward, fcproj's input gradient).
+const WIDE_MIN_TILES: usize = 96;
+
+/// How a weight gradient's depth (the N = B·T rows) is split: (splits, rows per split).
+/// The (rows × cols) output of a weight gradient has only a few tiles, so without a split
+/// a handful of workgroups would walk all N rows in sequence.
+fn split_k(rows: usize, cols: usize, depth: usize, tile_rows: usize) -> (usize, usize) {
+    split_depth(rows, cols, depth, 16, tile_rows)
+}
+
+/// About [`SPLIT_TARGET_GROUPS`] workgroups for a (rows × cols) output in tiles of
+/// (tile_rows × 64), each split at least `min_chunk` deep (a multiple of the GEMMs'
+/// 16-deep step): (splits, depth per split).
+fn split_depth(rows: usize, cols: usize, depth: usize, min_chunk: usize, tile_rows: usize) -> (usize, usize) {
+    let tiles = rows.div_ceil(tile_rows) * cols.div_ceil(64);
     let want = SPLIT_TARGET_GROUPS.div_ceil(tiles).clamp(1, MAX_SPLITS);
     let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(min_chunk);
     (depth.div_ceil(k_chunk), k_chunk)
@@ -148,25 +196,36 @@ fn split_depth(rows: usize, cols: usize, depth: usize, min_chunk: usize) -> (usi
 /// The split of an activation GEMM (forward, or a layer's input gradient): none when its
 /// output already spreads over enough workgroups or its depth is short; else about two
 /// workgroups per SM, at least 64 deep each. (At B·T = 2048 and C = 256, the projections
-/// back to C channels have only 128 tiles and a depth of up to 4C: one wave of workgroups
-/// each walking 1024 deep, latency-bound.)
-fn split_activation(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
-    if rows.div_ceil(64) * cols.div_ceil(64) >= SPLIT_TARGET_GROUPS || depth < 128 {
+/// back to C channels have only 128 64×64 tiles and a depth of up to 4C: one wave of
+/// workgroups each walking 1024 deep, latency-bound.)
+fn split_activation(rows: usize, cols: usize, depth: usize, tile_rows: usize) -> (usize, usize) {
+    if rows.div_ceil(tile_rows) * cols.div_ceil(64) >= SPLIT_TARGET_GROUPS * 64 / tile_rows || depth < 128 {
         return (1, depth);
     }
-    split_depth(rows, cols, depth, 64)
+    split_depth(rows, cols, depth, 64, tile_rows)
 }
 
 /// Floats of split-reduction scratch a (B·T = n) plan needs: the largest slab set of any
 /// split GEMM (rows × cols per split) or LayerNorm parameter gradient.
-fn partial_floats(cfg: &GptConfig, n: usize) -> usize {
+fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
     let (c, v) = (cfg.d_model, cfg.vocab);
     // (rows, cols) of the weight gradients: [dW | db] of qkv, attproj, fc, fcproj; dwte
     let weights = [(3 * c, c + 1), (c, c + 1), (4 * c, c + 1), (c, 4 * c + 1), (v, c)];
-    let weight = weights.iter().map(|&(rows, cols)| split_k(rows, cols, n).0 * rows * cols).max().unwrap_or(0);
+    let weight = weights.iter().map(|&(rows, cols)| split_k(rows, cols, n, tiles.tile_rows(rows, cols, false)).0 * rows * cols).max().unwrap_or(0);
     // (cols, depth) of the activation GEMMs (n rows): forward, then input gradients
     let activations = [(3 * c, c), (c, c), (4 * c, c), (c, 4 * c), (v, c), (c, 3 * c), (c, v), (4 * c, c)];
-    let activation = activations.iter().map(|&(cols, depth)| split_activation(n, cols, depth)).zip(activations).map(|((splits, _), (cols, _))| if splits > 1 { splits * n * cols } else { 0 }).max().unwrap_or(0);
+    let activation = activations
+        .iter()
+        .map(|&(cols, depth)| {
+            let (splits, _) = split_activation(n, cols, depth, tiles.tile_rows(n, cols, false));
+            if splits > 1 {
+                splits * n * cols
+            } else {
+                0
+            }
+        })
+        .max()
+        .unwrap_or(0);
     weight.max(activation).max(n.div_ceil(LN_SPLIT_ROWS) * 2 * c)
 }
 
@@ -185,6 +244,7 @@ struct Recorder<'a> {
     n: usize,
     specs: Vec<Spec>,
     backward: bool,
+    tiles: GemmTiles,
 }
 
 impl Recorder<'_> {
@@ -195,8 +255,10 @@ impl Recorder<'_> {
 
     fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer) -> Result<()> {
         let k_chunk = if g.k_chunk == 0 { g.depth.max(1) } else { g.k_chunk };
-        // 64×64 output tile per 16×16 workgroup, one workgroup layer per split
-        let mut groups = self.grid.tiles(g.cols.div_ceil(64), g.rows.div_ceil(64))?;
+        // (tile_rows × 64) output tile per 16×16 workgroup, one workgroup layer per split
+        let tile_rows = self.tiles.tile_rows(g.rows, g.cols, g.batch.is_some());
+        let kernel = if tile_rows == WIDE_ROWS { Kernel::GemmWide } else { Kernel::Gemm };
+        let mut groups = self.grid.tiles(g.cols.div_ceil(64), g.rows.div_ceil(tile_rows))?;
         let batch = g.batch.unwrap_or(Batch { count: 1, inner: 1, ..Batch::default() });
         let (z, flags) = match g.batch {
             Some(batch) => (batch.count, g.flags | BATCHED),
@@ -206,10 +268,17 @@ impl Recorder<'_> {
         #[rustfmt::skip]
         let w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
             batch.inner, batch.a.0, batch.a.1, batch.b.0, batch.b.1, batch.c.0, batch.c.1, 0]);
+        if c == self.partial && g.batch.is_none() {
+            // the split slabs must fit the scratch partial_floats sized
+            let needed = g.c_off + (z - 1) * g.c_zs + (g.rows - 1) * g.c_rs + g.cols;
+            if needed * 4 > self.partial.size() as usize {
+                return Err(LabError::Engine { msg: format!("internal: a {}×{} GEMM in {z} splits needs {needed} floats of split scratch, {} allocated", g.rows, g.cols, self.partial.size() / 4) });
+            }
+        }
         let (bias, addend) = (bias.unwrap_or(self.dummy), addend.unwrap_or(self.dummy));
         // the one-hot mode reads the token ids through `a`'s twin binding
         let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
-        self.push(Kernel::Gemm, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens)], groups);
+        self.push(kernel, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens)], groups);
         Ok(())
     }
 
@@ -218,7 +287,7 @@ impl Recorder<'_> {
     /// the rest to side (the bias), overwriting or adding (`accumulate`).
     #[allow(clippy::too_many_arguments)]
     fn split_gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, main: (usize, usize, usize), side_off: usize, accumulate: bool) -> Result<()> {
-        let (splits, k_chunk) = split_k(g.rows, g.cols, g.depth);
+        let (splits, k_chunk) = split_k(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         let slab = g.rows * g.cols;
         let partial = self.partial;
         self.gemm(Gemm { c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, partial)?;
@@ -232,7 +301,7 @@ impl Recorder<'_> {
     /// `split_sum` adds them with the bias and addend into `c`.
     #[allow(clippy::too_many_arguments)]
     fn gemm_activation(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer) -> Result<()> {
-        let (splits, k_chunk) = split_activation(g.rows, g.cols, g.depth);
+        let (splits, k_chunk) = split_activation(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         if splits == 1 {
             return self.gemm(g, a, b, bias, addend, c);
         }
@@ -337,7 +406,8 @@ impl Plan {
         self.batch * self.seq_len + 3 * self.batch
     }
 
-    pub fn new(device: &wgpu::Device, pipelines: &Pipelines, cfg: &GptConfig, params: &wgpu::Buffer, grads: &wgpu::Buffer, dummy: &wgpu::Buffer, b: usize, t: usize) -> Result<Plan> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(device: &wgpu::Device, pipelines: &Pipelines, cfg: &GptConfig, params: &wgpu::Buffer, grads: &wgpu::Buffer, dummy: &wgpu::Buffer, b: usize, t: usize, tiles: GemmTiles) -> Result<Plan> {
         let limits = device.limits();
         let (c, nl, nh, v, hs) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab, cfg.head_dim());
         let n = b * t;
@@ -383,7 +453,7 @@ impl Plan {
         let dfch_gelu = make("dfch_gelu", 4 * nc)?;
         let dlogits = make("dlogits", n * v)?; // (B, T, V)
         let dpre = make("dpre", att_len)?; // (B, NH, T, T)
-        let partial = make("split partials", partial_floats(cfg, n))?;
+        let partial = make("split partials", partial_floats(cfg, n, tiles))?;
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("out staging"),
             size: (out_len * 4) as u64,
@@ -392,7 +462,7 @@ impl Plan {
         });
 
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
-        let mut rec = Recorder { grid, params, grads, dummy, partial: &partial, n, specs: Vec::new(), backward: false };
+        let mut rec = Recorder { grid, params, grads, dummy, partial: &partial, n, specs: Vec::new(), backward: false, tiles };
         let scale = 1.0 / (hs as f32).sqrt();
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
@@ -512,5 +582,42 @@ impl Plan {
             }
         }
         Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, logits, lnf, forward, backward, _uniforms: uniforms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_tiles_are_wide_only_where_the_output_has_tiles_to_spare() {
+        // medium (C = 256) at the benchmark's B·T = 2048
+        let n = 2048;
+        assert_eq!(GemmTiles::Auto.tile_rows(n, 4 * 256, false), 128, "fc forward, fcproj input gradient");
+        assert_eq!(GemmTiles::Auto.tile_rows(n, 3 * 256, false), 128, "qkv forward");
+        assert_eq!(GemmTiles::Auto.tile_rows(n, 256, false), 64, "projections back to C");
+        assert_eq!(GemmTiles::Auto.tile_rows(4 * 256, 257, false), 64, "weight gradients split instead");
+        assert_eq!(GemmTiles::Auto.tile_rows(64, 64, true), 64, "attention's batched products");
+        // tiny (C = 64): nothing is wide enough
+        assert_eq!(GemmTiles::Auto.tile_rows(n, 4 * 64, false), 64);
+        assert_eq!(GemmTiles::Narrow.tile_rows(n, 4 * 256, false), 64);
+        assert_eq!(GemmTiles::Wide.tile_rows(57, 48, false), 128);
+        assert_eq!(GemmTiles::Wide.tile_rows(64, 64, true), 64);
+        assert!(GemmTiles::parse("sideways").unwrap_err().to_string().contains("\"sideways\""));
+    }
+
+    #[test]
+    fn splits_cover_the_depth_and_aim_at_the_target_workgroups() {
+        for tile_rows in [64, 128] {
+            for (rows, cols, depth) in [(1024, 257, 2048), (256, 1025, 2048), (96, 256, 2048), (48, 49, 57)] {
+                let (splits, k_chunk) = split_k(rows, cols, depth, tile_rows);
+                assert!(splits * k_chunk >= depth && (splits - 1) * k_chunk < depth, "{rows}×{cols}×{depth}: {splits} × {k_chunk}");
+                assert_eq!(k_chunk % 16, 0);
+                assert!(splits <= MAX_SPLITS);
+            }
+            let (splits, k_chunk) = split_activation(2048, 256, 1024, tile_rows);
+            assert_eq!(splits * k_chunk, 1024);
+            assert_eq!(2048usize.div_ceil(tile_rows) * 4 * splits, SPLIT_TARGET_GROUPS, "fcproj forward at B·T = 2048, C = 256");
+        }
     }
 }
