@@ -243,7 +243,7 @@ fn dpo_loss_curves_agree_over_20_steps() {
     let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
     let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
     let records = parse_jsonl(&jsonl).unwrap();
-    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 1 };
+    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 1, eval_every: 1, final_step: 0 };
     let params = init_params(&MICRO, 7);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
     let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
@@ -269,7 +269,7 @@ fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
     let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
     let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
     let records = parse_jsonl(&jsonl).unwrap();
-    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 2 };
+    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 2, eval_every: 1, final_step: 0 };
     let params = init_params(&MICRO, 5);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
     let Some(gpu_sync_engine) = gpu(MICRO, params.clone()) else { return };

@@ -26,7 +26,7 @@ fn unpaired_jsonl() -> String {
 
 fn session(loss: LossMix, records: &[Record], lr: f32, seed: u64) -> Session<CpuEngine> {
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let config = SessionConfig { loss, params: LossParams::default(), optimizer: AdamWConfig { lr, ..AdamWConfig::default() }, batch_size: 4, seed };
+    let config = SessionConfig { loss, params: LossParams::default(), optimizer: AdamWConfig { lr, ..AdamWConfig::default() }, batch_size: 4, seed, eval_every: 1, final_step: 0 };
     Session::new(engine, records, config).unwrap()
 }
 
@@ -115,7 +115,7 @@ fn data_errors_name_the_line_and_field_and_invalid_config_is_rejected() {
     let text = format!("{}\n{{\"prompt\": \"Q\", \"chosen\": \"{}\", \"rejected\": \" x\"}}\n", pairs_jsonl(), "a".repeat(40));
     let records = parse_jsonl(&text).unwrap();
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig::default(), batch_size: 4, seed: 0 };
+    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig::default(), batch_size: 4, seed: 0, eval_every: 1, final_step: 0 };
     let err = Session::with_lines(engine, &records, Some(&record_lines(&text)), config.clone()).err().unwrap().to_string();
     assert!(err.contains("line 10") && err.contains("\"chosen\"") && err.contains("context"), "{err}");
 
@@ -147,4 +147,32 @@ fn async_session_equals_blocking_session_bit_for_bit() {
     let awaited_params = pollster::block_on(awaited.engine().params_async()).unwrap();
     assert!(blocking.engine().params().iter().zip(&awaited_params).all(|(a, b)| a.to_bits() == b.to_bits()));
     assert_eq!(serde_json::to_string(&pollster::block_on(awaited.evaluate_async()).unwrap()).unwrap(), serde_json::to_string(&blocking.evaluate().unwrap()).unwrap());
+}
+
+/// Evaluating the whole dataset only every few steps (and after the last) changes no
+/// training number: the same weights and batch metrics bit for bit; steps in between carry
+/// the last instruments, and `eval/step` says from when.
+#[test]
+fn eval_every_spaces_the_evaluations_and_changes_no_training_number() {
+    let records = parse_jsonl(&pairs_jsonl()).unwrap();
+    let mut every = session(LossMix::single(LossKind::Sigmoid), &records, 1e-2, 6);
+    let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
+    let mut spaced = Session::new(engine, &records, SessionConfig { eval_every: 3, final_step: 7, ..every.config().clone() }).unwrap();
+    assert_eq!(spaced.eval_every(), 3);
+    let mut evaluated_at = Vec::new();
+    for step in 1..=8u32 {
+        let (a, b) = (every.step().unwrap(), spaced.step().unwrap());
+        assert_eq!((a.loss.to_bits(), a.rewards_margins.to_bits()), (b.loss.to_bits(), b.rewards_margins.to_bits()), "step {step}");
+        assert_eq!(a.eval.step, step);
+        evaluated_at.push(b.eval.step);
+        if b.eval.step == step {
+            assert_eq!(a.eval, b.eval, "step {step}");
+        }
+    }
+    assert_eq!(evaluated_at, [0, 0, 3, 3, 3, 6, 7, 7]);
+    assert!(every.engine().params().iter().zip(spaced.engine().params()).all(|(a, b)| a.to_bits() == b.to_bits()));
+    // automatic: every step for a dataset this small (16 rows)
+    let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
+    let auto = Session::new(engine, &records, SessionConfig { eval_every: 0, ..every.config().clone() }).unwrap();
+    assert_eq!(auto.eval_every(), 1);
 }

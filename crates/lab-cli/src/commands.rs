@@ -4,7 +4,6 @@ use clap::Args;
 use lab_core::checkpoint::{self, StorageDtype};
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::{self, Record};
-use lab_core::engine::AdamWConfig;
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossParams;
 use lab_core::{Engine, LabError, Result};
@@ -99,6 +98,10 @@ pub struct TrainArgs {
     /// Pairs per step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Evaluate the whole dataset (the eval/* metrics) every N steps and after the last;
+    /// 0 = automatic (every step up to 256 rows, then about 256 rows per step).
+    #[arg(long, default_value_t = 0)]
+    eval_every: u32,
     #[arg(long, allow_negative_numbers = true, default_value_t = LossParams::default().label_smoothing)]
     label_smoothing: f64,
     #[arg(long, allow_negative_numbers = true, default_value_t = LossParams::default().simpo_gamma)]
@@ -130,17 +133,15 @@ impl TrainArgs {
             cpo_alpha: self.cpo_alpha,
             ..LossParams::default()
         };
-        ExperimentConfig { loss: self.loss.clone(), params, lr: self.lr, weight_decay: self.weight_decay, batch_size: self.batch_size, steps: self.steps, seed: self.seed, scenario: None }
+        ExperimentConfig { loss: self.loss.clone(), params, lr: self.lr, weight_decay: self.weight_decay, batch_size: self.batch_size, steps: self.steps, seed: self.seed, scenario: None, eval_every: self.eval_every }
     }
 }
 
 /// Build a session from an experiment; the weights come from `model`.
 pub fn session_for(experiment: &ExperimentConfig, model: &ModelArgs, records: &[Record], lines: Option<&[usize]>) -> Result<Session<Box<dyn Engine>>> {
-    let mix = experiment.validate()?;
+    let config = SessionConfig::from_experiment(experiment)?;
     let (cfg, params) = model.load(experiment.seed)?;
     let engine = model.engine(cfg, params)?;
-    let optimizer = AdamWConfig { lr: experiment.lr as f32, weight_decay: experiment.weight_decay as f32, ..AdamWConfig::default() };
-    let config = SessionConfig { loss: mix, params: experiment.params, optimizer, batch_size: experiment.batch_size, seed: experiment.seed };
     Session::with_lines(engine, records, lines, config)
 }
 

@@ -4,7 +4,8 @@
 //! URL form: `loss=sigmoid%2B0.5*sft&beta=0.1&lr=0.001&batch_size=16&steps=100&seed=0`,
 //! then any loss parameter that differs from its default (`label_smoothing`,
 //! `simpo_gamma`, `discopop_tau`, `exo_epsilon`, `cpo_alpha`, `kto_desirable_weight`,
-//! `kto_undesirable_weight`), `weight_decay` if non-zero, and `scenario` if set. Unknown
+//! `kto_undesirable_weight`), `weight_decay` and `eval_every` if non-zero, and `scenario`
+//! if set. Unknown
 //! keys are an error naming the key, so a mistyped link never silently runs something else.
 
 use crate::error::{LabError, Result};
@@ -24,11 +25,15 @@ pub struct ExperimentConfig {
     pub steps: u32,
     pub seed: u64,
     pub scenario: Option<String>,
+    /// Evaluate the whole dataset (the `eval/*` instruments) every this many steps, and
+    /// after the last; 0 = automatic (every step up to 256 rows, then spaced so that
+    /// evaluating costs about one batch of 256 rows per step).
+    pub eval_every: u32,
 }
 
 impl Default for ExperimentConfig {
     fn default() -> Self {
-        ExperimentConfig { loss: "sigmoid".into(), params: LossParams::default(), lr: 1e-3, weight_decay: 0.0, batch_size: 16, steps: 100, seed: 0, scenario: None }
+        ExperimentConfig { loss: "sigmoid".into(), params: LossParams::default(), lr: 1e-3, weight_decay: 0.0, batch_size: 16, steps: 100, seed: 0, scenario: None, eval_every: 0 }
     }
 }
 
@@ -106,6 +111,7 @@ impl ExperimentConfig {
             ("kto_desirable_weight", self.params.kto_desirable_weight, defaults.kto_desirable_weight),
             ("kto_undesirable_weight", self.params.kto_undesirable_weight, defaults.kto_undesirable_weight),
             ("weight_decay", self.weight_decay, 0.0),
+            ("eval_every", f64::from(self.eval_every), 0.0),
         ];
         for (key, value, default) in optional {
             if value != default {
@@ -142,6 +148,7 @@ impl ExperimentConfig {
                 "kto_desirable_weight" => config.params.kto_desirable_weight = number(&value)?,
                 "kto_undesirable_weight" => config.params.kto_undesirable_weight = number(&value)?,
                 "weight_decay" => config.weight_decay = number(&value)?,
+                "eval_every" => config.eval_every = whole(&value)?.min(u32::MAX as u64) as u32,
                 "scenario" => config.scenario = Some(value).filter(|s| !s.is_empty()),
                 other => return Err(LabError::parse(format!("unknown setting {other:?} in the link"))),
             }
@@ -157,13 +164,15 @@ mod tests {
 
     #[test]
     fn url_round_trips_a_mix_and_non_default_params() {
-        let mut config = ExperimentConfig { loss: "sigmoid+0.5*sft".into(), lr: 5e-4, seed: 42, steps: 30, scenario: Some("no-never".into()), ..Default::default() };
+        let mut config = ExperimentConfig { loss: "sigmoid+0.5*sft".into(), lr: 5e-4, seed: 42, steps: 30, scenario: Some("no-never".into()), eval_every: 5, ..Default::default() };
         config.params.beta = 0.25;
         config.params.label_smoothing = 0.1;
         let query = config.to_query();
         assert!(query.contains("loss=sigmoid%2B0.5*sft"), "{query}");
         assert!(query.contains("label_smoothing=0.1"), "{query}");
         assert!(!query.contains("simpo_gamma"), "{query}");
+        assert!(query.contains("eval_every=5"), "{query}");
+        assert!(!ExperimentConfig::default().to_query().contains("eval_every"), "automatic is the default");
         assert_eq!(ExperimentConfig::from_query(&format!("?{query}")).unwrap(), config);
     }
 

@@ -16,7 +16,7 @@
 
 use crate::session::{Session, SessionConfig, StepRecord};
 use lab_core::data::{encode_example, parse_jsonl, Record};
-use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::engine::{Engine, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossParams;
 use lab_core::{LabError, Result};
@@ -284,9 +284,7 @@ fn train_run<E: Engine>(scenario: &Scenario, variant: &Variant, make_engine: &mu
     experiment.loss = variant.loss.clone().unwrap_or(experiment.loss);
     experiment.params = variant.params.unwrap_or(experiment.params);
     experiment.lr = variant.lr.unwrap_or(experiment.lr);
-    let mix = experiment.validate()?;
-    let optimizer = AdamWConfig { lr: experiment.lr as f32, weight_decay: experiment.weight_decay as f32, ..AdamWConfig::default() };
-    let config = SessionConfig { loss: mix, params: experiment.params, optimizer, batch_size: experiment.batch_size, seed: experiment.seed };
+    let config = SessionConfig::from_experiment(&experiment)?;
     let data_name = scenario.dir.join(&preset.data).display().to_string();
     let mut session = Session::new(make_engine()?, &scenario.records, config.clone()).map_err(|e| e.in_file(&data_name))?;
     let mut pairs = scenario.records.len();

@@ -8,6 +8,7 @@
 
 use crate::examples::{EncodedRow, Examples};
 use lab_core::engine::{AdamWConfig, Engine, ForwardOut, TokenBatch};
+use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::{self, DataShape, LossMix, LossParams, PairLogps, RankedLogps, UnpairedLogps};
 use lab_core::metrics;
 use lab_core::rng::Rng;
@@ -21,6 +22,8 @@ use std::task::{Context, Poll, Waker};
 
 /// Rows per engine call when evaluating the whole dataset.
 const EVAL_CHUNK_ROWS: usize = 64;
+/// Automatic evaluation spacing: about this many rows evaluated per step on average.
+const EVAL_ROWS_PER_STEP: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -30,9 +33,22 @@ pub struct SessionConfig {
     /// Pairs (or unpaired examples, or rankings) per step.
     pub batch_size: usize,
     pub seed: u64,
+    /// Evaluate the whole dataset every this many steps; 0 = automatic (every step up to
+    /// [`EVAL_ROWS_PER_STEP`] rows, then spaced to about that many rows per step). Steps in
+    /// between carry the last instruments (their `eval/step` says from when).
+    pub eval_every: u32,
+    /// A step that is always evaluated, the run's last (0: none).
+    pub final_step: u32,
 }
 
 impl SessionConfig {
+    /// The session settings of an experiment (validated).
+    pub fn from_experiment(experiment: &ExperimentConfig) -> Result<SessionConfig> {
+        let loss = experiment.validate()?;
+        let optimizer = AdamWConfig { lr: experiment.lr as f32, weight_decay: experiment.weight_decay as f32, ..AdamWConfig::default() };
+        Ok(SessionConfig { loss, params: experiment.params, optimizer, batch_size: experiment.batch_size, seed: experiment.seed, eval_every: experiment.eval_every, final_step: experiment.steps })
+    }
+
     /// Reject invalid settings before anything is computed.
     pub fn validate(&self) -> Result<DataShape> {
         let shape = self.loss.data_shape()?;
@@ -131,6 +147,9 @@ fn pairwise_accuracy(chosen: &[f64], rejected: &[f64]) -> f64 {
 /// The dataset-wide instruments (see shared/reference/losses-and-metrics.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Instruments {
+    /// The step these were computed after (0: the reference).
+    #[serde(rename = "eval/step")]
+    pub step: u32,
     /// R: fraction of pairs with πθ(yw) ≥ πθ(yl) (Chen et al. 2024, def. 2.3).
     #[serde(rename = "eval/ranking_accuracy", skip_serializing_if = "Option::is_none")]
     pub ranking_accuracy: Option<f64>,
@@ -464,7 +483,11 @@ impl<E: Engine> Session<E> {
         self.engine.backward(&d_seq_logps)?;
         self.steps_done += 1;
         self.engine.adamw_step(&self.config.optimizer, self.steps_done)?;
-        record.eval = self.run_evaluate(drive).await?;
+        record.eval = if self.steps_done % self.eval_every() == 0 || self.steps_done == self.config.final_step {
+            self.run_evaluate(drive).await?
+        } else {
+            self.last_instruments.clone()
+        };
         Ok(record)
     }
 
@@ -476,6 +499,15 @@ impl<E: Engine> Session<E> {
         };
         let out = drive.forward(&mut self.engine, &batch).await?;
         Ok(out.seq_logps.iter().map(|&v| v as f64).collect())
+    }
+
+    /// Steps between evaluations of the whole dataset ([`SessionConfig::eval_every`], the
+    /// automatic choice resolved).
+    pub fn eval_every(&self) -> u32 {
+        match self.config.eval_every {
+            0 => self.rows.len().div_ceil(EVAL_ROWS_PER_STEP).max(1) as u32,
+            every => every,
+        }
     }
 
     /// Score the whole dataset with the current policy and update the instruments and the
@@ -498,7 +530,7 @@ impl<E: Engine> Session<E> {
             stats.policy_rejected = self.policy_logps[group.rows.start + 1];
             stats.margin = beta * ((stats.policy_chosen - stats.reference_chosen) - (stats.policy_rejected - stats.reference_rejected));
         }
-        self.last_instruments = self.instruments_from(&scores);
+        self.last_instruments = Instruments { step: self.steps_done, ..self.instruments_from(&scores) };
         Ok(self.last_instruments.clone())
     }
 

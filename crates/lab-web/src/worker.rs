@@ -16,7 +16,7 @@ use futures::channel::mpsc;
 use futures::StreamExt;
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::{encode_example, parse_jsonl, Record};
-use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::engine::{Engine, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossMix;
 use lab_core::rng::Rng;
@@ -308,9 +308,7 @@ impl Lab {
         let mut infos = Vec::new();
         let mut start = Vec::new();
         for (index, run_experiment) in experiments.iter().enumerate() {
-            let loss = run_experiment.validate().map_err(|e| e.to_string())?;
-            let optimizer = AdamWConfig { lr: run_experiment.lr as f32, weight_decay: run_experiment.weight_decay as f32, ..AdamWConfig::default() };
-            let config = SessionConfig { loss, params: run_experiment.params, optimizer, batch_size: run_experiment.batch_size, seed: run_experiment.seed };
+            let config = SessionConfig::from_experiment(run_experiment).map_err(|e| e.to_string())?;
             let engine = self.fresh_engine().await?;
             let session = Session::new_async(engine, &kept_records, config).await.map_err(|e: LabError| format!("run {}: {e}", index + 1))?;
             let mut metrics = metrics_of(serde_json::to_value(session.instruments()).expect("instruments serialize"));
