@@ -37,8 +37,9 @@
 // rows 4y..4y+3 and columns 4x..4x+3, accumulated in four vec4 registers (no arrays: an
 // indexed per-invocation array can land in slow local memory). Dispatch (⌈cols/64⌉,
 // ⌈rows/64⌉, splits). K advances 16 at a time through two 16×64 tiles held as vec4 in
-// workgroup memory (8 KiB): per k, two 16-byte reads feed 16 multiply-adds; the next
-// tiles' loads are in flight while this tile's multiply-adds run.
+// workgroup memory: per k, two 16-byte reads feed 16 multiply-adds; the next
+// tiles' loads are in flight while this tile's multiply-adds run. (8.5 KiB with the
+// padding described at `PITCH`.)
 // A second entry point, `gemm_wide` (at the end of this file), computes a 128×64 tile with
 // the same 256 invocations (8×4 each); the engine picks per GEMM (lab-gpu `GemmTiles`).
 //
@@ -99,8 +100,14 @@ var<private> a_base: u32;
 var<private> b_base: u32;
 var<private> c_base: u32;
 
-var<workgroup> a_tile: array<vec4<f32>, 256>; // [k][r / 4], KT × TILE floats
-var<workgroup> b_tile: array<vec4<f32>, 256>; // [k][s / 4]
+// Tile rows are padded by one vec4 (pitch 17 vec4 = 68 floats): a warp storing one
+// operand element each, for an operand contiguous along k, writes 16 consecutive k of two
+// rows; unpadded those are 64 floats apart, all in one of the 32 banks (a 16-way
+// conflict), padded they spread over the banks (2-way). Reads stay broadcasts and
+// consecutive vec4.
+const PITCH: u32 = 17u;
+var<workgroup> a_tile: array<vec4<f32>, 272>; // [k][r / 4], KT × PITCH vec4
+var<workgroup> b_tile: array<vec4<f32>, 272>; // [k][s / 4]
 
 fn load_a(r: u32, k: u32) -> f32 {
     if ((g.flags & ONEHOT_A) != 0u) {
@@ -195,9 +202,9 @@ fn fetch_b4(s0: u32, k0: u32, k_end: u32, li: u32) -> vec4<f32> {
 
 fn put(li: u32, q: u32, a_value: f32, b_value: f32) {
     let kr = tile_a(li, q);
-    a_tile[kr.x * 16u + kr.y / 4u][kr.y % 4u] = a_value;
+    a_tile[kr.x * PITCH + kr.y / 4u][kr.y % 4u] = a_value;
     let ks = tile_b(li, q);
-    b_tile[ks.x * 16u + ks.y / 4u][ks.y % 4u] = b_value;
+    b_tile[ks.x * PITCH + ks.y / 4u][ks.y % 4u] = b_value;
 }
 
 // Set this workgroup's operand bases (batch) and return its k range (split).
@@ -241,8 +248,8 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             pb = fetch_b4(s0, next, k_end, li);
         }
         for (var k = 0u; k < KT; k += 1u) {
-            let av = a_tile[k * 16u + lid.y];
-            let bv = b_tile[k * 16u + lid.x];
+            let av = a_tile[k * PITCH + lid.y];
+            let bv = b_tile[k * PITCH + lid.x];
             acc0 += av.x * bv;
             acc1 += av.y * bv;
             acc2 += av.z * bv;
@@ -264,14 +271,16 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 // and columns 4x..4x+3: eight vec4 accumulators, so each k reads three vec4 from workgroup
 // memory for 32 multiply-adds (the 64×64 tile reads two for 16), and each tile's global
 // loads are amortised over twice the arithmetic. K advances 8 at a time through
-// double-buffered tiles (2 × (8×128 + 8×64) floats = 12 KiB): the next tiles are stored
-// into the other buffer while this one is read, one barrier per step instead of two.
+// double-buffered tiles (2 × (8×132 + 8×68) floats = 12.5 KiB, rows padded by one vec4 as
+// in `gemm`, here making the stores conflict-free): the next tiles are stored into the
+// other buffer while this one is read, one barrier per step instead of two.
 
 const WIDE_ROWS: u32 = 128u;
 const KW: u32 = 8u;
 
-var<workgroup> wa: array<vec4<f32>, 512>; // [buffer][k][r / 4]: 2 × KW × WIDE_ROWS floats
-var<workgroup> wb: array<vec4<f32>, 256>; // [buffer][k][s / 4]: 2 × KW × TILE floats
+const WIDE_PITCH: u32 = 33u; // vec4 per padded row of the A tile
+var<workgroup> wa: array<vec4<f32>, 528>; // [buffer][k][r / 4]: 2 × KW × WIDE_PITCH vec4
+var<workgroup> wb: array<vec4<f32>, 272>; // [buffer][k][s / 4]: 2 × KW × PITCH vec4
 
 // Operand element q of this invocation's share of the 8×128 A tile (q < 4) and the 8×64 B
 // tile (q < 2).
@@ -293,12 +302,12 @@ fn wide_fetch_b(s0: u32, k0: u32, k_end: u32, li: u32) -> vec2<f32> {
 
 fn wide_put_a(li: u32, buffer: u32, q: u32, value: f32) {
     let kr = wide_a(li, q);
-    wa[buffer * 256u + kr.x * 32u + kr.y / 4u][kr.y % 4u] = value;
+    wa[buffer * (KW * WIDE_PITCH) + kr.x * WIDE_PITCH + kr.y / 4u][kr.y % 4u] = value;
 }
 
 fn wide_put_b(li: u32, buffer: u32, q: u32, value: f32) {
     let ks = wide_b(li, q);
-    wb[buffer * 128u + ks.x * 16u + ks.y / 4u][ks.y % 4u] = value;
+    wb[buffer * (KW * PITCH) + ks.x * PITCH + ks.y / 4u][ks.y % 4u] = value;
 }
 
 // (written out, not looped: a vector indexed by a loop variable may leave registers)
@@ -339,12 +348,12 @@ fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
             pa = wide_fetch_a(r0, next, k_end, li);
             pb = wide_fetch_b(s0, next, k_end, li);
         }
-        let a_at = buffer * 256u + lid.y;
-        let b_at = buffer * 128u + lid.x;
+        let a_at = buffer * (KW * WIDE_PITCH) + lid.y;
+        let b_at = buffer * (KW * PITCH) + lid.x;
         for (var k = 0u; k < KW; k += 1u) {
-            let lo = wa[a_at + k * 32u];
-            let hi = wa[a_at + k * 32u + 16u];
-            let bv = wb[b_at + k * 16u];
+            let lo = wa[a_at + k * WIDE_PITCH];
+            let hi = wa[a_at + k * WIDE_PITCH + 16u];
+            let bv = wb[b_at + k * PITCH];
             acc0 += lo.x * bv;
             acc1 += lo.y * bv;
             acc2 += lo.z * bv;
