@@ -19,6 +19,13 @@
 //   split-K, for the weight gradients whose depth (N = B·T) dwarfs their output; each split
 //   writes its own slab of C (c_zs apart) and reduce.wgsl `split_sum` adds the slabs in
 //   order, so the result is reproducible (no atomics).
+//   Then, for the MLP's GELU (tanh approximation, GPT-2's `gelu_new`):
+//     flags & 64  (forward):  aux[aux_off + r·c_rs + s] = gelu(C[...]) as well
+//     flags & 128 (backward): C[...] ·= gelu′(aux[aux_off + r·c_rs + s])
+//   with gelu(x) = ½ x (1 + tanh u), u = √(2/π) (x + 0.044715 x³), and
+//   gelu′(x) = ½ (1 + tanh u) + ½ x sech²u √(2/π) (1 + 3·0.044715 x²); tanh's argument
+//   is clamped to ±15 (±1 in f32 already; some backends evaluate tanh through exp and
+//   give NaN beyond). Reference twin: lab-cpu `gelu_forward` / `gelu_backward`.
 //
 // Bindings (group 0):
 //   0 uniform  Gemm
@@ -28,6 +35,8 @@
 //   4 addend   array<f32>  read          (rows, cols) at addend_off; any buffer when unused
 //   5 c        array<f32>  read_write    (splits, rows, cols) at c_off, strides (c_zs, c_rs)
 //   6 tokens   array<u32>  read          (depth) at a_off, for flags & 16; any buffer otherwise
+//   7 aux      array<f32>  read_write    (rows, cols) at aux_off: GELU's output (flags & 64) or
+//                                        input (flags & 128); any other buffer otherwise
 // Shapes as used by the model (N = B·T, IC/OC the layer's in/out channels):
 //   forward   A = x (N, IC), B = Wᵀ (IC, OC) read from W (OC, IC), C = y (N, OC)
 //   dinp      A = dy (N, OC), B = W (OC, IC), C = dx (N, IC)
@@ -47,7 +56,11 @@
 // epilogue of the projection GEMM, saving a kernel launch and a round trip of (B, T, C)
 // through memory per branch; the bias is its prologue; the bias gradient rides along as the
 // ones column. The backward of a residual add is the identity, so it needs no kernel at
-// all (see layernorm.wgsl, `accumulate`).
+// all (see layernorm.wgsl, `accumulate`). GELU has no kernel of its own either: the fc
+// GEMM writes both its output and GELU of it, and the input gradient of fcproj comes out
+// multiplied by GELU's derivative, saving two launches per layer and a round trip of the
+// (B, T, 4C) activation through memory each (those GEMMs are never split, so the epilogue
+// sees whole sums).
 
 struct Gemm {
     rows: u32,
@@ -75,7 +88,7 @@ struct Gemm {
     b_zi: u32,
     c_zo: u32,
     c_zi: u32,
-    _pad: u32,
+    aux_off: u32,
 }
 
 const TILE: u32 = 64u;
@@ -86,6 +99,10 @@ const ADDEND: u32 = 4u;
 const ONES_COLUMN: u32 = 8u;
 const ONEHOT_A: u32 = 16u;
 const BATCHED: u32 = 32u;
+const GELU_OUT: u32 = 64u;
+const GELU_GRAD: u32 = 128u;
+const GELU_SCALE: f32 = 0.7978845608028654; // √(2/π)
+const GELU_CUBIC: f32 = 0.044715;
 
 @group(0) @binding(0) var<uniform> g: Gemm;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -94,6 +111,7 @@ const BATCHED: u32 = 32u;
 @group(0) @binding(4) var<storage, read> addend: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
 @group(0) @binding(6) var<storage, read> tokens: array<u32>;
+@group(0) @binding(7) var<storage, read_write> aux: array<f32>;
 
 // where this workgroup's batch of A, B and C starts
 var<private> a_base: u32;
@@ -135,6 +153,19 @@ fn initial(r: u32, s: u32, at: u32) -> f32 {
     return init;
 }
 
+fn tanh_of_gelu_arg(x: f32) -> f32 {
+    return tanh(clamp(GELU_SCALE * (x + GELU_CUBIC * x * x * x), -15.0, 15.0));
+}
+
+fn gelu(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + tanh_of_gelu_arg(x));
+}
+
+fn gelu_grad(x: f32) -> f32 {
+    let th = tanh_of_gelu_arg(x);
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
+}
+
 fn store(r: u32, s: u32, value: f32) {
     if (r < g.rows && s < g.cols) {
         let at = c_base + r * g.c_rs + s;
@@ -142,7 +173,14 @@ fn store(r: u32, s: u32, value: f32) {
         if ((g.flags & ADDEND) != 0u) {
             out = addend[g.addend_off + r * g.c_rs + s] + out;
         }
+        let aux_at = g.aux_off + r * g.c_rs + s;
+        if ((g.flags & GELU_GRAD) != 0u) {
+            out = out * gelu_grad(aux[aux_at]);
+        }
         c[at] = out;
+        if ((g.flags & GELU_OUT) != 0u) {
+            aux[aux_at] = gelu(out);
+        }
     }
 }
 

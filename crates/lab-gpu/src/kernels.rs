@@ -5,12 +5,11 @@ use lab_core::error::Result;
 
 /// Every shader file, by name, as embedded in the binary. The naga test compiles the files
 /// on disk; this list is what the engine runs.
-pub const SHADERS: [(&str, &str); 8] = [
+pub const SHADERS: [(&str, &str); 7] = [
     ("encoder.wgsl", include_str!("../../../shaders/encoder.wgsl")),
     ("layernorm.wgsl", include_str!("../../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
     ("attention.wgsl", include_str!("../../../shaders/attention.wgsl")),
-    ("gelu.wgsl", include_str!("../../../shaders/gelu.wgsl")),
     ("logprob.wgsl", include_str!("../../../shaders/logprob.wgsl")),
     ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl")),
     ("adamw.wgsl", include_str!("../../../shaders/adamw.wgsl")),
@@ -28,8 +27,6 @@ pub enum Kernel {
     GemmWide,
     SoftmaxForward,
     SoftmaxBackward,
-    GeluForward,
-    GeluBackward,
     LogprobForward,
     LogprobBackward,
     SeqSums,
@@ -38,7 +35,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 14] = [
         Kernel::EncoderForward,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
@@ -48,8 +45,6 @@ impl Kernel {
         Kernel::GemmWide,
         Kernel::SoftmaxForward,
         Kernel::SoftmaxBackward,
-        Kernel::GeluForward,
-        Kernel::GeluBackward,
         Kernel::LogprobForward,
         Kernel::LogprobBackward,
         Kernel::SeqSums,
@@ -69,8 +64,6 @@ impl Kernel {
             Kernel::GemmWide => ("matmul.wgsl", "gemm_wide"),
             Kernel::SoftmaxForward => ("attention.wgsl", "softmax_forward"),
             Kernel::SoftmaxBackward => ("attention.wgsl", "softmax_backward"),
-            Kernel::GeluForward => ("gelu.wgsl", "forward"),
-            Kernel::GeluBackward => ("gelu.wgsl", "backward"),
             Kernel::LogprobForward => ("logprob.wgsl", "forward"),
             Kernel::LogprobBackward => ("logprob.wgsl", "backward"),
             Kernel::SeqSums => ("reduce.wgsl", "seq_sums"),

@@ -102,6 +102,8 @@ struct Gemm {
     /// Batched products (flag BATCHED): batch z = zo·z_inner + zi, operands offset by
     /// zo·(·)_zo + zi·(·)_zi.
     batch: Option<Batch>,
+    /// Where GELU's output (GELU_OUT) or input (GELU_GRAD) starts in the `aux` buffer.
+    aux_off: usize,
 }
 
 /// The batch layout of a batched GEMM (attention: zo = b, zi = h).
@@ -120,6 +122,8 @@ const ADDEND: u32 = 4;
 const ONES_COLUMN: u32 = 8;
 const ONEHOT_A: u32 = 16;
 const BATCHED: u32 = 32;
+const GELU_OUT: u32 = 64;
+const GELU_GRAD: u32 = 128;
 
 /// Workgroups a split GEMM aims for: about two per streaming multiprocessor of a large GPU,
 /// and enough to hide latency on a small one.
@@ -239,6 +243,8 @@ struct Recorder<'a> {
     params: &'a wgpu::Buffer,
     grads: &'a wgpu::Buffer,
     dummy: &'a wgpu::Buffer,
+    /// Stands in for the GEMM's unused read-write `aux` binding.
+    dummy_rw: &'a wgpu::Buffer,
     /// Split-reduction scratch (see [`partial_floats`]).
     partial: &'a wgpu::Buffer,
     n: usize,
@@ -253,7 +259,8 @@ impl Recorder<'_> {
         self.specs.push(Spec { kernel, words, buffers, groups, backward: self.backward });
     }
 
-    fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) -> Result<()> {
         let k_chunk = if g.k_chunk == 0 { g.depth.max(1) } else { g.k_chunk };
         // (tile_rows × 64) output tile per 16×16 workgroup, one workgroup layer per split
         let tile_rows = self.tiles.tile_rows(g.rows, g.cols, g.batch.is_some());
@@ -267,7 +274,7 @@ impl Recorder<'_> {
         groups[2] = u32::try_from(z).ok().filter(|&z| z <= self.grid.max_per_dim).ok_or_else(|| LabError::Engine { msg: format!("{z} GEMM batches or splits exceed the limit max_compute_workgroups_per_dimension = {}", self.grid.max_per_dim) })?;
         #[rustfmt::skip]
         let w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
-            batch.inner, batch.a.0, batch.a.1, batch.b.0, batch.b.1, batch.c.0, batch.c.1, 0]);
+            batch.inner, batch.a.0, batch.a.1, batch.b.0, batch.b.1, batch.c.0, batch.c.1, g.aux_off]);
         if c == self.partial && g.batch.is_none() {
             // the split slabs must fit the scratch partial_floats sized
             let needed = g.c_off + (z - 1) * g.c_zs + (g.rows - 1) * g.c_rs + g.cols;
@@ -278,7 +285,8 @@ impl Recorder<'_> {
         let (bias, addend) = (bias.unwrap_or(self.dummy), addend.unwrap_or(self.dummy));
         // the one-hot mode reads the token ids through `a`'s twin binding
         let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
-        self.push(kernel, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens)], groups);
+        let aux = aux.unwrap_or(self.dummy_rw);
+        self.push(kernel, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens), (7, aux)], groups);
         Ok(())
     }
 
@@ -290,7 +298,7 @@ impl Recorder<'_> {
         let (splits, k_chunk) = split_k(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         let slab = g.rows * g.cols;
         let partial = self.partial;
-        self.gemm(Gemm { c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, partial)?;
+        self.gemm(Gemm { c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, partial, None)?;
         let (main_off, main_rs, main_cols) = main;
         let grads = self.grads;
         self.split_sum(slab, splits, g.cols, main_cols, (grads, main_off, main_rs), (side_off, 1), accumulate as u32, None, None)
@@ -298,17 +306,18 @@ impl Recorder<'_> {
 
     /// An activation GEMM (`g` with its C offset and epilogue, into `c`), split along its
     /// depth when [`split_activation`] says so: the slabs go to the scratch and
-    /// `split_sum` adds them with the bias and addend into `c`.
+    /// `split_sum` adds them with the bias and addend into `c`. A GEMM with a GELU
+    /// epilogue (into or from `aux`) is never split: GELU needs the whole sum.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_activation(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer) -> Result<()> {
+    fn gemm_activation(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) -> Result<()> {
         let (splits, k_chunk) = split_activation(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
-        if splits == 1 {
-            return self.gemm(g, a, b, bias, addend, c);
+        if splits == 1 || aux.is_some() {
+            return self.gemm(g, a, b, bias, addend, c, aux);
         }
         let slab = g.rows * g.cols;
         let partial = self.partial;
         let plain = Gemm { flags: 0, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
-        self.gemm(plain, a, b, None, None, partial)?;
+        self.gemm(plain, a, b, None, None, partial, None)?;
         let epilogue = g.flags & (BIAS | ADDEND);
         self.split_sum(slab, splits, g.cols, g.cols, (c, g.c_off, g.c_rs), (0, 0), epilogue, bias.map(|p| (p, g.bias_off)), addend.map(|x| (x, g.addend_off)))
     }
@@ -327,10 +336,10 @@ impl Recorder<'_> {
     }
 
     /// out (N, OC) at out_off = inp (N, IC) at inp_off · Wᵀ (+ bias) (+ addend), W (OC, IC)
-    /// and bias in the parameters.
+    /// and bias in the parameters; and GELU(out) into `gelu` (same layout) if given.
     #[allow(clippy::too_many_arguments)]
-    fn linear_forward(&mut self, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, bias_off: Option<usize>, out: (&wgpu::Buffer, usize), addend: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
-        let mut flags = 0;
+    fn linear_forward(&mut self, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, bias_off: Option<usize>, out: (&wgpu::Buffer, usize), addend: Option<(&wgpu::Buffer, usize)>, gelu: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+        let mut flags = if gelu.is_some() { GELU_OUT } else { 0 };
         if bias_off.is_some() {
             flags |= BIAS;
         }
@@ -352,20 +361,23 @@ impl Recorder<'_> {
             c_rs: oc,
             bias_off: bias_off.unwrap_or(0),
             addend_off: addend.map_or(0, |a| a.1),
+            aux_off: gelu.map_or(0, |x| x.1),
             ..Gemm::default()
         };
         let params = self.params;
-        self.gemm_activation(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0)
+        self.gemm_activation(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0, gelu.map(|x| x.0))
     }
 
-    /// dinp (N, IC) = dout · W (overwritten); dW (OC, IC) = doutᵀ · inp and dbias = Σ_n dout
+    /// dinp (N, IC) = dout · W (overwritten), times GELU′ of `gelu_input` (same layout) if
+    /// given (the layer's input was GELU of it); dW (OC, IC) = doutᵀ · inp and dbias = Σ_n dout
     /// (overwritten) in the gradient buffer.
     #[allow(clippy::too_many_arguments)]
-    fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, dw_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer) -> Result<()> {
+    fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, dw_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
         let n = self.n;
         let params = self.params;
-        let dx = Gemm { rows: n, cols: ic, depth: oc, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, ..Gemm::default() };
-        self.gemm_activation(dx, dout, params, None, None, dinp)?;
+        let flags = if gelu_input.is_some() { GELU_GRAD } else { 0 };
+        let dx = Gemm { rows: n, cols: ic, depth: oc, flags, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, aux_off: gelu_input.map_or(0, |x| x.1), ..Gemm::default() };
+        self.gemm_activation(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0))?;
         // [dW | db] = doutᵀ · [inp | 1]: the bias gradient is the ones column
         let flags = if db_off.is_some() { ONES_COLUMN } else { 0 };
         let cols = ic + db_off.is_some() as usize;
@@ -450,7 +462,6 @@ impl Plan {
         let datty = make("datty", nc)?;
         let dqkv = make("dqkv", 3 * nc)?; // (B, T, 3C)
         let dfch = make("dfch", 4 * nc)?; // (B, T, 4C)
-        let dfch_gelu = make("dfch_gelu", 4 * nc)?;
         let dlogits = make("dlogits", n * v)?; // (B, T, V)
         let dpre = make("dpre", att_len)?; // (B, NH, T, T)
         let partial = make("split partials", partial_floats(cfg, n, tiles))?;
@@ -462,7 +473,8 @@ impl Plan {
         });
 
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
-        let mut rec = Recorder { grid, params, grads, dummy, partial: &partial, n, specs: Vec::new(), backward: false, tiles };
+        let dummy_rw = make("unused aux", 1)?;
+        let mut rec = Recorder { grid, params, grads, dummy, dummy_rw: &dummy_rw, partial: &partial, n, specs: Vec::new(), backward: false, tiles };
         let scale = 1.0 / (hs as f32).sqrt();
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
@@ -494,26 +506,26 @@ impl Plan {
             let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
             let w = ln_words(res_off, l * nc, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 0);
             rec.push(Kernel::LayerNormForward, w, &[(1, residual), (2, params), (3, &ln1), (4, &ln1_mean), (5, &ln1_rstd)], grid.cover(n, 1)?);
-            rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None)?;
+            rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None, None)?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // att = Q·Kᵀ (raw scores), softmax in place, atty = att·V
             let scores = Gemm { rows: t, cols: t, depth: hs, a_off: q_off, a_rs: 3 * c, a_ks: 1, b_off: k_off, b_ks: 1, b_ss: 3 * c, c_off: l * att_len, c_rs: t, batch: batch(qkv_z, qkv_z, att_z), ..Gemm::default() };
-            rec.gemm(scores, &qkv, &qkv, None, None, &att)?;
+            rec.gemm(scores, &qkv, &qkv, None, None, &att, None)?;
             rec.push(Kernel::SoftmaxForward, softmax_words(l), &[(1, &att)], softmax_groups);
             let y = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: t, a_ks: 1, b_off: v_off, b_ks: 3 * c, b_ss: 1, c_off: l * nc, c_rs: c, batch: batch(att_z, qkv_z, btc_z), ..Gemm::default() };
-            rec.gemm(y, &att, &qkv, None, None, &atty)?;
+            rec.gemm(y, &att, &qkv, None, None, &atty, None)?;
             // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
-            rec.linear_forward((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), (&residual2, l * nc), Some((residual, res_off)))?;
+            rec.linear_forward((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), (&residual2, l * nc), Some((residual, res_off)), None)?;
             let w = ln_words(l * nc, l * nc, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 0);
             rec.push(Kernel::LayerNormForward, w, &[(1, &residual2), (2, params), (3, &ln2), (4, &ln2_mean), (5, &ln2_rstd)], grid.cover(n, 1)?);
-            rec.linear_forward((&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), (&fch, l * 4 * nc), None)?;
-            rec.push(Kernel::GeluForward, words(&[4 * nc, l * 4 * nc, l * 4 * nc, 0]), &[(1, &fch), (2, &fch_gelu)], grid.cover(4 * nc, 64)?);
-            rec.linear_forward((&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), (&residual3, l * nc), Some((&residual2, l * nc)))?;
+            // fch = fc(ln2) and fch_gelu = GELU(fch) from one GEMM
+            rec.linear_forward((&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), (&fch, l * 4 * nc), None, Some((&fch_gelu, l * 4 * nc)))?;
+            rec.linear_forward((&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), (&residual3, l * nc), Some((&residual2, l * nc)), None)?;
         }
         let last = (nl - 1) * nc;
         let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0);
         rec.push(Kernel::LayerNormForward, w, &[(1, &residual3), (2, params), (3, &lnf), (4, &lnf_mean), (5, &lnf_rstd)], grid.cover(n, 1)?);
-        rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None)?; // tied LM head
+        rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None, None)?; // tied LM head
         let head_words = words(&[b, t, v, 0]);
         rec.push(Kernel::LogprobForward, head_words.clone(), &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)], grid.cover(n, 1)?);
         rec.push(Kernel::SeqSums, words(&[b, t, 0, 0]), &[(1, &mask), (2, &topk), (3, &out)], [b.div_ceil(64) as u32, 1, 1]);
@@ -521,7 +533,7 @@ impl Plan {
         // ---------------- backward ----------------
         rec.backward = true;
         rec.push(Kernel::LogprobBackward, head_words, &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)], grid.cover(n * v, 64)?);
-        rec.linear_backward(&dlogits, (&lnf, 0), c, v, lay.wte, lay.wte, None, &dln)?; // dlnf; dwte = dlogitsᵀ·lnf (first write)
+        rec.linear_backward(&dlogits, (&lnf, 0), c, v, lay.wte, lay.wte, None, &dln, None)?; // dlnf; dwte = dlogitsᵀ·lnf (first write)
         let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0);
         rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual3), (2, params), (6, &dln), (7, &lnf_mean), (8, &lnf_rstd), (9, &dres)], grid.cover(n, 1)?);
         ln_params(&mut rec, &residual3, w, &lnf_mean, &lnf_rstd, lay.lnfw, lay.lnfb)?;
@@ -529,26 +541,26 @@ impl Plan {
         // gradient, and its LayerNorms add their input gradients into it.
         for l in (0..nl).rev() {
             let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
-            rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch_gelu)?;
-            rec.push(Kernel::GeluBackward, words(&[4 * nc, l * 4 * nc, 0, 0]), &[(1, &fch), (3, &dfch_gelu), (4, &dfch)], grid.cover(4 * nc, 64)?);
-            rec.linear_backward(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln)?;
+            // dfch = (dres · W_fcproj) ⊙ GELU′(fch) from one GEMM
+            rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch, Some((&fch, l * 4 * nc)))?;
+            rec.linear_backward(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln, None)?;
             let w = ln_words(l * nc, 0, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 1);
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual2), (2, params), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (9, &dres)], grid.cover(n, 1)?);
             ln_params(&mut rec, &residual2, w, &ln2_mean, &ln2_rstd, p(lay.ln2w, c, l), p(lay.ln2b, c, l))?;
-            rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty)?;
+            rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty, None)?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
             // dk = dpreᵀ·Q, dv = attᵀ·dy (datty, dpre and dqkv hold one layer)
             let datt = Gemm { rows: t, cols: t, depth: hs, a_rs: c, a_ks: 1, b_off: v_off, b_ks: 1, b_ss: 3 * c, c_rs: t, batch: batch(btc_z, qkv_z, att_z), ..Gemm::default() };
-            rec.gemm(datt, &datty, &qkv, None, None, &dpre)?;
+            rec.gemm(datt, &datty, &qkv, None, None, &dpre, None)?;
             rec.push(Kernel::SoftmaxBackward, softmax_words(l), &[(2, &att), (3, &dpre)], softmax_groups);
             let dq = Gemm { rows: t, cols: hs, depth: t, a_rs: t, a_ks: 1, b_off: k_off, b_ks: 3 * c, b_ss: 1, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
-            rec.gemm(dq, &dpre, &qkv, None, None, &dqkv)?;
+            rec.gemm(dq, &dpre, &qkv, None, None, &dqkv, None)?;
             let dk = Gemm { rows: t, cols: hs, depth: t, a_rs: 1, a_ks: t, b_off: q_off, b_ks: 3 * c, b_ss: 1, c_off: c, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
-            rec.gemm(dk, &dpre, &qkv, None, None, &dqkv)?;
+            rec.gemm(dk, &dpre, &qkv, None, None, &dqkv, None)?;
             let dv = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: 1, a_ks: t, b_ks: c, b_ss: 1, c_off: 2 * c, c_rs: 3 * c, batch: batch(att_z, btc_z, qkv_z), ..Gemm::default() };
-            rec.gemm(dv, &att, &datty, None, None, &dqkv)?;
-            rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln)?;
+            rec.gemm(dv, &att, &datty, None, None, &dqkv, None)?;
+            rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln, None)?;
             let w = ln_words(res_off, 0, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 1);
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, residual), (2, params), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (9, &dres)], grid.cover(n, 1)?);
             ln_params(&mut rec, residual, w, &ln1_mean, &ln1_rstd, p(lay.ln1w, c, l), p(lay.ln1b, c, l))?;

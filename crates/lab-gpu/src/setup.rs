@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 /// Each entry: (name as in `wgpu::Limits` and the WebGPU spec, needed value, accessor).
 #[allow(clippy::type_complexity)]
 const FIXED_NEEDS: [(&str, u32, fn(&wgpu::Limits) -> u32); 6] = [
-    // logprob.wgsl and layernorm.wgsl's backward bind six storage buffers
-    ("max_storage_buffers_per_shader_stage", 6, |l| l.max_storage_buffers_per_shader_stage),
+    // matmul.wgsl binds seven storage buffers (logprob.wgsl and layernorm.wgsl six)
+    ("max_storage_buffers_per_shader_stage", 7, |l| l.max_storage_buffers_per_shader_stage),
     // matmul.wgsl: @workgroup_size(16, 16)
     ("max_compute_invocations_per_workgroup", 256, |l| l.max_compute_invocations_per_workgroup),
     ("max_compute_workgroup_size_x", 64, |l| l.max_compute_workgroup_size_x),
@@ -219,7 +219,7 @@ mod tests {
     fn a_small_limit_is_named_with_the_value_needed() {
         let limits = wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..wgpu::Limits::default() };
         let err = check_limits(&limits, "tiny adapter").unwrap_err().to_string();
-        assert!(err.contains("max_storage_buffers_per_shader_stage is 4") && err.contains("at least 6"), "{err}");
+        assert!(err.contains("max_storage_buffers_per_shader_stage is 4") && err.contains("at least 7"), "{err}");
         assert!(check_limits(&wgpu::Limits::default(), "webgpu defaults").is_ok(), "WebGPU's default limits must suffice");
         let err = check_buffer_size(&wgpu::Limits::default(), "activation att", 1 << 40).unwrap_err().to_string();
         assert!(err.contains("max_storage_buffer_binding_size = 134217728") && err.contains("activation att"), "{err}");
