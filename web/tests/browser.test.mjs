@@ -10,17 +10,11 @@
 // the longest main-thread task while training, and the wasm's gzipped size; writes
 // web/test-results/perf.json and web/screenshot.png.
 import { chromium } from 'playwright-core';
-import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { fileURLToPath } from 'node:url';
+import { root, dist, chromiumPath, quietArgs as baseArgs, serve, checks } from './harness.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '..', '..');
-const dist = path.join(root, 'dist');
-const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
-const baseArgs = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
 const webgpuArgs = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-angle=swiftshader'];
 const noWebgpuArgs = ['--disable-blink-features=WebGPU', '--disable-features=WebGPU'];
 // Timings are measured and reported (perf.json, the README), never asserted: a loaded CI
@@ -41,28 +35,9 @@ const PARITY_ABS = 1e-6;
 // --steps 20`): 1.1e-4 after the first update, 2.2e-4 at most over 20 steps.
 const CURVE_ABS = 1e-3;
 
-let failures = 0;
-let passes = 0;
-function check(ok, what, detail = '') {
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${detail ? ` (${detail})` : ''}`);
-  if (ok) passes++; else failures++;
-}
+const { check, finish } = checks();
 function report(within, what, detail) {
   console.log(`${within ? 'perf' : 'SLOW'} ${what} (${detail}; reported, not asserted)`);
-}
-
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json', '.md': 'text/markdown', '.jsonl': 'text/plain', '.safetensors': 'application/octet-stream' };
-function serve() {
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://127.0.0.1');
-    let file = path.join(dist, decodeURIComponent(url.pathname));
-    if (!file.startsWith(dist)) { res.writeHead(403).end(); return; }
-    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
-    if (!fs.existsSync(file)) { res.writeHead(404).end('not found'); return; }
-    res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream' });
-    fs.createReadStream(file).pipe(res);
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
 }
 
 // playwright launches each browser with a new, empty profile directory.
@@ -237,5 +212,4 @@ server.close();
 fs.mkdirSync(path.join(root, 'web', 'test-results'), { recursive: true });
 fs.writeFileSync(path.join(root, 'web', 'test-results', 'perf.json'), JSON.stringify(perf, null, 2) + '\n');
 console.log(JSON.stringify(perf, null, 2));
-console.log(`browser: ${passes} passed, ${failures} failed`);
-process.exit(failures ? 1 : 0);
+finish();

@@ -14,39 +14,15 @@
 // 5. Ranking 3–5 responses with the keyboard is stored best first.
 // 6. A storage error (quota) is reported and the annotation stays on the page.
 import { chromium } from 'playwright-core';
-import http from 'node:http';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { chromiumPath, quietArgs, serve, checks } from './harness.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '..', '..');
-const dist = path.join(root, 'dist');
-const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
-const args = ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
+const args = ['--enable-unsafe-webgpu', ...quietArgs];
 
-let failures = 0;
-let passes = 0;
-function check(ok, what, detail = '') {
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${detail ? ` (${detail})` : ''}`);
-  if (ok) passes++; else failures++;
-}
-
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json', '.md': 'text/markdown', '.jsonl': 'text/plain', '.safetensors': 'application/octet-stream' };
-function serve() {
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://127.0.0.1');
-    let file = path.join(dist, decodeURIComponent(url.pathname));
-    if (!file.startsWith(dist)) { res.writeHead(403).end(); return; }
-    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
-    if (!fs.existsSync(file)) { res.writeHead(404).end('not found'); return; }
-    res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream' });
-    fs.createReadStream(file).pipe(res);
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
-}
+const { check, finish } = checks();
 
 const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}`;
@@ -326,5 +302,4 @@ await context.close();
 check(errors.length === 0, 'no console errors', errors.join(' | '));
 server.close();
 fs.rmSync(scratch, { recursive: true, force: true });
-console.log(`browser: ${passes} passed, ${failures} failed (data panel)`);
-process.exit(failures ? 1 : 0);
+finish('data panel');
