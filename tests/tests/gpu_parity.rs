@@ -324,6 +324,56 @@ fn a_dpo_step_costs_two_submissions_and_one_readback() {
     assert_eq!(after.submissions - before.submissions, 6, "two submissions per step");
 }
 
+/// A backward recorded ahead (`prepare_backward`, while the forward runs) is the same work:
+/// the same weights bit for bit after three steps, in the same two submissions a step;
+/// a forward in between drops it, and a gradient readback before the update still works.
+#[test]
+fn a_prepared_backward_gives_the_same_weights_in_the_same_budget() {
+    let cfg = RAGGED;
+    let params = random_params(&cfg, 17);
+    let Some(mut plain) = gpu(cfg, params.clone()) else { return };
+    let Some(mut ahead) = gpu(cfg, params) else { return };
+    let batch = random_batch(&cfg, 4, 16, 18);
+    let other = random_batch(&cfg, 2, 12, 19);
+    let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
+    for step in 1..=3 {
+        let d_seq: Vec<f32> = plain.forward(&batch).unwrap().seq_logps.iter().map(|l| -l.signum()).collect();
+        plain.backward(&d_seq).unwrap();
+        plain.adamw_step(&opt, step).unwrap();
+        let before = ahead.sync_counts();
+        let pending = ahead.forward_submit(&batch).unwrap();
+        ahead.prepare_backward().unwrap();
+        assert!(ahead.backward_prepared());
+        let out = ahead.forward_finish(pending).unwrap();
+        assert_eq!(d_seq, out.seq_logps.iter().map(|l| -l.signum()).collect::<Vec<f32>>());
+        ahead.backward(&d_seq).unwrap();
+        assert!(!ahead.backward_prepared(), "the backward used it");
+        ahead.adamw_step(&opt, step).unwrap();
+        let after = ahead.sync_counts();
+        assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (2, 1), "step {step}");
+    }
+    assert!(plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ");
+    // prepared, then another forward: the backward is recorded afresh for that forward
+    ahead.forward(&batch).unwrap();
+    ahead.prepare_backward().unwrap();
+    plain.forward(&other).unwrap();
+    ahead.forward(&other).unwrap();
+    assert!(!ahead.backward_prepared(), "a forward drops it");
+    plain.backward(&[1.0, -1.0]).unwrap();
+    ahead.backward(&[1.0, -1.0]).unwrap();
+    assert!(plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients differ");
+    // prepared and used, gradients read before the update
+    ahead.forward(&batch).unwrap();
+    plain.forward(&batch).unwrap();
+    ahead.prepare_backward().unwrap();
+    ahead.backward(&[0.5, -0.5, 0.25, -0.25]).unwrap();
+    plain.backward(&[0.5, -0.5, 0.25, -0.25]).unwrap();
+    assert!(plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients differ");
+    ahead.adamw_step(&opt, 4).unwrap();
+    plain.adamw_step(&opt, 4).unwrap();
+    assert!(plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ");
+}
+
 #[test]
 fn misuse_is_an_error_not_a_panic() {
     let cfg = RAGGED;

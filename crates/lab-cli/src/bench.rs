@@ -50,7 +50,7 @@ fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
 
 /// The two engines of a DPO step. On the GPU both forwards are submitted before either is
 /// read (what PyTorch's asynchronous launches do too): one round trip per step instead of
-/// two, the same GPU work.
+/// two, the same GPU work; the policy's backward is recorded while they run.
 enum Engines {
     Cpu(Box<dyn Engine>, Box<dyn Engine>),
     Gpu(Box<lab_gpu::GpuEngine>, Box<lab_gpu::GpuEngine>),
@@ -90,6 +90,8 @@ impl Engines {
             Engines::Gpu(policy, reference) => {
                 let reference_pending = reference.forward_submit(batch)?;
                 let policy_pending = policy.forward_submit(batch)?;
+                // the backward is recorded while the forwards run, not after the readback
+                policy.prepare_backward()?;
                 let reference_logps = reference.forward_finish(reference_pending)?.seq_logps;
                 Ok((policy.forward_finish(policy_pending)?.seq_logps, reference_logps))
             }

@@ -61,10 +61,21 @@ pub struct GpuEngine {
     last_forward: Option<(usize, usize)>,
     /// Backward pass recorded but not yet submitted (behind a lock so that `grads(&self)`
     /// can submit it).
-    pending: Mutex<Option<wgpu::CommandEncoder>>,
+    pending: Mutex<Option<Pending>>,
+    /// The backward of the last forward, recorded ahead by [`GpuEngine::prepare_backward`]
+    /// (its shape (B, T)); any forward drops it.
+    prepared: Option<((usize, usize), wgpu::CommandBuffer)>,
     /// Queue submissions and GPU→CPU readbacks so far (see [`GpuEngine::sync_counts`]).
     submissions: AtomicU64,
     readbacks: AtomicU64,
+}
+
+/// Work recorded for the GPU but not yet submitted.
+enum Pending {
+    /// Still open: AdamW (or a readback) can be appended.
+    Recording(wgpu::CommandEncoder),
+    /// Finished ahead of time (a prepared backward): later work goes in its own buffer.
+    Finished(wgpu::CommandBuffer),
 }
 
 /// Recorded GPU work whose last command copies `len` floats into `staging`, ready to be
@@ -152,6 +163,7 @@ impl GpuEngine {
             tiles: GemmTiles::default(),
             last_forward: None,
             pending: Mutex::new(None),
+            prepared: None,
             submissions: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
         })
@@ -178,6 +190,7 @@ impl GpuEngine {
         self.flush();
         self.tiles = tiles;
         self.plans.clear();
+        self.prepared = None;
         self.last_forward = None;
     }
 
@@ -218,16 +231,56 @@ impl GpuEngine {
     }
 
     /// The recorded-but-unsubmitted backward, if any.
-    fn take_pending(&self) -> Option<wgpu::CommandEncoder> {
+    fn take_pending(&self) -> Option<Pending> {
         self.pending.lock().map(|mut p| p.take()).unwrap_or(None)
+    }
+
+    fn set_pending(&self, work: Pending) {
+        if let Ok(mut pending) = self.pending.lock() {
+            *pending = Some(work);
+        }
     }
 
     /// Submit recorded-but-unsubmitted passes.
     fn flush(&self) {
-        if let Some(encoder) = self.take_pending() {
+        if let Some(work) = self.take_pending() {
             self.count(false);
-            self.queue.submit([encoder.finish()]);
+            match work {
+                Pending::Recording(encoder) => self.queue.submit([encoder.finish()]),
+                Pending::Finished(buffer) => self.queue.submit([buffer]),
+            };
         }
+    }
+
+    /// An encoder that continues the pending work if it is still open; finished pending
+    /// work is submitted first.
+    fn continue_pending(&self, label: &str) -> wgpu::CommandEncoder {
+        match self.take_pending() {
+            Some(Pending::Recording(encoder)) => encoder,
+            Some(finished @ Pending::Finished(_)) => {
+                self.set_pending(finished);
+                self.flush();
+                self.encoder(label)
+            }
+            None => self.encoder(label),
+        }
+    }
+
+    /// Whether a backward recorded by [`GpuEngine::prepare_backward`] waits for its use.
+    pub fn backward_prepared(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// Record (and finish) the backward of the last forward now, while the GPU runs that
+    /// forward: the CPU work of recording ~25 launches a layer then stays off the step's
+    /// critical path, between the forward's readback and the backward's submission. The
+    /// next [`Engine::backward`] of the same forward submits it as it is.
+    pub fn prepare_backward(&mut self) -> Result<()> {
+        let plan = self.plan_of_last_forward()?;
+        let mut encoder = self.encoder("backward");
+        record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
+        self.prepared = Some(((plan.batch, plan.seq_len), encoder.finish()));
+        Ok(())
     }
 
     /// A fresh MAP_READ buffer for `len` floats (parity tests and checkpoints, not the
@@ -262,7 +315,7 @@ impl GpuEngine {
     /// the same submission.
     fn flat_readback(&self, src: &wgpu::Buffer) -> Readback {
         let total = self.cfg.layout().total;
-        let encoder = self.take_pending().unwrap_or_else(|| self.encoder("readback"));
+        let encoder = self.continue_pending("readback");
         self.readback(encoder, src, self.staging(total), total)
     }
 
@@ -291,6 +344,7 @@ impl GpuEngine {
         // the pending backward reads this shape's tokens: submit it before they change
         self.flush();
         self.last_forward = None;
+        self.prepared = None;
         let i = self.plan_index(batch.batch, batch.seq_len)?;
         let plan = &self.plans[i];
         self.queue.write_buffer(&plan.tokens, 0, bytemuck::cast_slice(&batch.tokens));
@@ -447,11 +501,21 @@ impl Engine for GpuEngine {
             return Err(LabError::shape(format!("{} sequence gradients for a forward of {} rows", d_seq_logps.len(), plan.batch)));
         }
         self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
-        let mut encoder = self.encoder("backward");
-        record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
-        if let Ok(mut pending) = self.pending.lock() {
-            *pending = Some(encoder);
-        }
+        let shape = (plan.batch, plan.seq_len);
+        let work = match &self.prepared {
+            Some((prepared_shape, _)) if *prepared_shape == shape => None,
+            _ => {
+                let mut encoder = self.encoder("backward");
+                record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
+                Some(Pending::Recording(encoder))
+            }
+        };
+        let work = match work {
+            Some(recorded) => recorded,
+            None => Pending::Finished(self.prepared.take().expect("matched above").1),
+        };
+        self.prepared = None;
+        self.set_pending(work);
         Ok(())
     }
 
@@ -461,10 +525,15 @@ impl Engine for GpuEngine {
 
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
         self.write_hyper(opt, step)?;
-        let mut encoder = self.take_pending().unwrap_or_else(|| self.encoder("adamw"));
+        // backward and update in one submission
+        let (before, mut encoder) = match self.take_pending() {
+            Some(Pending::Recording(encoder)) => (None, encoder),
+            Some(Pending::Finished(buffer)) => (Some(buffer), self.encoder("adamw")),
+            None => (None, self.encoder("adamw")),
+        };
         record_pass(&mut encoder, &self.pipelines, "adamw", std::slice::from_ref(&self.adamw));
         self.count(false);
-        self.queue.submit([encoder.finish()]);
+        self.queue.submit(before.into_iter().chain([encoder.finish()]));
         self.faults.check()
     }
 
