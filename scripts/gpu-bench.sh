@@ -33,7 +33,9 @@ case "${1:-run}" in
     [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
     for config in tiny medium; do
       for variant in ${VARIANTS:-narrow:2 auto:2 wide:2 auto:1}; do
-        ./target/release/alignlab bench --engine gpu --config "$config" --steps 200 --gemm "${variant%:*}" --devices "${variant#*:}"
+        # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
+        ./target/release/alignlab bench --engine gpu --config "$config" --steps 200 --gemm "${variant%:*}" --devices "${variant#*:}" \
+          --profile-out "${OUT:-/tmp}/profile-$config-${variant/:/-}.json"
       done
       if python3 -c 'import torch' 2>/dev/null; then
         device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')

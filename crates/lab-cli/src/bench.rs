@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// queue, no switching between two device contexts).
     #[arg(long, default_value_t = 2)]
     devices: u32,
+    /// Write the GPU profile with every launch's time (kernel, workgroups, µs) to this
+    /// file; stdout keeps the per-kernel totals.
+    #[arg(long)]
+    profile_out: Option<std::path::PathBuf>,
 }
 
 /// 2·PAIRS rows of random tokens, the response part scored.
@@ -139,6 +143,9 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         return Err(LabError::param("steps", "must be at least 1"));
     }
     let tiles = GemmTiles::parse(&args.gemm)?;
+    if let Some(dir) = args.profile_out.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        return Err(LabError::param("profile-out", format!("the folder {} does not exist", dir.display())));
+    }
     let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices)?;
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
@@ -152,7 +159,16 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
-    let profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, &batch, &opt)? } else { Value::Null };
+    let mut profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, &batch, &opt)? } else { Value::Null };
+    if let Some(path) = &args.profile_out {
+        let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
+        std::fs::write(path, text).map_err(|e| LabError::io(&path.display().to_string(), e))?;
+    }
+    if let Some(launches) = profile.as_object_mut().and_then(|p| p.remove("launches")) {
+        if args.profile_out.is_none() {
+            profile["launches"] = launches;
+        }
+    }
     Ok(json!({
         "engine": args.engine,
         "adapter": engines.name(),
