@@ -6,7 +6,8 @@
 #   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch, one JSON line each
 #
 # `run` benches each variant in VARIANTS (gemm:devices, default below: the measured
-# configuration first, then the 128×64 tiles and a shared device; see `alignlab bench --help`).
+# configuration first, then the 128×64 tiles and a shared device; see `alignlab bench --help`),
+# then any other build put in .gl/bin/alignlab-NAME (default flags only), then PyTorch.
 #
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
 # NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
@@ -36,6 +37,13 @@ case "${1:-run}" in
         # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
         ./target/release/alignlab bench --engine gpu --config "$config" --steps 200 --gemm "${variant%:*}" --devices "${variant#*:}" \
           --profile-out "${OUT:-/tmp}/profile-$config-${variant/:/-}.json"
+      done
+      # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are
+      for other in .gl/bin/alignlab-*; do
+        [ -x "$other" ] || continue
+        out="${OUT:-/tmp}/other-$config-$(basename "$other").json"
+        "$other" bench --engine gpu --config "$config" --steps 200 > "$out"
+        echo "$other $config $(grep -o '"steps_per_s":[0-9.e+-]*' "$out")"
       done
       if python3 -c 'import torch' 2>/dev/null; then
         device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
