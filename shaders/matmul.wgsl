@@ -26,6 +26,14 @@
 //   gelu′(x) = ½ (1 + tanh u) + ½ x sech²u √(2/π) (1 + 3·0.044715 x²); tanh's argument
 //   is clamped to ±15 (±1 in f32 already; some backends evaluate tanh through exp and
 //   give NaN beyond). Reference twin: lab-cpu `gelu_forward` / `gelu_backward`.
+//   And for attention when a row of scores fits one tile (T ≤ 64; batched, cols = T):
+//     flags & 256: C = softmax over s ≤ r of scale·C, 0 for s > r (attention.wgsl
+//                  `softmax_forward`, fused into the QKᵀ product)
+//     flags & 512: C = P ⊙ (C − Σ_{s ≤ r} P ⊙ C) · scale, 0 for s > r, with the
+//                  probabilities P read through `addend` at addend_off + (the C index −
+//                  c_off) (attention.wgsl `softmax_backward`, fused into dy·Vᵀ)
+//   The row's max and sums are reduced across the 16 invocations holding it in workgroup
+//   memory; each saves a launch per layer and a pass over (B, NH, T, T).
 //
 // Bindings (group 0):
 //   0 uniform  Gemm
@@ -89,6 +97,7 @@ struct Gemm {
     c_zo: u32,
     c_zi: u32,
     aux_off: u32,
+    scale: f32, // softmax epilogues (flags & 768)
 }
 
 const TILE: u32 = 64u;
@@ -101,6 +110,9 @@ const ONEHOT_A: u32 = 16u;
 const BATCHED: u32 = 32u;
 const GELU_OUT: u32 = 64u;
 const GELU_GRAD: u32 = 128u;
+const SOFTMAX: u32 = 256u;
+const SOFTMAX_GRAD: u32 = 512u;
+const NEG_BIG: f32 = -3.4e38;
 const GELU_SCALE: f32 = 0.7978845608028654; // √(2/π)
 const GELU_CUBIC: f32 = 0.044715;
 
@@ -297,10 +309,96 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
     let r = r0 + 4u * lid.y;
     let s = s0 + 4u * lid.x;
+    if ((g.flags & SOFTMAX) != 0u) {
+        // scale and causal mask, then each row's max and sum over the 16 invocations of
+        // this lid.y (a_tile and b_tile are free: the loop ended on a barrier)
+        let v0 = causal(acc0 * g.scale, r, s);
+        let v1 = causal(acc1 * g.scale, r + 1u, s);
+        let v2 = causal(acc2 * g.scale, r + 2u, s);
+        let v3 = causal(acc3 * g.scale, r + 3u, s);
+        let m = across_row_max(vec4<f32>(max4(v0), max4(v1), max4(v2), max4(v3)), lid);
+        let e0 = exp_below(v0, m.x, r, s);
+        let e1 = exp_below(v1, m.y, r + 1u, s);
+        let e2 = exp_below(v2, m.z, r + 2u, s);
+        let e3 = exp_below(v3, m.w, r + 3u, s);
+        let total = across_row_sum(vec4<f32>(sum4(e0), sum4(e1), sum4(e2), sum4(e3)), lid);
+        acc0 = e0 / total.x;
+        acc1 = e1 / total.y;
+        acc2 = e2 / total.z;
+        acc3 = e3 / total.w;
+    }
+    if ((g.flags & SOFTMAX_GRAD) != 0u) {
+        let p0 = probabilities(r, s);
+        let p1 = probabilities(r + 1u, s);
+        let p2 = probabilities(r + 2u, s);
+        let p3 = probabilities(r + 3u, s);
+        let dot = across_row_sum(vec4<f32>(sum4(p0 * acc0), sum4(p1 * acc1), sum4(p2 * acc2), sum4(p3 * acc3)), lid);
+        acc0 = p0 * (acc0 - dot.x) * g.scale;
+        acc1 = p1 * (acc1 - dot.y) * g.scale;
+        acc2 = p2 * (acc2 - dot.z) * g.scale;
+        acc3 = p3 * (acc3 - dot.w) * g.scale;
+    }
     store_row(r, s, acc0);
     store_row(r + 1u, s, acc1);
     store_row(r + 2u, s, acc2);
     store_row(r + 3u, s, acc3);
+}
+
+// ---- the softmax epilogues' helpers (flags & 768) ----
+
+fn max4(v: vec4<f32>) -> f32 {
+    return max(max(v.x, v.y), max(v.z, v.w));
+}
+
+fn sum4(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+// Columns s..s+3 of row r kept (s ≤ r, inside C) as they are, the rest NEG_BIG.
+fn causal(v: vec4<f32>, r: u32, s: u32) -> vec4<f32> {
+    let keep = vec4<u32>(s, s + 1u, s + 2u, s + 3u) <= vec4<u32>(min(r, g.cols - 1u));
+    return select(vec4<f32>(NEG_BIG), v, keep);
+}
+
+// exp(v − m) where kept, 0 elsewhere.
+fn exp_below(v: vec4<f32>, m: f32, r: u32, s: u32) -> vec4<f32> {
+    let keep = vec4<u32>(s, s + 1u, s + 2u, s + 3u) <= vec4<u32>(min(r, g.cols - 1u));
+    return select(vec4<f32>(0.0), exp(v - m), keep);
+}
+
+// The forward's probabilities P[r, s..s+3] (0 above the diagonal and outside C).
+fn probabilities(r: u32, s: u32) -> vec4<f32> {
+    var p = vec4<f32>(0.0);
+    if (r < g.rows) {
+        let at = g.addend_off + (c_base - g.c_off) + r * g.c_rs + s;
+        for (var j = 0u; j < 4u; j += 1u) {
+            if (s + j <= r && s + j < g.cols) {
+                p[j] = addend[at + j];
+            }
+        }
+    }
+    return p;
+}
+
+// Element-wise max / sum of `value` over the 16 invocations sharing lid.y (one row group).
+fn across_row_max(value: vec4<f32>, lid: vec3<u32>) -> vec4<f32> {
+    a_tile[lid.y * 16u + lid.x] = value;
+    workgroupBarrier();
+    var m = a_tile[lid.y * 16u];
+    for (var x = 1u; x < 16u; x += 1u) {
+        m = max(m, a_tile[lid.y * 16u + x]);
+    }
+    return m;
+}
+
+fn across_row_sum(value: vec4<f32>, lid: vec3<u32>) -> vec4<f32> {
+    b_tile[lid.y * 16u + lid.x] = value;
+    workgroupBarrier();
+    var total = vec4<f32>(0.0);
+    for (var x = 0u; x < 16u; x += 1u) {
+        total += b_tile[lid.y * 16u + x];
+    }
+    return total;
 }
 
 // ---- gemm_wide: a 128×64 tile per workgroup, for GEMMs with tiles to spare ----

@@ -12,7 +12,7 @@ use lab_core::config::GptConfig;
 use lab_core::error::{LabError, Result};
 use wgpu::util::DeviceExt;
 
-/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 96
+/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 112
 /// bytes, and 256 is WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
 const UNIFORM_STRIDE: u64 = 256;
 
@@ -104,6 +104,8 @@ struct Gemm {
     batch: Option<Batch>,
     /// Where GELU's output (GELU_OUT) or input (GELU_GRAD) starts in the `aux` buffer.
     aux_off: usize,
+    /// The softmax epilogues' score scale (SOFTMAX, SOFTMAX_GRAD).
+    scale: f32,
 }
 
 /// The batch layout of a batched GEMM (attention: zo = b, zi = h).
@@ -124,6 +126,11 @@ const ONEHOT_A: u32 = 16;
 const BATCHED: u32 = 32;
 const GELU_OUT: u32 = 64;
 const GELU_GRAD: u32 = 128;
+const SOFTMAX: u32 = 256;
+const SOFTMAX_GRAD: u32 = 512;
+/// Longest sequence whose attention rows fit one GEMM tile, so the softmax and its
+/// backward run in the epilogues of QKᵀ and dy·Vᵀ instead of kernels of their own.
+const FUSED_SOFTMAX_MAX_T: usize = 64;
 
 /// Workgroups a split GEMM aims for: about two per streaming multiprocessor of a large GPU,
 /// and enough to hide latency on a small one.
@@ -273,8 +280,9 @@ impl Recorder<'_> {
         };
         groups[2] = u32::try_from(z).ok().filter(|&z| z <= self.grid.max_per_dim).ok_or_else(|| LabError::Engine { msg: format!("{z} GEMM batches or splits exceed the limit max_compute_workgroups_per_dimension = {}", self.grid.max_per_dim) })?;
         #[rustfmt::skip]
-        let w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
+        let mut w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
             batch.inner, batch.a.0, batch.a.1, batch.b.0, batch.b.1, batch.c.0, batch.c.1, g.aux_off]);
+        w.push(g.scale.to_bits());
         if c == self.partial && g.batch.is_none() {
             // the split slabs must fit the scratch partial_floats sized
             let needed = g.c_off + (z - 1) * g.c_zs + (g.rows - 1) * g.c_rs + g.cols;
@@ -476,6 +484,7 @@ impl Plan {
         let dummy_rw = make("unused aux", 1)?;
         let mut rec = Recorder { grid, params, grads, dummy, dummy_rw: &dummy_rw, partial: &partial, n, specs: Vec::new(), backward: false, tiles };
         let scale = 1.0 / (hs as f32).sqrt();
+        let fused_softmax = t <= FUSED_SOFTMAX_MAX_T;
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
         let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, LN_SPLIT_ROWS, 0, accumulate]);
@@ -509,9 +518,12 @@ impl Plan {
             rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None, None)?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // att = Q·Kᵀ (raw scores), softmax in place, atty = att·V
-            let scores = Gemm { rows: t, cols: t, depth: hs, a_off: q_off, a_rs: 3 * c, a_ks: 1, b_off: k_off, b_ks: 1, b_ss: 3 * c, c_off: l * att_len, c_rs: t, batch: batch(qkv_z, qkv_z, att_z), ..Gemm::default() };
+            let flags = if fused_softmax { SOFTMAX } else { 0 };
+            let scores = Gemm { rows: t, cols: t, depth: hs, flags, a_off: q_off, a_rs: 3 * c, a_ks: 1, b_off: k_off, b_ks: 1, b_ss: 3 * c, c_off: l * att_len, c_rs: t, batch: batch(qkv_z, qkv_z, att_z), scale, ..Gemm::default() };
             rec.gemm(scores, &qkv, &qkv, None, None, &att, None)?;
-            rec.push(Kernel::SoftmaxForward, softmax_words(l), &[(1, &att)], softmax_groups);
+            if !fused_softmax {
+                rec.push(Kernel::SoftmaxForward, softmax_words(l), &[(1, &att)], softmax_groups);
+            }
             let y = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: t, a_ks: 1, b_off: v_off, b_ks: 3 * c, b_ss: 1, c_off: l * nc, c_rs: c, batch: batch(att_z, qkv_z, btc_z), ..Gemm::default() };
             rec.gemm(y, &att, &qkv, None, None, &atty, None)?;
             // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
@@ -551,9 +563,12 @@ impl Plan {
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
             // dk = dpreᵀ·Q, dv = attᵀ·dy (datty, dpre and dqkv hold one layer)
-            let datt = Gemm { rows: t, cols: t, depth: hs, a_rs: c, a_ks: 1, b_off: v_off, b_ks: 1, b_ss: 3 * c, c_rs: t, batch: batch(btc_z, qkv_z, att_z), ..Gemm::default() };
-            rec.gemm(datt, &datty, &qkv, None, None, &dpre, None)?;
-            rec.push(Kernel::SoftmaxBackward, softmax_words(l), &[(2, &att), (3, &dpre)], softmax_groups);
+            let flags = if fused_softmax { SOFTMAX_GRAD } else { 0 };
+            let datt = Gemm { rows: t, cols: t, depth: hs, flags, a_rs: c, a_ks: 1, b_off: v_off, b_ks: 1, b_ss: 3 * c, c_rs: t, addend_off: l * att_len, batch: batch(btc_z, qkv_z, att_z), scale, ..Gemm::default() };
+            rec.gemm(datt, &datty, &qkv, None, Some(&att), &dpre, None)?;
+            if !fused_softmax {
+                rec.push(Kernel::SoftmaxBackward, softmax_words(l), &[(2, &att), (3, &dpre)], softmax_groups);
+            }
             let dq = Gemm { rows: t, cols: hs, depth: t, a_rs: t, a_ks: 1, b_off: k_off, b_ks: 3 * c, b_ss: 1, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
             rec.gemm(dq, &dpre, &qkv, None, None, &dqkv, None)?;
             let dk = Gemm { rows: t, cols: hs, depth: t, a_rs: 1, a_ks: t, b_off: q_off, b_ks: 3 * c, b_ss: 1, c_off: c, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
