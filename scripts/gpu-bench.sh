@@ -5,8 +5,9 @@
 #   bash scripts/gpu-bench.sh prepare   # here: build the binary, fetch the Vulkan loader into .gl/
 #   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch, one JSON line each
 #
-# `run` benches each variant in VARIANTS (gemm:devices, default below: the measured
-# configuration first, then the 128×64 tiles and a shared device; see `alignlab bench --help`),
+# `run` benches each variant in VARIANTS (gemm:devices:shader-checks, default below: the
+# measured configuration first, then the 128×64 tiles, a shared device, and kernels without
+# wgpu's runtime checks; see `alignlab bench --help`),
 # then any other build put in .gl/bin/alignlab-NAME (default flags only), then PyTorch.
 #
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
@@ -33,10 +34,11 @@ case "${1:-run}" in
     nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
     for config in tiny medium; do
-      for variant in ${VARIANTS:-narrow:2 auto:2 wide:2 auto:1}; do
+      for variant in ${VARIANTS:-narrow:2:on auto:2:on wide:2:on auto:1:on narrow:2:off auto:1:off}; do
+        IFS=: read -r gemm devices checks <<< "$variant"
         # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
-        ./target/release/alignlab bench --engine gpu --config "$config" --steps 200 --gemm "${variant%:*}" --devices "${variant#*:}" \
-          --profile-out "${OUT:-/tmp}/profile-$config-${variant/:/-}.json"
+        ./target/release/alignlab bench --engine gpu --config "$config" --steps 200 --gemm "$gemm" --devices "$devices" \
+          --shader-checks "$checks" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks.json"
       done
       # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are
       for other in .gl/bin/alignlab-*; do

@@ -11,7 +11,7 @@ use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
 use lab_core::loss::{paired_loss, LossKind, LossParams, PairLogps};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
-use lab_gpu::GemmTiles;
+use lab_gpu::{GemmTiles, ShaderChecks};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// file; stdout keeps the per-kernel totals.
     #[arg(long)]
     profile_out: Option<std::path::PathBuf>,
+    /// wgpu's runtime checks in the GPU kernels: on (bounds checks, loop counters; the
+    /// browser's way) | off (native only; the kernels check their own ranges).
+    #[arg(long, default_value = "on")]
+    shader_checks: String,
 }
 
 /// 2·PAIRS rows of random tokens, the response part scored.
@@ -61,12 +65,12 @@ enum Engines {
 }
 
 impl Engines {
-    fn open(kind: &str, cfg: GptConfig, tiles: GemmTiles, devices: u32) -> Result<Engines> {
+    fn open(kind: &str, cfg: GptConfig, tiles: GemmTiles, devices: u32, checks: ShaderChecks) -> Result<Engines> {
         if kind == "gpu" {
-            let policy = open_gpu(cfg, tiles)?;
+            let policy = open_gpu(cfg, tiles, checks)?;
             let mut reference = match devices {
-                1 => lab_gpu::GpuEngine::new(policy.device().clone(), policy.queue().clone(), cfg, init_params(&cfg, 0))?,
-                2 => lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0))?,
+                1 => lab_gpu::GpuEngine::with_checks(policy.device().clone(), policy.queue().clone(), cfg, init_params(&cfg, 0), checks)?,
+                2 => lab_gpu::GpuEngine::from_default_adapter_with_checks(cfg, init_params(&cfg, 0), checks)?,
                 other => return Err(LabError::param("devices", format!("{other} (expected 1 or 2)"))),
             };
             reference.set_gemm_tiles(tiles);
@@ -110,8 +114,8 @@ impl Engines {
     }
 }
 
-fn open_gpu(cfg: GptConfig, tiles: GemmTiles) -> Result<lab_gpu::GpuEngine> {
-    let mut engine = lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0))?;
+fn open_gpu(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks) -> Result<lab_gpu::GpuEngine> {
+    let mut engine = lab_gpu::GpuEngine::from_default_adapter_with_checks(cfg, init_params(&cfg, 0), checks)?;
     engine.set_gemm_tiles(tiles);
     Ok(engine)
 }
@@ -146,7 +150,8 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     if let Some(dir) = args.profile_out.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
         return Err(LabError::param("profile-out", format!("the folder {} does not exist", dir.display())));
     }
-    let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices)?;
+    let checks = ShaderChecks::parse(&args.shader_checks)?;
+    let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices, checks)?;
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
     for step in 1..=2 {
@@ -159,7 +164,7 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
-    let mut profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, &batch, &opt)? } else { Value::Null };
+    let mut profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, checks, &batch, &opt)? } else { Value::Null };
     if let Some(path) = &args.profile_out {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
         std::fs::write(path, text).map_err(|e| LabError::io(&path.display().to_string(), e))?;
@@ -175,6 +180,7 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         "config": args.config,
         "gemm": if args.engine == "gpu" { json!(args.gemm) } else { Value::Null },
         "devices": if args.engine == "gpu" { json!(args.devices) } else { Value::Null },
+        "shader_checks": if args.engine == "gpu" { json!(args.shader_checks) } else { Value::Null },
         "batch_pairs": PAIRS,
         "seq_len": PROMPT_TOKENS + RESPONSE_TOKENS,
         "steps": args.steps,
@@ -188,8 +194,8 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
 
 /// Where a GPU step's time goes: per-kernel GPU time from timestamp queries, or null when
 /// the adapter has no TIMESTAMP_QUERY.
-fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
-    let mut gpu = open_gpu(cfg, tiles)?;
+fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+    let mut gpu = open_gpu(cfg, tiles, checks)?;
     gpu.forward(batch)?;
     let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
     let Some(profile) = gpu.profile_step(batch, &d_seq, opt, 1)? else {

@@ -79,6 +79,29 @@ impl Kernel {
     }
 }
 
+/// Which runtime checks wgpu compiles into the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShaderChecks {
+    /// wgpu's defaults: bounds checks on every buffer and array access, a counter in every
+    /// loop (so no shader can hang the GPU), guarded integer division. The browser always
+    /// runs this way.
+    #[default]
+    Full,
+    /// None of them (native only): the GEMM's inner loop loses its loop counter and its
+    /// clamped workgroup-memory indices. Sound for these kernels — see `Pipelines::new`.
+    Trusted,
+}
+
+impl ShaderChecks {
+    pub fn parse(name: &str) -> lab_core::error::Result<ShaderChecks> {
+        match name {
+            "on" => Ok(ShaderChecks::Full),
+            "off" => Ok(ShaderChecks::Trusted),
+            other => Err(lab_core::error::LabError::param("shader-checks", format!("{other:?} (expected \"on\" or \"off\")"))),
+        }
+    }
+}
+
 /// The compute pipelines of every kernel on one device.
 #[derive(Debug)]
 pub struct Pipelines {
@@ -88,11 +111,21 @@ pub struct Pipelines {
 impl Pipelines {
     /// Compile every shader and build one pipeline per entry point (layouts derived from the
     /// bindings each entry uses). A WGSL error comes back as an error naming the file.
-    pub fn new(device: &wgpu::Device) -> Result<Pipelines> {
+    #[allow(unsafe_code)]
+    pub fn new(device: &wgpu::Device, checks: ShaderChecks) -> Result<Pipelines> {
         let mut modules = Vec::new();
         for (file, source) in SHADERS {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(source.into()) });
+            let desc = wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(source.into()) };
+            let module = match checks {
+                ShaderChecks::Full => device.create_shader_module(desc),
+                // SAFETY: every loop of these kernels has a bound fixed by its uniforms (no
+                // infinite loop); every buffer access is guarded by an explicit range check
+                // against the uniforms the plan sized the buffers from (the parity tests run
+                // both ways), and workgroup arrays are indexed within their declared sizes;
+                // every integer divisor is a constant or a uniform that is at least 1.
+                ShaderChecks::Trusted => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) },
+            };
             check_scope(scope, file)?;
             modules.push((file, module));
         }

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod setup;
 pub mod timing;
 
+pub use kernels::ShaderChecks;
 use kernels::{Kernel, Pipelines};
 use lab_core::config::GptConfig;
 use lab_core::engine::{AdamWConfig, Engine, EngineFuture, ForwardOut, TokenBatch};
@@ -112,6 +113,11 @@ impl GpuEngine {
     /// An engine on a device the caller opened (tests, or an app sharing its device), with
     /// `params` in the llm.c layout. Compiles every kernel.
     pub fn new(device: wgpu::Device, queue: wgpu::Queue, cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
+        GpuEngine::with_checks(device, queue, cfg, params, ShaderChecks::Full)
+    }
+
+    /// [`GpuEngine::new`] with the kernels compiled under `checks`.
+    pub fn with_checks(device: wgpu::Device, queue: wgpu::Queue, cfg: GptConfig, params: Vec<f32>, checks: ShaderChecks) -> Result<GpuEngine> {
         cfg.validate()?;
         let total = cfg.layout().total;
         if params.len() != total {
@@ -121,7 +127,7 @@ impl GpuEngine {
         setup::check_limits(&limits, "this device")?;
         check_buffer_size(&limits, &format!("the {total} parameters"), (total * 4) as u64)?;
         let faults = Faults::install(&device);
-        let pipelines = Pipelines::new(&device)?;
+        let pipelines = Pipelines::new(&device, checks)?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&params), usage });
         let zeros = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (total * 4) as u64, usage, mapped_at_creation: false });
@@ -171,17 +177,27 @@ impl GpuEngine {
 
     /// Open the platform's best adapter and build an engine on it (async: the browser's way).
     pub async fn new_async(cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
+        GpuEngine::open_default(cfg, params, ShaderChecks::Full).await
+    }
+
+    async fn open_default(cfg: GptConfig, params: Vec<f32>, checks: ShaderChecks) -> Result<GpuEngine> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
         let adapter = instance.request_adapter(&options).await.map_err(|err| LabError::Engine { msg: setup::no_adapter_message(&err) })?;
         let (device, queue) = setup::open_device(&adapter).await?;
-        GpuEngine::new(device, queue, cfg, params)
+        GpuEngine::with_checks(device, queue, cfg, params, checks)
     }
 
     /// [`GpuEngine::new_async`], blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_default_adapter(cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
-        pollster::block_on(GpuEngine::new_async(cfg, params))
+        GpuEngine::from_default_adapter_with_checks(cfg, params, ShaderChecks::Full)
+    }
+
+    /// [`GpuEngine::from_default_adapter`] with the kernels compiled under `checks`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_default_adapter_with_checks(cfg: GptConfig, params: Vec<f32>, checks: ShaderChecks) -> Result<GpuEngine> {
+        pollster::block_on(GpuEngine::open_default(cfg, params, checks))
     }
 
     /// Use `tiles` for the GEMMs from now on (plans are rebuilt; a forward must come before
