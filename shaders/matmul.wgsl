@@ -297,13 +297,33 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             pa = fetch_a4(r0, next, k_end, li);
             pb = fetch_b4(s0, next, k_end, li);
         }
-        for (var k = 0u; k < KT; k += 1u) {
-            let av = a_tile[k * PITCH + lid.y];
-            let bv = b_tile[k * PITCH + lid.x];
-            acc0 += av.x * bv;
-            acc1 += av.y * bv;
-            acc2 += av.z * bv;
-            acc3 += av.w * bv;
+        // four k per iteration, written out: a quarter of the loop's own instructions
+        // (and of the counter naga adds to every loop) per multiply-add
+        for (var k = 0u; k < KT; k += 4u) {
+            let a0 = a_tile[k * PITCH + lid.y];
+            let b0 = b_tile[k * PITCH + lid.x];
+            acc0 += a0.x * b0;
+            acc1 += a0.y * b0;
+            acc2 += a0.z * b0;
+            acc3 += a0.w * b0;
+            let a1 = a_tile[(k + 1u) * PITCH + lid.y];
+            let b1 = b_tile[(k + 1u) * PITCH + lid.x];
+            acc0 += a1.x * b1;
+            acc1 += a1.y * b1;
+            acc2 += a1.z * b1;
+            acc3 += a1.w * b1;
+            let a2 = a_tile[(k + 2u) * PITCH + lid.y];
+            let b2 = b_tile[(k + 2u) * PITCH + lid.x];
+            acc0 += a2.x * b2;
+            acc1 += a2.y * b2;
+            acc2 += a2.z * b2;
+            acc3 += a2.w * b2;
+            let a3 = a_tile[(k + 3u) * PITCH + lid.y];
+            let b3 = b_tile[(k + 3u) * PITCH + lid.x];
+            acc0 += a3.x * b3;
+            acc1 += a3.y * b3;
+            acc2 += a3.z * b3;
+            acc3 += a3.w * b3;
         }
         workgroupBarrier();
     }
@@ -486,18 +506,52 @@ fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         }
         let a_at = buffer * (KW * WIDE_PITCH) + lid.y;
         let b_at = buffer * (KW * PITCH) + lid.x;
-        for (var k = 0u; k < KW; k += 1u) {
-            let lo = wa[a_at + k * WIDE_PITCH];
-            let hi = wa[a_at + k * WIDE_PITCH + 16u];
-            let bv = wb[b_at + k * PITCH];
-            acc0 += lo.x * bv;
-            acc1 += lo.y * bv;
-            acc2 += lo.z * bv;
-            acc3 += lo.w * bv;
-            acc4 += hi.x * bv;
-            acc5 += hi.y * bv;
-            acc6 += hi.z * bv;
-            acc7 += hi.w * bv;
+        // four k per iteration, written out (as in `gemm`)
+        for (var k = 0u; k < KW; k += 4u) {
+            let lo0 = wa[a_at + k * WIDE_PITCH];
+            let hi0 = wa[a_at + k * WIDE_PITCH + 16u];
+            let b0 = wb[b_at + k * PITCH];
+            acc0 += lo0.x * b0;
+            acc1 += lo0.y * b0;
+            acc2 += lo0.z * b0;
+            acc3 += lo0.w * b0;
+            acc4 += hi0.x * b0;
+            acc5 += hi0.y * b0;
+            acc6 += hi0.z * b0;
+            acc7 += hi0.w * b0;
+            let lo1 = wa[a_at + (k + 1u) * WIDE_PITCH];
+            let hi1 = wa[a_at + (k + 1u) * WIDE_PITCH + 16u];
+            let b1 = wb[b_at + (k + 1u) * PITCH];
+            acc0 += lo1.x * b1;
+            acc1 += lo1.y * b1;
+            acc2 += lo1.z * b1;
+            acc3 += lo1.w * b1;
+            acc4 += hi1.x * b1;
+            acc5 += hi1.y * b1;
+            acc6 += hi1.z * b1;
+            acc7 += hi1.w * b1;
+            let lo2 = wa[a_at + (k + 2u) * WIDE_PITCH];
+            let hi2 = wa[a_at + (k + 2u) * WIDE_PITCH + 16u];
+            let b2 = wb[b_at + (k + 2u) * PITCH];
+            acc0 += lo2.x * b2;
+            acc1 += lo2.y * b2;
+            acc2 += lo2.z * b2;
+            acc3 += lo2.w * b2;
+            acc4 += hi2.x * b2;
+            acc5 += hi2.y * b2;
+            acc6 += hi2.z * b2;
+            acc7 += hi2.w * b2;
+            let lo3 = wa[a_at + (k + 3u) * WIDE_PITCH];
+            let hi3 = wa[a_at + (k + 3u) * WIDE_PITCH + 16u];
+            let b3 = wb[b_at + (k + 3u) * PITCH];
+            acc0 += lo3.x * b3;
+            acc1 += lo3.y * b3;
+            acc2 += lo3.z * b3;
+            acc3 += lo3.w * b3;
+            acc4 += hi3.x * b3;
+            acc5 += hi3.y * b3;
+            acc6 += hi3.z * b3;
+            acc7 += hi3.w * b3;
         }
         // the other buffer was last read before the previous barrier
         if (more) {
