@@ -134,6 +134,11 @@ fn backward_dinp(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
+// (x[n, c] − mean[n]) · rstd[n] from the forward's statistics
+fn normalized(n: u32, ch: u32) -> f32 {
+    return (inp[d.inp_off + n * d.c + ch] - mean_r[d.stat_off + n]) * rstd_r[d.stat_off + n];
+}
+
 // partial[z, c] = Σ_{n in split z} dout[n, c] · norm[n, c]; partial[z, C + c] = Σ dout[n, c]
 @compute @workgroup_size(64)
 fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -145,10 +150,29 @@ fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
     let n_end = min(d.n_rows, (z + 1u) * d.split_rows);
     var dw = 0.0;
     var db = 0.0;
-    for (var n = z * d.split_rows; n < n_end; n += 1u) {
-        let norm = (inp[d.inp_off + n * d.c + ch] - mean_r[d.stat_off + n]) * rstd_r[d.stat_off + n];
+    var n = z * d.split_rows;
+    // four rows a trip, their loads issued together (the sums still run row by row)
+    for (; n + 4u <= n_end; n += 4u) {
+        let g0 = dout[d.dout_off + n * d.c + ch];
+        let g1 = dout[d.dout_off + (n + 1u) * d.c + ch];
+        let g2 = dout[d.dout_off + (n + 2u) * d.c + ch];
+        let g3 = dout[d.dout_off + (n + 3u) * d.c + ch];
+        let x0 = normalized(n, ch);
+        let x1 = normalized(n + 1u, ch);
+        let x2 = normalized(n + 2u, ch);
+        let x3 = normalized(n + 3u, ch);
+        dw += g0 * x0;
+        db += g0;
+        dw += g1 * x1;
+        db += g1;
+        dw += g2 * x2;
+        db += g2;
+        dw += g3 * x3;
+        db += g3;
+    }
+    for (; n < n_end; n += 1u) {
         let g = dout[d.dout_off + n * d.c + ch];
-        dw += g * norm;
+        dw += g * normalized(n, ch);
         db += g;
     }
     partial_out[z * 2u * d.c + ch] = dw;

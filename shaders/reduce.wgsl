@@ -109,8 +109,17 @@ fn split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if (m >= sp.len) {
         return;
     }
+    // in slab order (reproducible), four slabs' loads issued together per trip
     var sum = 0.0;
-    for (var z = 0u; z < sp.splits; z += 1u) {
+    var z = 0u;
+    for (; z + 4u <= sp.splits; z += 4u) {
+        let v0 = partial[z * sp.stride + m];
+        let v1 = partial[(z + 1u) * sp.stride + m];
+        let v2 = partial[(z + 2u) * sp.stride + m];
+        let v3 = partial[(z + 3u) * sp.stride + m];
+        sum = (((sum + v0) + v1) + v2) + v3;
+    }
+    for (; z < sp.splits; z += 1u) {
         sum += partial[z * sp.stride + m];
     }
     let row = m / sp.width;
