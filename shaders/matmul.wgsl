@@ -11,7 +11,10 @@
 //   A[r, k] = a[a_off + r·a_rs + k·a_ks], or (tokens[a_off + k] == r) as 0/1 (flags & 16:
 //             the one-hot matrix of the token ids, for the embedding's backward)
 //   B[k, s] = b[b_off + k·b_ks + s·b_ss], or 1 for the last column s = cols − 1
-//             (flags & 8: the ones column that turns dyᵀ·x into [dW | db] in one pass)
+//             (flags & 8: the ones column that turns dyᵀ·x into [dW | db] in one pass;
+//             when cols − 1 is a multiple of 64 that column would be a tile of its own,
+//             63/64 idle, so the host leaves it out of the grid and the last full tile adds
+//             it: its row sums of A, kept beside the tile's accumulators)
 //   for r < rows, s < cols. Batched (flags & 32): workgroup z is a batch of independent
 //   products, z = zo·z_inner + zi, each operand offset by zo·(·)_zo + zi·(·)_zi: the
 //   per-(b, h) products of attention (zo = b, zi = h), read in place from qkv and att.
@@ -286,6 +289,8 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     // so their memory latency hides behind it (registers pa/pb hold them meanwhile).
     var pa = fetch_a4(r0, k_begin, k_end, li);
     var pb = fetch_b4(s0, k_begin, k_end, li);
+    let fold = folds_ones_column(s0);
+    var row_sum = vec4<f32>(0.0);
     for (var k0 = k_begin; k0 < k_end; k0 += KT) {
         put(li, 0u, pa.x, pb.x);
         put(li, 1u, pa.y, pb.y);
@@ -324,6 +329,12 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             acc1 += a3.y * b3;
             acc2 += a3.z * b3;
             acc3 += a3.w * b3;
+            if (fold) {
+                row_sum += a0;
+                row_sum += a1;
+                row_sum += a2;
+                row_sum += a3;
+            }
         }
         workgroupBarrier();
     }
@@ -362,6 +373,22 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     store_row(r + 1u, s, acc1);
     store_row(r + 2u, s, acc2);
     store_row(r + 3u, s, acc3);
+    if (fold && lid.x == 15u) {
+        store_column(r, g.cols - 1u, row_sum);
+    }
+}
+
+// Whether this workgroup (its tile starting at column s0) also computes the ones column.
+fn folds_ones_column(s0: u32) -> bool {
+    return (g.flags & ONES_COLUMN) != 0u && (g.cols - 1u) % TILE == 0u && s0 + TILE == g.cols - 1u;
+}
+
+// C[r..r+3, s] = v (four rows of one column)
+fn store_column(r: u32, s: u32, v: vec4<f32>) {
+    store(r, s, v.x);
+    store(r + 1u, s, v.y);
+    store(r + 2u, s, v.z);
+    store(r + 3u, s, v.w);
 }
 
 // ---- the softmax epilogues' helpers (flags & 768) ----
@@ -493,6 +520,9 @@ fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     var acc7 = vec4<f32>(0.0);
     var pa = wide_fetch_a(r0, k_begin, k_end, li);
     var pb = wide_fetch_b(s0, k_begin, k_end, li);
+    let fold = folds_ones_column(s0);
+    var sum_lo = vec4<f32>(0.0);
+    var sum_hi = vec4<f32>(0.0);
     wide_put(li, 0u, pa, pb);
     workgroupBarrier();
     var buffer = 0u;
@@ -552,6 +582,16 @@ fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
             acc5 += hi3.y * b3;
             acc6 += hi3.z * b3;
             acc7 += hi3.w * b3;
+            if (fold) {
+                sum_lo += lo0;
+                sum_lo += lo1;
+                sum_lo += lo2;
+                sum_lo += lo3;
+                sum_hi += hi0;
+                sum_hi += hi1;
+                sum_hi += hi2;
+                sum_hi += hi3;
+            }
         }
         // the other buffer was last read before the previous barrier
         if (more) {
@@ -570,4 +610,8 @@ fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     store_row(r + 65u, s, acc5);
     store_row(r + 66u, s, acc6);
     store_row(r + 67u, s, acc7);
+    if (fold && lid.x == 15u) {
+        store_column(r, g.cols - 1u, sum_lo);
+        store_column(r + 64u, g.cols - 1u, sum_hi);
+    }
 }

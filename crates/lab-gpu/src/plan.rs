@@ -272,7 +272,10 @@ impl Recorder<'_> {
         // (tile_rows × 64) output tile per 16×16 workgroup, one workgroup layer per split
         let tile_rows = self.tiles.tile_rows(g.rows, g.cols, g.batch.is_some());
         let kernel = if tile_rows == WIDE_ROWS { Kernel::GemmWide } else { Kernel::Gemm };
-        let mut groups = self.grid.tiles(g.cols.div_ceil(64), g.rows.div_ceil(tile_rows))?;
+        // a ones column that would open a column tile of its own is folded into the last
+        // full tile instead (matmul.wgsl: the row sums of A)
+        let col_tiles = if g.flags & ONES_COLUMN != 0 && (g.cols - 1) % 64 == 0 { (g.cols - 1) / 64 } else { g.cols.div_ceil(64) };
+        let mut groups = self.grid.tiles(col_tiles, g.rows.div_ceil(tile_rows))?;
         let batch = g.batch.unwrap_or(Batch { count: 1, inner: 1, ..Batch::default() });
         let (z, flags) = match g.batch {
             Some(batch) => (batch.count, g.flags | BATCHED),
