@@ -61,10 +61,21 @@ fn backward_wpe(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
     let t = i / d.c;
     let ch = i % d.c;
+    // Σ over the batch in row order; four rows' loads issued together per trip
     var sum = 0.0;
     if (t < d.t_len) {
-        for (var bt = t; bt < d.n_rows; bt += d.t_len) {
-            sum += dout[bt * d.c + ch];
+        let step = d.t_len * d.c;
+        var at = t * d.c + ch;
+        let end = d.n_rows * d.c;
+        for (; at + 3u * step < end; at += 4u * step) {
+            let v0 = dout[at];
+            let v1 = dout[at + step];
+            let v2 = dout[at + 2u * step];
+            let v3 = dout[at + 3u * step];
+            sum = (((sum + v0) + v1) + v2) + v3;
+        }
+        for (; at < end; at += step) {
+            sum += dout[at];
         }
     }
     grads[d.dwpe_off + i] = sum;

@@ -53,29 +53,39 @@ fn seq_sums(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (b >= d.b) {
         return;
     }
-    var seq = 0.0;
-    var entropy = 0.0;
-    var mass = 0.0;
-    var scored = 0u;
-    for (var t = 1u; t < d.t_len; t += 1u) {
-        let bt = b * d.t_len + t;
-        let m = mask[bt];
-        if (m <= 0.0) {
-            continue;
-        }
-        seq += m * out[bt];
-        entropy += topk[2u * bt];
-        mass += topk[2u * bt + 1u];
-        scored += 1u;
+    // (Σ mask·logp, Σ entropy, Σ mass, scored count) over t in order; four positions a
+    // trip, their loads issued together
+    var acc = vec4<f32>(0.0);
+    let row = b * d.t_len;
+    var t = 1u;
+    for (; t + 4u <= d.t_len; t += 4u) {
+        add_position(row + t, &acc);
+        add_position(row + t + 1u, &acc);
+        add_position(row + t + 2u, &acc);
+        add_position(row + t + 3u, &acc);
     }
-    if (scored > 0u) {
-        entropy = entropy / f32(scored);
-        mass = mass / f32(scored);
+    for (; t < d.t_len; t += 1u) {
+        add_position(row + t, &acc);
+    }
+    var entropy = acc.y;
+    var mass = acc.z;
+    if (acc.w > 0.0) {
+        entropy = entropy / acc.w;
+        mass = mass / acc.w;
     }
     let n = d.b * d.t_len;
-    out[n + b] = seq;
+    out[n + b] = acc.x;
     out[n + d.b + b] = entropy;
     out[n + 2u * d.b + b] = mass;
+}
+
+// Position bt's share of seq_sums, if it is scored (loads unconditional: they are in range).
+fn add_position(bt: u32, acc: ptr<function, vec4<f32>>) {
+    let m = mask[bt];
+    let v = vec4<f32>(m * out[bt], topk[2u * bt], topk[2u * bt + 1u], 1.0);
+    if (m > 0.0) {
+        *acc += v;
+    }
 }
 
 struct Split {
