@@ -14,11 +14,12 @@
 //   9  dinp     array<f32>  (N, C) at dinp_off          read_write  [backward_dinp]
 //   10 partial_out array<f32>  (splits, 2C): [dweight | dbias] per split  read_write  [backward_params]
 // N = B·T rows. forward and backward_dinp: one workgroup of 64 per row (x + y·65535
-// workgroups), the row's sums reduced in workgroup memory. backward_params: workgroup 64,
-// one invocation per (channel, split of `split_rows` rows), dispatch (⌈C/64⌉, splits): the
-// serial sum over all N rows was latency-bound (one dependent load chain per channel), so
-// each split sums its rows in order and reduce.wgsl `split_sum` adds the splits in order
-// and writes dweight and dbias (no atomics, reproducible).
+// workgroups), the row's sums reduced in workgroup memory. backward_params: workgroup
+// 64×4, four invocations per (channel, split of `split_rows` rows) each taking every fourth
+// row, their sums added in workgroup memory; dispatch (⌈C/64⌉, splits): the serial sum over
+// all N rows was latency-bound (one dependent load chain per channel), so each split sums
+// its rows and reduce.wgsl `split_sum` adds the splits in order and writes dweight and
+// dbias (no atomics, reproducible).
 //
 // backward_dinp adds into dinp when `accumulate` is 1: that is where the residual stream's
 // gradient gathers (the residual add's backward is the identity, so it costs no kernel).
@@ -140,41 +141,27 @@ fn normalized(n: u32, ch: u32) -> f32 {
 }
 
 // partial[z, c] = Σ_{n in split z} dout[n, c] · norm[n, c]; partial[z, C + c] = Σ dout[n, c]
-@compute @workgroup_size(64)
-fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+// Row group lid.y takes rows z·split_rows + lid.y, + 4, …; the four groups' sums are added
+// in group order.
+var<workgroup> param_sums: array<vec2<f32>, 256>; // [row group][channel]: (dw, db)
+
+@compute @workgroup_size(64, 4)
+fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ch = gid.x;
-    if (ch >= d.c) {
-        return;
-    }
     let z = wg.y;
     let n_end = min(d.n_rows, (z + 1u) * d.split_rows);
-    var dw = 0.0;
-    var db = 0.0;
-    var n = z * d.split_rows;
-    // four rows a trip, their loads issued together (the sums still run row by row)
-    for (; n + 4u <= n_end; n += 4u) {
-        let g0 = dout[d.dout_off + n * d.c + ch];
-        let g1 = dout[d.dout_off + (n + 1u) * d.c + ch];
-        let g2 = dout[d.dout_off + (n + 2u) * d.c + ch];
-        let g3 = dout[d.dout_off + (n + 3u) * d.c + ch];
-        let x0 = normalized(n, ch);
-        let x1 = normalized(n + 1u, ch);
-        let x2 = normalized(n + 2u, ch);
-        let x3 = normalized(n + 3u, ch);
-        dw += g0 * x0;
-        db += g0;
-        dw += g1 * x1;
-        db += g1;
-        dw += g2 * x2;
-        db += g2;
-        dw += g3 * x3;
-        db += g3;
+    var sums = vec2<f32>(0.0);
+    if (ch < d.c) {
+        for (var n = z * d.split_rows + lid.y; n < n_end; n += 4u) {
+            let g = dout[d.dout_off + n * d.c + ch];
+            sums += vec2<f32>(g * normalized(n, ch), g);
+        }
     }
-    for (; n < n_end; n += 1u) {
-        let g = dout[d.dout_off + n * d.c + ch];
-        dw += g * normalized(n, ch);
-        db += g;
+    param_sums[lid.y * 64u + lid.x] = sums;
+    workgroupBarrier();
+    if (lid.y == 0u && ch < d.c) {
+        let total = ((param_sums[lid.x] + param_sums[64u + lid.x]) + param_sums[128u + lid.x]) + param_sums[192u + lid.x];
+        partial_out[z * 2u * d.c + ch] = total.x;
+        partial_out[z * 2u * d.c + d.c + ch] = total.y;
     }
-    partial_out[z * 2u * d.c + ch] = dw;
-    partial_out[z * 2u * d.c + d.c + ch] = db;
 }
