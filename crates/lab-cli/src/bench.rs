@@ -168,12 +168,12 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     if let Some(path) = &args.profile_out {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
         std::fs::write(path, text).map_err(|e| LabError::io(&path.display().to_string(), e))?;
-    }
-    if let Some(launches) = profile.as_object_mut().and_then(|p| p.remove("launches")) {
-        if args.profile_out.is_none() {
-            profile["launches"] = launches;
+        // the file has them; stdout keeps the per-kernel totals
+        if let Some(p) = profile.as_object_mut() {
+            p.remove("launches");
         }
     }
+
     Ok(json!({
         "engine": args.engine,
         "adapter": engines.name(),

@@ -210,10 +210,6 @@ impl GpuEngine {
         self.last_forward = None;
     }
 
-    pub fn gemm_tiles(&self) -> GemmTiles {
-        self.tiles
-    }
-
     /// The kernel launches (kernel, workgroups) of one step at `batch`'s shape, forward then
     /// backward, building that shape's plan if needed.
     pub fn launches(&mut self, batch: &TokenBatch) -> Result<Vec<(Kernel, [u32; 3])>> {
@@ -273,9 +269,9 @@ impl GpuEngine {
     fn continue_pending(&self, label: &str) -> wgpu::CommandEncoder {
         match self.take_pending() {
             Some(Pending::Recording(encoder)) => encoder,
-            Some(finished @ Pending::Finished(_)) => {
-                self.set_pending(finished);
-                self.flush();
+            Some(Pending::Finished(buffer)) => {
+                self.count(false);
+                self.queue.submit([buffer]);
                 self.encoder(label)
             }
             None => self.encoder(label),
@@ -512,25 +508,21 @@ impl Engine for GpuEngine {
     /// needs its result) submits it, so backward + update cost one submission.
     fn backward(&mut self, d_seq_logps: &[f32]) -> Result<()> {
         self.flush();
+        // used here or never (a prepared backward serves one backward)
+        let prepared = self.prepared.take();
         let plan = self.plan_of_last_forward()?;
         if d_seq_logps.len() != plan.batch {
             return Err(LabError::shape(format!("{} sequence gradients for a forward of {} rows", d_seq_logps.len(), plan.batch)));
         }
         self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
-        let shape = (plan.batch, plan.seq_len);
-        let work = match &self.prepared {
-            Some((prepared_shape, _)) if *prepared_shape == shape => None,
+        let work = match prepared {
+            Some((shape, buffer)) if shape == (plan.batch, plan.seq_len) => Pending::Finished(buffer),
             _ => {
                 let mut encoder = self.encoder("backward");
                 record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
-                Some(Pending::Recording(encoder))
+                Pending::Recording(encoder)
             }
         };
-        let work = match work {
-            Some(recorded) => recorded,
-            None => Pending::Finished(self.prepared.take().expect("matched above").1),
-        };
-        self.prepared = None;
         self.set_pending(work);
         Ok(())
     }
