@@ -40,8 +40,10 @@
 //
 // Bindings (group 0):
 //   0 uniform  Gemm
-//   1 a        array<f32>  read          (rows, depth) through (a_rs, a_ks)
-//   2 b        array<f32>  read          (depth, cols) through (b_ks, b_ss)
+//   1 a        array<vec4<f32>>  read    (rows, depth) through (a_rs, a_ks), flat floats
+//   2 b        array<vec4<f32>>  read    (depth, cols) through (b_ks, b_ss), flat floats
+//              (declared as vec4 so an aligned operand loads four floats at once; the
+//              engine sizes every buffer to a multiple of 16 bytes)
 //   3 bias     array<f32>  read          (cols) at bias_off; any buffer when unused
 //   4 addend   array<f32>  read          (rows, cols) at addend_off; any buffer when unused
 //   5 c        array<f32>  read_write    (splits, rows, cols) at c_off, strides (c_zs, c_rs)
@@ -59,7 +61,17 @@
 // ⌈rows/64⌉, splits). K advances 16 at a time through two 16×64 tiles held as vec4 in
 // workgroup memory: per k, two 16-byte reads feed 16 multiply-adds; the next
 // tiles' loads are in flight while this tile's multiply-adds run. (8.5 KiB with the
-// padding described at `PITCH`.)
+// padding described at `PITCH`.) The 16 k of a step are written out as calls with a
+// constant k (`mac`): every workgroup-memory read is then a fixed offset from one
+// per-invocation address, and naga's index clamps (min(k, 15)) fold away once the driver
+// inlines the call; in a loop each read paid its own clamp and address arithmetic.
+// Operand tiles are loaded in quads, four elements consecutive along the operand's
+// contiguous axis (k when its k stride is 1, else its rows or columns): one 16-byte load
+// per invocation and tile when the host marks the operand aligned (flags 1024 for A, 2048
+// for B: unit stride along that axis, and every offset, the other stride and the extent
+// along it multiples of 4), else four checked element loads (the one-hot A, the ones
+// column, odd shapes). A quad along k is stored as four floats, one across rows or
+// columns as one vec4.
 // A second entry point, `gemm_wide` (at the end of this file), computes a 128×64 tile with
 // the same 256 invocations (8×4 each); the engine picks per GEMM (lab-gpu `GemmTiles`).
 //
@@ -115,13 +127,15 @@ const GELU_OUT: u32 = 64u;
 const GELU_GRAD: u32 = 128u;
 const SOFTMAX: u32 = 256u;
 const SOFTMAX_GRAD: u32 = 512u;
+const VEC_A: u32 = 1024u;
+const VEC_B: u32 = 2048u;
 const NEG_BIG: f32 = -3.4e38;
 const GELU_SCALE: f32 = 0.7978845608028654; // √(2/π)
 const GELU_CUBIC: f32 = 0.044715;
 
 @group(0) @binding(0) var<uniform> g: Gemm;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> addend: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
@@ -133,27 +147,59 @@ var<private> a_base: u32;
 var<private> b_base: u32;
 var<private> c_base: u32;
 
-// Tile rows are padded by one vec4 (pitch 17 vec4 = 68 floats): a warp storing one
-// operand element each, for an operand contiguous along k, writes 16 consecutive k of two
-// rows; unpadded those are 64 floats apart, all in one of the 32 banks (a 16-way
-// conflict), padded they spread over the banks (2-way). Reads stay broadcasts and
+// Tile rows are padded by one vec4 (pitch 17 vec4 = 68 floats): a warp storing quads that
+// run along k writes, per store, 8 consecutive rows at each of 4 k that are 4 tile rows
+// apart; unpadded those are 256 floats apart, one bank (a 4-way conflict), padded 272
+// (2-way; the 128×64 tiles' 8-deep quads are conflict-free). Reads stay broadcasts and
 // consecutive vec4.
 const PITCH: u32 = 17u;
-var<workgroup> a_tile: array<vec4<f32>, 272>; // [k][r / 4], KT × PITCH vec4
-var<workgroup> b_tile: array<vec4<f32>, 272>; // [k][s / 4]
+var<workgroup> a_tile: array<array<vec4<f32>, PITCH>, KT>; // [k][r / 4]
+// [k][s / 4]; `gemm_wide` uses it as [buffer·KW + k][s / 4] (2 × KW = KT rows)
+var<workgroup> b_tile: array<array<vec4<f32>, PITCH>, KT>;
 
-fn load_a(r: u32, k: u32) -> f32 {
+// This invocation's block of C (4×4 in `gemm`, 8×4 in `gemm_wide`: rows 4y.. and 64+4y..)
+// and, in the workgroups that fold the ones column, its rows' sums of A. Private
+// variables so that `mac` can update them; registers once the calls are inlined.
+var<private> acc0: vec4<f32>;
+var<private> acc1: vec4<f32>;
+var<private> acc2: vec4<f32>;
+var<private> acc3: vec4<f32>;
+var<private> acc4: vec4<f32>;
+var<private> acc5: vec4<f32>;
+var<private> acc6: vec4<f32>;
+var<private> acc7: vec4<f32>;
+var<private> sum_lo: vec4<f32>;
+var<private> sum_hi: vec4<f32>;
+
+fn element_a(r: u32, k: u32) -> f32 {
     if ((g.flags & ONEHOT_A) != 0u) {
         return select(0.0, 1.0, tokens[g.a_off + k] == r);
     }
-    return a[a_base + r * g.a_rs + k * g.a_ks];
+    let at = a_base + r * g.a_rs + k * g.a_ks;
+    return a[at / 4u][at % 4u];
 }
 
-fn load_b(k: u32, s: u32) -> f32 {
+fn element_b(k: u32, s: u32) -> f32 {
     if ((g.flags & ONES_COLUMN) != 0u && s + 1u == g.cols) {
         return 1.0;
     }
-    return b[b_base + k * g.b_ks + s * g.b_ss];
+    let at = b_base + k * g.b_ks + s * g.b_ss;
+    return b[at / 4u][at % 4u];
+}
+
+// A[r, k] and B[k, s], zero outside the operand (k_end: this split's end).
+fn checked_a(r: u32, k: u32, k_end: u32) -> f32 {
+    if (r < g.rows && k < k_end) {
+        return element_a(r, k);
+    }
+    return 0.0;
+}
+
+fn checked_b(k: u32, s: u32, k_end: u32) -> f32 {
+    if (s < g.cols && k < k_end) {
+        return element_b(k, s);
+    }
+    return 0.0;
 }
 
 // C's value before the k-sum (prologue) at (r, s), for r < rows, s < cols.
@@ -206,58 +252,77 @@ fn store_row(r: u32, s: u32, acc: vec4<f32>) {
     store(r, s + 3u, acc.w);
 }
 
-// Where element e of a (depth × width) operand tile lives: (k, row or column). When the
-// operand is contiguous along k, neighbouring invocations take neighbouring k (coalesced);
-// otherwise neighbouring rows/columns.
-fn tile_coords(e: u32, k_contiguous: bool, depth: u32, width: u32) -> vec2<u32> {
-    if (k_contiguous) {
-        return vec2<u32>(e % depth, e / depth);
-    }
-    return vec2<u32>(e / width, e % width);
-}
-
 fn a_k_contiguous() -> bool {
     return g.a_ks == 1u && (g.flags & ONEHOT_A) == 0u;
 }
 
-// Operand element q (0..3) of this invocation's share of the 16×64 tiles at k0: A's
-// (k, r) and B's (k, s).
-fn tile_a(li: u32, q: u32) -> vec2<u32> {
-    return tile_coords(li + 256u * q, a_k_contiguous(), KT, TILE);
+fn b_k_contiguous() -> bool {
+    return g.b_ks == 1u;
 }
 
-fn tile_b(li: u32, q: u32) -> vec2<u32> {
-    return tile_coords(li + 256u * q, g.b_ks == 1u, KT, TILE);
-}
-
-// A[r0 + kr.y, k0 + kr.x] and B[k0 + ks.x, s0 + ks.y], zero outside the operand.
-fn fetch_a(r0: u32, k0: u32, k_end: u32, kr: vec2<u32>) -> f32 {
-    if (r0 + kr.y < g.rows && k0 + kr.x < k_end) {
-        return load_a(r0 + kr.y, k0 + kr.x);
+// Where quad i of a (depth × width) operand tile starts: (k, row or column). Along k,
+// neighbouring invocations take the next four k of a row (coalesced); otherwise the next
+// four rows/columns.
+fn quad_at(i: u32, k_contiguous: bool, depth: u32, width: u32) -> vec2<u32> {
+    if (k_contiguous) {
+        let per_row = depth / 4u;
+        return vec2<u32>(4u * (i % per_row), i / per_row);
     }
-    return 0.0;
+    let per_k = width / 4u;
+    return vec2<u32>(i / per_k, 4u * (i % per_k));
 }
 
-fn fetch_b(s0: u32, k0: u32, k_end: u32, ks: vec2<u32>) -> f32 {
-    if (s0 + ks.y < g.cols && k0 + ks.x < k_end) {
-        return load_b(k0 + ks.x, s0 + ks.y);
+// The quad of A starting at (r, k): A[r, k..k+3] along k, else A[r..r+3, k].
+fn fetch_a(r: u32, k: u32, k_end: u32) -> vec4<f32> {
+    if ((g.flags & VEC_A) != 0u) {
+        // aligned: the whole quad is inside A exactly when its first element is
+        if (r < g.rows && k < k_end) {
+            return a[(a_base + r * g.a_rs + k * g.a_ks) / 4u];
+        }
+        return vec4<f32>(0.0);
     }
-    return 0.0;
+    let along_k = a_k_contiguous();
+    let dr = select(1u, 0u, along_k);
+    let dk = select(0u, 1u, along_k);
+    return vec4<f32>(checked_a(r, k, k_end), checked_a(r + dr, k + dk, k_end), checked_a(r + 2u * dr, k + 2u * dk, k_end), checked_a(r + 3u * dr, k + 3u * dk, k_end));
 }
 
-fn fetch_a4(r0: u32, k0: u32, k_end: u32, li: u32) -> vec4<f32> {
-    return vec4<f32>(fetch_a(r0, k0, k_end, tile_a(li, 0u)), fetch_a(r0, k0, k_end, tile_a(li, 1u)), fetch_a(r0, k0, k_end, tile_a(li, 2u)), fetch_a(r0, k0, k_end, tile_a(li, 3u)));
+// The quad of B starting at (k, s): B[k..k+3, s] along k, else B[k, s..s+3].
+fn fetch_b(k: u32, s: u32, k_end: u32) -> vec4<f32> {
+    if ((g.flags & VEC_B) != 0u) {
+        if (s < g.cols && k < k_end) {
+            return b[(b_base + k * g.b_ks + s * g.b_ss) / 4u];
+        }
+        return vec4<f32>(0.0);
+    }
+    let along_k = b_k_contiguous();
+    let ds = select(1u, 0u, along_k);
+    let dk = select(0u, 1u, along_k);
+    return vec4<f32>(checked_b(k, s, k_end), checked_b(k + dk, s + ds, k_end), checked_b(k + 2u * dk, s + 2u * ds, k_end), checked_b(k + 3u * dk, s + 3u * ds, k_end));
 }
 
-fn fetch_b4(s0: u32, k0: u32, k_end: u32, li: u32) -> vec4<f32> {
-    return vec4<f32>(fetch_b(s0, k0, k_end, tile_b(li, 0u)), fetch_b(s0, k0, k_end, tile_b(li, 1u)), fetch_b(s0, k0, k_end, tile_b(li, 2u)), fetch_b(s0, k0, k_end, tile_b(li, 3u)));
+// Store quads at (tile row k, column w): four floats down the rows when the quad runs
+// along k, one vec4 when it runs along w (w is a multiple of 4 then).
+fn put_a(k: u32, w: u32, v: vec4<f32>) {
+    if (a_k_contiguous()) {
+        a_tile[k][w / 4u][w % 4u] = v.x;
+        a_tile[k + 1u][w / 4u][w % 4u] = v.y;
+        a_tile[k + 2u][w / 4u][w % 4u] = v.z;
+        a_tile[k + 3u][w / 4u][w % 4u] = v.w;
+    } else {
+        a_tile[k][w / 4u] = v;
+    }
 }
 
-fn put(li: u32, q: u32, a_value: f32, b_value: f32) {
-    let kr = tile_a(li, q);
-    a_tile[kr.x * PITCH + kr.y / 4u][kr.y % 4u] = a_value;
-    let ks = tile_b(li, q);
-    b_tile[ks.x * PITCH + ks.y / 4u][ks.y % 4u] = b_value;
+fn put_b(k: u32, w: u32, v: vec4<f32>) {
+    if (b_k_contiguous()) {
+        b_tile[k][w / 4u][w % 4u] = v.x;
+        b_tile[k + 1u][w / 4u][w % 4u] = v.y;
+        b_tile[k + 2u][w / 4u][w % 4u] = v.z;
+        b_tile[k + 3u][w / 4u][w % 4u] = v.w;
+    } else {
+        b_tile[k][w / 4u] = v;
+    }
 }
 
 // Set this workgroup's operand bases (batch) and return its k range (split).
@@ -274,6 +339,16 @@ fn begin(wg: vec3<u32>) -> vec2<u32> {
     return vec2<u32>(k_begin, min(g.depth, k_begin + g.k_chunk));
 }
 
+// One k of the 64×64 tile: called with constant k (see the header).
+fn mac(k: u32, lid: vec3<u32>) {
+    let av = a_tile[k][lid.y];
+    let bv = b_tile[k][lid.x];
+    acc0 += av.x * bv;
+    acc1 += av.y * bv;
+    acc2 += av.z * bv;
+    acc3 += av.w * bv;
+}
+
 @compute @workgroup_size(16, 16)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let r0 = wg.y * TILE;
@@ -281,59 +356,42 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let range = begin(wg);
     let k_begin = range.x;
     let k_end = range.y;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    // this invocation's quad of each 16×64 operand tile: (k, row) of A, (k, column) of B
+    let qa = quad_at(li, a_k_contiguous(), KT, TILE);
+    let qb = quad_at(li, b_k_contiguous(), KT, TILE);
     // Software pipelining: the next tiles' loads are issued before this tile's arithmetic,
     // so their memory latency hides behind it (registers pa/pb hold them meanwhile).
-    var pa = fetch_a4(r0, k_begin, k_end, li);
-    var pb = fetch_b4(s0, k_begin, k_end, li);
+    var pa = fetch_a(r0 + qa.y, k_begin + qa.x, k_end);
+    var pb = fetch_b(k_begin + qb.x, s0 + qb.y, k_end);
     let fold = folds_ones_column(s0);
-    var row_sum = vec4<f32>(0.0);
     for (var k0 = k_begin; k0 < k_end; k0 += KT) {
-        put(li, 0u, pa.x, pb.x);
-        put(li, 1u, pa.y, pb.y);
-        put(li, 2u, pa.z, pb.z);
-        put(li, 3u, pa.w, pb.w);
+        put_a(qa.x, qa.y, pa);
+        put_b(qb.x, qb.y, pb);
         workgroupBarrier();
         let next = k0 + KT;
         if (next < k_end) {
-            pa = fetch_a4(r0, next, k_end, li);
-            pb = fetch_b4(s0, next, k_end, li);
+            pa = fetch_a(r0 + qa.y, next + qa.x, k_end);
+            pb = fetch_b(next + qb.x, s0 + qb.y, k_end);
         }
-        // four k per iteration, written out: a quarter of the loop's own instructions
-        // (and of the counter naga adds to every loop) per multiply-add
-        for (var k = 0u; k < KT; k += 4u) {
-            let a0 = a_tile[k * PITCH + lid.y];
-            let b0 = b_tile[k * PITCH + lid.x];
-            acc0 += a0.x * b0;
-            acc1 += a0.y * b0;
-            acc2 += a0.z * b0;
-            acc3 += a0.w * b0;
-            let a1 = a_tile[(k + 1u) * PITCH + lid.y];
-            let b1 = b_tile[(k + 1u) * PITCH + lid.x];
-            acc0 += a1.x * b1;
-            acc1 += a1.y * b1;
-            acc2 += a1.z * b1;
-            acc3 += a1.w * b1;
-            let a2 = a_tile[(k + 2u) * PITCH + lid.y];
-            let b2 = b_tile[(k + 2u) * PITCH + lid.x];
-            acc0 += a2.x * b2;
-            acc1 += a2.y * b2;
-            acc2 += a2.z * b2;
-            acc3 += a2.w * b2;
-            let a3 = a_tile[(k + 3u) * PITCH + lid.y];
-            let b3 = b_tile[(k + 3u) * PITCH + lid.x];
-            acc0 += a3.x * b3;
-            acc1 += a3.y * b3;
-            acc2 += a3.z * b3;
-            acc3 += a3.w * b3;
-            if (fold) {
-                row_sum += a0;
-                row_sum += a1;
-                row_sum += a2;
-                row_sum += a3;
+        mac(0u, lid);
+        mac(1u, lid);
+        mac(2u, lid);
+        mac(3u, lid);
+        mac(4u, lid);
+        mac(5u, lid);
+        mac(6u, lid);
+        mac(7u, lid);
+        mac(8u, lid);
+        mac(9u, lid);
+        mac(10u, lid);
+        mac(11u, lid);
+        mac(12u, lid);
+        mac(13u, lid);
+        mac(14u, lid);
+        mac(15u, lid);
+        if (fold) {
+            for (var k = 0u; k < KT; k += 1u) {
+                sum_lo += a_tile[k][lid.y];
             }
         }
         workgroupBarrier();
@@ -374,7 +432,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     store_row(r + 2u, s, acc2);
     store_row(r + 3u, s, acc3);
     if (fold && lid.x == 15u) {
-        store_column(r, g.cols - 1u, row_sum);
+        store_column(r, g.cols - 1u, sum_lo);
     }
 }
 
@@ -429,21 +487,21 @@ fn probabilities(r: u32, s: u32) -> vec4<f32> {
 
 // Element-wise max / sum of `value` over the 16 invocations sharing lid.y (one row group).
 fn across_row_max(value: vec4<f32>, lid: vec3<u32>) -> vec4<f32> {
-    a_tile[lid.y * 16u + lid.x] = value;
+    a_tile[lid.y][lid.x] = value;
     workgroupBarrier();
-    var m = a_tile[lid.y * 16u];
+    var m = a_tile[lid.y][0];
     for (var x = 1u; x < 16u; x += 1u) {
-        m = max(m, a_tile[lid.y * 16u + x]);
+        m = max(m, a_tile[lid.y][x]);
     }
     return m;
 }
 
 fn across_row_sum(value: vec4<f32>, lid: vec3<u32>) -> vec4<f32> {
-    b_tile[lid.y * 16u + lid.x] = value;
+    b_tile[lid.y][lid.x] = value;
     workgroupBarrier();
     var total = vec4<f32>(0.0);
     for (var x = 0u; x < 16u; x += 1u) {
-        total += b_tile[lid.y * 16u + x];
+        total += b_tile[lid.y][x];
     }
     return total;
 }
@@ -455,52 +513,80 @@ fn across_row_sum(value: vec4<f32>, lid: vec3<u32>) -> vec4<f32> {
 // memory for 32 multiply-adds (the 64×64 tile reads two for 16), and each tile's global
 // loads are amortised over twice the arithmetic. K advances 8 at a time through
 // double-buffered tiles (2 × (8×132 + 8×68) floats = 12.5 KiB, rows padded by one vec4 as
-// in `gemm`, here making the stores conflict-free): the next tiles are stored into the
-// other buffer while this one is read, one barrier per step instead of two.
+// in `gemm`): the next tiles are stored into the other buffer while this one is read, one
+// barrier per step instead of two. The loop takes the two buffers in turn as calls with a
+// constant buffer (`wide_step`), so, as in `gemm`, every tile read is a fixed offset.
+// A tile is 256 quads (one per invocation), B 128 (the first 128 invocations).
 
 const WIDE_ROWS: u32 = 128u;
 const KW: u32 = 8u;
 
 const WIDE_PITCH: u32 = 33u; // vec4 per padded row of the A tile
-var<workgroup> wa: array<vec4<f32>, 528>; // [buffer][k][r / 4]: 2 × KW × WIDE_PITCH vec4
-var<workgroup> wb: array<vec4<f32>, 272>; // [buffer][k][s / 4]: 2 × KW × PITCH vec4
+var<workgroup> wa: array<array<vec4<f32>, WIDE_PITCH>, KT>; // [buffer·KW + k][r / 4]
 
-// Operand element q of this invocation's share of the 8×128 A tile (q < 4) and the 8×64 B
-// tile (q < 2).
-fn wide_a(li: u32, q: u32) -> vec2<u32> {
-    return tile_coords(li + 256u * q, a_k_contiguous(), KW, WIDE_ROWS);
+fn put_wide_a(k: u32, w: u32, v: vec4<f32>) {
+    if (a_k_contiguous()) {
+        wa[k][w / 4u][w % 4u] = v.x;
+        wa[k + 1u][w / 4u][w % 4u] = v.y;
+        wa[k + 2u][w / 4u][w % 4u] = v.z;
+        wa[k + 3u][w / 4u][w % 4u] = v.w;
+    } else {
+        wa[k][w / 4u] = v;
+    }
 }
 
-fn wide_b(li: u32, q: u32) -> vec2<u32> {
-    return tile_coords(li + 256u * q, g.b_ks == 1u, KW, TILE);
+// One k (row kk = buffer·KW + k of the tiles) of the 128×64 tile, kk constant.
+fn mac_wide(kk: u32, lid: vec3<u32>) {
+    let lo = wa[kk][lid.y];
+    let hi = wa[kk][lid.y + 16u];
+    let bv = b_tile[kk][lid.x];
+    acc0 += lo.x * bv;
+    acc1 += lo.y * bv;
+    acc2 += lo.z * bv;
+    acc3 += lo.w * bv;
+    acc4 += hi.x * bv;
+    acc5 += hi.y * bv;
+    acc6 += hi.z * bv;
+    acc7 += hi.w * bv;
 }
 
-fn wide_fetch_a(r0: u32, k0: u32, k_end: u32, li: u32) -> vec4<f32> {
-    return vec4<f32>(fetch_a(r0, k0, k_end, wide_a(li, 0u)), fetch_a(r0, k0, k_end, wide_a(li, 1u)), fetch_a(r0, k0, k_end, wide_a(li, 2u)), fetch_a(r0, k0, k_end, wide_a(li, 3u)));
-}
-
-fn wide_fetch_b(s0: u32, k0: u32, k_end: u32, li: u32) -> vec2<f32> {
-    return vec2<f32>(fetch_b(s0, k0, k_end, wide_b(li, 0u)), fetch_b(s0, k0, k_end, wide_b(li, 1u)));
-}
-
-fn wide_put_a(li: u32, buffer: u32, q: u32, value: f32) {
-    let kr = wide_a(li, q);
-    wa[buffer * (KW * WIDE_PITCH) + kr.x * WIDE_PITCH + kr.y / 4u][kr.y % 4u] = value;
-}
-
-fn wide_put_b(li: u32, buffer: u32, q: u32, value: f32) {
-    let ks = wide_b(li, q);
-    wb[buffer * (KW * PITCH) + ks.x * PITCH + ks.y / 4u][ks.y % 4u] = value;
-}
-
-// (written out, not looped: a vector indexed by a loop variable may leave registers)
-fn wide_put(li: u32, buffer: u32, pa: vec4<f32>, pb: vec2<f32>) {
-    wide_put_a(li, buffer, 0u, pa.x);
-    wide_put_a(li, buffer, 1u, pa.y);
-    wide_put_a(li, buffer, 2u, pa.z);
-    wide_put_a(li, buffer, 3u, pa.w);
-    wide_put_b(li, buffer, 0u, pb.x);
-    wide_put_b(li, buffer, 1u, pb.y);
+// One 8-deep step of `gemm_wide` on tile buffer `buffer` (constant), k0 its first k: the
+// next tiles' loads go out first, land in the other buffer after the multiply-adds.
+fn wide_step(buffer: u32, k0: u32, k_end: u32, r0: u32, s0: u32, qa: vec2<u32>, qb: vec2<u32>, loads_b: bool, fold: bool, lid: vec3<u32>) {
+    let next = k0 + KW;
+    let more = next < k_end;
+    var pa = vec4<f32>(0.0);
+    var pb = vec4<f32>(0.0);
+    if (more) {
+        pa = fetch_a(r0 + qa.y, next + qa.x, k_end);
+        if (loads_b) {
+            pb = fetch_b(next + qb.x, s0 + qb.y, k_end);
+        }
+    }
+    let kk = buffer * KW;
+    mac_wide(kk, lid);
+    mac_wide(kk + 1u, lid);
+    mac_wide(kk + 2u, lid);
+    mac_wide(kk + 3u, lid);
+    mac_wide(kk + 4u, lid);
+    mac_wide(kk + 5u, lid);
+    mac_wide(kk + 6u, lid);
+    mac_wide(kk + 7u, lid);
+    if (fold) {
+        for (var k = 0u; k < KW; k += 1u) {
+            sum_lo += wa[kk + k][lid.y];
+            sum_hi += wa[kk + k][lid.y + 16u];
+        }
+    }
+    // the other buffer was last read before the previous barrier
+    if (more) {
+        let other = (1u - buffer) * KW;
+        put_wide_a(other + qa.x, qa.y, pa);
+        if (loads_b) {
+            put_b(other + qb.x, qb.y, pb);
+        }
+    }
+    workgroupBarrier();
 }
 
 @compute @workgroup_size(16, 16)
@@ -510,95 +596,21 @@ fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     let range = begin(wg);
     let k_begin = range.x;
     let k_end = range.y;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    var acc4 = vec4<f32>(0.0);
-    var acc5 = vec4<f32>(0.0);
-    var acc6 = vec4<f32>(0.0);
-    var acc7 = vec4<f32>(0.0);
-    var pa = wide_fetch_a(r0, k_begin, k_end, li);
-    var pb = wide_fetch_b(s0, k_begin, k_end, li);
+    let qa = quad_at(li, a_k_contiguous(), KW, WIDE_ROWS);
+    let qb = quad_at(li % 128u, b_k_contiguous(), KW, TILE);
+    let loads_b = li < 128u;
     let fold = folds_ones_column(s0);
-    var sum_lo = vec4<f32>(0.0);
-    var sum_hi = vec4<f32>(0.0);
-    wide_put(li, 0u, pa, pb);
+    put_wide_a(qa.x, qa.y, fetch_a(r0 + qa.y, k_begin + qa.x, k_end));
+    if (loads_b) {
+        put_b(qb.x, qb.y, fetch_b(k_begin + qb.x, s0 + qb.y, k_end));
+    }
     workgroupBarrier();
-    var buffer = 0u;
-    for (var k0 = k_begin; k0 < k_end; k0 += KW) {
-        // the next tiles' loads are in flight during this tile's multiply-adds
-        let next = k0 + KW;
-        let more = next < k_end;
-        if (more) {
-            pa = wide_fetch_a(r0, next, k_end, li);
-            pb = wide_fetch_b(s0, next, k_end, li);
+    for (var k0 = k_begin; k0 < k_end; k0 += 2u * KW) {
+        wide_step(0u, k0, k_end, r0, s0, qa, qb, loads_b, fold, lid);
+        if (k0 + KW >= k_end) {
+            break;
         }
-        let a_at = buffer * (KW * WIDE_PITCH) + lid.y;
-        let b_at = buffer * (KW * PITCH) + lid.x;
-        // four k per iteration, written out (as in `gemm`)
-        for (var k = 0u; k < KW; k += 4u) {
-            let lo0 = wa[a_at + k * WIDE_PITCH];
-            let hi0 = wa[a_at + k * WIDE_PITCH + 16u];
-            let b0 = wb[b_at + k * PITCH];
-            acc0 += lo0.x * b0;
-            acc1 += lo0.y * b0;
-            acc2 += lo0.z * b0;
-            acc3 += lo0.w * b0;
-            acc4 += hi0.x * b0;
-            acc5 += hi0.y * b0;
-            acc6 += hi0.z * b0;
-            acc7 += hi0.w * b0;
-            let lo1 = wa[a_at + (k + 1u) * WIDE_PITCH];
-            let hi1 = wa[a_at + (k + 1u) * WIDE_PITCH + 16u];
-            let b1 = wb[b_at + (k + 1u) * PITCH];
-            acc0 += lo1.x * b1;
-            acc1 += lo1.y * b1;
-            acc2 += lo1.z * b1;
-            acc3 += lo1.w * b1;
-            acc4 += hi1.x * b1;
-            acc5 += hi1.y * b1;
-            acc6 += hi1.z * b1;
-            acc7 += hi1.w * b1;
-            let lo2 = wa[a_at + (k + 2u) * WIDE_PITCH];
-            let hi2 = wa[a_at + (k + 2u) * WIDE_PITCH + 16u];
-            let b2 = wb[b_at + (k + 2u) * PITCH];
-            acc0 += lo2.x * b2;
-            acc1 += lo2.y * b2;
-            acc2 += lo2.z * b2;
-            acc3 += lo2.w * b2;
-            acc4 += hi2.x * b2;
-            acc5 += hi2.y * b2;
-            acc6 += hi2.z * b2;
-            acc7 += hi2.w * b2;
-            let lo3 = wa[a_at + (k + 3u) * WIDE_PITCH];
-            let hi3 = wa[a_at + (k + 3u) * WIDE_PITCH + 16u];
-            let b3 = wb[b_at + (k + 3u) * PITCH];
-            acc0 += lo3.x * b3;
-            acc1 += lo3.y * b3;
-            acc2 += lo3.z * b3;
-            acc3 += lo3.w * b3;
-            acc4 += hi3.x * b3;
-            acc5 += hi3.y * b3;
-            acc6 += hi3.z * b3;
-            acc7 += hi3.w * b3;
-            if (fold) {
-                sum_lo += lo0;
-                sum_lo += lo1;
-                sum_lo += lo2;
-                sum_lo += lo3;
-                sum_hi += hi0;
-                sum_hi += hi1;
-                sum_hi += hi2;
-                sum_hi += hi3;
-            }
-        }
-        // the other buffer was last read before the previous barrier
-        if (more) {
-            wide_put(li, 1u - buffer, pa, pb);
-        }
-        workgroupBarrier();
-        buffer = 1u - buffer;
+        wide_step(1u, k0 + KW, k_end, r0, s0, qa, qb, loads_b, fold, lid);
     }
     let r = r0 + 4u * lid.y;
     let s = s0 + 4u * lid.x;

@@ -129,8 +129,13 @@ impl GpuEngine {
         let faults = Faults::install(&device);
         let pipelines = Pipelines::new(&device, checks)?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-        let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&params), usage });
-        let zeros = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (total * 4) as u64, usage, mapped_at_creation: false });
+        // sized to a multiple of 16 bytes (matmul.wgsl reads its operands as vec4 arrays);
+        // the padding stays zero
+        let padded = total.next_multiple_of(4);
+        let mut contents = params;
+        contents.resize(padded, 0.0);
+        let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&contents), usage });
+        let zeros = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (padded * 4) as u64, usage, mapped_at_creation: false });
         let (grads, adam_m, adam_v) = (zeros("grads"), zeros("adam_m"), zeros("adam_v"));
         let dummy = device.create_buffer(&wgpu::BufferDescriptor { label: Some("dummy"), size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
         let hyper = device.create_buffer(&wgpu::BufferDescriptor { label: Some("adamw hyper"), size: 64, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });

@@ -108,6 +108,45 @@ struct Gemm {
     scale: f32,
 }
 
+impl Gemm {
+    /// matmul.wgsl's VEC_A / VEC_B: which operands can be read four floats at a time.
+    /// The kernel reads quads along an operand's unit-stride axis (k when its k stride is
+    /// 1, else its rows or columns); a quad is one aligned 16-byte load when every offset
+    /// and the other stride are multiples of 4 and so is the extent along that axis (a
+    /// quad is then wholly inside the operand or wholly outside). Splits start at
+    /// multiples of `k_chunk`.
+    /// Whether the ones column of [dW | db] rides in the last full column tile instead of
+    /// a 64-wide tile of its own (matmul.wgsl `folds_ones_column`): when it is column
+    /// 64·k.
+    fn folds_ones_column(&self) -> bool {
+        self.flags & ONES_COLUMN != 0 && (self.cols - 1).is_multiple_of(64)
+    }
+
+    fn vector_loads(&self, k_chunk: usize, batch: &Batch) -> u32 {
+        let aligned = |values: &[usize]| values.iter().all(|v| v % 4 == 0);
+        let along_k = aligned(&[self.depth, k_chunk]);
+        let quads = |k_stride: usize, w_stride: usize, width: usize, offsets: &[usize]| {
+            aligned(offsets)
+                && match (k_stride, w_stride) {
+                    (1, other) => along_k && other % 4 == 0,
+                    (other, 1) => aligned(&[other, width]),
+                    _ => false,
+                }
+        };
+        let mut flags = 0;
+        if self.flags & ONEHOT_A == 0 && quads(self.a_ks, self.a_rs, self.rows, &[self.a_off, batch.a.0, batch.a.1]) {
+            flags |= VEC_A;
+        }
+        // the ones column is read element by element unless no tile reaches it (folded)
+        let ones_in_tiles = self.flags & ONES_COLUMN != 0 && !self.folds_ones_column();
+        let b_width = self.cols - (self.flags & ONES_COLUMN != 0) as usize;
+        if !ones_in_tiles && quads(self.b_ks, self.b_ss, b_width, &[self.b_off, batch.b.0, batch.b.1]) {
+            flags |= VEC_B;
+        }
+        flags
+    }
+}
+
 /// The batch layout of a batched GEMM (attention: zo = b, zi = h).
 #[derive(Debug, Clone, Copy, Default)]
 struct Batch {
@@ -128,6 +167,8 @@ const GELU_OUT: u32 = 64;
 const GELU_GRAD: u32 = 128;
 const SOFTMAX: u32 = 256;
 const SOFTMAX_GRAD: u32 = 512;
+const VEC_A: u32 = 1024;
+const VEC_B: u32 = 2048;
 /// Longest sequence whose attention rows fit one GEMM tile, so the softmax and its
 /// backward run in the epilogues of QKᵀ and dy·Vᵀ instead of kernels of their own.
 const FUSED_SOFTMAX_MAX_T: usize = 64;
@@ -274,13 +315,14 @@ impl Recorder<'_> {
         let kernel = if tile_rows == WIDE_ROWS { Kernel::GemmWide } else { Kernel::Gemm };
         // a ones column that would open a column tile of its own is folded into the last
         // full tile instead (matmul.wgsl: the row sums of A)
-        let col_tiles = if g.flags & ONES_COLUMN != 0 && (g.cols - 1) % 64 == 0 { (g.cols - 1) / 64 } else { g.cols.div_ceil(64) };
+        let col_tiles = if g.folds_ones_column() { (g.cols - 1) / 64 } else { g.cols.div_ceil(64) };
         let mut groups = self.grid.tiles(col_tiles, g.rows.div_ceil(tile_rows))?;
         let batch = g.batch.unwrap_or(Batch { count: 1, inner: 1, ..Batch::default() });
         let (z, flags) = match g.batch {
             Some(batch) => (batch.count, g.flags | BATCHED),
             None => (g.depth.div_ceil(k_chunk).max(1), g.flags),
         };
+        let flags = flags | g.vector_loads(k_chunk, &batch);
         groups[2] = u32::try_from(z).ok().filter(|&z| z <= self.grid.max_per_dim).ok_or_else(|| LabError::Engine { msg: format!("{z} GEMM batches or splits exceed the limit max_compute_workgroups_per_dimension = {}", self.grid.max_per_dim) })?;
         #[rustfmt::skip]
         let mut w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
@@ -438,7 +480,8 @@ impl Plan {
         let lay = cfg.layout();
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let make = |name: &str, floats: usize| -> Result<wgpu::Buffer> {
-            let bytes = (floats.max(1) * 4) as u64;
+            // a multiple of 16 bytes: matmul.wgsl reads its operands as vec4 arrays
+            let bytes = (floats.max(1).next_multiple_of(4) * 4) as u64;
             check_buffer_size(&limits, &format!("activation {name} for a {b}x{t} batch"), bytes)?;
             Ok(device.create_buffer(&wgpu::BufferDescriptor { label: Some(name), size: bytes, usage: storage, mapped_at_creation: false }))
         };
@@ -634,6 +677,34 @@ mod tests {
         assert_eq!(GemmTiles::Wide.tile_rows(57, 48, false), 128);
         assert_eq!(GemmTiles::Wide.tile_rows(64, 64, true), 64);
         assert!(GemmTiles::parse("sideways").unwrap_err().to_string().contains("\"sideways\""));
+    }
+
+    #[test]
+    fn aligned_operands_are_read_four_floats_at_a_time() {
+        let one = Batch { count: 1, inner: 1, ..Batch::default() };
+        let both = VEC_A | VEC_B;
+        // medium (C = 256, B·T = 2048): forward x·Wᵀ (both along k), input gradient dy·W
+        // (A along k, B along columns), [dW | db] (A along rows, B along columns, the ones
+        // column folded), each at a layer's offsets
+        let forward = Gemm { rows: 2048, cols: 768, depth: 256, a_off: 3 * 2048 * 256, a_rs: 256, a_ks: 1, b_off: 4 * 256 + 7 * 256 * 768, b_ks: 1, b_ss: 256, ..Gemm::default() };
+        assert_eq!(forward.vector_loads(256, &one), both);
+        let dinp = Gemm { rows: 2048, cols: 256, depth: 1024, a_rs: 1024, a_ks: 1, b_off: 4 * 256, b_ks: 256, b_ss: 1, ..Gemm::default() };
+        assert_eq!(dinp.vector_loads(512, &one), both);
+        let dweight = Gemm { rows: 768, cols: 257, depth: 2048, flags: ONES_COLUMN, a_rs: 1, a_ks: 768, b_off: 2048 * 256, b_ks: 256, b_ss: 1, ..Gemm::default() };
+        assert_eq!(dweight.vector_loads(128, &one), both);
+        // attention's per-(b, h) products read q, k, v in place (head size 32)
+        let qk = Gemm { rows: 64, cols: 64, depth: 32, a_rs: 768, a_ks: 1, b_off: 256, b_ks: 1, b_ss: 768, ..Gemm::default() };
+        assert_eq!(qk.vector_loads(32, &Batch { count: 256, inner: 8, a: (64 * 768, 32), b: (64 * 768, 32), c: (8 * 64 * 64, 64 * 64) }), both);
+        // element by element where a quad could straddle an edge or an offset is odd
+        assert_eq!(Gemm { depth: 19, ..qk }.vector_loads(19, &one), 0, "odd depth along k");
+        assert_eq!(Gemm { a_off: 2, ..forward }.vector_loads(256, &one), VEC_B, "A's offset");
+        assert_eq!(forward.vector_loads(250, &one), 0, "a split not at a multiple of 4");
+        assert_eq!(Gemm { rows: 48, cols: 49, ..dweight }.vector_loads(64, &one), VEC_A, "B's ones column inside a tile");
+        assert_eq!(Gemm { rows: 50, ..dweight }.vector_loads(64, &one), VEC_B, "A's rows not a multiple of 4");
+        let dwte = Gemm { rows: 96, cols: 256, depth: 2048, flags: ONEHOT_A, b_ks: 256, b_ss: 1, ..Gemm::default() };
+        assert_eq!(dwte.vector_loads(128, &one), VEC_B, "the one-hot A is built, not read");
+        let strided = Gemm { a_rs: 8, a_ks: 2, ..forward };
+        assert_eq!(strided.vector_loads(256, &one), VEC_B, "no unit stride in A");
     }
 
     #[test]
