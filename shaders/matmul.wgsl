@@ -245,11 +245,48 @@ fn store(r: u32, s: u32, value: f32) {
     }
 }
 
+// C[r, s..s+3] from this invocation's sums: `store` on each, with the flag tests and the
+// address arithmetic done once for the four when all four are inside C (same operations
+// in the same order, so the same values).
 fn store_row(r: u32, s: u32, acc: vec4<f32>) {
-    store(r, s, acc.x);
-    store(r, s + 1u, acc.y);
-    store(r, s + 2u, acc.z);
-    store(r, s + 3u, acc.w);
+    if (r >= g.rows) {
+        return;
+    }
+    if (s + 3u >= g.cols) {
+        store(r, s, acc.x);
+        store(r, s + 1u, acc.y);
+        store(r, s + 2u, acc.z);
+        store(r, s + 3u, acc.w);
+        return;
+    }
+    let at = c_base + r * g.c_rs + s;
+    var out = vec4<f32>(0.0);
+    if ((g.flags & ACCUMULATE) != 0u) {
+        out = vec4<f32>(c[at], c[at + 1u], c[at + 2u], c[at + 3u]);
+    }
+    if ((g.flags & BIAS) != 0u) {
+        let o = g.bias_off + s;
+        out += vec4<f32>(bias[o], bias[o + 1u], bias[o + 2u], bias[o + 3u]);
+    }
+    out += acc;
+    if ((g.flags & ADDEND) != 0u) {
+        let o = g.addend_off + r * g.c_rs + s;
+        out = vec4<f32>(addend[o], addend[o + 1u], addend[o + 2u], addend[o + 3u]) + out;
+    }
+    let x = g.aux_off + r * g.c_rs + s;
+    if ((g.flags & GELU_GRAD) != 0u) {
+        out *= vec4<f32>(gelu_grad(aux[x]), gelu_grad(aux[x + 1u]), gelu_grad(aux[x + 2u]), gelu_grad(aux[x + 3u]));
+    }
+    c[at] = out.x;
+    c[at + 1u] = out.y;
+    c[at + 2u] = out.z;
+    c[at + 3u] = out.w;
+    if ((g.flags & GELU_OUT) != 0u) {
+        aux[x] = gelu(out.x);
+        aux[x + 1u] = gelu(out.y);
+        aux[x + 2u] = gelu(out.z);
+        aux[x + 3u] = gelu(out.w);
+    }
 }
 
 fn a_k_contiguous() -> bool {
