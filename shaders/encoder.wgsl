@@ -13,8 +13,9 @@
 // a dimension exceeds the 65535-workgroup limit.
 //
 // The wte gradient is a scatter-add (tokens repeat): dwte += one-hot(tokens)ᵀ · dout, which
-// is a GEMM, so matmul.wgsl computes it (flag ONEHOT_A, split-K over the B·T tokens, then
-// reduce.wgsl `split_sum` adds the splits in order onto the LM head's share). No float
+// is a GEMM, so matmul.wgsl computes it (flag ONEHOT_A, split-K over the B·T tokens, its
+// slabs right after the LM head's, then reduce.wgsl `gather_grads` adds all of them in
+// order). No float
 // atomics (which WGSL lacks and which would make the sum order vary run to run), and no
 // C-way serial walk over every token (latency-bound: 0.57 ms on an H100 at B·T = 2048).
 

@@ -12,14 +12,14 @@
 //   7  mean_r   array<f32>  (N) at stat_off             read        [backward_*]
 //   8  rstd_r   array<f32>  (N) at stat_off             read        [backward_*]
 //   9  dinp     array<f32>  (N, C) at dinp_off          read_write  [backward_dinp]
-//   10 partial_out array<f32>  (splits, 2C): [dweight | dbias] per split  read_write  [backward_params]
+//   10 partial_out array<f32>  (splits, 2C) at part_off: [dweight | dbias] per split  read_write  [backward_params]
 // N = B·T rows. forward and backward_dinp: one workgroup of 64 per row (x + y·65535
 // workgroups), the row's sums reduced in workgroup memory. backward_params: workgroup
 // 64×4, four invocations per (channel, split of `split_rows` rows) each taking every fourth
 // row, their sums added in workgroup memory; dispatch (⌈C/64⌉, splits): the serial sum over
 // all N rows was latency-bound (one dependent load chain per channel), so each split sums
-// its rows and reduce.wgsl `split_sum` adds the splits in order and writes dweight and
-// dbias (no atomics, reproducible).
+// its rows and reduce.wgsl `gather_grads` adds the splits in order and writes dweight
+// and dbias (no atomics, reproducible).
 //
 // backward_dinp adds into dinp when `accumulate` is 1: that is where the residual stream's
 // gradient gathers (the residual add's backward is the identity, so it costs no kernel).
@@ -35,7 +35,7 @@ struct Dims {
     dout_off: u32,
     dinp_off: u32,
     split_rows: u32,
-    _pad0: u32,
+    part_off: u32, // backward_params: where its slabs start in partial_out
     accumulate: u32,
 }
 
@@ -161,7 +161,7 @@ fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
     workgroupBarrier();
     if (lid.y == 0u && ch < d.c) {
         let total = ((param_sums[lid.x] + param_sums[64u + lid.x]) + param_sums[128u + lid.x]) + param_sums[192u + lid.x];
-        partial_out[z * 2u * d.c + ch] = total.x;
-        partial_out[z * 2u * d.c + d.c + ch] = total.y;
+        partial_out[d.part_off + z * 2u * d.c + ch] = total.x;
+        partial_out[d.part_off + z * 2u * d.c + d.c + ch] = total.y;
     }
 }

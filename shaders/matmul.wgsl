@@ -20,8 +20,9 @@
 //   per-(b, h) products of attention (zo = b, zi = h), read in place from qkv and att.
 //   Otherwise split z (workgroup z) sums k in [z·k_chunk, (z+1)·k_chunk):
 //   split-K, for the weight gradients whose depth (N = B·T) dwarfs their output; each split
-//   writes its own slab of C (c_zs apart) and reduce.wgsl `split_sum` adds the slabs in
-//   order, so the result is reproducible (no atomics).
+//   writes its own slab of C (c_zs apart) and reduce.wgsl `split_sum` (activations) or
+//   `gather_grads` (weight gradients) adds the slabs in order, so the result is
+//   reproducible (no atomics).
 //   Then, for the MLP's GELU (tanh approximation, GPT-2's `gelu_new`):
 //     flags & 64  (forward):  aux[aux_off + r·c_rs + s] = gelu(C[...]) as well
 //     flags & 128 (backward): C[...] ·= gelu′(aux[aux_off + r·c_rs + s])

@@ -459,12 +459,13 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
             let launches: usize = profile.kernels.iter().map(|k| k.launches).sum();
             // forward 9L + 5 (attention: two batched GEMMs, the softmax in the first's
             // epilogue at T ≤ 64; GELU in the fc GEMM's epilogue; the projection back from
-            // 4C split along its depth, plus its split_sum); backward 24L + 10 (each weight
-            // gradient and LayerNorm parameter gradient is a split pass plus a split_sum,
-            // as are the input gradients of fc and qkv at this shape; GELU′ in fcproj's
-            // input gradient; attention four GEMMs, the softmax's backward in the first's
+            // 4C split along its depth, plus its split_sum); backward 18L + 8 (each weight
+            // gradient and LayerNorm parameter gradient is one split pass, all of their
+            // slabs summed by one gather_grads at the end; the input gradients of fc and qkv
+            // are split at this shape, each plus a split_sum; GELU′ in fcproj's input
+            // gradient; attention four GEMMs, the softmax's backward in the first's
             // epilogue); AdamW 1
-            assert_eq!(launches, 33 * cfg.n_layer + 16);
+            assert_eq!(launches, 27 * cfg.n_layer + 14);
             assert!(profile.total_us > 0.0);
         }
     }

@@ -31,11 +31,12 @@ pub enum Kernel {
     LogprobBackward,
     SeqSums,
     SplitSum,
+    GatherGrads,
     AdamW,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::EncoderForward,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
@@ -49,6 +50,7 @@ impl Kernel {
         Kernel::LogprobBackward,
         Kernel::SeqSums,
         Kernel::SplitSum,
+        Kernel::GatherGrads,
         Kernel::AdamW,
     ];
 
@@ -68,6 +70,7 @@ impl Kernel {
             Kernel::LogprobBackward => ("logprob.wgsl", "backward"),
             Kernel::SeqSums => ("reduce.wgsl", "seq_sums"),
             Kernel::SplitSum => ("reduce.wgsl", "split_sum"),
+            Kernel::GatherGrads => ("reduce.wgsl", "gather_grads"),
             Kernel::AdamW => ("adamw.wgsl", "update"),
         }
     }

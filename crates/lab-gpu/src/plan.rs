@@ -157,6 +157,24 @@ struct Batch {
     c: (usize, usize),
 }
 
+/// One parameter gradient for reduce.wgsl `gather_grads`: `splits` slabs of `len` floats
+/// from `src_off` (`stride` apart) summed in order; element j (row j / width, column
+/// j % width) goes to main_off + row·main_rs + col for col < main_cols, else to
+/// side_off + row·side_rs + (col − main_cols).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    len: usize,
+    splits: usize,
+    stride: usize,
+    width: usize,
+    main_cols: usize,
+    main_off: usize,
+    main_rs: usize,
+    side_off: usize,
+    side_rs: usize,
+    src_off: usize,
+}
+
 // flag 1 (accumulate into C) exists in the kernel; the model overwrites every gradient once.
 const BIAS: u32 = 2;
 const ADDEND: u32 = 4;
@@ -176,7 +194,8 @@ const FUSED_SOFTMAX_MAX_T: usize = 64;
 /// Workgroups a split GEMM aims for: about two per streaming multiprocessor of a large GPU,
 /// and enough to hide latency on a small one.
 const SPLIT_TARGET_GROUPS: usize = 256;
-/// Most splits of one reduction: `split_sum` adds them serially per element.
+/// Most splits of one reduction: `split_sum` and `gather_grads` add them serially per
+/// element.
 const MAX_SPLITS: usize = 32;
 /// Rows per split of a LayerNorm's parameter gradient.
 const LN_SPLIT_ROWS: usize = 64;
@@ -257,16 +276,13 @@ fn split_activation(rows: usize, cols: usize, depth: usize, tile_rows: usize) ->
     split_depth(rows, cols, depth, 64, tile_rows)
 }
 
-/// Floats of split-reduction scratch a (B·T = n) plan needs: the largest slab set of any
-/// split GEMM (rows × cols per split) or LayerNorm parameter gradient.
+/// Floats of split-reduction scratch a (B·T = n) plan needs for its depth-split activation
+/// GEMMs (one at a time, reduced right away by `split_sum`).
 fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
     let (c, v) = (cfg.d_model, cfg.vocab);
-    // (rows, cols) of the weight gradients: [dW | db] of qkv, attproj, fc, fcproj; dwte
-    let weights = [(3 * c, c + 1), (c, c + 1), (4 * c, c + 1), (c, 4 * c + 1), (v, c)];
-    let weight = weights.iter().map(|&(rows, cols)| split_k(rows, cols, n, tiles.tile_rows(rows, cols, false)).0 * rows * cols).max().unwrap_or(0);
     // (cols, depth) of the activation GEMMs (n rows): forward, then input gradients
     let activations = [(3 * c, c), (c, c), (4 * c, c), (c, 4 * c), (v, c), (c, 3 * c), (c, v), (4 * c, c)];
-    let activation = activations
+    activations
         .iter()
         .map(|&(cols, depth)| {
             let (splits, _) = split_activation(n, cols, depth, tiles.tile_rows(n, cols, false));
@@ -277,8 +293,19 @@ fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
             }
         })
         .max()
-        .unwrap_or(0);
-    weight.max(activation).max(n.div_ceil(LN_SPLIT_ROWS) * 2 * c)
+        .unwrap_or(0)
+}
+
+/// Floats of the parameter gradients' slab regions (reduced together by `gather_grads` at
+/// the end of the backward): per layer the four [dW | db] of qkv, attproj, fc, fcproj and
+/// two LayerNorms' [dγ | dβ]; the final LayerNorm's; wte's from the LM head and from the
+/// embedding.
+fn grad_slab_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
+    let (c, v) = (cfg.d_model, cfg.vocab);
+    let slabs = |rows: usize, cols: usize| split_k(rows, cols, n, tiles.tile_rows(rows, cols, false)).0 * rows * cols;
+    let linear = slabs(3 * c, c + 1) + slabs(c, c + 1) + slabs(4 * c, c + 1) + slabs(c, 4 * c + 1);
+    let layer_norm = n.div_ceil(LN_SPLIT_ROWS) * 2 * c;
+    cfg.n_layer * (linear + 2 * layer_norm) + layer_norm + 2 * slabs(v, c)
 }
 
 fn words(values: &[usize]) -> Vec<u32> {
@@ -289,12 +316,16 @@ fn words(values: &[usize]) -> Vec<u32> {
 struct Recorder<'a> {
     grid: Grid,
     params: &'a wgpu::Buffer,
-    grads: &'a wgpu::Buffer,
     dummy: &'a wgpu::Buffer,
     /// Stands in for the GEMM's unused read-write `aux` binding.
     dummy_rw: &'a wgpu::Buffer,
-    /// Split-reduction scratch (see [`partial_floats`]).
+    /// Split-reduction scratch of the activation GEMMs (see [`partial_floats`]).
     partial: &'a wgpu::Buffer,
+    /// The parameter gradients' slab regions (see [`grad_slab_floats`]), `grad_used`
+    /// floats of it handed out so far, and what `gather_grads` does with each region.
+    grad_slabs: &'a wgpu::Buffer,
+    grad_used: usize,
+    segments: Vec<Segment>,
     n: usize,
     specs: Vec<Spec>,
     backward: bool,
@@ -343,18 +374,44 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// A weight gradient by split-K: `g` (rows, cols, depth; no C offsets) into the scratch
-    /// slabs, then `split_sum` routes column < main_cols to main (row stride main_rs) and
-    /// the rest to side (the bias), overwriting or adding (`accumulate`).
-    #[allow(clippy::too_many_arguments)]
-    fn split_gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, main: (usize, usize, usize), side_off: usize, accumulate: bool) -> Result<()> {
+    /// The next `floats` of the gradient slab regions.
+    fn grad_region(&mut self, floats: usize) -> Result<usize> {
+        let at = self.grad_used;
+        self.grad_used += floats;
+        if self.grad_used * 4 > self.grad_slabs.size() as usize {
+            return Err(LabError::Engine { msg: format!("internal: the parameter gradients' split slabs need more than the {} floats allocated", self.grad_slabs.size() / 4) });
+        }
+        Ok(at)
+    }
+
+    /// A weight gradient by split-K: `g` (rows, cols, depth; no C offsets) into slabs of its
+    /// own region, reduced by `gather_grads`: column < main_cols to main = (offset, row
+    /// stride, main_cols) of the gradient buffer, the rest to side_off (the bias). With
+    /// `onto_last`, the slabs extend the last region recorded (same shape and destination:
+    /// the wte gradient's two halves), so the gather adds them after its own.
+    fn weight_gradient(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, main: (usize, usize, usize), side_off: usize, onto_last: bool) -> Result<()> {
         let (splits, k_chunk) = split_k(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         let slab = g.rows * g.cols;
-        let partial = self.partial;
-        self.gemm(Gemm { c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, partial, None)?;
+        let at = self.grad_region(splits * slab)?;
+        let grad_slabs = self.grad_slabs;
+        self.gemm(Gemm { c_off: at, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, grad_slabs, None)?;
         let (main_off, main_rs, main_cols) = main;
-        let grads = self.grads;
-        self.split_sum(slab, splits, g.cols, main_cols, (grads, main_off, main_rs), (side_off, 1), accumulate as u32, None, None)
+        let segment = Segment { splits, stride: slab, len: slab, width: g.cols, main_cols, main_off, main_rs, side_off, side_rs: 1, src_off: at };
+        self.add_segment(segment, onto_last)
+    }
+
+    fn add_segment(&mut self, segment: Segment, onto_last: bool) -> Result<()> {
+        if !onto_last {
+            self.segments.push(segment);
+            return Ok(());
+        }
+        match self.segments.last_mut() {
+            Some(last) if last.src_off + last.splits * last.stride == segment.src_off && Segment { splits: last.splits, src_off: last.src_off, ..segment } == *last => {
+                last.splits += segment.splits;
+                Ok(())
+            }
+            _ => Err(LabError::Engine { msg: "internal: a gradient added onto the last one must follow it with the same shape".into() }),
+        }
     }
 
     /// An activation GEMM (`g` with its C offset and epilogue, into `c`), split along its
@@ -372,19 +429,18 @@ impl Recorder<'_> {
         let plain = Gemm { flags: 0, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
         self.gemm(plain, a, b, None, None, partial, None)?;
         let epilogue = g.flags & (BIAS | ADDEND);
-        self.split_sum(slab, splits, g.cols, g.cols, (c, g.c_off, g.c_rs), (0, 0), epilogue, bias.map(|p| (p, g.bias_off)), addend.map(|x| (x, g.addend_off)))
+        self.split_sum(slab, splits, g.cols, (c, g.c_off, g.c_rs), epilogue, bias.map(|p| (p, g.bias_off)), addend.map(|x| (x, g.addend_off)))
     }
 
-    /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats in the scratch, into
-    /// `main` = (buffer, offset, row stride); flags 1 accumulate, 2 bias, 4 addend.
-    #[allow(clippy::too_many_arguments)]
-    fn split_sum(&mut self, len: usize, splits: usize, width: usize, main_cols: usize, main: (&wgpu::Buffer, usize, usize), side: (usize, usize), flags: u32, bias: Option<(&wgpu::Buffer, usize)>, addend: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+    /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats (rows of `width`) in the
+    /// scratch, into `dst` = (buffer, offset, row stride); flags 2 bias, 4 addend.
+    fn split_sum(&mut self, len: usize, splits: usize, width: usize, dst: (&wgpu::Buffer, usize, usize), flags: u32, bias: Option<(&wgpu::Buffer, usize)>, addend: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
         let (bias_buf, bias_off) = bias.unwrap_or((self.dummy, 0));
         let (addend_buf, addend_off) = addend.unwrap_or((self.dummy, 0));
-        let w = words(&[len, splits, len, width, main_cols, main.1, main.2, side.0, side.1, flags as usize, bias_off, addend_off]);
+        let w = words(&[len, splits, len, width, dst.1, dst.2, flags as usize, bias_off, addend_off, 0, 0, 0]);
         let partial = self.partial;
         let groups = self.grid.cover(len, 64)?;
-        self.push(Kernel::SplitSum, w, &[(4, partial), (5, main.0), (6, bias_buf), (7, addend_buf)], groups);
+        self.push(Kernel::SplitSum, w, &[(4, partial), (5, dst.0), (6, bias_buf), (7, addend_buf)], groups);
         Ok(())
     }
 
@@ -425,18 +481,28 @@ impl Recorder<'_> {
     /// given (the layer's input was GELU of it); dW (OC, IC) = doutᵀ · inp and dbias = Σ_n dout
     /// (overwritten) in the gradient buffer.
     #[allow(clippy::too_many_arguments)]
-    fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, dw_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
-        let n = self.n;
-        let params = self.params;
+    fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+        self.input_gradient(dout, ic, oc, w_off, dinp, gelu_input)?;
+        self.linear_weight_gradient(dout, inp, ic, oc, w_off, db_off, false)
+    }
+
+    /// dinp = dout · W (× GELU′ of `gelu_input`), the first half of [`Recorder::linear_backward`].
+    fn input_gradient(&mut self, dout: &wgpu::Buffer, ic: usize, oc: usize, w_off: usize, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
         let flags = if gelu_input.is_some() { GELU_GRAD } else { 0 };
-        let dx = Gemm { rows: n, cols: ic, depth: oc, flags, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, aux_off: gelu_input.map_or(0, |x| x.1), ..Gemm::default() };
-        self.gemm_activation(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0))?;
-        // [dW | db] = doutᵀ · [inp | 1]: the bias gradient is the ones column
+        let dx = Gemm { rows: self.n, cols: ic, depth: oc, flags, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, aux_off: gelu_input.map_or(0, |x| x.1), ..Gemm::default() };
+        let params = self.params;
+        self.gemm_activation(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0))
+    }
+
+    /// [dW | db] = doutᵀ · [inp | 1] at dw_off (and db_off), the second half of
+    /// [`Recorder::linear_backward`]; `onto_last` as in [`Recorder::weight_gradient`].
+    #[allow(clippy::too_many_arguments)]
+    fn linear_weight_gradient(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, dw_off: usize, db_off: Option<usize>, onto_last: bool) -> Result<()> {
+        // the bias gradient is the ones column
         let flags = if db_off.is_some() { ONES_COLUMN } else { 0 };
         let cols = ic + db_off.is_some() as usize;
-        let dw = Gemm { rows: oc, cols, depth: n, flags, a_rs: 1, a_ks: oc, b_off: inp.1, b_ks: ic, b_ss: 1, ..Gemm::default() };
-        self.split_gemm(dw, dout, inp.0, (dw_off, ic, ic), db_off.unwrap_or(0), false)?;
-        Ok(())
+        let dw = Gemm { rows: oc, cols, depth: self.n, flags, a_rs: 1, a_ks: oc, b_off: inp.1, b_ks: ic, b_ss: 1, ..Gemm::default() };
+        self.weight_gradient(dw, dout, inp.0, (dw_off, ic, ic), db_off.unwrap_or(0), onto_last)
     }
 }
 
@@ -519,6 +585,8 @@ impl Plan {
         let dlogits = make("dlogits", n * v)?; // (B, T, V)
         let dpre = make("dpre", att_len)?; // (B, NH, T, T)
         let partial = make("split partials", partial_floats(cfg, n, tiles))?;
+        let grad_floats = grad_slab_floats(cfg, n, tiles);
+        let grad_slabs = make("gradient split slabs", grad_floats)?;
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("out staging"),
             size: (out_len * 4) as u64,
@@ -528,20 +596,23 @@ impl Plan {
 
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
         let dummy_rw = make("unused aux", 1)?;
-        let mut rec = Recorder { grid, params, grads, dummy, dummy_rw: &dummy_rw, partial: &partial, n, specs: Vec::new(), backward: false, tiles };
+        let mut rec = Recorder { grid, params, dummy, dummy_rw: &dummy_rw, partial: &partial, grad_slabs: &grad_slabs, grad_used: 0, segments: Vec::new(), n, specs: Vec::new(), backward: false, tiles };
         let scale = 1.0 / (hs as f32).sqrt();
         let fused_softmax = t <= FUSED_SOFTMAX_MAX_T;
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
         let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, LN_SPLIT_ROWS, 0, accumulate]);
         let ln_splits = n.div_ceil(LN_SPLIT_ROWS);
-        // a LayerNorm's [dγ | dβ]: per-split sums, then split_sum routes dβ to its place
-        let ln_params = |rec: &mut Recorder, inp: &wgpu::Buffer, w: Vec<u32>, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, dw_off: usize, db_off: usize| -> Result<()> {
+        // a LayerNorm's [dγ | dβ]: per-split sums in a region of their own, which
+        // gather_grads reduces, routing dβ to its place
+        let ln_params = |rec: &mut Recorder, inp: &wgpu::Buffer, mut w: Vec<u32>, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, dw_off: usize, db_off: usize| -> Result<()> {
             let groups = rec.grid.tiles(c.div_ceil(64), ln_splits)?;
-            let partial = rec.partial;
-            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, partial)], groups);
-            let grads = rec.grads;
-            rec.split_sum(2 * c, ln_splits, 2 * c, c, (grads, dw_off, 0), (db_off, 0), 0, None, None)
+            let at = rec.grad_region(ln_splits * 2 * c)?;
+            w[10] = at as u32; // part_off
+            let grad_slabs = rec.grad_slabs;
+            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, grad_slabs)], groups);
+            let segment = Segment { len: 2 * c, splits: ln_splits, stride: 2 * c, width: 2 * c, main_cols: c, main_off: dw_off, main_rs: 0, side_off: db_off, side_rs: 0, src_off: at };
+            rec.add_segment(segment, false)
         };
         // attention: per (b, h) products as batched GEMMs around the softmax kernels
         let softmax_groups = grid.cover(b * nh * t, 1)?;
@@ -591,7 +662,9 @@ impl Plan {
         // ---------------- backward ----------------
         rec.backward = true;
         rec.push(Kernel::LogprobBackward, head_words, &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)], grid.cover(n * v, 64)?);
-        rec.linear_backward(&dlogits, (&lnf, 0), c, v, lay.wte, lay.wte, None, &dln, None)?; // dlnf; dwte = dlogitsᵀ·lnf (first write)
+        // dlnf; the LM head's share of dwte (dlogitsᵀ·lnf) is recorded at the end, beside
+        // the embedding's
+        rec.input_gradient(&dlogits, c, v, lay.wte, &dln, None)?;
         let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0);
         rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual3), (2, params), (6, &dln), (7, &lnf_mean), (8, &lnf_rstd), (9, &dres)], grid.cover(n, 1)?);
         ln_params(&mut rec, &residual3, w, &lnf_mean, &lnf_rstd, lay.lnfw, lay.lnfb)?;
@@ -600,12 +673,12 @@ impl Plan {
         for l in (0..nl).rev() {
             let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
             // dfch = (dres · W_fcproj) ⊙ GELU′(fch) from one GEMM
-            rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch, Some((&fch, l * 4 * nc)))?;
-            rec.linear_backward(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln, None)?;
+            rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch, Some((&fch, l * 4 * nc)))?;
+            rec.linear_backward(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln, None)?;
             let w = ln_words(l * nc, 0, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 1);
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual2), (2, params), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (9, &dres)], grid.cover(n, 1)?);
             ln_params(&mut rec, &residual2, w, &ln2_mean, &ln2_rstd, p(lay.ln2w, c, l), p(lay.ln2b, c, l))?;
-            rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty, None)?;
+            rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty, None)?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
             // dk = dpreᵀ·Q, dv = attᵀ·dy (datty, dpre and dqkv hold one layer)
@@ -621,15 +694,30 @@ impl Plan {
             rec.gemm(dk, &dpre, &qkv, None, None, &dqkv, None)?;
             let dv = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: 1, a_ks: t, b_ks: c, b_ss: 1, c_off: 2 * c, c_rs: 3 * c, batch: batch(att_z, btc_z, qkv_z), ..Gemm::default() };
             rec.gemm(dv, &att, &datty, None, None, &dqkv, None)?;
-            rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln, None)?;
+            rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln, None)?;
             let w = ln_words(res_off, 0, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 1);
             rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, residual), (2, params), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (9, &dres)], grid.cover(n, 1)?);
             ln_params(&mut rec, residual, w, &ln1_mean, &ln1_rstd, p(lay.ln1w, c, l), p(lay.ln1b, c, l))?;
         }
-        // dwte += one-hot(tokens)ᵀ·dres (split-K GEMM, added onto the LM head's write), dwpe = Σ_b dres
+        // dwte = dlogitsᵀ·lnf + one-hot(tokens)ᵀ·dres (split-K GEMMs, the embedding's slabs
+        // right after the LM head's), dwpe = Σ_b dres
+        rec.linear_weight_gradient(&dlogits, (&lnf, 0), c, v, lay.wte, None, false)?;
         let dwte = Gemm { rows: v, cols: c, depth: n, flags: ONEHOT_A, b_ks: c, b_ss: 1, ..Gemm::default() };
-        rec.split_gemm(dwte, &tokens, &dres, (lay.wte, c, c), 0, true)?;
+        rec.weight_gradient(dwte, &tokens, &dres, (lay.wte, c, c), 0, true)?;
         rec.push(Kernel::EncoderBackwardWpe, enc_words, &[(4, &dres), (5, grads)], grid.cover(cfg.ctx * c, 64)?);
+        // every parameter gradient's slabs, summed in one launch
+        if rec.grad_used != grad_floats {
+            return Err(LabError::Engine { msg: format!("internal: {grad_floats} floats of gradient slabs allocated, {} used", rec.grad_used) });
+        }
+        let mut start = 0;
+        let mut table = Vec::with_capacity(rec.segments.len() * 12);
+        for s in &rec.segments {
+            table.extend(words(&[start, s.splits, s.stride, s.width, s.main_cols, s.main_off, s.main_rs, s.side_off, s.side_rs, s.src_off, 0, 0]));
+            start += s.len;
+        }
+        let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("gradient segments"), contents: bytemuck::cast_slice(&table), usage: wgpu::BufferUsages::STORAGE });
+        let gather_words = words(&[rec.segments.len(), start, 0, 0]);
+        rec.push(Kernel::GatherGrads, gather_words, &[(4, &grad_slabs), (5, grads), (8, &table)], grid.cover(start, 64)?);
 
         // ---------------- uniforms and bind groups ----------------
         let mut blob = vec![0u8; rec.specs.len() * UNIFORM_STRIDE as usize];
