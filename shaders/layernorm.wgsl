@@ -3,16 +3,18 @@
 //
 // Bindings (group 0):
 //   0  uniform  Dims
-//   1  inp      array<f32>  (N, C) at inp_off           read
+//   1  inp      array<f32>  (N, C) at inp_off           read_write (written by forward when splits > 0)
 //   2  params   array<f32>  flat; weight, bias (C)      read        [forward, backward_dinp]
 //   3  out      array<f32>  (N, C) at out_off           read_write  [forward]
 //   4  mean     array<f32>  (N) at stat_off             read_write  [forward]
 //   5  rstd     array<f32>  (N) at stat_off             read_write  [forward]
-//   6  dout     array<f32>  (N, C) at dout_off          read        [backward_*]
+//   6  dout     array<f32>  (N, C) at dout_off          read_write (written by backward_dinp when splits > 0)  [backward_*]
 //   7  mean_r   array<f32>  (N) at stat_off             read        [backward_*]
 //   8  rstd_r   array<f32>  (N) at stat_off             read        [backward_*]
 //   9  dinp     array<f32>  (N, C) at dinp_off          read_write  [backward_dinp]
 //   10 partial_out array<f32>  (splits, 2C) at part_off: [dweight | dbias] per split  read_write  [backward_params]
+//   11 slabs    array<f32>  (splits, N, C), slab_stride apart  read     [forward, backward_dinp; splits > 0]
+//   12 addend   array<f32>  (N, C) at addend_off        read        [forward, splits > 0]
 // N = B·T rows. forward and backward_dinp: one workgroup of 64 per row (x + y·65535
 // workgroups), the row's sums reduced in workgroup memory. backward_params: workgroup
 // 64×4, four invocations per (channel, split of `split_rows` rows) each taking every fourth
@@ -23,6 +25,18 @@
 //
 // backward_dinp adds into dinp when `accumulate` is 1: that is where the residual stream's
 // gradient gathers (the residual add's backward is the identity, so it costs no kernel).
+//
+// forward with splits > 0 first makes its input row from the depth-split projection GEMM
+// that produces it (matmul.wgsl, attproj or fcproj: slabs of partial sums, its bias, and
+// the residual it adds onto), the work reduce.wgsl `split_sum` would do in a launch of its
+// own, in the same order:
+//   inp[inp_off + n·C + i] = addend[addend_off + n·C + i]
+//                            + (params[gemm_b_off + i] + Σ_{z < splits, in order} slabs[z·slab_stride + n·C + i])
+// then normalizes it: one launch per LayerNorm instead of two (the workgroup reads back
+// only its own writes, after a storage barrier). Likewise backward_dinp with splits > 0
+// first makes its dout row from the depth-split input-gradient GEMM that produces it (fc's
+// or qkv's: no bias, no addend), dout[dout_off + n·C + i] = Σ_z slabs[z·slab_stride + n·C + i],
+// which backward_params then reads as it is.
 
 struct Dims {
     n_rows: u32,
@@ -37,22 +51,30 @@ struct Dims {
     split_rows: u32,
     part_off: u32, // backward_params: where its slabs start in partial_out
     accumulate: u32,
+    // forward (backward_dinp): the split GEMM whose sum is the input (dout); splits = 0:
+    // the buffer as it is
+    splits: u32,
+    slab_stride: u32,
+    gemm_b_off: u32,
+    addend_off: u32,
 }
 
 const WG: u32 = 64u;
 const EPS: f32 = 1e-5;
 
 @group(0) @binding(0) var<uniform> d: Dims;
-@group(0) @binding(1) var<storage, read> inp: array<f32>;
+@group(0) @binding(1) var<storage, read_write> inp: array<f32>;
 @group(0) @binding(2) var<storage, read> params: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
-@group(0) @binding(6) var<storage, read> dout: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dout: array<f32>;
 @group(0) @binding(7) var<storage, read> mean_r: array<f32>;
 @group(0) @binding(8) var<storage, read> rstd_r: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dinp: array<f32>;
 @group(0) @binding(10) var<storage, read_write> partial_out: array<f32>;
+@group(0) @binding(11) var<storage, read> slabs: array<f32>;
+@group(0) @binding(12) var<storage, read> addend: array<f32>;
 
 var<workgroup> partial: array<f32, 64>;
 
@@ -78,6 +100,16 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         return;
     }
     let x0 = d.inp_off + row * d.c;
+    if (d.splits > 0u) {
+        for (var i = lid; i < d.c; i += WG) {
+            var x = 0.0;
+            for (var z = 0u; z < d.splits; z += 1u) {
+                x += slabs[z * d.slab_stride + row * d.c + i];
+            }
+            inp[x0 + i] = addend[d.addend_off + row * d.c + i] + (params[d.gemm_b_off + i] + x);
+        }
+        storageBarrier();
+    }
     let inv_c = 1.0 / f32(d.c);
     var sum = 0.0;
     for (var i = lid; i < d.c; i += WG) {
@@ -109,6 +141,16 @@ fn backward_dinp(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     }
     let x0 = d.inp_off + row * d.c;
     let g0 = d.dout_off + row * d.c;
+    if (d.splits > 0u) {
+        for (var i = lid; i < d.c; i += WG) {
+            var g = 0.0;
+            for (var z = 0u; z < d.splits; z += 1u) {
+                g += slabs[z * d.slab_stride + row * d.c + i];
+            }
+            dout[g0 + i] = g;
+        }
+        storageBarrier();
+    }
     let m = mean_r[d.stat_off + row];
     let s = rstd_r[d.stat_off + row];
     let inv_c = 1.0 / f32(d.c);

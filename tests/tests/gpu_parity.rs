@@ -229,6 +229,14 @@ fn medium_at_the_benchmark_shape_matches_cpu_with_automatic_tiles() {
     // the bias column of [dW | db] (C + 1 or 4C + 1 columns) rides in the last full tile
     let gemm_columns: Vec<u32> = launches.iter().filter(|(k, _)| *k == Kernel::Gemm).map(|(_, g)| g[0]).collect();
     assert!(!gemm_columns.contains(&5) && !gemm_columns.contains(&17), "a tile for the ones column alone: {gemm_columns:?}");
+    let count = |kernel: Kernel| launches.iter().filter(|(k, _)| *k == kernel).count();
+    eprintln!("medium at 32×64: {} launches, {} split sums", launches.len(), count(Kernel::SplitSum));
+    // the depth-split products the next LayerNorm reads (attproj and fcproj forward, the
+    // input gradients of fc and qkv) are added up by that LayerNorm, the parameter
+    // gradients by one gather: split sums remain for the LM head's forward and attproj's
+    // input gradient (attention reads it)
+    assert_eq!(count(Kernel::SplitSum), 1 + cfg.n_layer);
+    assert_eq!(count(Kernel::GatherGrads), 1);
     let (g, c) = (gpu.forward(&batch).unwrap(), cpu.forward(&batch).unwrap());
     assert_close("token logps", &g.token_logps, &c.token_logps);
     assert_close("seq logps", &g.seq_logps, &c.seq_logps);
@@ -457,15 +465,15 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
             }
             eprintln!("{:>28} {:>10.1} us", "total", profile.total_us);
             let launches: usize = profile.kernels.iter().map(|k| k.launches).sum();
-            // forward 9L + 5 (attention: two batched GEMMs, the softmax in the first's
+            // forward 8L + 5 (attention: two batched GEMMs, the softmax in the first's
             // epilogue at T ≤ 64; GELU in the fc GEMM's epilogue; the projection back from
-            // 4C split along its depth, plus its split_sum); backward 18L + 8 (each weight
-            // gradient and LayerNorm parameter gradient is one split pass, all of their
-            // slabs summed by one gather_grads at the end; the input gradients of fc and qkv
-            // are split at this shape, each plus a split_sum; GELU′ in fcproj's input
-            // gradient; attention four GEMMs, the softmax's backward in the first's
-            // epilogue); AdamW 1
-            assert_eq!(launches, 27 * cfg.n_layer + 14);
+            // 4C split along its depth, its slabs added up by the next LayerNorm);
+            // backward 16L + 8 (each weight gradient and LayerNorm parameter gradient is one
+            // split pass, all of their slabs summed by one gather_grads at the end; the
+            // input gradients of fc and qkv are split at this shape, their slabs added up
+            // by the LayerNorm backward after them; GELU′ in fcproj's input gradient;
+            // attention four GEMMs, the softmax's backward in the first's epilogue); AdamW 1
+            assert_eq!(launches, 24 * cfg.n_layer + 14);
             assert!(profile.total_us > 0.0);
         }
     }

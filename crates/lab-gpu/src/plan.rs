@@ -147,6 +147,23 @@ impl Gemm {
     }
 }
 
+/// A depth-split activation GEMM's partial sums, left in the scratch: `splits` slabs
+/// `stride` floats apart, each laid out like the output.
+#[derive(Debug, Clone, Copy)]
+struct Slabs {
+    splits: usize,
+    stride: usize,
+}
+
+/// A residual projection's split GEMM whose sum (with its bias and the residual `addend`
+/// it adds onto) the next LayerNorm forward finishes (layernorm.wgsl, `splits` > 0).
+#[derive(Debug, Clone, Copy)]
+struct ResidualSlabs<'b> {
+    slabs: Slabs,
+    bias_off: usize,
+    addend: (&'b wgpu::Buffer, usize),
+}
+
 /// The batch layout of a batched GEMM (attention: zo = b, zi = h).
 #[derive(Debug, Clone, Copy, Default)]
 struct Batch {
@@ -420,16 +437,28 @@ impl Recorder<'_> {
     /// epilogue (into or from `aux`) is never split: GELU needs the whole sum.
     #[allow(clippy::too_many_arguments)]
     fn gemm_activation(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) -> Result<()> {
+        if let Some(slabs) = self.gemm_activation_slabs(g, a, b, bias, addend, c, aux)? {
+            let epilogue = g.flags & (BIAS | ADDEND);
+            self.split_sum(slabs.stride, slabs.splits, g.cols, (c, g.c_off, g.c_rs), epilogue, bias.map(|p| (p, g.bias_off)), addend.map(|x| (x, g.addend_off)))?;
+        }
+        Ok(())
+    }
+
+    /// [`Recorder::gemm_activation`] without its split sum: the whole product into `c`
+    /// (None), or, when it splits, its slabs in the scratch, for the caller to add up with
+    /// the bias and addend (`split_sum`, or the LayerNorm that reads the output next).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_activation_slabs(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) -> Result<Option<Slabs>> {
         let (splits, k_chunk) = split_activation(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         if splits == 1 || aux.is_some() {
-            return self.gemm(g, a, b, bias, addend, c, aux);
+            self.gemm(g, a, b, bias, addend, c, aux)?;
+            return Ok(None);
         }
         let slab = g.rows * g.cols;
         let partial = self.partial;
         let plain = Gemm { flags: 0, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
         self.gemm(plain, a, b, None, None, partial, None)?;
-        let epilogue = g.flags & (BIAS | ADDEND);
-        self.split_sum(slab, splits, g.cols, (c, g.c_off, g.c_rs), epilogue, bias.map(|p| (p, g.bias_off)), addend.map(|x| (x, g.addend_off)))
+        Ok(Some(Slabs { splits, stride: slab }))
     }
 
     /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats (rows of `width`) in the
@@ -448,33 +477,50 @@ impl Recorder<'_> {
     /// and bias in the parameters; and GELU(out) into `gelu` (same layout) if given.
     #[allow(clippy::too_many_arguments)]
     fn linear_forward(&mut self, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, bias_off: Option<usize>, out: (&wgpu::Buffer, usize), addend: Option<(&wgpu::Buffer, usize)>, gelu: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
-        let mut flags = if gelu.is_some() { GELU_OUT } else { 0 };
+        let g = self.linear(inp.1, ic, oc, w_off, bias_off, out.1, addend.map(|a| a.1), gelu.map(|x| x.1));
+        let params = self.params;
+        self.gemm_activation(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0, gelu.map(|x| x.0))
+    }
+
+    /// A block's projection back to the residual stream: out (N, C) = addend + inp (N, IC) ·
+    /// Wᵀ + bias, as [`Recorder::linear_forward`], except that when the GEMM splits its sum
+    /// is left to the LayerNorm that reads `out` next (returned).
+    #[allow(clippy::too_many_arguments)]
+    fn residual_projection<'b>(&mut self, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, bias_off: usize, out: (&wgpu::Buffer, usize), addend: (&'b wgpu::Buffer, usize)) -> Result<Option<ResidualSlabs<'b>>> {
+        let g = self.linear(inp.1, ic, oc, w_off, Some(bias_off), out.1, Some(addend.1), None);
+        let params = self.params;
+        let slabs = self.gemm_activation_slabs(g, inp.0, params, Some(params), Some(addend.0), out.0, None)?;
+        Ok(slabs.map(|slabs| ResidualSlabs { slabs, bias_off, addend }))
+    }
+
+    /// The GEMM of a linear layer's forward (see [`Recorder::linear_forward`]).
+    #[allow(clippy::too_many_arguments)]
+    fn linear(&self, inp_off: usize, ic: usize, oc: usize, w_off: usize, bias_off: Option<usize>, out_off: usize, addend_off: Option<usize>, gelu_off: Option<usize>) -> Gemm {
+        let mut flags = if gelu_off.is_some() { GELU_OUT } else { 0 };
         if bias_off.is_some() {
             flags |= BIAS;
         }
-        if addend.is_some() {
+        if addend_off.is_some() {
             flags |= ADDEND;
         }
-        let g = Gemm {
+        Gemm {
             rows: self.n,
             cols: oc,
             depth: ic,
             flags,
-            a_off: inp.1,
+            a_off: inp_off,
             a_rs: ic,
             a_ks: 1,
             b_off: w_off,
             b_ks: 1,
             b_ss: ic,
-            c_off: out.1,
+            c_off: out_off,
             c_rs: oc,
             bias_off: bias_off.unwrap_or(0),
-            addend_off: addend.map_or(0, |a| a.1),
-            aux_off: gelu.map_or(0, |x| x.1),
+            addend_off: addend_off.unwrap_or(0),
+            aux_off: gelu_off.unwrap_or(0),
             ..Gemm::default()
-        };
-        let params = self.params;
-        self.gemm_activation(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0, gelu.map(|x| x.0))
+        }
     }
 
     /// dinp (N, IC) = dout · W (overwritten), times GELU′ of `gelu_input` (same layout) if
@@ -482,16 +528,33 @@ impl Recorder<'_> {
     /// (overwritten) in the gradient buffer.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
-        self.input_gradient(dout, ic, oc, w_off, dinp, gelu_input)?;
+        self.input_gradient(dout, ic, oc, w_off, dinp, gelu_input, false)?;
         self.linear_weight_gradient(dout, inp, ic, oc, w_off, db_off, false)
     }
 
-    /// dinp = dout · W (× GELU′ of `gelu_input`), the first half of [`Recorder::linear_backward`].
-    fn input_gradient(&mut self, dout: &wgpu::Buffer, ic: usize, oc: usize, w_off: usize, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+    /// [`Recorder::linear_backward`] of a layer whose input came from a LayerNorm: when the
+    /// input gradient's GEMM splits, its slabs are returned for that LayerNorm's backward
+    /// to add up (into `dinp`, at offset 0) instead of a `split_sum` of their own.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_to_layernorm(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer) -> Result<Option<Slabs>> {
+        let slabs = self.input_gradient(dout, ic, oc, w_off, dinp, None, true)?;
+        self.linear_weight_gradient(dout, inp, ic, oc, w_off, db_off, false)?;
+        Ok(slabs)
+    }
+
+    /// dinp = dout · W (× GELU′ of `gelu_input`), the first half of
+    /// [`Recorder::linear_backward`]; with `defer`, a split GEMM's slabs are returned
+    /// unsummed.
+    #[allow(clippy::too_many_arguments)]
+    fn input_gradient(&mut self, dout: &wgpu::Buffer, ic: usize, oc: usize, w_off: usize, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>, defer: bool) -> Result<Option<Slabs>> {
         let flags = if gelu_input.is_some() { GELU_GRAD } else { 0 };
         let dx = Gemm { rows: self.n, cols: ic, depth: oc, flags, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, aux_off: gelu_input.map_or(0, |x| x.1), ..Gemm::default() };
         let params = self.params;
-        self.gemm_activation(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0))
+        if defer {
+            return self.gemm_activation_slabs(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0));
+        }
+        self.gemm_activation(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0))?;
+        Ok(None)
     }
 
     /// [dW | db] = doutᵀ · [inp | 1] at dw_off (and db_off), the second half of
@@ -601,7 +664,19 @@ impl Plan {
         let fused_softmax = t <= FUSED_SOFTMAX_MAX_T;
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
-        let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, LN_SPLIT_ROWS, 0, accumulate]);
+        let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, LN_SPLIT_ROWS, 0, accumulate, 0, 0, 0, 0]);
+        // a LayerNorm forward of `inp` (its row offset 0) into `out` and the statistics at
+        // layer l, first adding up `made`'s slabs into `inp` when its projection was split
+        let ln_forward = |rec: &mut Recorder, inp: (&wgpu::Buffer, usize), made: Option<ResidualSlabs>, out: (&wgpu::Buffer, usize), stats: (&wgpu::Buffer, &wgpu::Buffer, usize), w_off: usize, b_off: usize| -> Result<()> {
+            let mut w = ln_words(inp.1, out.1, stats.2, w_off, b_off, 0, 0, 0);
+            let (mut slabs, mut addend) = (dummy, dummy);
+            if let Some(made) = made {
+                w[12..16].copy_from_slice(&words(&[made.slabs.splits, made.slabs.stride, made.bias_off, made.addend.1]));
+                (slabs, addend) = (rec.partial, made.addend.0);
+            }
+            rec.push(Kernel::LayerNormForward, w, &[(1, inp.0), (2, params), (3, out.0), (4, stats.0), (5, stats.1), (11, slabs), (12, addend)], grid.cover(n, 1)?);
+            Ok(())
+        };
         let ln_splits = n.div_ceil(LN_SPLIT_ROWS);
         // a LayerNorm's [dγ | dβ]: per-split sums in a region of their own, which
         // gather_grads reduces, routing dβ to its place
@@ -613,6 +688,19 @@ impl Plan {
             rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, grad_slabs)], groups);
             let segment = Segment { len: 2 * c, splits: ln_splits, stride: 2 * c, width: 2 * c, main_cols: c, main_off: dw_off, main_rs: 0, side_off: db_off, side_rs: 0, src_off: at };
             rec.add_segment(segment, false)
+        };
+        // a LayerNorm backward at layer stats.2 (input `inp`, dout in dln), adding (or, for
+        // the final one, writing) its input gradient into dres; `made`: dln is first added
+        // up from the slabs of the split GEMM that produced it
+        let ln_backward = |rec: &mut Recorder, inp: (&wgpu::Buffer, usize), made: Option<Slabs>, stats: (&wgpu::Buffer, &wgpu::Buffer, usize), w_off: usize, b_off: usize, accumulate: usize| -> Result<()> {
+            let mut w = ln_words(inp.1, 0, stats.2, w_off, b_off, 0, 0, accumulate);
+            let mut slabs = dummy;
+            if let Some(made) = made {
+                w[12..14].copy_from_slice(&words(&[made.splits, made.stride]));
+                slabs = rec.partial;
+            }
+            rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, inp.0), (2, params), (6, &dln), (7, stats.0), (8, stats.1), (9, &dres), (11, slabs)], grid.cover(n, 1)?);
+            ln_params(rec, inp.0, w, stats.0, stats.1, w_off, b_off)
         };
         // attention: per (b, h) products as batched GEMMs around the softmax kernels
         let softmax_groups = grid.cover(b * nh * t, 1)?;
@@ -628,10 +716,12 @@ impl Plan {
         // ---------------- forward ----------------
         let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wpe]);
         rec.push(Kernel::EncoderForward, enc_words.clone(), &[(1, &tokens), (2, params), (3, &encoded)], grid.cover(nc, 64)?);
+        // The projections back to the residual stream (attproj, fcproj) may be split along
+        // their depth; then the LayerNorm reading their output adds up the slabs (`made`).
+        let mut made = None;
         for l in 0..nl {
             let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
-            let w = ln_words(res_off, l * nc, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 0);
-            rec.push(Kernel::LayerNormForward, w, &[(1, residual), (2, params), (3, &ln1), (4, &ln1_mean), (5, &ln1_rstd)], grid.cover(n, 1)?);
+            ln_forward(&mut rec, (residual, res_off), made, (&ln1, l * nc), (&ln1_mean, &ln1_rstd, l * n), p(lay.ln1w, c, l), p(lay.ln1b, c, l))?;
             rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None, None)?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // att = Q·Kᵀ (raw scores), softmax in place, atty = att·V
@@ -644,16 +734,14 @@ impl Plan {
             let y = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: t, a_ks: 1, b_off: v_off, b_ks: 3 * c, b_ss: 1, c_off: l * nc, c_rs: c, batch: batch(att_z, qkv_z, btc_z), ..Gemm::default() };
             rec.gemm(y, &att, &qkv, None, None, &atty, None)?;
             // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
-            rec.linear_forward((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), (&residual2, l * nc), Some((residual, res_off)), None)?;
-            let w = ln_words(l * nc, l * nc, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 0);
-            rec.push(Kernel::LayerNormForward, w, &[(1, &residual2), (2, params), (3, &ln2), (4, &ln2_mean), (5, &ln2_rstd)], grid.cover(n, 1)?);
+            made = rec.residual_projection((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojb, c, l), (&residual2, l * nc), (residual, res_off))?;
+            ln_forward(&mut rec, (&residual2, l * nc), made, (&ln2, l * nc), (&ln2_mean, &ln2_rstd, l * n), p(lay.ln2w, c, l), p(lay.ln2b, c, l))?;
             // fch = fc(ln2) and fch_gelu = GELU(fch) from one GEMM
             rec.linear_forward((&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), (&fch, l * 4 * nc), None, Some((&fch_gelu, l * 4 * nc)))?;
-            rec.linear_forward((&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), (&residual3, l * nc), Some((&residual2, l * nc)), None)?;
+            made = rec.residual_projection((&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), p(lay.fcprojb, c, l), (&residual3, l * nc), (&residual2, l * nc))?;
         }
         let last = (nl - 1) * nc;
-        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0);
-        rec.push(Kernel::LayerNormForward, w, &[(1, &residual3), (2, params), (3, &lnf), (4, &lnf_mean), (5, &lnf_rstd)], grid.cover(n, 1)?);
+        ln_forward(&mut rec, (&residual3, last), made, (&lnf, 0), (&lnf_mean, &lnf_rstd, 0), lay.lnfw, lay.lnfb)?;
         rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None, None)?; // tied LM head
         let head_words = words(&[b, t, v, 0]);
         rec.push(Kernel::LogprobForward, head_words.clone(), &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)], grid.cover(n, 1)?);
@@ -664,20 +752,16 @@ impl Plan {
         rec.push(Kernel::LogprobBackward, head_words, &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)], grid.cover(n * v, 64)?);
         // dlnf; the LM head's share of dwte (dlogitsᵀ·lnf) is recorded at the end, beside
         // the embedding's
-        rec.input_gradient(&dlogits, c, v, lay.wte, &dln, None)?;
-        let w = ln_words(last, 0, 0, lay.lnfw, lay.lnfb, 0, 0, 0);
-        rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual3), (2, params), (6, &dln), (7, &lnf_mean), (8, &lnf_rstd), (9, &dres)], grid.cover(n, 1)?);
-        ln_params(&mut rec, &residual3, w, &lnf_mean, &lnf_rstd, lay.lnfw, lay.lnfb)?;
+        let made = rec.input_gradient(&dlogits, c, v, lay.wte, &dln, None, true)?;
+        ln_backward(&mut rec, (&residual3, last), made, (&lnf_mean, &lnf_rstd, 0), lay.lnfw, lay.lnfb, 0)?;
         // dres now holds d(residual3[L−1]); each block reads it as its branch outputs'
         // gradient, and its LayerNorms add their input gradients into it.
         for l in (0..nl).rev() {
             let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
             // dfch = (dres · W_fcproj) ⊙ GELU′(fch) from one GEMM
             rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch, Some((&fch, l * 4 * nc)))?;
-            rec.linear_backward(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln, None)?;
-            let w = ln_words(l * nc, 0, l * n, p(lay.ln2w, c, l), p(lay.ln2b, c, l), 0, 0, 1);
-            rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, &residual2), (2, params), (6, &dln), (7, &ln2_mean), (8, &ln2_rstd), (9, &dres)], grid.cover(n, 1)?);
-            ln_params(&mut rec, &residual2, w, &ln2_mean, &ln2_rstd, p(lay.ln2w, c, l), p(lay.ln2b, c, l))?;
+            let made = rec.linear_backward_to_layernorm(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln)?;
+            ln_backward(&mut rec, (&residual2, l * nc), made, (&ln2_mean, &ln2_rstd, l * n), p(lay.ln2w, c, l), p(lay.ln2b, c, l), 1)?;
             rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty, None)?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
@@ -694,10 +778,8 @@ impl Plan {
             rec.gemm(dk, &dpre, &qkv, None, None, &dqkv, None)?;
             let dv = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: 1, a_ks: t, b_ks: c, b_ss: 1, c_off: 2 * c, c_rs: 3 * c, batch: batch(att_z, btc_z, qkv_z), ..Gemm::default() };
             rec.gemm(dv, &att, &datty, None, None, &dqkv, None)?;
-            rec.linear_backward(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln, None)?;
-            let w = ln_words(res_off, 0, l * n, p(lay.ln1w, c, l), p(lay.ln1b, c, l), 0, 0, 1);
-            rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, residual), (2, params), (6, &dln), (7, &ln1_mean), (8, &ln1_rstd), (9, &dres)], grid.cover(n, 1)?);
-            ln_params(&mut rec, residual, w, &ln1_mean, &ln1_rstd, p(lay.ln1w, c, l), p(lay.ln1b, c, l))?;
+            let made = rec.linear_backward_to_layernorm(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln)?;
+            ln_backward(&mut rec, (residual, res_off), made, (&ln1_mean, &ln1_rstd, l * n), p(lay.ln1w, c, l), p(lay.ln1b, c, l), 1)?;
         }
         // dwte = dlogitsᵀ·lnf + one-hot(tokens)ᵀ·dres (split-K GEMMs, the embedding's slabs
         // right after the LM head's), dwpe = Σ_b dres
