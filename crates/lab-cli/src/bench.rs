@@ -167,7 +167,7 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     let mut profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, checks, &batch, &opt)? } else { Value::Null };
     if let Some(path) = &args.profile_out {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
-        std::fs::write(path, text).map_err(|e| LabError::io(&path.display().to_string(), e))?;
+        std::fs::write(path, text).map_err(|e| LabError::io(path.display().to_string(), e))?;
         // the file has them; stdout keeps the per-kernel totals
         if let Some(p) = profile.as_object_mut() {
             p.remove("launches");

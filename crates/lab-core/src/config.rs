@@ -43,7 +43,7 @@ impl GptConfig {
                 return Err(LabError::param(name, "must be at least 1"));
             }
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return Err(LabError::param("n_head", format!("d_model {} is not divisible by n_head {}", self.d_model, self.n_head)));
         }
         Ok(())

@@ -303,7 +303,7 @@ mod tests {
     fn metrics_round_trip_through_csv_with_empty_cells() {
         let rows: Vec<MetricsRow> = vec![
             [("step".to_string(), 0.0), ("eval/ranking_accuracy".to_string(), 0.5)].into_iter().collect(),
-            [("step".to_string(), 1.0), ("loss".to_string(), 0.693_147_180_559_945_3), ("eval/ranking_accuracy".to_string(), 0.75)].into_iter().collect(),
+            [("step".to_string(), 1.0), ("loss".to_string(), std::f64::consts::LN_2), ("eval/ranking_accuracy".to_string(), 0.75)].into_iter().collect(),
         ];
         let csv = metrics_csv(&rows);
         assert_eq!(csv, "step,eval/ranking_accuracy,loss\n0,0.5,\n1,0.75,0.6931471805599453\n");
@@ -311,7 +311,7 @@ mod tests {
         let err = parse_metrics_csv("step,loss\n1,x\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("\"loss\""), "{err}");
         let json: serde_json::Value = serde_json::from_str(&metrics_json("sigmoid", &ExperimentConfig::default(), &rows)).unwrap();
-        assert_eq!(json["metrics"][1]["loss"], 0.693_147_180_559_945_3);
+        assert_eq!(json["metrics"][1]["loss"], std::f64::consts::LN_2);
         assert_eq!(json["experiment"], ExperimentConfig::default().to_query());
     }
 

@@ -483,7 +483,7 @@ impl<E: Engine> Session<E> {
         self.engine.backward(&d_seq_logps)?;
         self.steps_done += 1;
         self.engine.adamw_step(&self.config.optimizer, self.steps_done)?;
-        record.eval = if self.steps_done % self.eval_every() == 0 || self.steps_done == self.config.final_step {
+        record.eval = if self.steps_done.is_multiple_of(self.eval_every()) || self.steps_done == self.config.final_step {
             self.run_evaluate(drive).await?
         } else {
             self.last_instruments.clone()
