@@ -12,6 +12,8 @@
 #
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
 # NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
+# CONFIGS and STEPS (default "tiny medium", 200) shorten a rehearsal here on lavapipe:
+#   CONFIGS=tiny STEPS=2 VARIANTS=auto:1:off bash scripts/gpu-bench.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-run}" in
@@ -33,23 +35,23 @@ case "${1:-run}" in
     export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg}; mkdir -p "$XDG_RUNTIME_DIR"; chmod 700 "$XDG_RUNTIME_DIR"
     nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
-    for config in tiny medium; do
+    for config in ${CONFIGS:-tiny medium}; do
       for variant in ${VARIANTS:-narrow:2:on auto:2:on wide:2:on auto:1:on narrow:2:off auto:1:off}; do
         IFS=: read -r gemm devices checks <<< "$variant"
         # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
-        ./target/release/alignlab bench --engine gpu --config "$config" --steps 200 --gemm "$gemm" --devices "$devices" \
+        ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" --devices "$devices" \
           --shader-checks "$checks" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks.json"
       done
       # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are
       for other in .gl/bin/alignlab-*; do
         [ -x "$other" ] || continue
         out="${OUT:-/tmp}/other-$config-$(basename "$other").json"
-        "$other" bench --engine gpu --config "$config" --steps 200 > "$out"
+        "$other" bench --engine gpu --config "$config" --steps "${STEPS:-200}" > "$out"
         echo "$other $config $(grep -o '"steps_per_s":[0-9.e+-]*' "$out")"
       done
       if python3 -c 'import torch' 2>/dev/null; then
         device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
-        python3 scripts/bench_torch.py --config "$config" --device "$device" --steps 200
+        python3 scripts/bench_torch.py --config "$config" --device "$device" --steps "${STEPS:-200}"
       fi
     done
     ;;
