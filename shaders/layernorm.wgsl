@@ -182,6 +182,12 @@ fn normalized(n: u32, ch: u32) -> f32 {
     return (inp[d.inp_off + n * d.c + ch] - mean_r[d.stat_off + n]) * rstd_r[d.stat_off + n];
 }
 
+// (dout · norm, dout) at row n, channel ch
+fn param_terms(n: u32, ch: u32) -> vec2<f32> {
+    let g = dout[d.dout_off + n * d.c + ch];
+    return vec2<f32>(g * normalized(n, ch), g);
+}
+
 // partial[z, c] = Σ_{n in split z} dout[n, c] · norm[n, c]; partial[z, C + c] = Σ dout[n, c]
 // Row group lid.y takes rows z·split_rows + lid.y, + 4, …; the four groups' sums are added
 // in group order.
@@ -194,9 +200,18 @@ fn backward_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
     let n_end = min(d.n_rows, (z + 1u) * d.split_rows);
     var sums = vec2<f32>(0.0);
     if (ch < d.c) {
-        for (var n = z * d.split_rows + lid.y; n < n_end; n += 4u) {
-            let g = dout[d.dout_off + n * d.c + ch];
-            sums += vec2<f32>(g * normalized(n, ch), g);
+        // four of its rows a trip, their loads issued together (the walk was a chain of
+        // dependent trips, one row's loads each); the sum in the same order
+        var n = z * d.split_rows + lid.y;
+        for (; n + 12u < n_end; n += 16u) {
+            let t0 = param_terms(n, ch);
+            let t1 = param_terms(n + 4u, ch);
+            let t2 = param_terms(n + 8u, ch);
+            let t3 = param_terms(n + 12u, ch);
+            sums = (((sums + t0) + t1) + t2) + t3;
+        }
+        for (; n < n_end; n += 4u) {
+            sums += param_terms(n, ch);
         }
     }
     param_sums[lid.y * 64u + lid.x] = sums;
