@@ -109,12 +109,6 @@ struct Gemm {
 }
 
 impl Gemm {
-    /// matmul.wgsl's VEC_A / VEC_B: which operands can be read four floats at a time.
-    /// The kernel reads quads along an operand's unit-stride axis (k when its k stride is
-    /// 1, else its rows or columns); a quad is one aligned 16-byte load when every offset
-    /// and the other stride are multiples of 4 and so is the extent along that axis (a
-    /// quad is then wholly inside the operand or wholly outside). Splits start at
-    /// multiples of `k_chunk`.
     /// Whether the ones column of [dW | db] rides in the last full column tile instead of
     /// a 64-wide tile of its own (matmul.wgsl `folds_ones_column`): when it is column
     /// 64·k.
@@ -122,6 +116,12 @@ impl Gemm {
         self.flags & ONES_COLUMN != 0 && (self.cols - 1).is_multiple_of(64)
     }
 
+    /// matmul.wgsl's VEC_A / VEC_B: which operands can be read four floats at a time.
+    /// The kernel reads quads along an operand's unit-stride axis (k when its k stride is
+    /// 1, else its rows or columns); a quad is one aligned 16-byte load when every offset
+    /// and the other stride are multiples of 4 and so is the extent along that axis (a
+    /// quad is then wholly inside the operand or wholly outside). Splits start at
+    /// multiples of `k_chunk`.
     fn vector_loads(&self, k_chunk: usize, batch: &Batch) -> u32 {
         let aligned = |values: &[usize]| values.iter().all(|v| v % 4 == 0);
         let along_k = aligned(&[self.depth, k_chunk]);
