@@ -18,6 +18,7 @@ use lab_core::loss::{LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_cpu::CpuEngine;
 use lab_gpu::kernels::Kernel;
+use lab_gpu::timing::Method;
 use lab_gpu::{GemmTiles, GpuEngine, ShaderChecks};
 use lab_train::{Session, SessionConfig};
 
@@ -457,24 +458,31 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
     let cfg = GptConfig::TINY;
     let Some(mut gpu) = gpu(cfg, random_params(&cfg, 10)) else { return };
     let batch = random_batch(&cfg, 4, 48, 11);
-    match gpu.profile_step(&batch, &[1.0, -1.0, 0.5, -0.5], &AdamWConfig::default(), 1).unwrap() {
-        None => eprintln!("adapter {} has no TIMESTAMP_QUERY; no per-kernel times", gpu.name()),
-        Some(profile) => {
-            for k in &profile.kernels {
-                eprintln!("{:>28} {:>4} launches {:>10.1} us", k.kernel, k.launches, k.total_us);
-            }
-            eprintln!("{:>28} {:>10.1} us", "total", profile.total_us);
-            let launches: usize = profile.kernels.iter().map(|k| k.launches).sum();
-            // forward 8L + 5 (attention: two batched GEMMs, the softmax in the first's
-            // epilogue at T ≤ 64; GELU in the fc GEMM's epilogue; the projection back from
-            // 4C split along its depth, its slabs added up by the next LayerNorm);
-            // backward 16L + 8 (each weight gradient and LayerNorm parameter gradient is one
-            // split pass, all of their slabs summed by one gather_grads at the end; the
-            // input gradients of fc and qkv are split at this shape, their slabs added up
-            // by the LayerNorm backward after them; GELU′ in fcproj's input gradient;
-            // attention four GEMMs, the softmax's backward in the first's epilogue); AdamW 1
-            assert_eq!(launches, 24 * cfg.n_layer + 14);
-            assert!(profile.total_us > 0.0);
+    // both ways of timing where the adapter has both (timestamps inside one pass, or a
+    // pass per launch)
+    let methods = [Method::InsidePass, Method::PassPerLaunch].into_iter().filter(|&m| m == Method::PassPerLaunch || Method::best(gpu.device()) == m);
+    for method in methods.collect::<Vec<_>>() {
+        let Some(profile) = gpu.profile_step(&batch, &[1.0, -1.0, 0.5, -0.5], &AdamWConfig::default(), 1, method).unwrap() else {
+            eprintln!("adapter {} has no TIMESTAMP_QUERY; no per-kernel times", gpu.name());
+            return;
+        };
+        eprintln!("{}", method.name());
+        assert_eq!(profile.method, method);
+        for k in &profile.kernels {
+            eprintln!("{:>28} {:>4} launches {:>10.1} us", k.kernel, k.launches, k.total_us);
         }
+        eprintln!("{:>28} {:>10.1} us", "total", profile.total_us);
+        let launches: usize = profile.kernels.iter().map(|k| k.launches).sum();
+        // forward 8L + 5 (attention: two batched GEMMs, the softmax in the first's
+        // epilogue at T ≤ 64; GELU in the fc GEMM's epilogue; the projection back from
+        // 4C split along its depth, its slabs added up by the next LayerNorm);
+        // backward 16L + 8 (each weight gradient and LayerNorm parameter gradient is one
+        // split pass, all of their slabs summed by one gather_grads at the end; the
+        // input gradients of fc and qkv are split at this shape, their slabs added up
+        // by the LayerNorm backward after them; GELU′ in fcproj's input gradient;
+        // attention four GEMMs, the softmax's backward in the first's epilogue); AdamW 1
+        assert_eq!(launches, 24 * cfg.n_layer + 14);
+        assert_eq!(profile.launches.len(), launches);
+        assert!(profile.total_us > 0.0);
     }
 }

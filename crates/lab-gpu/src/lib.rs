@@ -417,11 +417,15 @@ impl GpuEngine {
         self.plans.iter().find(|p| p.batch == b && p.seq_len == t).ok_or_else(|| LabError::Engine { msg: "the forward's buffers were evicted".into() })
     }
 
-    /// The GPU work of the dispatch lists, per kernel, from timestamp queries (see
-    /// [`timing`]); `None` when the adapter has no TIMESTAMP_QUERY.
-    pub fn profile_step(&mut self, batch: &TokenBatch, d_seq_logps: &[f32], opt: &AdamWConfig, step: u32) -> Result<Option<timing::Profile>> {
+    /// The GPU work of the dispatch lists, per kernel, from timestamp queries taken the
+    /// `method` way (see [`timing`]; [`timing::Method::best`] picks the faithful one where
+    /// the device has it); `None` when the adapter has no TIMESTAMP_QUERY.
+    pub fn profile_step(&mut self, batch: &TokenBatch, d_seq_logps: &[f32], opt: &AdamWConfig, step: u32, method: timing::Method) -> Result<Option<timing::Profile>> {
         if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
+        }
+        if method == timing::Method::InsidePass && !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            return Err(LabError::param("method", format!("{} cannot write timestamps inside a pass (TIMESTAMP_QUERY_INSIDE_PASSES)", self.adapter)));
         }
         self.flush();
         let (i, _) = self.record_forward(batch)?;
@@ -432,7 +436,7 @@ impl GpuEngine {
         let plan = &self.plans[i];
         self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
         let dispatches: Vec<&Dispatch> = plan.forward.iter().chain(&plan.backward).chain(std::iter::once(&self.adamw)).collect();
-        let profile = timing::profile(&self.device, &self.queue, &self.faults, &self.pipelines, &dispatches)?;
+        let profile = timing::profile(&self.device, &self.queue, &self.faults, &self.pipelines, &dispatches, method)?;
         Ok(Some(profile))
     }
 

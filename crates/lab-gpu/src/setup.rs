@@ -59,7 +59,7 @@ pub async fn open_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu:
     let info = adapter.get_info();
     let limits = adapter.limits();
     check_limits(&limits, &info.name)?;
-    let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+    let required_features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
     let desc = wgpu::DeviceDescriptor { label: Some("alignlab"), required_features, required_limits: limits, ..Default::default() };
     adapter.request_device(&desc).await.map_err(|err| LabError::Engine { msg: format!("could not open a device on {:?}: {err}", info.name) })
 }

@@ -1,8 +1,12 @@
-//! Per-kernel GPU time from timestamp queries (adapters with TIMESTAMP_QUERY). Each dispatch
-//! of a step runs in its own compute pass with begin/end timestamps, which needs no
-//! timestamps inside passes (a native-only extension). Splitting the step into passes adds
-//! a little per-dispatch overhead, so the total is an upper bound on the fused step's GPU
-//! time; what the profile is for is the split by kernel.
+//! Per-kernel GPU time from timestamp queries (adapters with TIMESTAMP_QUERY).
+//!
+//! Two ways, [`Method`]: where the adapter can write timestamps inside a pass (native
+//! Vulkan, DX12; `TIMESTAMP_QUERY_INSIDE_PASSES`), the step runs as it normally does, one
+//! pass, with a timestamp before each dispatch and after the last, so a launch's time runs
+//! from the end of the work before it to its own end: its kernel plus the barrier and
+//! launch gap it costs, and the launches add up to the step's GPU time. Elsewhere each
+//! dispatch runs in a pass of its own with begin/end timestamps; splitting the step into
+//! passes adds a little per-dispatch overhead, so those times are upper bounds.
 
 use crate::kernels::Pipelines;
 use crate::plan::Dispatch;
@@ -18,39 +22,92 @@ pub struct KernelTime {
     pub total_us: f64,
 }
 
+/// How the launches are timed (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// One pass, a timestamp between launches (needs TIMESTAMP_QUERY_INSIDE_PASSES).
+    InsidePass,
+    /// A pass per launch, begin/end timestamps (upper bounds).
+    PassPerLaunch,
+}
+
+impl Method {
+    /// The faithful method where `device` has it.
+    pub fn best(device: &wgpu::Device) -> Method {
+        if device.features().contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            Method::InsidePass
+        } else {
+            Method::PassPerLaunch
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::InsidePass => "one pass, a timestamp between launches",
+            Method::PassPerLaunch => "a pass per launch (upper bounds)",
+        }
+    }
+}
+
 /// A step's GPU time by kernel, most expensive first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
+    pub method: Method,
     pub kernels: Vec<KernelTime>,
     /// Every launch in step order: kernel, workgroup grid, GPU time (µs).
     pub launches: Vec<(String, [u32; 3], f64)>,
     pub total_us: f64,
 }
 
-/// wgpu's cap on queries per set (`QUERY_SET_MAX_QUERIES`); two per dispatch.
-const DISPATCHES_PER_SET: usize = 2048;
+/// wgpu's cap on queries per set (`QUERY_SET_MAX_QUERIES`).
+const QUERIES_PER_SET: usize = 4096;
 
-/// Run `dispatches` once, each in its own timed pass, and sum the times per kernel.
-pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipelines: &Pipelines, dispatches: &[&Dispatch]) -> Result<Profile> {
+/// Run `dispatches` once, timed by `method`, and sum the times per kernel.
+pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipelines: &Pipelines, dispatches: &[&Dispatch], method: Method) -> Result<Profile> {
     let mut ticks = Vec::with_capacity(dispatches.len());
-    for chunk in dispatches.chunks(DISPATCHES_PER_SET) {
-        let count = 2 * chunk.len() as u32;
+    // InsidePass: n + 1 timestamps for a chunk of n; PassPerLaunch: 2 per dispatch
+    let per_set = match method {
+        Method::InsidePass => QUERIES_PER_SET - 1,
+        Method::PassPerLaunch => QUERIES_PER_SET / 2,
+    };
+    for chunk in dispatches.chunks(per_set) {
+        let count = match method {
+            Method::InsidePass => chunk.len() as u32 + 1,
+            Method::PassPerLaunch => 2 * chunk.len() as u32,
+        };
         let query_set = device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("kernel timestamps"), ty: wgpu::QueryType::Timestamp, count });
         let bytes = count as u64 * 8;
         let resolve = device.create_buffer(&wgpu::BufferDescriptor { label: Some("timestamps"), size: bytes, usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
         let staging = device.create_buffer(&wgpu::BufferDescriptor { label: Some("timestamps readback"), size: bytes, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
-        for (i, d) in chunk.iter().enumerate() {
-            let timestamp_writes = wgpu::ComputePassTimestampWrites { query_set: &query_set, beginning_of_pass_write_index: Some(2 * i as u32), end_of_pass_write_index: Some(2 * i as u32 + 1) };
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.kernel.entry().1), timestamp_writes: Some(timestamp_writes) });
-            pass.set_pipeline(pipelines.get(d.kernel));
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        match method {
+            Method::InsidePass => {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("profiled step"), timestamp_writes: None });
+                for (i, d) in chunk.iter().enumerate() {
+                    pass.write_timestamp(&query_set, i as u32);
+                    pass.set_pipeline(pipelines.get(d.kernel));
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
+                pass.write_timestamp(&query_set, chunk.len() as u32);
+            }
+            Method::PassPerLaunch => {
+                for (i, d) in chunk.iter().enumerate() {
+                    let timestamp_writes = wgpu::ComputePassTimestampWrites { query_set: &query_set, beginning_of_pass_write_index: Some(2 * i as u32), end_of_pass_write_index: Some(2 * i as u32 + 1) };
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.kernel.entry().1), timestamp_writes: Some(timestamp_writes) });
+                    pass.set_pipeline(pipelines.get(d.kernel));
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
+            }
         }
         encoder.resolve_query_set(&query_set, 0..count, &resolve, 0);
         encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, Some(bytes));
         let stamps: Vec<u64> = submit_and_read(device, queue, faults, encoder, &staging, count as usize)?;
-        ticks.extend(stamps.chunks(2).map(|pair| pair[1].saturating_sub(pair[0])));
+        match method {
+            Method::InsidePass => ticks.extend(stamps.windows(2).map(|pair| pair[1].saturating_sub(pair[0]))),
+            Method::PassPerLaunch => ticks.extend(stamps.chunks(2).map(|pair| pair[1].saturating_sub(pair[0]))),
+        }
     }
     let ns_per_tick = queue.get_timestamp_period() as f64;
     let mut kernels: Vec<KernelTime> = Vec::new();
@@ -69,5 +126,5 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
     }
     kernels.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
     let total_us = kernels.iter().map(|k| k.total_us).sum();
-    Ok(Profile { kernels, launches, total_us })
+    Ok(Profile { method, kernels, launches, total_us })
 }
