@@ -5,9 +5,8 @@
 // Reference twin: lab-cpu `matmul_forward` / `matmul_backward` (and `residual_forward`).
 //
 //   C[c_off + z·c_zs + r·c_rs + s] = addend[addend_off + r·c_rs + s]      (if flags & 4)
-//                                  + (C[...] if flags & 1 else 0)
-//                                  + bias[bias_off + s]                    (if flags & 2)
-//                                  + Σ_{k in split z} A[r, k] · B[k, s]
+//                                  + (bias[bias_off + s]                   (if flags & 2)
+//                                     + Σ_{k in split z} A[r, k] · B[k, s])
 //   A[r, k] = a[a_off + r·a_rs + k·a_ks], or (tokens[a_off + k] == r) as 0/1 (flags & 16:
 //             the one-hot matrix of the token ids, for the embedding's backward)
 //   B[k, s] = b[b_off + k·b_ks + s·b_ss], or 1 for the last column s = cols − 1
@@ -118,7 +117,6 @@ struct Gemm {
 
 const TILE: u32 = 64u;
 const KT: u32 = 16u;
-const ACCUMULATE: u32 = 1u;
 const BIAS: u32 = 2u;
 const ADDEND: u32 = 4u;
 const ONES_COLUMN: u32 = 8u;
@@ -203,18 +201,6 @@ fn checked_b(k: u32, s: u32, k_end: u32) -> f32 {
     return 0.0;
 }
 
-// C's value before the k-sum (prologue) at (r, s), for r < rows, s < cols.
-fn initial(r: u32, s: u32, at: u32) -> f32 {
-    var init = 0.0;
-    if ((g.flags & ACCUMULATE) != 0u) {
-        init = c[at];
-    }
-    if ((g.flags & BIAS) != 0u) {
-        init += bias[g.bias_off + s];
-    }
-    return init;
-}
-
 fn tanh_of_gelu_arg(x: f32) -> f32 {
     return tanh(clamp(GELU_SCALE * (x + GELU_CUBIC * x * x * x), -15.0, 15.0));
 }
@@ -228,65 +214,50 @@ fn gelu_grad(x: f32) -> f32 {
     return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
 }
 
-fn store(r: u32, s: u32, value: f32) {
-    if (r < g.rows && s < g.cols) {
-        let at = c_base + r * g.c_rs + s;
-        var out = initial(r, s, at) + value;
-        if ((g.flags & ADDEND) != 0u) {
-            out = addend[g.addend_off + r * g.c_rs + s] + out;
-        }
-        let aux_at = g.aux_off + r * g.c_rs + s;
-        if ((g.flags & GELU_GRAD) != 0u) {
-            out = out * gelu_grad(aux[aux_at]);
-        }
-        c[at] = out;
-        if ((g.flags & GELU_OUT) != 0u) {
-            aux[aux_at] = gelu(out);
-        }
-    }
-}
-
-// C[r, s..s+3] from this invocation's sums: `store` on each, with the flag tests and the
-// address arithmetic done once for the four when all four are inside C (same operations
-// in the same order, so the same values).
+// C[r, s..s+3] from this invocation's sums and the epilogue flags. Lanes past C's last
+// column read that column's inputs (in range) and are not written.
 fn store_row(r: u32, s: u32, acc: vec4<f32>) {
-    if (r >= g.rows) {
+    if (r >= g.rows || s >= g.cols) {
         return;
     }
-    if (s + 3u >= g.cols) {
-        store(r, s, acc.x);
-        store(r, s + 1u, acc.y);
-        store(r, s + 2u, acc.z);
-        store(r, s + 3u, acc.w);
-        return;
-    }
-    let at = c_base + r * g.c_rs + s;
-    var out = vec4<f32>(0.0);
-    if ((g.flags & ACCUMULATE) != 0u) {
-        out = vec4<f32>(c[at], c[at + 1u], c[at + 2u], c[at + 3u]);
-    }
+    let col = min(vec4<u32>(s, s + 1u, s + 2u, s + 3u), vec4<u32>(g.cols - 1u));
+    let row = r * g.c_rs;
+    var out = acc;
     if ((g.flags & BIAS) != 0u) {
-        let o = g.bias_off + s;
-        out += vec4<f32>(bias[o], bias[o + 1u], bias[o + 2u], bias[o + 3u]);
+        let o = g.bias_off + col;
+        out = vec4<f32>(bias[o.x], bias[o.y], bias[o.z], bias[o.w]) + out;
     }
-    out += acc;
     if ((g.flags & ADDEND) != 0u) {
-        let o = g.addend_off + r * g.c_rs + s;
-        out = vec4<f32>(addend[o], addend[o + 1u], addend[o + 2u], addend[o + 3u]) + out;
+        let o = g.addend_off + row + col;
+        out = vec4<f32>(addend[o.x], addend[o.y], addend[o.z], addend[o.w]) + out;
     }
-    let x = g.aux_off + r * g.c_rs + s;
+    let x = g.aux_off + row + col;
     if ((g.flags & GELU_GRAD) != 0u) {
-        out *= vec4<f32>(gelu_grad(aux[x]), gelu_grad(aux[x + 1u]), gelu_grad(aux[x + 2u]), gelu_grad(aux[x + 3u]));
+        out *= vec4<f32>(gelu_grad(aux[x.x]), gelu_grad(aux[x.y]), gelu_grad(aux[x.z]), gelu_grad(aux[x.w]));
     }
+    let at = c_base + row + s;
+    let gelu_out = (g.flags & GELU_OUT) != 0u;
     c[at] = out.x;
-    c[at + 1u] = out.y;
-    c[at + 2u] = out.z;
-    c[at + 3u] = out.w;
-    if ((g.flags & GELU_OUT) != 0u) {
-        aux[x] = gelu(out.x);
-        aux[x + 1u] = gelu(out.y);
-        aux[x + 2u] = gelu(out.z);
-        aux[x + 3u] = gelu(out.w);
+    if (gelu_out) {
+        aux[x.x] = gelu(out.x);
+    }
+    if (s + 1u < g.cols) {
+        c[at + 1u] = out.y;
+        if (gelu_out) {
+            aux[x.y] = gelu(out.y);
+        }
+    }
+    if (s + 2u < g.cols) {
+        c[at + 2u] = out.z;
+        if (gelu_out) {
+            aux[x.z] = gelu(out.z);
+        }
+    }
+    if (s + 3u < g.cols) {
+        c[at + 3u] = out.w;
+        if (gelu_out) {
+            aux[x.w] = gelu(out.w);
+        }
     }
 }
 
@@ -479,12 +450,14 @@ fn folds_ones_column(s0: u32) -> bool {
     return (g.flags & ONES_COLUMN) != 0u && (g.cols - 1u) % TILE == 0u && s0 + TILE == g.cols - 1u;
 }
 
-// C[r..r+3, s] = v (four rows of one column)
+// C[r..r+3, s] = v (four rows of one column): the ones column's sums, which only weight
+// gradients have, and they have no epilogue.
 fn store_column(r: u32, s: u32, v: vec4<f32>) {
-    store(r, s, v.x);
-    store(r + 1u, s, v.y);
-    store(r + 2u, s, v.z);
-    store(r + 3u, s, v.w);
+    for (var j = 0u; j < 4u; j += 1u) {
+        if (r + j < g.rows) {
+            c[c_base + (r + j) * g.c_rs + s] = v[j];
+        }
+    }
 }
 
 // ---- the softmax epilogues' helpers (flags & 768) ----

@@ -5,8 +5,8 @@
 //! then any loss parameter that differs from its default (`label_smoothing`,
 //! `simpo_gamma`, `discopop_tau`, `exo_epsilon`, `cpo_alpha`, `kto_desirable_weight`,
 //! `kto_undesirable_weight`), `weight_decay` and `eval_every` if non-zero, and `scenario`
-//! if set. Unknown
-//! keys are an error naming the key, so a mistyped link never silently runs something else.
+//! if set. Unknown keys are an error naming the key, so a mistyped link never silently
+//! runs something else.
 
 use crate::error::{LabError, Result};
 use crate::loss::{LossMix, LossParams};

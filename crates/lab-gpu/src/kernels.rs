@@ -90,8 +90,9 @@ pub enum ShaderChecks {
     /// runs this way.
     #[default]
     Full,
-    /// None of them (native only): the GEMM's inner loop loses its loop counter and its
-    /// clamped workgroup-memory indices. Sound for these kernels — see `Pipelines::new`.
+    /// None of them (native only): the GEMM's k loop loses its loop counter and its
+    /// workgroup-memory and buffer indices their clamps. Sound for these kernels — see
+    /// `Pipelines::new`.
     Trusted,
 }
 

@@ -289,7 +289,7 @@ impl GpuEngine {
     }
 
     /// Record (and finish) the backward of the last forward now, while the GPU runs that
-    /// forward: the CPU work of recording ~25 launches a layer then stays off the step's
+    /// forward: the CPU work of recording ~17 launches a layer then stays off the step's
     /// critical path, between the forward's readback and the backward's submission. The
     /// next [`Engine::backward`] of the same forward submits it as it is.
     pub fn prepare_backward(&mut self) -> Result<()> {

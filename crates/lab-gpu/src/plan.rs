@@ -174,15 +174,14 @@ struct Batch {
     c: (usize, usize),
 }
 
-/// One parameter gradient for reduce.wgsl `gather_grads`: `splits` slabs of `len` floats
-/// from `src_off` (`stride` apart) summed in order; element j (row j / width, column
+/// One parameter gradient for reduce.wgsl `gather_grads`: `splits` slabs of `len` floats,
+/// back to back from `src_off`, summed in order; element j (row j / width, column
 /// j % width) goes to main_off + row·main_rs + col for col < main_cols, else to
 /// side_off + row·side_rs + (col − main_cols).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Segment {
     len: usize,
     splits: usize,
-    stride: usize,
     width: usize,
     main_cols: usize,
     main_off: usize,
@@ -192,7 +191,6 @@ struct Segment {
     src_off: usize,
 }
 
-// flag 1 (accumulate into C) exists in the kernel; the model overwrites every gradient once.
 const BIAS: u32 = 2;
 const ADDEND: u32 = 4;
 const ONES_COLUMN: u32 = 8;
@@ -413,7 +411,7 @@ impl Recorder<'_> {
         let grad_slabs = self.grad_slabs;
         self.gemm(Gemm { c_off: at, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, grad_slabs, None)?;
         let (main_off, main_rs, main_cols) = main;
-        let segment = Segment { splits, stride: slab, len: slab, width: g.cols, main_cols, main_off, main_rs, side_off, side_rs: 1, src_off: at };
+        let segment = Segment { splits, len: slab, width: g.cols, main_cols, main_off, main_rs, side_off, side_rs: 1, src_off: at };
         self.add_segment(segment, onto_last)
     }
 
@@ -423,7 +421,7 @@ impl Recorder<'_> {
             return Ok(());
         }
         match self.segments.last_mut() {
-            Some(last) if last.src_off + last.splits * last.stride == segment.src_off && Segment { splits: last.splits, src_off: last.src_off, ..segment } == *last => {
+            Some(last) if last.src_off + last.splits * last.len == segment.src_off && Segment { splits: last.splits, src_off: last.src_off, ..segment } == *last => {
                 last.splits += segment.splits;
                 Ok(())
             }
@@ -686,7 +684,7 @@ impl Plan {
             w[10] = at as u32; // part_off
             let grad_slabs = rec.grad_slabs;
             rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, grad_slabs)], groups);
-            let segment = Segment { len: 2 * c, splits: ln_splits, stride: 2 * c, width: 2 * c, main_cols: c, main_off: dw_off, main_rs: 0, side_off: db_off, side_rs: 0, src_off: at };
+            let segment = Segment { len: 2 * c, splits: ln_splits, width: 2 * c, main_cols: c, main_off: dw_off, main_rs: 0, side_off: db_off, side_rs: 0, src_off: at };
             rec.add_segment(segment, false)
         };
         // a LayerNorm backward at layer stats.2 (input `inp`, dout in dln), adding (or, for
@@ -794,7 +792,7 @@ impl Plan {
         let mut start = 0;
         let mut table = Vec::with_capacity(rec.segments.len() * 12);
         for s in &rec.segments {
-            table.extend(words(&[start, s.splits, s.stride, s.width, s.main_cols, s.main_off, s.main_rs, s.side_off, s.side_rs, s.src_off, 0, 0]));
+            table.extend(words(&[start, s.splits, s.len, s.width, s.main_cols, s.main_off, s.main_rs, s.side_off, s.side_rs, s.src_off, 0, 0]));
             start += s.len;
         }
         let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("gradient segments"), contents: bytemuck::cast_slice(&table), usage: wgpu::BufferUsages::STORAGE });

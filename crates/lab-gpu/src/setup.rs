@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 /// Each entry: (name as in `wgpu::Limits` and the WebGPU spec, needed value, accessor).
 #[allow(clippy::type_complexity)]
 const FIXED_NEEDS: [(&str, u32, fn(&wgpu::Limits) -> u32); 6] = [
-    // matmul.wgsl binds seven storage buffers (logprob.wgsl and layernorm.wgsl six)
+    // matmul.wgsl and layernorm.wgsl's forward and backward_dinp bind seven storage buffers
     ("max_storage_buffers_per_shader_stage", 7, |l| l.max_storage_buffers_per_shader_stage),
     // matmul.wgsl: @workgroup_size(16, 16)
     ("max_compute_invocations_per_workgroup", 256, |l| l.max_compute_invocations_per_workgroup),
