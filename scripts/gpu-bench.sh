@@ -5,15 +5,16 @@
 #   bash scripts/gpu-bench.sh prepare   # here: build the binary, fetch the Vulkan loader into .gl/
 #   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch, one JSON line each
 #
-# `run` benches each variant in VARIANTS (gemm:devices:shader-checks, default below: the
-# measured configuration first, then the 128×64 tiles, a shared device, and kernels without
-# wgpu's runtime checks; see `alignlab bench --help`),
+# `run` benches each variant in VARIANTS (gemm:devices:shader-checks:loss-on, default below:
+# the measured configuration first (two devices, the loss on the CPU), then a shared device,
+# the loss on the GPU with steps submitted ahead (the default), the 128×64 tiles, and
+# kernels without wgpu's runtime checks; see `alignlab bench --help`),
 # then any other build put in .gl/bin/alignlab-NAME (default flags only), then PyTorch.
 #
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
 # NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
 # CONFIGS and STEPS (default "tiny medium", 200) shorten a rehearsal here on lavapipe:
-#   CONFIGS=tiny STEPS=2 VARIANTS=auto:1:off bash scripts/gpu-bench.sh run
+#   CONFIGS=tiny STEPS=2 VARIANTS=auto:1:off:gpu bash scripts/gpu-bench.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-run}" in
@@ -36,11 +37,11 @@ case "${1:-run}" in
     nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
     for config in ${CONFIGS:-tiny medium}; do
-      for variant in ${VARIANTS:-narrow:2:on auto:2:on wide:2:on auto:1:on narrow:2:off auto:1:off}; do
-        IFS=: read -r gemm devices checks <<< "$variant"
+      for variant in ${VARIANTS:-narrow:2:on:cpu narrow:1:on:cpu narrow:1:on:gpu auto:1:on:gpu wide:1:on:gpu narrow:1:off:gpu auto:1:off:gpu}; do
+        IFS=: read -r gemm devices checks loss <<< "$variant"
         # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
         ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" --devices "$devices" \
-          --shader-checks "$checks" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks.json"
+          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks-${loss:-gpu}.json"
       done
       # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are
       for other in .gl/bin/alignlab-*; do

@@ -12,6 +12,8 @@
 //   2 params   array<f32>  (P)  read_write
 //   3 m        array<f32>  (P)  read_write
 //   4 v        array<f32>  (P)  read_write
+//   5 status   array<u32>  (1)  read: non-zero when loss.wgsl found the step's gradient not
+//                               finite; the update is then skipped (the model stays as it was)
 // Workgroup 64, one invocation per parameter (x + y·65535·64).
 
 struct Hyper {
@@ -31,11 +33,12 @@ struct Hyper {
 @group(0) @binding(2) var<storage, read_write> params: array<f32>;
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read> status: array<u32>;
 
 @compute @workgroup_size(64)
 fn update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
-    if (i >= h.n) {
+    if (i >= h.n || status[0] != 0u) {
         return;
     }
     let g = grads[i];

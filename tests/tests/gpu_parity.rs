@@ -13,7 +13,7 @@
 
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::parse_jsonl;
-use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
+use lab_core::engine::{AdamWConfig, Engine, PairedLoss, TokenBatch};
 use lab_core::loss::{LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_cpu::CpuEngine;
@@ -348,6 +348,126 @@ fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
     assert!(weights.iter().zip(on_gpu.engine().params()).all(|(a, b)| a.to_bits() == b.to_bits()), "params_async differs from params");
 }
 
+/// Every paired loss of the zoo (and a mix) evaluated by loss.wgsl inside the GPU's paired
+/// step against lab-core's f64 `mixed_loss` in the CPU engine's step: the parameter
+/// gradients the two backwards produce from them. The learning rate is 0, so both models
+/// stay as they were and every kind meets the same log-probs; the reference log-probs are
+/// the policy's plus noise, so the margins, ratios and AOT's sort orders vary across pairs.
+#[test]
+fn every_paired_loss_gradient_on_the_gpu_matches_cpu() {
+    let cfg = RAGGED;
+    let params = random_params(&cfg, 21);
+    let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
+    let mut cpu = CpuEngine::new(cfg, params.clone()).unwrap();
+    let batch = random_batch(&cfg, 12, 20, 22);
+    let mut rng = Rng::new(23);
+    let policy = cpu.forward(&batch).unwrap().seq_logps;
+    let reference: Vec<f64> = policy.iter().map(|&l| f64::from(l) + rng.normal() as f64).collect();
+    let lengths: Vec<f64> = batch.scored_lengths().iter().map(|&n| n as f64).collect();
+    let frozen = AdamWConfig { lr: 0.0, ..AdamWConfig::default() };
+    let params_of = LossParams { label_smoothing: 0.1, ..LossParams::default() };
+    let mut mixes: Vec<LossMix> = LossKind::ALL.iter().filter(|k| k.data_shape() == lab_core::loss::DataShape::Paired).map(|&k| LossMix::single(k)).collect();
+    mixes.push(LossMix::parse("sigmoid+0.5*sft+0.25*ipo").unwrap());
+    for (step, mix) in (1..).zip(&mixes) {
+        // robust's ε is a flip rate below 0.5, exo reads its own; 0.1 suits every kind
+        let loss = PairedLoss { mix, params: &params_of, reference: &reference, lengths: &lengths };
+        let on_gpu = gpu.paired_step(&batch, &loss, &frozen, step).unwrap();
+        let on_cpu = cpu.paired_step(&batch, &loss, &frozen, step).unwrap();
+        assert_close(&format!("{} seq logps", mix.name()), &on_gpu.seq_logps, &on_cpu.seq_logps);
+        assert_tensors_close(&format!("{} grad", mix.name()), &cfg, &gpu.grads(), &cpu.grads());
+    }
+    assert!(gpu.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "lr 0 keeps the weights");
+}
+
+/// The GPU's paired step: one submission and one readback; submitted ahead (two in flight)
+/// it gives the same weights bit for bit; with a reference engine on the same device its
+/// forward replaces the given reference log-probs, again bit for bit.
+#[test]
+fn a_paired_step_is_one_submission_and_one_readback_and_can_run_ahead() {
+    let cfg = RAGGED;
+    let params = random_params(&cfg, 31);
+    let Some(mut plain) = gpu(cfg, params.clone()) else { return };
+    let batch = random_batch(&cfg, 6, 16, 32);
+    let mix = LossMix::single(LossKind::Sigmoid);
+    let loss_params = LossParams::default();
+    let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
+    let reference_params = random_params(&cfg, 33);
+    let Some(mut reference_alone) = gpu(cfg, reference_params.clone()) else { return };
+    let reference_logps: Vec<f64> = reference_alone.forward(&batch).unwrap().seq_logps.iter().map(|&v| f64::from(v)).collect();
+    let lengths: Vec<f64> = batch.scored_lengths().iter().map(|&n| n as f64).collect();
+    let loss = PairedLoss { mix: &mix, params: &loss_params, reference: &reference_logps, lengths: &lengths };
+    let before = plain.sync_counts();
+    let mut plain_logps = Vec::new();
+    for step in 1..=3 {
+        plain_logps.push(plain.paired_step(&batch, &loss, &opt, step).unwrap().seq_logps);
+    }
+    let after = plain.sync_counts();
+    assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (3, 3), "one submission and one readback a step");
+
+    let Some(mut ahead) = gpu(cfg, params.clone()) else { return };
+    let first = ahead.paired_step_submit(&batch, &loss, &opt, 1, None).unwrap();
+    let second = ahead.paired_step_submit(&batch, &loss, &opt, 2, None).unwrap();
+    let (out1, used1) = ahead.paired_step_finish(first).unwrap();
+    let third = ahead.paired_step_submit(&batch, &loss, &opt, 3, None).unwrap();
+    let (out2, _) = ahead.paired_step_finish(second).unwrap();
+    let (out3, _) = ahead.paired_step_finish(third).unwrap();
+    assert_eq!([out1.seq_logps, out2.seq_logps, out3.seq_logps].to_vec(), plain_logps, "the steps' log-probs");
+    assert_eq!(used1, reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(), "the reference the loss used comes back");
+    let plain_weights = plain.params();
+    assert!(plain_weights.iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ when steps run ahead");
+
+    let Some(mut shared) = gpu(cfg, params) else { return };
+    let mut reference = shared.sibling(reference_params).unwrap();
+    let unread = vec![0.0; batch.batch];
+    let by_engine = PairedLoss { reference: &unread, ..loss };
+    for step in 1..=3 {
+        let pending = shared.paired_step_submit(&batch, &by_engine, &opt, step, Some(&mut reference)).unwrap();
+        let (_, used) = shared.paired_step_finish(pending).unwrap();
+        assert_eq!(used, reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(), "step {step}: the reference engine's log-probs");
+    }
+    assert!(plain_weights.iter().zip(shared.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ with the reference by engine");
+    // an engine of its own device (even if wgpu's handles compare equal) is refused
+    let err = shared.paired_step_submit(&batch, &by_engine, &opt, 4, Some(&mut reference_alone)).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("the policy's device"), "{err}");
+}
+
+/// A step whose loss is not finite is an error naming the step, and changes nothing on
+/// either engine; the GPU's next steps (paired or in parts) train again.
+#[test]
+fn a_non_finite_loss_is_reported_and_leaves_the_model_unchanged() {
+    let cfg = RAGGED;
+    let mut params = random_params(&cfg, 41);
+    // an infinite token embedding makes the log-probs not finite (as a diverged run does)
+    let wte = cfg.layout().wte;
+    params[wte..wte + cfg.d_model].fill(f32::INFINITY);
+    let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
+    let mut cpu = CpuEngine::new(cfg, params.clone()).unwrap();
+    let batch = TokenBatch::from_rows(&[(vec![0, 0, 0, 5], 1), (vec![0, 0, 7, 0], 1)]).unwrap();
+    let mix = LossMix::single(LossKind::Sigmoid);
+    let loss_params = LossParams::default();
+    let loss = PairedLoss { mix: &mix, params: &loss_params, reference: &[-5.0, -6.0], lengths: &[3.0, 3.0] };
+    let opt = AdamWConfig::default();
+    for (name, engine) in [("gpu", &mut gpu as &mut dyn Engine), ("cpu", &mut cpu as &mut dyn Engine)] {
+        let err = engine.paired_step(&batch, &loss, &opt, 1).unwrap_err().to_string();
+        assert!(err.contains("step 1") && err.contains("not finite"), "{name}: {err}");
+        assert!(engine.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: the weights changed");
+    }
+    // the GPU's failed step left its loss status set: a step in parts must not be held
+    // back by it, and the next paired step sets it afresh
+    let sane = random_params(&cfg, 42);
+    gpu.set_params(&sane).unwrap();
+    let out = gpu.forward(&batch).unwrap();
+    assert!(out.seq_logps.iter().all(|v| v.is_finite()));
+    gpu.backward(&[1.0, -1.0]).unwrap();
+    gpu.adamw_step(&opt, 1).unwrap();
+    let after_parts = gpu.params();
+    assert!(after_parts.iter().zip(&sane).any(|(a, b)| a != b), "adamw_step after a failed paired step updates");
+    gpu.paired_step(&batch, &loss, &opt, 2).unwrap();
+    assert!(gpu.params().iter().zip(&after_parts).any(|(a, b)| a != b), "a finite paired step updates");
+    let err = gpu.paired_step(&batch, &PairedLoss { reference: &[f64::NAN, 0.0], ..loss }, &opt, 3).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("reference") && err.contains("row 0"), "{err}");
+}
+
 #[test]
 fn a_dpo_step_costs_two_submissions_and_one_readback() {
     let cfg = RAGGED;
@@ -480,8 +600,9 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
         // split pass, all of their slabs summed by one gather_grads at the end; the
         // input gradients of fc and qkv are split at this shape, their slabs added up
         // by the LayerNorm backward after them; GELU′ in fcproj's input gradient;
-        // attention four GEMMs, the softmax's backward in the first's epilogue); AdamW 1
-        assert_eq!(launches, 24 * cfg.n_layer + 14);
+        // attention four GEMMs, the softmax's backward in the first's epilogue); the
+        // paired loss's gradient 1; AdamW 1
+        assert_eq!(launches, 24 * cfg.n_layer + 15);
         assert_eq!(profile.launches.len(), launches);
         assert!(profile.total_us > 0.0);
     }

@@ -2,13 +2,17 @@
 //!
 //! The step is the one PyTorch users know: reference forward (no grad) and policy forward
 //! on 16 chosen + 16 rejected rows of 64 tokens (prompt 16 + response 48), the sigmoid DPO
-//! loss, backward, AdamW. On the GPU the two forwards are in flight together (one wait per
-//! step). Timings are a benchmark, never a test.
+//! loss, backward, AdamW. On the GPU (`--loss-on gpu`, the default) the whole step is one
+//! submission on one device, the loss evaluated by loss.wgsl, and each step is submitted
+//! before the previous one's readback is waited for; with `--loss-on cpu` both forwards are
+//! in flight together, read back, and the loss computed on the CPU before the backward is
+//! submitted (one wait per step). Every step's loss is computed from its readback either
+//! way. Timings are a benchmark, never a test.
 
 use clap::Args;
 use lab_core::config::{init_params, GptConfig};
-use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
-use lab_core::loss::{paired_loss, LossKind, LossParams, PairLogps};
+use lab_core::engine::{AdamWConfig, Engine, PairedLoss, TokenBatch};
+use lab_core::loss::{paired_loss, LossKind, LossMix, LossParams, PairLogps};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
 use lab_gpu::{GemmTiles, ShaderChecks};
@@ -33,10 +37,16 @@ pub struct BenchArgs {
     /// (128×64 where the output has tiles to spare).
     #[arg(long, default_value = "narrow")]
     gemm: String,
-    /// GPU devices for the policy and the reference engine: 2 (one each) | 1 (shared: one
-    /// queue, no switching between two device contexts).
-    #[arg(long, default_value_t = 2)]
+    /// GPU devices for the policy and the reference engine: 1 (shared: one queue) | 2 (one
+    /// each; only with --loss-on cpu).
+    #[arg(long, default_value_t = 1)]
     devices: u32,
+    /// Where the GPU engine's step evaluates the loss: gpu (loss.wgsl; the reference forward,
+    /// policy forward, loss, backward and AdamW one submission, each step's readback waited
+    /// for once the next step is submitted) | cpu (both forwards read back, the loss on the
+    /// CPU, then the backward and AdamW: the lab's step before loss.wgsl).
+    #[arg(long, default_value = "gpu")]
+    loss_on: String,
     /// Write the GPU profile with every launch's time (kernel, workgroups, µs) to this
     /// file; stdout keeps the per-kernel totals.
     #[arg(long)]
@@ -56,9 +66,9 @@ fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
     TokenBatch::from_rows(&rows)
 }
 
-/// The two engines of a DPO step. On the GPU both forwards are submitted before either is
-/// read (what PyTorch's asynchronous launches do too): one round trip per step instead of
-/// two, the same GPU work; the policy's backward is recorded while they run.
+/// The two engines of a DPO step. With the loss on the CPU, both GPU forwards are
+/// submitted before either is read: one round trip per step instead of two, the same GPU
+/// work; the policy's backward is recorded while they run.
 enum Engines {
     Cpu(Box<dyn Engine>, Box<dyn Engine>),
     Gpu(Box<lab_gpu::GpuEngine>, Box<lab_gpu::GpuEngine>),
@@ -69,7 +79,7 @@ impl Engines {
         if kind == "gpu" {
             let policy = open_gpu(cfg, tiles, checks)?;
             let mut reference = match devices {
-                1 => lab_gpu::GpuEngine::with_checks(policy.device().clone(), policy.queue().clone(), cfg, init_params(&cfg, 0), checks)?,
+                1 => policy.sibling(init_params(&cfg, 0))?,
                 2 => lab_gpu::GpuEngine::from_default_adapter_with_checks(cfg, init_params(&cfg, 0), checks)?,
                 other => return Err(LabError::param("devices", format!("{other} (expected 1 or 2)"))),
             };
@@ -141,6 +151,38 @@ fn dpo_step(engines: &mut Engines, batch: &TokenBatch, opt: &AdamWConfig, step: 
     Ok(out.loss)
 }
 
+/// `count` DPO steps from `first` with the loss on the GPU, the reference forward on the
+/// policy's device, each step one submission: step k + 1 is submitted before step k's
+/// readback is waited for, so the GPU runs step after step while the CPU computes each
+/// step's loss from its readback (as PyTorch's eager step queues its kernels without
+/// waiting). Returns the last step's loss.
+fn pipelined_steps(policy: &mut lab_gpu::GpuEngine, reference: &mut lab_gpu::GpuEngine, batch: &TokenBatch, opt: &AdamWConfig, first: u32, count: u32) -> Result<f64> {
+    let mix = LossMix::single(LossKind::Sigmoid);
+    let params = LossParams::default();
+    let lengths = vec![RESPONSE_TOKENS as f64; 2 * PAIRS];
+    // the reference log-probs come from `reference`'s forward in the same submission
+    let unread = vec![0.0; 2 * PAIRS];
+    let loss = PairedLoss { mix: &mix, params: &params, reference: &unread, lengths: &lengths };
+    let finish = |policy: &lab_gpu::GpuEngine, pending| -> Result<f64> {
+        let (out, reference) = policy.paired_step_finish(pending)?;
+        let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let read = PairedLoss { reference: &to64(&reference), ..loss };
+        Ok(read.evaluate(&to64(&out.seq_logps))?.loss)
+    };
+    let mut last = 0.0;
+    let mut in_flight = None;
+    for step in first..first + count {
+        let next = policy.paired_step_submit(batch, &loss, opt, step, Some(reference))?;
+        if let Some(pending) = in_flight.replace(next) {
+            last = finish(policy, pending)?;
+        }
+    }
+    if let Some(pending) = in_flight {
+        last = finish(policy, pending)?;
+    }
+    Ok(last)
+}
+
 pub fn bench(args: BenchArgs) -> Result<Value> {
     let cfg = GptConfig::preset(&args.config)?;
     if args.steps == 0 {
@@ -151,17 +193,24 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         return Err(LabError::param("profile-out", format!("the folder {} does not exist", dir.display())));
     }
     let checks = ShaderChecks::parse(&args.shader_checks)?;
+    let loss_on_gpu = match args.loss_on.as_str() {
+        "gpu" => args.engine == "gpu",
+        "cpu" => false,
+        other => return Err(LabError::param("loss-on", format!("{other:?} (expected \"gpu\" or \"cpu\")"))),
+    };
+    if loss_on_gpu && args.devices != 1 {
+        return Err(LabError::param("devices", format!("--loss-on gpu runs the reference on the policy's device: --devices must be 1, got {}", args.devices)));
+    }
     let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices, checks)?;
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
-    for step in 1..=2 {
-        dpo_step(&mut engines, &batch, &opt, step)?;
-    }
+    let mut run = |first: u32, count: u32| match (&mut engines, loss_on_gpu) {
+        (Engines::Gpu(policy, reference), true) => pipelined_steps(policy, reference, &batch, &opt, first, count),
+        (engines, _) => (first..first + count).map(|step| dpo_step(engines, &batch, &opt, step)).last().unwrap_or(Ok(0.0)),
+    };
+    run(1, 2)?;
     let start = Instant::now();
-    let mut loss = 0.0;
-    for step in 0..args.steps {
-        loss = dpo_step(&mut engines, &batch, &opt, step + 3)?;
-    }
+    let loss = run(3, args.steps)?;
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
     let mut profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, checks, &batch, &opt)? } else { Value::Null };
@@ -180,6 +229,7 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         "config": args.config,
         "gemm": if args.engine == "gpu" { json!(args.gemm) } else { Value::Null },
         "devices": if args.engine == "gpu" { json!(args.devices) } else { Value::Null },
+        "loss_on": if args.engine == "gpu" { json!(args.loss_on) } else { Value::Null },
         "shader_checks": if args.engine == "gpu" { json!(args.shader_checks) } else { Value::Null },
         "batch_pairs": PAIRS,
         "seq_len": PROMPT_TOKENS + RESPONSE_TOKENS,

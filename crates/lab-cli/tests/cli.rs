@@ -116,3 +116,35 @@ fn bench_names_a_bad_gemm_tiling() {
     assert!(stdout.is_empty());
     assert!(stderr.contains("gemm") && stderr.contains("\"sideways\""), "{stderr}");
 }
+
+#[test]
+fn bench_names_a_bad_loss_placement_before_opening_a_gpu() {
+    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "gpu", "--loss-on", "sideways", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("loss-on") && stderr.contains("\"sideways\""), "{stderr}");
+    let (code, _, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "gpu", "--devices", "2", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("devices") && stderr.contains("--loss-on gpu"), "{stderr}");
+}
+
+/// The GPU bench's two steps: the loss on the GPU with steps submitted ahead (one device)
+/// and the loss on the CPU (two devices) train the same model to the same loss. Needs a
+/// WebGPU adapter (lavapipe in CI); ALIGNLAB_SKIP_GPU=1 skips it where there is none.
+#[test]
+fn gpu_bench_gives_the_same_loss_with_the_loss_on_either_side() {
+    let mut losses = Vec::new();
+    for args in [["--loss-on", "gpu", "--devices", "1"], ["--loss-on", "cpu", "--devices", "2"]] {
+        let (code, stdout, stderr) = alignlab(&[&["bench", "--config", "tiny", "--engine", "gpu", "--steps", "3"][..], &args[..]].concat());
+        if code != 0 && stderr.contains("no GPU adapter found") && std::env::var("ALIGNLAB_SKIP_GPU").is_ok_and(|v| v == "1") {
+            eprintln!("SKIPPED (ALIGNLAB_SKIP_GPU=1): {stderr}");
+            return;
+        }
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        let json: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(json["loss_on"], args[1]);
+        losses.push(json["final_loss"].as_f64().unwrap());
+    }
+    eprintln!("final losses (loss on gpu, on cpu): {losses:?}");
+    assert!((losses[0] - losses[1]).abs() <= 1e-5, "{losses:?}");
+}

@@ -16,6 +16,7 @@
 
 use crate::config::GptConfig;
 use crate::error::{LabError, Result};
+use crate::loss::{mixed_loss, LossMix, LossParams, PairLogps};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -102,6 +103,100 @@ impl Default for AdamWConfig {
     }
 }
 
+/// What a paired loss reads besides the policy's sequence log-probs: the inputs of
+/// [`Engine::paired_step`]. Rows follow the batch (TRL's order): the P chosen completions,
+/// then the P rejected ones.
+#[derive(Debug, Clone, Copy)]
+pub struct PairedLoss<'a> {
+    pub mix: &'a LossMix,
+    pub params: &'a LossParams,
+    /// (2P) reference sequence log-probs.
+    pub reference: &'a [f64],
+    /// (2P) completion lengths (scored tokens), each > 0.
+    pub lengths: &'a [f64],
+}
+
+impl PairedLoss<'_> {
+    /// Check the shapes against a batch of `rows` and the mix against the parameters (the
+    /// checks `mixed_loss` makes that do not need the policy's log-probs).
+    pub fn check(&self, rows: usize) -> Result<()> {
+        if rows == 0 || !rows.is_multiple_of(2) {
+            return Err(LabError::shape(format!("a paired step needs an even, non-zero number of rows (P chosen, then P rejected), got {rows}")));
+        }
+        for (name, values) in [("reference", self.reference), ("lengths", self.lengths)] {
+            if values.len() != rows {
+                return Err(LabError::shape(format!("{} {name} values for a batch of {rows} rows", values.len())));
+            }
+            if let Some(i) = values.iter().position(|v| !v.is_finite() || (name == "lengths" && *v <= 0.0)) {
+                return Err(LabError::param(name, format!("row {i} is {}; every value must be finite (and a length > 0)", values[i])));
+            }
+        }
+        self.mix.data_shape()?;
+        for &(kind, _) in &self.mix.terms {
+            self.params.validate(kind)?;
+        }
+        Ok(())
+    }
+
+    /// The loss on the policy's (2P) sequence log-probs, in f64, by `mixed_loss`.
+    pub fn evaluate(&self, seq_logps: &[f64]) -> Result<crate::loss::LossOut> {
+        let p = seq_logps.len() / 2;
+        let x = PairLogps {
+            policy_chosen: &seq_logps[..p],
+            policy_rejected: &seq_logps[p..],
+            reference_chosen: &self.reference[..p],
+            reference_rejected: &self.reference[p..],
+            chosen_lengths: &self.lengths[..p],
+            rejected_lengths: &self.lengths[p..],
+        };
+        mixed_loss(self.mix, self.params, &x)
+    }
+
+    /// d(loss)/d(seq_logp) per row for the backward; an error naming the step when the loss
+    /// or its gradient is not finite (the step must then leave the model as it was).
+    pub fn gradient(&self, seq_logps: &[f32], opt: &AdamWConfig, step: u32) -> Result<Vec<f32>> {
+        self.check(seq_logps.len())?;
+        if seq_logps.iter().any(|v| !v.is_finite()) {
+            return Err(not_finite(step, opt));
+        }
+        let logps: Vec<f64> = seq_logps.iter().map(|&v| f64::from(v)).collect();
+        let out = self.evaluate(&logps)?;
+        let d: Vec<f32> = out.d_policy_chosen.iter().chain(&out.d_policy_rejected).map(|&d| d as f32).collect();
+        if !out.loss.is_finite() || d.iter().any(|v| !v.is_finite()) {
+            return Err(not_finite(step, opt));
+        }
+        Ok(d)
+    }
+}
+
+/// [`Engine::paired_step`] with the loss on the CPU: forward, [`PairedLoss::gradient`],
+/// backward, AdamW (the trait's default, and an engine's fallback).
+pub fn paired_step_in_parts<E: Engine + ?Sized>(engine: &mut E, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+    loss.check(batch.batch)?;
+    let out = engine.forward(batch)?;
+    let d = loss.gradient(&out.seq_logps, opt, step)?;
+    engine.backward(&d)?;
+    engine.adamw_step(opt, step)?;
+    Ok(out)
+}
+
+/// [`paired_step_in_parts`] on the engine's awaitable forward.
+pub fn paired_step_in_parts_async<'a, E: Engine + ?Sized>(engine: &'a mut E, batch: &'a TokenBatch, loss: &'a PairedLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+    Box::pin(async move {
+        loss.check(batch.batch)?;
+        let out = engine.forward_async(batch).await?;
+        let d = loss.gradient(&out.seq_logps, opt, step)?;
+        engine.backward(&d)?;
+        engine.adamw_step(opt, step)?;
+        Ok(out)
+    })
+}
+
+/// The error of a step whose loss or gradient is not finite; the step changed nothing.
+pub fn not_finite(step: u32, opt: &AdamWConfig) -> LabError {
+    LabError::Engine { msg: format!("step {step}: the loss is not finite (learning rate {} too high?); the step was not taken", opt.lr) }
+}
+
 /// K for the top-k instruments (Shi et al. 2024 use k = 10).
 pub const TOPK: usize = 10;
 
@@ -129,6 +224,21 @@ pub trait Engine {
     fn grads(&self) -> Vec<f32>;
     /// One AdamW update from the current gradients; `step` counts from 1.
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()>;
+
+    /// One training step on a batch of pairs (rows: P chosen, then P rejected): forward,
+    /// the loss's gradient, backward and AdamW; returns the forward's outputs (the
+    /// log-probs before the update). By default the loss is evaluated on the CPU between
+    /// `forward` and `backward`; the GPU engine evaluates it on the device, so that the
+    /// whole step is one submission. A non-finite loss is an error ([`not_finite`]) and
+    /// leaves the model and the optimizer as they were.
+    fn paired_step(&mut self, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+        paired_step_in_parts(self, batch, loss, opt, step)
+    }
+
+    /// [`Engine::paired_step`], awaitable.
+    fn paired_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a PairedLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+        paired_step_in_parts_async(self, batch, loss, opt, step)
+    }
 
     /// [`Engine::forward`], awaitable (the only way to read a GPU result in the browser).
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
@@ -176,6 +286,12 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     }
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
         (**self).adamw_step(opt, step)
+    }
+    fn paired_step(&mut self, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+        (**self).paired_step(batch, loss, opt, step)
+    }
+    fn paired_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a PairedLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+        (**self).paired_step_async(batch, loss, opt, step)
     }
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
         (**self).forward_async(batch)

@@ -5,13 +5,14 @@ use lab_core::error::Result;
 
 /// Every shader file, by name, as embedded in the binary. The naga test compiles the files
 /// on disk; this list is what the engine runs.
-pub const SHADERS: [(&str, &str); 7] = [
+pub const SHADERS: [(&str, &str); 8] = [
     ("encoder.wgsl", include_str!("../../../shaders/encoder.wgsl")),
     ("layernorm.wgsl", include_str!("../../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
     ("attention.wgsl", include_str!("../../../shaders/attention.wgsl")),
     ("logprob.wgsl", include_str!("../../../shaders/logprob.wgsl")),
     ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl")),
+    ("loss.wgsl", include_str!("../../../shaders/loss.wgsl")),
     ("adamw.wgsl", include_str!("../../../shaders/adamw.wgsl")),
 ];
 
@@ -32,11 +33,12 @@ pub enum Kernel {
     SeqSums,
     SplitSum,
     GatherGrads,
+    LossGradient,
     AdamW,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::EncoderForward,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
@@ -51,6 +53,7 @@ impl Kernel {
         Kernel::SeqSums,
         Kernel::SplitSum,
         Kernel::GatherGrads,
+        Kernel::LossGradient,
         Kernel::AdamW,
     ];
 
@@ -71,6 +74,7 @@ impl Kernel {
             Kernel::SeqSums => ("reduce.wgsl", "seq_sums"),
             Kernel::SplitSum => ("reduce.wgsl", "split_sum"),
             Kernel::GatherGrads => ("reduce.wgsl", "gather_grads"),
+            Kernel::LossGradient => ("loss.wgsl", "gradient"),
             Kernel::AdamW => ("adamw.wgsl", "update"),
         }
     }

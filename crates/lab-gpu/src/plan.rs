@@ -16,6 +16,13 @@ use wgpu::util::DeviceExt;
 /// bytes, and 256 is WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
 const UNIFORM_STRIDE: u64 = 256;
 
+/// The engine's buffers a plan's loss dispatch binds: loss.wgsl's uniform (written each
+/// paired step) and its status word (which adamw.wgsl reads).
+pub struct LossBuffers {
+    pub uniform: wgpu::Buffer,
+    pub status: wgpu::Buffer,
+}
+
 /// One kernel launch, ready to replay.
 #[derive(Debug)]
 pub struct Dispatch {
@@ -25,7 +32,7 @@ pub struct Dispatch {
 }
 
 /// Record `dispatches` into one compute pass.
-pub fn record_pass(encoder: &mut wgpu::CommandEncoder, pipelines: &Pipelines, label: &str, dispatches: &[Dispatch]) {
+pub fn record_pass<'a>(encoder: &mut wgpu::CommandEncoder, pipelines: &Pipelines, label: &str, dispatches: impl IntoIterator<Item = &'a Dispatch>) {
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
     let mut current = None;
     for d in dispatches {
@@ -580,8 +587,17 @@ pub struct Plan {
     pub d_seq: wgpu::Buffer,
     /// [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)]
     pub out: wgpu::Buffer,
-    /// MAP_READ twin of `out`: the step's one readback.
+    /// MAP_READ twin of `out`: a forward's one readback.
     pub staging: wgpu::Buffer,
+    /// [reference (B) | lengths (B)], the loss's inputs besides the policy's log-probs
+    /// (loss.wgsl `given`), written each paired step.
+    pub given: wgpu::Buffer,
+    /// loss.wgsl's `gradient` into `d_seq` (B even: P pairs), run between the forward and
+    /// the backward of a paired step.
+    pub loss: Option<Dispatch>,
+    /// MAP_READ buffers for [out | loss status | reference (B)] of paired steps, used in
+    /// turn so that one step's readback can wait while the next step is submitted.
+    pub step_staging: [wgpu::Buffer; 2],
     /// (B, T, V)
     pub logits: wgpu::Buffer,
     /// (B, T, C) after the final LayerNorm
@@ -599,7 +615,7 @@ impl Plan {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: &wgpu::Device, pipelines: &Pipelines, cfg: &GptConfig, params: &wgpu::Buffer, grads: &wgpu::Buffer, dummy: &wgpu::Buffer, b: usize, t: usize, tiles: GemmTiles) -> Result<Plan> {
+    pub fn new(device: &wgpu::Device, pipelines: &Pipelines, cfg: &GptConfig, params: &wgpu::Buffer, grads: &wgpu::Buffer, dummy: &wgpu::Buffer, loss: &LossBuffers, b: usize, t: usize, tiles: GemmTiles) -> Result<Plan> {
         let limits = device.limits();
         let (c, nl, nh, v, hs) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab, cfg.head_dim());
         let n = b * t;
@@ -648,12 +664,12 @@ impl Plan {
         let partial = make("split partials", partial_floats(cfg, n, tiles))?;
         let grad_floats = grad_slab_floats(cfg, n, tiles);
         let grad_slabs = make("gradient split slabs", grad_floats)?;
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("out staging"),
-            size: (out_len * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let map_read = |label: &str, floats: usize| {
+            device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (floats * 4) as u64, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+        };
+        let staging = map_read("out staging", out_len);
+        let step_staging = [map_read("step staging 0", out_len + 1 + b), map_read("step staging 1", out_len + 1 + b)];
+        let given = make("loss inputs", 2 * b)?;
 
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
         let dummy_rw = make("unused aux", 1)?;
@@ -822,7 +838,24 @@ impl Plan {
                 forward.push(dispatch);
             }
         }
-        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, logits, lnf, forward, backward, _uniforms: uniforms })
+        // the paired loss's gradient: its uniform is the engine's, written each step
+        let loss = b.is_multiple_of(2).then(|| {
+            let layout = pipelines.get(Kernel::LossGradient).get_bind_group_layout(0);
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("loss gradient"),
+                layout: &layout,
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: loss.uniform.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: out.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: given.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 3, resource: d_seq.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 4, resource: loss.status.as_entire_binding() },
+                ],
+            });
+            // one workgroup of 64 (loss.wgsl)
+            Dispatch { kernel: Kernel::LossGradient, bind_group, groups: [1, 1, 1] }
+        });
+        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, step_staging, logits, lnf, forward, backward, _uniforms: uniforms })
     }
 }
 

@@ -7,9 +7,9 @@
 //! completes because every blocking call's result is at hand.
 
 use crate::examples::{EncodedRow, Examples};
-use lab_core::engine::{AdamWConfig, Engine, ForwardOut, TokenBatch};
+use lab_core::engine::{not_finite, AdamWConfig, Engine, ForwardOut, PairedLoss, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
-use lab_core::loss::{self, DataShape, LossMix, LossParams, PairLogps, RankedLogps, UnpairedLogps};
+use lab_core::loss::{self, DataShape, LossMix, LossParams, RankedLogps, UnpairedLogps};
 use lab_core::metrics;
 use lab_core::rng::Rng;
 use lab_core::data::Record;
@@ -225,6 +225,13 @@ impl Drive {
         }
     }
 
+    async fn paired_step<E: Engine>(self, engine: &mut E, batch: &TokenBatch, loss: &PairedLoss<'_>, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+        match self {
+            Drive::Blocking => engine.paired_step(batch, loss, opt, step),
+            Drive::Async => engine.paired_step_async(batch, loss, opt, step).await,
+        }
+    }
+
     async fn hidden_states<E: Engine>(self, engine: &mut E, batch: &TokenBatch) -> Result<Vec<f32>> {
         match self {
             Drive::Blocking => engine.hidden_states(batch),
@@ -420,24 +427,26 @@ impl<E: Engine> Session<E> {
 
     async fn run_step(&mut self, drive: Drive) -> Result<StepRecord> {
         let picked = self.next_batch();
-        // Rows in engine order and, for each, its position in the forward batch.
+        // A paired loss: the engine takes the whole step (the GPU engine evaluates the loss's
+        // gradient on the device) and the record is computed from the step's log-probs. The
+        // other shapes: forward, the loss here, then backward and AdamW below.
         let (d_seq_logps, record) = match self.shape {
             DataShape::Paired => {
                 // TRL concatenates all chosen rows, then all rejected rows.
-                let chosen: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
-                let rejected: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start + 1).collect();
-                let rows: Vec<usize> = chosen.iter().chain(&rejected).copied().collect();
-                let out = self.forward_rows(&rows, drive).await?;
-                let n = picked.len();
-                let (pc, pr) = out.split_at(n);
-                let rc: Vec<f64> = chosen.iter().map(|&r| self.reference_logps[r]).collect();
-                let rr: Vec<f64> = rejected.iter().map(|&r| self.reference_logps[r]).collect();
-                let (lc, lr) = (self.lengths(&chosen), self.lengths(&rejected));
-                let x = PairLogps { policy_chosen: pc, policy_rejected: pr, reference_chosen: &rc, reference_rejected: &rr, chosen_lengths: &lc, rejected_lengths: &lr };
-                let lo = loss::mixed_loss(&self.config.loss, &self.config.params, &x)?;
-                let d_seq: Vec<f32> = lo.d_policy_chosen.iter().chain(&lo.d_policy_rejected).map(|&d| d as f32).collect();
+                let chosen = picked.iter().map(|&g| self.groups[g].rows.start);
+                let rejected = picked.iter().map(|&g| self.groups[g].rows.start + 1);
+                let rows: Vec<usize> = chosen.chain(rejected).collect();
+                let batch = self.batch_of_rows(&rows)?;
+                let reference: Vec<f64> = rows.iter().map(|&r| self.reference_logps[r]).collect();
+                let lengths = self.lengths(&rows);
+                let loss = PairedLoss { mix: &self.config.loss, params: &self.config.params, reference: &reference, lengths: &lengths };
+                let step = self.steps_done + 1;
+                let out = drive.paired_step(&mut self.engine, &batch, &loss, &self.config.optimizer, step).await?;
+                let logps: Vec<f64> = out.seq_logps.iter().map(|&v| f64::from(v)).collect();
+                let lo = loss.evaluate(&logps)?;
+                let (pc, pr) = logps.split_at(picked.len());
                 let accuracy = pairwise_accuracy(&lo.chosen_rewards, &lo.rejected_rewards);
-                (d_seq, StepRecord::from_batch(self.steps_done + 1, lo.loss, [&lo.chosen_rewards, &lo.rejected_rewards], accuracy, [pc, pr]))
+                (None, StepRecord::from_batch(step, lo.loss, [&lo.chosen_rewards, &lo.rejected_rewards], accuracy, [pc, pr]))
             }
             DataShape::Unpaired => {
                 let rows: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
@@ -452,7 +461,7 @@ impl<E: Engine> Session<E> {
                 // Unpaired: accurate when desirable examples out-reward undesirable ones on average.
                 let accuracy = f64::from(u8::from(metrics::mean(&rewards_chosen) > metrics::mean(&rewards_rejected)));
                 let record = StepRecord::from_batch(self.steps_done + 1, lo.loss, [&rewards_chosen, &rewards_rejected], accuracy, [&side(true, &out), &side(false, &out)]);
-                (lo.d_policy.iter().map(|&d| d as f32).collect(), record)
+                (Some(lo.d_policy.iter().map(|&d| d as f32).collect::<Vec<f32>>()), record)
             }
             DataShape::Ranked => {
                 let rows: Vec<usize> = picked.iter().flat_map(|&g| self.groups[g].rows.clone()).collect();
@@ -473,16 +482,18 @@ impl<E: Engine> Session<E> {
                 let logps_best: Vec<f64> = policy.iter().map(|p| p[0]).collect();
                 let logps_worst: Vec<f64> = policy.iter().map(|p| p[p.len() - 1]).collect();
                 let record = StepRecord::from_batch(self.steps_done + 1, lo.loss, [&best, &worst], pairwise_accuracy(&best, &worst), [&logps_best, &logps_worst]);
-                (lo.d_policy.iter().flatten().map(|&d| d as f32).collect(), record)
+                (Some(lo.d_policy.iter().flatten().map(|&d| d as f32).collect::<Vec<f32>>()), record)
             }
         };
         let mut record = record;
-        if !record.loss.is_finite() {
-            return Err(LabError::Engine { msg: format!("step {}: the loss is {} (learning rate {} too high?)", record.step, record.loss, self.config.optimizer.lr) });
+        if let Some(d_seq_logps) = d_seq_logps {
+            if !record.loss.is_finite() {
+                return Err(not_finite(record.step, &self.config.optimizer));
+            }
+            self.engine.backward(&d_seq_logps)?;
+            self.engine.adamw_step(&self.config.optimizer, record.step)?;
         }
-        self.engine.backward(&d_seq_logps)?;
         self.steps_done += 1;
-        self.engine.adamw_step(&self.config.optimizer, self.steps_done)?;
         record.eval = if self.steps_done.is_multiple_of(self.eval_every()) || self.steps_done == self.config.final_step {
             self.run_evaluate(drive).await?
         } else {
@@ -491,12 +502,14 @@ impl<E: Engine> Session<E> {
         Ok(record)
     }
 
+    fn batch_of_rows(&self, rows: &[usize]) -> Result<TokenBatch> {
+        let refs: Vec<&EncodedRow> = rows.iter().map(|&r| &self.rows[r]).collect();
+        batch_of(&refs)
+    }
+
     /// Forward the given rows as one batch (kept for the following backward).
     async fn forward_rows(&mut self, rows: &[usize], drive: Drive) -> Result<Vec<f64>> {
-        let batch = {
-            let refs: Vec<&EncodedRow> = rows.iter().map(|&r| &self.rows[r]).collect();
-            batch_of(&refs)?
-        };
+        let batch = self.batch_of_rows(rows)?;
         let out = drive.forward(&mut self.engine, &batch).await?;
         Ok(out.seq_logps.iter().map(|&v| v as f64).collect())
     }

@@ -1,0 +1,334 @@
+// The paired loss zoo's gradient d(loss)/d(policy sequence log-prob), evaluated on the GPU
+// between the forward and the backward of a training step.
+// Reference twin: lab-core `loss::mixed_loss` (its `d_policy_chosen` / `d_policy_rejected`);
+// one branch per kind below, each the derivative written beside its lab-core function.
+//
+// Why on the GPU: with the loss on the CPU a step is forward → readback → loss → backward,
+// and the GPU idles for the round trip in the middle. Here the forward, this kernel, the
+// backward and AdamW are one submission; the step's one readback (the policy's sequence
+// log-probs, from which the CPU computes the loss value and the metrics in f64, as TRL
+// does) can be waited for while the next step already runs. Only the gradient is needed
+// here, so only derivatives are evaluated (no log σ of large arguments).
+//
+// Rows: P pairs, rows 0..P the chosen, rows P..2P the rejected completions (TRL's order).
+//   pc[p] = out[seq_off + p], pr[p] = out[seq_off + P + p]     (policy, this step's forward)
+//   rc[p] = given[p], rr[p] = given[P + p]                     (reference)
+//   len_w[p] = given[2P + p], len_l[p] = given[3P + p]         (completion lengths, > 0)
+//   ρw = pc − rc, ρl = pr − rr, Δ = ρw − ρl
+// d_seq[p] = Σ_t w_t · ∂loss_t/∂pc[p], d_seq[P + p] = Σ_t w_t · ∂loss_t/∂pr[p], loss_t the
+// mean over pairs of kind_t's per-pair loss (sft's and the NLL terms' batch token-mean).
+// status[0] = 1 when any d_seq is not finite (adamw.wgsl then leaves the model as it was
+// and the engine reports the step), else 0.
+//
+// Bindings (group 0):
+//   0 uniform  Loss
+//   1 out      array<f32>  the forward's outputs; the policy's (2P) sequence log-probs at seq_off   read
+//   2 given    array<f32>  [rc (P) | rr (P) | len_w (P) | len_l (P)]                              read
+//   3 d_seq    array<f32>  (2P)                                                                   read_write
+//   4 status   array<u32>  (1)                                                                    read_write
+// One workgroup of 64; invocation i takes pairs i, i + 64, … Batch-level quantities (the
+// chosen tokens of the batch, AOT's sort) are computed by every invocation alone: P is a
+// batch of pairs (tens), and the redundant O(P) sums (O(P²) for AOT's ranks) cost less
+// than the barriers sharing them would.
+
+struct Loss {
+    pairs: u32,
+    terms: u32,
+    seq_off: u32,
+    _pad: u32,
+    kinds: array<vec4<u32>, 2>,
+    weights: array<vec4<f32>, 2>,
+    beta: f32,
+    eps: f32,
+    simpo_gamma: f32,
+    discopop_tau: f32,
+    // EXO's ln ε − ln(1 − ε), computed on the host in f64
+    exo_shift: f32,
+    cpo_alpha: f32,
+    _pad1: f32,
+    _pad2: f32,
+}
+
+@group(0) @binding(0) var<uniform> l: Loss;
+@group(0) @binding(1) var<storage, read> out: array<f32>;
+@group(0) @binding(2) var<storage, read> given: array<f32>;
+@group(0) @binding(3) var<storage, read_write> d_seq: array<f32>;
+@group(0) @binding(4) var<storage, read_write> status: array<u32>;
+
+var<workgroup> bad: atomic<u32>;
+
+// kind codes (lab-gpu `loss_code`)
+const SIGMOID: u32 = 0u;
+const HINGE: u32 = 1u;
+const IPO: u32 = 2u;
+const EXO_PAIR: u32 = 3u;
+const NCA_PAIR: u32 = 4u;
+const ROBUST: u32 = 5u;
+const BCO_PAIR: u32 = 6u;
+const SPPO_HARD: u32 = 7u;
+const AOT: u32 = 8u;
+const AOT_UNPAIRED: u32 = 9u;
+const APO_ZERO: u32 = 10u;
+const APO_DOWN: u32 = 11u;
+const DISCOPOP: u32 = 12u;
+const SFT: u32 = 13u;
+const SIGMOID_NORM: u32 = 14u;
+const CDPO: u32 = 15u;
+const SIMPO: u32 = 16u;
+const CPO: u32 = 17u;
+const ORPO: u32 = 18u;
+
+fn pc(p: u32) -> f32 { return out[l.seq_off + p]; }
+fn pr(p: u32) -> f32 { return out[l.seq_off + l.pairs + p]; }
+fn rc(p: u32) -> f32 { return given[p]; }
+fn rr(p: u32) -> f32 { return given[l.pairs + p]; }
+fn len_w(p: u32) -> f32 { return given[2u * l.pairs + p]; }
+fn len_l(p: u32) -> f32 { return given[3u * l.pairs + p]; }
+
+// σ(x), stable for large |x|
+fn sigm(x: f32) -> f32 {
+    if (x >= 0.0) {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+// log σ(x) = min(x, 0) − log(1 + e^{−|x|})
+fn log_sigm(x: f32) -> f32 {
+    return min(x, 0.0) - log1p(exp(-abs(x)));
+}
+
+// log(1 + x) and eˣ − 1 without cancellation near 0 (the rounding error of 1 + x, eˣ
+// corrected by the ratio: Goldberg 1991, Theorem 4; Kahan)
+fn log1p(x: f32) -> f32 {
+    let u = 1.0 + x;
+    if (u == 1.0) {
+        return x;
+    }
+    return log(u) * x / (u - 1.0);
+}
+
+fn expm1(x: f32) -> f32 {
+    let u = exp(x);
+    if (u == 1.0) {
+        return x;
+    }
+    if (u - 1.0 == -1.0) {
+        return -1.0;
+    }
+    return (u - 1.0) * x / log(u);
+}
+
+// log(1 − eˣ) for x < 0 (Mächler 2012)
+fn log1mexp(x: f32) -> f32 {
+    if (x > -0.6931472) {
+        return log(-expm1(x));
+    }
+    return log1p(-exp(x));
+}
+
+// d/dz of the smoothed logistic ℓ_ε(z) = −(1−ε) log σ(z) − ε log σ(−z)
+fn smoothed_grad(z: f32, eps: f32) -> f32 {
+    return -(1.0 - eps) * sigm(-z) + eps * sigm(z);
+}
+
+fn clamped(len: f32) -> f32 {
+    return max(len, 1.0);
+}
+
+// the batch's chosen completion tokens, Σ len_w (the NLL terms' denominator)
+fn chosen_tokens() -> f32 {
+    var sum = 0.0;
+    for (var q = 0u; q < l.pairs; q++) {
+        sum += len_w(q);
+    }
+    return sum;
+}
+
+// AOT's two sorted quantities: `aot` sorts u = pc − pr against v = rc − rr; `aot_unpaired`
+// ρw against ρl
+fn aot_a(kind: u32, p: u32) -> f32 {
+    if (kind == AOT) {
+        return pc(p) - pr(p);
+    }
+    return pc(p) - rc(p);
+}
+
+fn aot_b(kind: u32, p: u32) -> f32 {
+    if (kind == AOT) {
+        return rc(p) - rr(p);
+    }
+    return pr(p) - rr(p);
+}
+
+// position of p in the stable ascending order of a (side 0) or b (side 1)
+fn rank(kind: u32, side: u32, p: u32) -> u32 {
+    let x = select(aot_a(kind, p), aot_b(kind, p), side == 1u);
+    var r = 0u;
+    for (var q = 0u; q < l.pairs; q++) {
+        let y = select(aot_a(kind, q), aot_b(kind, q), side == 1u);
+        if (y < x || (y == x && q < p)) {
+            r += 1u;
+        }
+    }
+    return r;
+}
+
+// the pair at sorted position k of side `side`
+fn at_rank(kind: u32, side: u32, k: u32) -> u32 {
+    for (var q = 0u; q < l.pairs; q++) {
+        if (rank(kind, side, q) == k) {
+            return q;
+        }
+    }
+    return 0u;
+}
+
+// (∂loss/∂pc[p], ∂loss/∂pr[p]) of one kind, the per-pair loss's derivative before the mean
+// (the caller divides by P), except for the batch-level NLL parts, which are already means
+fn term(kind: u32, p: u32) -> vec2<f32> {
+    let beta = l.beta;
+    let n = f32(l.pairs);
+    let rho_w = pc(p) - rc(p);
+    let rho_l = pr(p) - rr(p);
+    let delta = rho_w - rho_l;
+    switch kind {
+        case SIGMOID: {
+            let g = -beta * sigm(-beta * delta);
+            return vec2(g, -g) / n;
+        }
+        case HINGE: {
+            let g = select(0.0, -beta, 1.0 - beta * delta > 0.0);
+            return vec2(g, -g) / n;
+        }
+        case IPO, SIGMOID_NORM: {
+            let lw = clamped(len_w(p));
+            let ll = clamped(len_l(p));
+            let d = rho_w / lw - rho_l / ll;
+            var g = -beta * sigm(-beta * d);
+            if (kind == IPO) {
+                g = 2.0 * (d - 1.0 / (2.0 * beta));
+            }
+            return vec2(g / lw, -g / ll) / n;
+        }
+        case EXO_PAIR: {
+            let z = beta * delta;
+            let g = beta * sigm(z) * sigm(-z) * (z + l.exo_shift);
+            return vec2(g, -g) / n;
+        }
+        case NCA_PAIR: {
+            let a = beta * rho_w;
+            let b = beta * rho_l;
+            return vec2(beta * (-sigm(-a) + 0.5 * sigm(a)), beta * 0.5 * sigm(b)) / n;
+        }
+        case ROBUST: {
+            let z = beta * delta;
+            let eps = l.eps;
+            let g = beta * (-(1.0 - eps) * sigm(-z) - eps * sigm(z)) / (1.0 - 2.0 * eps);
+            return vec2(g, -g) / n;
+        }
+        case BCO_PAIR: {
+            return vec2(-beta * sigm(-beta * rho_w), beta * sigm(beta * rho_l)) / n;
+        }
+        case SPPO_HARD: {
+            let half_inv_beta = 0.5 / beta;
+            return vec2(2.0 * (rho_w - half_inv_beta), 2.0 * (rho_l + half_inv_beta)) / n;
+        }
+        case AOT, AOT_UNPAIRED: {
+            // a_p meets the b at its own sorted position; for aot_unpaired the policy's
+            // rejected side is b, met by the a at b_p's position
+            let j = at_rank(kind, 1u, rank(kind, 0u, p));
+            let g_a = beta * smoothed_grad(beta * (aot_a(kind, p) - aot_b(kind, j)), l.eps);
+            if (kind == AOT) {
+                return vec2(g_a, -g_a) / n;
+            }
+            let i = at_rank(kind, 0u, rank(kind, 1u, p));
+            let g_b = beta * smoothed_grad(beta * (aot_a(kind, i) - aot_b(kind, p)), l.eps);
+            return vec2(g_a, -g_b) / n;
+        }
+        case APO_ZERO: {
+            let sw = sigm(beta * rho_w);
+            let sl = sigm(beta * rho_l);
+            return vec2(-beta * sw * (1.0 - sw), beta * sl * (1.0 - sl)) / n;
+        }
+        case APO_DOWN: {
+            let sw = sigm(beta * rho_w);
+            let sd = sigm(beta * delta);
+            let gd = -beta * sd * (1.0 - sd);
+            return vec2(beta * sw * (1.0 - sw) + gd, -gd) / n;
+        }
+        case DISCOPOP: {
+            // m = σ(z/τ); the products with e^{−z} taken in log space so that m → 0 and
+            // e^{−z} → ∞ never meet as 0·∞
+            let z = beta * delta;
+            let tau = l.discopop_tau;
+            let m = sigm(z / tau);
+            let dm = m * (1.0 - m) / tau;
+            let logistic = -log_sigm(z);
+            let m_expo = exp(log_sigm(z / tau) - z);
+            let dm_expo = exp(log_sigm(z / tau) + log_sigm(-z / tau) - z) / tau;
+            let g = beta * (dm_expo - dm * logistic - (1.0 - m) * sigm(-z) - m_expo);
+            return vec2(g, -g) / n;
+        }
+        case SFT: {
+            return vec2(-1.0 / chosen_tokens(), 0.0);
+        }
+        case CDPO: {
+            let g = beta * smoothed_grad(beta * delta, l.eps);
+            return vec2(g, -g) / n;
+        }
+        case SIMPO: {
+            let lw = len_w(p);
+            let ll = len_l(p);
+            let logits = pc(p) / lw - pr(p) / ll - l.simpo_gamma / beta;
+            let g = beta * smoothed_grad(beta * logits, l.eps) / n;
+            return vec2(g / lw, -g / ll);
+        }
+        case CPO: {
+            let g = beta * smoothed_grad(beta * (pc(p) - pr(p)), l.eps) / n;
+            var nll = 0.0;
+            if (l.cpo_alpha != 0.0) {
+                nll = l.cpo_alpha * (-1.0 / chosen_tokens());
+            }
+            return vec2(g + nll, -g);
+        }
+        case ORPO: {
+            let lw = len_w(p);
+            let ll = len_l(p);
+            let aw = pc(p) / lw;
+            let al = pr(p) / ll;
+            let log_odds = (aw - al) - (log1mexp(aw) - log1mexp(al));
+            let g = -beta * sigm(-log_odds) / n;
+            let dw = -1.0 / expm1(aw);
+            let dl = 1.0 / expm1(al);
+            return vec2(g * dw / lw - 1.0 / chosen_tokens(), g * dl / ll);
+        }
+        default: {
+            return vec2(0.0);
+        }
+    }
+}
+
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+@compute @workgroup_size(64)
+fn gradient(@builtin(local_invocation_index) lid: u32) {
+    for (var p = lid; p < l.pairs; p += 64u) {
+        var d = vec2(0.0);
+        for (var t = 0u; t < l.terms; t++) {
+            d += l.weights[t / 4u][t % 4u] * term(l.kinds[t / 4u][t % 4u], p);
+        }
+        d_seq[p] = d.x;
+        d_seq[l.pairs + p] = d.y;
+        if (!(finite(d.x) && finite(d.y))) {
+            atomicOr(&bad, 1u);
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        status[0] = atomicLoad(&bad);
+    }
+}
