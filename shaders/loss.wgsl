@@ -1,7 +1,8 @@
-// The paired loss zoo's gradient d(loss)/d(policy sequence log-prob), evaluated on the GPU
-// between the forward and the backward of a training step.
-// Reference twin: lab-core `loss::mixed_loss` (its `d_policy_chosen` / `d_policy_rejected`);
-// one branch per kind below, each the derivative written beside its lab-core function.
+// The loss zoo's gradient d(loss)/d(policy sequence log-prob), evaluated on the GPU between
+// the forward and the backward of a training step.
+// Reference twin: lab-core `loss::mixed_loss` (its `d_policy_chosen` / `d_policy_rejected`),
+// `kto_loss` and `plackett_luce_loss` (their `d_policy`); one branch per kind below, each
+// the derivative written beside its lab-core function.
 //
 // Why on the GPU: with the loss on the CPU a step is forward → readback → loss → backward,
 // and the GPU idles for the round trip in the middle. Here the forward, this kernel, the
@@ -10,29 +11,33 @@
 // does) can be waited for while the next step already runs. Only the gradient is needed
 // here, so only derivatives are evaluated (no log σ of large arguments).
 //
-// Rows: P pairs, rows 0..P the chosen, rows P..2P the rejected completions (TRL's order).
-//   pc[p] = out[seq_off + p], pr[p] = out[seq_off + P + p]     (policy, this step's forward)
-//   rc[p] = given[p], rr[p] = given[P + p]                     (reference)
-//   len_w[p] = given[2P + p], len_l[p] = given[3P + p]         (completion lengths, > 0)
-//   ρw = pc − rc, ρl = pr − rr, Δ = ρw − ρl
-// d_seq[p] = Σ_t w_t · ∂loss_t/∂pc[p], d_seq[P + p] = Σ_t w_t · ∂loss_t/∂pr[p], loss_t the
-// mean over pairs of kind_t's per-pair loss (sft's and the NLL terms' batch token-mean).
+// Rows (B of them) as the batch has them, seq[r] = out[seq_off + r] the policy's sequence
+// log-prob, ref[r] = given[r] the reference's, len[r] = given[B + r] the completion length:
+// - the paired kinds: P = B/2 pairs, rows 0..P the chosen, P..2P the rejected (TRL's order);
+//   pc[p] = seq[p], pr[p] = seq[P + p], rc, rr, len_w, len_l likewise;
+//   ρw = pc − rc, ρl = pr − rr, Δ = ρw − ρl;
+// - KTO: one example a row, desirable when given[2B + r] = 1;
+// - Plackett–Luce: ranked lists, best first, row r in the list of rows given[2B + r] ..
+//   given[3B + r] (start, end).
+// d_seq[r] = Σ_t w_t · ∂loss_t/∂seq[r], loss_t the mean over pairs (examples, lists) of
+// kind_t's loss (sft's and the NLL terms' a batch token-mean); KTO and Plackett–Luce are
+// single terms of weight 1 (lab-train applies no weight to them).
 // status[0] = 1 when any d_seq is not finite (adamw.wgsl then leaves the model as it was
 // and the engine reports the step), else 0.
 //
 // Bindings (group 0):
 //   0 uniform  Loss
-//   1 out      array<f32>  the forward's outputs; the policy's (2P) sequence log-probs at seq_off   read
-//   2 given    array<f32>  [rc (P) | rr (P) | len_w (P) | len_l (P)]                              read
-//   3 d_seq    array<f32>  (2P)                                                                   read_write
+//   1 out      array<f32>  the forward's outputs; the policy's (B) sequence log-probs at seq_off   read
+//   2 given    array<f32>  [ref (B) | len (B) | label (B) | label (B)]                              read
+//   3 d_seq    array<f32>  (B)                                                                    read_write
 //   4 status   array<u32>  (1)                                                                    read_write
-// One workgroup of 64; invocation i takes pairs i, i + 64, … Batch-level quantities (the
-// chosen tokens of the batch, AOT's sort) are computed by every invocation alone: P is a
-// batch of pairs (tens), and the redundant O(P) sums (O(P²) for AOT's ranks) cost less
-// than the barriers sharing them would.
+// One workgroup of 64; invocation i takes pairs (rows) i, i + 64, … Batch-level quantities
+// (the chosen tokens of the batch, AOT's sort, KTO's reference point, a list's
+// log-sum-exps) are computed by every invocation alone: a batch holds tens of rows, and the
+// redundant O(B) sums (O(B²) for AOT's ranks) cost less than the barriers sharing them would.
 
 struct Loss {
-    pairs: u32,
+    rows: u32,
     terms: u32,
     seq_off: u32,
     _pad: u32,
@@ -45,8 +50,8 @@ struct Loss {
     // EXO's ln ε − ln(1 − ε), computed on the host in f64
     exo_shift: f32,
     cpo_alpha: f32,
-    _pad1: f32,
-    _pad2: f32,
+    kto_desirable_weight: f32,
+    kto_undesirable_weight: f32,
 }
 
 @group(0) @binding(0) var<uniform> l: Loss;
@@ -77,13 +82,19 @@ const CDPO: u32 = 15u;
 const SIMPO: u32 = 16u;
 const CPO: u32 = 17u;
 const ORPO: u32 = 18u;
+const KTO: u32 = 19u;
+const PLACKETT_LUCE: u32 = 20u;
 
-fn pc(p: u32) -> f32 { return out[l.seq_off + p]; }
-fn pr(p: u32) -> f32 { return out[l.seq_off + l.pairs + p]; }
+fn pairs() -> u32 { return l.rows / 2u; }
+fn seq(r: u32) -> f32 { return out[l.seq_off + r]; }
+fn rho(r: u32) -> f32 { return seq(r) - given[r]; }
+fn label(r: u32, which: u32) -> u32 { return u32(given[(2u + which) * l.rows + r]); }
+fn pc(p: u32) -> f32 { return seq(p); }
+fn pr(p: u32) -> f32 { return seq(pairs() + p); }
 fn rc(p: u32) -> f32 { return given[p]; }
-fn rr(p: u32) -> f32 { return given[l.pairs + p]; }
-fn len_w(p: u32) -> f32 { return given[2u * l.pairs + p]; }
-fn len_l(p: u32) -> f32 { return given[3u * l.pairs + p]; }
+fn rr(p: u32) -> f32 { return given[pairs() + p]; }
+fn len_w(p: u32) -> f32 { return given[l.rows + p]; }
+fn len_l(p: u32) -> f32 { return given[l.rows + pairs() + p]; }
 
 // σ(x), stable for large |x|
 fn sigm(x: f32) -> f32 {
@@ -140,7 +151,7 @@ fn clamped(len: f32) -> f32 {
 // the batch's chosen completion tokens, Σ len_w (the NLL terms' denominator)
 fn chosen_tokens() -> f32 {
     var sum = 0.0;
-    for (var q = 0u; q < l.pairs; q++) {
+    for (var q = 0u; q < pairs(); q++) {
         sum += len_w(q);
     }
     return sum;
@@ -166,7 +177,7 @@ fn aot_b(kind: u32, p: u32) -> f32 {
 fn rank(kind: u32, side: u32, p: u32) -> u32 {
     let x = select(aot_a(kind, p), aot_b(kind, p), side == 1u);
     var r = 0u;
-    for (var q = 0u; q < l.pairs; q++) {
+    for (var q = 0u; q < pairs(); q++) {
         let y = select(aot_a(kind, q), aot_b(kind, q), side == 1u);
         if (y < x || (y == x && q < p)) {
             r += 1u;
@@ -177,7 +188,7 @@ fn rank(kind: u32, side: u32, p: u32) -> u32 {
 
 // the pair at sorted position k of side `side`
 fn at_rank(kind: u32, side: u32, k: u32) -> u32 {
-    for (var q = 0u; q < l.pairs; q++) {
+    for (var q = 0u; q < pairs(); q++) {
         if (rank(kind, side, q) == k) {
             return q;
         }
@@ -189,7 +200,7 @@ fn at_rank(kind: u32, side: u32, k: u32) -> u32 {
 // (the caller divides by P), except for the batch-level NLL parts, which are already means
 fn term(kind: u32, p: u32) -> vec2<f32> {
     let beta = l.beta;
-    let n = f32(l.pairs);
+    let n = f32(pairs());
     let rho_w = pc(p) - rc(p);
     let rho_l = pr(p) - rr(p);
     let delta = rho_w - rho_l;
@@ -310,21 +321,74 @@ fn term(kind: u32, p: u32) -> vec2<f32> {
     }
 }
 
+// ∂loss/∂seq[r] of KTO and Plackett–Luce, the kinds whose rows are not pairs
+fn row_term(kind: u32, r: u32) -> f32 {
+    let beta = l.beta;
+    if (kind == KTO) {
+        // z0 = max(0, mean ρ) over the batch, held constant (lab-core `kto_reference_point`)
+        var sum = 0.0;
+        for (var q = 0u; q < l.rows; q++) {
+            sum += rho(q);
+        }
+        let z0 = max(sum / f32(l.rows), 0.0);
+        let n = f32(l.rows);
+        if (label(r, 0u) == 1u) {
+            let s = sigm(beta * (rho(r) - z0));
+            return -l.kto_desirable_weight * beta * s * (1.0 - s) / n;
+        }
+        let s = sigm(beta * (z0 - rho(r)));
+        return l.kto_undesirable_weight * beta * s * (1.0 - s) / n;
+    }
+    // Plackett–Luce, s_k = βρ_k over the list [start, end): ∂/∂s_j = Σ_{k ≤ j} e^{s_j − lse_k} − 1,
+    // lse_k = log Σ_{i ≥ k} e^{s_i}; the mean over lists
+    let start = label(r, 0u);
+    let end = label(r, 1u);
+    var lists = 0u;
+    for (var q = 0u; q < l.rows; q++) {
+        lists += select(0u, 1u, label(q, 0u) == q);
+    }
+    let s_r = beta * rho(r);
+    var d = -1.0;
+    for (var k = start; k <= r; k++) {
+        var top = beta * rho(k);
+        for (var i = k + 1u; i < end; i++) {
+            top = max(top, beta * rho(i));
+        }
+        var sum = 0.0;
+        for (var i = k; i < end; i++) {
+            sum += exp(beta * rho(i) - top);
+        }
+        d += exp(s_r - (top + log(sum)));
+    }
+    return d * beta / f32(lists);
+}
+
 fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
 @compute @workgroup_size(64)
 fn gradient(@builtin(local_invocation_index) lid: u32) {
-    for (var p = lid; p < l.pairs; p += 64u) {
-        var d = vec2(0.0);
-        for (var t = 0u; t < l.terms; t++) {
-            d += l.weights[t / 4u][t % 4u] * term(l.kinds[t / 4u][t % 4u], p);
+    let first = l.kinds[0].x;
+    if (first == KTO || first == PLACKETT_LUCE) {
+        for (var r = lid; r < l.rows; r += 64u) {
+            let d = row_term(first, r);
+            d_seq[r] = d;
+            if (!finite(d)) {
+                atomicOr(&bad, 1u);
+            }
         }
-        d_seq[p] = d.x;
-        d_seq[l.pairs + p] = d.y;
-        if (!(finite(d.x) && finite(d.y))) {
-            atomicOr(&bad, 1u);
+    } else {
+        for (var p = lid; p < pairs(); p += 64u) {
+            var d = vec2(0.0);
+            for (var t = 0u; t < l.terms; t++) {
+                d += l.weights[t / 4u][t % 4u] * term(l.kinds[t / 4u][t % 4u], p);
+            }
+            d_seq[p] = d.x;
+            d_seq[pairs() + p] = d.y;
+            if (!(finite(d.x) && finite(d.y))) {
+                atomicOr(&bad, 1u);
+            }
         }
     }
     workgroupBarrier();

@@ -1,6 +1,7 @@
 //! lab-gpu against the lab-cpu reference: logits, per-token log-probs, top-k instruments,
-//! hidden states, every parameter gradient, the weights after three AdamW steps, and the
-//! loss curve of a 20-step DPO run.
+//! hidden states, every parameter gradient, the weights after three AdamW steps, the loss
+//! zoo's gradient evaluated on the GPU (loss.wgsl) for every kind, and the loss curves of
+//! DPO, KTO and Plackett–Luce runs.
 //!
 //! Tolerance, per tensor: |gpu − cpu| ≤ REL · max|cpu tensor| + ABS. The GPU sums in other
 //! orders than the CPU (workgroup tree reductions in LayerNorm, tiles in the GEMM, fused
@@ -13,8 +14,8 @@
 
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::parse_jsonl;
-use lab_core::engine::{AdamWConfig, Engine, PairedLoss, TokenBatch};
-use lab_core::loss::{LossKind, LossMix, LossParams};
+use lab_core::engine::{AdamWConfig, Engine, Rows, StepLoss, TokenBatch};
+use lab_core::loss::{DataShape, LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_cpu::CpuEngine;
 use lab_gpu::kernels::Kernel;
@@ -305,6 +306,41 @@ fn dpo_loss_curves_agree_over_20_steps() {
     assert_close("loss curve", &gpu_losses, &cpu_losses);
 }
 
+/// The other data shapes through lab-train on both engines: KTO on unpaired examples and
+/// Plackett–Luce on ranked lists (of different lengths), their losses' gradients computed by
+/// loss.wgsl on the GPU, 10 steps each.
+#[test]
+fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
+    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
+    let unpaired = "{\"prompt\": \"Is fire hot?\", \"completion\": \" Yes.\", \"label\": true}\n{\"prompt\": \"Is fire hot?\", \"completion\": \" No.\", \"label\": false}\n\
+{\"prompt\": \"Is ice hot?\", \"completion\": \" No.\", \"label\": true}\n{\"prompt\": \"Sky color?\", \"completion\": \" Green.\", \"label\": false}\n\
+{\"prompt\": \"Sky color?\", \"completion\": \" Blue.\", \"label\": true}\n";
+    let ranked = "{\"prompt\": \"Is fire hot?\", \"responses\": [\" Yes.\", \" Warm.\", \" No.\"]}\n{\"prompt\": \"Sky color?\", \"responses\": [\" Blue.\", \" Green.\"]}\n\
+{\"prompt\": \"Is 2 > 1?\", \"responses\": [\" Yes.\", \" Maybe.\", \" No.\", \" Never.\"]}\n";
+    for (kind, jsonl) in [(LossKind::Kto, unpaired), (LossKind::PlackettLuce, ranked)] {
+        let records = parse_jsonl(jsonl).unwrap();
+        // the whole dataset each step, so the loss falls step by step
+        let config = SessionConfig { loss: LossMix::single(kind), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: records.len(), seed: 3, eval_every: 1, final_step: 0 };
+        let params = init_params(&MICRO, 9);
+        let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
+        let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
+        let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+        let before = on_gpu.engine().sync_counts();
+        let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            gpu_losses.push(on_gpu.step().unwrap().loss as f32);
+            cpu_losses.push(on_cpu.step().unwrap().loss as f32);
+        }
+        eprintln!("{kind}: cpu loss curve {cpu_losses:?}");
+        eprintln!("{kind}: gpu loss curve {gpu_losses:?}");
+        assert!(cpu_losses[9] < cpu_losses[0], "{kind}: the run must learn for the comparison to mean anything");
+        assert_close(&format!("{kind} loss curve"), &gpu_losses, &cpu_losses);
+        // a step and an evaluation of the dataset each: one submission and one readback apiece
+        let after = on_gpu.engine().sync_counts();
+        assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (20, 20), "{kind}");
+    }
+}
+
 /// The browser's path: `Session::new_async` and `step_async` on the GPU engine (awaited
 /// readbacks) against `Session::new` and `step` on the CPU engine, over 10 steps: the loss
 /// curve, the reference and final policy log-probs of every row, and CHES. The async step
@@ -348,13 +384,14 @@ fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
     assert!(weights.iter().zip(on_gpu.engine().params()).all(|(a, b)| a.to_bits() == b.to_bits()), "params_async differs from params");
 }
 
-/// Every paired loss of the zoo (and a mix) evaluated by loss.wgsl inside the GPU's paired
-/// step against lab-core's f64 `mixed_loss` in the CPU engine's step: the parameter
-/// gradients the two backwards produce from them. The learning rate is 0, so both models
+/// Every loss of the zoo (and a mix) evaluated by loss.wgsl inside the GPU's training step
+/// against lab-core's f64 loss functions in the CPU engine's step: the parameter gradients
+/// the two backwards produce from them. The 12 rows are 6 pairs, 12 KTO examples, or 4
+/// ranked lists of 3, 2, 4 and 3. The learning rate is 0, so both models
 /// stay as they were and every kind meets the same log-probs; the reference log-probs are
 /// the policy's plus noise, so the margins, ratios and AOT's sort orders vary across pairs.
 #[test]
-fn every_paired_loss_gradient_on_the_gpu_matches_cpu() {
+fn every_loss_gradient_on_the_gpu_matches_cpu() {
     let cfg = RAGGED;
     let params = random_params(&cfg, 21);
     let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
@@ -366,24 +403,31 @@ fn every_paired_loss_gradient_on_the_gpu_matches_cpu() {
     let lengths: Vec<f64> = batch.scored_lengths().iter().map(|&n| n as f64).collect();
     let frozen = AdamWConfig { lr: 0.0, ..AdamWConfig::default() };
     let params_of = LossParams { label_smoothing: 0.1, ..LossParams::default() };
-    let mut mixes: Vec<LossMix> = LossKind::ALL.iter().filter(|k| k.data_shape() == lab_core::loss::DataShape::Paired).map(|&k| LossMix::single(k)).collect();
-    mixes.push(LossMix::parse("sigmoid+0.5*sft+0.25*ipo").unwrap());
-    for (step, mix) in (1..).zip(&mixes) {
+    let desirable = [true, false, false, true, true, false, true, false, false, false, true, true];
+    let sizes = [3, 2, 4, 3];
+    let rows_of = |kind: LossKind| match kind.data_shape() {
+        DataShape::Paired => Rows::Pairs,
+        DataShape::Unpaired => Rows::Unpaired(&desirable),
+        DataShape::Ranked => Rows::Ranked(&sizes),
+    };
+    let mut mixes: Vec<(LossMix, Rows)> = LossKind::ALL.iter().map(|&k| (LossMix::single(k), rows_of(k))).collect();
+    mixes.push((LossMix::parse("sigmoid+0.5*sft+0.25*ipo").unwrap(), Rows::Pairs));
+    for (step, (mix, rows)) in (1..).zip(&mixes) {
         // robust's ε is a flip rate below 0.5, exo reads its own; 0.1 suits every kind
-        let loss = PairedLoss { mix, params: &params_of, reference: &reference, lengths: &lengths };
-        let on_gpu = gpu.paired_step(&batch, &loss, &frozen, step).unwrap();
-        let on_cpu = cpu.paired_step(&batch, &loss, &frozen, step).unwrap();
+        let loss = StepLoss { mix, params: &params_of, rows: *rows, reference: &reference, lengths: &lengths };
+        let on_gpu = gpu.train_step(&batch, &loss, &frozen, step).unwrap();
+        let on_cpu = cpu.train_step(&batch, &loss, &frozen, step).unwrap();
         assert_close(&format!("{} seq logps", mix.name()), &on_gpu.seq_logps, &on_cpu.seq_logps);
         assert_tensors_close(&format!("{} grad", mix.name()), &cfg, &gpu.grads(), &cpu.grads());
     }
     assert!(gpu.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "lr 0 keeps the weights");
 }
 
-/// The GPU's paired step: one submission and one readback; submitted ahead (two in flight)
+/// The GPU's training step: one submission and one readback; submitted ahead (two in flight)
 /// it gives the same weights bit for bit; with a reference engine on the same device its
 /// forward replaces the given reference log-probs, again bit for bit.
 #[test]
-fn a_paired_step_is_one_submission_and_one_readback_and_can_run_ahead() {
+fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
     let cfg = RAGGED;
     let params = random_params(&cfg, 31);
     let Some(mut plain) = gpu(cfg, params.clone()) else { return };
@@ -395,22 +439,22 @@ fn a_paired_step_is_one_submission_and_one_readback_and_can_run_ahead() {
     let Some(mut reference_alone) = gpu(cfg, reference_params.clone()) else { return };
     let reference_logps: Vec<f64> = reference_alone.forward(&batch).unwrap().seq_logps.iter().map(|&v| f64::from(v)).collect();
     let lengths: Vec<f64> = batch.scored_lengths().iter().map(|&n| n as f64).collect();
-    let loss = PairedLoss { mix: &mix, params: &loss_params, reference: &reference_logps, lengths: &lengths };
+    let loss = StepLoss { mix: &mix, params: &loss_params, rows: Rows::Pairs, reference: &reference_logps, lengths: &lengths };
     let before = plain.sync_counts();
     let mut plain_logps = Vec::new();
     for step in 1..=3 {
-        plain_logps.push(plain.paired_step(&batch, &loss, &opt, step).unwrap().seq_logps);
+        plain_logps.push(plain.train_step(&batch, &loss, &opt, step).unwrap().seq_logps);
     }
     let after = plain.sync_counts();
     assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (3, 3), "one submission and one readback a step");
 
     let Some(mut ahead) = gpu(cfg, params.clone()) else { return };
-    let first = ahead.paired_step_submit(&batch, &loss, &opt, 1, None).unwrap();
-    let second = ahead.paired_step_submit(&batch, &loss, &opt, 2, None).unwrap();
-    let (out1, used1) = ahead.paired_step_finish(first).unwrap();
-    let third = ahead.paired_step_submit(&batch, &loss, &opt, 3, None).unwrap();
-    let (out2, _) = ahead.paired_step_finish(second).unwrap();
-    let (out3, _) = ahead.paired_step_finish(third).unwrap();
+    let first = ahead.train_step_submit(&batch, &loss, &opt, 1, None).unwrap();
+    let second = ahead.train_step_submit(&batch, &loss, &opt, 2, None).unwrap();
+    let (out1, used1) = ahead.train_step_finish(first).unwrap();
+    let third = ahead.train_step_submit(&batch, &loss, &opt, 3, None).unwrap();
+    let (out2, _) = ahead.train_step_finish(second).unwrap();
+    let (out3, _) = ahead.train_step_finish(third).unwrap();
     assert_eq!([out1.seq_logps, out2.seq_logps, out3.seq_logps].to_vec(), plain_logps, "the steps' log-probs");
     assert_eq!(used1, reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(), "the reference the loss used comes back");
     let plain_weights = plain.params();
@@ -419,20 +463,20 @@ fn a_paired_step_is_one_submission_and_one_readback_and_can_run_ahead() {
     let Some(mut shared) = gpu(cfg, params) else { return };
     let mut reference = shared.sibling(reference_params).unwrap();
     let unread = vec![0.0; batch.batch];
-    let by_engine = PairedLoss { reference: &unread, ..loss };
+    let by_engine = StepLoss { reference: &unread, ..loss };
     for step in 1..=3 {
-        let pending = shared.paired_step_submit(&batch, &by_engine, &opt, step, Some(&mut reference)).unwrap();
-        let (_, used) = shared.paired_step_finish(pending).unwrap();
+        let pending = shared.train_step_submit(&batch, &by_engine, &opt, step, Some(&mut reference)).unwrap();
+        let (_, used) = shared.train_step_finish(pending).unwrap();
         assert_eq!(used, reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(), "step {step}: the reference engine's log-probs");
     }
     assert!(plain_weights.iter().zip(shared.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ with the reference by engine");
     // an engine of its own device (even if wgpu's handles compare equal) is refused
-    let err = shared.paired_step_submit(&batch, &by_engine, &opt, 4, Some(&mut reference_alone)).map(|_| ()).unwrap_err().to_string();
+    let err = shared.train_step_submit(&batch, &by_engine, &opt, 4, Some(&mut reference_alone)).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("the policy's device"), "{err}");
 }
 
 /// A step whose loss is not finite is an error naming the step, and changes nothing on
-/// either engine; the GPU's next steps (paired or in parts) train again.
+/// either engine; the GPU's next steps (whole or in parts) train again.
 #[test]
 fn a_non_finite_loss_is_reported_and_leaves_the_model_unchanged() {
     let cfg = RAGGED;
@@ -445,15 +489,15 @@ fn a_non_finite_loss_is_reported_and_leaves_the_model_unchanged() {
     let batch = TokenBatch::from_rows(&[(vec![0, 0, 0, 5], 1), (vec![0, 0, 7, 0], 1)]).unwrap();
     let mix = LossMix::single(LossKind::Sigmoid);
     let loss_params = LossParams::default();
-    let loss = PairedLoss { mix: &mix, params: &loss_params, reference: &[-5.0, -6.0], lengths: &[3.0, 3.0] };
+    let loss = StepLoss { mix: &mix, params: &loss_params, rows: Rows::Pairs, reference: &[-5.0, -6.0], lengths: &[3.0, 3.0] };
     let opt = AdamWConfig::default();
     for (name, engine) in [("gpu", &mut gpu as &mut dyn Engine), ("cpu", &mut cpu as &mut dyn Engine)] {
-        let err = engine.paired_step(&batch, &loss, &opt, 1).unwrap_err().to_string();
+        let err = engine.train_step(&batch, &loss, &opt, 1).unwrap_err().to_string();
         assert!(err.contains("step 1") && err.contains("not finite"), "{name}: {err}");
         assert!(engine.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: the weights changed");
     }
     // the GPU's failed step left its loss status set: a step in parts must not be held
-    // back by it, and the next paired step sets it afresh
+    // back by it, and the next whole step sets it afresh
     let sane = random_params(&cfg, 42);
     gpu.set_params(&sane).unwrap();
     let out = gpu.forward(&batch).unwrap();
@@ -461,10 +505,10 @@ fn a_non_finite_loss_is_reported_and_leaves_the_model_unchanged() {
     gpu.backward(&[1.0, -1.0]).unwrap();
     gpu.adamw_step(&opt, 1).unwrap();
     let after_parts = gpu.params();
-    assert!(after_parts.iter().zip(&sane).any(|(a, b)| a != b), "adamw_step after a failed paired step updates");
-    gpu.paired_step(&batch, &loss, &opt, 2).unwrap();
-    assert!(gpu.params().iter().zip(&after_parts).any(|(a, b)| a != b), "a finite paired step updates");
-    let err = gpu.paired_step(&batch, &PairedLoss { reference: &[f64::NAN, 0.0], ..loss }, &opt, 3).map(|_| ()).unwrap_err().to_string();
+    assert!(after_parts.iter().zip(&sane).any(|(a, b)| a != b), "adamw_step after a failed training step updates");
+    gpu.train_step(&batch, &loss, &opt, 2).unwrap();
+    assert!(gpu.params().iter().zip(&after_parts).any(|(a, b)| a != b), "a finite training step updates");
+    let err = gpu.train_step(&batch, &StepLoss { reference: &[f64::NAN, 0.0], ..loss }, &opt, 3).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("reference") && err.contains("row 0"), "{err}");
 }
 
@@ -601,7 +645,7 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
         // input gradients of fc and qkv are split at this shape, their slabs added up
         // by the LayerNorm backward after them; GELU′ in fcproj's input gradient;
         // attention four GEMMs, the softmax's backward in the first's epilogue); the
-        // paired loss's gradient 1; AdamW 1
+        // loss's gradient 1; AdamW 1
         assert_eq!(launches, 24 * cfg.n_layer + 15);
         assert_eq!(profile.launches.len(), launches);
         assert!(profile.total_us > 0.0);

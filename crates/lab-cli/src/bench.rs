@@ -11,7 +11,7 @@
 
 use clap::Args;
 use lab_core::config::{init_params, GptConfig};
-use lab_core::engine::{AdamWConfig, Engine, PairedLoss, TokenBatch};
+use lab_core::engine::{AdamWConfig, Engine, Rows, StepLoss, TokenBatch};
 use lab_core::loss::{paired_loss, LossKind, LossMix, LossParams, PairLogps};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
@@ -162,17 +162,17 @@ fn pipelined_steps(policy: &mut lab_gpu::GpuEngine, reference: &mut lab_gpu::Gpu
     let lengths = vec![RESPONSE_TOKENS as f64; 2 * PAIRS];
     // the reference log-probs come from `reference`'s forward in the same submission
     let unread = vec![0.0; 2 * PAIRS];
-    let loss = PairedLoss { mix: &mix, params: &params, reference: &unread, lengths: &lengths };
+    let loss = StepLoss { mix: &mix, params: &params, rows: Rows::Pairs, reference: &unread, lengths: &lengths };
     let finish = |policy: &lab_gpu::GpuEngine, pending| -> Result<f64> {
-        let (out, reference) = policy.paired_step_finish(pending)?;
+        let (out, reference) = policy.train_step_finish(pending)?;
         let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
-        let read = PairedLoss { reference: &to64(&reference), ..loss };
-        Ok(read.evaluate(&to64(&out.seq_logps))?.loss)
+        let read = StepLoss { reference: &to64(&reference), ..loss };
+        Ok(read.paired(&to64(&out.seq_logps))?.loss)
     };
     let mut last = 0.0;
     let mut in_flight = None;
     for step in first..first + count {
-        let next = policy.paired_step_submit(batch, &loss, opt, step, Some(reference))?;
+        let next = policy.train_step_submit(batch, &loss, opt, step, Some(reference))?;
         if let Some(pending) = in_flight.replace(next) {
             last = finish(policy, pending)?;
         }

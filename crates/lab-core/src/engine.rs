@@ -16,7 +16,7 @@
 
 use crate::config::GptConfig;
 use crate::error::{LabError, Result};
-use crate::loss::{mixed_loss, LossMix, LossParams, PairLogps};
+use crate::loss::{kto_loss, mixed_loss, plackett_luce_loss, DataShape, LossMix, LossOut, LossParams, PairLogps, RankedLogps, RankedLossOut, UnpairedLogps, UnpairedLossOut};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -103,25 +103,56 @@ impl Default for AdamWConfig {
     }
 }
 
-/// What a paired loss reads besides the policy's sequence log-probs: the inputs of
-/// [`Engine::paired_step`]. Rows follow the batch (TRL's order): the P chosen completions,
-/// then the P rejected ones.
+/// How a training batch's rows make up the loss's groups.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rows<'a> {
+    /// P chosen completions, then their P rejected ones (TRL's order): the paired losses.
+    Pairs,
+    /// One completion a row, desirable or not (KTO).
+    Unpaired(&'a [bool]),
+    /// Ranked lists (best first) of these sizes, one after another (Plackett–Luce).
+    Ranked(&'a [usize]),
+}
+
+/// A training step's loss and what it reads besides the policy's sequence log-probs: the
+/// inputs of [`Engine::train_step`]. Per-row arrays follow the batch's rows.
 #[derive(Debug, Clone, Copy)]
-pub struct PairedLoss<'a> {
+pub struct StepLoss<'a> {
+    /// The loss; KTO and Plackett–Luce are single terms (their weight is not applied).
     pub mix: &'a LossMix,
     pub params: &'a LossParams,
-    /// (2P) reference sequence log-probs.
+    pub rows: Rows<'a>,
+    /// Per row, the reference sequence log-prob.
     pub reference: &'a [f64],
-    /// (2P) completion lengths (scored tokens), each > 0.
+    /// Per row, the completion length (scored tokens), > 0.
     pub lengths: &'a [f64],
 }
 
-impl PairedLoss<'_> {
-    /// Check the shapes against a batch of `rows` and the mix against the parameters (the
-    /// checks `mixed_loss` makes that do not need the policy's log-probs).
+impl StepLoss<'_> {
+    /// Check the shapes against a batch of `rows` rows and the mix against the parameters
+    /// and the rows (the checks the loss functions make that do not need the policy's
+    /// log-probs).
     pub fn check(&self, rows: usize) -> Result<()> {
-        if rows == 0 || !rows.is_multiple_of(2) {
-            return Err(LabError::shape(format!("a paired step needs an even, non-zero number of rows (P chosen, then P rejected), got {rows}")));
+        let shape = self.mix.data_shape()?;
+        let wanted = match self.rows {
+            Rows::Pairs => DataShape::Paired,
+            Rows::Unpaired(_) => DataShape::Unpaired,
+            Rows::Ranked(_) => DataShape::Ranked,
+        };
+        if shape != wanted {
+            return Err(LabError::param("loss", format!("{} takes {shape:?} data, but the batch's rows are {wanted:?}", self.mix.name())));
+        }
+        match self.rows {
+            Rows::Pairs if rows == 0 || !rows.is_multiple_of(2) => {
+                return Err(LabError::shape(format!("a step on pairs needs an even, non-zero number of rows (P chosen, then P rejected), got {rows}")));
+            }
+            Rows::Unpaired(desirable) if desirable.len() != rows || rows == 0 => {
+                return Err(LabError::shape(format!("{} desirable flags for a batch of {rows} rows", desirable.len())));
+            }
+            Rows::Ranked(sizes) if sizes.iter().sum::<usize>() != rows || sizes.is_empty() || sizes.iter().any(|&k| k < 2) => {
+                return Err(LabError::shape(format!("ranked lists of sizes {sizes:?} (each at least 2) for a batch of {rows} rows")));
+            }
+            _ => {}
         }
         for (name, values) in [("reference", self.reference), ("lengths", self.lengths)] {
             if values.len() != rows {
@@ -131,15 +162,15 @@ impl PairedLoss<'_> {
                 return Err(LabError::param(name, format!("row {i} is {}; every value must be finite (and a length > 0)", values[i])));
             }
         }
-        self.mix.data_shape()?;
         for &(kind, _) in &self.mix.terms {
             self.params.validate(kind)?;
         }
         Ok(())
     }
 
-    /// The loss on the policy's (2P) sequence log-probs, in f64, by `mixed_loss`.
-    pub fn evaluate(&self, seq_logps: &[f64]) -> Result<crate::loss::LossOut> {
+    /// A paired loss ([`Rows::Pairs`]) on the policy's (2P) sequence log-probs, in f64, by
+    /// `mixed_loss`.
+    pub fn paired(&self, seq_logps: &[f64]) -> Result<LossOut> {
         let p = seq_logps.len() / 2;
         let x = PairLogps {
             policy_chosen: &seq_logps[..p],
@@ -152,6 +183,28 @@ impl PairedLoss<'_> {
         mixed_loss(self.mix, self.params, &x)
     }
 
+    /// KTO ([`Rows::Unpaired`]) on the policy's sequence log-probs, in f64.
+    pub fn unpaired(&self, seq_logps: &[f64]) -> Result<UnpairedLossOut> {
+        let Rows::Unpaired(desirable) = self.rows else {
+            return Err(LabError::param("loss", "the batch's rows are not unpaired examples"));
+        };
+        kto_loss(self.params, &UnpairedLogps { policy: seq_logps, reference: self.reference, lengths: self.lengths, desirable })
+    }
+
+    /// Plackett–Luce ([`Rows::Ranked`]) on the policy's sequence log-probs, in f64; also
+    /// returns the policy's log-probs split into the lists.
+    pub fn ranked(&self, seq_logps: &[f64]) -> Result<(RankedLossOut, Vec<Vec<f64>>)> {
+        let Rows::Ranked(sizes) = self.rows else {
+            return Err(LabError::param("loss", "the batch's rows are not ranked lists"));
+        };
+        let split = |values: &[f64]| {
+            let mut at = 0;
+            sizes.iter().map(|&k| { at += k; values[at - k..at].to_vec() }).collect::<Vec<Vec<f64>>>()
+        };
+        let (policy, reference) = (split(seq_logps), split(self.reference));
+        Ok((plackett_luce_loss(self.params, &RankedLogps { policy: &policy, reference: &reference })?, policy))
+    }
+
     /// d(loss)/d(seq_logp) per row for the backward; an error naming the step when the loss
     /// or its gradient is not finite (the step must then leave the model as it was).
     pub fn gradient(&self, seq_logps: &[f32], opt: &AdamWConfig, step: u32) -> Result<Vec<f32>> {
@@ -160,18 +213,31 @@ impl PairedLoss<'_> {
             return Err(not_finite(step, opt));
         }
         let logps: Vec<f64> = seq_logps.iter().map(|&v| f64::from(v)).collect();
-        let out = self.evaluate(&logps)?;
-        let d: Vec<f32> = out.d_policy_chosen.iter().chain(&out.d_policy_rejected).map(|&d| d as f32).collect();
-        if !out.loss.is_finite() || d.iter().any(|v| !v.is_finite()) {
+        let (loss, d): (f64, Vec<f64>) = match self.rows {
+            Rows::Pairs => {
+                let out = self.paired(&logps)?;
+                (out.loss, out.d_policy_chosen.into_iter().chain(out.d_policy_rejected).collect())
+            }
+            Rows::Unpaired(_) => {
+                let out = self.unpaired(&logps)?;
+                (out.loss, out.d_policy)
+            }
+            Rows::Ranked(_) => {
+                let out = self.ranked(&logps)?.0;
+                (out.loss, out.d_policy.into_iter().flatten().collect())
+            }
+        };
+        let d: Vec<f32> = d.into_iter().map(|v| v as f32).collect();
+        if !loss.is_finite() || d.iter().any(|v| !v.is_finite()) {
             return Err(not_finite(step, opt));
         }
         Ok(d)
     }
 }
 
-/// [`Engine::paired_step`] with the loss on the CPU: forward, [`PairedLoss::gradient`],
+/// [`Engine::train_step`] with the loss on the CPU: forward, [`StepLoss::gradient`],
 /// backward, AdamW (the trait's default, and an engine's fallback).
-pub fn paired_step_in_parts<E: Engine + ?Sized>(engine: &mut E, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+pub fn train_step_in_parts<E: Engine + ?Sized>(engine: &mut E, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
     loss.check(batch.batch)?;
     let out = engine.forward(batch)?;
     let d = loss.gradient(&out.seq_logps, opt, step)?;
@@ -180,8 +246,8 @@ pub fn paired_step_in_parts<E: Engine + ?Sized>(engine: &mut E, batch: &TokenBat
     Ok(out)
 }
 
-/// [`paired_step_in_parts`] on the engine's awaitable forward.
-pub fn paired_step_in_parts_async<'a, E: Engine + ?Sized>(engine: &'a mut E, batch: &'a TokenBatch, loss: &'a PairedLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+/// [`train_step_in_parts`] on the engine's awaitable forward.
+pub fn train_step_in_parts_async<'a, E: Engine + ?Sized>(engine: &'a mut E, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
     Box::pin(async move {
         loss.check(batch.batch)?;
         let out = engine.forward_async(batch).await?;
@@ -225,19 +291,18 @@ pub trait Engine {
     /// One AdamW update from the current gradients; `step` counts from 1.
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()>;
 
-    /// One training step on a batch of pairs (rows: P chosen, then P rejected): forward,
-    /// the loss's gradient, backward and AdamW; returns the forward's outputs (the
-    /// log-probs before the update). By default the loss is evaluated on the CPU between
-    /// `forward` and `backward`; the GPU engine evaluates it on the device, so that the
-    /// whole step is one submission. A non-finite loss is an error ([`not_finite`]) and
-    /// leaves the model and the optimizer as they were.
-    fn paired_step(&mut self, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
-        paired_step_in_parts(self, batch, loss, opt, step)
+    /// One training step: forward, the loss's gradient, backward and AdamW; returns the
+    /// forward's outputs (the log-probs before the update). By default the loss is
+    /// evaluated on the CPU between `forward` and `backward`; the GPU engine evaluates it on
+    /// the device, so that the whole step is one submission. A non-finite loss is an error
+    /// ([`not_finite`]) and leaves the model and the optimizer as they were.
+    fn train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+        train_step_in_parts(self, batch, loss, opt, step)
     }
 
-    /// [`Engine::paired_step`], awaitable.
-    fn paired_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a PairedLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
-        paired_step_in_parts_async(self, batch, loss, opt, step)
+    /// [`Engine::train_step`], awaitable.
+    fn train_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+        train_step_in_parts_async(self, batch, loss, opt, step)
     }
 
     /// [`Engine::forward`], awaitable (the only way to read a GPU result in the browser).
@@ -287,11 +352,11 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
         (**self).adamw_step(opt, step)
     }
-    fn paired_step(&mut self, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
-        (**self).paired_step(batch, loss, opt, step)
+    fn train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+        (**self).train_step(batch, loss, opt, step)
     }
-    fn paired_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a PairedLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
-        (**self).paired_step_async(batch, loss, opt, step)
+    fn train_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+        (**self).train_step_async(batch, loss, opt, step)
     }
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
         (**self).forward_async(batch)

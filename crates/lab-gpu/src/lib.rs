@@ -6,19 +6,19 @@
 //! [`kernels`] turns them into pipelines, [`plan`] records every dispatch of one batch
 //! shape once, and [`setup`] finds an adapter and turns wgpu's failures into errors.
 //!
-//! A training step on pairs ([`Engine::paired_step`], what `lab-train` runs for every paired
-//! loss) is one queue submission and one GPU→CPU readback: the forward, loss.wgsl's
-//! gradient of the loss w.r.t. the sequence log-probs, the backward and AdamW, then one
-//! copy of the forward's outputs (the (B, T) token log-probs and the (B) sums, from which
-//! the CPU computes the loss and the metrics). [`GpuEngine::paired_step_submit`] lets the
-//! next step be submitted before a step's readback is waited for. A step in parts (the
-//! unpaired and ranked losses) costs two submissions and one readback: `forward` submits
-//! and reads back; `backward` records its pass without submitting, and `adamw_step`
-//! appends the optimizer pass and submits both. Nothing is allocated per step once a batch
+//! A training step ([`Engine::train_step`], what `lab-train` runs for every loss of the
+//! zoo) is one queue submission and one GPU→CPU readback: the forward, loss.wgsl's gradient
+//! of the loss w.r.t. the sequence log-probs, the backward and AdamW, then one copy of the
+//! forward's outputs (the (B, T) token log-probs and the (B) sums, from which the CPU
+//! computes the loss and the metrics). [`GpuEngine::train_step_submit`] lets the next step
+//! be submitted before a step's readback is waited for. A step in parts (the calls one by
+//! one, or a mix of more than eight terms) costs two submissions and one readback:
+//! `forward` submits and reads back; `backward` records its pass without submitting, and
+//! `adamw_step` appends the optimizer pass and submits both. Nothing is allocated per step once a batch
 //! shape has been seen.
 //!
 //! Every readback has a synchronous form (the `Engine` calls, native only: they block on
-//! `device.poll`) and an awaitable one (`forward_async`, `paired_step_async`,
+//! `device.poll`) and an awaitable one (`forward_async`, `train_step_async`,
 //! `hidden_states_async`, `params_async`: the browser's only way), recorded and counted
 //! identically.
 
@@ -30,7 +30,7 @@ pub mod timing;
 pub use kernels::ShaderChecks;
 use kernels::{Kernel, Pipelines};
 use lab_core::config::GptConfig;
-use lab_core::engine::{not_finite, AdamWConfig, Engine, EngineFuture, ForwardOut, PairedLoss, TokenBatch};
+use lab_core::engine::{not_finite, AdamWConfig, Engine, EngineFuture, ForwardOut, Rows, StepLoss, TokenBatch};
 use lab_core::loss::LossKind;
 use lab_core::error::{LabError, Result};
 pub use plan::GemmTiles;
@@ -47,9 +47,9 @@ const LOSS_UNIFORM_BYTES: u64 = 128;
 /// mix takes the step in parts, its loss on the CPU.
 const LOSS_MAX_TERMS: usize = 8;
 
-/// loss.wgsl's code for a paired loss kind; `None` for the kinds of other data shapes.
-fn loss_code(kind: LossKind) -> Option<u32> {
-    Some(match kind {
+/// loss.wgsl's code for a loss kind.
+fn loss_code(kind: LossKind) -> u32 {
+    match kind {
         LossKind::Sigmoid | LossKind::Dove => 0,
         LossKind::Hinge => 1,
         LossKind::Ipo => 2,
@@ -69,13 +69,14 @@ fn loss_code(kind: LossKind) -> Option<u32> {
         LossKind::Simpo => 16,
         LossKind::Cpo => 17,
         LossKind::Orpo => 18,
-        LossKind::Kto | LossKind::PlackettLuce => return None,
-    })
+        LossKind::Kto => 19,
+        LossKind::PlackettLuce => 20,
+    }
 }
 
-/// Whether loss.wgsl evaluates `loss` (else a paired step runs in parts).
-fn on_device(loss: &PairedLoss) -> bool {
-    loss.mix.terms.len() <= LOSS_MAX_TERMS && loss.mix.terms.iter().all(|&(kind, _)| loss_code(kind).is_some())
+/// Whether loss.wgsl evaluates `loss` (else the step runs in parts, the loss on the CPU).
+fn on_device(loss: &StepLoss) -> bool {
+    loss.mix.terms.len() <= LOSS_MAX_TERMS
 }
 
 /// The next engine's device key (see `GpuEngine::device_key`).
@@ -102,10 +103,10 @@ pub struct GpuEngine {
     dummy: wgpu::Buffer,
     /// AdamW's step-dependent scalars (adamw.wgsl `Hyper`), written each step.
     hyper: wgpu::Buffer,
-    /// loss.wgsl's uniform (written each paired step) and status word (read by AdamW).
+    /// loss.wgsl's uniform (written each training step) and status word (read by AdamW).
     loss: LossBuffers,
-    /// Paired steps so far: which of the plan's two step staging buffers is next.
-    paired_steps: u64,
+    /// Training steps so far: which of the plan's two step staging buffers is next.
+    device_steps: u64,
     adamw: Dispatch,
     /// Most recently used last.
     plans: Vec<Plan>,
@@ -153,7 +154,7 @@ pub struct PendingForward {
     seq_len: usize,
 }
 
-/// A paired step submitted by [`GpuEngine::paired_step_submit`], not yet read.
+/// A training step submitted by [`GpuEngine::train_step_submit`], not yet read.
 #[cfg(not(target_arch = "wasm32"))]
 pub struct PendingStep {
     in_flight: setup::InFlight,
@@ -163,7 +164,7 @@ pub struct PendingStep {
     step: u32,
 }
 
-/// How often the engine has synchronised with the GPU: a paired step costs one submission
+/// How often the engine has synchronised with the GPU: a training step costs one submission
 /// and one readback, a step in parts two submissions (forward; backward + AdamW) and one
 /// readback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +211,7 @@ impl GpuEngine {
         let hyper = device.create_buffer(&wgpu::BufferDescriptor { label: Some("adamw hyper"), size: 64, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
         let loss = LossBuffers {
             uniform: device.create_buffer(&wgpu::BufferDescriptor { label: Some("loss uniform"), size: LOSS_UNIFORM_BYTES, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false }),
-            // zero: no paired step has failed
+            // zero: no training step has failed
             status: device.create_buffer(&wgpu::BufferDescriptor { label: Some("loss status"), size: 16, usage, mapped_at_creation: false }),
         };
         let layout = pipelines.get(Kernel::AdamW).get_bind_group_layout(0);
@@ -245,7 +246,7 @@ impl GpuEngine {
             dummy,
             hyper,
             loss,
-            paired_steps: 0,
+            device_steps: 0,
             adamw,
             plans: Vec::new(),
             tiles: GemmTiles::default(),
@@ -261,7 +262,7 @@ impl GpuEngine {
 
     /// Another engine of this configuration on this engine's device and queue, with
     /// `params` and the same GEMM tiles and kernel checks: the reference whose forward a
-    /// [`GpuEngine::paired_step_submit`] can record into the policy's step.
+    /// [`GpuEngine::train_step_submit`] can record into the policy's step.
     pub fn sibling(&self, params: Vec<f32>) -> Result<GpuEngine> {
         let mut engine = GpuEngine::with_checks(self.device.clone(), self.queue.clone(), self.cfg, params, self.checks)?;
         engine.tiles = self.tiles;
@@ -502,35 +503,35 @@ impl GpuEngine {
         Ok(Self::forward_out(pending.batch, pending.seq_len, out))
     }
 
-    /// Record a whole paired step into one encoder (not submitted): the forward (and, given
+    /// Record a whole training step into one encoder (not submitted): the forward (and, given
     /// `reference`, that sibling's forward of the same batch, its sequence log-probs copied
     /// into the loss's inputs), loss.wgsl's gradient, the backward and AdamW in one pass,
     /// and the copy of [out | loss status | reference] into the next step staging buffer.
     /// `loss` must be [`on_device`].
-    fn record_paired_step(&mut self, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32, reference: Option<&mut GpuEngine>) -> Result<Readback> {
+    fn record_train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32, reference: Option<&mut GpuEngine>) -> Result<Readback> {
         loss.check(batch.batch)?;
         self.flush();
         if let Some(r) = &reference {
             if r.device_key != self.device_key {
-                return Err(LabError::Engine { msg: "a paired step's reference engine must be on the policy's device: make it with GpuEngine::sibling".into() });
+                return Err(LabError::Engine { msg: "a training step's reference engine must be on the policy's device: make it with GpuEngine::sibling".into() });
             }
         }
-        let (b, pairs) = (batch.batch, batch.batch / 2);
+        let b = batch.batch;
         let mut kinds = [0u32; LOSS_MAX_TERMS];
         let mut weights = [0f32; LOSS_MAX_TERMS];
         for (t, &(kind, weight)) in loss.mix.terms.iter().enumerate() {
-            kinds[t] = loss_code(kind).ok_or_else(|| LabError::param("loss", format!("{kind} is not a paired loss")))?;
+            kinds[t] = loss_code(kind);
             weights[t] = weight as f32;
         }
         let p = loss.params;
         let exo_shift = p.exo_epsilon.ln() - (-p.exo_epsilon).ln_1p();
-        let mut uniform: Vec<u32> = vec![pairs as u32, loss.mix.terms.len() as u32, (b * batch.seq_len) as u32, 0];
+        let mut uniform: Vec<u32> = vec![b as u32, loss.mix.terms.len() as u32, (b * batch.seq_len) as u32, 0];
         uniform.extend(kinds);
         uniform.extend(weights.map(f32::to_bits));
-        let scalars = [p.beta, p.label_smoothing, p.simpo_gamma, p.discopop_tau, exo_shift, p.cpo_alpha, 0.0, 0.0];
+        let scalars = [p.beta, p.label_smoothing, p.simpo_gamma, p.discopop_tau, exo_shift, p.cpo_alpha, p.kto_desirable_weight, p.kto_undesirable_weight];
         uniform.extend(scalars.map(|v| (v as f32).to_bits()));
         self.write_hyper(opt, step)?;
-        let mut encoder = self.encoder("paired step");
+        let mut encoder = self.encoder("training step");
         let reference_out = match reference {
             Some(r) => {
                 let i = r.forward_into(batch, &mut encoder)?;
@@ -541,8 +542,27 @@ impl GpuEngine {
         let i = self.forward_into(batch, &mut encoder)?;
         let plan = &self.plans[i];
         self.queue.write_buffer(&self.loss.uniform, 0, bytemuck::cast_slice(&uniform));
-        let lengths: Vec<f32> = loss.lengths.iter().map(|&v| v as f32).collect();
-        self.queue.write_buffer(&plan.given, (b * 4) as u64, bytemuck::cast_slice(&lengths));
+        // [lengths | labels]: a desirable flag (KTO), a list's first and end row (Plackett–Luce)
+        let mut rest: Vec<f32> = loss.lengths.iter().map(|&v| v as f32).collect();
+        rest.resize(3 * b, 0.0);
+        match loss.rows {
+            Rows::Pairs => {}
+            Rows::Unpaired(desirable) => {
+                for (r, &d) in desirable.iter().enumerate() {
+                    rest[b + r] = f32::from(u8::from(d));
+                }
+            }
+            Rows::Ranked(sizes) => {
+                let mut start = 0;
+                for &k in sizes {
+                    for r in start..start + k {
+                        (rest[b + r], rest[2 * b + r]) = (start as f32, (start + k) as f32);
+                    }
+                    start += k;
+                }
+            }
+        }
+        self.queue.write_buffer(&plan.given, (b * 4) as u64, bytemuck::cast_slice(&rest));
         match &reference_out {
             // the reference's sequence log-probs follow its (B, T) token log-probs
             Some(out) => encoder.copy_buffer_to_buffer(out, (b * batch.seq_len * 4) as u64, &plan.given, 0, Some((b * 4) as u64)),
@@ -551,21 +571,20 @@ impl GpuEngine {
                 self.queue.write_buffer(&plan.given, 0, bytemuck::cast_slice(&given));
             }
         }
-        let gradient = plan.loss.as_ref().ok_or_else(|| LabError::shape(format!("a paired step needs an even number of rows, got {b}")))?;
-        record_pass(&mut encoder, &self.pipelines, "loss, backward, adamw", std::iter::once(gradient).chain(&plan.backward).chain([&self.adamw]));
+        record_pass(&mut encoder, &self.pipelines, "loss, backward, adamw", std::iter::once(&plan.loss).chain(&plan.backward).chain([&self.adamw]));
         let len = plan.out_len();
-        let staging = plan.step_staging[(self.paired_steps % 2) as usize].clone();
+        let staging = plan.step_staging[(self.device_steps % 2) as usize].clone();
         encoder.copy_buffer_to_buffer(&plan.out, 0, &staging, 0, Some((len * 4) as u64));
         encoder.copy_buffer_to_buffer(&self.loss.status, 0, &staging, (len * 4) as u64, Some(4));
         encoder.copy_buffer_to_buffer(&plan.given, 0, &staging, ((len + 1) * 4) as u64, Some((b * 4) as u64));
-        self.paired_steps += 1;
+        self.device_steps += 1;
         self.count(true);
         Ok(Readback { encoder, staging, len: len + 1 + b })
     }
 
-    /// A paired step's readback, [out | loss status | reference], as the step's outputs and
+    /// A training step's readback, [out | loss status | reference], as the step's outputs and
     /// the reference log-probs it used, or its error.
-    fn paired_out(batch: usize, seq_len: usize, mut out: Vec<f32>, opt: &AdamWConfig, step: u32) -> Result<(ForwardOut, Vec<f32>)> {
+    fn step_out(batch: usize, seq_len: usize, mut out: Vec<f32>, opt: &AdamWConfig, step: u32) -> Result<(ForwardOut, Vec<f32>)> {
         let reference = out.split_off(out.len() - batch);
         if out.pop().map(f32::to_bits) != Some(0) {
             return Err(not_finite(step, opt));
@@ -573,30 +592,30 @@ impl GpuEngine {
         Ok((Self::forward_out(batch, seq_len, out), reference))
     }
 
-    /// [`Engine::paired_step`] in two halves (native): submit now, read with
-    /// [`GpuEngine::paired_step_finish`] later, so that the next step can be submitted before
+    /// [`Engine::train_step`] in two halves (native): submit now, read with
+    /// [`GpuEngine::train_step_finish`] later, so that the next step can be submitted before
     /// this one is read and the GPU never waits for the CPU between steps (PyTorch's eager
     /// step does not wait either). With `reference`, a [`GpuEngine::sibling`] of this
     /// engine, its forward of the batch (recorded into the same submission) gives the
     /// reference log-probs and `loss.reference` is not read. At most two steps may be in
     /// flight (two staging buffers). One submission and one readback a step. `loss` must
-    /// have at most eight terms, all paired.
+    /// have at most eight terms.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn paired_step_submit(&mut self, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32, reference: Option<&mut GpuEngine>) -> Result<PendingStep> {
+    pub fn train_step_submit(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32, reference: Option<&mut GpuEngine>) -> Result<PendingStep> {
         if !on_device(loss) {
-            return Err(LabError::param("loss", format!("{} does not run on the GPU (paired kinds, at most {LOSS_MAX_TERMS} terms)", loss.mix.name())));
+            return Err(LabError::param("loss", format!("{} does not run on the GPU (at most {LOSS_MAX_TERMS} terms)", loss.mix.name())));
         }
-        let r = self.record_paired_step(batch, loss, opt, step, reference)?;
+        let r = self.record_train_step(batch, loss, opt, step, reference)?;
         let in_flight = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
         Ok(PendingStep { in_flight, batch: batch.batch, seq_len: batch.seq_len, opt: *opt, step })
     }
 
-    /// Wait for a [`GpuEngine::paired_step_submit`] and return its forward's outputs and
+    /// Wait for a [`GpuEngine::train_step_submit`] and return its forward's outputs and
     /// the (B) reference log-probs its loss used.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn paired_step_finish(&self, pending: PendingStep) -> Result<(ForwardOut, Vec<f32>)> {
+    pub fn train_step_finish(&self, pending: PendingStep) -> Result<(ForwardOut, Vec<f32>)> {
         let out = setup::finish_read::<f32>(&self.device, &self.faults, pending.in_flight)?;
-        Self::paired_out(pending.batch, pending.seq_len, out, &pending.opt, pending.step)
+        Self::step_out(pending.batch, pending.seq_len, out, &pending.opt, pending.step)
     }
 
     /// Split the plan's output buffer: [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)].
@@ -628,10 +647,10 @@ impl GpuEngine {
         self.write_hyper(opt, step)?;
         let plan = &self.plans[i];
         self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
-        // a paired step's launches; the loss gradient told of no pairs, so that d_seq stays
+        // a training step's launches; the loss gradient told of no rows, so that d_seq stays
         // as written and the status clear
         self.queue.write_buffer(&self.loss.uniform, 0, &[0; 16]);
-        let dispatches: Vec<&Dispatch> = plan.forward.iter().chain(&plan.loss).chain(&plan.backward).chain(std::iter::once(&self.adamw)).collect();
+        let dispatches: Vec<&Dispatch> = plan.forward.iter().chain(std::iter::once(&plan.loss)).chain(&plan.backward).chain(std::iter::once(&self.adamw)).collect();
         let profile = timing::profile(&self.device, &self.queue, &self.faults, &self.pipelines, &dispatches, method)?;
         Ok(Some(profile))
     }
@@ -744,7 +763,7 @@ impl Engine for GpuEngine {
             Some(Pending::Finished(buffer)) => (Some(buffer), self.encoder("adamw")),
             None => (None, self.encoder("adamw")),
         };
-        // a step outside `paired_step` has no loss status: clear a failed paired step's
+        // a step outside `train_step` has no loss status: clear a failed training step's
         encoder.clear_buffer(&self.loss.status, 0, None);
         record_pass(&mut encoder, &self.pipelines, "adamw", std::slice::from_ref(&self.adamw));
         self.count(false);
@@ -754,23 +773,23 @@ impl Engine for GpuEngine {
 
     /// The whole step in one submission, loss.wgsl evaluating the loss's gradient (mixes of
     /// more than eight terms take the step in parts).
-    fn paired_step(&mut self, batch: &TokenBatch, loss: &PairedLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+    fn train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
         if !on_device(loss) {
-            return lab_core::engine::paired_step_in_parts(self, batch, loss, opt, step);
+            return lab_core::engine::train_step_in_parts(self, batch, loss, opt, step);
         }
-        let r = self.record_paired_step(batch, loss, opt, step, None)?;
+        let r = self.record_train_step(batch, loss, opt, step, None)?;
         let out = self.read(r)?;
-        Ok(Self::paired_out(batch.batch, batch.seq_len, out, opt, step)?.0)
+        Ok(Self::step_out(batch.batch, batch.seq_len, out, opt, step)?.0)
     }
 
-    fn paired_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a PairedLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+    fn train_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
         if !on_device(loss) {
-            return lab_core::engine::paired_step_in_parts_async(self, batch, loss, opt, step);
+            return lab_core::engine::train_step_in_parts_async(self, batch, loss, opt, step);
         }
         Box::pin(async move {
-            let r = self.record_paired_step(batch, loss, opt, step, None)?;
+            let r = self.record_train_step(batch, loss, opt, step, None)?;
             let out = self.read_async(r).await?;
-            Ok(Self::paired_out(batch.batch, batch.seq_len, out, opt, step)?.0)
+            Ok(Self::step_out(batch.batch, batch.seq_len, out, opt, step)?.0)
         })
     }
 

@@ -17,7 +17,7 @@ use wgpu::util::DeviceExt;
 const UNIFORM_STRIDE: u64 = 256;
 
 /// The engine's buffers a plan's loss dispatch binds: loss.wgsl's uniform (written each
-/// paired step) and its status word (which adamw.wgsl reads).
+/// training step) and its status word (which adamw.wgsl reads).
 pub struct LossBuffers {
     pub uniform: wgpu::Buffer,
     pub status: wgpu::Buffer,
@@ -589,13 +589,13 @@ pub struct Plan {
     pub out: wgpu::Buffer,
     /// MAP_READ twin of `out`: a forward's one readback.
     pub staging: wgpu::Buffer,
-    /// [reference (B) | lengths (B)], the loss's inputs besides the policy's log-probs
-    /// (loss.wgsl `given`), written each paired step.
+    /// [reference (B) | lengths (B) | labels (2B)], the loss's inputs besides the policy's
+    /// log-probs (loss.wgsl `given`), written each training step.
     pub given: wgpu::Buffer,
-    /// loss.wgsl's `gradient` into `d_seq` (B even: P pairs), run between the forward and
-    /// the backward of a paired step.
-    pub loss: Option<Dispatch>,
-    /// MAP_READ buffers for [out | loss status | reference (B)] of paired steps, used in
+    /// loss.wgsl's `gradient` into `d_seq`, run between the forward and the backward of a
+    /// training step.
+    pub loss: Dispatch,
+    /// MAP_READ buffers for [out | loss status | reference (B)] of training steps, used in
     /// turn so that one step's readback can wait while the next step is submitted.
     pub step_staging: [wgpu::Buffer; 2],
     /// (B, T, V)
@@ -669,7 +669,7 @@ impl Plan {
         };
         let staging = map_read("out staging", out_len);
         let step_staging = [map_read("step staging 0", out_len + 1 + b), map_read("step staging 1", out_len + 1 + b)];
-        let given = make("loss inputs", 2 * b)?;
+        let given = make("loss inputs", 4 * b)?;
 
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
         let dummy_rw = make("unused aux", 1)?;
@@ -838,8 +838,8 @@ impl Plan {
                 forward.push(dispatch);
             }
         }
-        // the paired loss's gradient: its uniform is the engine's, written each step
-        let loss = b.is_multiple_of(2).then(|| {
+        // the loss's gradient: its uniform is the engine's, written each step
+        let loss = {
             let layout = pipelines.get(Kernel::LossGradient).get_bind_group_layout(0);
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("loss gradient"),
@@ -854,7 +854,7 @@ impl Plan {
             });
             // one workgroup of 64 (loss.wgsl)
             Dispatch { kernel: Kernel::LossGradient, bind_group, groups: [1, 1, 1] }
-        });
+        };
         Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, step_staging, logits, lnf, forward, backward, _uniforms: uniforms })
     }
 }

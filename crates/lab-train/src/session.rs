@@ -7,9 +7,9 @@
 //! completes because every blocking call's result is at hand.
 
 use crate::examples::{EncodedRow, Examples};
-use lab_core::engine::{not_finite, AdamWConfig, Engine, ForwardOut, PairedLoss, TokenBatch};
+use lab_core::engine::{AdamWConfig, Engine, ForwardOut, Rows, StepLoss, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
-use lab_core::loss::{self, DataShape, LossMix, LossParams, RankedLogps, UnpairedLogps};
+use lab_core::loss::{DataShape, LossMix, LossParams};
 use lab_core::metrics;
 use lab_core::rng::Rng;
 use lab_core::data::Record;
@@ -225,10 +225,10 @@ impl Drive {
         }
     }
 
-    async fn paired_step<E: Engine>(self, engine: &mut E, batch: &TokenBatch, loss: &PairedLoss<'_>, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+    async fn train_step<E: Engine>(self, engine: &mut E, batch: &TokenBatch, loss: &StepLoss<'_>, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
         match self {
-            Drive::Blocking => engine.paired_step(batch, loss, opt, step),
-            Drive::Async => engine.paired_step_async(batch, loss, opt, step).await,
+            Drive::Blocking => engine.train_step(batch, loss, opt, step),
+            Drive::Async => engine.train_step_async(batch, loss, opt, step).await,
         }
     }
 
@@ -427,72 +427,63 @@ impl<E: Engine> Session<E> {
 
     async fn run_step(&mut self, drive: Drive) -> Result<StepRecord> {
         let picked = self.next_batch();
-        // A paired loss: the engine takes the whole step (the GPU engine evaluates the loss's
-        // gradient on the device) and the record is computed from the step's log-probs. The
-        // other shapes: forward, the loss here, then backward and AdamW below.
-        let (d_seq_logps, record) = match self.shape {
+        // The batch's rows in engine order: TRL concatenates all chosen rows, then all
+        // rejected rows; an unpaired batch is one row per example; a ranked one its lists
+        // one after another, best first.
+        let rows: Vec<usize> = match self.shape {
             DataShape::Paired => {
-                // TRL concatenates all chosen rows, then all rejected rows.
                 let chosen = picked.iter().map(|&g| self.groups[g].rows.start);
-                let rejected = picked.iter().map(|&g| self.groups[g].rows.start + 1);
-                let rows: Vec<usize> = chosen.chain(rejected).collect();
-                let batch = self.batch_of_rows(&rows)?;
-                let reference: Vec<f64> = rows.iter().map(|&r| self.reference_logps[r]).collect();
-                let lengths = self.lengths(&rows);
-                let loss = PairedLoss { mix: &self.config.loss, params: &self.config.params, reference: &reference, lengths: &lengths };
-                let step = self.steps_done + 1;
-                let out = drive.paired_step(&mut self.engine, &batch, &loss, &self.config.optimizer, step).await?;
-                let logps: Vec<f64> = out.seq_logps.iter().map(|&v| f64::from(v)).collect();
-                let lo = loss.evaluate(&logps)?;
+                chosen.chain(picked.iter().map(|&g| self.groups[g].rows.start + 1)).collect()
+            }
+            DataShape::Unpaired => picked.iter().map(|&g| self.groups[g].rows.start).collect(),
+            DataShape::Ranked => picked.iter().flat_map(|&g| self.groups[g].rows.clone()).collect(),
+        };
+        let desirable: Vec<bool> = picked.iter().map(|&g| self.groups[g].desirable).collect();
+        let sizes: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.len()).collect();
+        let batch = self.batch_of_rows(&rows)?;
+        let reference: Vec<f64> = rows.iter().map(|&r| self.reference_logps[r]).collect();
+        let lengths = self.lengths(&rows);
+        let loss = StepLoss {
+            mix: &self.config.loss,
+            params: &self.config.params,
+            rows: match self.shape {
+                DataShape::Paired => Rows::Pairs,
+                DataShape::Unpaired => Rows::Unpaired(&desirable),
+                DataShape::Ranked => Rows::Ranked(&sizes),
+            },
+            reference: &reference,
+            lengths: &lengths,
+        };
+        let step = self.steps_done + 1;
+        // the engine takes the whole step (the GPU engine evaluates the loss's gradient on
+        // the device); the record is computed here, in f64, from the step's log-probs
+        let out = drive.train_step(&mut self.engine, &batch, &loss, &self.config.optimizer, step).await?;
+        let logps: Vec<f64> = out.seq_logps.iter().map(|&v| f64::from(v)).collect();
+        let mut record = match self.shape {
+            DataShape::Paired => {
+                let lo = loss.paired(&logps)?;
                 let (pc, pr) = logps.split_at(picked.len());
                 let accuracy = pairwise_accuracy(&lo.chosen_rewards, &lo.rejected_rewards);
-                (None, StepRecord::from_batch(step, lo.loss, [&lo.chosen_rewards, &lo.rejected_rewards], accuracy, [pc, pr]))
+                StepRecord::from_batch(step, lo.loss, [&lo.chosen_rewards, &lo.rejected_rewards], accuracy, [pc, pr])
             }
             DataShape::Unpaired => {
-                let rows: Vec<usize> = picked.iter().map(|&g| self.groups[g].rows.start).collect();
-                let out = self.forward_rows(&rows, drive).await?;
-                let reference: Vec<f64> = rows.iter().map(|&r| self.reference_logps[r]).collect();
-                let desirable: Vec<bool> = picked.iter().map(|&g| self.groups[g].desirable).collect();
-                let lengths = self.lengths(&rows);
-                let x = UnpairedLogps { policy: &out, reference: &reference, lengths: &lengths, desirable: &desirable };
-                let lo = loss::kto_loss(&self.config.params, &x)?;
+                let lo = loss.unpaired(&logps)?;
                 let side = |want: bool, values: &[f64]| values.iter().zip(&desirable).filter(|(_, &d)| d == want).map(|(v, _)| *v).collect::<Vec<f64>>();
                 let (rewards_chosen, rewards_rejected) = (side(true, &lo.rewards), side(false, &lo.rewards));
                 // Unpaired: accurate when desirable examples out-reward undesirable ones on average.
                 let accuracy = f64::from(u8::from(metrics::mean(&rewards_chosen) > metrics::mean(&rewards_rejected)));
-                let record = StepRecord::from_batch(self.steps_done + 1, lo.loss, [&rewards_chosen, &rewards_rejected], accuracy, [&side(true, &out), &side(false, &out)]);
-                (Some(lo.d_policy.iter().map(|&d| d as f32).collect::<Vec<f32>>()), record)
+                StepRecord::from_batch(step, lo.loss, [&rewards_chosen, &rewards_rejected], accuracy, [&side(true, &logps), &side(false, &logps)])
             }
             DataShape::Ranked => {
-                let rows: Vec<usize> = picked.iter().flat_map(|&g| self.groups[g].rows.clone()).collect();
-                let out = self.forward_rows(&rows, drive).await?;
-                let mut policy = Vec::new();
-                let mut reference = Vec::new();
-                let mut offset = 0;
-                for &g in &picked {
-                    let range = self.groups[g].rows.clone();
-                    policy.push(out[offset..offset + range.len()].to_vec());
-                    reference.push(self.reference_logps[range.clone()].to_vec());
-                    offset += range.len();
-                }
-                let lo = loss::plackett_luce_loss(&self.config.params, &RankedLogps { policy: &policy, reference: &reference })?;
+                let (lo, policy) = loss.ranked(&logps)?;
                 // Report the best vs the worst response of each list as chosen vs rejected.
                 let best: Vec<f64> = lo.rewards.iter().map(|r| r[0]).collect();
                 let worst: Vec<f64> = lo.rewards.iter().map(|r| r[r.len() - 1]).collect();
                 let logps_best: Vec<f64> = policy.iter().map(|p| p[0]).collect();
                 let logps_worst: Vec<f64> = policy.iter().map(|p| p[p.len() - 1]).collect();
-                let record = StepRecord::from_batch(self.steps_done + 1, lo.loss, [&best, &worst], pairwise_accuracy(&best, &worst), [&logps_best, &logps_worst]);
-                (Some(lo.d_policy.iter().flatten().map(|&d| d as f32).collect::<Vec<f32>>()), record)
+                StepRecord::from_batch(step, lo.loss, [&best, &worst], pairwise_accuracy(&best, &worst), [&logps_best, &logps_worst])
             }
         };
-        let mut record = record;
-        if let Some(d_seq_logps) = d_seq_logps {
-            if !record.loss.is_finite() {
-                return Err(not_finite(record.step, &self.config.optimizer));
-            }
-            self.engine.backward(&d_seq_logps)?;
-            self.engine.adamw_step(&self.config.optimizer, record.step)?;
-        }
         self.steps_done += 1;
         record.eval = if self.steps_done.is_multiple_of(self.eval_every()) || self.steps_done == self.config.final_step {
             self.run_evaluate(drive).await?
@@ -505,13 +496,6 @@ impl<E: Engine> Session<E> {
     fn batch_of_rows(&self, rows: &[usize]) -> Result<TokenBatch> {
         let refs: Vec<&EncodedRow> = rows.iter().map(|&r| &self.rows[r]).collect();
         batch_of(&refs)
-    }
-
-    /// Forward the given rows as one batch (kept for the following backward).
-    async fn forward_rows(&mut self, rows: &[usize], drive: Drive) -> Result<Vec<f64>> {
-        let batch = self.batch_of_rows(rows)?;
-        let out = drive.forward(&mut self.engine, &batch).await?;
-        Ok(out.seq_logps.iter().map(|&v| v as f64).collect())
     }
 
     /// Steps between evaluations of the whole dataset ([`SessionConfig::eval_every`], the
