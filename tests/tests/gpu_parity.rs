@@ -460,6 +460,21 @@ fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
     let plain_weights = plain.params();
     assert!(plain_weights.iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ when steps run ahead");
 
+    // a mix of more than eight terms is past loss.wgsl: the step runs in parts (two
+    // submissions), its loss on the CPU, and still trains like the CPU engine
+    let Some(mut long_mix) = gpu(cfg, params.clone()) else { return };
+    let mut cpu = CpuEngine::new(cfg, params.clone()).unwrap();
+    let nine = LossMix::parse(&["sigmoid"; 9].join("+")).unwrap();
+    let nine_loss = StepLoss { mix: &nine, ..loss };
+    let before = long_mix.sync_counts();
+    for step in 1..=2 {
+        long_mix.train_step(&batch, &nine_loss, &opt, step).unwrap();
+        cpu.train_step(&batch, &nine_loss, &opt, step).unwrap();
+    }
+    let after = long_mix.sync_counts();
+    assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (4, 2), "a nine-term mix goes in parts");
+    assert_weights_close("weights, nine-term mix", &cfg, &long_mix.params(), &cpu.params(), opt.lr, 2);
+
     let Some(mut shared) = gpu(cfg, params) else { return };
     let mut reference = shared.sibling(reference_params).unwrap();
     let unread = vec![0.0; batch.batch];
