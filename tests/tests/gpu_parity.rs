@@ -664,5 +664,15 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
         assert_eq!(launches, 24 * cfg.n_layer + 15);
         assert_eq!(profile.launches.len(), launches);
         assert!(profile.total_us > 0.0);
+        // the GEMMs' flops (2 per multiply-add, for the profile's TFLOP/s): per layer,
+        // forward 24NC² (qkv, attproj, fc, fcproj) + 4NTC (QKᵀ, att·V), backward twice the
+        // linear layers plus their bias columns (18NC) and four attention products; the head
+        // 2NCV forward, 6NCV backward (its input gradient, wte's gradient, the one-hot
+        // embedding gradient). Zero for every other kernel.
+        let (n, c, t, v) = ((batch.batch * batch.seq_len) as u64, cfg.d_model as u64, batch.seq_len as u64, cfg.vocab as u64);
+        let expected = cfg.n_layer as u64 * (72 * n * c * c + 18 * n * c + 12 * n * t * c) + 8 * n * c * v;
+        let flops: u64 = profile.launches.iter().map(|l| l.3).sum();
+        assert_eq!(flops, expected, "GEMM flops of the step");
+        assert!(profile.launches.iter().all(|(kernel, _, _, f)| (*f > 0) == kernel.starts_with("matmul:")), "flops on the GEMMs only");
     }
 }

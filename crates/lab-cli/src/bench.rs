@@ -256,7 +256,9 @@ fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks, batch: &T
     let Some(profile) = gpu.profile_step(batch, &d_seq, opt, 2, method)? else {
         return Ok(Value::Null);
     };
-    let kernels: Vec<Value> = profile.kernels.iter().map(|k| json!({"kernel": k.kernel, "launches": k.launches, "total_us": k.total_us})).collect();
-    let launches: Vec<Value> = profile.launches.iter().map(|(kernel, groups, us)| json!([kernel, groups, (us * 10.0).round() / 10.0])).collect();
+    let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+    // the GEMMs' achieved TFLOP/s, per kernel and per launch, against the GPU's fp32 peak
+    let kernels: Vec<Value> = profile.kernels.iter().map(|k| json!({"kernel": k.kernel, "launches": k.launches, "total_us": k.total_us, "tflops": round(k.tflops(), 2)})).collect();
+    let launches: Vec<Value> = profile.launches.iter().map(|(kernel, groups, us, flops)| json!([kernel, groups, round(*us, 1), if *us > 0.0 { round(*flops as f64 / (us * 1e6), 2) } else { 0.0 }])).collect();
     Ok(json!({"method": profile.method.name(), "total_us": profile.total_us, "kernels": kernels, "launches": launches}))
 }

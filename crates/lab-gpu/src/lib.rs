@@ -229,7 +229,7 @@ impl GpuEngine {
         });
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
         // one invocation per parameter, @workgroup_size(64)
-        let adamw = Dispatch { kernel: Kernel::AdamW, bind_group, groups: grid.cover(total, 64)? };
+        let adamw = Dispatch { kernel: Kernel::AdamW, bind_group, groups: grid.cover(total, 64)?, flops: 0 };
         faults.check()?;
         let info = device.adapter_info();
         Ok(GpuEngine {

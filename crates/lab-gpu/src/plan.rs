@@ -29,6 +29,9 @@ pub struct Dispatch {
     pub kernel: Kernel,
     pub bind_group: wgpu::BindGroup,
     pub groups: [u32; 3],
+    /// Floating-point operations of a GEMM launch (2 per multiply-add), 0 for the others:
+    /// the profile's TFLOP/s.
+    pub flops: u64,
 }
 
 /// Record `dispatches` into one compute pass.
@@ -51,6 +54,7 @@ struct Spec {
     words: Vec<u32>,
     buffers: Vec<(u32, wgpu::Buffer)>,
     groups: [u32; 3],
+    flops: u64,
     backward: bool,
 }
 
@@ -357,7 +361,7 @@ struct Recorder<'a> {
 impl Recorder<'_> {
     fn push(&mut self, kernel: Kernel, words: Vec<u32>, buffers: &[(u32, &wgpu::Buffer)], groups: [u32; 3]) {
         let buffers = buffers.iter().map(|(slot, buf)| (*slot, (*buf).clone())).collect();
-        self.specs.push(Spec { kernel, words, buffers, groups, backward: self.backward });
+        self.specs.push(Spec { kernel, words, buffers, groups, flops: 0, backward: self.backward });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -393,6 +397,9 @@ impl Recorder<'_> {
         let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
         let aux = aux.unwrap_or(self.dummy_rw);
         self.push(kernel, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens), (7, aux)], groups);
+        if let Some(spec) = self.specs.last_mut() {
+            spec.flops = 2 * (g.rows * g.cols * g.depth * batch.count) as u64;
+        }
         Ok(())
     }
 
@@ -831,7 +838,7 @@ impl Plan {
             entries.extend(spec.buffers.iter().map(|(slot, buf)| wgpu::BindGroupEntry { binding: *slot, resource: buf.as_entire_binding() }));
             let layout = pipelines.get(spec.kernel).get_bind_group_layout(0);
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(spec.kernel.entry().1), layout: &layout, entries: &entries });
-            let dispatch = Dispatch { kernel: spec.kernel, bind_group, groups: spec.groups };
+            let dispatch = Dispatch { kernel: spec.kernel, bind_group, groups: spec.groups, flops: spec.flops };
             if spec.backward {
                 backward.push(dispatch);
             } else {
@@ -853,7 +860,7 @@ impl Plan {
                 ],
             });
             // one workgroup of 64 (loss.wgsl)
-            Dispatch { kernel: Kernel::LossGradient, bind_group, groups: [1, 1, 1] }
+            Dispatch { kernel: Kernel::LossGradient, bind_group, groups: [1, 1, 1], flops: 0 }
         };
         Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, step_staging, logits, lnf, forward, backward, _uniforms: uniforms })
     }

@@ -20,6 +20,15 @@ pub struct KernelTime {
     pub kernel: String,
     pub launches: usize,
     pub total_us: f64,
+    /// Floating-point operations of its launches (GEMMs; 0 for the others).
+    pub flops: u64,
+}
+
+impl KernelTime {
+    /// Achieved TFLOP/s (0 for kernels whose work is not counted in flops).
+    pub fn tflops(&self) -> f64 {
+        if self.total_us > 0.0 { self.flops as f64 / (self.total_us * 1e6) } else { 0.0 }
+    }
 }
 
 /// How the launches are timed (see the module's documentation).
@@ -54,8 +63,8 @@ impl Method {
 pub struct Profile {
     pub method: Method,
     pub kernels: Vec<KernelTime>,
-    /// Every launch in step order: kernel, workgroup grid, GPU time (µs).
-    pub launches: Vec<(String, [u32; 3], f64)>,
+    /// Every launch in step order: kernel, workgroup grid, GPU time (µs), flops (GEMMs).
+    pub launches: Vec<(String, [u32; 3], f64, u64)>,
     pub total_us: f64,
 }
 
@@ -115,13 +124,14 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
     for (d, &t) in dispatches.iter().zip(&ticks) {
         let name = d.kernel.name();
         let us = t as f64 * ns_per_tick / 1e3;
-        launches.push((name.clone(), d.groups, us));
+        launches.push((name.clone(), d.groups, us, d.flops));
         match kernels.iter_mut().find(|k| k.kernel == name) {
             Some(k) => {
                 k.launches += 1;
                 k.total_us += us;
+                k.flops += d.flops;
             }
-            None => kernels.push(KernelTime { kernel: name, launches: 1, total_us: us }),
+            None => kernels.push(KernelTime { kernel: name, launches: 1, total_us: us, flops: d.flops }),
         }
     }
     kernels.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
