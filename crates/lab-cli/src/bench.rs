@@ -248,10 +248,12 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
 fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
     let mut gpu = open_gpu(cfg, tiles, checks)?;
     let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
-    // one whole step first, so no first use of a kernel (a driver compiling lazily) is timed
-    gpu.forward(batch)?;
-    gpu.backward(&d_seq)?;
-    gpu.adamw_step(opt, 1)?;
+    // one whole training step first (every kernel the profile runs, the loss gradient
+    // included), so no first use of a kernel (a driver compiling lazily) is timed
+    let mix = LossMix::single(LossKind::Sigmoid);
+    let (params, rows) = (LossParams::default(), 2 * PAIRS);
+    let (reference, lengths) = (vec![-1.0; rows], vec![RESPONSE_TOKENS as f64; rows]);
+    gpu.train_step(batch, &StepLoss { mix: &mix, params: &params, rows: Rows::Pairs, reference: &reference, lengths: &lengths }, opt, 1)?;
     let method = lab_gpu::timing::Method::best(gpu.device());
     let Some(profile) = gpu.profile_step(batch, &d_seq, opt, 2, method)? else {
         return Ok(Value::Null);
