@@ -527,6 +527,46 @@ fn a_non_finite_loss_is_reported_and_leaves_the_model_unchanged() {
     assert!(err.contains("reference") && err.contains("row 0"), "{err}");
 }
 
+/// An evaluation in chunks (two of the same shape, a third smaller) submitted together and
+/// read back after (`forwards_async`, the browser's evaluation after a step): the same
+/// outputs bit for bit as one forward at a time, twice in a row (the staging buffers come
+/// back unmapped); and a session that evaluates 140 rows after every step gives the same
+/// records awaited as blocking.
+#[test]
+fn queued_forwards_match_one_at_a_time() {
+    let cfg = RAGGED;
+    let params = random_params(&cfg, 51);
+    let Some(mut queued) = gpu(cfg, params.clone()) else { return };
+    let Some(mut single) = gpu(cfg, params) else { return };
+    let batches = [random_batch(&cfg, 5, 16, 52), random_batch(&cfg, 5, 16, 53), random_batch(&cfg, 2, 9, 54)];
+    assert_eq!((batches[0].batch, batches[0].seq_len), (batches[1].batch, batches[1].seq_len), "two chunks of one shape");
+    for round in 0..2 {
+        let before = queued.sync_counts();
+        let outs = pollster::block_on(queued.forwards_async(&batches)).unwrap();
+        let after = queued.sync_counts();
+        assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (3, 3), "a submission and a readback each");
+        for (out, batch) in outs.iter().zip(&batches) {
+            assert_eq!(*out, single.forward(batch).unwrap(), "round {round}");
+        }
+    }
+
+    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
+    let jsonl: String = (0..70).map(|i| format!("{{\"prompt\": \"Q{i}?\", \"chosen\": \" Yes {}.\", \"rejected\": \" No.\"}}\n", i % 7)).collect();
+    let records = parse_jsonl(&jsonl).unwrap();
+    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 5, eval_every: 1, final_step: 0 };
+    let params = init_params(&MICRO, 11);
+    let Some(awaited_engine) = gpu(MICRO, params.clone()) else { return };
+    let Some(blocking_engine) = gpu(MICRO, params) else { return };
+    let mut awaited = pollster::block_on(Session::new_async(awaited_engine, &records, config.clone())).unwrap();
+    let mut blocking = Session::new(blocking_engine, &records, config).unwrap();
+    for _ in 0..3 {
+        let (a, b) = (pollster::block_on(awaited.step_async()).unwrap(), blocking.step().unwrap());
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+        assert_eq!(format!("{:?}", a.eval), format!("{:?}", b.eval), "the evaluation after the step");
+    }
+    assert_eq!(awaited.row_logps().1, blocking.row_logps().1);
+}
+
 #[test]
 fn a_dpo_step_costs_two_submissions_and_one_readback() {
     let cfg = RAGGED;

@@ -305,6 +305,29 @@ pub trait Engine {
         train_step_in_parts_async(self, batch, loss, opt, step)
     }
 
+    /// Forwards of several batches (an evaluation in chunks); the GPU engine submits them all
+    /// before it waits for any (one round trip instead of one a batch). By default one after
+    /// another. The last one is what a following `backward` uses.
+    fn forwards_async<'a>(&'a mut self, batches: &'a [TokenBatch]) -> EngineFuture<'a, Vec<ForwardOut>> {
+        Box::pin(async move {
+            let mut outs = Vec::with_capacity(batches.len());
+            for batch in batches {
+                outs.push(self.forward_async(batch).await?);
+            }
+            Ok(outs)
+        })
+    }
+
+    /// [`Engine::train_step`], then forwards of `batches` with the updated weights (the
+    /// evaluation after a step); the GPU engine submits them all before it waits for any.
+    /// By default one after another. A failed step is an error after the forwards ran.
+    fn train_step_then_forwards_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32, batches: &'a [TokenBatch]) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
+        Box::pin(async move {
+            let out = self.train_step_async(batch, loss, opt, step).await?;
+            Ok((out, self.forwards_async(batches).await?))
+        })
+    }
+
     /// [`Engine::forward`], awaitable (the only way to read a GPU result in the browser).
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
         Box::pin(std::future::ready(self.forward(batch)))
@@ -360,6 +383,12 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     }
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
         (**self).forward_async(batch)
+    }
+    fn forwards_async<'a>(&'a mut self, batches: &'a [TokenBatch]) -> EngineFuture<'a, Vec<ForwardOut>> {
+        (**self).forwards_async(batches)
+    }
+    fn train_step_then_forwards_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32, batches: &'a [TokenBatch]) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
+        (**self).train_step_then_forwards_async(batch, loss, opt, step, batches)
     }
     fn hidden_states_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
         (**self).hidden_states_async(batch)

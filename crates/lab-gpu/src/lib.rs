@@ -20,7 +20,9 @@
 //! Every readback has a synchronous form (the `Engine` calls, native only: they block on
 //! `device.poll`) and an awaitable one (`forward_async`, `train_step_async`,
 //! `hidden_states_async`, `params_async`: the browser's only way), recorded and counted
-//! identically.
+//! identically. The awaitable `forwards_async` and `train_step_then_forwards_async` submit
+//! all their work before they wait for any of it (an evaluation's chunks, a step and the
+//! evaluation after it: one round trip).
 
 pub mod kernels;
 pub mod plan;
@@ -582,6 +584,45 @@ impl GpuEngine {
         Ok(Readback { encoder, staging, len: len + 1 + b })
     }
 
+    /// Submit the forwards of `batches`, one submission each (a batch's tokens are written
+    /// between them), each copying its outputs into a staging buffer of its own, without
+    /// waiting: the readbacks to finish with `setup::finish_read(_async)` in order.
+    fn queue_forwards(&mut self, batches: &[TokenBatch]) -> Result<Vec<(setup::InFlight, usize, usize)>> {
+        // every batch checked before any is submitted: a readback in flight must be read
+        for batch in batches {
+            batch.check(&self.cfg)?;
+            if batch.batch == 0 || batch.seq_len == 0 {
+                return Err(LabError::shape(format!("empty batch ({}x{})", batch.batch, batch.seq_len)));
+            }
+        }
+        let mut used: Vec<((usize, usize), usize)> = Vec::new();
+        let mut queued = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let (i, encoder) = self.record_forward(batch)?;
+            let shape = (batch.batch, batch.seq_len);
+            let k = match used.iter_mut().find(|(s, _)| *s == shape) {
+                Some((_, count)) => {
+                    *count += 1;
+                    *count - 1
+                }
+                None => {
+                    used.push((shape, 1));
+                    0
+                }
+            };
+            let plan = &mut self.plans[i];
+            let len = plan.out_len();
+            while plan.queued_staging.len() <= k {
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("queued forward staging"), size: (len * 4) as u64, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+                plan.queued_staging.push(buffer);
+            }
+            let (out, staging) = (plan.out.clone(), plan.queued_staging[k].clone());
+            let r = self.readback(encoder, &out, staging, len);
+            queued.push((setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len), batch.batch, batch.seq_len));
+        }
+        Ok(queued)
+    }
+
     /// A training step's readback, [out | loss status | reference], as the step's outputs and
     /// the reference log-probs it used, or its error.
     fn step_out(batch: usize, seq_len: usize, mut out: Vec<f32>, opt: &AdamWConfig, step: u32) -> Result<(ForwardOut, Vec<f32>)> {
@@ -790,6 +831,40 @@ impl Engine for GpuEngine {
             let r = self.record_train_step(batch, loss, opt, step, None)?;
             let out = self.read_async(r).await?;
             Ok(Self::step_out(batch.batch, batch.seq_len, out, opt, step)?.0)
+        })
+    }
+
+    /// All submitted before any is read: one round trip.
+    fn forwards_async<'a>(&'a mut self, batches: &'a [TokenBatch]) -> EngineFuture<'a, Vec<ForwardOut>> {
+        Box::pin(async move {
+            let queued = self.queue_forwards(batches)?;
+            let mut outs = Vec::with_capacity(queued.len());
+            for (in_flight, b, t) in queued {
+                outs.push(Self::forward_out(b, t, setup::finish_read_async(&self.device, &self.faults, in_flight).await?));
+            }
+            Ok(outs)
+        })
+    }
+
+    /// The step and the forwards all submitted before any is read: one round trip.
+    fn train_step_then_forwards_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32, batches: &'a [TokenBatch]) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
+        Box::pin(async move {
+            if !on_device(loss) {
+                let out = self.train_step_async(batch, loss, opt, step).await?;
+                return Ok((out, self.forwards_async(batches).await?));
+            }
+            let r = self.record_train_step(batch, loss, opt, step, None)?;
+            let stepped = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
+            // a forward that fails to record leaves the step to be read (its staging buffer
+            // must not stay mapped)
+            let queued = self.queue_forwards(batches);
+            let step_out = setup::finish_read_async::<f32>(&self.device, &self.faults, stepped).await;
+            let mut outs = Vec::new();
+            for (in_flight, b, t) in queued? {
+                outs.push(Self::forward_out(b, t, setup::finish_read_async(&self.device, &self.faults, in_flight).await?));
+            }
+            let out = Self::step_out(batch.batch, batch.seq_len, step_out?, opt, step)?.0;
+            Ok((out, outs))
         })
     }
 

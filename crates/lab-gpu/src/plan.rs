@@ -605,6 +605,9 @@ pub struct Plan {
     /// MAP_READ buffers for [out | loss status | reference (B)] of training steps, used in
     /// turn so that one step's readback can wait while the next step is submitted.
     pub step_staging: [wgpu::Buffer; 2],
+    /// MAP_READ twins of `out` for forwards queued together (an evaluation's chunks of this
+    /// shape, each read back after all are submitted), made on first need and kept.
+    pub queued_staging: Vec<wgpu::Buffer>,
     /// (B, T, V)
     pub logits: wgpu::Buffer,
     /// (B, T, C) after the final LayerNorm
@@ -862,7 +865,7 @@ impl Plan {
             // one workgroup of 64 (loss.wgsl)
             Dispatch { kernel: Kernel::LossGradient, bind_group, groups: [1, 1, 1], flops: 0 }
         };
-        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, step_staging, logits, lnf, forward, backward, _uniforms: uniforms })
+        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, step_staging, queued_staging: Vec::new(), logits, lnf, forward, backward, _uniforms: uniforms })
     }
 }
 

@@ -165,9 +165,9 @@ pub fn submit_and_read<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Qu
     read_mapped(faults, staging, m.slice, m.bytes, result)
 }
 
-/// A readback submitted and not yet waited for (native): the caller can put other GPU work
-/// in flight first (the GPU bench submits the reference and policy forwards back to back).
-#[cfg(not(target_arch = "wasm32"))]
+/// A readback submitted and not yet waited for: the caller can put other GPU work in flight
+/// first (the GPU bench submits a step before reading the previous one; an evaluation's
+/// forwards are all submitted before any is read).
 pub struct InFlight {
     index: wgpu::SubmissionIndex,
     staging: wgpu::Buffer,
@@ -176,7 +176,6 @@ pub struct InFlight {
 }
 
 /// The first half of [`submit_and_read`]: submit and request the map.
-#[cfg(not(target_arch = "wasm32"))]
 pub fn submit_for_read<T: bytemuck::Pod>(queue: &wgpu::Queue, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> InFlight {
     let m = submit_and_map::<T>(queue, encoder, staging, len);
     InFlight { index: m.index, staging: staging.clone(), bytes: m.bytes, mapped: m.mapped }
@@ -187,6 +186,18 @@ pub fn submit_for_read<T: bytemuck::Pod>(queue: &wgpu::Queue, encoder: wgpu::Com
 pub fn finish_read<T: bytemuck::Pod>(device: &wgpu::Device, faults: &Faults, mut r: InFlight) -> Result<Vec<T>> {
     wait_for(device, faults, r.index)?;
     let result = r.mapped.try_recv().ok().flatten();
+    read_mapped(faults, &r.staging, r.staging.slice(..r.bytes.max(4)), r.bytes, result)
+}
+
+/// [`finish_read`], awaitable (natively the device is polled until the work is done; in the
+/// browser the page's event loop runs the map callback).
+pub async fn finish_read_async<T: bytemuck::Pod>(device: &wgpu::Device, faults: &Faults, r: InFlight) -> Result<Vec<T>> {
+    #[cfg(not(target_arch = "wasm32"))]
+    wait_for(device, faults, r.index.clone())?;
+    #[cfg(target_arch = "wasm32")]
+    let _ = (device, &r.index);
+    // a dropped sender (the callback never ran) reads as "never completed"
+    let result = r.mapped.await.ok();
     read_mapped(faults, &r.staging, r.staging.slice(..r.bytes.max(4)), r.bytes, result)
 }
 

@@ -218,10 +218,10 @@ enum Drive {
 }
 
 impl Drive {
-    async fn forward<E: Engine>(self, engine: &mut E, batch: &TokenBatch) -> Result<ForwardOut> {
+    async fn forwards<E: Engine>(self, engine: &mut E, batches: &[TokenBatch]) -> Result<Vec<ForwardOut>> {
         match self {
-            Drive::Blocking => engine.forward(batch),
-            Drive::Async => engine.forward_async(batch).await,
+            Drive::Blocking => batches.iter().map(|batch| engine.forward(batch)).collect(),
+            Drive::Async => engine.forwards_async(batches).await,
         }
     }
 
@@ -229,6 +229,18 @@ impl Drive {
         match self {
             Drive::Blocking => engine.train_step(batch, loss, opt, step),
             Drive::Async => engine.train_step_async(batch, loss, opt, step).await,
+        }
+    }
+
+    /// A step, then the forwards of an evaluation with the updated weights (in the browser
+    /// all submitted before any is awaited).
+    async fn train_step_then_forwards<E: Engine>(self, engine: &mut E, batch: &TokenBatch, loss: &StepLoss<'_>, opt: &AdamWConfig, step: u32, batches: &[TokenBatch]) -> Result<(ForwardOut, Vec<ForwardOut>)> {
+        match self {
+            Drive::Blocking => {
+                let out = engine.train_step(batch, loss, opt, step)?;
+                Ok((out, batches.iter().map(|b| engine.forward(b)).collect::<Result<Vec<_>>>()?))
+            }
+            Drive::Async => engine.train_step_then_forwards_async(batch, loss, opt, step, batches).await,
         }
     }
 
@@ -253,16 +265,24 @@ fn batch_of(rows: &[&EncodedRow]) -> Result<TokenBatch> {
     TokenBatch::from_rows(&owned)
 }
 
-async fn score_rows<E: Engine>(engine: &mut E, rows: &[EncodedRow], drive: Drive) -> Result<Scores> {
+/// Every row, in batches of at most [`EVAL_CHUNK_ROWS`].
+fn chunk_batches(rows: &[EncodedRow]) -> Result<Vec<TokenBatch>> {
+    rows.chunks(EVAL_CHUNK_ROWS).map(|chunk| batch_of(&chunk.iter().collect::<Vec<&EncodedRow>>())).collect()
+}
+
+/// The scores of every row from the forwards of its [`chunk_batches`].
+fn scores_of(outs: &[ForwardOut]) -> Scores {
     let mut scores = Scores { seq_logps: Vec::new(), topk_entropy: Vec::new(), topk_mass: Vec::new() };
-    for chunk in rows.chunks(EVAL_CHUNK_ROWS) {
-        let refs: Vec<&EncodedRow> = chunk.iter().collect();
-        let out = drive.forward(engine, &batch_of(&refs)?).await?;
+    for out in outs {
         scores.seq_logps.extend(out.seq_logps.iter().map(|&v| v as f64));
         scores.topk_entropy.extend(out.topk_entropy.iter().map(|&v| v as f64));
         scores.topk_mass.extend(out.topk_mass.iter().map(|&v| v as f64));
     }
-    Ok(scores)
+    scores
+}
+
+async fn score_rows<E: Engine>(engine: &mut E, rows: &[EncodedRow], drive: Drive) -> Result<Scores> {
+    Ok(scores_of(&drive.forwards(engine, &chunk_batches(rows)?).await?))
 }
 
 impl<E: Engine> Session<E> {
@@ -456,8 +476,17 @@ impl<E: Engine> Session<E> {
         };
         let step = self.steps_done + 1;
         // the engine takes the whole step (the GPU engine evaluates the loss's gradient on
-        // the device); the record is computed here, in f64, from the step's log-probs
-        let out = drive.train_step(&mut self.engine, &batch, &loss, &self.config.optimizer, step).await?;
+        // the device), and the evaluation of the dataset after it when one is due (submitted
+        // together: one round trip); the record is computed here, in f64, from the step's
+        // log-probs
+        let evaluate = step.is_multiple_of(self.eval_every()) || step == self.config.final_step;
+        let (out, evaluation) = if evaluate {
+            let batches = chunk_batches(&self.rows)?;
+            let (out, outs) = drive.train_step_then_forwards(&mut self.engine, &batch, &loss, &self.config.optimizer, step, &batches).await?;
+            (out, Some(scores_of(&outs)))
+        } else {
+            (drive.train_step(&mut self.engine, &batch, &loss, &self.config.optimizer, step).await?, None)
+        };
         let logps: Vec<f64> = out.seq_logps.iter().map(|&v| f64::from(v)).collect();
         let mut record = match self.shape {
             DataShape::Paired => {
@@ -485,10 +514,9 @@ impl<E: Engine> Session<E> {
             }
         };
         self.steps_done += 1;
-        record.eval = if self.steps_done.is_multiple_of(self.eval_every()) || self.steps_done == self.config.final_step {
-            self.run_evaluate(drive).await?
-        } else {
-            self.last_instruments.clone()
+        record.eval = match evaluation {
+            Some(scores) => self.take_scores(scores),
+            None => self.last_instruments.clone(),
         };
         Ok(record)
     }
@@ -520,6 +548,11 @@ impl<E: Engine> Session<E> {
 
     async fn run_evaluate(&mut self, drive: Drive) -> Result<Instruments> {
         let scores = score_rows(&mut self.engine, &self.rows, drive).await?;
+        Ok(self.take_scores(scores))
+    }
+
+    /// The pairs table and the instruments from an evaluation's scores of every row.
+    fn take_scores(&mut self, scores: Scores) -> Instruments {
         self.policy_logps = scores.seq_logps.clone();
         let beta = self.config.params.beta;
         for (stats, group) in self.pair_stats.iter_mut().zip(&self.groups) {
@@ -528,7 +561,7 @@ impl<E: Engine> Session<E> {
             stats.margin = beta * ((stats.policy_chosen - stats.reference_chosen) - (stats.policy_rejected - stats.reference_rejected));
         }
         self.last_instruments = Instruments { step: self.steps_done, ..self.instruments_from(&scores) };
-        Ok(self.last_instruments.clone())
+        self.last_instruments.clone()
     }
 
     fn instruments_from(&self, scores: &Scores) -> Instruments {
