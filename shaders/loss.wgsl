@@ -31,7 +31,9 @@
 //   2 given    array<f32>  [ref (B) | len (B) | label (B) | label (B)]                              read
 //   3 d_seq    array<f32>  (B)                                                                    read_write
 //   4 status   array<u32>  (1)                                                                    read_write
-// One workgroup of 64; invocation i takes pairs (rows) i, i + 64, … Batch-level quantities
+// Two entry points, one workgroup of 64 each: `gradient` for mixes of the closed-form paired
+// kinds (no loop but over pairs and terms), `gradient_batch` for any kind (lab-gpu picks).
+// Invocation i takes pairs (rows) i, i + 64, … Batch-level quantities
 // (the chosen tokens of the batch, AOT's sort, KTO's reference point, a list's
 // log-sum-exps) are computed by every invocation alone: a batch holds tens of rows, and the
 // redundant O(B) sums (O(B²) for AOT's ranks) cost less than the barriers sharing them would.
@@ -196,9 +198,9 @@ fn at_rank(kind: u32, side: u32, k: u32) -> u32 {
     return 0u;
 }
 
-// (∂loss/∂pc[p], ∂loss/∂pr[p]) of one kind, the per-pair loss's derivative before the mean
-// (the caller divides by P), except for the batch-level NLL parts, which are already means
-fn term(kind: u32, p: u32) -> vec2<f32> {
+// (∂loss/∂pc[p], ∂loss/∂pr[p]) of a kind whose pair's gradient is closed-form in the pair's
+// own numbers (the mean over pairs included)
+fn pair_term(kind: u32, p: u32) -> vec2<f32> {
     let beta = l.beta;
     let n = f32(pairs());
     let rho_w = pc(p) - rc(p);
@@ -246,18 +248,6 @@ fn term(kind: u32, p: u32) -> vec2<f32> {
             let half_inv_beta = 0.5 / beta;
             return vec2(2.0 * (rho_w - half_inv_beta), 2.0 * (rho_l + half_inv_beta)) / n;
         }
-        case AOT, AOT_UNPAIRED: {
-            // a_p meets the b at its own sorted position; for aot_unpaired the policy's
-            // rejected side is b, met by the a at b_p's position
-            let j = at_rank(kind, 1u, rank(kind, 0u, p));
-            let g_a = beta * smoothed_grad(beta * (aot_a(kind, p) - aot_b(kind, j)), l.eps);
-            if (kind == AOT) {
-                return vec2(g_a, -g_a) / n;
-            }
-            let i = at_rank(kind, 0u, rank(kind, 1u, p));
-            let g_b = beta * smoothed_grad(beta * (aot_a(kind, i) - aot_b(kind, p)), l.eps);
-            return vec2(g_a, -g_b) / n;
-        }
         case APO_ZERO: {
             let sw = sigm(beta * rho_w);
             let sl = sigm(beta * rho_l);
@@ -282,9 +272,6 @@ fn term(kind: u32, p: u32) -> vec2<f32> {
             let g = beta * (dm_expo - dm * logistic - (1.0 - m) * sigm(-z) - m_expo);
             return vec2(g, -g) / n;
         }
-        case SFT: {
-            return vec2(-1.0 / chosen_tokens(), 0.0);
-        }
         case CDPO: {
             let g = beta * smoothed_grad(beta * delta, l.eps);
             return vec2(g, -g) / n;
@@ -295,6 +282,36 @@ fn term(kind: u32, p: u32) -> vec2<f32> {
             let logits = pc(p) / lw - pr(p) / ll - l.simpo_gamma / beta;
             let g = beta * smoothed_grad(beta * logits, l.eps) / n;
             return vec2(g / lw, -g / ll);
+        }
+        default: {
+            return vec2(0.0);
+        }
+    }
+}
+
+// (∂loss/∂pc[p], ∂loss/∂pr[p]) of any paired kind: those that read the whole batch (AOT's
+// sort, the NLL terms' token count; their NLL parts are already means) here, the others by
+// `pair_term`. Kept out of `gradient` (each entry point compiles only what it reaches):
+// software GPUs (lavapipe, SwiftShader) run a switch's loops even for the cases not taken,
+// which made the closed-form kinds cost ~70 ms a step there.
+fn batch_term(kind: u32, p: u32) -> vec2<f32> {
+    let beta = l.beta;
+    let n = f32(pairs());
+    switch kind {
+        case AOT, AOT_UNPAIRED: {
+            // a_p meets the b at its own sorted position; for aot_unpaired the policy's
+            // rejected side is b, met by the a at b_p's position
+            let j = at_rank(kind, 1u, rank(kind, 0u, p));
+            let g_a = beta * smoothed_grad(beta * (aot_a(kind, p) - aot_b(kind, j)), l.eps);
+            if (kind == AOT) {
+                return vec2(g_a, -g_a) / n;
+            }
+            let i = at_rank(kind, 0u, rank(kind, 1u, p));
+            let g_b = beta * smoothed_grad(beta * (aot_a(kind, i) - aot_b(kind, p)), l.eps);
+            return vec2(g_a, -g_b) / n;
+        }
+        case SFT: {
+            return vec2(-1.0 / chosen_tokens(), 0.0);
         }
         case CPO: {
             let g = beta * smoothed_grad(beta * (pc(p) - pr(p)), l.eps) / n;
@@ -316,7 +333,7 @@ fn term(kind: u32, p: u32) -> vec2<f32> {
             return vec2(g * dw / lw - 1.0 / chosen_tokens(), g * dl / ll);
         }
         default: {
-            return vec2(0.0);
+            return pair_term(kind, p);
         }
     }
 }
@@ -367,8 +384,46 @@ fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
+// d_seq of pair p from its terms' weighted sum
+fn store_pair(p: u32, d: vec2<f32>) {
+    d_seq[p] = d.x;
+    d_seq[pairs() + p] = d.y;
+    if (!(finite(d.x) && finite(d.y))) {
+        atomicOr(&bad, 1u);
+    }
+}
+
+fn weight(t: u32) -> f32 {
+    return l.weights[t / 4u][t % 4u];
+}
+
+fn kind_of(t: u32) -> u32 {
+    return l.kinds[t / 4u][t % 4u];
+}
+
+fn report(lid: u32) {
+    workgroupBarrier();
+    if (lid == 0u) {
+        status[0] = atomicLoad(&bad);
+    }
+}
+
+// the closed-form paired kinds (and mixes of them): the common case, no loops but the pairs
 @compute @workgroup_size(64)
 fn gradient(@builtin(local_invocation_index) lid: u32) {
+    for (var p = lid; p < pairs(); p += 64u) {
+        var d = vec2(0.0);
+        for (var t = 0u; t < l.terms; t++) {
+            d += weight(t) * pair_term(kind_of(t), p);
+        }
+        store_pair(p, d);
+    }
+    report(lid);
+}
+
+// every kind: the batch-level paired kinds, KTO and Plackett–Luce too
+@compute @workgroup_size(64)
+fn gradient_batch(@builtin(local_invocation_index) lid: u32) {
     let first = l.kinds[0].x;
     if (first == KTO || first == PLACKETT_LUCE) {
         for (var r = lid; r < l.rows; r += 64u) {
@@ -382,17 +437,10 @@ fn gradient(@builtin(local_invocation_index) lid: u32) {
         for (var p = lid; p < pairs(); p += 64u) {
             var d = vec2(0.0);
             for (var t = 0u; t < l.terms; t++) {
-                d += l.weights[t / 4u][t % 4u] * term(l.kinds[t / 4u][t % 4u], p);
+                d += weight(t) * batch_term(kind_of(t), p);
             }
-            d_seq[p] = d.x;
-            d_seq[pairs() + p] = d.y;
-            if (!(finite(d.x) && finite(d.y))) {
-                atomicOr(&bad, 1u);
-            }
+            store_pair(p, d);
         }
     }
-    workgroupBarrier();
-    if (lid == 0u) {
-        status[0] = atomicLoad(&bad);
-    }
+    report(lid);
 }

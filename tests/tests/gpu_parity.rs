@@ -411,6 +411,9 @@ fn every_loss_gradient_on_the_gpu_matches_cpu() {
         DataShape::Ranked => Rows::Ranked(&sizes),
     };
     let mut mixes: Vec<(LossMix, Rows)> = LossKind::ALL.iter().map(|&k| (LossMix::single(k), rows_of(k))).collect();
+    // a mix of closed-form kinds (loss.wgsl `gradient`) and one with a batch-level term
+    // (`gradient_batch`)
+    mixes.push((LossMix::parse("sigmoid+0.5*hinge+0.25*ipo").unwrap(), Rows::Pairs));
     mixes.push((LossMix::parse("sigmoid+0.5*sft+0.25*ipo").unwrap(), Rows::Pairs));
     for (step, (mix, rows)) in (1..).zip(&mixes) {
         // robust's ε is a flip rate below 0.5, exo reads its own; 0.1 suits every kind

@@ -34,11 +34,12 @@ pub enum Kernel {
     SplitSum,
     GatherGrads,
     LossGradient,
+    LossGradientBatch,
     AdamW,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::EncoderForward,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
@@ -54,6 +55,7 @@ impl Kernel {
         Kernel::SplitSum,
         Kernel::GatherGrads,
         Kernel::LossGradient,
+        Kernel::LossGradientBatch,
         Kernel::AdamW,
     ];
 
@@ -75,6 +77,7 @@ impl Kernel {
             Kernel::SplitSum => ("reduce.wgsl", "split_sum"),
             Kernel::GatherGrads => ("reduce.wgsl", "gather_grads"),
             Kernel::LossGradient => ("loss.wgsl", "gradient"),
+            Kernel::LossGradientBatch => ("loss.wgsl", "gradient_batch"),
             Kernel::AdamW => ("adamw.wgsl", "update"),
         }
     }

@@ -76,6 +76,12 @@ fn loss_code(kind: LossKind) -> u32 {
     }
 }
 
+/// Whether loss.wgsl needs its `gradient_batch` entry point for `kind` (a loss that reads
+/// the whole batch: a sort, a token count, a reference point, a ranked list).
+fn reads_batch(kind: LossKind) -> bool {
+    matches!(kind, LossKind::Aot | LossKind::AotUnpaired | LossKind::Sft | LossKind::Cpo | LossKind::Orpo | LossKind::Kto | LossKind::PlackettLuce)
+}
+
 /// Whether loss.wgsl evaluates `loss` (else the step runs in parts, the loss on the CPU).
 fn on_device(loss: &StepLoss) -> bool {
     loss.mix.terms.len() <= LOSS_MAX_TERMS
@@ -573,7 +579,8 @@ impl GpuEngine {
                 self.queue.write_buffer(&plan.given, 0, bytemuck::cast_slice(&given));
             }
         }
-        record_pass(&mut encoder, &self.pipelines, "loss, backward, adamw", std::iter::once(&plan.loss).chain(&plan.backward).chain([&self.adamw]));
+        let gradient = if loss.mix.terms.iter().any(|&(kind, _)| reads_batch(kind)) { &plan.loss_batch } else { &plan.loss };
+        record_pass(&mut encoder, &self.pipelines, "loss, backward, adamw", std::iter::once(gradient).chain(&plan.backward).chain([&self.adamw]));
         let len = plan.out_len();
         let staging = plan.step_staging[(self.device_steps % 2) as usize].clone();
         encoder.copy_buffer_to_buffer(&plan.out, 0, &staging, 0, Some((len * 4) as u64));

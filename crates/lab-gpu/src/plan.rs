@@ -599,9 +599,10 @@ pub struct Plan {
     /// [reference (B) | lengths (B) | labels (2B)], the loss's inputs besides the policy's
     /// log-probs (loss.wgsl `given`), written each training step.
     pub given: wgpu::Buffer,
-    /// loss.wgsl's `gradient` into `d_seq`, run between the forward and the backward of a
-    /// training step.
+    /// loss.wgsl's `gradient` and `gradient_batch` into `d_seq`, one of them run between the
+    /// forward and the backward of a training step.
     pub loss: Dispatch,
+    pub loss_batch: Dispatch,
     /// MAP_READ buffers for [out | loss status | reference (B)] of training steps, used in
     /// turn so that one step's readback can wait while the next step is submitted.
     pub step_staging: [wgpu::Buffer; 2],
@@ -849,8 +850,8 @@ impl Plan {
             }
         }
         // the loss's gradient: its uniform is the engine's, written each step
-        let loss = {
-            let layout = pipelines.get(Kernel::LossGradient).get_bind_group_layout(0);
+        let loss_dispatch = |kernel: Kernel| {
+            let layout = pipelines.get(kernel).get_bind_group_layout(0);
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("loss gradient"),
                 layout: &layout,
@@ -863,9 +864,10 @@ impl Plan {
                 ],
             });
             // one workgroup of 64 (loss.wgsl)
-            Dispatch { kernel: Kernel::LossGradient, bind_group, groups: [1, 1, 1], flops: 0 }
+            Dispatch { kernel, bind_group, groups: [1, 1, 1], flops: 0 }
         };
-        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, step_staging, queued_staging: Vec::new(), logits, lnf, forward, backward, _uniforms: uniforms })
+        let (loss, loss_batch) = (loss_dispatch(Kernel::LossGradient), loss_dispatch(Kernel::LossGradientBatch));
+        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, loss_batch, step_staging, queued_staging: Vec::new(), logits, lnf, forward, backward, _uniforms: uniforms })
     }
 }
 
