@@ -12,7 +12,7 @@
 use clap::Args;
 use lab_core::config::{init_params, GptConfig};
 use lab_core::engine::{AdamWConfig, Engine, Rows, StepLoss, TokenBatch};
-use lab_core::loss::{paired_loss, LossKind, LossMix, LossParams, PairLogps};
+use lab_core::loss::{LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
 use lab_gpu::{GemmTiles, ShaderChecks};
@@ -130,25 +130,37 @@ fn open_gpu(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks) -> Result<la
     Ok(engine)
 }
 
+/// The bench's loss: sigmoid DPO with TRL's defaults on the synthetic batch's pairs.
+struct BenchLoss {
+    mix: LossMix,
+    params: LossParams,
+    lengths: Vec<f64>,
+}
+
+impl BenchLoss {
+    fn new() -> BenchLoss {
+        BenchLoss { mix: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), lengths: vec![RESPONSE_TOKENS as f64; 2 * PAIRS] }
+    }
+
+    /// With these (2·PAIRS) reference log-probs.
+    fn with<'a>(&'a self, reference: &'a [f64]) -> StepLoss<'a> {
+        StepLoss { mix: &self.mix, params: &self.params, rows: Rows::Pairs, reference, lengths: &self.lengths }
+    }
+}
+
+fn to64(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// One step with the loss on the CPU between the forwards and the backward.
 fn dpo_step(engines: &mut Engines, batch: &TokenBatch, opt: &AdamWConfig, step: u32) -> Result<f64> {
-    let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     let (policy_logps, reference_logps) = engines.forwards(batch)?;
-    let (policy_logps, reference_logps) = (to64(&policy_logps), to64(&reference_logps));
-    let lengths = vec![RESPONSE_TOKENS as f64; PAIRS];
-    let x = PairLogps {
-        policy_chosen: &policy_logps[..PAIRS],
-        policy_rejected: &policy_logps[PAIRS..],
-        reference_chosen: &reference_logps[..PAIRS],
-        reference_rejected: &reference_logps[PAIRS..],
-        chosen_lengths: &lengths,
-        rejected_lengths: &lengths,
-    };
-    let out = paired_loss(LossKind::Sigmoid, &LossParams::default(), &x)?;
-    let d_seq: Vec<f32> = out.d_policy_chosen.iter().chain(&out.d_policy_rejected).map(|&d| d as f32).collect();
+    let (bench_loss, reference) = (BenchLoss::new(), to64(&reference_logps));
+    let (loss, d_seq) = bench_loss.with(&reference).gradient(&policy_logps, opt, step)?;
     let policy = engines.policy();
     policy.backward(&d_seq)?;
     policy.adamw_step(opt, step)?;
-    Ok(out.loss)
+    Ok(loss)
 }
 
 /// `count` DPO steps from `first` with the loss on the GPU, the reference forward on the
@@ -157,17 +169,13 @@ fn dpo_step(engines: &mut Engines, batch: &TokenBatch, opt: &AdamWConfig, step: 
 /// step's loss from its readback (as PyTorch's eager step queues its kernels without
 /// waiting). Returns the last step's loss.
 fn pipelined_steps(policy: &mut lab_gpu::GpuEngine, reference: &mut lab_gpu::GpuEngine, batch: &TokenBatch, opt: &AdamWConfig, first: u32, count: u32) -> Result<f64> {
-    let mix = LossMix::single(LossKind::Sigmoid);
-    let params = LossParams::default();
-    let lengths = vec![RESPONSE_TOKENS as f64; 2 * PAIRS];
+    let bench_loss = BenchLoss::new();
     // the reference log-probs come from `reference`'s forward in the same submission
     let unread = vec![0.0; 2 * PAIRS];
-    let loss = StepLoss { mix: &mix, params: &params, rows: Rows::Pairs, reference: &unread, lengths: &lengths };
+    let loss = bench_loss.with(&unread);
     let finish = |policy: &lab_gpu::GpuEngine, pending| -> Result<f64> {
         let (out, reference) = policy.train_step_finish(pending)?;
-        let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
-        let read = StepLoss { reference: &to64(&reference), ..loss };
-        Ok(read.paired(&to64(&out.seq_logps))?.loss)
+        Ok(bench_loss.with(&to64(&reference)).paired(&to64(&out.seq_logps))?.loss)
     };
     let mut last = 0.0;
     let mut in_flight = None;
@@ -250,10 +258,8 @@ fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks, batch: &T
     let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
     // one whole training step first (every kernel the profile runs, the loss gradient
     // included), so no first use of a kernel (a driver compiling lazily) is timed
-    let mix = LossMix::single(LossKind::Sigmoid);
-    let (params, rows) = (LossParams::default(), 2 * PAIRS);
-    let (reference, lengths) = (vec![-1.0; rows], vec![RESPONSE_TOKENS as f64; rows]);
-    gpu.train_step(batch, &StepLoss { mix: &mix, params: &params, rows: Rows::Pairs, reference: &reference, lengths: &lengths }, opt, 1)?;
+    let reference = vec![-1.0; 2 * PAIRS];
+    gpu.train_step(batch, &BenchLoss::new().with(&reference), opt, 1)?;
     let method = lab_gpu::timing::Method::best(gpu.device());
     let Some(profile) = gpu.profile_step(batch, &d_seq, opt, 2, method)? else {
         return Ok(Value::Null);

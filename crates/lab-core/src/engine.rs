@@ -205,9 +205,10 @@ impl StepLoss<'_> {
         Ok((plackett_luce_loss(self.params, &RankedLogps { policy: &policy, reference: &reference })?, policy))
     }
 
-    /// d(loss)/d(seq_logp) per row for the backward; an error naming the step when the loss
-    /// or its gradient is not finite (the step must then leave the model as it was).
-    pub fn gradient(&self, seq_logps: &[f32], opt: &AdamWConfig, step: u32) -> Result<Vec<f32>> {
+    /// The loss and d(loss)/d(seq_logp) per row for the backward; an error naming the step
+    /// when the loss or its gradient is not finite (the step must then leave the model as it
+    /// was).
+    pub fn gradient(&self, seq_logps: &[f32], opt: &AdamWConfig, step: u32) -> Result<(f64, Vec<f32>)> {
         self.check(seq_logps.len())?;
         if seq_logps.iter().any(|v| !v.is_finite()) {
             return Err(not_finite(step, opt));
@@ -231,7 +232,7 @@ impl StepLoss<'_> {
         if !loss.is_finite() || d.iter().any(|v| !v.is_finite()) {
             return Err(not_finite(step, opt));
         }
-        Ok(d)
+        Ok((loss, d))
     }
 }
 
@@ -240,7 +241,7 @@ impl StepLoss<'_> {
 pub fn train_step_in_parts<E: Engine + ?Sized>(engine: &mut E, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
     loss.check(batch.batch)?;
     let out = engine.forward(batch)?;
-    let d = loss.gradient(&out.seq_logps, opt, step)?;
+    let (_, d) = loss.gradient(&out.seq_logps, opt, step)?;
     engine.backward(&d)?;
     engine.adamw_step(opt, step)?;
     Ok(out)
@@ -251,7 +252,7 @@ pub fn train_step_in_parts_async<'a, E: Engine + ?Sized>(engine: &'a mut E, batc
     Box::pin(async move {
         loss.check(batch.batch)?;
         let out = engine.forward_async(batch).await?;
-        let d = loss.gradient(&out.seq_logps, opt, step)?;
+        let (_, d) = loss.gradient(&out.seq_logps, opt, step)?;
         engine.backward(&d)?;
         engine.adamw_step(opt, step)?;
         Ok(out)

@@ -238,7 +238,7 @@ impl Drive {
         match self {
             Drive::Blocking => {
                 let out = engine.train_step(batch, loss, opt, step)?;
-                Ok((out, batches.iter().map(|b| engine.forward(b)).collect::<Result<Vec<_>>>()?))
+                Ok((out, self.forwards(engine, batches).await?))
             }
             Drive::Async => engine.train_step_then_forwards_async(batch, loss, opt, step, batches).await,
         }
