@@ -40,19 +40,24 @@ case "${1:-run}" in
       for variant in ${VARIANTS:-narrow:2:on:cpu narrow:1:on:cpu narrow:1:on:gpu auto:1:on:gpu wide:1:on:gpu narrow:1:off:gpu auto:1:off:gpu}; do
         IFS=: read -r gemm devices checks loss <<< "$variant"
         # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
+        # a variant that fails says so and the run goes on: the device time is spent either way
         ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" --devices "$devices" \
-          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks-${loss:-gpu}.json"
+          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks-${loss:-gpu}.json" \
+          || echo "variant $config $variant failed with status $?"
       done
       # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are
       for other in .gl/bin/alignlab-*; do
         [ -x "$other" ] || continue
         out="${OUT:-/tmp}/other-$config-$(basename "$other").json"
-        "$other" bench --engine gpu --config "$config" --steps "${STEPS:-200}" > "$out"
-        echo "$other $config $(grep -o '"steps_per_s":[0-9.e+-]*' "$out")"
+        if "$other" bench --engine gpu --config "$config" --steps "${STEPS:-200}" > "$out"; then
+          echo "$other $config $(grep -o '"steps_per_s":[0-9.e+-]*' "$out")"
+        else
+          echo "$other $config failed with status $?"
+        fi
       done
       if python3 -c 'import torch' 2>/dev/null; then
         device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
-        python3 scripts/bench_torch.py --config "$config" --device "$device" --steps "${STEPS:-200}"
+        python3 scripts/bench_torch.py --config "$config" --device "$device" --steps "${STEPS:-200}" || echo "PyTorch $config failed with status $?"
       fi
     done
     ;;
