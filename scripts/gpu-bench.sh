@@ -10,6 +10,8 @@
 # the loss on the GPU with steps submitted ahead (the default), the 128×64 tiles, and
 # kernels without wgpu's runtime checks; see `alignlab bench --help`),
 # then any other build put in .gl/bin/alignlab-NAME (default flags only), then PyTorch.
+# Each variant also checks its kernels on this GPU against the CPU engine (`--parity`: the
+# JSON's parity.ok), so a figure never comes from an engine that computes something else.
 #
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
 # NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
@@ -42,7 +44,7 @@ case "${1:-run}" in
         # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
         # a variant that fails says so and the run goes on: the device time is spent either way
         ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" --devices "$devices" \
-          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks-${loss:-gpu}.json" \
+          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks-${loss:-gpu}.json" --parity \
           || echo "variant $config $variant failed with status $?"
       done
       # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are

@@ -14,7 +14,7 @@
 
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::parse_jsonl;
-use lab_core::engine::{AdamWConfig, Engine, Rows, StepLoss, TokenBatch};
+use lab_core::engine::{AdamWConfig, Closeness, Engine, Rows, StepLoss, TokenBatch};
 use lab_core::loss::{DataShape, LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_cpu::CpuEngine;
@@ -77,16 +77,7 @@ fn random_batch(cfg: &GptConfig, rows: usize, max_len: usize, seed: u64) -> Toke
 /// Assert `gpu` ≈ `cpu` within the stated tolerance; print the max abs error.
 fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) -> f32 {
     assert_eq!(gpu.len(), cpu.len(), "{what}: length");
-    let scale = cpu.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let tol = REL * scale + ABS;
-    let (mut worst, mut at) = (0.0f32, 0);
-    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
-        let err = (g - c).abs();
-        if err > worst || err.is_nan() {
-            worst = if err.is_nan() { f32::INFINITY } else { err };
-            at = i;
-        }
-    }
+    let Closeness { max_abs_err: worst, at, tol, scale } = Closeness::of(gpu, cpu, REL, ABS);
     eprintln!("{what:>28}: max abs err {worst:.3e} (tol {tol:.3e}, max|cpu| {scale:.3e})");
     assert!(worst <= tol, "{what}: gpu {} vs cpu {} at {at}: err {worst:e} > tol {tol:e}", gpu[at], cpu[at]);
     worst

@@ -11,7 +11,7 @@
 
 use clap::Args;
 use lab_core::config::{init_params, GptConfig};
-use lab_core::engine::{AdamWConfig, Engine, Rows, StepLoss, TokenBatch};
+use lab_core::engine::{AdamWConfig, Closeness, Engine, Rows, StepLoss, TokenBatch};
 use lab_core::loss::{LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
@@ -55,7 +55,20 @@ pub struct BenchArgs {
     /// browser's way) | off (native only; the kernels check their own ranges).
     #[arg(long, default_value = "on")]
     shader_checks: String,
+    /// Also check the GPU engine, as configured by the flags above, against the CPU engine
+    /// from the same weights on the bench's batch: the forward's log-probs, every parameter
+    /// gradient, and three DPO steps' losses through the timed step, each within the GPU
+    /// parity tests' tolerance (1e-4 × the largest CPU value + 1e-6). The JSON's `parity`
+    /// gives every error and `ok`.
+    #[arg(long)]
+    parity: bool,
 }
+
+/// The GPU parity tests' tolerance (tests/tests/gpu_parity.rs): |gpu − cpu| ≤ REL·max|cpu| + ABS.
+const PARITY_REL: f32 = 1e-4;
+const PARITY_ABS: f32 = 1e-6;
+/// DPO steps whose losses `--parity` compares.
+const PARITY_STEPS: u32 = 3;
 
 /// 2·PAIRS rows of random tokens, the response part scored.
 fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
@@ -209,19 +222,19 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     if loss_on_gpu && args.devices != 1 {
         return Err(LabError::param("devices", format!("--loss-on gpu runs the reference on the policy's device: --devices must be 1, got {}", args.devices)));
     }
+    if args.parity && args.engine != "gpu" {
+        return Err(LabError::param("parity", format!("checks the GPU engine against the CPU engine: it needs --engine gpu, got {:?}", args.engine)));
+    }
     let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices, checks)?;
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
-    let mut run = |first: u32, count: u32| match (&mut engines, loss_on_gpu) {
-        (Engines::Gpu(policy, reference), true) => pipelined_steps(policy, reference, &batch, &opt, first, count),
-        (engines, _) => (first..first + count).map(|step| dpo_step(engines, &batch, &opt, step)).last().unwrap_or(Ok(0.0)),
-    };
-    run(1, 2)?;
+    run_steps(&mut engines, loss_on_gpu, &batch, &opt, 1, 2)?;
     let start = Instant::now();
-    let loss = run(3, args.steps)?;
+    let loss = run_steps(&mut engines, loss_on_gpu, &batch, &opt, 3, args.steps)?;
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
     let mut profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, checks, &batch, &opt)? } else { Value::Null };
+    let parity = if args.parity { parity(cfg, (tiles, args.devices, checks, loss_on_gpu), &batch, &opt)? } else { Value::Null };
     if let Some(path) = &args.profile_out {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
         std::fs::write(path, text).map_err(|e| LabError::io(path.display().to_string(), e))?;
@@ -247,6 +260,69 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         "tokens_per_s": steps_per_s * (2 * PAIRS * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64,
         "final_loss": loss,
         "gpu_profile": profile,
+        "parity": parity,
+    }))
+}
+
+/// `count` DPO steps from `first` the way the bench times them; the last step's loss.
+fn run_steps(engines: &mut Engines, loss_on_gpu: bool, batch: &TokenBatch, opt: &AdamWConfig, first: u32, count: u32) -> Result<f64> {
+    match (engines, loss_on_gpu) {
+        (Engines::Gpu(policy, reference), true) => pipelined_steps(policy, reference, batch, opt, first, count),
+        (engines, _) => (first..first + count).map(|step| dpo_step(engines, batch, opt, step)).last().unwrap_or(Ok(0.0)),
+    }
+}
+
+/// `--parity`: fresh GPU engines as benched (`gpu`: tiles, devices, shader checks, loss on
+/// the GPU) and CPU engines from the bench's weights, compared on the bench's batch (see
+/// [`BenchArgs::parity`]). On the machine the numbers are measured on, this says the
+/// kernels timed there compute what the CPU engine computes.
+fn parity(cfg: GptConfig, gpu: (GemmTiles, u32, ShaderChecks, bool), batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+    let (tiles, devices, checks, loss_on_gpu) = gpu;
+    let mut on_gpu = Engines::open("gpu", cfg, tiles, devices, checks)?;
+    let mut on_cpu = Engines::open("cpu", cfg, tiles, devices, checks)?;
+    let mut ok = true;
+    let mut judge = |close: Closeness| {
+        ok &= close.ok();
+        json!({"max_abs_err": close.max_abs_err, "tol": close.tol})
+    };
+    let (g, c) = (on_gpu.policy().forward(batch)?, on_cpu.policy().forward(batch)?);
+    let token_logps = judge(Closeness::of(&g.token_logps, &c.token_logps, PARITY_REL, PARITY_ABS));
+    let seq_logps = judge(Closeness::of(&g.seq_logps, &c.seq_logps, PARITY_REL, PARITY_ABS));
+    // every parameter tensor's gradient within its own tolerance; the report names the one
+    // nearest its bound
+    let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
+    on_gpu.policy().backward(&d_seq)?;
+    on_cpu.policy().backward(&d_seq)?;
+    let (g, c) = (on_gpu.policy().grads(), on_cpu.policy().grads());
+    let mut worst: Option<(&str, Closeness)> = None;
+    for (name, offset, shape) in cfg.layout().tensors(&cfg) {
+        let range = offset..offset + shape.iter().product::<usize>();
+        let close = Closeness::of(&g[range.clone()], &c[range], PARITY_REL, PARITY_ABS);
+        if worst.is_none_or(|(_, w)| close.max_abs_err / close.tol > w.max_abs_err / w.tol) {
+            worst = Some((name, close));
+        }
+    }
+    let gradients = match worst {
+        Some((name, close)) => {
+            let mut report = judge(close);
+            report["tensor"] = json!(name);
+            report
+        }
+        None => Value::Null,
+    };
+    let mut losses = (Vec::new(), Vec::new());
+    for step in 1..=PARITY_STEPS {
+        losses.0.push(run_steps(&mut on_gpu, loss_on_gpu, batch, opt, step, 1)? as f32);
+        losses.1.push(run_steps(&mut on_cpu, false, batch, opt, step, 1)? as f32);
+    }
+    let loss_report = judge(Closeness::of(&losses.0, &losses.1, PARITY_REL, PARITY_ABS));
+    Ok(json!({
+        "tolerance": format!("{PARITY_REL:e} × max|cpu| + {PARITY_ABS:e}"),
+        "token_logps": token_logps,
+        "seq_logps": seq_logps,
+        "gradients": gradients,
+        "losses": {"gpu": losses.0, "cpu": losses.1, "max_abs_err": loss_report["max_abs_err"], "tol": loss_report["tol"]},
+        "ok": ok,
     }))
 }
 

@@ -128,14 +128,23 @@ fn bench_names_a_bad_loss_placement_before_opening_a_gpu() {
     assert!(stderr.contains("devices") && stderr.contains("--loss-on gpu"), "{stderr}");
 }
 
+#[test]
+fn bench_parity_needs_the_gpu_engine() {
+    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "cpu", "--parity", "--steps", "1"]);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("parity") && stderr.contains("--engine gpu"), "{stderr}");
+}
+
 /// The GPU bench's two steps: the loss on the GPU with steps submitted ahead (one device)
-/// and the loss on the CPU (two devices) train the same model to the same loss. Needs a
-/// WebGPU adapter (lavapipe in CI); ALIGNLAB_SKIP_GPU=1 skips it where there is none.
+/// and the loss on the CPU (two devices) train the same model to the same loss; and
+/// `--parity` finds the first within tolerance of the CPU engine. Needs a WebGPU adapter
+/// (lavapipe in CI); ALIGNLAB_SKIP_GPU=1 skips it where there is none.
 #[test]
 fn gpu_bench_gives_the_same_loss_with_the_loss_on_either_side() {
     let mut losses = Vec::new();
-    for args in [["--loss-on", "gpu", "--devices", "1"], ["--loss-on", "cpu", "--devices", "2"]] {
-        let (code, stdout, stderr) = alignlab(&[&["bench", "--config", "tiny", "--engine", "gpu", "--steps", "3"][..], &args[..]].concat());
+    for args in [&["--loss-on", "gpu", "--devices", "1", "--parity"][..], &["--loss-on", "cpu", "--devices", "2"][..]] {
+        let (code, stdout, stderr) = alignlab(&[&["bench", "--config", "tiny", "--engine", "gpu", "--steps", "3"][..], args].concat());
         if code != 0 && stderr.contains("no GPU adapter found") && std::env::var("ALIGNLAB_SKIP_GPU").is_ok_and(|v| v == "1") {
             eprintln!("SKIPPED (ALIGNLAB_SKIP_GPU=1): {stderr}");
             return;
@@ -143,6 +152,18 @@ fn gpu_bench_gives_the_same_loss_with_the_loss_on_either_side() {
         assert_eq!(code, 0, "{args:?}: {stderr}");
         let json: Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(json["loss_on"], args[1]);
+        let parity = &json["parity"];
+        if args.contains(&"--parity") {
+            eprintln!("parity: {parity}");
+            assert_eq!(parity["ok"], true, "{parity}");
+            assert_eq!(parity["losses"]["gpu"].as_array().map(Vec::len), Some(3), "{parity}");
+            for part in ["token_logps", "seq_logps", "gradients", "losses"] {
+                let (err, tol) = (parity[part]["max_abs_err"].as_f64().unwrap(), parity[part]["tol"].as_f64().unwrap());
+                assert!(err <= tol && tol > 0.0, "{part}: {parity}");
+            }
+        } else {
+            assert!(parity.is_null());
+        }
         losses.push(json["final_loss"].as_f64().unwrap());
     }
     eprintln!("final losses (loss on gpu, on cpu): {losses:?}");

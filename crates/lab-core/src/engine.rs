@@ -264,6 +264,39 @@ pub fn not_finite(step: u32, opt: &AdamWConfig) -> LabError {
     LabError::Engine { msg: format!("step {step}: the loss is not finite (learning rate {} too high?); the step was not taken", opt.lr) }
 }
 
+/// How close one engine's numbers are to the reference engine's: the largest absolute
+/// error against a tolerance that scales with the reference's size, `rel · max|want| + abs`
+/// (the GPU parity tests' and the GPU bench's `--parity` measure).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Closeness {
+    /// max |got − want| (infinite when a value is NaN or the lengths differ).
+    pub max_abs_err: f32,
+    /// Where the largest error is.
+    pub at: usize,
+    pub tol: f32,
+    /// max |want|.
+    pub scale: f32,
+}
+
+impl Closeness {
+    pub fn of(got: &[f32], want: &[f32], rel: f32, abs: f32) -> Closeness {
+        let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let mut close = Closeness { max_abs_err: if got.len() == want.len() { 0.0 } else { f32::INFINITY }, at: 0, tol: rel * scale + abs, scale };
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let err = (g - w).abs();
+            if err > close.max_abs_err || err.is_nan() {
+                close.max_abs_err = if err.is_nan() { f32::INFINITY } else { err };
+                close.at = i;
+            }
+        }
+        close
+    }
+
+    pub fn ok(&self) -> bool {
+        self.max_abs_err <= self.tol
+    }
+}
+
 /// K for the top-k instruments (Shi et al. 2024 use k = 10).
 pub const TOPK: usize = 10;
 
@@ -396,5 +429,22 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     }
     fn params_async(&self) -> EngineFuture<'_, Vec<f32>> {
         (**self).params_async()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Closeness;
+
+    #[test]
+    fn closeness_scales_its_tolerance_with_the_reference_and_flags_nan() {
+        let close = Closeness::of(&[1.0, -2.0001, 3.0], &[1.0, -2.0, 3.0], 1e-4, 1e-6);
+        assert_eq!((close.at, close.scale), (1, 3.0));
+        assert!((close.tol - 3.01e-4).abs() < 1e-9 && close.ok(), "{close:?}");
+        let far = Closeness::of(&[1.0, -2.01, 3.0], &[1.0, -2.0, 3.0], 1e-4, 1e-6);
+        assert!(!far.ok());
+        let nan = Closeness::of(&[1.0, f32::NAN], &[1.0, 2.0], 1e-4, 1e-6);
+        assert_eq!((nan.max_abs_err, nan.at), (f32::INFINITY, 1));
+        assert!(!Closeness::of(&[1.0], &[1.0, 2.0], 1e-4, 1e-6).ok(), "lengths differ");
     }
 }
