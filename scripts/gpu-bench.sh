@@ -3,7 +3,8 @@
 # DPO step in plain PyTorch eager beside it when python3 has torch.
 #
 #   bash scripts/gpu-bench.sh prepare   # here: build the binary, fetch the Vulkan loader into .gl/
-#   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch, one JSON line each
+#   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch; a JSON file each
+#                                       # in $OUT, one summary line each (steps/s, parity ok)
 #
 # `run` benches each variant in VARIANTS (gemm:devices:shader-checks:loss-on, default below:
 # the measured configuration first (two devices, the loss on the CPU), then a shared device,
@@ -38,30 +39,46 @@ case "${1:-run}" in
     export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg}; mkdir -p "$XDG_RUNTIME_DIR"; chmod 700 "$XDG_RUNTIME_DIR"
     nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && export VK_DRIVER_FILES=$nvidia_icd
+    out_dir=${OUT:-/tmp}
+    summary=$out_dir/summary.txt
+    : > "$summary"
+    # one line per run: what it was, steps/s, and whether its kernels matched the CPU engine
+    note() { echo "$*" | tee -a "$summary"; }
+    figures() { echo "$(grep -o '"steps_per_s": *[0-9.e+-]*' "$1" | head -1) $(grep -o '"ok": *[a-z]*' "$1" | head -1 | sed 's/"ok"/parity_ok/')"; }
     for config in ${CONFIGS:-tiny medium}; do
       for variant in ${VARIANTS:-narrow:2:on:cpu narrow:1:on:cpu narrow:1:on:gpu auto:1:on:gpu wide:1:on:gpu narrow:1:off:gpu auto:1:off:gpu}; do
         IFS=: read -r gemm devices checks loss <<< "$variant"
-        # per-launch times to $OUT (the device tool brings that folder back), totals to stdout
-        # a variant that fails says so and the run goes on: the device time is spent either way
-        ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" --devices "$devices" \
-          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "${OUT:-/tmp}/profile-$config-$gemm-$devices-$checks-${loss:-gpu}.json" --parity \
-          || echo "variant $config $variant failed with status $?"
+        name=$config-$gemm-$devices-$checks-${loss:-gpu}
+        # the JSON line and every launch's time into $OUT (the device tool brings that folder
+        # back whole; its reply keeps only the output's tail); a variant that fails says so
+        # and the run goes on: the device time is spent either way
+        if ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" --devices "$devices" \
+          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "$out_dir/profile-$name.json" --parity > "$out_dir/bench-$name.json"; then
+          note "$config $variant $(figures "$out_dir/bench-$name.json")"
+        else
+          rc=$?; note "$config $variant failed with status $rc"
+        fi
       done
       # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are
       for other in .gl/bin/alignlab-*; do
         [ -x "$other" ] || continue
-        out="${OUT:-/tmp}/other-$config-$(basename "$other").json"
+        out="$out_dir/other-$config-$(basename "$other").json"
         if "$other" bench --engine gpu --config "$config" --steps "${STEPS:-200}" > "$out"; then
-          echo "$other $config $(grep -o '"steps_per_s":[0-9.e+-]*' "$out")"
+          note "$config $(basename "$other") $(figures "$out")"
         else
-          echo "$other $config failed with status $?"
+          rc=$?; note "$config $(basename "$other") failed with status $rc"
         fi
       done
       if python3 -c 'import torch' 2>/dev/null; then
         device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
-        python3 scripts/bench_torch.py --config "$config" --device "$device" --steps "${STEPS:-200}" || echo "PyTorch $config failed with status $?"
+        if python3 scripts/bench_torch.py --config "$config" --device "$device" --steps "${STEPS:-200}" > "$out_dir/torch-$config.json"; then
+          note "$config pytorch-eager $(figures "$out_dir/torch-$config.json")"
+        else
+          rc=$?; note "$config pytorch-eager failed with status $rc"
+        fi
       fi
     done
+    echo "== summary ($summary)"; cat "$summary"
     ;;
   *) echo "usage: $0 prepare|run" >&2; exit 2 ;;
 esac
