@@ -161,6 +161,12 @@ impl BenchLoss {
     }
 }
 
+/// A d(loss)/d(sequence log-prob) like a DPO step's on the bench's batch (chosen rows
+/// first): −0.05 for each chosen row, +0.05 for each rejected one.
+fn sample_d_seq(batch: &TokenBatch) -> Vec<f32> {
+    (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect()
+}
+
 fn to64(values: &[f32]) -> Vec<f64> {
     values.iter().map(|&x| f64::from(x)).collect()
 }
@@ -290,7 +296,7 @@ fn parity(cfg: GptConfig, gpu: (GemmTiles, u32, ShaderChecks, bool), batch: &Tok
     let seq_logps = judge(Closeness::of(&g.seq_logps, &c.seq_logps, PARITY_REL, PARITY_ABS));
     // every parameter tensor's gradient within its own tolerance; the report names the one
     // nearest its bound
-    let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
+    let d_seq = sample_d_seq(batch);
     on_gpu.policy().backward(&d_seq)?;
     on_cpu.policy().backward(&d_seq)?;
     let (g, c) = (on_gpu.policy().grads(), on_cpu.policy().grads());
@@ -331,7 +337,7 @@ fn parity(cfg: GptConfig, gpu: (GemmTiles, u32, ShaderChecks, bool), batch: &Tok
 /// adapter has no TIMESTAMP_QUERY.
 fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
     let mut gpu = open_gpu(cfg, tiles, checks)?;
-    let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect();
+    let d_seq = sample_d_seq(batch);
     // one whole training step first (every kernel the profile runs, the loss gradient
     // included), so no first use of a kernel (a driver compiling lazily) is timed
     let reference = vec![-1.0; 2 * PAIRS];
