@@ -26,6 +26,9 @@ use lab_train::{Session, SessionConfig};
 const REL: f32 = 1e-4;
 const ABS: f32 = 1e-6;
 
+/// The sessions' model: small enough for 10–20 steps of lab-train on lavapipe.
+const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
+
 /// Ragged on purpose: C = 48 and N = B·T = 57 are not multiples of the 64-wide GEMM tile,
 /// hs = 12, and T < ctx leaves position rows without gradient.
 const RAGGED: GptConfig = GptConfig { vocab: 96, ctx: 24, d_model: 48, n_layer: 2, n_head: 4 };
@@ -277,7 +280,6 @@ fn assert_weights_close(what: &str, cfg: &GptConfig, gpu_params: &[f32], cpu_par
 
 #[test]
 fn dpo_loss_curves_agree_over_20_steps() {
-    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
     let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
     let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
     let records = parse_jsonl(&jsonl).unwrap();
@@ -286,15 +288,21 @@ fn dpo_loss_curves_agree_over_20_steps() {
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
     let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
     let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+    assert_loss_curves_agree("dpo", &mut on_gpu, &mut on_cpu, 20);
+}
+
+/// `steps` session steps on each engine: the CPU run must learn (else agreeing means
+/// little) and the two loss curves agree within the tolerance.
+fn assert_loss_curves_agree(what: &str, on_gpu: &mut Session<GpuEngine>, on_cpu: &mut Session<CpuEngine>, steps: usize) {
     let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
-    for _ in 0..20 {
+    for _ in 0..steps {
         gpu_losses.push(on_gpu.step().unwrap().loss as f32);
         cpu_losses.push(on_cpu.step().unwrap().loss as f32);
     }
-    eprintln!("cpu loss curve {cpu_losses:?}");
-    eprintln!("gpu loss curve {gpu_losses:?}");
-    assert!(cpu_losses[19] < cpu_losses[0], "the run must learn for the comparison to mean anything");
-    assert_close("loss curve", &gpu_losses, &cpu_losses);
+    eprintln!("{what}: cpu loss curve {cpu_losses:?}");
+    eprintln!("{what}: gpu loss curve {gpu_losses:?}");
+    assert!(cpu_losses[steps - 1] < cpu_losses[0], "{what}: the run must learn for the comparison to mean anything");
+    assert_close(&format!("{what} loss curve"), &gpu_losses, &cpu_losses);
 }
 
 /// The other data shapes through lab-train on both engines: KTO on unpaired examples and
@@ -302,7 +310,6 @@ fn dpo_loss_curves_agree_over_20_steps() {
 /// loss.wgsl on the GPU, 10 steps each.
 #[test]
 fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
-    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
     let unpaired = "{\"prompt\": \"Is fire hot?\", \"completion\": \" Yes.\", \"label\": true}\n{\"prompt\": \"Is fire hot?\", \"completion\": \" No.\", \"label\": false}\n\
 {\"prompt\": \"Is ice hot?\", \"completion\": \" No.\", \"label\": true}\n{\"prompt\": \"Sky color?\", \"completion\": \" Green.\", \"label\": false}\n\
 {\"prompt\": \"Sky color?\", \"completion\": \" Blue.\", \"label\": true}\n";
@@ -317,15 +324,7 @@ fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
         let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
         let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
         let before = on_gpu.engine().sync_counts();
-        let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
-        for _ in 0..10 {
-            gpu_losses.push(on_gpu.step().unwrap().loss as f32);
-            cpu_losses.push(on_cpu.step().unwrap().loss as f32);
-        }
-        eprintln!("{kind}: cpu loss curve {cpu_losses:?}");
-        eprintln!("{kind}: gpu loss curve {gpu_losses:?}");
-        assert!(cpu_losses[9] < cpu_losses[0], "{kind}: the run must learn for the comparison to mean anything");
-        assert_close(&format!("{kind} loss curve"), &gpu_losses, &cpu_losses);
+        assert_loss_curves_agree(&kind.to_string(), &mut on_gpu, &mut on_cpu, 10);
         // a step and an evaluation of the dataset each: one submission and one readback apiece
         let after = on_gpu.engine().sync_counts();
         assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (20, 20), "{kind}");
@@ -338,7 +337,6 @@ fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
 /// keeps the sync step's GPU budget, and `params_async` reads what `params` reads.
 #[test]
 fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
-    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
     let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
     let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
     let records = parse_jsonl(&jsonl).unwrap();
@@ -544,7 +542,6 @@ fn queued_forwards_match_one_at_a_time() {
         }
     }
 
-    const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
     let jsonl: String = (0..70).map(|i| format!("{{\"prompt\": \"Q{i}?\", \"chosen\": \" Yes {}.\", \"rejected\": \" No.\"}}\n", i % 7)).collect();
     let records = parse_jsonl(&jsonl).unwrap();
     let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 5, eval_every: 1, final_step: 0 };

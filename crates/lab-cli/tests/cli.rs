@@ -109,31 +109,29 @@ fn bench_prints_one_json_line() {
     assert!(json["final_loss"].as_f64().unwrap().is_finite());
 }
 
+/// `alignlab bench` (tiny, one step) with `flags` fails, prints nothing, and its error
+/// names every one of `words`.
+fn assert_bench_refuses(flags: &[&str], words: &[&str]) {
+    let (code, stdout, stderr) = alignlab(&[&["bench", "--config", "tiny", "--steps", "1"][..], flags].concat());
+    assert_ne!(code, 0, "{flags:?}");
+    assert!(stdout.is_empty(), "{flags:?}: {stdout}");
+    assert!(words.iter().all(|w| stderr.contains(w)), "{flags:?}: {stderr}");
+}
+
 #[test]
 fn bench_names_a_bad_gemm_tiling() {
-    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "cpu", "--gemm", "sideways", "--steps", "1"]);
-    assert_ne!(code, 0);
-    assert!(stdout.is_empty());
-    assert!(stderr.contains("gemm") && stderr.contains("\"sideways\""), "{stderr}");
+    assert_bench_refuses(&["--engine", "cpu", "--gemm", "sideways"], &["gemm", "\"sideways\""]);
 }
 
 #[test]
 fn bench_names_a_bad_loss_placement_before_opening_a_gpu() {
-    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "gpu", "--loss-on", "sideways", "--steps", "1"]);
-    assert_ne!(code, 0);
-    assert!(stdout.is_empty());
-    assert!(stderr.contains("loss-on") && stderr.contains("\"sideways\""), "{stderr}");
-    let (code, _, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "gpu", "--devices", "2", "--steps", "1"]);
-    assert_ne!(code, 0);
-    assert!(stderr.contains("devices") && stderr.contains("--loss-on gpu"), "{stderr}");
+    assert_bench_refuses(&["--engine", "gpu", "--loss-on", "sideways"], &["loss-on", "\"sideways\""]);
+    assert_bench_refuses(&["--engine", "gpu", "--devices", "2"], &["devices", "--loss-on gpu"]);
 }
 
 #[test]
 fn bench_parity_needs_the_gpu_engine() {
-    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "cpu", "--parity", "--steps", "1"]);
-    assert_ne!(code, 0);
-    assert!(stdout.is_empty());
-    assert!(stderr.contains("parity") && stderr.contains("--engine gpu"), "{stderr}");
+    assert_bench_refuses(&["--engine", "cpu", "--parity"], &["parity", "--engine gpu"]);
 }
 
 /// The GPU bench's two steps: the loss on the GPU with steps submitted ahead (one device)
