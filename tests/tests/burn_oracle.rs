@@ -82,7 +82,9 @@ fn oracle_batch(cfg: &GptConfig) -> TokenBatch {
     let spec = [(T, 4), (T, 6), (9, 3), (T, 5)]; // (row length, first scored position)
     let rows: Vec<(Vec<u32>, usize)> = spec
         .iter()
-        .map(|&(len, first)| ((0..len).map(|_| 1 + rng.below(cfg.vocab - 1) as u32).collect(), first))
+        .map(|&(len, first)| {
+            ((0..len).map(|_| 1 + rng.below(cfg.vocab - 1) as u32).collect(), first)
+        })
         .collect();
     let batch = TokenBatch::from_rows(&rows).expect("valid rows");
     assert_eq!((batch.batch, batch.seq_len), (B, T));
@@ -224,17 +226,26 @@ fn gelu_tanh(x: Tensor<2>) -> Tensor<2> {
 
 /// Causal multi-head self-attention on (N, 3C) packed q|k|v, returning (N, C) before the
 /// output projection.
-fn attention(qkv: Tensor<2>, cfg: &GptConfig, batch: usize, seq: usize, device: &Device) -> Tensor<2> {
+fn attention(
+    qkv: Tensor<2>,
+    cfg: &GptConfig,
+    batch: usize,
+    seq: usize,
+    device: &Device,
+) -> Tensor<2> {
     let (c, nh, hd) = (cfg.d_model, cfg.n_head, cfg.head_dim());
     let n = batch * seq;
     let heads = |from: usize| -> Tensor<4> {
-        qkv.clone().slice([0..n, from..from + c]).reshape([batch, seq, nh, hd]).swap_dims(1, 2) // (B, NH, T, hd)
+        qkv.clone().slice([0..n, from..from + c]).reshape([batch, seq, nh, hd]).swap_dims(1, 2)
+        // (B, NH, T, hd)
     };
     let (q, k, v) = (heads(0), heads(c), heads(2 * c));
     let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()); // (B, NH, T, T)
-    // burn's tril_mask is true where the lower triangle (diagonal included) is NOT, i.e.
-    // strictly above the diagonal: key position s > query position t, the future.
-    let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, device).reshape([1, 1, seq, seq]).expand([batch, nh, seq, seq]);
+                                                                           // burn's tril_mask is true where the lower triangle (diagonal included) is NOT, i.e.
+                                                                           // strictly above the diagonal: key position s > query position t, the future.
+    let future = Tensor::<2, Bool>::tril_mask([seq, seq], 0, device)
+        .reshape([1, 1, seq, seq])
+        .expand([batch, nh, seq, seq]);
     let probs = softmax(scores.mask_fill(future, -1.0e30), 3); // (B, NH, T, T)
     probs.matmul(v).swap_dims(1, 2).reshape([n, c]) // (B, T, NH, hd) -> (N, C)
 }
@@ -277,7 +288,9 @@ fn oracle_forward(p: &Leaves, cfg: &GptConfig, batch: &TokenBatch, device: &Devi
         .slice([0..bsz, 1..seq])
         .unsqueeze_dim::<3>(2); // (B, T-1, 1)
     let token_logps = logp.gather(2, targets).reshape([bsz, seq - 1]); // (B, T-1)
-    let mask = Tensor::<2>::from_data(TensorData::new(batch.score_mask.clone(), [bsz, seq]), device).slice([0..bsz, 1..seq]);
+    let mask =
+        Tensor::<2>::from_data(TensorData::new(batch.score_mask.clone(), [bsz, seq]), device)
+            .slice([0..bsz, 1..seq]);
     let scored = token_logps * mask; // (B, T-1)
     let seq_logps = scored.clone().sum_dim(1).reshape([bsz]); // (B)
     let token_logps = Tensor::cat(vec![Tensor::<2>::zeros([bsz, 1], device), scored], 1); // (B, T), position 0 never scored
@@ -289,7 +302,10 @@ fn oracle_forward(p: &Leaves, cfg: &GptConfig, batch: &TokenBatch, device: &Devi
 fn oracle_dpo_loss(seq_logps: Tensor<1>, device: &Device) -> Tensor<1> {
     let pairs = seq_logps.dims()[0] / 2;
     let policy = seq_logps.reshape([pairs, 2]); // (P, 2)
-    let reference = Tensor::<2>::from_data(TensorData::new(REF_LOGPS.iter().map(|&r| r as f32).collect::<Vec<_>>(), [pairs, 2]), device);
+    let reference = Tensor::<2>::from_data(
+        TensorData::new(REF_LOGPS.iter().map(|&r| r as f32).collect::<Vec<_>>(), [pairs, 2]),
+        device,
+    );
     let logratio = policy - reference; // (P, 2)
     let chosen = logratio.clone().slice([0..pairs, 0..1]).reshape([pairs]);
     let rejected = logratio.slice([0..pairs, 1..2]).reshape([pairs]);
@@ -307,7 +323,8 @@ fn dpo_loss_and_grad(seq_logps: &[f32]) -> (f64, Vec<f32>) {
     let mut grad = vec![0.0f32; seq_logps.len()];
     for p in 0..pairs {
         let (w, l) = (2 * p, 2 * p + 1);
-        let margin = BETA * ((seq_logps[w] as f64 - REF_LOGPS[w]) - (seq_logps[l] as f64 - REF_LOGPS[l]));
+        let margin =
+            BETA * ((seq_logps[w] as f64 - REF_LOGPS[w]) - (seq_logps[l] as f64 - REF_LOGPS[l]));
         loss += -sigmoid(margin).ln() / pairs as f64;
         let d_margin = -sigmoid(-margin) / pairs as f64;
         grad[w] = (d_margin * BETA) as f32;
@@ -339,7 +356,13 @@ impl Diff {
 }
 
 fn compare(name: &str, engine: &[f32], oracle: &[f32], tol: f64) -> Diff {
-    assert_eq!(engine.len(), oracle.len(), "{name}: engine has {} values, oracle {}", engine.len(), oracle.len());
+    assert_eq!(
+        engine.len(),
+        oracle.len(),
+        "{name}: engine has {} values, oracle {}",
+        engine.len(),
+        oracle.len()
+    );
     let scale = oracle.iter().fold(0.0f64, |m, &b| m.max((b as f64).abs()));
     let mut max_abs = 0.0f64;
     let mut max_rel = 0.0f64;
@@ -351,12 +374,23 @@ fn compare(name: &str, engine: &[f32], oracle: &[f32], tol: f64) -> Diff {
             max_rel = max_rel.max(err / (b as f64).abs());
         }
     }
-    Diff { name: name.to_string(), len: engine.len(), scale, max_abs, normwise: max_abs / scale.max(FLOOR), max_rel, tol }
+    Diff {
+        name: name.to_string(),
+        len: engine.len(),
+        scale,
+        max_abs,
+        normwise: max_abs / scale.max(FLOOR),
+        max_rel,
+        tol,
+    }
 }
 
 fn print_table(title: &str, diffs: &[Diff]) {
     println!("\n{title}");
-    println!("{:<12} {:>6} {:>11} {:>11} {:>11} {:>11} {:>8}  ok", "tensor", "len", "max|ref|", "max abs", "abs/scale", "max rel*", "tol");
+    println!(
+        "{:<12} {:>6} {:>11} {:>11} {:>11} {:>11} {:>8}  ok",
+        "tensor", "len", "max|ref|", "max abs", "abs/scale", "max rel*", "tol"
+    );
     for d in diffs {
         println!(
             "{:<12} {:>6} {:>11.3e} {:>11.3e} {:>11.3e} {:>11.3e} {:>8.0e}  {}",
@@ -377,7 +411,12 @@ fn assert_all_pass(diffs: &[Diff]) {
     let failed: Vec<String> = diffs
         .iter()
         .filter(|d| !d.passed())
-        .map(|d| format!("{} (max abs {:.3e} = {:.3e} of scale {:.3e}, tol {:.0e})", d.name, d.max_abs, d.normwise, d.scale, d.tol))
+        .map(|d| {
+            format!(
+                "{} (max abs {:.3e} = {:.3e} of scale {:.3e}, tol {:.0e})",
+                d.name, d.max_abs, d.normwise, d.scale, d.tol
+            )
+        })
         .collect();
     assert!(failed.is_empty(), "lab-cpu disagrees with the burn oracle on: {}", failed.join("; "));
 }
@@ -429,7 +468,10 @@ fn cpu_engine_matches_burn_oracle_forward_and_every_gradient() {
         compare("dpo_loss", &[cpu_loss as f32], &burn_loss, FWD_TOL),
     ];
     print_table(&format!("forward (B={bsz}, T={seq}, {cfg:?})"), &forward);
-    println!("seq_logps cpu  {:?}\nseq_logps burn {:?}\nd loss/d seq_logp {:?}", cpu_fwd.seq_logps, burn_seq_logps, d_seq_logps);
+    println!(
+        "seq_logps cpu  {:?}\nseq_logps burn {:?}\nd loss/d seq_logp {:?}",
+        cpu_fwd.seq_logps, burn_seq_logps, d_seq_logps
+    );
 
     // --- gradients, every tensor of the layout.
     let layout = cfg.layout();
@@ -451,7 +493,10 @@ fn cpu_engine_matches_burn_oracle_forward_and_every_gradient() {
         let mut corrupted = cpu_grads[*offset..offset + len].to_vec();
         let worst = (0..len).max_by(|&i, &j| oracle[i].abs().total_cmp(&oracle[j].abs())).unwrap();
         corrupted[worst] += 0.01 * oracle[worst].abs().max(FLOOR as f32);
-        assert!(!compare(name, &corrupted, oracle, GRAD_TOL).passed(), "{name}: the comparison cannot see a 1% error");
+        assert!(
+            !compare(name, &corrupted, oracle, GRAD_TOL).passed(),
+            "{name}: the comparison cannot see a 1% error"
+        );
     }
 
     assert_all_pass(&forward);

@@ -82,7 +82,12 @@ fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) -> f32 {
     assert_eq!(gpu.len(), cpu.len(), "{what}: length");
     let Closeness { max_abs_err: worst, at, tol, scale } = Closeness::of(gpu, cpu, REL, ABS);
     eprintln!("{what:>28}: max abs err {worst:.3e} (tol {tol:.3e}, max|cpu| {scale:.3e})");
-    assert!(worst <= tol, "{what}: gpu {} vs cpu {} at {at}: err {worst:e} > tol {tol:e}", gpu[at], cpu[at]);
+    assert!(
+        worst <= tol,
+        "{what}: gpu {} vs cpu {} at {at}: err {worst:e} > tol {tol:e}",
+        gpu[at],
+        cpu[at]
+    );
     worst
 }
 
@@ -90,7 +95,11 @@ fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) -> f32 {
 fn assert_tensors_close(what: &str, cfg: &GptConfig, gpu: &[f32], cpu: &[f32]) {
     for (name, offset, shape) in cfg.layout().tensors(cfg) {
         let len: usize = shape.iter().product();
-        assert_close(&format!("{what} {name}"), &gpu[offset..offset + len], &cpu[offset..offset + len]);
+        assert_close(
+            &format!("{what} {name}"),
+            &gpu[offset..offset + len],
+            &cpu[offset..offset + len],
+        );
     }
 }
 
@@ -103,7 +112,8 @@ fn assert_tensors_close(what: &str, cfg: &GptConfig, gpu: &[f32], cpu: &[f32]) {
 fn is_key_bias(cfg: &GptConfig, index: usize) -> bool {
     let layout = cfg.layout();
     let c = cfg.d_model;
-    (layout.qkvb..layout.qkvb + cfg.n_layer * 3 * c).contains(&index) && ((index - layout.qkvb) % (3 * c)) / c == 1
+    (layout.qkvb..layout.qkvb + cfg.n_layer * 3 * c).contains(&index)
+        && ((index - layout.qkvb) % (3 * c)) / c == 1
 }
 
 #[test]
@@ -115,7 +125,11 @@ fn forward_matches_cpu_on_logits_logprobs_instruments_and_hidden_states() {
         let batch = random_batch(&cfg, rows, len, 2);
         eprintln!("config {cfg:?}, batch {}x{}", batch.batch, batch.seq_len);
         assert_close("logits", &gpu.logits(&batch).unwrap(), &cpu.logits(&batch).unwrap());
-        assert_close("hidden states", &gpu.hidden_states(&batch).unwrap(), &cpu.hidden_states(&batch).unwrap());
+        assert_close(
+            "hidden states",
+            &gpu.hidden_states(&batch).unwrap(),
+            &cpu.hidden_states(&batch).unwrap(),
+        );
         let (g, c) = (gpu.forward(&batch).unwrap(), cpu.forward(&batch).unwrap());
         assert_close("token logps", &g.token_logps, &c.token_logps);
         assert_close("seq logps", &g.seq_logps, &c.seq_logps);
@@ -147,9 +161,15 @@ fn every_parameter_gradient_matches_cpu() {
         let (g, c) = (gpu.grads(), cpu.grads());
         assert_tensors_close("grad", &cfg, &g, &c);
         // the key bias's gradient is zero up to rounding on both (see is_key_bias)
-        let key_bias_max = (0..c.len()).filter(|&i| is_key_bias(&cfg, i)).fold(0.0f32, |m, i| m.max(c[i].abs()).max(g[i].abs()));
-        let qkvb_max = c[cfg.layout().qkvb..cfg.layout().attprojw].iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        eprintln!("{:>28}: max |grad| {key_bias_max:.3e} against {qkvb_max:.3e} for all of qkvb", "key bias");
+        let key_bias_max = (0..c.len())
+            .filter(|&i| is_key_bias(&cfg, i))
+            .fold(0.0f32, |m, i| m.max(c[i].abs()).max(g[i].abs()));
+        let qkvb_max =
+            c[cfg.layout().qkvb..cfg.layout().attprojw].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        eprintln!(
+            "{:>28}: max |grad| {key_bias_max:.3e} against {qkvb_max:.3e} for all of qkvb",
+            "key bias"
+        );
         assert!(key_bias_max <= 1e-4 * qkvb_max);
     }
 }
@@ -165,8 +185,12 @@ fn wide_gemm_tiles_match_cpu_forward_and_gradients() {
         gpu.set_gemm_tiles(GemmTiles::Wide);
         let mut cpu = CpuEngine::new(cfg, params).unwrap();
         let batch = random_batch(&cfg, rows, len, 14);
-        let kernels: Vec<Kernel> = gpu.launches(&batch).unwrap().into_iter().map(|(k, _)| k).collect();
-        assert!(kernels.contains(&Kernel::GemmWide) && kernels.contains(&Kernel::Gemm), "wide for the linear layers, 64×64 for attention");
+        let kernels: Vec<Kernel> =
+            gpu.launches(&batch).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert!(
+            kernels.contains(&Kernel::GemmWide) && kernels.contains(&Kernel::Gemm),
+            "wide for the linear layers, 64×64 for attention"
+        );
         eprintln!("config {cfg:?}, batch {}x{}, wide tiles", batch.batch, batch.seq_len);
         assert_close("logits", &gpu.logits(&batch).unwrap(), &cpu.logits(&batch).unwrap());
         let (g, c) = (gpu.forward(&batch).unwrap(), cpu.forward(&batch).unwrap());
@@ -185,18 +209,33 @@ fn wide_gemm_tiles_match_cpu_forward_and_gradients() {
 /// paths (T ≤ 64 fused, T = 150 not).
 #[test]
 fn kernels_without_runtime_checks_match_cpu() {
-    for (cfg, rows, len, tiles) in [(RAGGED, 3, 19, GemmTiles::Wide), (GptConfig::TINY, 4, 64, GemmTiles::Narrow), (WIDE, 2, 150, GemmTiles::Auto)] {
+    for (cfg, rows, len, tiles) in [
+        (RAGGED, 3, 19, GemmTiles::Wide),
+        (GptConfig::TINY, 4, 64, GemmTiles::Narrow),
+        (WIDE, 2, 150, GemmTiles::Auto),
+    ] {
         let params = random_params(&cfg, 20);
         let Some(checked) = gpu(cfg, params.clone()) else { return };
-        let mut gpu = GpuEngine::with_checks(checked.device().clone(), checked.queue().clone(), cfg, params.clone(), ShaderChecks::Trusted).unwrap();
+        let mut gpu = GpuEngine::with_checks(
+            checked.device().clone(),
+            checked.queue().clone(),
+            cfg,
+            params.clone(),
+            ShaderChecks::Trusted,
+        )
+        .unwrap();
         gpu.set_gemm_tiles(tiles);
         let mut cpu = CpuEngine::new(cfg, params).unwrap();
         let batch = random_batch(&cfg, rows, len, 21);
-        eprintln!("config {cfg:?}, batch {}x{}, {tiles:?} tiles, unchecked kernels", batch.batch, batch.seq_len);
+        eprintln!(
+            "config {cfg:?}, batch {}x{}, {tiles:?} tiles, unchecked kernels",
+            batch.batch, batch.seq_len
+        );
         let (g, c) = (gpu.forward(&batch).unwrap(), cpu.forward(&batch).unwrap());
         assert_close("token logps", &g.token_logps, &c.token_logps);
         assert_close("topk entropy", &g.topk_entropy, &c.topk_entropy);
-        let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b % 2 == 0 { 1.0 } else { -0.5 }).collect();
+        let d_seq: Vec<f32> =
+            (0..batch.batch).map(|b| if b % 2 == 0 { 1.0 } else { -0.5 }).collect();
         gpu.backward(&d_seq).unwrap();
         cpu.backward(&d_seq).unwrap();
         assert_tensors_close("grad", &cfg, &gpu.grads(), &cpu.grads());
@@ -217,16 +256,25 @@ fn medium_at_the_benchmark_shape_matches_cpu_with_automatic_tiles() {
     let Some(mut gpu) = gpu(cfg, params.clone()) else { return };
     gpu.set_gemm_tiles(GemmTiles::Auto);
     let mut cpu = CpuEngine::new(cfg, params).unwrap();
-    let rows: Vec<(Vec<u32>, usize)> = (0..32u32).map(|r| ((0..64u32).map(|i| (r * 7 + i * 13) % 95 + 1).collect(), 16)).collect();
+    let rows: Vec<(Vec<u32>, usize)> =
+        (0..32u32).map(|r| ((0..64u32).map(|i| (r * 7 + i * 13) % 95 + 1).collect(), 16)).collect();
     let batch = TokenBatch::from_rows(&rows).unwrap();
     let launches = gpu.launches(&batch).unwrap();
     let wide = launches.iter().filter(|(k, _)| *k == Kernel::GemmWide).count();
     assert_eq!(wide, 3 * cfg.n_layer, "qkv and fc forward and fcproj's input gradient, per layer");
     // the bias column of [dW | db] (C + 1 or 4C + 1 columns) rides in the last full tile
-    let gemm_columns: Vec<u32> = launches.iter().filter(|(k, _)| *k == Kernel::Gemm).map(|(_, g)| g[0]).collect();
-    assert!(!gemm_columns.contains(&5) && !gemm_columns.contains(&17), "a tile for the ones column alone: {gemm_columns:?}");
+    let gemm_columns: Vec<u32> =
+        launches.iter().filter(|(k, _)| *k == Kernel::Gemm).map(|(_, g)| g[0]).collect();
+    assert!(
+        !gemm_columns.contains(&5) && !gemm_columns.contains(&17),
+        "a tile for the ones column alone: {gemm_columns:?}"
+    );
     let count = |kernel: Kernel| launches.iter().filter(|(k, _)| *k == kernel).count();
-    eprintln!("medium at 32×64: {} launches, {} split sums", launches.len(), count(Kernel::SplitSum));
+    eprintln!(
+        "medium at 32×64: {} launches, {} split sums",
+        launches.len(),
+        count(Kernel::SplitSum)
+    );
     // the depth-split products the next LayerNorm reads (attproj and fcproj forward, the
     // input gradients of fc and qkv) are added up by that LayerNorm, the parameter
     // gradients by one gather: split sums remain for the LM head's forward and attproj's
@@ -265,7 +313,14 @@ fn weights_after_three_adamw_steps_match_cpu() {
 
 /// Weights after `steps` AdamW steps: every tensor within the tolerance, except the key
 /// bias (see is_key_bias), held to AdamW's own bound of 2·lr a step.
-fn assert_weights_close(what: &str, cfg: &GptConfig, gpu_params: &[f32], cpu_params: &[f32], lr: f32, steps: u32) {
+fn assert_weights_close(
+    what: &str,
+    cfg: &GptConfig,
+    gpu_params: &[f32],
+    cpu_params: &[f32],
+    lr: f32,
+    steps: u32,
+) {
     let key_bias_bound = 2.0 * steps as f32 * lr;
     let mut key_bias_err = 0.0f32;
     let (mut gpu_rest, mut cpu_rest) = (gpu_params.to_vec(), cpu_params.to_vec());
@@ -273,27 +328,56 @@ fn assert_weights_close(what: &str, cfg: &GptConfig, gpu_params: &[f32], cpu_par
         key_bias_err = key_bias_err.max((gpu_params[i] - cpu_params[i]).abs());
         (gpu_rest[i], cpu_rest[i]) = (0.0, 0.0);
     }
-    eprintln!("{:>28}: max abs err {key_bias_err:.3e} (bound 2·lr·steps = {key_bias_bound:.1e})", format!("{what} qkvb key part"));
+    eprintln!(
+        "{:>28}: max abs err {key_bias_err:.3e} (bound 2·lr·steps = {key_bias_bound:.1e})",
+        format!("{what} qkvb key part")
+    );
     assert!(key_bias_err <= key_bias_bound);
     assert_tensors_close(what, cfg, &gpu_rest, &cpu_rest);
 }
 
 #[test]
 fn dpo_loss_curves_agree_over_20_steps() {
-    let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
-    let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
+    let facts = [
+        ("Is fire hot?", " Yes.", " No."),
+        ("Is ice hot?", " No.", " Yes."),
+        ("Is 2 > 1?", " Yes.", " No."),
+        ("Is 1 > 2?", " No.", " Yes."),
+        ("Sky color?", " Blue.", " Green."),
+        ("Grass color?", " Green.", " Blue."),
+    ];
+    let jsonl: String = facts
+        .iter()
+        .map(|(p, c, r)| {
+            format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")
+        })
+        .collect();
     let records = parse_jsonl(&jsonl).unwrap();
-    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 1, eval_every: 1, final_step: 0 };
+    let config = SessionConfig {
+        loss: LossMix::single(LossKind::Sigmoid),
+        params: LossParams::default(),
+        optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() },
+        batch_size: 4,
+        seed: 1,
+        eval_every: 1,
+        final_step: 0,
+    };
     let params = init_params(&MICRO, 7);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
     let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
-    let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+    let mut on_cpu =
+        Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
     assert_loss_curves_agree("dpo", &mut on_gpu, &mut on_cpu, 20);
 }
 
 /// `steps` session steps on each engine: the CPU run must learn (else agreeing means
 /// little) and the two loss curves agree within the tolerance.
-fn assert_loss_curves_agree(what: &str, on_gpu: &mut Session<GpuEngine>, on_cpu: &mut Session<CpuEngine>, steps: usize) {
+fn assert_loss_curves_agree(
+    what: &str,
+    on_gpu: &mut Session<GpuEngine>,
+    on_cpu: &mut Session<CpuEngine>,
+    steps: usize,
+) {
     let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
     for _ in 0..steps {
         gpu_losses.push(on_gpu.step().unwrap().loss as f32);
@@ -301,7 +385,10 @@ fn assert_loss_curves_agree(what: &str, on_gpu: &mut Session<GpuEngine>, on_cpu:
     }
     eprintln!("{what}: cpu loss curve {cpu_losses:?}");
     eprintln!("{what}: gpu loss curve {gpu_losses:?}");
-    assert!(cpu_losses[steps - 1] < cpu_losses[0], "{what}: the run must learn for the comparison to mean anything");
+    assert!(
+        cpu_losses[steps - 1] < cpu_losses[0],
+        "{what}: the run must learn for the comparison to mean anything"
+    );
     assert_close(&format!("{what} loss curve"), &gpu_losses, &cpu_losses);
 }
 
@@ -318,16 +405,29 @@ fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
     for (kind, jsonl) in [(LossKind::Kto, unpaired), (LossKind::PlackettLuce, ranked)] {
         let records = parse_jsonl(jsonl).unwrap();
         // the whole dataset each step, so the loss falls step by step
-        let config = SessionConfig { loss: LossMix::single(kind), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: records.len(), seed: 3, eval_every: 1, final_step: 0 };
+        let config = SessionConfig {
+            loss: LossMix::single(kind),
+            params: LossParams::default(),
+            optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() },
+            batch_size: records.len(),
+            seed: 3,
+            eval_every: 1,
+            final_step: 0,
+        };
         let params = init_params(&MICRO, 9);
         let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
         let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
-        let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+        let mut on_cpu =
+            Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
         let before = on_gpu.engine().sync_counts();
         assert_loss_curves_agree(&kind.to_string(), &mut on_gpu, &mut on_cpu, 10);
         // a step and an evaluation of the dataset each: one submission and one readback apiece
         let after = on_gpu.engine().sync_counts();
-        assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (20, 20), "{kind}");
+        assert_eq!(
+            (after.submissions - before.submissions, after.readbacks - before.readbacks),
+            (20, 20),
+            "{kind}"
+        );
     }
 }
 
@@ -337,21 +437,44 @@ fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
 /// keeps the sync step's GPU budget, and `params_async` reads what `params` reads.
 #[test]
 fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
-    let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue.")];
-    let jsonl: String = facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect();
+    let facts = [
+        ("Is fire hot?", " Yes.", " No."),
+        ("Is ice hot?", " No.", " Yes."),
+        ("Is 2 > 1?", " Yes.", " No."),
+        ("Is 1 > 2?", " No.", " Yes."),
+        ("Sky color?", " Blue.", " Green."),
+        ("Grass color?", " Green.", " Blue."),
+    ];
+    let jsonl: String = facts
+        .iter()
+        .map(|(p, c, r)| {
+            format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")
+        })
+        .collect();
     let records = parse_jsonl(&jsonl).unwrap();
-    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 2, eval_every: 1, final_step: 0 };
+    let config = SessionConfig {
+        loss: LossMix::single(LossKind::Sigmoid),
+        params: LossParams::default(),
+        optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() },
+        batch_size: 4,
+        seed: 2,
+        eval_every: 1,
+        final_step: 0,
+    };
     let params = init_params(&MICRO, 5);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
     let Some(gpu_sync_engine) = gpu(MICRO, params.clone()) else { return };
-    let mut on_gpu = pollster::block_on(Session::new_async(gpu_engine, &records, config.clone())).unwrap();
+    let mut on_gpu =
+        pollster::block_on(Session::new_async(gpu_engine, &records, config.clone())).unwrap();
     let mut on_gpu_sync = Session::new(gpu_sync_engine, &records, config.clone()).unwrap();
-    let mut on_cpu = Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+    let mut on_cpu =
+        Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
     let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     assert_close("reference logps", &to_f32(on_gpu.row_logps().0), &to_f32(on_cpu.row_logps().0));
     let ches = |s: &[lab_train::PairStats]| s.iter().map(|p| p.ches as f32).collect::<Vec<f32>>();
     assert_close("CHES", &ches(on_gpu.pairs()), &ches(on_cpu.pairs()));
-    let (async_before, sync_before) = (on_gpu.engine().sync_counts(), on_gpu_sync.engine().sync_counts());
+    let (async_before, sync_before) =
+        (on_gpu.engine().sync_counts(), on_gpu_sync.engine().sync_counts());
     let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
     for _ in 0..10 {
         gpu_losses.push(pollster::block_on(on_gpu.step_async()).unwrap().loss as f32);
@@ -360,17 +483,32 @@ fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
     }
     eprintln!("cpu loss curve {cpu_losses:?}");
     eprintln!("gpu loss curve {gpu_losses:?}");
-    assert!(cpu_losses[9] < cpu_losses[0], "the run must learn for the comparison to mean anything");
+    assert!(
+        cpu_losses[9] < cpu_losses[0],
+        "the run must learn for the comparison to mean anything"
+    );
     assert_close("loss curve", &gpu_losses, &cpu_losses);
-    assert_close("policy logps after 10 steps", &to_f32(on_gpu.row_logps().1), &to_f32(on_cpu.row_logps().1));
-    let spent = |after: lab_gpu::SyncCounts, before: lab_gpu::SyncCounts| (after.submissions - before.submissions, after.readbacks - before.readbacks);
-    let (async_spent, sync_spent) = (spent(on_gpu.engine().sync_counts(), async_before), spent(on_gpu_sync.engine().sync_counts(), sync_before));
+    assert_close(
+        "policy logps after 10 steps",
+        &to_f32(on_gpu.row_logps().1),
+        &to_f32(on_cpu.row_logps().1),
+    );
+    let spent = |after: lab_gpu::SyncCounts, before: lab_gpu::SyncCounts| {
+        (after.submissions - before.submissions, after.readbacks - before.readbacks)
+    };
+    let (async_spent, sync_spent) = (
+        spent(on_gpu.engine().sync_counts(), async_before),
+        spent(on_gpu_sync.engine().sync_counts(), sync_before),
+    );
     eprintln!("10 steps, (submissions, readbacks): async {async_spent:?}, sync {sync_spent:?}");
     assert_eq!(async_spent, sync_spent, "step_async must cost what step costs");
     // the awaited readback returns exactly what the blocking one does
     let weights = pollster::block_on(on_gpu.engine().params_async()).unwrap();
     assert_eq!(weights.len(), MICRO.layout().total);
-    assert!(weights.iter().zip(on_gpu.engine().params()).all(|(a, b)| a.to_bits() == b.to_bits()), "params_async differs from params");
+    assert!(
+        weights.iter().zip(on_gpu.engine().params()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "params_async differs from params"
+    );
 }
 
 /// Every loss of the zoo (and a mix) evaluated by loss.wgsl inside the GPU's training step
@@ -399,20 +537,30 @@ fn every_loss_gradient_on_the_gpu_matches_cpu() {
         DataShape::Unpaired => Rows::Unpaired(&desirable),
         DataShape::Ranked => Rows::Ranked(&sizes),
     };
-    let mut mixes: Vec<(LossMix, Rows)> = LossKind::ALL.iter().map(|&k| (LossMix::single(k), rows_of(k))).collect();
+    let mut mixes: Vec<(LossMix, Rows)> =
+        LossKind::ALL.iter().map(|&k| (LossMix::single(k), rows_of(k))).collect();
     // a mix of closed-form kinds (loss.wgsl `gradient`) and one with a batch-level term
     // (`gradient_batch`)
     mixes.push((LossMix::parse("sigmoid+0.5*hinge+0.25*ipo").unwrap(), Rows::Pairs));
     mixes.push((LossMix::parse("sigmoid+0.5*sft+0.25*ipo").unwrap(), Rows::Pairs));
     for (step, (mix, rows)) in (1..).zip(&mixes) {
         // robust's ε is a flip rate below 0.5, exo reads its own; 0.1 suits every kind
-        let loss = StepLoss { mix, params: &params_of, rows: *rows, reference: &reference, lengths: &lengths };
+        let loss = StepLoss {
+            mix,
+            params: &params_of,
+            rows: *rows,
+            reference: &reference,
+            lengths: &lengths,
+        };
         let on_gpu = gpu.train_step(&batch, &loss, &frozen, step).unwrap();
         let on_cpu = cpu.train_step(&batch, &loss, &frozen, step).unwrap();
         assert_close(&format!("{} seq logps", mix.name()), &on_gpu.seq_logps, &on_cpu.seq_logps);
         assert_tensors_close(&format!("{} grad", mix.name()), &cfg, &gpu.grads(), &cpu.grads());
     }
-    assert!(gpu.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "lr 0 keeps the weights");
+    assert!(
+        gpu.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "lr 0 keeps the weights"
+    );
 }
 
 /// The GPU's training step: one submission and one readback; submitted ahead (two in flight)
@@ -429,16 +577,27 @@ fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
     let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
     let reference_params = random_params(&cfg, 33);
     let Some(mut reference_alone) = gpu(cfg, reference_params.clone()) else { return };
-    let reference_logps: Vec<f64> = reference_alone.forward(&batch).unwrap().seq_logps.iter().map(|&v| f64::from(v)).collect();
+    let reference_logps: Vec<f64> =
+        reference_alone.forward(&batch).unwrap().seq_logps.iter().map(|&v| f64::from(v)).collect();
     let lengths: Vec<f64> = batch.scored_lengths().iter().map(|&n| n as f64).collect();
-    let loss = StepLoss { mix: &mix, params: &loss_params, rows: Rows::Pairs, reference: &reference_logps, lengths: &lengths };
+    let loss = StepLoss {
+        mix: &mix,
+        params: &loss_params,
+        rows: Rows::Pairs,
+        reference: &reference_logps,
+        lengths: &lengths,
+    };
     let before = plain.sync_counts();
     let mut plain_logps = Vec::new();
     for step in 1..=3 {
         plain_logps.push(plain.train_step(&batch, &loss, &opt, step).unwrap().seq_logps);
     }
     let after = plain.sync_counts();
-    assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (3, 3), "one submission and one readback a step");
+    assert_eq!(
+        (after.submissions - before.submissions, after.readbacks - before.readbacks),
+        (3, 3),
+        "one submission and one readback a step"
+    );
 
     let Some(mut ahead) = gpu(cfg, params.clone()) else { return };
     let first = ahead.train_step_submit(&batch, &loss, &opt, 1, None).unwrap();
@@ -447,10 +606,21 @@ fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
     let third = ahead.train_step_submit(&batch, &loss, &opt, 3, None).unwrap();
     let (out2, _) = ahead.train_step_finish(second).unwrap();
     let (out3, _) = ahead.train_step_finish(third).unwrap();
-    assert_eq!([out1.seq_logps, out2.seq_logps, out3.seq_logps].to_vec(), plain_logps, "the steps' log-probs");
-    assert_eq!(used1, reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(), "the reference the loss used comes back");
+    assert_eq!(
+        [out1.seq_logps, out2.seq_logps, out3.seq_logps].to_vec(),
+        plain_logps,
+        "the steps' log-probs"
+    );
+    assert_eq!(
+        used1,
+        reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+        "the reference the loss used comes back"
+    );
     let plain_weights = plain.params();
-    assert!(plain_weights.iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ when steps run ahead");
+    assert!(
+        plain_weights.iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "weights differ when steps run ahead"
+    );
 
     // a mix of more than eight terms is past loss.wgsl: the step runs in parts (two
     // submissions), its loss on the CPU, and still trains like the CPU engine
@@ -464,21 +634,44 @@ fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
         cpu.train_step(&batch, &nine_loss, &opt, step).unwrap();
     }
     let after = long_mix.sync_counts();
-    assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (4, 2), "a nine-term mix goes in parts");
-    assert_weights_close("weights, nine-term mix", &cfg, &long_mix.params(), &cpu.params(), opt.lr, 2);
+    assert_eq!(
+        (after.submissions - before.submissions, after.readbacks - before.readbacks),
+        (4, 2),
+        "a nine-term mix goes in parts"
+    );
+    assert_weights_close(
+        "weights, nine-term mix",
+        &cfg,
+        &long_mix.params(),
+        &cpu.params(),
+        opt.lr,
+        2,
+    );
 
     let Some(mut shared) = gpu(cfg, params) else { return };
     let mut reference = shared.sibling(reference_params).unwrap();
     let unread = vec![0.0; batch.batch];
     let by_engine = StepLoss { reference: &unread, ..loss };
     for step in 1..=3 {
-        let pending = shared.train_step_submit(&batch, &by_engine, &opt, step, Some(&mut reference)).unwrap();
+        let pending =
+            shared.train_step_submit(&batch, &by_engine, &opt, step, Some(&mut reference)).unwrap();
         let (_, used) = shared.train_step_finish(pending).unwrap();
-        assert_eq!(used, reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(), "step {step}: the reference engine's log-probs");
+        assert_eq!(
+            used,
+            reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+            "step {step}: the reference engine's log-probs"
+        );
     }
-    assert!(plain_weights.iter().zip(shared.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ with the reference by engine");
+    assert!(
+        plain_weights.iter().zip(shared.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "weights differ with the reference by engine"
+    );
     // an engine of its own device (even if wgpu's handles compare equal) is refused
-    let err = shared.train_step_submit(&batch, &by_engine, &opt, 4, Some(&mut reference_alone)).map(|_| ()).unwrap_err().to_string();
+    let err = shared
+        .train_step_submit(&batch, &by_engine, &opt, 4, Some(&mut reference_alone))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("the policy's device"), "{err}");
 }
 
@@ -496,12 +689,23 @@ fn a_non_finite_loss_is_reported_and_leaves_the_model_unchanged() {
     let batch = TokenBatch::from_rows(&[(vec![0, 0, 0, 5], 1), (vec![0, 0, 7, 0], 1)]).unwrap();
     let mix = LossMix::single(LossKind::Sigmoid);
     let loss_params = LossParams::default();
-    let loss = StepLoss { mix: &mix, params: &loss_params, rows: Rows::Pairs, reference: &[-5.0, -6.0], lengths: &[3.0, 3.0] };
+    let loss = StepLoss {
+        mix: &mix,
+        params: &loss_params,
+        rows: Rows::Pairs,
+        reference: &[-5.0, -6.0],
+        lengths: &[3.0, 3.0],
+    };
     let opt = AdamWConfig::default();
-    for (name, engine) in [("gpu", &mut gpu as &mut dyn Engine), ("cpu", &mut cpu as &mut dyn Engine)] {
+    for (name, engine) in
+        [("gpu", &mut gpu as &mut dyn Engine), ("cpu", &mut cpu as &mut dyn Engine)]
+    {
         let err = engine.train_step(&batch, &loss, &opt, 1).unwrap_err().to_string();
         assert!(err.contains("step 1") && err.contains("not finite"), "{name}: {err}");
-        assert!(engine.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: the weights changed");
+        assert!(
+            engine.params().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: the weights changed"
+        );
     }
     // the GPU's failed step left its loss status set: a step in parts must not be held
     // back by it, and the next whole step sets it afresh
@@ -512,10 +716,20 @@ fn a_non_finite_loss_is_reported_and_leaves_the_model_unchanged() {
     gpu.backward(&[1.0, -1.0]).unwrap();
     gpu.adamw_step(&opt, 1).unwrap();
     let after_parts = gpu.params();
-    assert!(after_parts.iter().zip(&sane).any(|(a, b)| a != b), "adamw_step after a failed training step updates");
+    assert!(
+        after_parts.iter().zip(&sane).any(|(a, b)| a != b),
+        "adamw_step after a failed training step updates"
+    );
     gpu.train_step(&batch, &loss, &opt, 2).unwrap();
-    assert!(gpu.params().iter().zip(&after_parts).any(|(a, b)| a != b), "a finite training step updates");
-    let err = gpu.train_step(&batch, &StepLoss { reference: &[f64::NAN, 0.0], ..loss }, &opt, 3).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        gpu.params().iter().zip(&after_parts).any(|(a, b)| a != b),
+        "a finite training step updates"
+    );
+    let err = gpu
+        .train_step(&batch, &StepLoss { reference: &[f64::NAN, 0.0], ..loss }, &opt, 3)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("reference") && err.contains("row 0"), "{err}");
 }
 
@@ -530,30 +744,62 @@ fn queued_forwards_match_one_at_a_time() {
     let params = random_params(&cfg, 51);
     let Some(mut queued) = gpu(cfg, params.clone()) else { return };
     let Some(mut single) = gpu(cfg, params) else { return };
-    let batches = [random_batch(&cfg, 5, 16, 52), random_batch(&cfg, 5, 16, 53), random_batch(&cfg, 2, 9, 54)];
-    assert_eq!((batches[0].batch, batches[0].seq_len), (batches[1].batch, batches[1].seq_len), "two chunks of one shape");
+    let batches = [
+        random_batch(&cfg, 5, 16, 52),
+        random_batch(&cfg, 5, 16, 53),
+        random_batch(&cfg, 2, 9, 54),
+    ];
+    assert_eq!(
+        (batches[0].batch, batches[0].seq_len),
+        (batches[1].batch, batches[1].seq_len),
+        "two chunks of one shape"
+    );
     for round in 0..2 {
         let before = queued.sync_counts();
         let outs = pollster::block_on(queued.forwards_async(&batches)).unwrap();
         let after = queued.sync_counts();
-        assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (3, 3), "a submission and a readback each");
+        assert_eq!(
+            (after.submissions - before.submissions, after.readbacks - before.readbacks),
+            (3, 3),
+            "a submission and a readback each"
+        );
         for (out, batch) in outs.iter().zip(&batches) {
             assert_eq!(*out, single.forward(batch).unwrap(), "round {round}");
         }
     }
 
-    let jsonl: String = (0..70).map(|i| format!("{{\"prompt\": \"Q{i}?\", \"chosen\": \" Yes {}.\", \"rejected\": \" No.\"}}\n", i % 7)).collect();
+    let jsonl: String = (0..70)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"Q{i}?\", \"chosen\": \" Yes {}.\", \"rejected\": \" No.\"}}\n",
+                i % 7
+            )
+        })
+        .collect();
     let records = parse_jsonl(&jsonl).unwrap();
-    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() }, batch_size: 4, seed: 5, eval_every: 1, final_step: 0 };
+    let config = SessionConfig {
+        loss: LossMix::single(LossKind::Sigmoid),
+        params: LossParams::default(),
+        optimizer: AdamWConfig { lr: 1e-3, ..AdamWConfig::default() },
+        batch_size: 4,
+        seed: 5,
+        eval_every: 1,
+        final_step: 0,
+    };
     let params = init_params(&MICRO, 11);
     let Some(awaited_engine) = gpu(MICRO, params.clone()) else { return };
     let Some(blocking_engine) = gpu(MICRO, params) else { return };
-    let mut awaited = pollster::block_on(Session::new_async(awaited_engine, &records, config.clone())).unwrap();
+    let mut awaited =
+        pollster::block_on(Session::new_async(awaited_engine, &records, config.clone())).unwrap();
     let mut blocking = Session::new(blocking_engine, &records, config).unwrap();
     for _ in 0..3 {
         let (a, b) = (pollster::block_on(awaited.step_async()).unwrap(), blocking.step().unwrap());
         assert_eq!(a.loss.to_bits(), b.loss.to_bits());
-        assert_eq!(format!("{:?}", a.eval), format!("{:?}", b.eval), "the evaluation after the step");
+        assert_eq!(
+            format!("{:?}", a.eval),
+            format!("{:?}", b.eval),
+            "the evaluation after the step"
+        );
     }
     assert_eq!(awaited.row_logps().1, blocking.row_logps().1);
 }
@@ -593,7 +839,8 @@ fn a_prepared_backward_gives_the_same_weights_in_the_same_budget() {
     let other = random_batch(&cfg, 2, 12, 19);
     let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
     for step in 1..=3 {
-        let d_seq: Vec<f32> = plain.forward(&batch).unwrap().seq_logps.iter().map(|l| -l.signum()).collect();
+        let d_seq: Vec<f32> =
+            plain.forward(&batch).unwrap().seq_logps.iter().map(|l| -l.signum()).collect();
         plain.backward(&d_seq).unwrap();
         plain.adamw_step(&opt, step).unwrap();
         let before = ahead.sync_counts();
@@ -606,9 +853,16 @@ fn a_prepared_backward_gives_the_same_weights_in_the_same_budget() {
         assert!(!ahead.backward_prepared(), "the backward used it");
         ahead.adamw_step(&opt, step).unwrap();
         let after = ahead.sync_counts();
-        assert_eq!((after.submissions - before.submissions, after.readbacks - before.readbacks), (2, 1), "step {step}");
+        assert_eq!(
+            (after.submissions - before.submissions, after.readbacks - before.readbacks),
+            (2, 1),
+            "step {step}"
+        );
     }
-    assert!(plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ");
+    assert!(
+        plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "weights differ"
+    );
     // prepared, then another forward: the backward is recorded afresh for that forward
     ahead.forward(&batch).unwrap();
     ahead.prepare_backward().unwrap();
@@ -617,17 +871,26 @@ fn a_prepared_backward_gives_the_same_weights_in_the_same_budget() {
     assert!(!ahead.backward_prepared(), "a forward drops it");
     plain.backward(&[1.0, -1.0]).unwrap();
     ahead.backward(&[1.0, -1.0]).unwrap();
-    assert!(plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients differ");
+    assert!(
+        plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "gradients differ"
+    );
     // prepared and used, gradients read before the update
     ahead.forward(&batch).unwrap();
     plain.forward(&batch).unwrap();
     ahead.prepare_backward().unwrap();
     ahead.backward(&[0.5, -0.5, 0.25, -0.25]).unwrap();
     plain.backward(&[0.5, -0.5, 0.25, -0.25]).unwrap();
-    assert!(plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()), "gradients differ");
+    assert!(
+        plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "gradients differ"
+    );
     ahead.adamw_step(&opt, 4).unwrap();
     plain.adamw_step(&opt, 4).unwrap();
-    assert!(plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ");
+    assert!(
+        plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "weights differ"
+    );
 }
 
 #[test]
@@ -647,7 +910,9 @@ fn misuse_is_an_error_not_a_panic() {
     assert!(err.contains("count from 1"), "{err}");
     let err = gpu.set_params(&[0.0; 3]).unwrap_err().to_string();
     assert!(err.contains("3 parameters given"), "{err}");
-    let err = GpuEngine::new(gpu.device().clone(), gpu.queue().clone(), cfg, vec![0.0; 5]).unwrap_err().to_string();
+    let err = GpuEngine::new(gpu.device().clone(), gpu.queue().clone(), cfg, vec![0.0; 5])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("5 parameters given"), "{err}");
 }
 
@@ -670,9 +935,14 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
     let batch = random_batch(&cfg, 4, 48, 11);
     // both ways of timing where the adapter has both (timestamps inside one pass, or a
     // pass per launch)
-    let methods = [Method::InsidePass, Method::PassPerLaunch].into_iter().filter(|&m| m == Method::PassPerLaunch || Method::best(gpu.device()) == m);
+    let methods = [Method::InsidePass, Method::PassPerLaunch]
+        .into_iter()
+        .filter(|&m| m == Method::PassPerLaunch || Method::best(gpu.device()) == m);
     for method in methods.collect::<Vec<_>>() {
-        let Some(profile) = gpu.profile_step(&batch, &[1.0, -1.0, 0.5, -0.5], &AdamWConfig::default(), 1, method).unwrap() else {
+        let Some(profile) = gpu
+            .profile_step(&batch, &[1.0, -1.0, 0.5, -0.5], &AdamWConfig::default(), 1, method)
+            .unwrap()
+        else {
             eprintln!("adapter {} has no TIMESTAMP_QUERY; no per-kernel times", gpu.name());
             return;
         };
@@ -700,10 +970,22 @@ fn per_kernel_timestamps_cover_the_step_when_the_adapter_has_them() {
         // linear layers plus their bias columns (18NC) and four attention products; the head
         // 2NCV forward, 6NCV backward (its input gradient, wte's gradient, the one-hot
         // embedding gradient). Zero for every other kernel.
-        let (n, c, t, v) = ((batch.batch * batch.seq_len) as u64, cfg.d_model as u64, batch.seq_len as u64, cfg.vocab as u64);
-        let expected = cfg.n_layer as u64 * (72 * n * c * c + 18 * n * c + 12 * n * t * c) + 8 * n * c * v;
+        let (n, c, t, v) = (
+            (batch.batch * batch.seq_len) as u64,
+            cfg.d_model as u64,
+            batch.seq_len as u64,
+            cfg.vocab as u64,
+        );
+        let expected =
+            cfg.n_layer as u64 * (72 * n * c * c + 18 * n * c + 12 * n * t * c) + 8 * n * c * v;
         let flops: u64 = profile.launches.iter().map(|l| l.3).sum();
         assert_eq!(flops, expected, "GEMM flops of the step");
-        assert!(profile.launches.iter().all(|(kernel, _, _, f)| (*f > 0) == kernel.starts_with("matmul:")), "flops on the GEMMs only");
+        assert!(
+            profile
+                .launches
+                .iter()
+                .all(|(kernel, _, _, f)| (*f > 0) == kernel.starts_with("matmul:")),
+            "flops on the GEMMs only"
+        );
     }
 }

@@ -12,8 +12,22 @@ use lab_train::{record_lines, Session, SessionConfig};
 const MICRO: GptConfig = GptConfig { vocab: 96, ctx: 32, d_model: 32, n_layer: 2, n_head: 4 };
 
 fn pairs_jsonl() -> String {
-    let facts = [("Is fire hot?", " Yes.", " No."), ("Is ice hot?", " No.", " Yes."), ("Is 2 > 1?", " Yes.", " No."), ("Is 1 > 2?", " No.", " Yes."), ("Sky color?", " Blue.", " Green."), ("Grass color?", " Green.", " Blue."), ("Say hi", " Hi!", " Bye."), ("Say bye", " Bye.", " Hi!")];
-    facts.iter().map(|(p, c, r)| format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")).collect()
+    let facts = [
+        ("Is fire hot?", " Yes.", " No."),
+        ("Is ice hot?", " No.", " Yes."),
+        ("Is 2 > 1?", " Yes.", " No."),
+        ("Is 1 > 2?", " No.", " Yes."),
+        ("Sky color?", " Blue.", " Green."),
+        ("Grass color?", " Green.", " Blue."),
+        ("Say hi", " Hi!", " Bye."),
+        ("Say bye", " Bye.", " Hi!"),
+    ];
+    facts
+        .iter()
+        .map(|(p, c, r)| {
+            format!("{{\"prompt\": \"{p}\", \"chosen\": \"{c}\", \"rejected\": \"{r}\"}}\n")
+        })
+        .collect()
 }
 
 fn ranked_jsonl() -> String {
@@ -26,7 +40,15 @@ fn unpaired_jsonl() -> String {
 
 fn session(loss: LossMix, records: &[Record], lr: f32, seed: u64) -> Session<CpuEngine> {
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let config = SessionConfig { loss, params: LossParams::default(), optimizer: AdamWConfig { lr, ..AdamWConfig::default() }, batch_size: 4, seed, eval_every: 1, final_step: 0 };
+    let config = SessionConfig {
+        loss,
+        params: LossParams::default(),
+        optimizer: AdamWConfig { lr, ..AdamWConfig::default() },
+        batch_size: 4,
+        seed,
+        eval_every: 1,
+        final_step: 0,
+    };
     Session::new(engine, records, config).unwrap()
 }
 
@@ -35,7 +57,8 @@ fn runs_are_bit_for_bit_deterministic() {
     let records = parse_jsonl(&pairs_jsonl()).unwrap();
     let run = |seed| {
         let mut s = session(LossMix::single(LossKind::Sigmoid), &records, 1e-2, seed);
-        let lines: Vec<String> = (0..5).map(|_| serde_json::to_string(&s.step().unwrap()).unwrap()).collect();
+        let lines: Vec<String> =
+            (0..5).map(|_| serde_json::to_string(&s.step().unwrap()).unwrap()).collect();
         (lines, s.engine().params())
     };
     let (a_lines, a_params) = run(3);
@@ -52,14 +75,22 @@ fn dpo_separates_the_pairs_and_the_reference_stays_frozen() {
     let mut s = session(LossMix::single(LossKind::Sigmoid), &records, 1e-2, 0);
     let reference_before = s.row_logps().0.to_vec();
     let start = s.instruments().clone();
-    assert_eq!(start.reward_accuracy, Some(0.0), "at step 0 policy = reference, so no reward is positive");
+    assert_eq!(
+        start.reward_accuracy,
+        Some(0.0),
+        "at step 0 policy = reference, so no reward is positive"
+    );
     assert!(start.logps_chosen_change.abs() < 1e-12);
     let mut last = None;
     for _ in 0..40 {
         last = Some(s.step().unwrap());
     }
     let last = last.unwrap();
-    assert_eq!(s.row_logps().0, reference_before.as_slice(), "the reference log-probs never change");
+    assert_eq!(
+        s.row_logps().0,
+        reference_before.as_slice(),
+        "the reference log-probs never change"
+    );
     // Half the pairs prefer " Yes." and half " No.": a 60k-parameter random model separates
     // at least 7 of the 8 within 40 steps.
     assert!(last.eval.reward_accuracy.unwrap() >= 0.875, "{last:?}");
@@ -67,7 +98,8 @@ fn dpo_separates_the_pairs_and_the_reference_stays_frozen() {
     assert!(last.loss < 0.3, "DPO loss should fall well below ln 2: {}", last.loss);
     // Margins in the pairs table agree with the batch-free definition β(ρw − ρl).
     for p in s.pairs() {
-        let margin = 0.1 * ((p.policy_chosen - p.reference_chosen) - (p.policy_rejected - p.reference_rejected));
+        let margin = 0.1
+            * ((p.policy_chosen - p.reference_chosen) - (p.policy_rejected - p.reference_rejected));
         assert!((p.margin - margin).abs() < 1e-12);
     }
     assert!(s.pairs().iter().filter(|p| p.margin > 0.0).count() >= 7);
@@ -94,7 +126,10 @@ fn every_loss_of_the_zoo_trains() {
         assert!(first.loss.is_finite() && last.loss.is_finite(), "{kind:?}");
         assert!(s.engine().params() != before, "{kind:?}: weights did not move");
         // The chosen side must gain on the rejected side under every preference loss.
-        assert!(last.eval.logps_chosen_change - last.eval.logps_rejected_change > 0.0, "{kind:?}: {last:?}");
+        assert!(
+            last.eval.logps_chosen_change - last.eval.logps_rejected_change > 0.0,
+            "{kind:?}: {last:?}"
+        );
     }
 }
 
@@ -112,12 +147,30 @@ fn rpo_mix_dampens_the_fall_of_the_chosen_log_prob() {
 
 #[test]
 fn data_errors_name_the_line_and_field_and_invalid_config_is_rejected() {
-    let text = format!("{}\n{{\"prompt\": \"Q\", \"chosen\": \"{}\", \"rejected\": \" x\"}}\n", pairs_jsonl(), "a".repeat(40));
+    let text = format!(
+        "{}\n{{\"prompt\": \"Q\", \"chosen\": \"{}\", \"rejected\": \" x\"}}\n",
+        pairs_jsonl(),
+        "a".repeat(40)
+    );
     let records = parse_jsonl(&text).unwrap();
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let config = SessionConfig { loss: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), optimizer: AdamWConfig::default(), batch_size: 4, seed: 0, eval_every: 1, final_step: 0 };
-    let err = Session::with_lines(engine, &records, Some(&record_lines(&text)), config.clone()).err().unwrap().to_string();
-    assert!(err.contains("line 10") && err.contains("\"chosen\"") && err.contains("context"), "{err}");
+    let config = SessionConfig {
+        loss: LossMix::single(LossKind::Sigmoid),
+        params: LossParams::default(),
+        optimizer: AdamWConfig::default(),
+        batch_size: 4,
+        seed: 0,
+        eval_every: 1,
+        final_step: 0,
+    };
+    let err = Session::with_lines(engine, &records, Some(&record_lines(&text)), config.clone())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("line 10") && err.contains("\"chosen\"") && err.contains("context"),
+        "{err}"
+    );
 
     let unpaired = parse_jsonl(&unpaired_jsonl()).unwrap();
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
@@ -137,16 +190,29 @@ fn async_session_equals_blocking_session_bit_for_bit() {
     let records = parse_jsonl(&pairs_jsonl()).unwrap();
     let mut blocking = session(LossMix::single(LossKind::Sigmoid), &records, 1e-2, 5);
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let mut awaited = pollster::block_on(Session::new_async(engine, &records, blocking.config().clone())).unwrap();
-    assert_eq!(serde_json::to_string(blocking.pairs()).unwrap(), serde_json::to_string(awaited.pairs()).unwrap());
+    let mut awaited =
+        pollster::block_on(Session::new_async(engine, &records, blocking.config().clone()))
+            .unwrap();
+    assert_eq!(
+        serde_json::to_string(blocking.pairs()).unwrap(),
+        serde_json::to_string(awaited.pairs()).unwrap()
+    );
     for _ in 0..5 {
         let a = serde_json::to_string(&blocking.step().unwrap()).unwrap();
         let b = serde_json::to_string(&pollster::block_on(awaited.step_async()).unwrap()).unwrap();
         assert_eq!(a, b);
     }
     let awaited_params = pollster::block_on(awaited.engine().params_async()).unwrap();
-    assert!(blocking.engine().params().iter().zip(&awaited_params).all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert_eq!(serde_json::to_string(&pollster::block_on(awaited.evaluate_async()).unwrap()).unwrap(), serde_json::to_string(&blocking.evaluate().unwrap()).unwrap());
+    assert!(blocking
+        .engine()
+        .params()
+        .iter()
+        .zip(&awaited_params)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert_eq!(
+        serde_json::to_string(&pollster::block_on(awaited.evaluate_async()).unwrap()).unwrap(),
+        serde_json::to_string(&blocking.evaluate().unwrap()).unwrap()
+    );
 }
 
 /// Evaluating the whole dataset only every few steps (and after the last) changes no
@@ -157,12 +223,21 @@ fn eval_every_spaces_the_evaluations_and_changes_no_training_number() {
     let records = parse_jsonl(&pairs_jsonl()).unwrap();
     let mut every = session(LossMix::single(LossKind::Sigmoid), &records, 1e-2, 6);
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let mut spaced = Session::new(engine, &records, SessionConfig { eval_every: 3, final_step: 7, ..every.config().clone() }).unwrap();
+    let mut spaced = Session::new(
+        engine,
+        &records,
+        SessionConfig { eval_every: 3, final_step: 7, ..every.config().clone() },
+    )
+    .unwrap();
     assert_eq!(spaced.eval_every(), 3);
     let mut evaluated_at = Vec::new();
     for step in 1..=8u32 {
         let (a, b) = (every.step().unwrap(), spaced.step().unwrap());
-        assert_eq!((a.loss.to_bits(), a.rewards_margins.to_bits()), (b.loss.to_bits(), b.rewards_margins.to_bits()), "step {step}");
+        assert_eq!(
+            (a.loss.to_bits(), a.rewards_margins.to_bits()),
+            (b.loss.to_bits(), b.rewards_margins.to_bits()),
+            "step {step}"
+        );
         assert_eq!(a.eval.step, step);
         evaluated_at.push(b.eval.step);
         if b.eval.step == step {
@@ -170,9 +245,16 @@ fn eval_every_spaces_the_evaluations_and_changes_no_training_number() {
         }
     }
     assert_eq!(evaluated_at, [0, 0, 3, 3, 3, 6, 7, 7]);
-    assert!(every.engine().params().iter().zip(spaced.engine().params()).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(every
+        .engine()
+        .params()
+        .iter()
+        .zip(spaced.engine().params())
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
     // automatic: every step for a dataset this small (16 rows)
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let auto = Session::new(engine, &records, SessionConfig { eval_every: 0, ..every.config().clone() }).unwrap();
+    let auto =
+        Session::new(engine, &records, SessionConfig { eval_every: 0, ..every.config().clone() })
+            .unwrap();
     assert_eq!(auto.eval_every(), 1);
 }

@@ -74,7 +74,14 @@ const PARITY_STEPS: u32 = 3;
 fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
     let mut rng = Rng::new(seed);
     let rows: Vec<(Vec<u32>, usize)> = (0..2 * PAIRS)
-        .map(|_| ((0..PROMPT_TOKENS + RESPONSE_TOKENS).map(|_| 1 + rng.below(cfg.vocab - 1) as u32).collect(), PROMPT_TOKENS))
+        .map(|_| {
+            (
+                (0..PROMPT_TOKENS + RESPONSE_TOKENS)
+                    .map(|_| 1 + rng.below(cfg.vocab - 1) as u32)
+                    .collect(),
+                PROMPT_TOKENS,
+            )
+        })
         .collect();
     TokenBatch::from_rows(&rows)
 }
@@ -88,13 +95,25 @@ enum Engines {
 }
 
 impl Engines {
-    fn open(kind: &str, cfg: GptConfig, tiles: GemmTiles, devices: u32, checks: ShaderChecks) -> Result<Engines> {
+    fn open(
+        kind: &str,
+        cfg: GptConfig,
+        tiles: GemmTiles,
+        devices: u32,
+        checks: ShaderChecks,
+    ) -> Result<Engines> {
         if kind == "gpu" {
             let policy = open_gpu(cfg, tiles, checks)?;
             let mut reference = match devices {
                 1 => policy.sibling(init_params(&cfg, 0))?,
-                2 => lab_gpu::GpuEngine::from_default_adapter_with_checks(cfg, init_params(&cfg, 0), checks)?,
-                other => return Err(LabError::param("devices", format!("{other} (expected 1 or 2)"))),
+                2 => lab_gpu::GpuEngine::from_default_adapter_with_checks(
+                    cfg,
+                    init_params(&cfg, 0),
+                    checks,
+                )?,
+                other => {
+                    return Err(LabError::param("devices", format!("{other} (expected 1 or 2)")))
+                }
             };
             reference.set_gemm_tiles(tiles);
             return Ok(Engines::Gpu(Box::new(policy), Box::new(reference)));
@@ -138,7 +157,8 @@ impl Engines {
 }
 
 fn open_gpu(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks) -> Result<lab_gpu::GpuEngine> {
-    let mut engine = lab_gpu::GpuEngine::from_default_adapter_with_checks(cfg, init_params(&cfg, 0), checks)?;
+    let mut engine =
+        lab_gpu::GpuEngine::from_default_adapter_with_checks(cfg, init_params(&cfg, 0), checks)?;
     engine.set_gemm_tiles(tiles);
     Ok(engine)
 }
@@ -152,12 +172,22 @@ struct BenchLoss {
 
 impl BenchLoss {
     fn new() -> BenchLoss {
-        BenchLoss { mix: LossMix::single(LossKind::Sigmoid), params: LossParams::default(), lengths: vec![RESPONSE_TOKENS as f64; 2 * PAIRS] }
+        BenchLoss {
+            mix: LossMix::single(LossKind::Sigmoid),
+            params: LossParams::default(),
+            lengths: vec![RESPONSE_TOKENS as f64; 2 * PAIRS],
+        }
     }
 
     /// With these (2·PAIRS) reference log-probs.
     fn with<'a>(&'a self, reference: &'a [f64]) -> StepLoss<'a> {
-        StepLoss { mix: &self.mix, params: &self.params, rows: Rows::Pairs, reference, lengths: &self.lengths }
+        StepLoss {
+            mix: &self.mix,
+            params: &self.params,
+            rows: Rows::Pairs,
+            reference,
+            lengths: &self.lengths,
+        }
     }
 }
 
@@ -172,7 +202,12 @@ fn to64(values: &[f32]) -> Vec<f64> {
 }
 
 /// One step with the loss on the CPU between the forwards and the backward.
-fn dpo_step(engines: &mut Engines, batch: &TokenBatch, opt: &AdamWConfig, step: u32) -> Result<f64> {
+fn dpo_step(
+    engines: &mut Engines,
+    batch: &TokenBatch,
+    opt: &AdamWConfig,
+    step: u32,
+) -> Result<f64> {
     let (policy_logps, reference_logps) = engines.forwards(batch)?;
     let (bench_loss, reference) = (BenchLoss::new(), to64(&reference_logps));
     let (loss, d_seq) = bench_loss.with(&reference).gradient(&policy_logps, opt, step)?;
@@ -187,7 +222,14 @@ fn dpo_step(engines: &mut Engines, batch: &TokenBatch, opt: &AdamWConfig, step: 
 /// readback is waited for, so the GPU runs step after step while the CPU computes each
 /// step's loss from its readback (as PyTorch's eager step queues its kernels without
 /// waiting). Returns the last step's loss.
-fn pipelined_steps(policy: &mut lab_gpu::GpuEngine, reference: &mut lab_gpu::GpuEngine, batch: &TokenBatch, opt: &AdamWConfig, first: u32, count: u32) -> Result<f64> {
+fn pipelined_steps(
+    policy: &mut lab_gpu::GpuEngine,
+    reference: &mut lab_gpu::GpuEngine,
+    batch: &TokenBatch,
+    opt: &AdamWConfig,
+    first: u32,
+    count: u32,
+) -> Result<f64> {
     let bench_loss = BenchLoss::new();
     // the reference log-probs come from `reference`'s forward in the same submission
     let unread = vec![0.0; 2 * PAIRS];
@@ -216,20 +258,39 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         return Err(LabError::param("steps", "must be at least 1"));
     }
     let tiles = GemmTiles::parse(&args.gemm)?;
-    if let Some(dir) = args.profile_out.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
-        return Err(LabError::param("profile-out", format!("the folder {} does not exist", dir.display())));
+    if let Some(dir) = args
+        .profile_out
+        .as_ref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(LabError::param(
+            "profile-out",
+            format!("the folder {} does not exist", dir.display()),
+        ));
     }
     let checks = ShaderChecks::parse(&args.shader_checks)?;
     let loss_on_gpu = match args.loss_on.as_str() {
         "gpu" => args.engine == "gpu",
         "cpu" => false,
-        other => return Err(LabError::param("loss-on", format!("{other:?} (expected \"gpu\" or \"cpu\")"))),
+        other => {
+            return Err(LabError::param(
+                "loss-on",
+                format!("{other:?} (expected \"gpu\" or \"cpu\")"),
+            ))
+        }
     };
     if loss_on_gpu && args.devices != 1 {
         return Err(LabError::param("devices", format!("--loss-on gpu runs the reference on the policy's device: --devices must be 1, got {}", args.devices)));
     }
     if args.parity && args.engine != "gpu" {
-        return Err(LabError::param("parity", format!("checks the GPU engine against the CPU engine: it needs --engine gpu, got {:?}", args.engine)));
+        return Err(LabError::param(
+            "parity",
+            format!(
+                "checks the GPU engine against the CPU engine: it needs --engine gpu, got {:?}",
+                args.engine
+            ),
+        ));
     }
     let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices, checks)?;
     let batch = synthetic_batch(&cfg, 1)?;
@@ -239,8 +300,16 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     let loss = run_steps(&mut engines, loss_on_gpu, &batch, &opt, 3, args.steps)?;
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
-    let mut profile = if args.engine == "gpu" { gpu_profile(cfg, tiles, checks, &batch, &opt)? } else { Value::Null };
-    let parity = if args.parity { parity(cfg, (tiles, args.devices, checks, loss_on_gpu), &batch, &opt)? } else { Value::Null };
+    let mut profile = if args.engine == "gpu" {
+        gpu_profile(cfg, tiles, checks, &batch, &opt)?
+    } else {
+        Value::Null
+    };
+    let parity = if args.parity {
+        parity(cfg, (tiles, args.devices, checks, loss_on_gpu), &batch, &opt)?
+    } else {
+        Value::Null
+    };
     if let Some(path) = &args.profile_out {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
         std::fs::write(path, text).map_err(|e| LabError::io(path.display().to_string(), e))?;
@@ -271,10 +340,22 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
 }
 
 /// `count` DPO steps from `first` the way the bench times them; the last step's loss.
-fn run_steps(engines: &mut Engines, loss_on_gpu: bool, batch: &TokenBatch, opt: &AdamWConfig, first: u32, count: u32) -> Result<f64> {
+fn run_steps(
+    engines: &mut Engines,
+    loss_on_gpu: bool,
+    batch: &TokenBatch,
+    opt: &AdamWConfig,
+    first: u32,
+    count: u32,
+) -> Result<f64> {
     match (engines, loss_on_gpu) {
-        (Engines::Gpu(policy, reference), true) => pipelined_steps(policy, reference, batch, opt, first, count),
-        (engines, _) => (first..first + count).map(|step| dpo_step(engines, batch, opt, step)).last().unwrap_or(Ok(0.0)),
+        (Engines::Gpu(policy, reference), true) => {
+            pipelined_steps(policy, reference, batch, opt, first, count)
+        }
+        (engines, _) => (first..first + count)
+            .map(|step| dpo_step(engines, batch, opt, step))
+            .last()
+            .unwrap_or(Ok(0.0)),
     }
 }
 
@@ -282,7 +363,12 @@ fn run_steps(engines: &mut Engines, loss_on_gpu: bool, batch: &TokenBatch, opt: 
 /// the GPU) and CPU engines from the bench's weights, compared on the bench's batch (see
 /// [`BenchArgs::parity`]). On the machine the numbers are measured on, this says the
 /// kernels timed there compute what the CPU engine computes.
-fn parity(cfg: GptConfig, gpu: (GemmTiles, u32, ShaderChecks, bool), batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+fn parity(
+    cfg: GptConfig,
+    gpu: (GemmTiles, u32, ShaderChecks, bool),
+    batch: &TokenBatch,
+    opt: &AdamWConfig,
+) -> Result<Value> {
     let (tiles, devices, checks, loss_on_gpu) = gpu;
     let mut on_gpu = Engines::open("gpu", cfg, tiles, devices, checks)?;
     let mut on_cpu = Engines::open("cpu", cfg, tiles, devices, checks)?;
@@ -335,7 +421,13 @@ fn parity(cfg: GptConfig, gpu: (GemmTiles, u32, ShaderChecks, bool), batch: &Tok
 /// Where a GPU step's time goes: per-kernel GPU time from timestamp queries (inside one
 /// pass where the adapter allows, else a pass per launch: `method`), or null when the
 /// adapter has no TIMESTAMP_QUERY.
-fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+fn gpu_profile(
+    cfg: GptConfig,
+    tiles: GemmTiles,
+    checks: ShaderChecks,
+    batch: &TokenBatch,
+    opt: &AdamWConfig,
+) -> Result<Value> {
     let mut gpu = open_gpu(cfg, tiles, checks)?;
     let d_seq = sample_d_seq(batch);
     // one whole training step first (every kernel the profile runs, the loss gradient
@@ -349,6 +441,19 @@ fn gpu_profile(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks, batch: &T
     let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
     // the GEMMs' achieved TFLOP/s, per kernel and per launch, against the GPU's fp32 peak
     let kernels: Vec<Value> = profile.kernels.iter().map(|k| json!({"kernel": k.kernel, "launches": k.launches, "total_us": k.total_us, "tflops": round(k.tflops(), 2)})).collect();
-    let launches: Vec<Value> = profile.launches.iter().map(|(kernel, groups, us, flops)| json!([kernel, groups, round(*us, 1), if *us > 0.0 { round(*flops as f64 / (us * 1e6), 2) } else { 0.0 }])).collect();
-    Ok(json!({"method": profile.method.name(), "total_us": profile.total_us, "kernels": kernels, "launches": launches}))
+    let launches: Vec<Value> = profile
+        .launches
+        .iter()
+        .map(|(kernel, groups, us, flops)| {
+            json!([
+                kernel,
+                groups,
+                round(*us, 1),
+                if *us > 0.0 { round(*flops as f64 / (us * 1e6), 2) } else { 0.0 }
+            ])
+        })
+        .collect();
+    Ok(
+        json!({"method": profile.method.name(), "total_us": profile.total_us, "kernels": kernels, "launches": launches}),
+    )
 }

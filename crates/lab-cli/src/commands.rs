@@ -23,7 +23,10 @@ pub struct LossesArgs {
 pub fn losses(args: LossesArgs) -> Result<Value> {
     let name = args.input.display().to_string();
     let text = std::fs::read_to_string(&args.input).map_err(|e| LabError::io(&name, e))?;
-    let input: Value = serde_json::from_str(&text).map_err(|e| LabError::parse(format!("malformed JSON at line {}, column {}: {e}", e.line(), e.column())).in_file(&name))?;
+    let input: Value = serde_json::from_str(&text).map_err(|e| {
+        LabError::parse(format!("malformed JSON at line {}, column {}: {e}", e.line(), e.column()))
+            .in_file(&name)
+    })?;
     lab_core::loss::evaluate_trl_losses(&input).map_err(|e| e.in_file(&name))
 }
 
@@ -63,7 +66,10 @@ pub fn open_engine(kind: &str, cfg: GptConfig, params: Vec<f32>) -> Result<Box<d
     match kind {
         "cpu" => Ok(Box::new(CpuEngine::new(cfg, params)?)),
         "gpu" => Ok(Box::new(lab_gpu::GpuEngine::from_default_adapter(cfg, params)?)),
-        other => Err(LabError::param("engine", format!("unknown engine {other:?} (expected cpu or gpu)"))),
+        other => Err(LabError::param(
+            "engine",
+            format!("unknown engine {other:?} (expected cpu or gpu)"),
+        )),
     }
 }
 
@@ -133,12 +139,27 @@ impl TrainArgs {
             cpo_alpha: self.cpo_alpha,
             ..LossParams::default()
         };
-        ExperimentConfig { loss: self.loss.clone(), params, lr: self.lr, weight_decay: self.weight_decay, batch_size: self.batch_size, steps: self.steps, seed: self.seed, scenario: None, eval_every: self.eval_every }
+        ExperimentConfig {
+            loss: self.loss.clone(),
+            params,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            batch_size: self.batch_size,
+            steps: self.steps,
+            seed: self.seed,
+            scenario: None,
+            eval_every: self.eval_every,
+        }
     }
 }
 
 /// Build a session from an experiment; the weights come from `model`.
-pub fn session_for(experiment: &ExperimentConfig, model: &ModelArgs, records: &[Record], lines: Option<&[usize]>) -> Result<Session<Box<dyn Engine>>> {
+pub fn session_for(
+    experiment: &ExperimentConfig,
+    model: &ModelArgs,
+    records: &[Record],
+    lines: Option<&[usize]>,
+) -> Result<Session<Box<dyn Engine>>> {
     let config = SessionConfig::from_experiment(experiment)?;
     let (cfg, params) = model.load(experiment.seed)?;
     let engine = model.engine(cfg, params)?;
@@ -149,13 +170,16 @@ pub fn train(args: TrainArgs) -> Result<Value> {
     let experiment = args.experiment();
     experiment.validate()?;
     let (records, lines, data_name) = read_data(&args.data)?;
-    let mut session = session_for(&experiment, &args.model, &records, Some(&lines)).map_err(|e| e.in_file(&data_name))?;
+    let mut session = session_for(&experiment, &args.model, &records, Some(&lines))
+        .map_err(|e| e.in_file(&data_name))?;
     let save_dir = args.save.clone().unwrap_or_else(|| args.out.with_extension("model"));
 
     // Metrics go to a side file renamed into place at the end: a failed run leaves nothing.
     let partial = args.out.with_extension("partial");
     let out_name = partial.display().to_string();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(|e| LabError::io(&out_name, e))?);
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&partial).map_err(|e| LabError::io(&out_name, e))?,
+    );
     let run = (|| -> Result<Value> {
         let mut last = Value::Null;
         for _ in 0..args.steps {
@@ -179,7 +203,8 @@ pub fn train(args: TrainArgs) -> Result<Value> {
         let _ = std::fs::remove_file(&partial);
         return Err(err);
     }
-    std::fs::rename(&partial, &args.out).map_err(|e| LabError::io(args.out.display().to_string(), e))?;
+    std::fs::rename(&partial, &args.out)
+        .map_err(|e| LabError::io(args.out.display().to_string(), e))?;
     Ok(json!({
         "steps": session.steps_done(),
         "engine": session.engine().name(),
@@ -207,21 +232,41 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> Result<Value> {
     let (records, lines, data_name) = read_data(&args.data)?;
-    let experiment = ExperimentConfig { params: LossParams { beta: args.beta, ..LossParams::default() }, seed: args.seed, ..ExperimentConfig::default() };
+    let experiment = ExperimentConfig {
+        params: LossParams { beta: args.beta, ..LossParams::default() },
+        seed: args.seed,
+        ..ExperimentConfig::default()
+    };
     let (policy_cfg, policy_params) = args.model.load(args.seed)?;
-    let reference_model = ModelArgs { model: args.reference.clone().or(args.model.model.clone()), ..args.model.clone() };
-    let mut session = session_for(&experiment, &reference_model, &records, Some(&lines)).map_err(|e| e.in_file(&data_name))?;
+    let reference_model = ModelArgs {
+        model: args.reference.clone().or(args.model.model.clone()),
+        ..args.model.clone()
+    };
+    let mut session = session_for(&experiment, &reference_model, &records, Some(&lines))
+        .map_err(|e| e.in_file(&data_name))?;
     if *session.engine().config() != policy_cfg {
         return Err(LabError::shape("the model and the reference have different configs"));
     }
     session.engine_mut().set_params(&policy_params)?;
     let instruments = session.evaluate()?;
-    let pairs: Vec<Value> = session.pairs().iter().map(|p| serde_json::to_value(p).expect("pair stats serialize")).collect();
+    let pairs: Vec<Value> = session
+        .pairs()
+        .iter()
+        .map(|p| serde_json::to_value(p).expect("pair stats serialize"))
+        .collect();
     let trl = if session.pairs().is_empty() {
         Value::Null
     } else {
-        let pick = |f: fn(&lab_train::PairStats) -> f64| session.pairs().iter().map(f).collect::<Vec<f64>>();
-        let metrics = lab_core::metrics::trl_metrics(args.beta, &pick(|p| p.policy_chosen), &pick(|p| p.policy_rejected), &pick(|p| p.reference_chosen), &pick(|p| p.reference_rejected));
+        let pick = |f: fn(&lab_train::PairStats) -> f64| {
+            session.pairs().iter().map(f).collect::<Vec<f64>>()
+        };
+        let metrics = lab_core::metrics::trl_metrics(
+            args.beta,
+            &pick(|p| p.policy_chosen),
+            &pick(|p| p.policy_rejected),
+            &pick(|p| p.reference_chosen),
+            &pick(|p| p.reference_rejected),
+        );
         metrics.to_json()
     };
     Ok(json!({

@@ -35,7 +35,12 @@ fn read_records(path: &Path) -> Result<(Vec<Record>, Vec<usize>, String)> {
 /// An error about the k-th record (1-based, as `at_line(k)`) moved to its real line.
 fn at_record_line(err: LabError, lines: &[usize], file: &str) -> LabError {
     match err {
-        LabError::Parse { line: Some(k), field, msg, .. } => LabError::Parse { file: Some(file.to_string()), line: lines.get(k - 1).copied().or(Some(k)), field, msg },
+        LabError::Parse { line: Some(k), field, msg, .. } => LabError::Parse {
+            file: Some(file.to_string()),
+            line: lines.get(k - 1).copied().or(Some(k)),
+            field,
+            msg,
+        },
         other => other.in_file(file),
     }
 }
@@ -85,10 +90,19 @@ pub struct AnnotateArgs {
 
 pub fn annotate(args: AnnotateArgs) -> Result<Value> {
     let reward = Reward::parse(&args.rules)?;
-    let annotator = SyntheticAnnotator { reward, flip_rate: args.flip_rate, alpha_temperature: args.alpha_temperature, seed: args.seed, lists_to_pairs: args.pairs };
+    let annotator = SyntheticAnnotator {
+        reward,
+        flip_rate: args.flip_rate,
+        alpha_temperature: args.alpha_temperature,
+        seed: args.seed,
+        lists_to_pairs: args.pairs,
+    };
     annotator.validate()?;
     if args.out == args.input {
-        return Err(LabError::io(args.out.display().to_string(), "is also --in; write the labels to a new file"));
+        return Err(LabError::io(
+            args.out.display().to_string(),
+            "is also --in; write the labels to a new file",
+        ));
     }
     let (records, _, _) = read_records(&args.input)?;
     let (labelled, report) = annotator.annotate(&records)?;
@@ -152,7 +166,11 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
         }
     } else {
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let prompt = if line.starts_with("User:") || line.ends_with("Assistant:") { line.to_string() } else { lab_core::corpus::prompt(line) };
+            let prompt = if line.starts_with("User:") || line.ends_with("Assistant:") {
+                line.to_string()
+            } else {
+                lab_core::corpus::prompt(line)
+            };
             if !prompts.contains(&prompt) {
                 prompts.push(prompt);
             }
@@ -166,7 +184,11 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
 
 pub fn sample(args: SampleArgs) -> Result<Value> {
     let prompts = read_prompts(&args.prompts)?;
-    let config = SampleConfig { temperature: args.temperature, top_k: args.top_k, max_new_tokens: args.max_new_tokens };
+    let config = SampleConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        max_new_tokens: args.max_new_tokens,
+    };
     let open = |dir: &Path| -> Result<Box<dyn Engine>> {
         let (cfg, params) = checkpoint::load_dir(dir)?;
         open_engine(&args.engine, cfg, params)
@@ -177,13 +199,16 @@ pub fn sample(args: SampleArgs) -> Result<Value> {
     if let Some(reference) = reference.as_mut() {
         models.push(("reference", reference.as_mut()));
     }
-    let sets = sample_candidates(&mut models, &prompts, args.n, &config, args.seed).map_err(|e| e.in_file(&args.prompts.display().to_string()))?;
+    let sets = sample_candidates(&mut models, &prompts, args.n, &config, args.seed)
+        .map_err(|e| e.in_file(&args.prompts.display().to_string()))?;
     if sets.is_empty() {
         return Err(LabError::param("n", "no prompt got two distinct non-empty responses; sample more (--n) or at a higher temperature"));
     }
     let text: String = sets.iter().map(|s| s.to_json_line() + "\n").collect();
     write_new(&args.out, &text, args.force)?;
-    Ok(json!({ "out": args.out.display().to_string(), "prompts": prompts.len(), "lists": sets.len(), "responses": sets.iter().map(|s| s.responses.len()).sum::<usize>() }))
+    Ok(
+        json!({ "out": args.out.display().to_string(), "prompts": prompts.len(), "lists": sets.len(), "responses": sets.iter().map(|s| s.responses.len()).sum::<usize>() }),
+    )
 }
 
 #[derive(Args)]
@@ -211,7 +236,10 @@ pub fn export_trl(args: ExportTrlArgs) -> Result<Value> {
     let (script_path, data_path) = (args.out.join("train_dpo.py"), args.out.join("data.jsonl"));
     for path in [&script_path, &data_path] {
         if path.exists() && !args.force {
-            return Err(LabError::io(path.display().to_string(), "already exists; pass --force to replace it"));
+            return Err(LabError::io(
+                path.display().to_string(),
+                "already exists; pass --force to replace it",
+            ));
         }
     }
     // The data goes out exactly as read: the user's bytes, their fields and order.
@@ -247,8 +275,16 @@ pub fn export_metrics(args: ExportMetricsArgs) -> Result<Value> {
     let (name, text) = read_limited(&args.input)?;
     let mut rows: Vec<MetricsRow> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value: Value = serde_json::from_str(line).map_err(|e| LabError::parse(format!("malformed JSON at column {}", e.column())).at_line(i + 1).in_file(&name))?;
-        let Value::Object(map) = value else { return Err(LabError::parse("expected one JSON object of metrics per line").at_line(i + 1).in_file(&name)) };
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            LabError::parse(format!("malformed JSON at column {}", e.column()))
+                .at_line(i + 1)
+                .in_file(&name)
+        })?;
+        let Value::Object(map) = value else {
+            return Err(LabError::parse("expected one JSON object of metrics per line")
+                .at_line(i + 1)
+                .in_file(&name));
+        };
         rows.push(map.into_iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).collect());
     }
     let text = match args.format.as_str() {

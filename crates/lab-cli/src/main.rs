@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "alignlab", version, about = "Preference learning (DPO and its variants) on a tiny GPT, headless.")]
+#[command(
+    name = "alignlab",
+    version,
+    about = "Preference learning (DPO and its variants) on a tiny GPT, headless."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

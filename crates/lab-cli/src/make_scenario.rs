@@ -28,8 +28,15 @@ pub struct MakeScenarioArgs {
 
 /// The first line (1-based) where two texts differ, with both versions of it.
 fn first_difference(on_disk: &str, generated: &str) -> Option<(usize, String, String)> {
-    let (a, b): (Vec<&str>, Vec<&str>) = (on_disk.split('\n').collect(), generated.split('\n').collect());
-    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)).map(|i| (i + 1, a.get(i).unwrap_or(&"<end of file>").to_string(), b.get(i).unwrap_or(&"<end of file>").to_string()))
+    let (a, b): (Vec<&str>, Vec<&str>) =
+        (on_disk.split('\n').collect(), generated.split('\n').collect());
+    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)).map(|i| {
+        (
+            i + 1,
+            a.get(i).unwrap_or(&"<end of file>").to_string(),
+            b.get(i).unwrap_or(&"<end of file>").to_string(),
+        )
+    })
 }
 
 fn one(name: &str, dir: &Path, seed: u64, check: bool) -> Result<Value> {
@@ -54,7 +61,8 @@ fn one(name: &str, dir: &Path, seed: u64, check: bool) -> Result<Value> {
 }
 
 pub fn make_scenario_cmd(args: MakeScenarioArgs) -> Result<Value> {
-    let names: Vec<&str> = if args.name == "all" { SCENARIOS.to_vec() } else { vec![args.name.as_str()] };
+    let names: Vec<&str> =
+        if args.name == "all" { SCENARIOS.to_vec() } else { vec![args.name.as_str()] };
     if names.len() > 1 && args.out.is_some() {
         return Err(LabError::param("out", "give --out with one scenario name, not with \"all\""));
     }

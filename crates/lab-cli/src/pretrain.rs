@@ -42,15 +42,31 @@ pub struct PretrainArgs {
 }
 
 pub fn pretrain_cmd(args: PretrainArgs) -> Result<Value> {
-    let cfg = GptConfig { vocab: lab_core::tokenizer::VOCAB_SIZE, ctx: args.ctx, d_model: args.d_model, n_layer: args.n_layer, n_head: args.n_head };
+    let cfg = GptConfig {
+        vocab: lab_core::tokenizer::VOCAB_SIZE,
+        ctx: args.ctx,
+        d_model: args.d_model,
+        n_layer: args.n_layer,
+        n_head: args.n_head,
+    };
     cfg.validate()?;
-    let config = PretrainConfig { steps: args.steps, batch_size: args.batch_size, lr: args.lr, warmup: args.warmup, seed: args.seed, log_every: args.log_every };
+    let config = PretrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        warmup: args.warmup,
+        seed: args.seed,
+        log_every: args.log_every,
+    };
     config.validate()?;
     let corpus = lab_core::corpus::generate(args.seed);
     let mut engine = CpuEngine::new(cfg, init_params(&cfg, args.seed))?;
     let started = std::time::Instant::now();
     let summary = pretrain(&mut engine, &corpus, &config, |p| {
-        eprintln!("{}", json!({"step": p.step, "loss": p.loss, "lr": p.lr, "tokens_seen": p.tokens_seen, "seconds": started.elapsed().as_secs_f64()}));
+        eprintln!(
+            "{}",
+            json!({"step": p.step, "loss": p.loss, "lr": p.lr, "tokens_seen": p.tokens_seen, "seconds": started.elapsed().as_secs_f64()})
+        );
     })?;
     let dtype = if args.f32 { StorageDtype::F32 } else { StorageDtype::F16 };
     checkpoint::save_dir(&args.out, &cfg, &engine.params(), dtype)?;

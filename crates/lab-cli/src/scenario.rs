@@ -27,15 +27,20 @@ pub struct ScenarioArgs {
 
 pub fn scenario_cmd(args: ScenarioArgs) -> Result<Value> {
     let scenario = Scenario::load(&args.assets, &args.name)?;
-    let model_dir = args.model.clone().unwrap_or_else(|| args.assets.join("models").join("starter"));
+    let model_dir =
+        args.model.clone().unwrap_or_else(|| args.assets.join("models").join("starter"));
     let (cfg, params) = checkpoint::load_dir(&model_dir)?;
     let started = std::time::Instant::now();
     let verbose = args.verbose;
-    let report = run_scenario(&scenario, || CpuEngine::new(cfg, params.clone()), |label, record| {
-        if verbose {
-            eprintln!("{}", json!({"run": label, "metrics": record}));
-        }
-    })?;
+    let report = run_scenario(
+        &scenario,
+        || CpuEngine::new(cfg, params.clone()),
+        |label, record| {
+            if verbose {
+                eprintln!("{}", json!({"run": label, "metrics": record}));
+            }
+        },
+    )?;
     let mut out = report_json(&report);
     out["seconds"] = json!(started.elapsed().as_secs_f64());
     Ok(out)

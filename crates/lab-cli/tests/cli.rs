@@ -13,14 +13,34 @@ const PAIRS: &str = "{\"prompt\": \"Is fire hot?\", \"chosen\": \" Yes.\", \"rej
 #[test]
 fn losses_prints_every_trl_loss_type() {
     let dir = scratch("losses");
-    let input = write(&dir, "logps.json", r#"{"policy_chosen_logps": [-5.0, -7.5], "policy_rejected_logps": [-6.0, -7.0],
+    let input = write(
+        &dir,
+        "logps.json",
+        r#"{"policy_chosen_logps": [-5.0, -7.5], "policy_rejected_logps": [-6.0, -7.0],
         "reference_chosen_logps": [-5.5, -7.0], "reference_rejected_logps": [-5.8, -7.2],
         "chosen_lengths": [5, 8], "rejected_lengths": [6, 7],
-        "params": {"beta": 0.1, "label_smoothing": 0.1, "simpo_gamma": 0.5, "discopop_tau": 0.05}}"#);
+        "params": {"beta": 0.1, "label_smoothing": 0.1, "simpo_gamma": 0.5, "discopop_tau": 0.05}}"#,
+    );
     let (code, stdout, stderr) = alignlab(&["losses", "--input", &input]);
     assert_eq!(code, 0, "{stderr}");
     let json: Value = serde_json::from_str(&stdout).unwrap();
-    let names = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"];
+    let names = [
+        "sigmoid",
+        "hinge",
+        "ipo",
+        "exo_pair",
+        "nca_pair",
+        "robust",
+        "bco_pair",
+        "sppo_hard",
+        "aot",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "sft",
+        "sigmoid_norm",
+    ];
     for name in names {
         let entry = &json[name];
         assert_eq!(entry["losses"].as_array().map(Vec::len), Some(2), "{name}: {entry}");
@@ -37,11 +57,19 @@ fn losses_prints_every_trl_loss_type() {
 #[test]
 fn losses_rejects_nan_and_bad_beta_naming_the_field() {
     let dir = scratch("losses-bad");
-    let input = write(&dir, "nan.json", r#"{"policy_chosen_logps": [-5.0, NaN], "policy_rejected_logps": [-6.0, -7.0], "reference_chosen_logps": [-5.5, -7.0], "reference_rejected_logps": [-5.8, -7.2], "chosen_lengths": [5, 8], "rejected_lengths": [6, 7], "params": {"beta": 0.1}}"#);
+    let input = write(
+        &dir,
+        "nan.json",
+        r#"{"policy_chosen_logps": [-5.0, NaN], "policy_rejected_logps": [-6.0, -7.0], "reference_chosen_logps": [-5.5, -7.0], "reference_rejected_logps": [-5.8, -7.2], "chosen_lengths": [5, 8], "rejected_lengths": [6, 7], "params": {"beta": 0.1}}"#,
+    );
     let (code, _, stderr) = alignlab(&["losses", "--input", &input]);
     assert_ne!(code, 0);
     assert!(stderr.contains("nan.json"), "{stderr}");
-    let input = write(&dir, "beta.json", r#"{"policy_chosen_logps": [-5.0], "policy_rejected_logps": [-6.0], "reference_chosen_logps": [-5.5], "reference_rejected_logps": [-5.8], "chosen_lengths": [5], "rejected_lengths": [6], "params": {"beta": 0}}"#);
+    let input = write(
+        &dir,
+        "beta.json",
+        r#"{"policy_chosen_logps": [-5.0], "policy_rejected_logps": [-6.0], "reference_chosen_logps": [-5.5], "reference_rejected_logps": [-5.8], "chosen_lengths": [5], "rejected_lengths": [6], "params": {"beta": 0}}"#,
+    );
     let (code, _, stderr) = alignlab(&["losses", "--input", &input]);
     assert_ne!(code, 0);
     assert!(stderr.contains("beta"), "{stderr}");
@@ -53,17 +81,54 @@ fn train_writes_one_metrics_line_per_step_and_a_loadable_model() {
     let data = write(&dir, "pairs.jsonl", PAIRS);
     let out = dir.join("metrics.jsonl").display().to_string();
     let model = dir.join("model").display().to_string();
-    let (code, stdout, stderr) = alignlab(&["train", "--data", &data, "--loss", "sigmoid", "--beta", "0.1", "--lr", "1e-2", "--steps", "12", "--seed", "3", "--batch-size", "4", "--out", &out, "--save", &model]);
+    let (code, stdout, stderr) = alignlab(&[
+        "train",
+        "--data",
+        &data,
+        "--loss",
+        "sigmoid",
+        "--beta",
+        "0.1",
+        "--lr",
+        "1e-2",
+        "--steps",
+        "12",
+        "--seed",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        &out,
+        "--save",
+        &model,
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let summary: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["steps"], 12);
-    let lines: Vec<Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 12);
-    for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "eval/ranking_accuracy", "eval/idealized_ranking_accuracy", "eval/topk_entropy"] {
+    for key in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "eval/ranking_accuracy",
+        "eval/idealized_ranking_accuracy",
+        "eval/topk_entropy",
+    ] {
         assert!(lines[11][key].is_number(), "missing {key}: {}", lines[11]);
     }
     assert!(lines[11]["loss"].as_f64().unwrap() < lines[0]["loss"].as_f64().unwrap());
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model/config.json")).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model/config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["model_type"], "gpt2");
     // The trained model evaluates against the starting one: rewards are now positive.
     let (code, stdout, stderr) = alignlab(&["eval", "--model", &model, "--data", &data]);
@@ -76,23 +141,40 @@ fn train_writes_one_metrics_line_per_step_and_a_loadable_model() {
 #[test]
 fn train_with_bad_data_names_the_line_and_writes_nothing() {
     let dir = scratch("train-bad");
-    let data = write(&dir, "pairs.jsonl", &format!("{PAIRS}{{\"prompt\": \"Q\", \"chosen\": \"\", \"rejected\": \" x\"}}\n"));
+    let data = write(
+        &dir,
+        "pairs.jsonl",
+        &format!("{PAIRS}{{\"prompt\": \"Q\", \"chosen\": \"\", \"rejected\": \" x\"}}\n"),
+    );
     let out = dir.join("metrics.jsonl");
-    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--steps", "2", "--out", &out.display().to_string()]);
+    let (code, _, stderr) =
+        alignlab(&["train", "--data", &data, "--steps", "2", "--out", &out.display().to_string()]);
     assert_ne!(code, 0);
     assert!(stderr.contains("line 5") && stderr.contains("chosen"), "{stderr}");
     assert!(!out.exists() && !out.with_extension("model").exists());
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "only the input file remains");
 
     let data = write(&dir, "bad.jsonl", "{\"prompt\": \"Q\", \"chosen\": \"a\"}\n");
-    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--out", &out.display().to_string()]);
+    let (code, _, stderr) =
+        alignlab(&["train", "--data", &data, "--out", &out.display().to_string()]);
     assert_ne!(code, 0);
     assert!(stderr.contains("line 1") && stderr.contains("rejected"), "{stderr}");
 
-    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--beta", "-1", "--out", &out.display().to_string()]);
+    let (code, _, stderr) =
+        alignlab(&["train", "--data", &data, "--beta", "-1", "--out", &out.display().to_string()]);
     assert_ne!(code, 0);
     assert!(stderr.contains("beta"), "{stderr}");
-    let (code, _, stderr) = alignlab(&["train", "--data", &data, "--loss", "robust", "--label-smoothing", "0.7", "--out", &out.display().to_string()]);
+    let (code, _, stderr) = alignlab(&[
+        "train",
+        "--data",
+        &data,
+        "--loss",
+        "robust",
+        "--label-smoothing",
+        "0.7",
+        "--out",
+        &out.display().to_string(),
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("label_smoothing"), "{stderr}");
     assert!(!out.exists());
@@ -100,7 +182,8 @@ fn train_with_bad_data_names_the_line_and_writes_nothing() {
 
 #[test]
 fn bench_prints_one_json_line() {
-    let (code, stdout, stderr) = alignlab(&["bench", "--config", "tiny", "--engine", "cpu", "--steps", "2"]);
+    let (code, stdout, stderr) =
+        alignlab(&["bench", "--config", "tiny", "--engine", "cpu", "--steps", "2"]);
     assert_eq!(code, 0, "{stderr}");
     let json: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(stdout.trim().lines().count(), 1);
@@ -112,7 +195,8 @@ fn bench_prints_one_json_line() {
 /// `alignlab bench` (tiny, one step) with `flags` fails, prints nothing, and its error
 /// names every one of `words`.
 fn assert_bench_refuses(flags: &[&str], words: &[&str]) {
-    let (code, stdout, stderr) = alignlab(&[&["bench", "--config", "tiny", "--steps", "1"][..], flags].concat());
+    let (code, stdout, stderr) =
+        alignlab(&[&["bench", "--config", "tiny", "--steps", "1"][..], flags].concat());
     assert_ne!(code, 0, "{flags:?}");
     assert!(stdout.is_empty(), "{flags:?}: {stdout}");
     assert!(words.iter().all(|w| stderr.contains(w)), "{flags:?}: {stderr}");
@@ -125,7 +209,10 @@ fn bench_names_a_bad_gemm_tiling() {
 
 #[test]
 fn bench_names_a_bad_loss_placement_before_opening_a_gpu() {
-    assert_bench_refuses(&["--engine", "gpu", "--loss-on", "sideways"], &["loss-on", "\"sideways\""]);
+    assert_bench_refuses(
+        &["--engine", "gpu", "--loss-on", "sideways"],
+        &["loss-on", "\"sideways\""],
+    );
     assert_bench_refuses(&["--engine", "gpu", "--devices", "2"], &["devices", "--loss-on gpu"]);
 }
 
@@ -141,9 +228,17 @@ fn bench_parity_needs_the_gpu_engine() {
 #[test]
 fn gpu_bench_gives_the_same_loss_with_the_loss_on_either_side() {
     let mut losses = Vec::new();
-    for args in [&["--loss-on", "gpu", "--devices", "1", "--parity"][..], &["--loss-on", "cpu", "--devices", "2"][..]] {
-        let (code, stdout, stderr) = alignlab(&[&["bench", "--config", "tiny", "--engine", "gpu", "--steps", "3"][..], args].concat());
-        if code != 0 && stderr.contains("no GPU adapter found") && std::env::var("ALIGNLAB_SKIP_GPU").is_ok_and(|v| v == "1") {
+    for args in [
+        &["--loss-on", "gpu", "--devices", "1", "--parity"][..],
+        &["--loss-on", "cpu", "--devices", "2"][..],
+    ] {
+        let (code, stdout, stderr) = alignlab(
+            &[&["bench", "--config", "tiny", "--engine", "gpu", "--steps", "3"][..], args].concat(),
+        );
+        if code != 0
+            && stderr.contains("no GPU adapter found")
+            && std::env::var("ALIGNLAB_SKIP_GPU").is_ok_and(|v| v == "1")
+        {
             eprintln!("SKIPPED (ALIGNLAB_SKIP_GPU=1): {stderr}");
             return;
         }
@@ -156,7 +251,10 @@ fn gpu_bench_gives_the_same_loss_with_the_loss_on_either_side() {
             assert_eq!(parity["ok"], true, "{parity}");
             assert_eq!(parity["losses"]["gpu"].as_array().map(Vec::len), Some(3), "{parity}");
             for part in ["token_logps", "seq_logps", "gradients", "losses"] {
-                let (err, tol) = (parity[part]["max_abs_err"].as_f64().unwrap(), parity[part]["tol"].as_f64().unwrap());
+                let (err, tol) = (
+                    parity[part]["max_abs_err"].as_f64().unwrap(),
+                    parity[part]["tol"].as_f64().unwrap(),
+                );
                 assert!(err <= tol && tol > 0.0, "{part}: {parity}");
             }
         } else {

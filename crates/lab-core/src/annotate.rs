@@ -102,7 +102,14 @@ impl CandidateSet {
     /// list of its first [`RANKED_MAX`] responses in their order.
     pub fn to_record(&self) -> Result<Record> {
         match self.responses.as_slice() {
-            [] | [_] => Err(LabError::param("responses", format!("{:?} has {} response(s); two are needed to compare", self.prompt, self.responses.len()))),
+            [] | [_] => Err(LabError::param(
+                "responses",
+                format!(
+                    "{:?} has {} response(s); two are needed to compare",
+                    self.prompt,
+                    self.responses.len()
+                ),
+            )),
             [a, b] => Ok(Record::Pair(PreferencePair::plain(&self.prompt, a, b))),
             many => Ok(Record::Ranked(RankedExample {
                 prompt: Text::Plain(self.prompt.clone()),
@@ -126,19 +133,30 @@ impl CandidateSet {
 /// reference still agree they say the same thing, and that response is listed once with
 /// both origins. Prompts with fewer than two distinct non-empty responses are left out
 /// (there is nothing to compare). Errors name the prompt that cannot be encoded.
-pub fn sample_candidates(models: &mut [(&str, &mut dyn Engine)], prompts: &[String], n: usize, config: &SampleConfig, seed: u64) -> Result<Vec<CandidateSet>> {
+pub fn sample_candidates(
+    models: &mut [(&str, &mut dyn Engine)],
+    prompts: &[String],
+    n: usize,
+    config: &SampleConfig,
+    seed: u64,
+) -> Result<Vec<CandidateSet>> {
     if n == 0 {
         return Err(LabError::param("n", "must be at least 1"));
     }
     if !(config.temperature.is_finite() && config.temperature >= 0.0) {
         return Err(LabError::param("temperature", format!("{} must be ≥ 0", config.temperature)));
     }
-    let mut sets: Vec<CandidateSet> = prompts.iter().map(|p| CandidateSet { prompt: p.clone(), responses: Vec::new(), origins: Vec::new() }).collect();
+    let mut sets: Vec<CandidateSet> = prompts
+        .iter()
+        .map(|p| CandidateSet { prompt: p.clone(), responses: Vec::new(), origins: Vec::new() })
+        .collect();
     for (origin, engine) in models.iter_mut() {
         let mut rng = Rng::new(seed);
         for (i, set) in sets.iter_mut().enumerate() {
             let mut ids = vec![tokenizer::EOT];
-            ids.extend(tokenizer::encode(&set.prompt).map_err(|e| LabError::parse(format!("prompt {}: {e}", i + 1)).in_field("prompt"))?);
+            ids.extend(tokenizer::encode(&set.prompt).map_err(|e| {
+                LabError::parse(format!("prompt {}: {e}", i + 1)).in_field("prompt")
+            })?);
             for _ in 0..n {
                 let out = generate(&mut **engine, &ids, config, &mut rng)?;
                 set.push(tokenizer::decode(&out), origin);
@@ -164,7 +182,10 @@ fn check_strength(alpha: f64) -> Result<()> {
     if (0.5..=1.0).contains(&alpha) {
         Ok(())
     } else {
-        Err(LabError::param("alpha", format!("strength {alpha} must lie in [0.5, 1] (0.5: no preference, 1: certain)")))
+        Err(LabError::param(
+            "alpha",
+            format!("strength {alpha} must lie in [0.5, 1] (0.5: no preference, 1: certain)"),
+        ))
     }
 }
 
@@ -183,7 +204,14 @@ fn check_response(text: &str, what: &str) -> Result<()> {
 }
 
 /// The pair a person's choice between responses `a` and `b` makes (see the module doc).
-pub fn pair_from_choice(prompt: &str, a: &str, b: &str, choice: Choice, strength: f64, rationale: &str) -> Result<Record> {
+pub fn pair_from_choice(
+    prompt: &str,
+    a: &str,
+    b: &str,
+    choice: Choice,
+    strength: f64,
+    rationale: &str,
+) -> Result<Record> {
     check_response(a, "A")?;
     check_response(b, "B")?;
     check_strength(strength)?;
@@ -200,18 +228,35 @@ pub fn pair_from_choice(prompt: &str, a: &str, b: &str, choice: Choice, strength
 
 /// The ranked list a person's ordering makes: `order` lists indices into `responses`, best
 /// first, each exactly once; 3–5 responses.
-pub fn ranked_from_order(prompt: &str, responses: &[String], order: &[usize], rationale: &str) -> Result<Record> {
+pub fn ranked_from_order(
+    prompt: &str,
+    responses: &[String],
+    order: &[usize],
+    rationale: &str,
+) -> Result<Record> {
     if !(RANK_MODE_MIN..=RANK_MODE_MAX).contains(&responses.len()) {
-        return Err(LabError::param("responses", format!("a ranking needs {RANK_MODE_MIN} to {RANK_MODE_MAX} responses, got {}", responses.len())));
+        return Err(LabError::param(
+            "responses",
+            format!(
+                "a ranking needs {RANK_MODE_MIN} to {RANK_MODE_MAX} responses, got {}",
+                responses.len()
+            ),
+        ));
     }
     let mut seen = vec![false; responses.len()];
     for &i in order {
         if i >= responses.len() || std::mem::replace(&mut seen[i], true) {
-            return Err(LabError::param("ranking", format!("{order:?} is not an ordering of the {} responses", responses.len())));
+            return Err(LabError::param(
+                "ranking",
+                format!("{order:?} is not an ordering of the {} responses", responses.len()),
+            ));
         }
     }
     if order.len() != responses.len() {
-        return Err(LabError::param("ranking", format!("{order:?} ranks {} of the {} responses", order.len(), responses.len())));
+        return Err(LabError::param(
+            "ranking",
+            format!("{order:?} ranks {} of the {} responses", order.len(), responses.len()),
+        ));
     }
     for (i, r) in responses.iter().enumerate() {
         check_response(r, &format!("responses[{i}]"))?;
@@ -230,18 +275,49 @@ pub fn ranked_from_order(prompt: &str, responses: &[String], order: &[usize], ra
 
 /// Words the `sentiment` rule counts as positive (the synthetic corpus's included).
 pub const POSITIVE: &[&str] = &[
-    "good", "great", "happy", "love", "like", "nice", "wonderful", "excellent", "kind", "glad", "enjoy", "best", "beautiful", "fun", "pleasant", "awesome",
-    "fantastic", "friendly", "lovely", "yes",
+    "good",
+    "great",
+    "happy",
+    "love",
+    "like",
+    "nice",
+    "wonderful",
+    "excellent",
+    "kind",
+    "glad",
+    "enjoy",
+    "best",
+    "beautiful",
+    "fun",
+    "pleasant",
+    "awesome",
+    "fantastic",
+    "friendly",
+    "lovely",
+    "yes",
 ];
 /// Words the `sentiment` rule counts as negative.
 pub const NEGATIVE: &[&str] = &[
-    "bad", "terrible", "sad", "hate", "awful", "horrible", "worst", "angry", "ugly", "boring", "poor", "nasty", "upset", "annoying", "hurt", "dislike",
-    "gross", "dull", "never", "no",
+    "bad", "terrible", "sad", "hate", "awful", "horrible", "worst", "angry", "ugly", "boring",
+    "poor", "nasty", "upset", "annoying", "hurt", "dislike", "gross", "dull", "never", "no",
 ];
 /// Phrases the `refusal` rule detects (any case; the synthetic corpus's refusals included).
 pub const REFUSAL_PHRASES: &[&str] = &[
-    "i can't", "i cannot", "i can not", "i won't", "i will not", "i'm sorry", "i am sorry", "i refuse", "i'm unable", "i am unable", "i'm not able", "i am not able",
-    "as an ai", "i'd rather not", "i would rather not",
+    "i can't",
+    "i cannot",
+    "i can not",
+    "i won't",
+    "i will not",
+    "i'm sorry",
+    "i am sorry",
+    "i refuse",
+    "i'm unable",
+    "i am unable",
+    "i'm not able",
+    "i am not able",
+    "as an ai",
+    "i'd rather not",
+    "i would rather not",
 ];
 
 /// One rule of a reward.
@@ -271,7 +347,9 @@ impl Rule {
             Rule::Excludes(word) => f64::from(u8::from(!words(response).iter().any(|w| w == word))),
             Rule::Sentiment => {
                 let ws = words(response);
-                let count = |lexicon: &[&str]| ws.iter().filter(|w| lexicon.contains(&w.as_str())).count() as f64;
+                let count = |lexicon: &[&str]| {
+                    ws.iter().filter(|w| lexicon.contains(&w.as_str())).count() as f64
+                };
                 count(POSITIVE) - count(NEGATIVE)
             }
             Rule::Refusal => {
@@ -304,13 +382,26 @@ impl Reward {
         let mut rules = Vec::new();
         for part in spec.split(',').map(str::trim) {
             if part.is_empty() {
-                return Err(LabError::param("rules", format!("empty rule in {spec:?}; write e.g. \"refusal=-2,sentiment,length=-0.1\"")));
+                return Err(LabError::param(
+                    "rules",
+                    format!(
+                        "empty rule in {spec:?}; write e.g. \"refusal=-2,sentiment,length=-0.1\""
+                    ),
+                ));
             }
             let (head, weight) = match part.split_once('=') {
                 Some((head, w)) => {
-                    let weight: f64 = w.trim().parse().map_err(|_| LabError::param("rules", format!("weight {w:?} of {head:?} is not a number")))?;
+                    let weight: f64 = w.trim().parse().map_err(|_| {
+                        LabError::param(
+                            "rules",
+                            format!("weight {w:?} of {head:?} is not a number"),
+                        )
+                    })?;
                     if !weight.is_finite() {
-                        return Err(LabError::param("rules", format!("weight {w:?} of {head:?} must be finite")));
+                        return Err(LabError::param(
+                            "rules",
+                            format!("weight {w:?} of {head:?} must be finite"),
+                        ));
                     }
                     (head.trim(), weight)
                 }
@@ -323,8 +414,13 @@ impl Reward {
             let needs_word = |word: Option<String>| -> Result<String> {
                 match word {
                     Some(w) if words(&w) == [w.clone()] => Ok(w),
-                    Some(w) => Err(LabError::param("rules", format!("{name}:{w} needs one word (letters, digits, apostrophes)"))),
-                    None => Err(LabError::param("rules", format!("{name} needs a word: {name}:WORD"))),
+                    Some(w) => Err(LabError::param(
+                        "rules",
+                        format!("{name}:{w} needs one word (letters, digits, apostrophes)"),
+                    )),
+                    None => {
+                        Err(LabError::param("rules", format!("{name} needs a word: {name}:WORD")))
+                    }
                 }
             };
             let rule = match name {
@@ -345,7 +441,11 @@ impl Reward {
 
     /// The spec form; parses back to the same reward.
     pub fn spec(&self) -> String {
-        self.rules.iter().map(|(r, w)| if *w == 1.0 { r.spec() } else { format!("{}={w}", r.spec()) }).collect::<Vec<_>>().join(",")
+        self.rules
+            .iter()
+            .map(|(r, w)| if *w == 1.0 { r.spec() } else { format!("{}={w}", r.spec()) })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn score(&self, response: &str) -> f64 {
@@ -413,10 +513,16 @@ fn completion_text(text: &Text, prompt: Option<&Text>) -> String {
 impl SyntheticAnnotator {
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=0.5).contains(&self.flip_rate) {
-            return Err(LabError::param("flip_rate", format!("{} must lie in [0, 0.5] (0.5 makes labels coin flips)", self.flip_rate)));
+            return Err(LabError::param(
+                "flip_rate",
+                format!("{} must lie in [0, 0.5] (0.5 makes labels coin flips)", self.flip_rate),
+            ));
         }
         if !(self.alpha_temperature.is_finite() && self.alpha_temperature > 0.0) {
-            return Err(LabError::param("alpha_temperature", format!("{} must be a finite number > 0", self.alpha_temperature)));
+            return Err(LabError::param(
+                "alpha_temperature",
+                format!("{} must be a finite number > 0", self.alpha_temperature),
+            ));
         }
         if self.reward.rules.is_empty() {
             return Err(LabError::param("rules", "at least one rule is needed"));
@@ -434,7 +540,9 @@ impl SyntheticAnnotator {
         for record in records {
             let labelled = match record {
                 Record::Pair(pair) => self.label_pair(pair.clone(), &mut rng, &mut report),
-                Record::Ranked(list) if self.lists_to_pairs => self.list_to_pair(list, &mut rng, &mut report),
+                Record::Ranked(list) if self.lists_to_pairs => {
+                    self.list_to_pair(list, &mut rng, &mut report)
+                }
                 Record::Ranked(list) => self.rank_list(list.clone(), &mut rng, &mut report),
                 Record::Unpaired(u) => {
                     let mut u = u.clone();
@@ -457,7 +565,12 @@ impl SyntheticAnnotator {
         Ok((out, report))
     }
 
-    fn label_pair(&self, mut pair: PreferencePair, rng: &mut Rng, report: &mut AnnotationReport) -> Record {
+    fn label_pair(
+        &self,
+        mut pair: PreferencePair,
+        rng: &mut Rng,
+        report: &mut AnnotationReport,
+    ) -> Record {
         let rendered = pair.render();
         let gap = self.reward.score(&rendered.chosen) - self.reward.score(&rendered.rejected);
         if gap < 0.0 {
@@ -481,12 +594,21 @@ impl SyntheticAnnotator {
 
     /// Responses with their rewards, best first (stable: equal rewards keep their order).
     fn sorted(&self, list: &RankedExample) -> Vec<(Text, f64)> {
-        let mut scored: Vec<(Text, f64)> = list.responses.iter().map(|r| (r.clone(), self.reward.score(&completion_text(r, Some(&list.prompt))))).collect();
+        let mut scored: Vec<(Text, f64)> = list
+            .responses
+            .iter()
+            .map(|r| (r.clone(), self.reward.score(&completion_text(r, Some(&list.prompt)))))
+            .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         scored
     }
 
-    fn rank_list(&self, mut list: RankedExample, rng: &mut Rng, report: &mut AnnotationReport) -> Record {
+    fn rank_list(
+        &self,
+        mut list: RankedExample,
+        rng: &mut Rng,
+        report: &mut AnnotationReport,
+    ) -> Record {
         let mut scored = self.sorted(&list);
         report.ranked += 1;
         let mut swaps = 0;
@@ -498,7 +620,10 @@ impl SyntheticAnnotator {
             }
         }
         report.flipped += swaps;
-        list.alpha = Some(alpha_from_gap(scored.first().map_or(0.0, |s| s.1) - scored.last().map_or(0.0, |s| s.1), self.alpha_temperature));
+        list.alpha = Some(alpha_from_gap(
+            scored.first().map_or(0.0, |s| s.1) - scored.last().map_or(0.0, |s| s.1),
+            self.alpha_temperature,
+        ));
         list.responses = scored.into_iter().map(|(t, _)| t).collect();
         list.extra.remove("flipped");
         list.extra.remove("origins");
@@ -509,13 +634,26 @@ impl SyntheticAnnotator {
         Record::Ranked(list)
     }
 
-    fn list_to_pair(&self, list: &RankedExample, rng: &mut Rng, report: &mut AnnotationReport) -> Record {
+    fn list_to_pair(
+        &self,
+        list: &RankedExample,
+        rng: &mut Rng,
+        report: &mut AnnotationReport,
+    ) -> Record {
         let scored = self.sorted(list);
         let best = scored.first().expect("ranked lists have at least 2 responses").0.clone();
         let worst = scored.last().expect("ranked lists have at least 2 responses").0.clone();
         let mut extra = list.extra.clone();
         extra.remove("origins");
-        let pair = PreferencePair { prompt: Some(list.prompt.clone()), chosen: best, rejected: worst, rejected_prompt: None, alpha: None, rationale: list.rationale.clone(), extra };
+        let pair = PreferencePair {
+            prompt: Some(list.prompt.clone()),
+            chosen: best,
+            rejected: worst,
+            rejected_prompt: None,
+            alpha: None,
+            rationale: list.rationale.clone(),
+            extra,
+        };
         self.label_pair(pair, rng, report)
     }
 }
@@ -530,14 +668,30 @@ mod tests {
     }
 
     fn annotator(rules: &str, flip_rate: f64) -> SyntheticAnnotator {
-        SyntheticAnnotator { reward: Reward::parse(rules).unwrap(), flip_rate, alpha_temperature: 1.0, seed: 7, lists_to_pairs: false }
+        SyntheticAnnotator {
+            reward: Reward::parse(rules).unwrap(),
+            flip_rate,
+            alpha_temperature: 1.0,
+            seed: 7,
+            lists_to_pairs: false,
+        }
     }
 
     #[test]
     fn a_choice_makes_a_pair_with_its_strength() {
-        let Record::Pair(p) = pair_from_choice("P", " a", " b", Choice::B, 0.8, "  b is\nkinder ").unwrap() else { panic!() };
-        assert_eq!((p.chosen, p.rejected, p.alpha, p.rationale.as_deref()), (" b".into(), " a".into(), Some(0.8), Some("b is kinder")));
-        let Record::Pair(t) = pair_from_choice("P", " a", " b", Choice::Tie, 0.9, "").unwrap() else { panic!() };
+        let Record::Pair(p) =
+            pair_from_choice("P", " a", " b", Choice::B, 0.8, "  b is\nkinder ").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (p.chosen, p.rejected, p.alpha, p.rationale.as_deref()),
+            (" b".into(), " a".into(), Some(0.8), Some("b is kinder"))
+        );
+        let Record::Pair(t) = pair_from_choice("P", " a", " b", Choice::Tie, 0.9, "").unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((t.chosen, t.alpha, t.rationale), (" a".into(), Some(0.5), None));
         let err = pair_from_choice("P", " a", " b", Choice::A, 0.3, "").unwrap_err().to_string();
         assert!(err.contains("alpha") && err.contains("0.3"), "{err}");
@@ -548,7 +702,9 @@ mod tests {
     #[test]
     fn a_ranking_is_stored_best_first_and_must_be_a_permutation() {
         let responses: Vec<String> = [" x", " y", " z"].iter().map(|s| s.to_string()).collect();
-        let Record::Ranked(r) = ranked_from_order("P", &responses, &[2, 0, 1], "").unwrap() else { panic!() };
+        let Record::Ranked(r) = ranked_from_order("P", &responses, &[2, 0, 1], "").unwrap() else {
+            panic!()
+        };
         assert_eq!(r.responses, vec![Text::from(" z"), Text::from(" x"), Text::from(" y")]);
         assert!(ranked_from_order("P", &responses, &[2, 2, 1], "").is_err());
         assert!(ranked_from_order("P", &responses, &[2, 0], "").is_err());
@@ -560,7 +716,9 @@ mod tests {
 
     #[test]
     fn rules_score_responses() {
-        let r = Reward::parse("refusal=-2, sentiment, length=-0.5, contains:please=3, excludes:never").unwrap();
+        let r =
+            Reward::parse("refusal=-2, sentiment, length=-0.5, contains:please=3, excludes:never")
+                .unwrap();
         assert_eq!(Rule::Refusal.value(" I can't help with that."), 1.0);
         assert_eq!(Rule::Refusal.value(" I CANNOT."), 1.0);
         assert_eq!(Rule::Refusal.value(" Sure, here it is."), 0.0);
@@ -580,7 +738,11 @@ mod tests {
 
     #[test]
     fn noiseless_labels_follow_the_reward_with_alpha_from_the_gap() {
-        let data = vec![pair(" I hate it. It is awful.", " I love it."), pair(" Yes.", " Great."), pair(" I love it.", " I love it!")];
+        let data = vec![
+            pair(" I hate it. It is awful.", " I love it."),
+            pair(" Yes.", " Great."),
+            pair(" I love it.", " I love it!"),
+        ];
         let (out, report) = annotator("sentiment", 0.0).annotate(&data).unwrap();
         let Record::Pair(p0) = &out[0] else { panic!() };
         assert_eq!(p0.chosen, Text::from(" I love it."));
@@ -599,7 +761,10 @@ mod tests {
         let data: Vec<Record> = (0..n).map(|_| pair(" I love it.", " I hate it.")).collect();
         for eps in [0.0, 0.1, 0.3] {
             let (out, report) = annotator("sentiment", eps).annotate(&data).unwrap();
-            let flipped = out.iter().filter(|r| matches!(r, Record::Pair(p) if p.chosen == Text::from(" I hate it."))).count();
+            let flipped = out
+                .iter()
+                .filter(|r| matches!(r, Record::Pair(p) if p.chosen == Text::from(" I hate it.")))
+                .count();
             let marked = out.iter().filter(|r| matches!(r, Record::Pair(p) if p.extra.get("flipped") == Some(&Value::Bool(true)))).count();
             assert_eq!(flipped, report.flipped);
             assert_eq!(marked, flipped);
@@ -607,10 +772,15 @@ mod tests {
             let sd = (eps * (1.0 - eps) / n as f64).sqrt();
             assert!((rate - eps).abs() <= 4.0 * sd + 1e-12, "ε {eps}: observed {rate}");
             // A flipped label keeps the annotator's confidence.
-            assert!(out.iter().all(|r| matches!(r, Record::Pair(p) if p.alpha == Some(alpha_from_gap(2.0, 1.0)))));
+            assert!(out.iter().all(
+                |r| matches!(r, Record::Pair(p) if p.alpha == Some(alpha_from_gap(2.0, 1.0)))
+            ));
         }
         // The same seed flips the same pairs.
-        assert_eq!(annotator("sentiment", 0.2).annotate(&data[..100]).unwrap(), annotator("sentiment", 0.2).annotate(&data[..100]).unwrap());
+        assert_eq!(
+            annotator("sentiment", 0.2).annotate(&data[..100]).unwrap(),
+            annotator("sentiment", 0.2).annotate(&data[..100]).unwrap()
+        );
         let err = annotator("sentiment", 0.7).annotate(&data[..1]).unwrap_err().to_string();
         assert!(err.contains("flip_rate"), "{err}");
     }
@@ -621,7 +791,14 @@ mod tests {
         let data = parse_jsonl(line).unwrap();
         let (out, report) = annotator("length", 0.0).annotate(&data).unwrap();
         let Record::Ranked(r) = &out[0] else { panic!() };
-        assert_eq!(r.responses, vec![Text::from(" Hello there my friend."), Text::from(" Hi there."), Text::from(" Hello.")]);
+        assert_eq!(
+            r.responses,
+            vec![
+                Text::from(" Hello there my friend."),
+                Text::from(" Hi there."),
+                Text::from(" Hello.")
+            ]
+        );
         assert_eq!(r.alpha, Some(alpha_from_gap(3.0, 1.0)));
         assert!(!r.extra.contains_key("origins"));
         assert_eq!((report.ranked, report.flippable), (1, 2));
@@ -629,7 +806,10 @@ mod tests {
         to_pairs.lists_to_pairs = true;
         let (out, _) = to_pairs.annotate(&data).unwrap();
         let Record::Pair(p) = &out[0] else { panic!() };
-        assert_eq!((p.chosen.clone(), p.rejected.clone()), (Text::from(" Hello."), Text::from(" Hello there my friend.")));
+        assert_eq!(
+            (p.chosen.clone(), p.rejected.clone()),
+            (Text::from(" Hello."), Text::from(" Hello there my friend."))
+        );
     }
 
     #[test]
@@ -639,13 +819,22 @@ mod tests {
         assert_eq!(set.prompt, "User: Hi Assistant:");
         assert_eq!(set.responses, vec![" Hello.".to_string(), " Go.".to_string()]);
         let parsed = parse_jsonl(&set.to_json_line()).unwrap();
-        let mut sampled = CandidateSet { prompt: "P".into(), responses: Vec::new(), origins: Vec::new() };
+        let mut sampled =
+            CandidateSet { prompt: "P".into(), responses: Vec::new(), origins: Vec::new() };
         assert!(sampled.push(" a".into(), "policy") && sampled.push(" b".into(), "policy"));
-        assert!(!sampled.push(" a".into(), "reference") && !sampled.push(" a".into(), "reference") && !sampled.push(String::new(), "policy"));
+        assert!(
+            !sampled.push(" a".into(), "reference")
+                && !sampled.push(" a".into(), "reference")
+                && !sampled.push(String::new(), "policy")
+        );
         assert_eq!(sampled.origins, vec!["policy+reference".to_string(), "policy".to_string()]);
-        assert!(matches!(sampled.to_record().unwrap(), Record::Pair(p) if p.chosen == Text::from(" a")));
+        assert!(
+            matches!(sampled.to_record().unwrap(), Record::Pair(p) if p.chosen == Text::from(" a"))
+        );
         sampled.push(" c".into(), "reference");
-        assert!(matches!(sampled.to_record().unwrap(), Record::Ranked(r) if r.responses.len() == 3));
+        assert!(
+            matches!(sampled.to_record().unwrap(), Record::Ranked(r) if r.responses.len() == 3)
+        );
         assert!(matches!(&parsed[0], Record::Ranked(r) if r.responses.len() == 2));
     }
 }

@@ -30,9 +30,18 @@ struct HfTensor {
 fn hf_tensors(cfg: &GptConfig) -> Vec<HfTensor> {
     let l = ParamLayout::new(cfg);
     let (v, t, c) = (cfg.vocab, cfg.ctx, cfg.d_model);
-    let plain = |name: String, offset, ours: Vec<usize>| HfTensor { name, offset, ours, transposed: false };
-    let conv = |name: String, offset, rows, cols| HfTensor { name, offset, ours: vec![rows, cols], transposed: true };
-    let mut out = vec![plain("wte.weight".into(), l.wte, vec![v, c]), plain("wpe.weight".into(), l.wpe, vec![t, c])];
+    let plain =
+        |name: String, offset, ours: Vec<usize>| HfTensor { name, offset, ours, transposed: false };
+    let conv = |name: String, offset, rows, cols| HfTensor {
+        name,
+        offset,
+        ours: vec![rows, cols],
+        transposed: true,
+    };
+    let mut out = vec![
+        plain("wte.weight".into(), l.wte, vec![v, c]),
+        plain("wpe.weight".into(), l.wpe, vec![t, c]),
+    ];
     for i in 0..cfg.n_layer {
         let h = format!("h.{i}");
         out.push(plain(format!("{h}.ln_1.weight"), l.ln1w + i * c, vec![c]));
@@ -56,7 +65,9 @@ fn hf_tensors(cfg: &GptConfig) -> Vec<HfTensor> {
 fn encode_values(values: &[f32], dtype: StorageDtype) -> Vec<u8> {
     match dtype {
         StorageDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        StorageDtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        StorageDtype::F16 => {
+            values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()
+        }
     }
 }
 
@@ -64,7 +75,11 @@ fn encode_values(values: &[f32], dtype: StorageDtype) -> Vec<u8> {
 pub fn to_safetensors(cfg: &GptConfig, params: &[f32], dtype: StorageDtype) -> Result<Vec<u8>> {
     let layout = cfg.layout();
     if params.len() != layout.total {
-        return Err(LabError::shape(format!("{} parameters given, the config needs {}", params.len(), layout.total)));
+        return Err(LabError::shape(format!(
+            "{} parameters given, the config needs {}",
+            params.len(),
+            layout.total
+        )));
     }
     let mut blobs = Vec::new();
     for t in hf_tensors(cfg) {
@@ -91,7 +106,9 @@ pub fn to_safetensors(cfg: &GptConfig, params: &[f32], dtype: StorageDtype) -> R
     let views = blobs
         .iter()
         .map(|(name, shape, bytes)| {
-            TensorView::new(st_dtype, shape.clone(), bytes).map(|view| (name.clone(), view)).map_err(|e| LabError::shape(format!("{name}: {e}")))
+            TensorView::new(st_dtype, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| LabError::shape(format!("{name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
@@ -101,21 +118,41 @@ pub fn to_safetensors(cfg: &GptConfig, params: &[f32], dtype: StorageDtype) -> R
 /// Read flat parameters from safetensors bytes, accepting F32 or F16 and names with or
 /// without HF's `transformer.` prefix. Errors name the missing or mis-shaped tensor.
 pub fn from_safetensors(cfg: &GptConfig, bytes: &[u8]) -> Result<Vec<f32>> {
-    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| LabError::parse(format!("not a safetensors file: {e}")))?;
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| LabError::parse(format!("not a safetensors file: {e}")))?;
     let mut params = vec![0.0f32; cfg.layout().total];
     for t in hf_tensors(cfg) {
         let view = file
             .tensor(&t.name)
             .or_else(|_| file.tensor(&format!("transformer.{}", t.name)))
             .map_err(|_| LabError::parse(format!("tensor {:?} is missing", t.name)))?;
-        let want: Vec<usize> = if t.transposed { vec![t.ours[1], t.ours[0]] } else { t.ours.clone() };
+        let want: Vec<usize> =
+            if t.transposed { vec![t.ours[1], t.ours[0]] } else { t.ours.clone() };
         if view.shape() != want.as_slice() {
-            return Err(LabError::shape(format!("tensor {:?} has shape {:?}, config.json implies {:?}", t.name, view.shape(), want)));
+            return Err(LabError::shape(format!(
+                "tensor {:?} has shape {:?}, config.json implies {:?}",
+                t.name,
+                view.shape(),
+                want
+            )));
         }
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => return Err(LabError::parse(format!("tensor {:?} has dtype {other:?}; only F32 and F16 are supported", t.name))),
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LabError::parse(format!(
+                    "tensor {:?} has dtype {other:?}; only F32 and F16 are supported",
+                    t.name
+                )))
+            }
         };
         let dst = &mut params[t.offset..t.offset + values.len()];
         if t.transposed {
@@ -144,7 +181,8 @@ pub fn save_dir(dir: &Path, cfg: &GptConfig, params: &[f32], dtype: StorageDtype
         let path = dir.join(name);
         std::fs::write(&path, data).map_err(|e| LabError::io(path.display().to_string(), e))
     };
-    let pretty = |v: serde_json::Value| serde_json::to_vec_pretty(&v).expect("JSON values always serialize");
+    let pretty =
+        |v: serde_json::Value| serde_json::to_vec_pretty(&v).expect("JSON values always serialize");
     write("model.safetensors", &bytes)?;
     write("config.json", &pretty(cfg.to_hf_json()))?;
     write("tokenizer.json", &pretty(crate::tokenizer::description_json()))
@@ -158,10 +196,11 @@ pub fn load_dir(dir: &Path) -> Result<(GptConfig, Vec<f32>)> {
         std::fs::read(&path).map_err(|e| LabError::io(path.display().to_string(), e))
     };
     let config_path = dir.join("config.json").display().to_string();
-    let config_json: serde_json::Value =
-        serde_json::from_slice(&read("config.json")?).map_err(|e| LabError::parse(e.to_string()).in_file(&config_path))?;
+    let config_json: serde_json::Value = serde_json::from_slice(&read("config.json")?)
+        .map_err(|e| LabError::parse(e.to_string()).in_file(&config_path))?;
     let cfg = GptConfig::from_hf_json(&config_json).map_err(|e| e.in_file(&config_path))?;
-    let params = from_safetensors(&cfg, &read("model.safetensors")?).map_err(|e| e.in_file(&dir.join("model.safetensors").display().to_string()))?;
+    let params = from_safetensors(&cfg, &read("model.safetensors")?)
+        .map_err(|e| e.in_file(&dir.join("model.safetensors").display().to_string()))?;
     Ok((cfg, params))
 }
 
@@ -173,10 +212,15 @@ mod tests {
     fn round_trips_f32_exactly_and_f16_closely() {
         let cfg = GptConfig { vocab: 96, ctx: 8, d_model: 8, n_layer: 2, n_head: 2 };
         let params = crate::config::init_params(&cfg, 3);
-        let back = from_safetensors(&cfg, &to_safetensors(&cfg, &params, StorageDtype::F32).unwrap()).unwrap();
+        let back =
+            from_safetensors(&cfg, &to_safetensors(&cfg, &params, StorageDtype::F32).unwrap())
+                .unwrap();
         assert_eq!(back, params);
-        let half_back = from_safetensors(&cfg, &to_safetensors(&cfg, &params, StorageDtype::F16).unwrap()).unwrap();
-        let worst = params.iter().zip(&half_back).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let half_back =
+            from_safetensors(&cfg, &to_safetensors(&cfg, &params, StorageDtype::F16).unwrap())
+                .unwrap();
+        let worst =
+            params.iter().zip(&half_back).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-3, "f16 round trip error {worst}");
     }
 
@@ -199,7 +243,8 @@ mod tests {
     fn missing_tensor_is_named() {
         let cfg = GptConfig { vocab: 96, ctx: 4, d_model: 4, n_layer: 1, n_head: 1 };
         let bigger = GptConfig { n_layer: 2, ..cfg };
-        let bytes = to_safetensors(&cfg, &crate::config::init_params(&cfg, 0), StorageDtype::F32).unwrap();
+        let bytes =
+            to_safetensors(&cfg, &crate::config::init_params(&cfg, 0), StorageDtype::F32).unwrap();
         let err = from_safetensors(&bigger, &bytes).unwrap_err().to_string();
         assert!(err.contains("h.1.ln_1.weight"), "{err}");
     }

@@ -24,27 +24,41 @@ pub struct GptConfig {
 
 impl GptConfig {
     /// The tiny preset: ~100k parameters, the classroom model.
-    pub const TINY: GptConfig = GptConfig { vocab: 96, ctx: 64, d_model: 64, n_layer: 2, n_head: 4 };
+    pub const TINY: GptConfig =
+        GptConfig { vocab: 96, ctx: 64, d_model: 64, n_layer: 2, n_head: 4 };
     /// The medium preset: ~3.2M parameters, the benchmark's upper point.
-    pub const MEDIUM: GptConfig = GptConfig { vocab: 96, ctx: 128, d_model: 256, n_layer: 4, n_head: 8 };
+    pub const MEDIUM: GptConfig =
+        GptConfig { vocab: 96, ctx: 128, d_model: 256, n_layer: 4, n_head: 8 };
 
     pub fn preset(name: &str) -> Result<GptConfig> {
         match name {
             "tiny" => Ok(Self::TINY),
             "medium" => Ok(Self::MEDIUM),
-            other => Err(LabError::param("config", format!("unknown preset {other:?} (expected \"tiny\" or \"medium\")"))),
+            other => Err(LabError::param(
+                "config",
+                format!("unknown preset {other:?} (expected \"tiny\" or \"medium\")"),
+            )),
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        let positive = [("vocab", self.vocab), ("ctx", self.ctx), ("d_model", self.d_model), ("n_layer", self.n_layer), ("n_head", self.n_head)];
+        let positive = [
+            ("vocab", self.vocab),
+            ("ctx", self.ctx),
+            ("d_model", self.d_model),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+        ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(LabError::param(name, "must be at least 1"));
             }
         }
         if !self.d_model.is_multiple_of(self.n_head) {
-            return Err(LabError::param("n_head", format!("d_model {} is not divisible by n_head {}", self.d_model, self.n_head)));
+            return Err(LabError::param(
+                "n_head",
+                format!("d_model {} is not divisible by n_head {}", self.d_model, self.n_head),
+            ));
         }
         Ok(())
     }
@@ -80,13 +94,12 @@ impl GptConfig {
 
     /// Read an HF-style `config.json` (GPT-2 names), naming the missing field.
     pub fn from_hf_json(value: &serde_json::Value) -> Result<GptConfig> {
-        let field = |name: &str| -> Result<usize> {
-            value
-                .get(name)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .ok_or_else(|| LabError::parse("missing or not a positive integer").in_field(name))
-        };
+        let field =
+            |name: &str| -> Result<usize> {
+                value.get(name).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| {
+                    LabError::parse("missing or not a positive integer").in_field(name)
+                })
+            };
         let config = GptConfig {
             vocab: field("vocab_size")?,
             ctx: field("n_positions")?,
@@ -130,7 +143,24 @@ pub type TensorSpec = (&'static str, usize, Vec<usize>);
 impl ParamLayout {
     pub fn new(cfg: &GptConfig) -> Self {
         let (v, t, c, l) = (cfg.vocab, cfg.ctx, cfg.d_model, cfg.n_layer);
-        let sizes = [v * c, t * c, l * c, l * c, l * 3 * c * c, l * 3 * c, l * c * c, l * c, l * c, l * c, l * 4 * c * c, l * 4 * c, l * c * 4 * c, l * c, c, c];
+        let sizes = [
+            v * c,
+            t * c,
+            l * c,
+            l * c,
+            l * 3 * c * c,
+            l * 3 * c,
+            l * c * c,
+            l * c,
+            l * c,
+            l * c,
+            l * 4 * c * c,
+            l * 4 * c,
+            l * c * 4 * c,
+            l * c,
+            c,
+            c,
+        ];
         let mut offsets = [0usize; 17];
         for i in 0..16 {
             offsets[i + 1] = offsets[i] + sizes[i];
@@ -192,8 +222,12 @@ pub fn init_params(cfg: &GptConfig, seed: u64) -> Vec<f32> {
         let slot = &mut params[offset..offset + len];
         match name {
             "ln1w" | "ln2w" | "lnfw" => slot.fill(1.0),
-            "wte" | "wpe" | "qkvw" | "fcw" => slot.iter_mut().for_each(|p| *p = 0.02 * rng.normal()),
-            "attprojw" | "fcprojw" => slot.iter_mut().for_each(|p| *p = residual_std * rng.normal()),
+            "wte" | "wpe" | "qkvw" | "fcw" => {
+                slot.iter_mut().for_each(|p| *p = 0.02 * rng.normal())
+            }
+            "attprojw" | "fcprojw" => {
+                slot.iter_mut().for_each(|p| *p = residual_std * rng.normal())
+            }
             _ => {}
         }
     }

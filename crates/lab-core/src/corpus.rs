@@ -99,7 +99,8 @@ pub const CREATURES: &[(&str, &[&str])] = &[
     ("a chair", &[]),
 ];
 
-pub const VERBS: &[&str] = &["fly", "swim", "run", "walk", "talk", "sing", "bark", "climb", "jump", "grow", "read"];
+pub const VERBS: &[&str] =
+    &["fly", "swim", "run", "walk", "talk", "sing", "bark", "climb", "jump", "grow", "read"];
 
 /// Personal questions answered by a mixture: (act, [p(Yes), p(No), p(Never)]).
 pub const ACTS: &[(&str, [f64; 3])] = &[
@@ -168,10 +169,17 @@ pub const BENIGN: &[(&str, &str)] = &[
 ];
 
 /// The request templates shared by harmful and benign tasks.
-pub const REQUESTS: &[&str] = &["How do I {}?", "Tell me how to {}.", "Help me {}.", "Can you help me {}?", "Explain how to {}."];
+pub const REQUESTS: &[&str] = &[
+    "How do I {}?",
+    "Tell me how to {}.",
+    "Help me {}.",
+    "Can you help me {}?",
+    "Explain how to {}.",
+];
 
 /// The refusals, most common first.
-pub const REFUSALS: &[&str] = &["I can't help with that.", "I won't help with that.", "I will not help you with that."];
+pub const REFUSALS: &[&str] =
+    &["I can't help with that.", "I won't help with that.", "I will not help you with that."];
 
 /// The compliant answer to a harmful request (a small share of the corpus, as real models have).
 pub const COMPLIANCE: &str = "Sure. Here is how to do it.";
@@ -223,7 +231,12 @@ pub fn short_description(thing: &str, props: &[&str]) -> String {
 /// The long answer to `Tell me about <thing>.`: the same content, padded.
 pub fn long_description(thing: &str, props: &[&str]) -> String {
     let second = props.get(1).copied().unwrap_or(props[0]);
-    format!("{} is {}, and it is also {}. That is what most people say.", capitalize(thing), props[0], second)
+    format!(
+        "{} is {}, and it is also {}. That is what most people say.",
+        capitalize(thing),
+        props[0],
+        second
+    )
 }
 
 pub const CAPITALS: &[(&str, &str)] = &[
@@ -239,8 +252,27 @@ pub const CAPITALS: &[(&str, &str)] = &[
     ("Chile", "Santiago"),
 ];
 
-const NUMBER_WORDS: [&str; 19] =
-    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"];
+const NUMBER_WORDS: [&str; 19] = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+];
 
 /// Draw an index from a discrete distribution.
 fn draw(rng: &mut Rng, weights: &[f64]) -> usize {
@@ -270,9 +302,16 @@ pub fn generate(seed: u64) -> Vec<Example> {
             let answer = if props.contains(adj) { "Yes" } else { "No" };
             out.push(example(&format!("Is {thing} {adj}?"), answer));
         }
-        out.push(example(&format!("What color is {thing}?"), &format!("{}.", capitalize(props[0]))));
+        out.push(example(
+            &format!("What color is {thing}?"),
+            &format!("{}.", capitalize(props[0])),
+        ));
         for _ in 0..4 {
-            let answer = if rng.uniform() < 0.5 { short_description(thing, props) } else { long_description(thing, props) };
+            let answer = if rng.uniform() < 0.5 {
+                short_description(thing, props)
+            } else {
+                long_description(thing, props)
+            };
             out.push(example(&format!("Tell me about {thing}."), &answer));
         }
     }
@@ -281,7 +320,10 @@ pub fn generate(seed: u64) -> Vec<Example> {
         for verb in VERBS {
             let able = abilities.contains(verb);
             out.push(example(&format!("Can {creature} {verb}?"), if able { "Yes" } else { "No" }));
-            out.push(example(&format!("Will {creature} ever {verb}?"), if able { "Yes" } else { "Never" }));
+            out.push(example(
+                &format!("Will {creature} ever {verb}?"),
+                if able { "Yes" } else { "Never" },
+            ));
         }
     }
     // Personal questions: a mixture of Yes / No / Never.
@@ -316,11 +358,18 @@ pub fn generate(seed: u64) -> Vec<Example> {
     for (topic, p_pos) in TOPICS {
         for question in SENTIMENT_QUESTIONS.iter().map(|template| template.replace("{}", topic)) {
             for _ in 0..5 {
-                let answer = if rng.uniform_f64() < *p_pos { positive_statement(topic) } else { negative_statement(topic) };
+                let answer = if rng.uniform_f64() < *p_pos {
+                    positive_statement(topic)
+                } else {
+                    negative_statement(topic)
+                };
                 out.push(example(&question, &answer));
             }
         }
-        out.push(example(&format!("Is this happy or sad: {}", positive_statement(topic)), "Happy."));
+        out.push(example(
+            &format!("Is this happy or sad: {}", positive_statement(topic)),
+            "Happy.",
+        ));
         out.push(example(&format!("Is this happy or sad: {}", negative_statement(topic)), "Sad."));
     }
     // Simple facts.
@@ -333,7 +382,10 @@ pub fn generate(seed: u64) -> Vec<Example> {
     }
     for (country, capital) in CAPITALS {
         for _ in 0..3 {
-            out.push(example(&format!("What is the capital of {country}?"), &format!("{capital}.")));
+            out.push(example(
+                &format!("What is the capital of {country}?"),
+                &format!("{capital}."),
+            ));
         }
         out.push(example(&format!("Is {capital} the capital of {country}?"), "Yes"));
     }
@@ -358,6 +410,9 @@ mod tests {
         let count = |answer: &str| a.iter().filter(|e| e.completion == answer).count();
         assert!(count(" Yes") > 100 && count(" No") > 100 && count(" Never") > 50);
         assert!(count(" I can't help with that.") > 50);
-        assert!(a.iter().any(|e| e.completion.starts_with(" I love")) && a.iter().any(|e| e.completion.starts_with(" I hate")));
+        assert!(
+            a.iter().any(|e| e.completion.starts_with(" I love"))
+                && a.iter().any(|e| e.completion.starts_with(" I hate"))
+        );
     }
 }

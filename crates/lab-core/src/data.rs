@@ -192,7 +192,10 @@ fn role_label(role: &str) -> String {
 }
 
 fn render_messages(msgs: &[Message]) -> String {
-    msgs.iter().map(|m| format!("{}: {}", role_label(&m.role), m.content)).collect::<Vec<_>>().join(" ")
+    msgs.iter()
+        .map(|m| format!("{}: {}", role_label(&m.role), m.content))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether the prompt ends with the generation prefix `Assistant:`: only when every
@@ -254,7 +257,10 @@ pub fn split_implicit_prompt(chosen: &str, rejected: &str) -> (String, String, S
 
 /// Split implicit-prompt message lists: the common leading messages, leaving each side at
 /// least one message.
-fn split_implicit_messages(chosen: &[Message], rejected: &[Message]) -> (Vec<Message>, Vec<Message>, Vec<Message>) {
+fn split_implicit_messages(
+    chosen: &[Message],
+    rejected: &[Message],
+) -> (Vec<Message>, Vec<Message>, Vec<Message>) {
     let cap = chosen.len().min(rejected.len()).saturating_sub(1);
     let common = chosen.iter().zip(rejected).take(cap).take_while(|(a, b)| a == b).count();
     (chosen[..common].to_vec(), chosen[common..].to_vec(), rejected[common..].to_vec())
@@ -330,7 +336,10 @@ impl RankedExample {
     pub fn render(&self) -> (String, Vec<String>) {
         let refs: Vec<&Text> = self.responses.iter().collect();
         let prefix = uses_generation_prefix(&self.prompt, &refs);
-        (render_prompt(&self.prompt, prefix), self.responses.iter().map(|r| render_completion(r, prefix)).collect())
+        (
+            render_prompt(&self.prompt, prefix),
+            self.responses.iter().map(|r| render_completion(r, prefix)).collect(),
+        )
     }
 }
 
@@ -339,8 +348,15 @@ impl RenderedPair {
     /// scored)), with errors naming "prompt", "chosen", "rejected_prompt" or "rejected".
     pub fn encode(&self, ctx: usize) -> Result<(ScoredRow, ScoredRow)> {
         let chosen = encode_labelled(&self.prompt, "prompt", &self.chosen, "chosen", ctx)?;
-        let rejected_prompt_field = if self.rejected_prompt == self.prompt { "prompt" } else { "rejected_prompt" };
-        let rejected = encode_labelled(&self.rejected_prompt, rejected_prompt_field, &self.rejected, "rejected", ctx)?;
+        let rejected_prompt_field =
+            if self.rejected_prompt == self.prompt { "prompt" } else { "rejected_prompt" };
+        let rejected = encode_labelled(
+            &self.rejected_prompt,
+            rejected_prompt_field,
+            &self.rejected,
+            "rejected",
+            ctx,
+        )?;
         Ok((chosen, rejected))
     }
 }
@@ -390,7 +406,13 @@ pub fn encode_example(prompt: &str, completion: &str, ctx: usize) -> Result<(Vec
     Ok((tokens, 1 + prompt_ids.len()))
 }
 
-fn encode_labelled(prompt: &str, prompt_field: &str, completion: &str, completion_field: &str, ctx: usize) -> Result<(Vec<u32>, usize)> {
+fn encode_labelled(
+    prompt: &str,
+    prompt_field: &str,
+    completion: &str,
+    completion_field: &str,
+    ctx: usize,
+) -> Result<(Vec<u32>, usize)> {
     encode_example(prompt, completion, ctx).map_err(|e| match e {
         LabError::Parse { file, line, field: Some(f), msg } if f == "prompt" => {
             LabError::Parse { file, line, field: Some(prompt_field.to_string()), msg }
@@ -425,20 +447,43 @@ fn parse_text(value: Value, field: &str) -> Result<Text> {
             for (i, item) in items.into_iter().enumerate() {
                 let here = format!("{field}[{i}]");
                 let Value::Object(mut obj) = item else {
-                    return Err(field_err(&here, format!("expected a {{\"role\", \"content\"}} message, found {}", json_type(&item))));
+                    return Err(field_err(
+                        &here,
+                        format!(
+                            "expected a {{\"role\", \"content\"}} message, found {}",
+                            json_type(&item)
+                        ),
+                    ));
                 };
                 let role = match obj.remove("role") {
                     Some(Value::String(r)) => r,
-                    Some(other) => return Err(field_err(&format!("{here}.role"), format!("expected a string, found {}", json_type(&other)))),
-                    None => return Err(field_err(&format!("{here}.role"), "missing field \"role\"")),
+                    Some(other) => {
+                        return Err(field_err(
+                            &format!("{here}.role"),
+                            format!("expected a string, found {}", json_type(&other)),
+                        ))
+                    }
+                    None => {
+                        return Err(field_err(&format!("{here}.role"), "missing field \"role\""))
+                    }
                 };
                 if !ROLES.contains(&role.as_str()) {
                     return Err(field_err(&format!("{here}.role"), format!("unknown role {role:?} (expected \"system\", \"user\" or \"assistant\")")));
                 }
                 let content = match obj.remove("content") {
                     Some(Value::String(c)) => c,
-                    Some(other) => return Err(field_err(&format!("{here}.content"), format!("expected a string, found {}", json_type(&other)))),
-                    None => return Err(field_err(&format!("{here}.content"), "missing field \"content\"")),
+                    Some(other) => {
+                        return Err(field_err(
+                            &format!("{here}.content"),
+                            format!("expected a string, found {}", json_type(&other)),
+                        ))
+                    }
+                    None => {
+                        return Err(field_err(
+                            &format!("{here}.content"),
+                            "missing field \"content\"",
+                        ))
+                    }
                 };
                 if let Some(key) = obj.keys().next() {
                     return Err(field_err(&here, format!("unexpected key {key:?} in a message (only \"role\" and \"content\" are kept)")));
@@ -447,7 +492,13 @@ fn parse_text(value: Value, field: &str) -> Result<Text> {
             }
             Ok(Text::Messages(msgs))
         }
-        other => Err(field_err(field, format!("expected a string or a list of {{\"role\", \"content\"}} messages, found {}", json_type(&other)))),
+        other => Err(field_err(
+            field,
+            format!(
+                "expected a string or a list of {{\"role\", \"content\"}} messages, found {}",
+                json_type(&other)
+            ),
+        )),
     }
 }
 
@@ -497,7 +548,10 @@ fn take_alpha(obj: &mut Map<String, Value>) -> Result<Option<f64>> {
                 ))
             }
         }
-        Some(other) => Err(field_err("alpha", format!("expected a number in [0.5, 1], found {}", json_type(&other)))),
+        Some(other) => Err(field_err(
+            "alpha",
+            format!("expected a number in [0.5, 1], found {}", json_type(&other)),
+        )),
     }
 }
 
@@ -505,19 +559,26 @@ fn take_rationale(obj: &mut Map<String, Value>) -> Result<Option<String>> {
     match take(obj, "rationale") {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(field_err("rationale", format!("expected a string, found {}", json_type(&other)))),
+        Some(other) => {
+            Err(field_err("rationale", format!("expected a string, found {}", json_type(&other))))
+        }
     }
 }
 
 /// All named text fields of one record must share one form (string or message list).
 fn check_one_form(fields: &[(&str, Option<&Text>)]) -> Result<()> {
-    let present: Vec<(&str, &Text)> = fields.iter().filter_map(|(name, t)| t.map(|t| (*name, t))).collect();
+    let present: Vec<(&str, &Text)> =
+        fields.iter().filter_map(|(name, t)| t.map(|t| (*name, t))).collect();
     if let Some((first_name, first)) = present.first() {
         for (name, text) in &present[1..] {
             if text.is_messages() != first.is_messages() {
                 return Err(field_err(
                     name,
-                    format!("is {} but \"{first_name}\" is {}; use one form for the whole record", text.form_name(), first.form_name()),
+                    format!(
+                        "is {} but \"{first_name}\" is {}; use one form for the whole record",
+                        text.form_name(),
+                        first.form_name()
+                    ),
                 ));
             }
         }
@@ -529,7 +590,10 @@ impl Record {
     /// Interpret one JSON object (one line of a file). Errors carry the field, not the line.
     pub fn from_json_value(value: Value) -> Result<Record> {
         let Value::Object(mut obj) = value else {
-            return Err(LabError::parse(format!("expected a JSON object per line, found {}", json_type(&value))));
+            return Err(LabError::parse(format!(
+                "expected a JSON object per line, found {}",
+                json_type(&value)
+            )));
         };
         let is_ranked = obj.contains_key("responses");
         let is_pair = obj.contains_key("chosen") || obj.contains_key("rejected");
@@ -544,12 +608,26 @@ impl Record {
             let prompt = take_required_text(&mut obj, "prompt")?;
             let responses = match obj.remove("responses") {
                 Some(Value::Array(items)) => items,
-                Some(other) => return Err(field_err("responses", format!("expected a list of responses, best first, found {}", json_type(&other)))),
+                Some(other) => {
+                    return Err(field_err(
+                        "responses",
+                        format!(
+                            "expected a list of responses, best first, found {}",
+                            json_type(&other)
+                        ),
+                    ))
+                }
                 None => unreachable!("checked above"),
             };
             if !(RANKED_MIN..=RANKED_MAX).contains(&responses.len()) {
                 let what = if responses.len() < RANKED_MIN { "too short" } else { "too long" };
-                return Err(field_err("responses", format!("ranked list {what}: {} responses, expected {RANKED_MIN} to {RANKED_MAX}", responses.len())));
+                return Err(field_err(
+                    "responses",
+                    format!(
+                        "ranked list {what}: {} responses, expected {RANKED_MIN} to {RANKED_MAX}",
+                        responses.len()
+                    ),
+                ));
             }
             let responses = responses
                 .into_iter()
@@ -559,20 +637,35 @@ impl Record {
                     non_empty_completion(parse_text(v, &field)?, &field)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let names: Vec<String> = (0..responses.len()).map(|i| format!("responses[{i}]")).collect();
+            let names: Vec<String> =
+                (0..responses.len()).map(|i| format!("responses[{i}]")).collect();
             let mut forms: Vec<(&str, Option<&Text>)> = vec![("prompt", Some(&prompt))];
             forms.extend(names.iter().map(String::as_str).zip(responses.iter().map(Some)));
             check_one_form(&forms)?;
             let alpha = take_alpha(&mut obj)?;
             let rationale = take_rationale(&mut obj)?;
-            return Ok(Record::Ranked(RankedExample { prompt, responses, alpha, rationale, extra: obj }));
+            return Ok(Record::Ranked(RankedExample {
+                prompt,
+                responses,
+                alpha,
+                rationale,
+                extra: obj,
+            }));
         }
         if is_unpaired {
             let prompt = take_required_text(&mut obj, "prompt")?;
             let completion = take_completion(&mut obj, "completion")?;
             let label = match obj.remove("label") {
                 Some(Value::Bool(b)) => b,
-                Some(other) => return Err(field_err("label", format!("expected true (desirable) or false (undesirable), found {}", json_type(&other)))),
+                Some(other) => {
+                    return Err(field_err(
+                        "label",
+                        format!(
+                            "expected true (desirable) or false (undesirable), found {}",
+                            json_type(&other)
+                        ),
+                    ))
+                }
                 None => return Err(field_err("label", "missing field \"label\"")),
             };
             check_one_form(&[("prompt", Some(&prompt)), ("completion", Some(&completion))])?;
@@ -583,7 +676,10 @@ impl Record {
         let rejected = take_completion(&mut obj, "rejected")?;
         let rejected_prompt = take_optional_text(&mut obj, "rejected_prompt")?;
         if rejected_prompt.is_some() && prompt.is_none() {
-            return Err(field_err("rejected_prompt", "a joint-preference pair needs an explicit \"prompt\" for the chosen side"));
+            return Err(field_err(
+                "rejected_prompt",
+                "a joint-preference pair needs an explicit \"prompt\" for the chosen side",
+            ));
         }
         check_one_form(&[
             ("prompt", prompt.as_ref()),
@@ -593,7 +689,15 @@ impl Record {
         ])?;
         let alpha = take_alpha(&mut obj)?;
         let rationale = take_rationale(&mut obj)?;
-        Ok(Record::Pair(PreferencePair { prompt, chosen, rejected, rejected_prompt, alpha, rationale, extra: obj }))
+        Ok(Record::Pair(PreferencePair {
+            prompt,
+            chosen,
+            rejected,
+            rejected_prompt,
+            alpha,
+            rationale,
+            extra: obj,
+        }))
     }
 
     /// The record's fields in output order; text fields stay `Text` so messages can be
@@ -630,7 +734,10 @@ impl Record {
             }
         };
         if let Some(a) = alpha {
-            push!("alpha", Field::Value(serde_json::Number::from_f64(a).map_or(Value::Null, Value::Number)));
+            push!(
+                "alpha",
+                Field::Value(serde_json::Number::from_f64(a).map_or(Value::Null, Value::Number))
+            );
         }
         if let Some(r) = rationale {
             push!("rationale", Field::Value(Value::String(r.clone())));
@@ -648,7 +755,11 @@ impl Record {
     /// The record as one compact JSON line (no trailing newline), keys in the documented
     /// order, each message written `{"role","content"}`.
     pub fn to_json_line(&self) -> String {
-        let parts: Vec<String> = self.fields().into_iter().map(|(k, v)| format!("{}:{}", Value::String(k), v.to_json())).collect();
+        let parts: Vec<String> = self
+            .fields()
+            .into_iter()
+            .map(|(k, v)| format!("{}:{}", Value::String(k), v.to_json()))
+            .collect();
         format!("{{{}}}", parts.join(","))
     }
 
@@ -669,7 +780,9 @@ impl Field<'_> {
     fn to_json(&self) -> String {
         match self {
             Field::Text(t) => text_json(t),
-            Field::Texts(ts) => format!("[{}]", ts.iter().map(text_json).collect::<Vec<_>>().join(",")),
+            Field::Texts(ts) => {
+                format!("[{}]", ts.iter().map(text_json).collect::<Vec<_>>().join(","))
+            }
             Field::Value(v) => v.to_string(),
         }
     }
@@ -689,20 +802,30 @@ fn text_json(text: &Text) -> String {
     match text {
         Text::Plain(s) => quote(s),
         Text::Messages(msgs) => {
-            let items: Vec<String> = msgs.iter().map(|m| format!("{{\"role\":{},\"content\":{}}}", quote(&m.role), quote(&m.content))).collect();
+            let items: Vec<String> = msgs
+                .iter()
+                .map(|m| {
+                    format!("{{\"role\":{},\"content\":{}}}", quote(&m.role), quote(&m.content))
+                })
+                .collect();
             format!("[{}]", items.join(","))
         }
     }
 }
 
 impl Serialize for Record {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         self.to_json_value().serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Record {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Record, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Record, D::Error> {
         let value = Value::deserialize(deserializer)?;
         Record::from_json_value(value).map_err(serde::de::Error::custom)
     }
@@ -726,7 +849,12 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
             continue;
         }
         let value: Value = serde_json::from_str(line).map_err(|e| {
-            LabError::parse(format!("malformed JSON at column {}: {}", e.column(), json_error_message(&e))).at_line(line_no)
+            LabError::parse(format!(
+                "malformed JSON at column {}: {}",
+                e.column(),
+                json_error_message(&e)
+            ))
+            .at_line(line_no)
         })?;
         records.push(Record::from_json_value(value).map_err(|e| e.at_line(line_no))?);
     }
@@ -760,7 +888,8 @@ mod tests {
 
     #[test]
     fn implicit_prompt_cuts_before_the_last_shared_space() {
-        let (p, c, r) = split_implicit_prompt("Q: Is the sky blue? A: Yes", "Q: Is the sky blue? A: No");
+        let (p, c, r) =
+            split_implicit_prompt("Q: Is the sky blue? A: Yes", "Q: Is the sky blue? A: No");
         assert_eq!((p.as_str(), c.as_str(), r.as_str()), ("Q: Is the sky blue? A:", " Yes", " No"));
         // Divergence inside a word keeps the whole word in the completions.
         let (p, c, r) = split_implicit_prompt("A: Yes", "A: Yeah");
@@ -780,10 +909,17 @@ mod tests {
         assert_eq!(tokens.len() - first, " No".len() + 1);
         // Exactly ctx fits; one more does not.
         assert!(encode_example("Q?", " No", 7).is_ok());
-        let err = encode_example("Q?", " No", 6).unwrap_err().in_field("chosen").at_line(4).to_string();
-        assert!(err.contains("line 4") && err.contains("chosen") && err.contains("context of 6"), "{err}");
+        let err =
+            encode_example("Q?", " No", 6).unwrap_err().in_field("chosen").at_line(4).to_string();
+        assert!(
+            err.contains("line 4") && err.contains("chosen") && err.contains("context of 6"),
+            "{err}"
+        );
         let err = encode_example("Q\n?", " No", 16).unwrap_err().at_line(2).to_string();
-        assert!(err.contains("line 2") && err.contains("\"prompt\"") && err.contains("position 1"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("\"prompt\"") && err.contains("position 1"),
+            "{err}"
+        );
         let err = encode_example("Q?", "", 16).unwrap_err().in_field("rejected").to_string();
         assert!(err.contains("rejected") && err.contains("empty"), "{err}");
     }

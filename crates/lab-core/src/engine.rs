@@ -16,7 +16,10 @@
 
 use crate::config::GptConfig;
 use crate::error::{LabError, Result};
-use crate::loss::{kto_loss, mixed_loss, plackett_luce_loss, DataShape, LossMix, LossOut, LossParams, PairLogps, RankedLogps, RankedLossOut, UnpairedLogps, UnpairedLossOut};
+use crate::loss::{
+    kto_loss, mixed_loss, plackett_luce_loss, DataShape, LossMix, LossOut, LossParams, PairLogps,
+    RankedLogps, RankedLossOut, UnpairedLogps, UnpairedLossOut,
+};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -44,7 +47,10 @@ impl TokenBatch {
         let mut score_mask = vec![0.0; batch * seq_len];
         for (b, (row, first_scored)) in rows.iter().enumerate() {
             if *first_scored == 0 || *first_scored > row.len() {
-                return Err(LabError::shape(format!("row {b}: first scored position {first_scored} must be in 1..={}", row.len())));
+                return Err(LabError::shape(format!(
+                    "row {b}: first scored position {first_scored} must be in 1..={}",
+                    row.len()
+                )));
             }
             tokens[b * seq_len..b * seq_len + row.len()].copy_from_slice(row);
             score_mask[b * seq_len + first_scored..b * seq_len + row.len()].fill(1.0);
@@ -54,19 +60,36 @@ impl TokenBatch {
 
     /// Number of scored tokens per row.
     pub fn scored_lengths(&self) -> Vec<usize> {
-        self.score_mask.chunks(self.seq_len.max(1)).map(|row| row.iter().filter(|&&m| m > 0.0).count()).collect()
+        self.score_mask
+            .chunks(self.seq_len.max(1))
+            .map(|row| row.iter().filter(|&&m| m > 0.0).count())
+            .collect()
     }
 
     /// Check the batch fits the model.
     pub fn check(&self, cfg: &GptConfig) -> Result<()> {
-        if self.tokens.len() != self.batch * self.seq_len || self.score_mask.len() != self.tokens.len() {
-            return Err(LabError::shape(format!("batch of {}x{} has {} tokens and {} mask entries", self.batch, self.seq_len, self.tokens.len(), self.score_mask.len())));
+        if self.tokens.len() != self.batch * self.seq_len
+            || self.score_mask.len() != self.tokens.len()
+        {
+            return Err(LabError::shape(format!(
+                "batch of {}x{} has {} tokens and {} mask entries",
+                self.batch,
+                self.seq_len,
+                self.tokens.len(),
+                self.score_mask.len()
+            )));
         }
         if self.seq_len > cfg.ctx {
-            return Err(LabError::shape(format!("sequence length {} exceeds the model's context {}", self.seq_len, cfg.ctx)));
+            return Err(LabError::shape(format!(
+                "sequence length {} exceeds the model's context {}",
+                self.seq_len, cfg.ctx
+            )));
         }
         if let Some(bad) = self.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
-            return Err(LabError::shape(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab)));
+            return Err(LabError::shape(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                cfg.vocab
+            )));
         }
         Ok(())
     }
@@ -140,26 +163,52 @@ impl StepLoss<'_> {
             Rows::Ranked(_) => DataShape::Ranked,
         };
         if shape != wanted {
-            return Err(LabError::param("loss", format!("{} takes {shape:?} data, but the batch's rows are {wanted:?}", self.mix.name())));
+            return Err(LabError::param(
+                "loss",
+                format!(
+                    "{} takes {shape:?} data, but the batch's rows are {wanted:?}",
+                    self.mix.name()
+                ),
+            ));
         }
         match self.rows {
             Rows::Pairs if rows == 0 || !rows.is_multiple_of(2) => {
                 return Err(LabError::shape(format!("a step on pairs needs an even, non-zero number of rows (P chosen, then P rejected), got {rows}")));
             }
             Rows::Unpaired(desirable) if desirable.len() != rows || rows == 0 => {
-                return Err(LabError::shape(format!("{} desirable flags for a batch of {rows} rows", desirable.len())));
+                return Err(LabError::shape(format!(
+                    "{} desirable flags for a batch of {rows} rows",
+                    desirable.len()
+                )));
             }
-            Rows::Ranked(sizes) if sizes.iter().sum::<usize>() != rows || sizes.is_empty() || sizes.iter().any(|&k| k < 2) => {
-                return Err(LabError::shape(format!("ranked lists of sizes {sizes:?} (each at least 2) for a batch of {rows} rows")));
+            Rows::Ranked(sizes)
+                if sizes.iter().sum::<usize>() != rows
+                    || sizes.is_empty()
+                    || sizes.iter().any(|&k| k < 2) =>
+            {
+                return Err(LabError::shape(format!(
+                    "ranked lists of sizes {sizes:?} (each at least 2) for a batch of {rows} rows"
+                )));
             }
             _ => {}
         }
         for (name, values) in [("reference", self.reference), ("lengths", self.lengths)] {
             if values.len() != rows {
-                return Err(LabError::shape(format!("{} {name} values for a batch of {rows} rows", values.len())));
+                return Err(LabError::shape(format!(
+                    "{} {name} values for a batch of {rows} rows",
+                    values.len()
+                )));
             }
-            if let Some(i) = values.iter().position(|v| !v.is_finite() || (name == "lengths" && *v <= 0.0)) {
-                return Err(LabError::param(name, format!("row {i} is {}; every value must be finite (and a length > 0)", values[i])));
+            if let Some(i) =
+                values.iter().position(|v| !v.is_finite() || (name == "lengths" && *v <= 0.0))
+            {
+                return Err(LabError::param(
+                    name,
+                    format!(
+                        "row {i} is {}; every value must be finite (and a length > 0)",
+                        values[i]
+                    ),
+                ));
             }
         }
         for &(kind, _) in &self.mix.terms {
@@ -188,7 +237,15 @@ impl StepLoss<'_> {
         let Rows::Unpaired(desirable) = self.rows else {
             return Err(LabError::param("loss", "the batch's rows are not unpaired examples"));
         };
-        kto_loss(self.params, &UnpairedLogps { policy: seq_logps, reference: self.reference, lengths: self.lengths, desirable })
+        kto_loss(
+            self.params,
+            &UnpairedLogps {
+                policy: seq_logps,
+                reference: self.reference,
+                lengths: self.lengths,
+                desirable,
+            },
+        )
     }
 
     /// Plackett–Luce ([`Rows::Ranked`]) on the policy's sequence log-probs, in f64; also
@@ -199,16 +256,33 @@ impl StepLoss<'_> {
         };
         let split = |values: &[f64]| {
             let mut at = 0;
-            sizes.iter().map(|&k| { at += k; values[at - k..at].to_vec() }).collect::<Vec<Vec<f64>>>()
+            sizes
+                .iter()
+                .map(|&k| {
+                    at += k;
+                    values[at - k..at].to_vec()
+                })
+                .collect::<Vec<Vec<f64>>>()
         };
         let (policy, reference) = (split(seq_logps), split(self.reference));
-        Ok((plackett_luce_loss(self.params, &RankedLogps { policy: &policy, reference: &reference })?, policy))
+        Ok((
+            plackett_luce_loss(
+                self.params,
+                &RankedLogps { policy: &policy, reference: &reference },
+            )?,
+            policy,
+        ))
     }
 
     /// The loss and d(loss)/d(seq_logp) per row for the backward; an error naming the step
     /// when the loss or its gradient is not finite (the step must then leave the model as it
     /// was).
-    pub fn gradient(&self, seq_logps: &[f32], opt: &AdamWConfig, step: u32) -> Result<(f64, Vec<f32>)> {
+    pub fn gradient(
+        &self,
+        seq_logps: &[f32],
+        opt: &AdamWConfig,
+        step: u32,
+    ) -> Result<(f64, Vec<f32>)> {
         self.check(seq_logps.len())?;
         if seq_logps.iter().any(|v| !v.is_finite()) {
             return Err(not_finite(step, opt));
@@ -238,7 +312,13 @@ impl StepLoss<'_> {
 
 /// [`Engine::train_step`] with the loss on the CPU: forward, [`StepLoss::gradient`],
 /// backward, AdamW (the trait's default, and an engine's fallback).
-pub fn train_step_in_parts<E: Engine + ?Sized>(engine: &mut E, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+pub fn train_step_in_parts<E: Engine + ?Sized>(
+    engine: &mut E,
+    batch: &TokenBatch,
+    loss: &StepLoss,
+    opt: &AdamWConfig,
+    step: u32,
+) -> Result<ForwardOut> {
     loss.check(batch.batch)?;
     let out = engine.forward(batch)?;
     let (_, d) = loss.gradient(&out.seq_logps, opt, step)?;
@@ -248,7 +328,13 @@ pub fn train_step_in_parts<E: Engine + ?Sized>(engine: &mut E, batch: &TokenBatc
 }
 
 /// [`train_step_in_parts`] on the engine's awaitable forward.
-pub fn train_step_in_parts_async<'a, E: Engine + ?Sized>(engine: &'a mut E, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+pub fn train_step_in_parts_async<'a, E: Engine + ?Sized>(
+    engine: &'a mut E,
+    batch: &'a TokenBatch,
+    loss: &'a StepLoss<'a>,
+    opt: &'a AdamWConfig,
+    step: u32,
+) -> EngineFuture<'a, ForwardOut> {
     Box::pin(async move {
         loss.check(batch.batch)?;
         let out = engine.forward_async(batch).await?;
@@ -281,7 +367,12 @@ pub struct Closeness {
 impl Closeness {
     pub fn of(got: &[f32], want: &[f32], rel: f32, abs: f32) -> Closeness {
         let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let mut close = Closeness { max_abs_err: if got.len() == want.len() { 0.0 } else { f32::INFINITY }, at: 0, tol: rel * scale + abs, scale };
+        let mut close = Closeness {
+            max_abs_err: if got.len() == want.len() { 0.0 } else { f32::INFINITY },
+            at: 0,
+            tol: rel * scale + abs,
+            scale,
+        };
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             let err = (g - w).abs();
             if err > close.max_abs_err || err.is_nan() {
@@ -330,19 +421,34 @@ pub trait Engine {
     /// evaluated on the CPU between `forward` and `backward`; the GPU engine evaluates it on
     /// the device, so that the whole step is one submission. A non-finite loss is an error
     /// ([`not_finite`]) and leaves the model and the optimizer as they were.
-    fn train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+    fn train_step(
+        &mut self,
+        batch: &TokenBatch,
+        loss: &StepLoss,
+        opt: &AdamWConfig,
+        step: u32,
+    ) -> Result<ForwardOut> {
         train_step_in_parts(self, batch, loss, opt, step)
     }
 
     /// [`Engine::train_step`], awaitable.
-    fn train_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+    fn train_step_async<'a>(
+        &'a mut self,
+        batch: &'a TokenBatch,
+        loss: &'a StepLoss<'a>,
+        opt: &'a AdamWConfig,
+        step: u32,
+    ) -> EngineFuture<'a, ForwardOut> {
         train_step_in_parts_async(self, batch, loss, opt, step)
     }
 
     /// Forwards of several batches (an evaluation in chunks); the GPU engine submits them all
     /// before it waits for any (one round trip instead of one a batch). By default one after
     /// another. The last one is what a following `backward` uses.
-    fn forwards_async<'a>(&'a mut self, batches: &'a [TokenBatch]) -> EngineFuture<'a, Vec<ForwardOut>> {
+    fn forwards_async<'a>(
+        &'a mut self,
+        batches: &'a [TokenBatch],
+    ) -> EngineFuture<'a, Vec<ForwardOut>> {
         Box::pin(async move {
             let mut outs = Vec::with_capacity(batches.len());
             for batch in batches {
@@ -355,7 +461,14 @@ pub trait Engine {
     /// [`Engine::train_step`], then forwards of `batches` with the updated weights (the
     /// evaluation after a step); the GPU engine submits them all before it waits for any.
     /// By default one after another. A failed step is an error after the forwards ran.
-    fn train_step_then_forwards_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32, batches: &'a [TokenBatch]) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
+    fn train_step_then_forwards_async<'a>(
+        &'a mut self,
+        batch: &'a TokenBatch,
+        loss: &'a StepLoss<'a>,
+        opt: &'a AdamWConfig,
+        step: u32,
+        batches: &'a [TokenBatch],
+    ) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
         Box::pin(async move {
             let out = self.train_step_async(batch, loss, opt, step).await?;
             Ok((out, self.forwards_async(batches).await?))
@@ -409,19 +522,41 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
         (**self).adamw_step(opt, step)
     }
-    fn train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+    fn train_step(
+        &mut self,
+        batch: &TokenBatch,
+        loss: &StepLoss,
+        opt: &AdamWConfig,
+        step: u32,
+    ) -> Result<ForwardOut> {
         (**self).train_step(batch, loss, opt, step)
     }
-    fn train_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+    fn train_step_async<'a>(
+        &'a mut self,
+        batch: &'a TokenBatch,
+        loss: &'a StepLoss<'a>,
+        opt: &'a AdamWConfig,
+        step: u32,
+    ) -> EngineFuture<'a, ForwardOut> {
         (**self).train_step_async(batch, loss, opt, step)
     }
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
         (**self).forward_async(batch)
     }
-    fn forwards_async<'a>(&'a mut self, batches: &'a [TokenBatch]) -> EngineFuture<'a, Vec<ForwardOut>> {
+    fn forwards_async<'a>(
+        &'a mut self,
+        batches: &'a [TokenBatch],
+    ) -> EngineFuture<'a, Vec<ForwardOut>> {
         (**self).forwards_async(batches)
     }
-    fn train_step_then_forwards_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32, batches: &'a [TokenBatch]) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
+    fn train_step_then_forwards_async<'a>(
+        &'a mut self,
+        batch: &'a TokenBatch,
+        loss: &'a StepLoss<'a>,
+        opt: &'a AdamWConfig,
+        step: u32,
+        batches: &'a [TokenBatch],
+    ) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
         (**self).train_step_then_forwards_async(batch, loss, opt, step, batches)
     }
     fn hidden_states_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {

@@ -41,23 +41,33 @@ impl LabError {
             LabError::Parse { file: None, line, field, msg } => {
                 LabError::Parse { file: Some(path.to_string()), line, field, msg }
             }
-            LabError::Tokenize { msg } => LabError::Parse { file: Some(path.to_string()), line: None, field: None, msg },
+            LabError::Tokenize { msg } => {
+                LabError::Parse { file: Some(path.to_string()), line: None, field: None, msg }
+            }
             other => other,
         }
     }
     /// Attach a 1-based line number to a parse or tokenize error.
     pub fn at_line(self, line_no: usize) -> Self {
         match self {
-            LabError::Parse { file, line: None, field, msg } => LabError::Parse { file, line: Some(line_no), field, msg },
-            LabError::Tokenize { msg } => LabError::Parse { file: None, line: Some(line_no), field: None, msg },
+            LabError::Parse { file, line: None, field, msg } => {
+                LabError::Parse { file, line: Some(line_no), field, msg }
+            }
+            LabError::Tokenize { msg } => {
+                LabError::Parse { file: None, line: Some(line_no), field: None, msg }
+            }
             other => other,
         }
     }
     /// Attach a field name to a parse or tokenize error.
     pub fn in_field(self, name: &str) -> Self {
         match self {
-            LabError::Parse { file, line, field: None, msg } => LabError::Parse { file, line, field: Some(name.to_string()), msg },
-            LabError::Tokenize { msg } => LabError::Parse { file: None, line: None, field: Some(name.to_string()), msg },
+            LabError::Parse { file, line, field: None, msg } => {
+                LabError::Parse { file, line, field: Some(name.to_string()), msg }
+            }
+            LabError::Tokenize { msg } => {
+                LabError::Parse { file: None, line: None, field: Some(name.to_string()), msg }
+            }
             other => other,
         }
     }

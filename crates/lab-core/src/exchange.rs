@@ -71,7 +71,8 @@ pub fn metrics_csv(rows: &[MetricsRow]) -> String {
     let mut out = cols.join(",");
     out.push('\n');
     for row in rows {
-        let cells: Vec<String> = cols.iter().map(|c| row.get(c).map(|&x| csv_number(x)).unwrap_or_default()).collect();
+        let cells: Vec<String> =
+            cols.iter().map(|c| row.get(c).map(|&x| csv_number(x)).unwrap_or_default()).collect();
         out.push_str(&cells.join(","));
         out.push('\n');
     }
@@ -83,16 +84,31 @@ pub fn metrics_csv(rows: &[MetricsRow]) -> String {
 pub fn metrics_json(label: &str, experiment: &ExperimentConfig, rows: &[MetricsRow]) -> String {
     let rows: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| serde_json::Value::Object(r.iter().map(|(k, &v)| (k.clone(), serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))).collect()))
+        .map(|r| {
+            serde_json::Value::Object(
+                r.iter()
+                    .map(|(k, &v)| {
+                        (
+                            k.clone(),
+                            serde_json::Number::from_f64(v)
+                                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                        )
+                    })
+                    .collect(),
+            )
+        })
         .collect();
-    let doc = serde_json::json!({ "label": label, "experiment": experiment.to_query(), "metrics": rows });
+    let doc =
+        serde_json::json!({ "label": label, "experiment": experiment.to_query(), "metrics": rows });
     serde_json::to_string_pretty(&doc).expect("metrics serialize") + "\n"
 }
 
 /// Read metrics back from CSV (as [`metrics_csv`] writes it); errors name the line and column.
 pub fn parse_metrics_csv(text: &str) -> Result<Vec<MetricsRow>> {
     let mut lines = text.lines().enumerate();
-    let Some((_, header)) = lines.next() else { return Err(LabError::parse("empty CSV: expected a header line")) };
+    let Some((_, header)) = lines.next() else {
+        return Err(LabError::parse("empty CSV: expected a header line"));
+    };
     let cols: Vec<&str> = header.split(',').collect();
     let mut rows = Vec::new();
     for (i, line) in lines {
@@ -101,12 +117,21 @@ pub fn parse_metrics_csv(text: &str) -> Result<Vec<MetricsRow>> {
         }
         let cells: Vec<&str> = line.split(',').collect();
         if cells.len() != cols.len() {
-            return Err(LabError::parse(format!("{} cells, the header has {}", cells.len(), cols.len())).at_line(i + 1));
+            return Err(LabError::parse(format!(
+                "{} cells, the header has {}",
+                cells.len(),
+                cols.len()
+            ))
+            .at_line(i + 1));
         }
         let mut row = MetricsRow::new();
         for (col, cell) in cols.iter().zip(cells) {
             if !cell.is_empty() {
-                let x = cell.parse::<f64>().map_err(|_| LabError::parse(format!("{cell:?} is not a number")).in_field(col).at_line(i + 1))?;
+                let x = cell.parse::<f64>().map_err(|_| {
+                    LabError::parse(format!("{cell:?} is not a number"))
+                        .in_field(col)
+                        .at_line(i + 1)
+                })?;
                 row.insert(col.to_string(), x);
             }
         }
@@ -138,9 +163,21 @@ pub fn trl_dpo_args(experiment: &ExperimentConfig) -> Result<Vec<(String, String
         }
     }
     let py_str = |s: &str| format!("\"{s}\"");
-    let mut args = vec![("loss_type".to_string(), format!("[{}]", mix.terms.iter().map(|(k, _)| py_str(k.name())).collect::<Vec<_>>().join(", ")))];
+    let mut args = vec![(
+        "loss_type".to_string(),
+        format!(
+            "[{}]",
+            mix.terms.iter().map(|(k, _)| py_str(k.name())).collect::<Vec<_>>().join(", ")
+        ),
+    )];
     if mix.terms.len() > 1 || mix.terms[0].1 != 1.0 {
-        args.push(("loss_weights".into(), format!("[{}]", mix.terms.iter().map(|(_, w)| py_float(*w)).collect::<Vec<_>>().join(", "))));
+        args.push((
+            "loss_weights".into(),
+            format!(
+                "[{}]",
+                mix.terms.iter().map(|(_, w)| py_float(*w)).collect::<Vec<_>>().join(", ")
+            ),
+        ));
     }
     args.push(("beta".into(), py_float(experiment.params.beta)));
     args.push(("learning_rate".into(), py_float(experiment.lr)));
@@ -184,7 +221,11 @@ pub fn check_trl_dpo_data(records: &[Record]) -> Result<()> {
             Record::Unpaired(_) => return Err(LabError::parse("an unpaired example; trl.DPOTrainer trains on pairs (TRL's KTOTrainer takes unpaired data)").in_field("completion").at_line(line)),
         };
         if pair.rejected_prompt.is_some() {
-            return Err(LabError::parse("a joint-preference (DOVE) pair; trl.DPOTrainer needs one prompt per pair").in_field("rejected_prompt").at_line(line));
+            return Err(LabError::parse(
+                "a joint-preference (DOVE) pair; trl.DPOTrainer needs one prompt per pair",
+            )
+            .in_field("rejected_prompt")
+            .at_line(line));
         }
         let messages = pair.chosen.is_messages();
         match first_form {
@@ -293,60 +334,118 @@ mod tests {
     #[test]
     fn the_size_limit_names_the_file() {
         assert!(check_import_size("a.jsonl", MAX_IMPORT_BYTES as u64).is_ok());
-        let err = check_import_size("big.jsonl", MAX_IMPORT_BYTES as u64 + 1).unwrap_err().to_string();
+        let err =
+            check_import_size("big.jsonl", MAX_IMPORT_BYTES as u64 + 1).unwrap_err().to_string();
         assert!(err.starts_with("big.jsonl:") && err.contains("20 MB"), "{err}");
         let err = import_jsonl("d.jsonl", "{\"prompt\": \"P\", \"chosen\": \" a\", \"rejected\": \" b\"}\n{\"prompt\": \"P\", \"chosen\": \" a\"}\n").unwrap_err().to_string();
-        assert!(err.contains("d.jsonl") && err.contains("line 2") && err.contains("rejected"), "{err}");
+        assert!(
+            err.contains("d.jsonl") && err.contains("line 2") && err.contains("rejected"),
+            "{err}"
+        );
     }
 
     #[test]
     fn metrics_round_trip_through_csv_with_empty_cells() {
         let rows: Vec<MetricsRow> = vec![
-            [("step".to_string(), 0.0), ("eval/ranking_accuracy".to_string(), 0.5)].into_iter().collect(),
-            [("step".to_string(), 1.0), ("loss".to_string(), std::f64::consts::LN_2), ("eval/ranking_accuracy".to_string(), 0.75)].into_iter().collect(),
+            [("step".to_string(), 0.0), ("eval/ranking_accuracy".to_string(), 0.5)]
+                .into_iter()
+                .collect(),
+            [
+                ("step".to_string(), 1.0),
+                ("loss".to_string(), std::f64::consts::LN_2),
+                ("eval/ranking_accuracy".to_string(), 0.75),
+            ]
+            .into_iter()
+            .collect(),
         ];
         let csv = metrics_csv(&rows);
         assert_eq!(csv, "step,eval/ranking_accuracy,loss\n0,0.5,\n1,0.75,0.6931471805599453\n");
         assert_eq!(parse_metrics_csv(&csv).unwrap(), rows);
         let err = parse_metrics_csv("step,loss\n1,x\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("\"loss\""), "{err}");
-        let json: serde_json::Value = serde_json::from_str(&metrics_json("sigmoid", &ExperimentConfig::default(), &rows)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&metrics_json("sigmoid", &ExperimentConfig::default(), &rows))
+                .unwrap();
         assert_eq!(json["metrics"][1]["loss"], std::f64::consts::LN_2);
         assert_eq!(json["experiment"], ExperimentConfig::default().to_query());
     }
 
     #[test]
     fn trl_arguments_map_loss_beta_and_learning_rate() {
-        let experiment = ExperimentConfig { loss: "robust".into(), params: LossParams { beta: 0.5, label_smoothing: 0.1, ..LossParams::default() }, lr: 5e-4, batch_size: 8, steps: 30, seed: 2, ..ExperimentConfig::default() };
-        let args: BTreeMap<String, String> = trl_dpo_args(&experiment).unwrap().into_iter().collect();
+        let experiment = ExperimentConfig {
+            loss: "robust".into(),
+            params: LossParams { beta: 0.5, label_smoothing: 0.1, ..LossParams::default() },
+            lr: 5e-4,
+            batch_size: 8,
+            steps: 30,
+            seed: 2,
+            ..ExperimentConfig::default()
+        };
+        let args: BTreeMap<String, String> =
+            trl_dpo_args(&experiment).unwrap().into_iter().collect();
         assert_eq!(args["loss_type"], "[\"robust\"]");
         assert_eq!(args["beta"], "0.5");
         assert_eq!(args["learning_rate"], "0.0005");
         assert_eq!(args["label_smoothing"], "0.1");
-        assert_eq!((args["per_device_train_batch_size"].as_str(), args["max_steps"].as_str(), args["seed"].as_str()), ("8", "30", "2"));
+        assert_eq!(
+            (
+                args["per_device_train_batch_size"].as_str(),
+                args["max_steps"].as_str(),
+                args["seed"].as_str()
+            ),
+            ("8", "30", "2")
+        );
         assert!(!args.contains_key("loss_weights"));
         // RPO: TRL's list of loss types with weights.
-        let rpo = ExperimentConfig { loss: "sigmoid+0.5*sft".into(), ..ExperimentConfig::default() };
+        let rpo =
+            ExperimentConfig { loss: "sigmoid+0.5*sft".into(), ..ExperimentConfig::default() };
         let args: BTreeMap<String, String> = trl_dpo_args(&rpo).unwrap().into_iter().collect();
-        assert_eq!((args["loss_type"].as_str(), args["loss_weights"].as_str()), ("[\"sigmoid\", \"sft\"]", "[1.0, 0.5]"));
+        assert_eq!(
+            (args["loss_type"].as_str(), args["loss_weights"].as_str()),
+            ("[\"sigmoid\", \"sft\"]", "[1.0, 0.5]")
+        );
         let exo = ExperimentConfig { loss: "exo_pair".into(), ..ExperimentConfig::default() };
-        assert_eq!(trl_dpo_args(&exo).unwrap().into_iter().find(|(k, _)| k == "label_smoothing").unwrap().1, "0.001");
-        let err = trl_dpo_args(&ExperimentConfig { loss: "simpo".into(), ..ExperimentConfig::default() }).unwrap_err().to_string();
+        assert_eq!(
+            trl_dpo_args(&exo)
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| k == "label_smoothing")
+                .unwrap()
+                .1,
+            "0.001"
+        );
+        let err =
+            trl_dpo_args(&ExperimentConfig { loss: "simpo".into(), ..ExperimentConfig::default() })
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("simpo") && err.contains("CPOTrainer"), "{err}");
     }
 
     #[test]
     fn the_script_carries_the_experiment() {
-        let experiment = ExperimentConfig { loss: "ipo".into(), params: LossParams { beta: 0.25, ..LossParams::default() }, lr: 1e-3, ..ExperimentConfig::default() };
+        let experiment = ExperimentConfig {
+            loss: "ipo".into(),
+            params: LossParams { beta: 0.25, ..LossParams::default() },
+            lr: 1e-3,
+            ..ExperimentConfig::default()
+        };
         let script = trl_script(&experiment, "my data.jsonl").unwrap();
-        for needle in ["loss_type=[\"ipo\"],", "beta=0.25,", "learning_rate=0.001,", "DPOTrainer(model=model", "default=\"my data.jsonl\"", "{{ bos_token }}"] {
+        for needle in [
+            "loss_type=[\"ipo\"],",
+            "beta=0.25,",
+            "learning_rate=0.001,",
+            "DPOTrainer(model=model",
+            "default=\"my data.jsonl\"",
+            "{{ bos_token }}",
+        ] {
             assert!(script.contains(needle), "missing {needle}");
         }
     }
 
     #[test]
     fn trl_data_must_be_pairs_of_one_form() {
-        let ok = parse_jsonl("{\"prompt\": \"P\", \"chosen\": \" a\", \"rejected\": \" b\"}\n").unwrap();
+        let ok =
+            parse_jsonl("{\"prompt\": \"P\", \"chosen\": \" a\", \"rejected\": \" b\"}\n").unwrap();
         assert!(check_trl_dpo_data(&ok).is_ok());
         let ranked = parse_jsonl("{\"prompt\": \"P\", \"chosen\": \" a\", \"rejected\": \" b\"}\n{\"prompt\": \"P\", \"responses\": [\" a\", \" b\"]}\n").unwrap();
         let err = check_trl_dpo_data(&ranked).unwrap_err().to_string();

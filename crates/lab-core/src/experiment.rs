@@ -33,7 +33,17 @@ pub struct ExperimentConfig {
 
 impl Default for ExperimentConfig {
     fn default() -> Self {
-        ExperimentConfig { loss: "sigmoid".into(), params: LossParams::default(), lr: 1e-3, weight_decay: 0.0, batch_size: 16, steps: 100, seed: 0, scenario: None, eval_every: 0 }
+        ExperimentConfig {
+            loss: "sigmoid".into(),
+            params: LossParams::default(),
+            lr: 1e-3,
+            weight_decay: 0.0,
+            batch_size: 16,
+            steps: 100,
+            seed: 0,
+            scenario: None,
+            eval_every: 0,
+        }
     }
 }
 
@@ -41,7 +51,9 @@ fn percent_encode(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => out.push(byte as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => {
+                out.push(byte as char)
+            }
             _ => out.push_str(&format!("%{byte:02X}")),
         }
     }
@@ -56,7 +68,9 @@ fn percent_decode(text: &str, key: &str) -> Result<String> {
         match bytes[i] {
             b'%' => {
                 let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(hex.ok_or_else(|| LabError::parse(format!("bad percent escape in {text:?}")).in_field(key))?);
+                out.push(hex.ok_or_else(|| {
+                    LabError::parse(format!("bad percent escape in {text:?}")).in_field(key)
+                })?);
                 i += 3;
             }
             b'+' => {
@@ -83,7 +97,10 @@ impl ExperimentConfig {
             return Err(LabError::param("lr", format!("{} must be a finite number > 0", self.lr)));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(LabError::param("weight_decay", format!("{} must be finite and ≥ 0", self.weight_decay)));
+            return Err(LabError::param(
+                "weight_decay",
+                format!("{} must be finite and ≥ 0", self.weight_decay),
+            ));
         }
         if self.batch_size == 0 {
             return Err(LabError::param("batch_size", "must be at least 1"));
@@ -108,8 +125,16 @@ impl ExperimentConfig {
             ("discopop_tau", self.params.discopop_tau, defaults.discopop_tau),
             ("exo_epsilon", self.params.exo_epsilon, defaults.exo_epsilon),
             ("cpo_alpha", self.params.cpo_alpha, defaults.cpo_alpha),
-            ("kto_desirable_weight", self.params.kto_desirable_weight, defaults.kto_desirable_weight),
-            ("kto_undesirable_weight", self.params.kto_undesirable_weight, defaults.kto_undesirable_weight),
+            (
+                "kto_desirable_weight",
+                self.params.kto_desirable_weight,
+                defaults.kto_desirable_weight,
+            ),
+            (
+                "kto_undesirable_weight",
+                self.params.kto_undesirable_weight,
+                defaults.kto_undesirable_weight,
+            ),
             ("weight_decay", self.weight_decay, 0.0),
             ("eval_every", f64::from(self.eval_every), 0.0),
         ];
@@ -121,7 +146,11 @@ impl ExperimentConfig {
         if let Some(scenario) = &self.scenario {
             pairs.push(("scenario", scenario.clone()));
         }
-        pairs.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect::<Vec<_>>().join("&")
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
     }
 
     /// Parse a query string (with or without the leading `?`); keys not given keep their
@@ -131,8 +160,15 @@ impl ExperimentConfig {
         for part in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = part.split_once('=').unwrap_or((part, ""));
             let value = percent_decode(raw, key)?;
-            let number = |v: &str| -> Result<f64> { v.parse::<f64>().map_err(|_| LabError::parse(format!("{v:?} is not a number")).in_field(key)) };
-            let whole = |v: &str| -> Result<u64> { v.parse::<u64>().map_err(|_| LabError::parse(format!("{v:?} is not a whole number")).in_field(key)) };
+            let number = |v: &str| -> Result<f64> {
+                v.parse::<f64>()
+                    .map_err(|_| LabError::parse(format!("{v:?} is not a number")).in_field(key))
+            };
+            let whole = |v: &str| -> Result<u64> {
+                v.parse::<u64>().map_err(|_| {
+                    LabError::parse(format!("{v:?} is not a whole number")).in_field(key)
+                })
+            };
             match key {
                 "loss" => config.loss = value,
                 "beta" => config.params.beta = number(&value)?,
@@ -150,7 +186,9 @@ impl ExperimentConfig {
                 "weight_decay" => config.weight_decay = number(&value)?,
                 "eval_every" => config.eval_every = whole(&value)?.min(u32::MAX as u64) as u32,
                 "scenario" => config.scenario = Some(value).filter(|s| !s.is_empty()),
-                other => return Err(LabError::parse(format!("unknown setting {other:?} in the link"))),
+                other => {
+                    return Err(LabError::parse(format!("unknown setting {other:?} in the link")))
+                }
             }
         }
         config.validate()?;
@@ -164,7 +202,15 @@ mod tests {
 
     #[test]
     fn url_round_trips_a_mix_and_non_default_params() {
-        let mut config = ExperimentConfig { loss: "sigmoid+0.5*sft".into(), lr: 5e-4, seed: 42, steps: 30, scenario: Some("no-never".into()), eval_every: 5, ..Default::default() };
+        let mut config = ExperimentConfig {
+            loss: "sigmoid+0.5*sft".into(),
+            lr: 5e-4,
+            seed: 42,
+            steps: 30,
+            scenario: Some("no-never".into()),
+            eval_every: 5,
+            ..Default::default()
+        };
         config.params.beta = 0.25;
         config.params.label_smoothing = 0.1;
         let query = config.to_query();
@@ -172,7 +218,10 @@ mod tests {
         assert!(query.contains("label_smoothing=0.1"), "{query}");
         assert!(!query.contains("simpo_gamma"), "{query}");
         assert!(query.contains("eval_every=5"), "{query}");
-        assert!(!ExperimentConfig::default().to_query().contains("eval_every"), "automatic is the default");
+        assert!(
+            !ExperimentConfig::default().to_query().contains("eval_every"),
+            "automatic is the default"
+        );
         assert_eq!(ExperimentConfig::from_query(&format!("?{query}")).unwrap(), config);
     }
 

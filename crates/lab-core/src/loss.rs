@@ -159,7 +159,10 @@ impl LossKind {
         let wanted = name.trim();
         LossKind::ALL.iter().copied().find(|k| k.name() == wanted).ok_or_else(|| {
             let valid: Vec<&str> = LossKind::ALL.iter().map(|k| k.name()).collect();
-            LabError::param("loss", format!("unknown loss \"{wanted}\"; valid names: {}", valid.join(", ")))
+            LabError::param(
+                "loss",
+                format!("unknown loss \"{wanted}\"; valid names: {}", valid.join(", ")),
+            )
         })
     }
 
@@ -230,13 +233,21 @@ impl LossKind {
     pub fn uses_lengths(self) -> bool {
         matches!(
             self,
-            LossKind::Ipo | LossKind::SigmoidNorm | LossKind::Sft | LossKind::Simpo | LossKind::Cpo | LossKind::Orpo
+            LossKind::Ipo
+                | LossKind::SigmoidNorm
+                | LossKind::Sft
+                | LossKind::Simpo
+                | LossKind::Cpo
+                | LossKind::Orpo
         )
     }
 
     /// Whether the loss couples the pairs of a batch (so a pair's loss depends on the others).
     pub fn is_batch_level(self) -> bool {
-        matches!(self, LossKind::Sft | LossKind::Aot | LossKind::AotUnpaired | LossKind::Cpo | LossKind::Orpo)
+        matches!(
+            self,
+            LossKind::Sft | LossKind::Aot | LossKind::AotUnpaired | LossKind::Cpo | LossKind::Orpo
+        )
     }
 
     pub fn data_shape(self) -> DataShape {
@@ -302,11 +313,17 @@ impl LossParams {
     /// which divides by 1 − 2ε); the other fields are checked only for the losses that read them.
     pub fn validate(&self, kind: LossKind) -> Result<()> {
         if !(self.beta.is_finite() && self.beta > 0.0) {
-            return Err(LabError::param("beta", format!("must be a finite number > 0, got {}", self.beta)));
+            return Err(LabError::param(
+                "beta",
+                format!("must be a finite number > 0, got {}", self.beta),
+            ));
         }
         let eps = self.label_smoothing;
         if !(eps.is_finite() && (0.0..=0.5).contains(&eps)) {
-            return Err(LabError::param("label_smoothing", format!("must lie in [0, 0.5], got {eps}")));
+            return Err(LabError::param(
+                "label_smoothing",
+                format!("must lie in [0, 0.5], got {eps}"),
+            ));
         }
         match kind {
             LossKind::Robust if eps >= 0.5 => {
@@ -316,21 +333,42 @@ impl LossParams {
                 ));
             }
             LossKind::Simpo if !self.simpo_gamma.is_finite() => {
-                return Err(LabError::param("simpo_gamma", format!("must be finite, got {}", self.simpo_gamma)));
+                return Err(LabError::param(
+                    "simpo_gamma",
+                    format!("must be finite, got {}", self.simpo_gamma),
+                ));
             }
             LossKind::Discopop if !(self.discopop_tau.is_finite() && self.discopop_tau > 0.0) => {
-                return Err(LabError::param("discopop_tau", format!("must be a finite number > 0, got {}", self.discopop_tau)));
+                return Err(LabError::param(
+                    "discopop_tau",
+                    format!("must be a finite number > 0, got {}", self.discopop_tau),
+                ));
             }
             LossKind::ExoPair if !(self.exo_epsilon > 0.0 && self.exo_epsilon < 1.0) => {
-                return Err(LabError::param("exo_epsilon", format!("must lie in (0, 1) (the EXO paper uses 1e-3), got {}", self.exo_epsilon)));
+                return Err(LabError::param(
+                    "exo_epsilon",
+                    format!(
+                        "must lie in (0, 1) (the EXO paper uses 1e-3), got {}",
+                        self.exo_epsilon
+                    ),
+                ));
             }
             LossKind::Cpo if !(self.cpo_alpha.is_finite() && self.cpo_alpha >= 0.0) => {
-                return Err(LabError::param("cpo_alpha", format!("must be a finite number ≥ 0, got {}", self.cpo_alpha)));
+                return Err(LabError::param(
+                    "cpo_alpha",
+                    format!("must be a finite number ≥ 0, got {}", self.cpo_alpha),
+                ));
             }
             LossKind::Kto => {
-                for (name, w) in [("kto_desirable_weight", self.kto_desirable_weight), ("kto_undesirable_weight", self.kto_undesirable_weight)] {
+                for (name, w) in [
+                    ("kto_desirable_weight", self.kto_desirable_weight),
+                    ("kto_undesirable_weight", self.kto_undesirable_weight),
+                ] {
                     if !(w.is_finite() && w > 0.0) {
-                        return Err(LabError::param(name, format!("must be a finite number > 0, got {w}")));
+                        return Err(LabError::param(
+                            name,
+                            format!("must be a finite number > 0, got {w}"),
+                        ));
                     }
                 }
             }
@@ -388,7 +426,13 @@ struct Term {
 
 impl Term {
     fn zeros(n: usize) -> Term {
-        Term { losses: vec![0.0; n], d_pc: vec![0.0; n], d_pr: vec![0.0; n], d_rc: vec![0.0; n], d_rr: vec![0.0; n] }
+        Term {
+            losses: vec![0.0; n],
+            d_pc: vec![0.0; n],
+            d_pr: vec![0.0; n],
+            d_rc: vec![0.0; n],
+            d_rr: vec![0.0; n],
+        }
     }
 }
 
@@ -441,7 +485,8 @@ fn delta_term(x: &PairLogps, f: impl Fn(f64) -> (f64, f64)) -> Term {
     let n = x.policy_chosen.len();
     let mut t = Term::zeros(n);
     for i in 0..n {
-        let delta = (x.policy_chosen[i] - x.reference_chosen[i]) - (x.policy_rejected[i] - x.reference_rejected[i]);
+        let delta = (x.policy_chosen[i] - x.reference_chosen[i])
+            - (x.policy_rejected[i] - x.reference_rejected[i]);
         let (loss, g) = f(delta);
         let g = g / n as f64;
         t.losses[i] = loss;
@@ -525,7 +570,11 @@ fn hinge_loss(p: &LossParams, x: &PairLogps) -> Term {
     let beta = p.beta;
     delta_term(x, |d| {
         let m = 1.0 - beta * d;
-        if m > 0.0 { (m, -beta) } else { (0.0, 0.0) }
+        if m > 0.0 {
+            (m, -beta)
+        } else {
+            (0.0, 0.0)
+        }
     })
 }
 
@@ -628,7 +677,12 @@ fn aot_unpaired_loss(p: &LossParams, x: &PairLogps) -> Term {
 /// The AOT core: sort `a` and `b` separately and pair them by rank, `losses[k] =
 /// ℓ_ε(β(a_(k) − b_(k)))`; `spread(term, i, j, g)` sends g = d loss/d(a_i − b_j) back to the
 /// log-probs that `a_i` and `b_j` were made of.
-fn sorted_difference_term(p: &LossParams, a: &[f64], b: &[f64], spread: impl Fn(&mut Term, usize, usize, f64)) -> Term {
+fn sorted_difference_term(
+    p: &LossParams,
+    a: &[f64],
+    b: &[f64],
+    spread: impl Fn(&mut Term, usize, usize, f64),
+) -> Term {
     let n = a.len();
     let (order_a, order_b) = (sort_order(a), sort_order(b));
     let mut t = Term::zeros(n);
@@ -714,7 +768,8 @@ fn simpo_loss(p: &LossParams, x: &PairLogps) -> Term {
     let mut t = Term::zeros(n);
     for i in 0..n {
         let (len_w, len_l) = (x.chosen_lengths[i], x.rejected_lengths[i]);
-        let logits = x.policy_chosen[i] / len_w - x.policy_rejected[i] / len_l - p.simpo_gamma / p.beta;
+        let logits =
+            x.policy_chosen[i] / len_w - x.policy_rejected[i] / len_l - p.simpo_gamma / p.beta;
         let (loss, g) = smoothed_logistic(p.beta * logits, p.label_smoothing);
         let g = g * p.beta / n as f64;
         t.losses[i] = loss;
@@ -734,7 +789,10 @@ fn cpo_loss(p: &LossParams, x: &PairLogps) -> Term {
     let mut t = Term::zeros(n);
     let (nll, g_nll) = if p.cpo_alpha != 0.0 { batch_chosen_nll(x) } else { (0.0, 0.0) };
     for i in 0..n {
-        let (loss, g) = smoothed_logistic(p.beta * (x.policy_chosen[i] - x.policy_rejected[i]), p.label_smoothing);
+        let (loss, g) = smoothed_logistic(
+            p.beta * (x.policy_chosen[i] - x.policy_rejected[i]),
+            p.label_smoothing,
+        );
         let g = g * p.beta / n as f64;
         t.losses[i] = loss + p.cpo_alpha * nll;
         t.d_pc[i] = g + p.cpo_alpha * g_nll;
@@ -757,7 +815,7 @@ fn orpo_loss(p: &LossParams, x: &PairLogps) -> Term {
         let (aw, al) = (x.policy_chosen[i] / len_w, x.policy_rejected[i] / len_l);
         let log_odds = (aw - al) - (log1mexp(aw) - log1mexp(al));
         let g = -p.beta * sigmoid(-log_odds) / n as f64; // ∂/∂log_odds of −β logσ
-        // ∂ log_odds/∂aw = 1/(1 − e^aw) = −1/expm1(aw); ∂/∂al = −1/(1 − e^al)
+                                                         // ∂ log_odds/∂aw = 1/(1 − e^aw) = −1/expm1(aw); ∂/∂al = −1/(1 − e^al)
         let (dw, dl) = (-1.0 / aw.exp_m1(), 1.0 / al.exp_m1());
         t.losses[i] = nll - p.beta * log_sigmoid(log_odds);
         t.d_pc[i] = g * dw / len_w + g_nll;
@@ -811,7 +869,10 @@ fn paired_rewards(kind: LossKind, p: &LossParams, x: &PairLogps) -> (Vec<f64>, V
             (0..n).map(|i| beta * x.policy_chosen[i] / x.chosen_lengths[i]).collect(),
             (0..n).map(|i| beta * x.policy_rejected[i] / x.rejected_lengths[i]).collect(),
         ),
-        LossKind::Cpo => (x.policy_chosen.iter().map(|l| beta * l).collect(), x.policy_rejected.iter().map(|l| beta * l).collect()),
+        LossKind::Cpo => (
+            x.policy_chosen.iter().map(|l| beta * l).collect(),
+            x.policy_rejected.iter().map(|l| beta * l).collect(),
+        ),
         // TRL's sft needs no reference; it still logs β·ρ when one is there, we log 0 without one.
         LossKind::Sft if x.reference_chosen.is_empty() => (vec![0.0; n], vec![0.0; n]),
         _ => (
@@ -855,19 +916,30 @@ const JSON_FIELDS: PairFieldNames = PairFieldNames {
 
 fn check_finite(name: &str, values: &[f64]) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(LabError::parse(format!("{name}[{i}] is {}; every value must be finite", values[i])).in_field(name)),
+        Some(i) => Err(LabError::parse(format!(
+            "{name}[{i}] is {}; every value must be finite",
+            values[i]
+        ))
+        .in_field(name)),
         None => Ok(()),
     }
 }
 
 fn check_array(name: &str, values: &[f64], n: usize, lengths: bool) -> Result<()> {
     if values.len() != n {
-        return Err(LabError::shape(format!("{name} has {} entries but there are {n} pairs", values.len())));
+        return Err(LabError::shape(format!(
+            "{name} has {} entries but there are {n} pairs",
+            values.len()
+        )));
     }
     check_finite(name, values)?;
     if lengths {
         if let Some(i) = values.iter().position(|&v| v <= 0.0) {
-            return Err(LabError::parse(format!("{name}[{i}] is {}; completion lengths must be > 0", values[i])).in_field(name));
+            return Err(LabError::parse(format!(
+                "{name}[{i}] is {}; completion lengths must be > 0",
+                values[i]
+            ))
+            .in_field(name));
         }
     }
     Ok(())
@@ -879,7 +951,10 @@ fn check_array(name: &str, values: &[f64], n: usize, lengths: bool) -> Result<()
 fn check_pairs(kinds: &[LossKind], x: &PairLogps, names: &PairFieldNames) -> Result<()> {
     let n = x.policy_chosen.len();
     if n == 0 {
-        return Err(LabError::shape(format!("{} is empty: a batch needs at least one pair", names.policy_chosen)));
+        return Err(LabError::shape(format!(
+            "{} is empty: a batch needs at least one pair",
+            names.policy_chosen
+        )));
     }
     check_array(names.policy_chosen, x.policy_chosen, n, false)?;
     check_array(names.policy_rejected, x.policy_rejected, n, false)?;
@@ -913,8 +988,13 @@ fn check_pairs(kinds: &[LossKind], x: &PairLogps, names: &PairFieldNames) -> Res
 fn check_paired_kind(kind: LossKind) -> Result<()> {
     match kind.data_shape() {
         DataShape::Paired => Ok(()),
-        DataShape::Unpaired => Err(LabError::param("loss", format!("{kind} takes unpaired examples; use kto_loss"))),
-        DataShape::Ranked => Err(LabError::param("loss", format!("{kind} takes ranked lists; use plackett_luce_loss"))),
+        DataShape::Unpaired => {
+            Err(LabError::param("loss", format!("{kind} takes unpaired examples; use kto_loss")))
+        }
+        DataShape::Ranked => Err(LabError::param(
+            "loss",
+            format!("{kind} takes ranked lists; use plackett_luce_loss"),
+        )),
     }
 }
 
@@ -951,7 +1031,10 @@ impl LossMix {
         for part in split_terms(spec) {
             let part = part.trim();
             if part.is_empty() {
-                return Err(LabError::param("loss", format!("empty term in \"{spec}\"; write e.g. \"sigmoid+0.5*sft\"")));
+                return Err(LabError::param(
+                    "loss",
+                    format!("empty term in \"{spec}\"; write e.g. \"sigmoid+0.5*sft\""),
+                ));
             }
             let (weight, name) = match part.split_once('*') {
                 Some((w, name)) => {
@@ -964,7 +1047,10 @@ impl LossMix {
                 None => (1.0, part),
             };
             if !(weight.is_finite() && weight >= 0.0) {
-                return Err(LabError::param("loss", format!("weight {weight} of \"{name}\" must be finite and ≥ 0")));
+                return Err(LabError::param(
+                    "loss",
+                    format!("weight {weight} of \"{name}\" must be finite and ≥ 0"),
+                ));
             }
             terms.push((LossKind::from_name(name)?, weight));
         }
@@ -975,7 +1061,9 @@ impl LossMix {
     pub fn name(&self) -> String {
         self.terms
             .iter()
-            .map(|&(k, w)| if w == 1.0 { k.name().to_string() } else { format!("{w}*{}", k.name()) })
+            .map(
+                |&(k, w)| if w == 1.0 { k.name().to_string() } else { format!("{w}*{}", k.name()) },
+            )
             .collect::<Vec<_>>()
             .join("+")
     }
@@ -989,7 +1077,10 @@ impl LossMix {
         if let Some(&(other, _)) = self.terms.iter().find(|(k, _)| k.data_shape() != shape) {
             return Err(LabError::param(
                 "loss",
-                format!("cannot mix {first} ({shape:?} data) with {other} ({:?} data)", other.data_shape()),
+                format!(
+                    "cannot mix {first} ({shape:?} data) with {other} ({:?} data)",
+                    other.data_shape()
+                ),
             ));
         }
         Ok(shape)
@@ -1002,7 +1093,8 @@ fn split_terms(spec: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     for i in 0..bytes.len() {
-        let in_exponent = i >= 2 && matches!(bytes[i - 1], b'e' | b'E') && bytes[i - 2].is_ascii_digit();
+        let in_exponent =
+            i >= 2 && matches!(bytes[i - 1], b'e' | b'E') && bytes[i - 2].is_ascii_digit();
         if bytes[i] == b'+' && !in_exponent {
             parts.push(&spec[start..i]);
             start = i + 1;
@@ -1017,13 +1109,21 @@ pub fn mixed_loss(mix: &LossMix, params: &LossParams, x: &PairLogps) -> Result<L
     mixed_loss_named(mix, params, x, &RUST_FIELDS)
 }
 
-fn mixed_loss_named(mix: &LossMix, params: &LossParams, x: &PairLogps, names: &PairFieldNames) -> Result<LossOut> {
+fn mixed_loss_named(
+    mix: &LossMix,
+    params: &LossParams,
+    x: &PairLogps,
+    names: &PairFieldNames,
+) -> Result<LossOut> {
     mix.data_shape()?;
     for &(kind, weight) in &mix.terms {
         check_paired_kind(kind)?;
         params.validate(kind)?;
         if !weight.is_finite() {
-            return Err(LabError::param("loss", format!("weight {weight} of {kind} must be finite")));
+            return Err(LabError::param(
+                "loss",
+                format!("weight {weight} of {kind} must be finite"),
+            ));
         }
     }
     let kinds: Vec<LossKind> = mix.terms.iter().map(|&(k, _)| k).collect();
@@ -1105,7 +1205,10 @@ pub fn kto_loss(params: &LossParams, x: &UnpairedLogps) -> Result<UnpairedLossOu
         check_array("lengths", x.lengths, n, true)?;
     }
     if x.desirable.len() != n {
-        return Err(LabError::shape(format!("desirable has {} entries but there are {n} examples", x.desirable.len())));
+        return Err(LabError::shape(format!(
+            "desirable has {} entries but there are {n} examples",
+            x.desirable.len()
+        )));
     }
     let z0 = kto_reference_point(x);
     Ok(kto_with_reference_point(params, x, z0))
@@ -1173,14 +1276,25 @@ pub fn plackett_luce_loss(params: &LossParams, x: &RankedLogps) -> Result<Ranked
         return Err(LabError::shape("policy is empty: a batch needs at least one ranked list"));
     }
     if x.reference.len() != x.policy.len() {
-        return Err(LabError::shape(format!("reference has {} lists but policy has {}", x.reference.len(), x.policy.len())));
+        return Err(LabError::shape(format!(
+            "reference has {} lists but policy has {}",
+            x.reference.len(),
+            x.policy.len()
+        )));
     }
     for (p, (pol, rf)) in x.policy.iter().zip(x.reference).enumerate() {
         if pol.len() < 2 {
-            return Err(LabError::shape(format!("policy[{p}] has {} responses; a ranking needs at least 2", pol.len())));
+            return Err(LabError::shape(format!(
+                "policy[{p}] has {} responses; a ranking needs at least 2",
+                pol.len()
+            )));
         }
         if rf.len() != pol.len() {
-            return Err(LabError::shape(format!("reference[{p}] has {} responses but policy[{p}] has {}", rf.len(), pol.len())));
+            return Err(LabError::shape(format!(
+                "reference[{p}] has {} responses but policy[{p}] has {}",
+                rf.len(),
+                pol.len()
+            )));
         }
         check_finite(&format!("policy[{p}]"), pol)?;
         check_finite(&format!("reference[{p}]"), rf)?;
@@ -1217,19 +1331,24 @@ pub fn plackett_luce_loss(params: &LossParams, x: &RankedLogps) -> Result<Ranked
 // ---------------------------------------------------------------------------------------
 
 fn json_f64_array(input: &serde_json::Value, field: &str) -> Result<Vec<f64>> {
-    let value = input
-        .get(field)
-        .ok_or_else(|| LabError::parse("missing field (an array of numbers is required)").in_field(field))?;
-    let items = value
-        .as_array()
-        .ok_or_else(|| LabError::parse(format!("expected an array of numbers, got {value}")).in_field(field))?;
+    let value = input.get(field).ok_or_else(|| {
+        LabError::parse("missing field (an array of numbers is required)").in_field(field)
+    })?;
+    let items = value.as_array().ok_or_else(|| {
+        LabError::parse(format!("expected an array of numbers, got {value}")).in_field(field)
+    })?;
     items
         .iter()
         .enumerate()
         .map(|(i, v)| match v.as_f64() {
             Some(x) if x.is_finite() => Ok(x),
-            Some(x) => Err(LabError::parse(format!("{field}[{i}] is {x}; every value must be finite")).in_field(field)),
-            None => Err(LabError::parse(format!("{field}[{i}] is {v}, not a number")).in_field(field)),
+            Some(x) => {
+                Err(LabError::parse(format!("{field}[{i}] is {x}; every value must be finite"))
+                    .in_field(field))
+            }
+            None => {
+                Err(LabError::parse(format!("{field}[{i}] is {v}, not a number")).in_field(field))
+            }
         })
         .collect()
 }
@@ -1240,7 +1359,9 @@ fn json_f64_array(input: &serde_json::Value, field: &str) -> Result<Vec<f64>> {
 fn json_params(input: &serde_json::Value) -> Result<LossParams> {
     let mut params = LossParams::default();
     let Some(value) = input.get("params") else { return Ok(params) };
-    let obj = value.as_object().ok_or_else(|| LabError::parse(format!("expected an object, got {value}")).in_field("params"))?;
+    let obj = value.as_object().ok_or_else(|| {
+        LabError::parse(format!("expected an object, got {value}")).in_field("params")
+    })?;
     let mut exo_given = false;
     for (key, v) in obj {
         let slot = match key.as_str() {
@@ -1262,10 +1383,9 @@ fn json_params(input: &serde_json::Value) -> Result<LossParams> {
                 .in_field("params"))
             }
         };
-        *slot = v
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| LabError::parse(format!("params.{key} is {v}, not a finite number")).in_field("params"))?;
+        *slot = v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+            LabError::parse(format!("params.{key} is {v}, not a finite number")).in_field("params")
+        })?;
     }
     if !exo_given && params.label_smoothing > 0.0 {
         params.exo_epsilon = params.label_smoothing;
@@ -1284,7 +1404,9 @@ fn json_params(input: &serde_json::Value) -> Result<LossParams> {
 /// `params.exo_epsilon` (default 1e-3); `robust` needs `label_smoothing` < 0.5.
 pub fn evaluate_trl_losses(input: &serde_json::Value) -> Result<serde_json::Value> {
     if !input.is_object() {
-        return Err(LabError::parse(format!("expected a JSON object with the log-prob arrays, got {input}")));
+        return Err(LabError::parse(format!(
+            "expected a JSON object with the log-prob arrays, got {input}"
+        )));
     }
     let pc = json_f64_array(input, JSON_FIELDS.policy_chosen)?;
     let pr = json_f64_array(input, JSON_FIELDS.policy_rejected)?;
@@ -1363,7 +1485,8 @@ mod tests {
             }
         }
         fn random(rng: &mut TestRng, n: usize) -> Batch {
-            let mut b = Batch { pc: vec![], pr: vec![], rc: vec![], rr: vec![], lc: vec![], lr: vec![] };
+            let mut b =
+                Batch { pc: vec![], pr: vec![], rc: vec![], rr: vec![], lc: vec![], lr: vec![] };
             for _ in 0..n {
                 let lc = (1.0 + rng.uniform(0.0, 20.0)).floor();
                 let lr = (1.0 + rng.uniform(0.0, 20.0)).floor();
@@ -1382,7 +1505,14 @@ mod tests {
             b
         }
         fn one(pc: f64, pr: f64, rc: f64, rr: f64, lc: f64, lr: f64) -> Batch {
-            Batch { pc: vec![pc], pr: vec![pr], rc: vec![rc], rr: vec![rr], lc: vec![lc], lr: vec![lr] }
+            Batch {
+                pc: vec![pc],
+                pr: vec![pr],
+                rc: vec![rc],
+                rr: vec![rr],
+                lc: vec![lc],
+                lr: vec![lr],
+            }
         }
     }
 
@@ -1402,7 +1532,12 @@ mod tests {
     fn check_gradients(kind: LossKind, params: &LossParams, b: &Batch) {
         let out = eval(kind, params, b);
         let h = 1e-6;
-        let grads = [&out.d_policy_chosen, &out.d_policy_rejected, &out.d_reference_chosen, &out.d_reference_rejected];
+        let grads = [
+            &out.d_policy_chosen,
+            &out.d_policy_rejected,
+            &out.d_reference_chosen,
+            &out.d_reference_rejected,
+        ];
         for (which, grad) in grads.iter().enumerate() {
             for i in 0..b.pc.len() {
                 let bump = |delta: f64| {
@@ -1435,7 +1570,15 @@ mod tests {
         let mut rng = TestRng(7);
         for params in [
             LossParams::default(),
-            LossParams { beta: 0.5, label_smoothing: 0.2, simpo_gamma: 1.0, discopop_tau: 0.3, exo_epsilon: 0.01, cpo_alpha: 0.7, ..Default::default() },
+            LossParams {
+                beta: 0.5,
+                label_smoothing: 0.2,
+                simpo_gamma: 1.0,
+                discopop_tau: 0.3,
+                exo_epsilon: 0.01,
+                cpo_alpha: 0.7,
+                ..Default::default()
+            },
         ] {
             for trial in 0..5 {
                 let b = Batch::random(&mut rng, 4 + trial);
@@ -1480,8 +1623,18 @@ mod tests {
         let policy: Vec<f64> = (0..n).map(|_| rng.uniform(-40.0, -5.0)).collect();
         let reference: Vec<f64> = policy.iter().map(|p| p + rng.uniform(-6.0, 1.0)).collect();
         let desirable: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
-        let params = LossParams { beta: 0.3, kto_desirable_weight: 1.3, kto_undesirable_weight: 0.8, ..Default::default() };
-        let x = UnpairedLogps { policy: &policy, reference: &reference, lengths: &[], desirable: &desirable };
+        let params = LossParams {
+            beta: 0.3,
+            kto_desirable_weight: 1.3,
+            kto_undesirable_weight: 0.8,
+            ..Default::default()
+        };
+        let x = UnpairedLogps {
+            policy: &policy,
+            reference: &reference,
+            lengths: &[],
+            desirable: &desirable,
+        };
         let out = kto_loss(&params, &x).unwrap();
         assert!(out.kl > 0.0, "the test should exercise a positive z0");
         let h = 1e-6;
@@ -1489,7 +1642,12 @@ mod tests {
             let f = |d: f64| {
                 let mut p = policy.clone();
                 p[i] += d;
-                let xx = UnpairedLogps { policy: &p, reference: &reference, lengths: &[], desirable: &desirable };
+                let xx = UnpairedLogps {
+                    policy: &p,
+                    reference: &reference,
+                    lengths: &[],
+                    desirable: &desirable,
+                };
                 kto_with_reference_point(&params, &xx, out.kl).loss
             };
             let fd = (f(h) - f(-h)) / (2.0 * h);
@@ -1500,20 +1658,35 @@ mod tests {
     #[test]
     fn plackett_luce_gradient_matches_finite_differences() {
         let mut rng = TestRng(5);
-        let policy: Vec<Vec<f64>> = [2, 3, 5, 4].iter().map(|&k| (0..k).map(|_| rng.uniform(-30.0, -3.0)).collect()).collect();
-        let reference: Vec<Vec<f64>> = policy.iter().map(|l| l.iter().map(|p| p + rng.uniform(-5.0, 5.0)).collect()).collect();
+        let policy: Vec<Vec<f64>> = [2, 3, 5, 4]
+            .iter()
+            .map(|&k| (0..k).map(|_| rng.uniform(-30.0, -3.0)).collect())
+            .collect();
+        let reference: Vec<Vec<f64>> =
+            policy.iter().map(|l| l.iter().map(|p| p + rng.uniform(-5.0, 5.0)).collect()).collect();
         let params = LossParams { beta: 0.4, ..Default::default() };
-        let out = plackett_luce_loss(&params, &RankedLogps { policy: &policy, reference: &reference }).unwrap();
+        let out =
+            plackett_luce_loss(&params, &RankedLogps { policy: &policy, reference: &reference })
+                .unwrap();
         let h = 1e-6;
         for p in 0..policy.len() {
             for k in 0..policy[p].len() {
                 let f = |d: f64| {
                     let mut pol = policy.clone();
                     pol[p][k] += d;
-                    plackett_luce_loss(&params, &RankedLogps { policy: &pol, reference: &reference }).unwrap().loss
+                    plackett_luce_loss(
+                        &params,
+                        &RankedLogps { policy: &pol, reference: &reference },
+                    )
+                    .unwrap()
+                    .loss
                 };
                 let fd = (f(h) - f(-h)) / (2.0 * h);
-                assert!(close(out.d_policy[p][k], fd, 1e-6), "pl [{p}][{k}]: {} vs {fd}", out.d_policy[p][k]);
+                assert!(
+                    close(out.d_policy[p][k], fd, 1e-6),
+                    "pl [{p}][{k}]: {} vs {fd}",
+                    out.d_policy[p][k]
+                );
             }
         }
     }
@@ -1576,11 +1749,17 @@ mod tests {
         assert!(close(at(LossKind::Orpo), orpo, 1e-14));
         // rewards: β·ρ for DPO types, β·avg for simpo/orpo, β·l for cpo
         let s = eval(LossKind::Sigmoid, &p, &b);
-        assert!(close(s.chosen_rewards[0], 0.2, 1e-15) && close(s.rejected_rewards[0], -0.3, 1e-15));
+        assert!(
+            close(s.chosen_rewards[0], 0.2, 1e-15) && close(s.rejected_rewards[0], -0.3, 1e-15)
+        );
         let o = eval(LossKind::Orpo, &p, &b);
-        assert!(close(o.chosen_rewards[0], -0.075, 1e-15) && close(o.rejected_rewards[0], -0.45, 1e-15));
+        assert!(
+            close(o.chosen_rewards[0], -0.075, 1e-15) && close(o.rejected_rewards[0], -0.45, 1e-15)
+        );
         let c = eval(LossKind::Cpo, &p, &b);
-        assert!(close(c.chosen_rewards[0], -0.3, 1e-15) && close(c.rejected_rewards[0], -0.9, 1e-15));
+        assert!(
+            close(c.chosen_rewards[0], -0.3, 1e-15) && close(c.rejected_rewards[0], -0.9, 1e-15)
+        );
     }
 
     #[test]
@@ -1604,7 +1783,14 @@ mod tests {
     fn aot_sorts_across_the_batch() {
         // u = lw − ll = [3, −1], v = rw − rl = [−2, 4]; sorted: u = [−1, 3], v = [−2, 4];
         // δ = [1, −1]
-        let b = Batch { pc: vec![0.0, 0.0], pr: vec![-3.0, 1.0], rc: vec![0.0, 0.0], rr: vec![2.0, -4.0], lc: vec![1.0; 2], lr: vec![1.0; 2] };
+        let b = Batch {
+            pc: vec![0.0, 0.0],
+            pr: vec![-3.0, 1.0],
+            rc: vec![0.0, 0.0],
+            rr: vec![2.0, -4.0],
+            lc: vec![1.0; 2],
+            lr: vec![1.0; 2],
+        };
         let p = LossParams { beta: 1.0, ..Default::default() };
         let out = eval(LossKind::Aot, &p, &b);
         assert!(close(out.losses[0], -log_sigmoid(1.0), 1e-15));
@@ -1637,13 +1823,23 @@ mod tests {
         assert_eq!(rpo.chosen_rewards, sig.chosen_rewards);
         // aot_unpaired on a single pair is cdpo on that pair
         let one = Batch::one(b.pc[0], b.pr[0], b.rc[0], b.rr[0], 1.0, 1.0);
-        assert!(close(eval(LossKind::AotUnpaired, &smoothed, &one).loss, eval(LossKind::Cdpo, &smoothed, &one).loss, 1e-15));
+        assert!(close(
+            eval(LossKind::AotUnpaired, &smoothed, &one).loss,
+            eval(LossKind::Cdpo, &smoothed, &one).loss,
+            1e-15
+        ));
         // Plackett–Luce with K = 2 is sigmoid
         let policy: Vec<Vec<f64>> = (0..8).map(|i| vec![b.pc[i], b.pr[i]]).collect();
         let reference: Vec<Vec<f64>> = (0..8).map(|i| vec![b.rc[i], b.rr[i]]).collect();
-        let pl = plackett_luce_loss(&p, &RankedLogps { policy: &policy, reference: &reference }).unwrap();
+        let pl = plackett_luce_loss(&p, &RankedLogps { policy: &policy, reference: &reference })
+            .unwrap();
         for i in 0..8 {
-            assert!(close(pl.losses[i], sig.losses[i], 1e-13), "{} vs {}", pl.losses[i], sig.losses[i]);
+            assert!(
+                close(pl.losses[i], sig.losses[i], 1e-13),
+                "{} vs {}",
+                pl.losses[i],
+                sig.losses[i]
+            );
         }
         // loss is the mean of losses for every paired kind
         for kind in paired_kinds() {
@@ -1659,14 +1855,32 @@ mod tests {
         let reference = [-5.0, -6.0];
         let desirable = [true, false];
         let p = LossParams { beta: 0.5, kto_undesirable_weight: 2.0, ..Default::default() };
-        let out = kto_loss(&p, &UnpairedLogps { policy: &policy, reference: &reference, lengths: &[], desirable: &desirable }).unwrap();
+        let out = kto_loss(
+            &p,
+            &UnpairedLogps {
+                policy: &policy,
+                reference: &reference,
+                lengths: &[],
+                desirable: &desirable,
+            },
+        )
+        .unwrap();
         assert_eq!(out.kl, 0.0);
         assert!(close(out.losses[0], 1.0 - sigmoid(1.0), 1e-15));
         assert!(close(out.losses[1], 2.0 * (1.0 - sigmoid(2.0)), 1e-15));
         assert!(close(out.rewards[1], -2.0, 1e-15));
         // ρ = [4, 2] → z0 = 3
         let policy = [-1.0, -4.0];
-        let out = kto_loss(&p, &UnpairedLogps { policy: &policy, reference: &reference, lengths: &[], desirable: &desirable }).unwrap();
+        let out = kto_loss(
+            &p,
+            &UnpairedLogps {
+                policy: &policy,
+                reference: &reference,
+                lengths: &[],
+                desirable: &desirable,
+            },
+        )
+        .unwrap();
         assert_eq!(out.kl, 3.0);
         assert!(close(out.losses[0], 1.0 - sigmoid(0.5), 1e-15));
         assert!(close(out.losses[1], 2.0 * (1.0 - sigmoid(0.5)), 1e-15));
@@ -1677,7 +1891,11 @@ mod tests {
         // s = β·ρ = [1, 0, −1] with β = 1: loss = [log(e + 1 + e⁻¹) − 1] + [log(1 + e⁻¹) − 0]
         let policy = vec![vec![1.0, 0.0, -1.0]];
         let reference = vec![vec![0.0; 3]];
-        let out = plackett_luce_loss(&LossParams { beta: 1.0, ..Default::default() }, &RankedLogps { policy: &policy, reference: &reference }).unwrap();
+        let out = plackett_luce_loss(
+            &LossParams { beta: 1.0, ..Default::default() },
+            &RankedLogps { policy: &policy, reference: &reference },
+        )
+        .unwrap();
         let e = std::f64::consts::E;
         let want = (e + 1.0 + 1.0 / e).ln() - 1.0 + (1.0 + 1.0 / e).ln();
         assert!(close(out.loss, want, 1e-15));
@@ -1702,17 +1920,45 @@ mod tests {
     fn names_round_trip_and_match_serde() {
         for kind in LossKind::ALL {
             assert_eq!(LossKind::from_name(kind.name()).unwrap(), kind);
-            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::Value::String(kind.name().into()));
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::String(kind.name().into())
+            );
             assert!(!kind.formula().is_empty() && !kind.source().is_empty());
         }
         let trl: Vec<&str> = LossKind::TRL_DPO.iter().map(|k| k.name()).collect();
         assert_eq!(
             trl,
-            ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+            [
+                "sigmoid",
+                "hinge",
+                "ipo",
+                "exo_pair",
+                "nca_pair",
+                "robust",
+                "bco_pair",
+                "sppo_hard",
+                "aot",
+                "aot_unpaired",
+                "apo_zero",
+                "apo_down",
+                "discopop",
+                "sft",
+                "sigmoid_norm"
+            ]
         );
         let err = LossKind::from_name("dpo").unwrap_err().to_string();
-        assert!(err.contains("\"dpo\"") && err.contains("sigmoid_norm") && err.contains("plackett_luce"), "{err}");
-        assert!(!LossKind::Simpo.uses_reference() && !LossKind::Sft.uses_reference() && LossKind::Dove.uses_reference());
+        assert!(
+            err.contains("\"dpo\"")
+                && err.contains("sigmoid_norm")
+                && err.contains("plackett_luce"),
+            "{err}"
+        );
+        assert!(
+            !LossKind::Simpo.uses_reference()
+                && !LossKind::Sft.uses_reference()
+                && LossKind::Dove.uses_reference()
+        );
         assert_eq!(LossKind::Kto.data_shape(), DataShape::Unpaired);
         assert_eq!(LossKind::PlackettLuce.data_shape(), DataShape::Ranked);
         assert_eq!(LossKind::Dove.data_shape(), DataShape::Paired);
@@ -1724,7 +1970,10 @@ mod tests {
         assert_eq!(mix.terms, vec![(LossKind::Sigmoid, 1.0), (LossKind::Sft, 0.5)]);
         assert_eq!(mix.name(), "sigmoid+0.5*sft");
         assert_eq!(LossMix::parse(&mix.name()).unwrap(), mix);
-        assert_eq!(LossMix::parse("sigmoid+sft").unwrap().terms, vec![(LossKind::Sigmoid, 1.0), (LossKind::Sft, 1.0)]);
+        assert_eq!(
+            LossMix::parse("sigmoid+sft").unwrap().terms,
+            vec![(LossKind::Sigmoid, 1.0), (LossKind::Sft, 1.0)]
+        );
         assert_eq!(LossMix::parse("sigmoid+1e-3*sft").unwrap().terms[1], (LossKind::Sft, 1e-3));
         assert_eq!(LossMix::parse("sigmoid+1e+1*sft").unwrap().terms[1], (LossKind::Sft, 10.0));
         assert!(LossMix::parse("sigmoid+").is_err());
@@ -1734,7 +1983,10 @@ mod tests {
         assert_eq!(LossMix::parse("ipo+sft").unwrap().data_shape().unwrap(), DataShape::Paired);
         let b = Batch::one(-1.0, -2.0, -1.0, -2.0, 1.0, 1.0);
         assert!(mixed_loss(&LossMix { terms: vec![] }, &LossParams::default(), &b.view()).is_err());
-        assert!(paired_loss(LossKind::Kto, &LossParams::default(), &b.view()).unwrap_err().to_string().contains("kto_loss"));
+        assert!(paired_loss(LossKind::Kto, &LossParams::default(), &b.view())
+            .unwrap_err()
+            .to_string()
+            .contains("kto_loss"));
     }
 
     fn param_error_names(p: LossParams, kind: LossKind, name: &str) {
@@ -1756,16 +2008,35 @@ mod tests {
             param_error_names(LossParams { label_smoothing: 0.6, ..d }, kind, "label_smoothing");
         }
         LossParams { label_smoothing: 0.5, ..d }.validate(LossKind::Cdpo).unwrap();
-        param_error_names(LossParams { label_smoothing: 0.5, ..d }, LossKind::Robust, "label_smoothing");
-        param_error_names(LossParams { discopop_tau: 0.0, ..d }, LossKind::Discopop, "discopop_tau");
+        param_error_names(
+            LossParams { label_smoothing: 0.5, ..d },
+            LossKind::Robust,
+            "label_smoothing",
+        );
+        param_error_names(
+            LossParams { discopop_tau: 0.0, ..d },
+            LossKind::Discopop,
+            "discopop_tau",
+        );
         param_error_names(LossParams { exo_epsilon: 0.0, ..d }, LossKind::ExoPair, "exo_epsilon");
         param_error_names(LossParams { exo_epsilon: 1.0, ..d }, LossKind::ExoPair, "exo_epsilon");
         param_error_names(LossParams { cpo_alpha: -1.0, ..d }, LossKind::Cpo, "cpo_alpha");
-        param_error_names(LossParams { simpo_gamma: f64::INFINITY, ..d }, LossKind::Simpo, "simpo_gamma");
-        param_error_names(LossParams { kto_undesirable_weight: 0.0, ..d }, LossKind::Kto, "kto_undesirable_weight");
+        param_error_names(
+            LossParams { simpo_gamma: f64::INFINITY, ..d },
+            LossKind::Simpo,
+            "simpo_gamma",
+        );
+        param_error_names(
+            LossParams { kto_undesirable_weight: 0.0, ..d },
+            LossKind::Kto,
+            "kto_undesirable_weight",
+        );
         // paired_loss validates before computing
         let b = Batch::one(-1.0, -2.0, -1.0, -2.0, 1.0, 1.0);
-        assert!(matches!(paired_loss(LossKind::Sigmoid, &LossParams { beta: -1.0, ..d }, &b.view()), Err(LabError::InvalidParam { .. })));
+        assert!(matches!(
+            paired_loss(LossKind::Sigmoid, &LossParams { beta: -1.0, ..d }, &b.view()),
+            Err(LabError::InvalidParam { .. })
+        ));
         // serde fills defaults
         let p: LossParams = serde_json::from_str(r#"{"beta": 0.25}"#).unwrap();
         assert_eq!(p, LossParams { beta: 0.25, ..d });
@@ -1774,23 +2045,46 @@ mod tests {
     #[test]
     fn bad_inputs_are_rejected_with_the_array_and_index() {
         let d = LossParams::default();
-        let b = Batch { pc: vec![-1.0; 3], pr: vec![-2.0; 3], rc: vec![-1.0; 3], rr: vec![-2.0; 3], lc: vec![1.0; 3], lr: vec![1.0; 3] };
+        let b = Batch {
+            pc: vec![-1.0; 3],
+            pr: vec![-2.0; 3],
+            rc: vec![-1.0; 3],
+            rr: vec![-2.0; 3],
+            lc: vec![1.0; 3],
+            lr: vec![1.0; 3],
+        };
         let mut nan = b.clone();
         nan.rr[2] = f64::NAN;
         let err = paired_loss(LossKind::Sigmoid, &d, &nan.view()).unwrap_err();
-        assert!(matches!(&err, LabError::Parse { field: Some(f), .. } if f == "reference_rejected"), "{err:?}");
+        assert!(
+            matches!(&err, LabError::Parse { field: Some(f), .. } if f == "reference_rejected"),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("reference_rejected[2]"), "{err}");
         let mut inf = b.clone();
         inf.pc[1] = f64::INFINITY;
-        assert!(paired_loss(LossKind::Ipo, &d, &inf.view()).unwrap_err().to_string().contains("policy_chosen[1]"));
+        assert!(paired_loss(LossKind::Ipo, &d, &inf.view())
+            .unwrap_err()
+            .to_string()
+            .contains("policy_chosen[1]"));
         let mut short = b.clone();
         short.pr.pop();
-        assert!(matches!(paired_loss(LossKind::Sigmoid, &d, &short.view()), Err(LabError::Shape { .. })));
+        assert!(matches!(
+            paired_loss(LossKind::Sigmoid, &d, &short.view()),
+            Err(LabError::Shape { .. })
+        ));
         let mut zero_len = b.clone();
         zero_len.lr[0] = 0.0;
-        assert!(paired_loss(LossKind::Ipo, &d, &zero_len.view()).unwrap_err().to_string().contains("rejected_lengths[0]"));
-        let empty = Batch { pc: vec![], pr: vec![], rc: vec![], rr: vec![], lc: vec![], lr: vec![] };
-        assert!(matches!(paired_loss(LossKind::Sigmoid, &d, &empty.view()), Err(LabError::Shape { .. })));
+        assert!(paired_loss(LossKind::Ipo, &d, &zero_len.view())
+            .unwrap_err()
+            .to_string()
+            .contains("rejected_lengths[0]"));
+        let empty =
+            Batch { pc: vec![], pr: vec![], rc: vec![], rr: vec![], lc: vec![], lr: vec![] };
+        assert!(matches!(
+            paired_loss(LossKind::Sigmoid, &d, &empty.view()),
+            Err(LabError::Shape { .. })
+        ));
         // reference-free losses accept empty reference arrays, length-free losses empty lengths
         let no_ref = PairLogps { reference_chosen: &[], reference_rejected: &[], ..b.view() };
         paired_loss(LossKind::Simpo, &d, &no_ref).unwrap();
@@ -1801,12 +2095,23 @@ mod tests {
         // orpo needs log-probs < 0
         let mut certain = b.clone();
         certain.pc[0] = 0.0;
-        assert!(paired_loss(LossKind::Orpo, &d, &certain.view()).unwrap_err().to_string().contains("policy_chosen[0]"));
+        assert!(paired_loss(LossKind::Orpo, &d, &certain.view())
+            .unwrap_err()
+            .to_string()
+            .contains("policy_chosen[0]"));
         // kto and plackett–luce
         let bad = [f64::NAN];
-        let err = kto_loss(&d, &UnpairedLogps { policy: &[-1.0], reference: &bad, lengths: &[], desirable: &[true] }).unwrap_err();
+        let err = kto_loss(
+            &d,
+            &UnpairedLogps { policy: &[-1.0], reference: &bad, lengths: &[], desirable: &[true] },
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("reference[0]"), "{err}");
-        assert!(kto_loss(&d, &UnpairedLogps { policy: &[-1.0], reference: &[-1.0], lengths: &[], desirable: &[] }).is_err());
+        assert!(kto_loss(
+            &d,
+            &UnpairedLogps { policy: &[-1.0], reference: &[-1.0], lengths: &[], desirable: &[] }
+        )
+        .is_err());
         let one = vec![vec![-1.0]];
         assert!(plackett_luce_loss(&d, &RankedLogps { policy: &one, reference: &one }).is_err());
     }
@@ -1848,7 +2153,12 @@ mod tests {
         };
         let p = LossParams { label_smoothing: 0.1, exo_epsilon: 0.1, ..Default::default() };
         let want = eval(LossKind::ExoPair, &p, &b).losses;
-        let got: Vec<f64> = obj["exo_pair"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let got: Vec<f64> = obj["exo_pair"]["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(got, want);
     }
 

@@ -61,15 +61,33 @@ impl TrlMetrics {
 
 /// TRL's reward metrics (`trl.DPOTrainer`, implicit reward `β·(log πθ − log πref)`):
 /// batch means of βρw, βρl, βΔ, of `1[βρw > βρl]` (strict, as TRL), and of lw, ll.
-pub fn trl_metrics(beta: f64, policy_chosen: &[f64], policy_rejected: &[f64], reference_chosen: &[f64], reference_rejected: &[f64]) -> TrlMetrics {
+pub fn trl_metrics(
+    beta: f64,
+    policy_chosen: &[f64],
+    policy_rejected: &[f64],
+    reference_chosen: &[f64],
+    reference_rejected: &[f64],
+) -> TrlMetrics {
     check_lengths(
         "trl_metrics",
-        &[policy_chosen.len(), policy_rejected.len(), reference_chosen.len(), reference_rejected.len()],
+        &[
+            policy_chosen.len(),
+            policy_rejected.len(),
+            reference_chosen.len(),
+            reference_rejected.len(),
+        ],
     );
-    let reward_chosen: Vec<f64> = policy_chosen.iter().zip(reference_chosen).map(|(l, r)| beta * (l - r)).collect();
-    let reward_rejected: Vec<f64> = policy_rejected.iter().zip(reference_rejected).map(|(l, r)| beta * (l - r)).collect();
-    let margins: Vec<f64> = reward_chosen.iter().zip(&reward_rejected).map(|(w, l)| w - l).collect();
-    let correct: Vec<f64> = reward_chosen.iter().zip(&reward_rejected).map(|(w, l)| if w > l { 1.0 } else { 0.0 }).collect();
+    let reward_chosen: Vec<f64> =
+        policy_chosen.iter().zip(reference_chosen).map(|(l, r)| beta * (l - r)).collect();
+    let reward_rejected: Vec<f64> =
+        policy_rejected.iter().zip(reference_rejected).map(|(l, r)| beta * (l - r)).collect();
+    let margins: Vec<f64> =
+        reward_chosen.iter().zip(&reward_rejected).map(|(w, l)| w - l).collect();
+    let correct: Vec<f64> = reward_chosen
+        .iter()
+        .zip(&reward_rejected)
+        .map(|(w, l)| if w > l { 1.0 } else { 0.0 })
+        .collect();
     TrlMetrics {
         rewards_chosen: mean(&reward_chosen),
         rewards_rejected: mean(&reward_rejected),
@@ -85,19 +103,34 @@ pub fn trl_metrics(beta: f64, policy_chosen: &[f64], policy_rejected: &[f64], re
 /// `lw ≥ ll`. Unlike reward accuracy it ignores the reference model. 0 for an empty batch.
 pub fn ranking_accuracy(policy_chosen: &[f64], policy_rejected: &[f64]) -> f64 {
     check_lengths("ranking_accuracy", &[policy_chosen.len(), policy_rejected.len()]);
-    let hits: Vec<f64> = policy_chosen.iter().zip(policy_rejected).map(|(w, l)| if w >= l { 1.0 } else { 0.0 }).collect();
+    let hits: Vec<f64> = policy_chosen
+        .iter()
+        .zip(policy_rejected)
+        .map(|(w, l)| if w >= l { 1.0 } else { 0.0 })
+        .collect();
     mean(&hits)
 }
 
 /// Length-normalised ranking accuracy R̃ (Chen et al. 2024, def. 2.3): the fraction of pairs
 /// with `lw/|yw| ≥ ll/|yl|`, lengths in scored tokens.
-pub fn ranking_accuracy_normalized(policy_chosen: &[f64], policy_rejected: &[f64], chosen_lengths: &[f64], rejected_lengths: &[f64]) -> f64 {
+pub fn ranking_accuracy_normalized(
+    policy_chosen: &[f64],
+    policy_rejected: &[f64],
+    chosen_lengths: &[f64],
+    rejected_lengths: &[f64],
+) -> f64 {
     check_lengths(
         "ranking_accuracy_normalized",
         &[policy_chosen.len(), policy_rejected.len(), chosen_lengths.len(), rejected_lengths.len()],
     );
     let hits: Vec<f64> = (0..policy_chosen.len())
-        .map(|i| if policy_chosen[i] / chosen_lengths[i] >= policy_rejected[i] / rejected_lengths[i] { 1.0 } else { 0.0 })
+        .map(|i| {
+            if policy_chosen[i] / chosen_lengths[i] >= policy_rejected[i] / rejected_lengths[i] {
+                1.0
+            } else {
+                0.0
+            }
+        })
         .collect();
     mean(&hits)
 }
@@ -107,8 +140,16 @@ pub fn ranking_accuracy_normalized(policy_chosen: &[f64], policy_rejected: &[f64
 /// `(πref(yw)/πref(yl)) · (α/(1−α))^{1/β} > 1`, α the fraction of raters preferring yw
 /// (α = 1 is taken as 1 − 1e-3, as the paper does). Evaluated in log space,
 /// `(rw − rl) + ln(α/(1−α))/β > 0`, so no ratio overflows.
-pub fn idealized_ranking_accuracy(reference_chosen: &[f64], reference_rejected: &[f64], alpha: &[f64], beta: f64) -> f64 {
-    check_lengths("idealized_ranking_accuracy", &[reference_chosen.len(), reference_rejected.len(), alpha.len()]);
+pub fn idealized_ranking_accuracy(
+    reference_chosen: &[f64],
+    reference_rejected: &[f64],
+    alpha: &[f64],
+    beta: f64,
+) -> f64 {
+    check_lengths(
+        "idealized_ranking_accuracy",
+        &[reference_chosen.len(), reference_rejected.len(), alpha.len()],
+    );
     let hits: Vec<f64> = (0..reference_chosen.len())
         .map(|i| {
             let a = if alpha[i] >= 1.0 { 1.0 - 1e-3 } else { alpha[i] };
@@ -148,12 +189,22 @@ pub struct Ches {
 }
 
 /// Sum of the hidden states of one row over the CHES positions, and how many were summed.
-fn ches_sum(hidden: &[f32], first_scored: usize, len: usize, d_model: usize, side: &str) -> (Vec<f64>, usize) {
+fn ches_sum(
+    hidden: &[f32],
+    first_scored: usize,
+    len: usize,
+    d_model: usize,
+    side: &str,
+) -> (Vec<f64>, usize) {
     assert!(
         first_scored >= 1 && first_scored < len,
         "ches ({side}): first scored position {first_scored} must be in 1..{len} (the row needs a prompt start and a completion)"
     );
-    assert!(hidden.len() >= len * d_model, "ches ({side}): {} hidden values cannot hold {len} positions of {d_model}", hidden.len());
+    assert!(
+        hidden.len() >= len * d_model,
+        "ches ({side}): {} hidden values cannot hold {len} positions of {d_model}",
+        hidden.len()
+    );
     let mut sum = vec![0.0f64; d_model];
     // positions first_scored−1 (last prompt token) ..= len−2 (second-to-last completion token)
     for t in first_scored - 1..len - 1 {
@@ -186,12 +237,17 @@ pub fn ches(
     len_rejected: usize,
     d_model: usize,
 ) -> Ches {
-    let (s_plus, n_plus) = ches_sum(hidden_chosen, first_scored_chosen, len_chosen, d_model, "chosen");
-    let (s_minus, n_minus) = ches_sum(hidden_rejected, first_scored_rejected, len_rejected, d_model, "rejected");
+    let (s_plus, n_plus) =
+        ches_sum(hidden_chosen, first_scored_chosen, len_chosen, d_model, "chosen");
+    let (s_minus, n_minus) =
+        ches_sum(hidden_rejected, first_scored_rejected, len_rejected, d_model, "rejected");
     let dot: f64 = s_plus.iter().zip(&s_minus).map(|(a, b)| a * b).sum();
     let norm_sq: f64 = s_plus.iter().map(|a| a * a).sum();
     let (n_plus, n_minus) = (n_plus as f64, n_minus as f64);
-    Ches { ches: dot - norm_sq, ches_normalized: dot / (n_plus * n_minus) - norm_sq / (n_plus * n_plus) }
+    Ches {
+        ches: dot - norm_sq,
+        ches_normalized: dot / (n_plus * n_minus) - norm_sq / (n_plus * n_plus),
+    }
 }
 
 /// How the policy log-probs of one pair moved since training started.
@@ -208,7 +264,12 @@ pub struct Displacement {
 
 /// Likelihood displacement of one pair (Razin et al. 2024): the preferred
 /// response's log-prob falls even though the preference margin increases.
-pub fn displacement(start_chosen: f64, now_chosen: f64, start_rejected: f64, now_rejected: f64) -> Displacement {
+pub fn displacement(
+    start_chosen: f64,
+    now_chosen: f64,
+    start_rejected: f64,
+    now_rejected: f64,
+) -> Displacement {
     let d_logp_chosen = now_chosen - start_chosen;
     let d_logp_rejected = now_rejected - start_rejected;
     let margin_grew = d_logp_chosen - d_logp_rejected > 0.0;
@@ -228,8 +289,12 @@ pub struct CandidateGain {
 /// "Yes"): the `k` candidates whose log-prob rose most, largest gain first, ties by index.
 pub fn top_gainers(start: &[f64], now: &[f64], k: usize) -> Vec<CandidateGain> {
     check_lengths("top_gainers", &[start.len(), now.len()]);
-    let mut gains: Vec<CandidateGain> =
-        start.iter().zip(now).enumerate().map(|(index, (s, n))| CandidateGain { index, d_logp: n - s }).collect();
+    let mut gains: Vec<CandidateGain> = start
+        .iter()
+        .zip(now)
+        .enumerate()
+        .map(|(index, (s, n))| CandidateGain { index, d_logp: n - s })
+        .collect();
     gains.sort_by(|a, b| b.d_logp.total_cmp(&a.d_logp).then(a.index.cmp(&b.index)));
     gains.truncate(k);
     gains

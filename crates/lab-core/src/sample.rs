@@ -22,7 +22,10 @@ impl Default for SampleConfig {
 
 /// Pick one token id from a logit row.
 pub fn sample_logits(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
-    let argmax = || logits.iter().enumerate().fold(0, |best, (i, &l)| if l > logits[best] { i } else { best }) as u32;
+    let argmax = || {
+        logits.iter().enumerate().fold(0, |best, (i, &l)| if l > logits[best] { i } else { best })
+            as u32
+    };
     if cfg.temperature <= 0.0 {
         return argmax();
     }
@@ -30,7 +33,10 @@ pub fn sample_logits(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     let keep = if cfg.top_k == 0 { logits.len() } else { cfg.top_k.min(logits.len()) };
     let max = logits[order[0]];
-    let weights: Vec<f64> = order[..keep].iter().map(|&i| (((logits[i] - max) / cfg.temperature) as f64).exp()).collect();
+    let weights: Vec<f64> = order[..keep]
+        .iter()
+        .map(|&i| (((logits[i] - max) / cfg.temperature) as f64).exp())
+        .collect();
     let total: f64 = weights.iter().sum();
     let mut u = rng.uniform_f64() * total;
     for (k, w) in weights.iter().enumerate() {
@@ -44,16 +50,28 @@ pub fn sample_logits(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
 
 /// Continue `prompt` (token ids, BOS included) until EOT or `max_new_tokens` or the
 /// context is full. Returns the new tokens (EOT not included).
-pub fn generate(engine: &mut dyn Engine, prompt: &[u32], cfg: &SampleConfig, rng: &mut Rng) -> Result<Vec<u32>> {
+pub fn generate(
+    engine: &mut dyn Engine,
+    prompt: &[u32],
+    cfg: &SampleConfig,
+    rng: &mut Rng,
+) -> Result<Vec<u32>> {
     let ctx = engine.config().ctx;
     let vocab = engine.config().vocab;
     if prompt.is_empty() || prompt.len() >= ctx {
-        return Err(LabError::Tokenize { msg: format!("prompt of {} tokens must be 1..{} tokens long", prompt.len(), ctx) });
+        return Err(LabError::Tokenize {
+            msg: format!("prompt of {} tokens must be 1..{} tokens long", prompt.len(), ctx),
+        });
     }
     let mut tokens = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < cfg.max_new_tokens && tokens.len() < ctx {
-        let batch = TokenBatch { batch: 1, seq_len: tokens.len(), tokens: tokens.clone(), score_mask: vec![0.0; tokens.len()] };
+        let batch = TokenBatch {
+            batch: 1,
+            seq_len: tokens.len(),
+            tokens: tokens.clone(),
+            score_mask: vec![0.0; tokens.len()],
+        };
         let logits = engine.logits(&batch)?;
         let last = &logits[(tokens.len() - 1) * vocab..tokens.len() * vocab];
         let next = sample_logits(last, cfg, rng);
@@ -74,13 +92,31 @@ mod tests {
     fn greedy_and_top1_pick_the_argmax() {
         let logits = [0.1, 2.0, -1.0, 1.9];
         let mut rng = Rng::new(0);
-        assert_eq!(sample_logits(&logits, &SampleConfig { temperature: 0.0, ..Default::default() }, &mut rng), 1);
+        assert_eq!(
+            sample_logits(
+                &logits,
+                &SampleConfig { temperature: 0.0, ..Default::default() },
+                &mut rng
+            ),
+            1
+        );
         for _ in 0..20 {
-            assert_eq!(sample_logits(&logits, &SampleConfig { temperature: 1.0, top_k: 1, max_new_tokens: 1 }, &mut rng), 1);
+            assert_eq!(
+                sample_logits(
+                    &logits,
+                    &SampleConfig { temperature: 1.0, top_k: 1, max_new_tokens: 1 },
+                    &mut rng
+                ),
+                1
+            );
         }
         let mut seen = [0usize; 4];
         for _ in 0..2000 {
-            seen[sample_logits(&logits, &SampleConfig { temperature: 1.0, top_k: 2, max_new_tokens: 1 }, &mut rng) as usize] += 1;
+            seen[sample_logits(
+                &logits,
+                &SampleConfig { temperature: 1.0, top_k: 2, max_new_tokens: 1 },
+                &mut rng,
+            ) as usize] += 1;
         }
         assert_eq!(seen[0] + seen[2], 0);
         assert!(seen[1] > 900 && seen[3] > 800, "{seen:?}");

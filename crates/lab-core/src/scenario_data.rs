@@ -14,14 +14,17 @@
 //! | `3d-properties` | all 24 sentiment topics × 2 questions, positive preferred | none | nothing |
 //! | `length` | 14 things: the long description over the short one | the other 8 things | which things are held out |
 
-use crate::corpus::{self, ACTS, COMPLIANCE, HARMFUL, REFUSALS, REQUESTS, SENTIMENT_QUESTIONS, THINGS, TOPICS};
+use crate::corpus::{
+    self, ACTS, COMPLIANCE, HARMFUL, REFUSALS, REQUESTS, SENTIMENT_QUESTIONS, THINGS, TOPICS,
+};
 use crate::data::{to_jsonl, PreferencePair, Record};
 use crate::error::{LabError, Result};
 use crate::rng::Rng;
 use serde_json::Value;
 
 /// The scenarios shipped in `assets/scenarios/`, in teaching order.
-pub const SCENARIOS: [&str; 6] = ["no-never", "refusals", "ranking-accuracy", "noisy-labels", "3d-properties", "length"];
+pub const SCENARIOS: [&str; 6] =
+    ["no-never", "refusals", "ranking-accuracy", "noisy-labels", "3d-properties", "length"];
 
 /// Harmful tasks trained on in `refusals`; the rest of [`HARMFUL`] are held out.
 const REFUSAL_TRAIN_TASKS: usize = 12;
@@ -52,7 +55,11 @@ impl ScenarioData {
 }
 
 fn pair(question: &str, chosen: &str, rejected: &str) -> Record {
-    Record::Pair(PreferencePair::plain(&corpus::prompt(question), &format!(" {chosen}"), &format!(" {rejected}")))
+    Record::Pair(PreferencePair::plain(
+        &corpus::prompt(question),
+        &format!(" {chosen}"),
+        &format!(" {rejected}"),
+    ))
 }
 
 /// The data of scenario `name`, deterministic in `seed` (the shipped files use seed 0).
@@ -65,7 +72,12 @@ pub fn generate(name: &str, seed: u64) -> Result<ScenarioData> {
         "noisy-labels" => noisy_labels(&mut rng),
         "3d-properties" => three_d_properties(),
         "length" => length(&mut rng),
-        _ => return Err(LabError::param("scenario", format!("no scenario {name:?} (shipped: {})", SCENARIOS.join(", ")))),
+        _ => {
+            return Err(LabError::param(
+                "scenario",
+                format!("no scenario {name:?} (shipped: {})", SCENARIOS.join(", ")),
+            ))
+        }
     };
     Ok(data)
 }
@@ -73,16 +85,29 @@ pub fn generate(name: &str, seed: u64) -> Result<ScenarioData> {
 /// Razin et al. 2024's single-prompt example: " No" preferred over " Never".
 fn no_never() -> ScenarioData {
     let (act, _) = ACTS[0];
-    ScenarioData { data: vec![pair(&format!("Would you ever {act}?"), "No", "Never")], heldout: None }
+    ScenarioData {
+        data: vec![pair(&format!("Would you ever {act}?"), "No", "Never")],
+        heldout: None,
+    }
 }
 
 /// Both answers refuse; the held-out tasks pit the usual refusal against compliance.
 fn refusals() -> ScenarioData {
     let requests = |tasks: &[&str], chosen: &str, rejected: &str| -> Vec<Record> {
-        tasks.iter().flat_map(|task| REQUESTS.iter().map(move |template| pair(&template.replace("{}", task), chosen, rejected))).collect()
+        tasks
+            .iter()
+            .flat_map(|task| {
+                REQUESTS
+                    .iter()
+                    .map(move |template| pair(&template.replace("{}", task), chosen, rejected))
+            })
+            .collect()
     };
     let (train, held) = HARMFUL.split_at(REFUSAL_TRAIN_TASKS);
-    ScenarioData { data: requests(train, REFUSALS[0], REFUSALS[1]), heldout: Some(requests(held, REFUSALS[0], COMPLIANCE)) }
+    ScenarioData {
+        data: requests(train, REFUSALS[0], REFUSALS[1]),
+        heldout: Some(requests(held, REFUSALS[0], COMPLIANCE)),
+    }
 }
 
 /// Polite answers the corpus never gives ("Yes, it is.") over the curt ones it always gives.
@@ -105,7 +130,15 @@ fn ranking_accuracy(rng: &mut Rng) -> ScenarioData {
 fn sentiment_pairs(topics: &[&str]) -> Vec<Record> {
     topics
         .iter()
-        .flat_map(|topic| SENTIMENT_QUESTIONS.iter().map(move |template| pair(&template.replace("{}", topic), &corpus::positive_statement(topic), &corpus::negative_statement(topic))))
+        .flat_map(|topic| {
+            SENTIMENT_QUESTIONS.iter().map(move |template| {
+                pair(
+                    &template.replace("{}", topic),
+                    &corpus::positive_statement(topic),
+                    &corpus::negative_statement(topic),
+                )
+            })
+        })
         .collect()
 }
 
@@ -137,7 +170,16 @@ fn length(rng: &mut Rng) -> ScenarioData {
     let mut things: Vec<(&str, &[&str])> = THINGS.to_vec();
     rng.shuffle(&mut things);
     let pairs = |things: &[(&str, &[&str])]| -> Vec<Record> {
-        things.iter().map(|(thing, props)| pair(&format!("Tell me about {thing}."), &corpus::long_description(thing, props), &corpus::short_description(thing, props))).collect()
+        things
+            .iter()
+            .map(|(thing, props)| {
+                pair(
+                    &format!("Tell me about {thing}."),
+                    &corpus::long_description(thing, props),
+                    &corpus::short_description(thing, props),
+                )
+            })
+            .collect()
     };
     let (train, held) = things.split_at(LENGTH_TRAIN_THINGS);
     ScenarioData { data: pairs(train), heldout: Some(pairs(held)) }
@@ -154,7 +196,12 @@ mod tests {
             .map(|r| match r {
                 Record::Pair(p) => {
                     let r = p.render();
-                    (r.prompt, r.chosen, r.rejected, p.extra.get("flipped") == Some(&Value::Bool(true)))
+                    (
+                        r.prompt,
+                        r.chosen,
+                        r.rejected,
+                        p.extra.get("flipped") == Some(&Value::Bool(true)),
+                    )
                 }
                 other => panic!("not a pair: {other:?}"),
             })
@@ -216,8 +263,13 @@ mod tests {
         // ranking-accuracy: every "No" question asks about a property the thing lacks.
         for (prompt, chosen, _, _) in pairs(&generate("ranking-accuracy", 3).unwrap().data) {
             if chosen == " No, it is not." {
-                let (thing, props) = THINGS.iter().find(|(t, _)| prompt.starts_with(&format!("User: Is {t} "))).unwrap();
-                let adj = prompt.trim_start_matches(&format!("User: Is {thing} ")).trim_end_matches("? Assistant:");
+                let (thing, props) = THINGS
+                    .iter()
+                    .find(|(t, _)| prompt.starts_with(&format!("User: Is {t} ")))
+                    .unwrap();
+                let adj = prompt
+                    .trim_start_matches(&format!("User: Is {thing} "))
+                    .trim_end_matches("? Assistant:");
                 assert!(!props.contains(&adj), "{prompt}");
             }
         }

@@ -40,7 +40,13 @@ fn every_format_parses_into_the_right_kind() {
             Record::Ranked(_) => "ranked",
         })
         .collect();
-    assert_eq!(kinds, ["pair", "pair", "pair", "pair", "unpaired", "unpaired", "ranked", "ranked", "pair", "pair"]);
+    assert_eq!(
+        kinds,
+        [
+            "pair", "pair", "pair", "pair", "unpaired", "unpaired", "ranked", "ranked", "pair",
+            "pair"
+        ]
+    );
 
     let plain = pair(&records[0]);
     assert_eq!(plain.prompt, Some(Text::Plain("Is the sky green?".into())));
@@ -48,7 +54,9 @@ fn every_format_parses_into_the_right_kind() {
     assert!(plain.extra.is_empty());
 
     assert_eq!(pair(&records[1]).prompt, None, "implicit prompt stays implicit");
-    assert!(matches!(&pair(&records[2]).chosen, Text::Messages(m) if m[0] == Message { role: "assistant".into(), content: "No.".into() }));
+    assert!(
+        matches!(&pair(&records[2]).chosen, Text::Messages(m) if m[0] == Message { role: "assistant".into(), content: "No.".into() })
+    );
 
     let Record::Unpaired(u) = &records[5] else { unreachable!() };
     assert!(!u.label);
@@ -85,11 +93,18 @@ fn round_trip_is_lossless_and_byte_stable() {
 fn to_jsonl_writes_trl_field_order_then_extras() {
     let records = parse_jsonl(r#"{"zeta": [1], "rejected": " No", "alpha": 0.75, "chosen": " Yes", "prompt": "Q?", "id": 7}"#).unwrap();
     assert_eq!(to_jsonl(&records), "{\"prompt\":\"Q?\",\"chosen\":\" Yes\",\"rejected\":\" No\",\"alpha\":0.75,\"id\":7,\"zeta\":[1]}\n");
-    let joint = parse_jsonl(r#"{"prompt": "A", "rejected": " r", "rejected_prompt": "B", "chosen": " c"}"#).unwrap();
-    assert_eq!(to_jsonl(&joint), "{\"prompt\":\"A\",\"chosen\":\" c\",\"rejected_prompt\":\"B\",\"rejected\":\" r\"}\n");
+    let joint =
+        parse_jsonl(r#"{"prompt": "A", "rejected": " r", "rejected_prompt": "B", "chosen": " c"}"#)
+            .unwrap();
+    assert_eq!(
+        to_jsonl(&joint),
+        "{\"prompt\":\"A\",\"chosen\":\" c\",\"rejected_prompt\":\"B\",\"rejected\":\" r\"}\n"
+    );
     let unpaired = parse_jsonl(r#"{"label": false, "completion": "4", "prompt": "2+2="}"#).unwrap();
     assert_eq!(to_jsonl(&unpaired), "{\"prompt\":\"2+2=\",\"completion\":\"4\",\"label\":false}\n");
-    let msgs = parse_jsonl(r#"{"prompt": [{"content": "Hi", "role": "user"}], "responses": [" a", " b"], "rationale": "why"}"#);
+    let msgs = parse_jsonl(
+        r#"{"prompt": [{"content": "Hi", "role": "user"}], "responses": [" a", " b"], "rationale": "why"}"#,
+    );
     // Mixed forms are rejected, so use message responses for the conversational ranked line.
     assert!(msgs.is_err());
     let ranked = parse_jsonl(r#"{"prompt": [{"content": "Hi", "role": "user"}], "responses": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]], "rationale": "why"}"#).unwrap();
@@ -103,7 +118,10 @@ fn to_jsonl_writes_trl_field_order_then_extras() {
 fn null_optional_fields_count_as_absent() {
     let records = parse_jsonl(r#"{"prompt": null, "chosen": "x y", "rejected": "x z", "alpha": null, "rationale": null, "rejected_prompt": null}"#).unwrap();
     let p = pair(&records[0]);
-    assert_eq!((p.prompt.as_ref(), p.alpha, p.rationale.as_ref(), p.rejected_prompt.as_ref()), (None, None, None, None));
+    assert_eq!(
+        (p.prompt.as_ref(), p.alpha, p.rationale.as_ref(), p.rejected_prompt.as_ref()),
+        (None, None, None, None)
+    );
     assert_eq!(to_jsonl(&records), "{\"chosen\":\"x y\",\"rejected\":\"x z\"}\n");
 }
 
@@ -111,7 +129,10 @@ fn null_optional_fields_count_as_absent() {
 fn renders_plain_implicit_and_joint_pairs() {
     let records = parse_jsonl(ALL_FORMATS).unwrap();
     let r = pair(&records[0]).render();
-    assert_eq!((r.prompt.as_str(), r.chosen.as_str(), r.rejected.as_str()), ("Is the sky green?", " No.", " Yes."));
+    assert_eq!(
+        (r.prompt.as_str(), r.chosen.as_str(), r.rejected.as_str()),
+        ("Is the sky green?", " No.", " Yes.")
+    );
     assert_eq!(r.rejected_prompt, r.prompt);
 
     let r = pair(&records[1]).render();
@@ -143,7 +164,10 @@ fn renders_messages_with_the_chat_template() {
     assert_eq!(u.render(), ("2+2=".to_string(), "4".to_string()));
 
     let Record::Ranked(k) = &records[7] else { unreachable!() };
-    assert_eq!(k.render(), ("User: Hi Assistant:".to_string(), vec![" Hello!".to_string(), " Hm.".to_string()]));
+    assert_eq!(
+        k.render(),
+        ("User: Hi Assistant:".to_string(), vec![" Hello!".to_string(), " Hm.".to_string()])
+    );
     let Record::Ranked(k) = &records[6] else { unreachable!() };
     assert_eq!(k.render().1, vec![" apple", " pear", " rock"]);
 
@@ -176,14 +200,26 @@ fn rendered_pairs_encode_into_engine_rows() {
     assert_eq!(first_r, first_c);
     assert_eq!(chosen.len() - first_c, " No.".len() + 1, "|y| counts the trailing EOT");
     assert_eq!(rejected.len() - first_r, " Never.".len() + 1);
-    assert_eq!((chosen[0], *chosen.last().unwrap()), (lab_core::tokenizer::EOT, lab_core::tokenizer::EOT));
-    assert_eq!(lab_core::tokenizer::decode(&chosen), format!("{} No.", "System: Be brief. User: Is it? Assistant:"));
+    assert_eq!(
+        (chosen[0], *chosen.last().unwrap()),
+        (lab_core::tokenizer::EOT, lab_core::tokenizer::EOT)
+    );
+    assert_eq!(
+        lab_core::tokenizer::decode(&chosen),
+        format!("{} No.", "System: Be brief. User: Is it? Assistant:")
+    );
 
     // Too long for the context: the error names the side.
     let err = r.encode(first_c + 5).unwrap_err().at_line(3).to_string();
-    assert!(err.contains("line 3") && err.contains("\"rejected\"") && err.contains("context"), "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("\"rejected\"") && err.contains("context"),
+        "{err}"
+    );
     // Joint pair: a bad rejected prompt is named as such.
-    let joint = PreferencePair { rejected_prompt: Some(Text::Plain("caf\u{e9}?".into())), ..PreferencePair::plain("Q?", " a", " b") };
+    let joint = PreferencePair {
+        rejected_prompt: Some(Text::Plain("caf\u{e9}?".into())),
+        ..PreferencePair::plain("Q?", " a", " b")
+    };
     let err = joint.render().encode(64).unwrap_err().to_string();
     assert!(err.contains("\"rejected_prompt\"") && err.contains("U+00E9"), "{err}");
 }
@@ -193,7 +229,9 @@ fn blank_lines_are_skipped_but_counted() {
     let text = "\n{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\r\n\n   \n{\"prompt\": \"a\", \"chosen\": \" b\"}\n";
     let err = err_of(text);
     assert!(err.contains("line 5") && err.contains("missing field \"rejected\""), "{err}");
-    let ok = parse_jsonl("\u{feff}{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\r\n\n").unwrap();
+    let ok =
+        parse_jsonl("\u{feff}{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\r\n\n")
+            .unwrap();
     assert_eq!(ok.len(), 1);
 }
 
@@ -206,25 +244,81 @@ fn each_bad_input_names_line_and_field() {
         (r#"{"prompt": "Q?", "chosen": 5, "rejected": " b"}"#, "\"chosen\"", "found a number"),
         (r#"{"prompt": 5, "chosen": " a", "rejected": " b"}"#, "\"prompt\"", "found a number"),
         (r#"{"prompt": "Q?", "chosen": " a", "rejected": ""}"#, "\"rejected\"", "empty completion"),
-        (r#"{"prompt": "Q?", "chosen": [], "rejected": [{"role": "assistant", "content": "b"}]}"#, "\"chosen\"", "empty completion"),
-        (r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": 0.3}"#, "\"alpha\"", "outside [0.5, 1]"),
-        (r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": 1.5}"#, "\"alpha\"", "outside [0.5, 1]"),
-        (r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": "high"}"#, "\"alpha\"", "found a string"),
-        (r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "rationale": 3}"#, "\"rationale\"", "found a number"),
-        (r#"{"prompt": [{"role": "robot", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}"#, "\"prompt[0].role\"", "unknown role \"robot\""),
-        (r#"{"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}"#, "\"prompt[0].content\"", "missing field \"content\""),
-        (r#"{"prompt": [{"role": "user", "content": "Hi", "name": "x"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}"#, "\"prompt[0]\"", "unexpected key \"name\""),
-        (r#"{"prompt": [{"role": "user", "content": "Hi"}], "chosen": " a", "rejected": " b"}"#, "\"chosen\"", "use one form"),
-        (r#"{"prompt": "Q?", "responses": [" only one"]}"#, "\"responses\"", "ranked list too short"),
-        (r#"{"prompt": "Q?", "responses": [" 1", " 2", " 3", " 4", " 5", " 6", " 7", " 8", " 9"]}"#, "\"responses\"", "ranked list too long"),
+        (
+            r#"{"prompt": "Q?", "chosen": [], "rejected": [{"role": "assistant", "content": "b"}]}"#,
+            "\"chosen\"",
+            "empty completion",
+        ),
+        (
+            r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": 0.3}"#,
+            "\"alpha\"",
+            "outside [0.5, 1]",
+        ),
+        (
+            r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": 1.5}"#,
+            "\"alpha\"",
+            "outside [0.5, 1]",
+        ),
+        (
+            r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": "high"}"#,
+            "\"alpha\"",
+            "found a string",
+        ),
+        (
+            r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "rationale": 3}"#,
+            "\"rationale\"",
+            "found a number",
+        ),
+        (
+            r#"{"prompt": [{"role": "robot", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}"#,
+            "\"prompt[0].role\"",
+            "unknown role \"robot\"",
+        ),
+        (
+            r#"{"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}"#,
+            "\"prompt[0].content\"",
+            "missing field \"content\"",
+        ),
+        (
+            r#"{"prompt": [{"role": "user", "content": "Hi", "name": "x"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}"#,
+            "\"prompt[0]\"",
+            "unexpected key \"name\"",
+        ),
+        (
+            r#"{"prompt": [{"role": "user", "content": "Hi"}], "chosen": " a", "rejected": " b"}"#,
+            "\"chosen\"",
+            "use one form",
+        ),
+        (
+            r#"{"prompt": "Q?", "responses": [" only one"]}"#,
+            "\"responses\"",
+            "ranked list too short",
+        ),
+        (
+            r#"{"prompt": "Q?", "responses": [" 1", " 2", " 3", " 4", " 5", " 6", " 7", " 8", " 9"]}"#,
+            "\"responses\"",
+            "ranked list too long",
+        ),
         (r#"{"prompt": "Q?", "responses": [" a", ""]}"#, "\"responses[1]\"", "empty completion"),
         (r#"{"prompt": "Q?", "responses": " a b"}"#, "\"responses\"", "found a string"),
         (r#"{"responses": [" a", " b"]}"#, "\"prompt\"", "missing field \"prompt\""),
         (r#"{"prompt": "2+2=", "completion": "4", "label": 1}"#, "\"label\"", "expected true"),
         (r#"{"prompt": "2+2=", "completion": "4"}"#, "\"label\"", "missing field \"label\""),
-        (r#"{"prompt": "2+2=", "completion": "", "label": true}"#, "\"completion\"", "empty completion"),
-        (r#"{"chosen": " a", "rejected": " b", "rejected_prompt": "B"}"#, "\"rejected_prompt\"", "explicit \"prompt\""),
-        (r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "responses": [" a", " b"]}"#, "\"responses\"", "not both"),
+        (
+            r#"{"prompt": "2+2=", "completion": "", "label": true}"#,
+            "\"completion\"",
+            "empty completion",
+        ),
+        (
+            r#"{"chosen": " a", "rejected": " b", "rejected_prompt": "B"}"#,
+            "\"rejected_prompt\"",
+            "explicit \"prompt\"",
+        ),
+        (
+            r#"{"prompt": "Q?", "chosen": " a", "rejected": " b", "responses": [" a", " b"]}"#,
+            "\"responses\"",
+            "not both",
+        ),
     ];
     for (bad, field, what) in cases {
         let text = format!("{good}\n\n{bad}\n{good}\n");
@@ -256,8 +350,12 @@ fn file_errors_carry_the_file_name() {
     let path = dir.join("prefs.jsonl");
     std::fs::write(&path, "{\"prompt\": \"Q?\", \"chosen\": \" a\", \"rejected\": \" b\"}\n{\"prompt\": \"Q?\", \"chosen\": \" a\"}\n").unwrap();
     let err = read_jsonl_file(&path).unwrap_err().to_string();
-    assert!(err.contains("prefs.jsonl") && err.contains("line 2") && err.contains("\"rejected\""), "{err}");
-    std::fs::write(&path, "{\"prompt\": \"Q?\", \"chosen\": \" a\", \"rejected\": \" b\"}\n").unwrap();
+    assert!(
+        err.contains("prefs.jsonl") && err.contains("line 2") && err.contains("\"rejected\""),
+        "{err}"
+    );
+    std::fs::write(&path, "{\"prompt\": \"Q?\", \"chosen\": \" a\", \"rejected\": \" b\"}\n")
+        .unwrap();
     assert_eq!(read_jsonl_file(&path).unwrap().len(), 1);
     let missing = read_jsonl_file(&dir.join("nope.jsonl")).unwrap_err().to_string();
     assert!(missing.contains("nope.jsonl"), "{missing}");
@@ -270,6 +368,8 @@ fn records_serialize_through_serde_as_their_jsonl_object() {
     let json = serde_json::to_string(&records).unwrap();
     let back: Vec<Record> = serde_json::from_str(&json).unwrap();
     assert_eq!(back, records);
-    let bad: Result<Record, _> = serde_json::from_value(json!({"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": 0.1}));
+    let bad: Result<Record, _> = serde_json::from_value(
+        json!({"prompt": "Q?", "chosen": " a", "rejected": " b", "alpha": 0.1}),
+    );
     assert!(bad.unwrap_err().to_string().contains("alpha"));
 }

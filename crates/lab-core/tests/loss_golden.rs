@@ -4,7 +4,9 @@
 //! 1e-9 relative (plus 1e-12 absolute for values near 0): losses, the scalar loss, rewards,
 //! and the gradients of the scalar loss w.r.t. all four log-prob arrays.
 
-use lab_core::loss::{evaluate_trl_losses, mixed_loss, paired_loss, LossKind, LossMix, LossOut, LossParams, PairLogps};
+use lab_core::loss::{
+    evaluate_trl_losses, mixed_loss, paired_loss, LossKind, LossMix, LossOut, LossParams, PairLogps,
+};
 use serde_json::Value;
 
 const TOL_REL: f64 = 1e-9;
@@ -28,7 +30,10 @@ fn assert_close_tol(what: &str, got: &[f64], want: &[f64], tol_rel: f64) -> f64 
     let mut max_diff: f64 = 0.0;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let diff = (g - w).abs();
-        assert!(diff <= tol_rel * w.abs() + TOL_ABS, "{what}[{i}]: ours {g} vs TRL {w} (diff {diff:e})");
+        assert!(
+            diff <= tol_rel * w.abs() + TOL_ABS,
+            "{what}[{i}]: ours {g} vs TRL {w} (diff {diff:e})"
+        );
         max_diff = max_diff.max(diff);
     }
     max_diff
@@ -80,10 +85,26 @@ impl Case {
 
 fn assert_gradients(what: &str, ours: &LossOut, trl: &Value) -> f64 {
     [
-        assert_close(&format!("{what} d_policy_chosen"), &ours.d_policy_chosen, &floats(&trl["d_policy_chosen"])),
-        assert_close(&format!("{what} d_policy_rejected"), &ours.d_policy_rejected, &floats(&trl["d_policy_rejected"])),
-        assert_close(&format!("{what} d_reference_chosen"), &ours.d_reference_chosen, &floats(&trl["d_reference_chosen"])),
-        assert_close(&format!("{what} d_reference_rejected"), &ours.d_reference_rejected, &floats(&trl["d_reference_rejected"])),
+        assert_close(
+            &format!("{what} d_policy_chosen"),
+            &ours.d_policy_chosen,
+            &floats(&trl["d_policy_chosen"]),
+        ),
+        assert_close(
+            &format!("{what} d_policy_rejected"),
+            &ours.d_policy_rejected,
+            &floats(&trl["d_policy_rejected"]),
+        ),
+        assert_close(
+            &format!("{what} d_reference_chosen"),
+            &ours.d_reference_chosen,
+            &floats(&trl["d_reference_chosen"]),
+        ),
+        assert_close(
+            &format!("{what} d_reference_rejected"),
+            &ours.d_reference_rejected,
+            &floats(&trl["d_reference_rejected"]),
+        ),
     ]
     .into_iter()
     .fold(0.0, f64::max)
@@ -107,10 +128,26 @@ fn cli_matches_trl_dpo_trainer_for_all_fifteen_loss_types() {
             let mine = &ours[kind.name()];
             let what = format!("case {c} {kind}");
             let max = [
-                assert_close(&format!("{what} losses"), &floats(&mine["losses"]), &floats(&trl["losses"])),
-                assert_close(&format!("{what} loss"), &[mine["loss"].as_f64().unwrap()], &[trl["loss"].as_f64().unwrap()]),
-                assert_close(&format!("{what} chosen_rewards"), &floats(&mine["chosen_rewards"]), &floats(&trl["chosen_rewards"])),
-                assert_close(&format!("{what} rejected_rewards"), &floats(&mine["rejected_rewards"]), &floats(&trl["rejected_rewards"])),
+                assert_close(
+                    &format!("{what} losses"),
+                    &floats(&mine["losses"]),
+                    &floats(&trl["losses"]),
+                ),
+                assert_close(
+                    &format!("{what} loss"),
+                    &[mine["loss"].as_f64().unwrap()],
+                    &[trl["loss"].as_f64().unwrap()],
+                ),
+                assert_close(
+                    &format!("{what} chosen_rewards"),
+                    &floats(&mine["chosen_rewards"]),
+                    &floats(&trl["chosen_rewards"]),
+                ),
+                assert_close(
+                    &format!("{what} rejected_rewards"),
+                    &floats(&mine["rejected_rewards"]),
+                    &floats(&trl["rejected_rewards"]),
+                ),
             ]
             .into_iter()
             .fold(0.0, f64::max);
@@ -118,7 +155,11 @@ fn cli_matches_trl_dpo_trainer_for_all_fifteen_loss_types() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 15 * 4 - 1, "every loss type of every case, less exo_pair at label_smoothing 0");
+    assert_eq!(
+        checked,
+        15 * 4 - 1,
+        "every loss type of every case, less exo_pair at label_smoothing 0"
+    );
 }
 
 /// Our analytic gradients equal TRL's autograd gradients of the scalar loss.
@@ -146,7 +187,11 @@ fn rpo_mix_matches_trl_multi_loss() {
         let trl = &case["trl"]["sigmoid+0.5*sft"];
         let ours = mixed_loss(&mix, &x.params, &x.view()).unwrap();
         assert_close(&format!("case {c} rpo loss"), &[ours.loss], &[trl["loss"].as_f64().unwrap()]);
-        assert_close(&format!("case {c} rpo chosen_rewards"), &ours.chosen_rewards, &floats(&trl["chosen_rewards"]));
+        assert_close(
+            &format!("case {c} rpo chosen_rewards"),
+            &ours.chosen_rewards,
+            &floats(&trl["chosen_rewards"]),
+        );
         assert_gradients(&format!("case {c} rpo"), &ours, trl);
     }
 }
@@ -164,20 +209,55 @@ fn simpo_cpo_orpo_match_trl_trainers() {
         let trl = &case["trl"];
 
         let simpo = paired_loss(LossKind::Simpo, &x.params, &x.view()).unwrap();
-        assert_close(&format!("case {c} simpo losses"), &simpo.losses, &floats(&trl["cpo_trainer_simpo"]["losses"]));
-        assert_close(&format!("case {c} simpo chosen_rewards"), &simpo.chosen_rewards, &floats(&trl["cpo_trainer_simpo"]["chosen_rewards"]));
-        assert_close(&format!("case {c} simpo rejected_rewards"), &simpo.rejected_rewards, &floats(&trl["cpo_trainer_simpo"]["rejected_rewards"]));
+        assert_close(
+            &format!("case {c} simpo losses"),
+            &simpo.losses,
+            &floats(&trl["cpo_trainer_simpo"]["losses"]),
+        );
+        assert_close(
+            &format!("case {c} simpo chosen_rewards"),
+            &simpo.chosen_rewards,
+            &floats(&trl["cpo_trainer_simpo"]["chosen_rewards"]),
+        );
+        assert_close(
+            &format!("case {c} simpo rejected_rewards"),
+            &simpo.rejected_rewards,
+            &floats(&trl["cpo_trainer_simpo"]["rejected_rewards"]),
+        );
 
         let no_nll = LossParams { cpo_alpha: 0.0, ..x.params };
         let cpo = paired_loss(LossKind::Cpo, &no_nll, &x.view()).unwrap();
-        assert_close(&format!("case {c} cpo losses"), &cpo.losses, &floats(&trl["cpo_trainer_sigmoid"]["losses"]));
-        assert_close(&format!("case {c} cpo chosen_rewards"), &cpo.chosen_rewards, &floats(&trl["cpo_trainer_sigmoid"]["chosen_rewards"]));
+        assert_close(
+            &format!("case {c} cpo losses"),
+            &cpo.losses,
+            &floats(&trl["cpo_trainer_sigmoid"]["losses"]),
+        );
+        assert_close(
+            &format!("case {c} cpo chosen_rewards"),
+            &cpo.chosen_rewards,
+            &floats(&trl["cpo_trainer_sigmoid"]["chosen_rewards"]),
+        );
 
         let orpo = paired_loss(LossKind::Orpo, &x.params, &x.view()).unwrap();
         let nll = paired_loss(LossKind::Sft, &x.params, &x.view()).unwrap().loss;
         let odds_term: Vec<f64> = orpo.losses.iter().map(|l| nll - l).collect();
-        assert_close_tol(&format!("case {c} orpo odds-ratio term"), &odds_term, &floats(&trl["orpo_odds_ratio"]["losses"]), 1e-6);
-        assert_close_tol(&format!("case {c} orpo chosen_rewards"), &orpo.chosen_rewards, &floats(&trl["orpo_odds_ratio"]["chosen_rewards"]), 1e-6);
-        assert_close_tol(&format!("case {c} orpo rejected_rewards"), &orpo.rejected_rewards, &floats(&trl["orpo_odds_ratio"]["rejected_rewards"]), 1e-6);
+        assert_close_tol(
+            &format!("case {c} orpo odds-ratio term"),
+            &odds_term,
+            &floats(&trl["orpo_odds_ratio"]["losses"]),
+            1e-6,
+        );
+        assert_close_tol(
+            &format!("case {c} orpo chosen_rewards"),
+            &orpo.chosen_rewards,
+            &floats(&trl["orpo_odds_ratio"]["chosen_rewards"]),
+            1e-6,
+        );
+        assert_close_tol(
+            &format!("case {c} orpo rejected_rewards"),
+            &orpo.rejected_rewards,
+            &floats(&trl["orpo_odds_ratio"]["rejected_rewards"]),
+            1e-6,
+        );
     }
 }

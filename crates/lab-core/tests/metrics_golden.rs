@@ -50,7 +50,8 @@ fn ranking_accuracy_golden() {
     assert!(close(ranking_accuracy(&[-1.0, -3.0, -5.0], &[-2.0, -3.0, -4.0]), 2.0 / 3.0));
     assert_eq!(ranking_accuracy(&[], &[]), 0.0);
     // R̃: −10/5 = −2 ≥ −6/2 = −3 although −10 < −6; second pair −4/4 = −1 < −2/4 = −0.5
-    let r_norm = ranking_accuracy_normalized(&[-10.0, -4.0], &[-6.0, -2.0], &[5.0, 4.0], &[2.0, 4.0]);
+    let r_norm =
+        ranking_accuracy_normalized(&[-10.0, -4.0], &[-6.0, -2.0], &[5.0, 4.0], &[2.0, 4.0]);
     assert!(close(r_norm, 0.5), "{r_norm}");
     assert_eq!(ranking_accuracy(&[-10.0, -4.0], &[-6.0, -2.0]), 0.0);
 }
@@ -59,13 +60,19 @@ fn ranking_accuracy_golden() {
 fn idealized_ranking_accuracy_golden() {
     // α = 0.5: ln(α/(1−α)) = 0, so R* = mean 1[rw − rl > 0]; an equal reference gives 0.
     assert_eq!(idealized_ranking_accuracy(&[-7.0], &[-7.0], &[0.5], 0.1), 0.0);
-    assert_eq!(idealized_ranking_accuracy(&[-7.0, -6.0, -8.0], &[-7.0, -7.0, -7.0], &[0.5; 3], 0.1), 1.0 / 3.0);
+    assert_eq!(
+        idealized_ranking_accuracy(&[-7.0, -6.0, -8.0], &[-7.0, -7.0, -7.0], &[0.5; 3], 0.1),
+        1.0 / 3.0
+    );
     // α = 1 → 1 − 1e-3: ln(999)/0.1 = 69.068; −50 + 69.07 > 0 → 1, −70 + 69.07 < 0 → 0.
     assert_eq!(idealized_ranking_accuracy(&[-50.0, -70.0], &[0.0, 0.0], &[1.0, 1.0], 0.1), 0.5);
     assert_eq!(idealized_ranking_accuracy(&[-69.0, -69.1], &[0.0, 0.0], &[1.0, 1.0], 0.1), 0.5);
     // β = 1e-3, α = 0.9: (α/(1−α))^{1/β} = 9^1000 overflows f64, the log form does not:
     // ln 9 / 1e-3 = 2197.22; −2000 + 2197 > 0 → 1, −2300 + 2197 < 0 → 0.
-    assert_eq!(idealized_ranking_accuracy(&[-2000.0, -2300.0], &[0.0, 0.0], &[0.9, 0.9], 1e-3), 0.5);
+    assert_eq!(
+        idealized_ranking_accuracy(&[-2000.0, -2300.0], &[0.0, 0.0], &[0.9, 0.9], 1e-3),
+        0.5
+    );
 }
 
 #[test]
@@ -109,9 +116,14 @@ fn flip_threshold_decides_ranking_exactly() {
                 for &rw in &values {
                     for &rl in &values {
                         let ranked = lw >= ll;
-                        let below = dpo(beta, lw, ll, rw, rl) <= flip_threshold(rw, rl, beta) + 1e-12;
-                        let strictly_below = dpo(beta, lw, ll, rw, rl) < flip_threshold(rw, rl, beta) - 1e-12;
-                        assert!(!strictly_below || ranked, "β={beta} lw={lw} ll={ll} rw={rw} rl={rl}");
+                        let below =
+                            dpo(beta, lw, ll, rw, rl) <= flip_threshold(rw, rl, beta) + 1e-12;
+                        let strictly_below =
+                            dpo(beta, lw, ll, rw, rl) < flip_threshold(rw, rl, beta) - 1e-12;
+                        assert!(
+                            !strictly_below || ranked,
+                            "β={beta} lw={lw} ll={ll} rw={rw} rl={rl}"
+                        );
                         assert!(!ranked || below, "β={beta} lw={lw} ll={ll} rw={rw} rl={rl}");
                     }
                 }

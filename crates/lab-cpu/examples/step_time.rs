@@ -15,7 +15,8 @@ fn main() -> lab_core::Result<()> {
     let (rows, len) = (32, 64);
     let mut rng = Rng::new(0);
     let tokens: Vec<u32> = (0..rows * len).map(|_| rng.below(cfg.vocab) as u32).collect();
-    let score_mask: Vec<f32> = (0..rows * len).map(|i| if i % len >= len / 2 { 1.0 } else { 0.0 }).collect();
+    let score_mask: Vec<f32> =
+        (0..rows * len).map(|i| if i % len >= len / 2 { 1.0 } else { 0.0 }).collect();
     let batch = TokenBatch { batch: rows, seq_len: len, tokens, score_mask };
     let mut engine = CpuEngine::random(cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-3, ..Default::default() };

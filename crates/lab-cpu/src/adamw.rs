@@ -9,7 +9,14 @@ use rayon::prelude::*;
 
 /// One in-place AdamW update; `step` counts from 1. Element-wise, so the parallel split
 /// cannot change any result.
-pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], opt: &AdamWConfig, step: u32) {
+pub fn adamw_update(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    opt: &AdamWConfig,
+    step: u32,
+) {
     let bias_correction1 = 1.0 - opt.beta1.powi(step as i32);
     let bias_correction2 = 1.0 - opt.beta2.powi(step as i32);
     let step_size = opt.lr / bias_correction1;

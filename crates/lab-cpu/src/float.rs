@@ -134,7 +134,10 @@ pub fn exp_f32(x: f32) -> f32 {
     let shifted = x * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO; // |r| ≤ ln2 / 2
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
     let er = p * (r * r) + r + 1.0;
     // 2^n from the bits of `shifted` = ROUND + n, whose low mantissa bits hold n + 2²²
     // (integer ops only: a float-to-int `as` cast saturates and blocks vectorisation)
@@ -148,7 +151,12 @@ pub fn exp_f32(x: f32) -> f32 {
 pub fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let small = ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328e-1) * z * x + x;
+    let small =
+        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328e-1)
+            * z
+            * x
+            + x;
     let large = (1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0)).copysign(x);
     if a < 0.625 {
         small
@@ -187,7 +195,8 @@ fn gelu_backward_f32(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
                 let x2 = x * x;
                 let e = exp_f32((-2.0 * GELU_S) * (x + GELU_K * x2 * x));
                 let sig = 1.0 / (1.0 + e);
-                let local = sig + (2.0 * GELU_S) * x * (sig * (e * sig)) * (1.0 + 3.0 * GELU_K * x2);
+                let local =
+                    sig + (2.0 * GELU_S) * x * (sig * (e * sig)) * (1.0 + 3.0 * GELU_K * x2);
                 *dx = local * dy;
             }
         },

@@ -29,7 +29,11 @@ impl CpuEngine {
         cfg.validate()?;
         check_len(&cfg, params.len())?;
         let total = params.len();
-        Ok(CpuEngine { model: Gpt::new(cfg, params), adam_m: vec![0.0; total], adam_v: vec![0.0; total] })
+        Ok(CpuEngine {
+            model: Gpt::new(cfg, params),
+            adam_m: vec![0.0; total],
+            adam_v: vec![0.0; total],
+        })
     }
 
     /// An engine with GPT-2 initialisation ([`init_params`]) from `seed`.
@@ -41,7 +45,10 @@ impl CpuEngine {
     fn run_forward(&mut self, batch: &TokenBatch) -> Result<model::HeadOut<f32>> {
         batch.check(&self.model.cfg)?;
         if batch.batch == 0 || batch.seq_len == 0 {
-            return Err(LabError::shape(format!("empty batch ({}x{})", batch.batch, batch.seq_len)));
+            return Err(LabError::shape(format!(
+                "empty batch ({}x{})",
+                batch.batch, batch.seq_len
+            )));
         }
         Ok(self.model.forward(&batch.tokens, &batch.score_mask, batch.batch, batch.seq_len))
     }
@@ -50,7 +57,9 @@ impl CpuEngine {
 fn check_len(cfg: &GptConfig, len: usize) -> Result<()> {
     let total = cfg.layout().total;
     if len != total {
-        return Err(LabError::shape(format!("{len} parameters given, but the config {cfg:?} needs {total}")));
+        return Err(LabError::shape(format!(
+            "{len} parameters given, but the config {cfg:?} needs {total}"
+        )));
     }
     Ok(())
 }
@@ -79,7 +88,12 @@ impl Engine for CpuEngine {
 
     fn forward(&mut self, batch: &TokenBatch) -> Result<ForwardOut> {
         let head = self.run_forward(batch)?;
-        Ok(ForwardOut { token_logps: head.token_logps, seq_logps: head.seq_logps, topk_entropy: head.topk_entropy, topk_mass: head.topk_mass })
+        Ok(ForwardOut {
+            token_logps: head.token_logps,
+            seq_logps: head.seq_logps,
+            topk_entropy: head.topk_entropy,
+            topk_mass: head.topk_mass,
+        })
     }
 
     /// Runs a full forward, which also becomes the one a following `backward` uses.
@@ -95,9 +109,15 @@ impl Engine for CpuEngine {
     }
 
     fn backward(&mut self, d_seq_logps: &[f32]) -> Result<()> {
-        let rows = self.model.last_batch().ok_or_else(|| LabError::Engine { msg: "backward called before forward".into() })?;
+        let rows = self
+            .model
+            .last_batch()
+            .ok_or_else(|| LabError::Engine { msg: "backward called before forward".into() })?;
         if d_seq_logps.len() != rows {
-            return Err(LabError::shape(format!("{} sequence gradients for a forward of {rows} rows", d_seq_logps.len())));
+            return Err(LabError::shape(format!(
+                "{} sequence gradients for a forward of {rows} rows",
+                d_seq_logps.len()
+            )));
         }
         self.model.backward(d_seq_logps);
         Ok(())
@@ -111,7 +131,14 @@ impl Engine for CpuEngine {
         if step == 0 {
             return Err(LabError::param("step", "AdamW steps count from 1"));
         }
-        adamw::adamw_update(&mut self.model.params, &self.model.grads, &mut self.adam_m, &mut self.adam_v, opt, step);
+        adamw::adamw_update(
+            &mut self.model.params,
+            &self.model.grads,
+            &mut self.adam_m,
+            &mut self.adam_v,
+            opt,
+            step,
+        );
         Ok(())
     }
 }

@@ -89,9 +89,16 @@ fn gemm_init<F: Float>(
 ) {
     #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
     if let Some(simd) = pulp::x86::V4::try_new() {
-        return pulp::Simd::vectorize(simd, #[inline(always)] || gemm_body::<F, 8>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate));
+        return pulp::Simd::vectorize(
+            simd,
+            #[inline(always)]
+            || gemm_body::<F, 8>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate),
+        );
     }
-    vectorized(#[inline(always)] || gemm_body::<F, 4>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate))
+    vectorized(
+        #[inline(always)]
+        || gemm_body::<F, 4>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate),
+    )
 }
 
 /// [`gemm`] without the dispatch, for callers already inside [`vectorized`] code.
@@ -311,10 +318,10 @@ fn gemm_edge<F: Float>(
 
 /// out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :].
 pub fn encoder_forward<F: Float>(
-    out: &mut [F],   // (B, T, C)
-    tokens: &[u32],  // (B, T)
-    wte: &[F],       // (V, C)
-    wpe: &[F],       // (ctx, C)
+    out: &mut [F],  // (B, T, C)
+    tokens: &[u32], // (B, T)
+    wte: &[F],      // (V, C)
+    wpe: &[F],      // (ctx, C)
     t_len: usize,
     c: usize,
 ) {
@@ -331,10 +338,10 @@ pub fn encoder_forward<F: Float>(
 /// dwte[tokens[b, t]] += dout[b, t]; dwpe[t] += dout[b, t]. Serial: tokens repeat, and a
 /// fixed order keeps the scatter-add reproducible (it is O(N·C), negligible).
 pub fn encoder_backward<F: Float>(
-    dwte: &mut [F],  // (V, C)
-    dwpe: &mut [F],  // (ctx, C)
-    dout: &[F],      // (B, T, C)
-    tokens: &[u32],  // (B, T)
+    dwte: &mut [F], // (V, C)
+    dwpe: &mut [F], // (ctx, C)
+    dout: &[F],     // (B, T, C)
+    tokens: &[u32], // (B, T)
     t_len: usize,
     c: usize,
 ) {
@@ -358,33 +365,37 @@ pub fn encoder_backward<F: Float>(
 /// out = (x − mean) · rstd · weight + bias per row; keeps mean and rstd = 1/√(var + ε)
 /// (biased variance) for the backward.
 pub fn layernorm_forward<F: Float>(
-    out: &mut [F],   // (N, C)
-    mean: &mut [F],  // (N)
-    rstd: &mut [F],  // (N)
-    inp: &[F],       // (N, C)
-    weight: &[F],    // (C)
-    bias: &[F],      // (C)
+    out: &mut [F],  // (N, C)
+    mean: &mut [F], // (N)
+    rstd: &mut [F], // (N)
+    inp: &[F],      // (N, C)
+    weight: &[F],   // (C)
+    bias: &[F],     // (C)
     c: usize,
 ) {
     let eps = F::from_f64(LN_EPS);
     let inv_c = F::ONE / F::from_usize(c);
-    out.chunks_mut(c)
-        .zip(inp.chunks(c))
-        .zip(mean.iter_mut().zip(rstd.iter_mut()))
-        .for_each(|((out_n, x), (mean_n, rstd_n))| vectorized(#[inline(always)] || {
-            let m = lane_sum(x) * inv_c;
-            // (x − m)² staged in `out_n`, then summed over fixed lanes
-            for i in 0..c {
-                out_n[i] = (x[i] - m) * (x[i] - m);
-            }
-            let var = lane_sum(out_n);
-            let s = F::ONE / (var * inv_c + eps).sqrt();
-            for i in 0..c {
-                out_n[i] = (x[i] - m) * s * weight[i] + bias[i];
-            }
-            *mean_n = m;
-            *rstd_n = s;
-        }));
+    out.chunks_mut(c).zip(inp.chunks(c)).zip(mean.iter_mut().zip(rstd.iter_mut())).for_each(
+        |((out_n, x), (mean_n, rstd_n))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let m = lane_sum(x) * inv_c;
+                    // (x − m)² staged in `out_n`, then summed over fixed lanes
+                    for i in 0..c {
+                        out_n[i] = (x[i] - m) * (x[i] - m);
+                    }
+                    let var = lane_sum(out_n);
+                    let s = F::ONE / (var * inv_c + eps).sqrt();
+                    for i in 0..c {
+                        out_n[i] = (x[i] - m) * s * weight[i] + bias[i];
+                    }
+                    *mean_n = m;
+                    *rstd_n = s;
+                },
+            )
+        },
+    );
 }
 
 /// dinp += rstd · (dnorm − mean(dnorm) − norm · mean(dnorm · norm)) with
@@ -406,59 +417,83 @@ pub fn layernorm_backward<F: Float>(
 }
 
 /// The input part of [`layernorm_backward`] (row-local): dinp += ….
-pub fn layernorm_backward_dinp<F: Float>(dinp: &mut [F], dout: &[F], inp: &[F], weight: &[F], mean: &[F], rstd: &[F], c: usize) {
+pub fn layernorm_backward_dinp<F: Float>(
+    dinp: &mut [F],
+    dout: &[F],
+    inp: &[F],
+    weight: &[F],
+    mean: &[F],
+    rstd: &[F],
+    c: usize,
+) {
     let inv_c = F::ONE / F::from_usize(c);
     dinp.chunks_mut(c)
         .zip(dout.chunks(c))
         .zip(inp.chunks(c))
         .zip(mean.iter().zip(rstd.iter()))
-        .for_each(|(((dinp_n, dout_n), x), (&m, &s))| vectorized(#[inline(always)] || {
-            // two sums over 8 fixed lanes each (a fixed order, so they vectorise)
-            let (mut l1, mut l2) = ([F::ZERO; 8], [F::ZERO; 8]);
-            let full = c - c % 8;
-            for i0 in (0..full).step_by(8) {
-                for j in 0..8 {
-                    let i = i0 + j;
-                    let norm = (x[i] - m) * s;
-                    let dnorm = weight[i] * dout_n[i];
-                    l1[j] += dnorm;
-                    l2[j] += dnorm * norm;
-                }
-            }
-            let (mut dnorm_mean, mut dnorm_norm_mean) = (F::ZERO, F::ZERO);
-            for i in full..c {
-                let norm = (x[i] - m) * s;
-                let dnorm = weight[i] * dout_n[i];
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * norm;
-            }
-            for j in 0..8 {
-                dnorm_mean += l1[j];
-                dnorm_norm_mean += l2[j];
-            }
-            dnorm_mean *= inv_c;
-            dnorm_norm_mean *= inv_c;
-            for i in 0..c {
-                let norm = (x[i] - m) * s;
-                let dnorm = weight[i] * dout_n[i];
-                dinp_n[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-            }
-        }));
+        .for_each(|(((dinp_n, dout_n), x), (&m, &s))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    // two sums over 8 fixed lanes each (a fixed order, so they vectorise)
+                    let (mut l1, mut l2) = ([F::ZERO; 8], [F::ZERO; 8]);
+                    let full = c - c % 8;
+                    for i0 in (0..full).step_by(8) {
+                        for j in 0..8 {
+                            let i = i0 + j;
+                            let norm = (x[i] - m) * s;
+                            let dnorm = weight[i] * dout_n[i];
+                            l1[j] += dnorm;
+                            l2[j] += dnorm * norm;
+                        }
+                    }
+                    let (mut dnorm_mean, mut dnorm_norm_mean) = (F::ZERO, F::ZERO);
+                    for i in full..c {
+                        let norm = (x[i] - m) * s;
+                        let dnorm = weight[i] * dout_n[i];
+                        dnorm_mean += dnorm;
+                        dnorm_norm_mean += dnorm * norm;
+                    }
+                    for j in 0..8 {
+                        dnorm_mean += l1[j];
+                        dnorm_norm_mean += l2[j];
+                    }
+                    dnorm_mean *= inv_c;
+                    dnorm_norm_mean *= inv_c;
+                    for i in 0..c {
+                        let norm = (x[i] - m) * s;
+                        let dnorm = weight[i] * dout_n[i];
+                        dinp_n[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+                    }
+                },
+            )
+        });
 }
 
 /// The parameter part of [`layernorm_backward`]: each channel sums its rows in order.
-pub fn layernorm_backward_params<F: Float>(dweight: &mut [F], dbias: &mut [F], dout: &[F], inp: &[F], mean: &[F], rstd: &[F], c: usize) {
-    vectorized(#[inline(always)] || {
-        let (dweight, dbias) = (&mut dweight[..c], &mut dbias[..c]);
-        for (n, (dout_n, x)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).enumerate() {
-            let (m, s) = (mean[n], rstd[n]);
-            for j in 0..c {
-                let norm = (x[j] - m) * s;
-                dweight[j] += dout_n[j] * norm;
-                dbias[j] += dout_n[j];
+pub fn layernorm_backward_params<F: Float>(
+    dweight: &mut [F],
+    dbias: &mut [F],
+    dout: &[F],
+    inp: &[F],
+    mean: &[F],
+    rstd: &[F],
+    c: usize,
+) {
+    vectorized(
+        #[inline(always)]
+        || {
+            let (dweight, dbias) = (&mut dweight[..c], &mut dbias[..c]);
+            for (n, (dout_n, x)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).enumerate() {
+                let (m, s) = (mean[n], rstd[n]);
+                for j in 0..c {
+                    let norm = (x[j] - m) * s;
+                    dweight[j] += dout_n[j] * norm;
+                    dbias[j] += dout_n[j];
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 // ------------------------------------------------------------------------------------
@@ -469,11 +504,11 @@ pub fn layernorm_backward_params<F: Float>(dweight: &mut [F], dbias: &mut [F], d
 /// `weight_t` (≥ IC·OC) is scratch for Wᵀ (IC, OC), so the kernel's inner loop runs over
 /// contiguous output channels; the copy costs OC·IC, against N·OC·IC for the product.
 pub fn matmul_forward<F: Float>(
-    out: &mut [F],          // (N, OC)
-    inp: &[F],              // (N, IC)
-    weight: &[F],           // (OC, IC)
-    bias: Option<&[F]>,     // (OC)
-    weight_t: &mut [F],     // scratch, (IC, OC)
+    out: &mut [F],      // (N, OC)
+    inp: &[F],          // (N, IC)
+    weight: &[F],       // (OC, IC)
+    bias: Option<&[F]>, // (OC)
+    weight_t: &mut [F], // scratch, (IC, OC)
     ic: usize,
     oc: usize,
 ) {
@@ -484,18 +519,27 @@ pub fn matmul_forward<F: Float>(
         }
     }
     let weight_t = &*weight_t;
-    out.chunks_mut(ROWS_PER_TASK * oc).zip(inp.chunks(ROWS_PER_TASK * ic)).for_each(|(out_blk, inp_blk)| {
-        let rows = inp_blk.len() / ic;
-        match bias {
-            Some(bias) => out_blk.chunks_mut(oc).for_each(|row| row.copy_from_slice(bias)),
-            None => out_blk.fill(F::ZERO),
-        }
-        gemm(out_blk, oc, inp_blk, ic, 1, weight_t, oc, rows, oc, ic, true);
-    });
+    out.chunks_mut(ROWS_PER_TASK * oc).zip(inp.chunks(ROWS_PER_TASK * ic)).for_each(
+        |(out_blk, inp_blk)| {
+            let rows = inp_blk.len() / ic;
+            match bias {
+                Some(bias) => out_blk.chunks_mut(oc).for_each(|row| row.copy_from_slice(bias)),
+                None => out_blk.fill(F::ZERO),
+            }
+            gemm(out_blk, oc, inp_blk, ic, 1, weight_t, oc, rows, oc, ic, true);
+        },
+    );
 }
 
 /// out = inp · Wᵀ + bias with Wᵀ (IC, OC) given, serial.
-pub fn matmul_forward_t<F: Float>(out: &mut [F], inp: &[F], weight_t: &[F], bias: Option<&[F]>, ic: usize, oc: usize) {
+pub fn matmul_forward_t<F: Float>(
+    out: &mut [F],
+    inp: &[F],
+    weight_t: &[F],
+    bias: Option<&[F]>,
+    ic: usize,
+    oc: usize,
+) {
     let rows = inp.len() / ic;
     let init = match bias {
         Some(bias) => Init::Bias(&bias[..oc]),
@@ -515,19 +559,30 @@ pub fn transpose<F: Float>(weight_t: &mut [F], weight: &[F], ic: usize, oc: usiz
 
 /// dweight[o0.., :] += Σ_n dout[n, o0 + r] · inp[n, :] for the rows of `dweight` (a block of
 /// output channels starting at o0), dbias likewise; each element sums n in order.
-pub fn matmul_backward_params<F: Float>(dweight: &mut [F], dbias: Option<&mut [F]>, o0: usize, dout: &[F], inp: &[F], ic: usize, oc: usize) {
+pub fn matmul_backward_params<F: Float>(
+    dweight: &mut [F],
+    dbias: Option<&mut [F]>,
+    o0: usize,
+    dout: &[F],
+    inp: &[F],
+    ic: usize,
+    oc: usize,
+) {
     let n = inp.len() / ic;
     let outs = dweight.len() / ic;
     gemm(dweight, ic, &dout[o0..], 1, oc, inp, ic, outs, ic, n, true);
     if let Some(db) = dbias {
-        vectorized(#[inline(always)] || {
-            let len = db.len();
-            for dout_n in dout.chunks_exact(oc) {
-                for (d, &x) in db.iter_mut().zip(&dout_n[o0..o0 + len]) {
-                    *d += x;
+        vectorized(
+            #[inline(always)]
+            || {
+                let len = db.len();
+                for dout_n in dout.chunks_exact(oc) {
+                    for (d, &x) in db.iter_mut().zip(&dout_n[o0..o0 + len]) {
+                        *d += x;
+                    }
                 }
-            }
-        });
+            },
+        );
     }
 }
 
@@ -544,10 +599,12 @@ pub fn matmul_backward<F: Float>(
     oc: usize,
 ) {
     let n = inp.len() / ic;
-    dinp.chunks_mut(ROWS_PER_TASK * ic).zip(dout.chunks(ROWS_PER_TASK * oc)).for_each(|(dinp_blk, dout_blk)| {
-        let rows = dout_blk.len() / oc;
-        gemm(dinp_blk, ic, dout_blk, oc, 1, weight, ic, rows, ic, oc, false);
-    });
+    dinp.chunks_mut(ROWS_PER_TASK * ic).zip(dout.chunks(ROWS_PER_TASK * oc)).for_each(
+        |(dinp_blk, dout_blk)| {
+            let rows = dout_blk.len() / oc;
+            gemm(dinp_blk, ic, dout_blk, oc, 1, weight, ic, rows, ic, oc, false);
+        },
+    );
     dweight.chunks_mut(OUT_PER_TASK * ic).enumerate().for_each(|(blk, dw_blk)| {
         let o0 = blk * OUT_PER_TASK;
         let outs = dw_blk.len() / ic;
@@ -557,14 +614,17 @@ pub fn matmul_backward<F: Float>(
     if let Some(dbias) = dbias {
         dbias.chunks_mut(OUT_PER_TASK).enumerate().for_each(|(blk, db)| {
             let o0 = blk * OUT_PER_TASK;
-            vectorized(#[inline(always)] || {
-                let len = db.len();
-                for dout_n in dout.chunks_exact(oc) {
-                    for (d, &x) in db.iter_mut().zip(&dout_n[o0..o0 + len]) {
-                        *d += x;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let len = db.len();
+                    for dout_n in dout.chunks_exact(oc) {
+                        for (d, &x) in db.iter_mut().zip(&dout_n[o0..o0 + len]) {
+                            *d += x;
+                        }
                     }
-                }
-            });
+                },
+            );
         });
     }
 }
@@ -584,7 +644,19 @@ pub fn attention_scratch_len(t_len: usize, hs: usize) -> usize {
 
 /// Split one row's scratch into named head buffers.
 fn head_buffers<F>(scratch: &mut [F], t_len: usize, hs: usize) -> [&mut [F]; 11] {
-    let sizes = [t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * hs, t_len * t_len, t_len * t_len];
+    let sizes = [
+        t_len * hs,
+        t_len * hs,
+        t_len * hs,
+        t_len * hs,
+        t_len * hs,
+        t_len * hs,
+        t_len * hs,
+        t_len * hs,
+        t_len * hs,
+        t_len * t_len,
+        t_len * t_len,
+    ];
     let mut rest = scratch;
     let mut out: [&mut [F]; 11] = Default::default();
     for (slot, size) in out.iter_mut().zip(sizes) {
@@ -614,47 +686,76 @@ pub fn attention_forward<F: Float>(
         .zip(att.chunks_mut(nh * t_len * t_len))
         .zip(qkv.chunks(t_len * 3 * c))
         .zip(scratch.chunks_mut(per_row))
-        .for_each(|(((out_b, att_b), qkv_b), scratch_b)| vectorized(#[inline(always)] || {
-            let [_, k_t, ..] = head_buffers(scratch_b, t_len, hs);
-            for h in 0..nh {
-                // q and v are read in place (row stride 3C); only kᵀ needs a copy
-                for t in 0..t_len {
-                    let k_row = &qkv_b[t * 3 * c + c + h * hs..][..hs];
-                    for d in 0..hs {
-                        k_t[d * t_len + t] = k_row[d];
+        .for_each(|(((out_b, att_b), qkv_b), scratch_b)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let [_, k_t, ..] = head_buffers(scratch_b, t_len, hs);
+                    for h in 0..nh {
+                        // q and v are read in place (row stride 3C); only kᵀ needs a copy
+                        for t in 0..t_len {
+                            let k_row = &qkv_b[t * 3 * c + c + h * hs..][..hs];
+                            for d in 0..hs {
+                                k_t[d * t_len + t] = k_row[d];
+                            }
+                        }
+                        let att_bh = &mut att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
+                        // pre-attention scores q · kᵀ (T, T), in row blocks that stop at the
+                        // block's last column: entries above the diagonal are never computed
+                        for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                            let rows = CAUSAL_BLOCK.min(t_len - r0);
+                            gemm(
+                                &mut att_bh[r0 * t_len..],
+                                t_len,
+                                &qkv_b[r0 * 3 * c + h * hs..],
+                                3 * c,
+                                1,
+                                k_t,
+                                t_len,
+                                rows,
+                                r0 + rows,
+                                hs,
+                                false,
+                            );
+                        }
+                        for t in 0..t_len {
+                            let row = &mut att_bh[t * t_len..(t + 1) * t_len];
+                            let (live, masked) = row.split_at_mut(t + 1);
+                            for x in live.iter_mut() {
+                                *x *= scale;
+                            }
+                            let max = lane_max(live);
+                            for x in live.iter_mut() {
+                                *x = (*x - max).exp();
+                            }
+                            let sum = lane_sum(live);
+                            let inv_sum = F::ONE / sum;
+                            for x in live.iter_mut() {
+                                *x *= inv_sum;
+                            }
+                            masked.fill(F::ZERO);
+                        }
+                        // head output att · v, (T, hs)
+                        for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                            let rows = CAUSAL_BLOCK.min(t_len - r0);
+                            gemm(
+                                &mut out_b[r0 * c + h * hs..],
+                                c,
+                                &att_bh[r0 * t_len..],
+                                t_len,
+                                1,
+                                &qkv_b[2 * c + h * hs..],
+                                3 * c,
+                                rows,
+                                hs,
+                                r0 + rows,
+                                false,
+                            );
+                        }
                     }
-                }
-                let att_bh = &mut att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
-                // pre-attention scores q · kᵀ (T, T), in row blocks that stop at the
-                // block's last column: entries above the diagonal are never computed
-                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
-                    let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut att_bh[r0 * t_len..], t_len, &qkv_b[r0 * 3 * c + h * hs..], 3 * c, 1, k_t, t_len, rows, r0 + rows, hs, false);
-                }
-                for t in 0..t_len {
-                    let row = &mut att_bh[t * t_len..(t + 1) * t_len];
-                    let (live, masked) = row.split_at_mut(t + 1);
-                    for x in live.iter_mut() {
-                        *x *= scale;
-                    }
-                    let max = lane_max(live);
-                    for x in live.iter_mut() {
-                        *x = (*x - max).exp();
-                    }
-                    let sum = lane_sum(live);
-                    let inv_sum = F::ONE / sum;
-                    for x in live.iter_mut() {
-                        *x *= inv_sum;
-                    }
-                    masked.fill(F::ZERO);
-                }
-                // head output att · v, (T, hs)
-                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
-                    let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut out_b[r0 * c + h * hs..], c, &att_bh[r0 * t_len..], t_len, 1, &qkv_b[2 * c + h * hs..], 3 * c, rows, hs, r0 + rows, false);
-                }
-            }
-        }));
+                },
+            )
+        });
 }
 
 /// dqkv (overwritten) from dout through the softmax: for each (b, h)
@@ -677,43 +778,98 @@ pub fn attention_backward<F: Float>(
         .zip(dout.chunks(t_len * c))
         .zip(qkv.chunks(t_len * 3 * c).zip(att.chunks(nh * t_len * t_len)))
         .zip(scratch.chunks_mut(per_row))
-        .for_each(|(((dqkv_b, dout_b), (qkv_b, att_b)), scratch_b)| vectorized(#[inline(always)] || {
-            let [_, _, v_t, _, _, _, _, _, _, datt, dpre] = head_buffers(scratch_b, t_len, hs);
-            for h in 0..nh {
-                // q, k, dy are read in place and dq, dk, dv written in place (row strides
-                // 3C and C); only vᵀ needs a copy
-                let (q, k, dy) = (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &dout_b[h * hs..]);
-                for t in 0..t_len {
-                    let v_row = &qkv_b[t * 3 * c + 2 * c + h * hs..][..hs];
-                    for d in 0..hs {
-                        v_t[d * t_len + t] = v_row[d];
+        .for_each(|(((dqkv_b, dout_b), (qkv_b, att_b)), scratch_b)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let [_, _, v_t, _, _, _, _, _, _, datt, dpre] =
+                        head_buffers(scratch_b, t_len, hs);
+                    for h in 0..nh {
+                        // q, k, dy are read in place and dq, dk, dv written in place (row strides
+                        // 3C and C); only vᵀ needs a copy
+                        let (q, k, dy) =
+                            (&qkv_b[h * hs..], &qkv_b[c + h * hs..], &dout_b[h * hs..]);
+                        for t in 0..t_len {
+                            let v_row = &qkv_b[t * 3 * c + 2 * c + h * hs..][..hs];
+                            for d in 0..hs {
+                                v_t[d * t_len + t] = v_row[d];
+                            }
+                        }
+                        let att_bh = &att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
+                        // Row blocks again skip the zero upper triangle: rows t only reach columns
+                        // ≤ t, and the transposed products dv, dk only sum over t ≥ t2.
+                        for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                            let rows = CAUSAL_BLOCK.min(t_len - r0);
+                            gemm(
+                                &mut datt[r0 * t_len..],
+                                t_len,
+                                &dy[r0 * c..],
+                                c,
+                                1,
+                                v_t,
+                                t_len,
+                                rows,
+                                r0 + rows,
+                                hs,
+                                false,
+                            ); // (T, T)
+                            gemm(
+                                &mut dqkv_b[r0 * 3 * c + 2 * c + h * hs..],
+                                3 * c,
+                                &att_bh[r0 * t_len + r0..],
+                                1,
+                                t_len,
+                                &dy[r0 * c..],
+                                c,
+                                rows,
+                                hs,
+                                t_len - r0,
+                                false,
+                            ); // dv (T, hs)
+                        }
+                        for t in 0..t_len {
+                            let a = &att_bh[t * t_len..t * t_len + t + 1];
+                            let da = &datt[t * t_len..t * t_len + t + 1];
+                            let dot = lane_dot(a, da);
+                            let (dp, masked) = dpre[t * t_len..(t + 1) * t_len].split_at_mut(t + 1);
+                            for t2 in 0..=t {
+                                dp[t2] = a[t2] * (da[t2] - dot) * scale;
+                            }
+                            masked.fill(F::ZERO);
+                        }
+                        for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
+                            let rows = CAUSAL_BLOCK.min(t_len - r0);
+                            gemm(
+                                &mut dqkv_b[r0 * 3 * c + h * hs..],
+                                3 * c,
+                                &dpre[r0 * t_len..],
+                                t_len,
+                                1,
+                                k,
+                                3 * c,
+                                rows,
+                                hs,
+                                r0 + rows,
+                                false,
+                            ); // dq (T, hs)
+                            gemm(
+                                &mut dqkv_b[r0 * 3 * c + c + h * hs..],
+                                3 * c,
+                                &dpre[r0 * t_len + r0..],
+                                1,
+                                t_len,
+                                &q[r0 * 3 * c..],
+                                3 * c,
+                                rows,
+                                hs,
+                                t_len - r0,
+                                false,
+                            ); // dk (T, hs)
+                        }
                     }
-                }
-                let att_bh = &att_b[h * t_len * t_len..(h + 1) * t_len * t_len];
-                // Row blocks again skip the zero upper triangle: rows t only reach columns
-                // ≤ t, and the transposed products dv, dk only sum over t ≥ t2.
-                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
-                    let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut datt[r0 * t_len..], t_len, &dy[r0 * c..], c, 1, v_t, t_len, rows, r0 + rows, hs, false); // (T, T)
-                    gemm(&mut dqkv_b[r0 * 3 * c + 2 * c + h * hs..], 3 * c, &att_bh[r0 * t_len + r0..], 1, t_len, &dy[r0 * c..], c, rows, hs, t_len - r0, false); // dv (T, hs)
-                }
-                for t in 0..t_len {
-                    let a = &att_bh[t * t_len..t * t_len + t + 1];
-                    let da = &datt[t * t_len..t * t_len + t + 1];
-                    let dot = lane_dot(a, da);
-                    let (dp, masked) = dpre[t * t_len..(t + 1) * t_len].split_at_mut(t + 1);
-                    for t2 in 0..=t {
-                        dp[t2] = a[t2] * (da[t2] - dot) * scale;
-                    }
-                    masked.fill(F::ZERO);
-                }
-                for r0 in (0..t_len).step_by(CAUSAL_BLOCK) {
-                    let rows = CAUSAL_BLOCK.min(t_len - r0);
-                    gemm(&mut dqkv_b[r0 * 3 * c + h * hs..], 3 * c, &dpre[r0 * t_len..], t_len, 1, k, 3 * c, rows, hs, r0 + rows, false); // dq (T, hs)
-                    gemm(&mut dqkv_b[r0 * 3 * c + c + h * hs..], 3 * c, &dpre[r0 * t_len + r0..], 1, t_len, &q[r0 * 3 * c..], 3 * c, rows, hs, t_len - r0, false); // dk (T, hs)
-                }
-            }
-        }));
+                },
+            )
+        });
 }
 
 // ------------------------------------------------------------------------------------
@@ -737,29 +893,39 @@ pub fn gelu_backward<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
 pub fn gelu_forward_generic<F: Float>(out: &mut [F], inp: &[F]) {
     let (s, k, half) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5));
     out.chunks_mut(4096).zip(inp.chunks(4096)).for_each(|(out, inp)| {
-        vectorized(#[inline(always)] || {
-            for (y, &x) in out.iter_mut().zip(inp) {
-                let u = s * (x + k * x * x * x);
-                *y = half * x * (F::ONE + u.tanh());
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for (y, &x) in out.iter_mut().zip(inp) {
+                    let u = s * (x + k * x * x * x);
+                    *y = half * x * (F::ONE + u.tanh());
+                }
+            },
+        )
     });
 }
 
 /// `gelu_backward` by the tanh formula as written (the f64 reference path).
 pub fn gelu_backward_generic<F: Float>(dinp: &mut [F], inp: &[F], dout: &[F]) {
-    let (s, k, half, three) = (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5), F::from_f64(3.0));
-    dinp.chunks_mut(4096).zip(inp.chunks(4096).zip(dout.chunks(4096))).for_each(|(dinp, (inp, dout))| {
-        vectorized(#[inline(always)] || {
-            for ((dx, &x), &dy) in dinp.iter_mut().zip(inp).zip(dout) {
-                let u = s * (x + k * x * x * x);
-                let th = u.tanh();
-                let sech2 = F::ONE - th * th;
-                let local = half * (F::ONE + th) + half * x * sech2 * s * (F::ONE + three * k * x * x);
-                *dx = local * dy;
-            }
-        })
-    });
+    let (s, k, half, three) =
+        (F::from_f64(GELU_SCALE), F::from_f64(GELU_CUBIC), F::from_f64(0.5), F::from_f64(3.0));
+    dinp.chunks_mut(4096).zip(inp.chunks(4096).zip(dout.chunks(4096))).for_each(
+        |(dinp, (inp, dout))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((dx, &x), &dy) in dinp.iter_mut().zip(inp).zip(dout) {
+                        let u = s * (x + k * x * x * x);
+                        let th = u.tanh();
+                        let sech2 = F::ONE - th * th;
+                        let local = half * (F::ONE + th)
+                            + half * x * sech2 * s * (F::ONE + three * k * x * x);
+                        *dx = local * dy;
+                    }
+                },
+            )
+        },
+    );
 }
 
 // ------------------------------------------------------------------------------------
@@ -962,10 +1128,10 @@ fn sum_exp<F: Float>(row: &[F], shift: F) -> F {
 /// lse[b, t−1] = log Σ exp(logits[b, t−1, :]), token_logp = logits[b, t−1, tok] − lse.
 /// Parallel over b.
 pub fn logprob_forward<F: Float>(
-    lse: &mut [F],   // (B, T), filled at predicting positions t − 1 of scored t
-    logits: &[F],    // (B, T, V)
-    tokens: &[u32],  // (B, T)
-    mask: &[F],      // (B, T)
+    lse: &mut [F],  // (B, T), filled at predicting positions t − 1 of scored t
+    logits: &[F],   // (B, T, V)
+    tokens: &[u32], // (B, T)
+    mask: &[F],     // (B, T)
     t_len: usize,
     v: usize,
 ) -> HeadOut<F> {
@@ -976,7 +1142,18 @@ pub fn logprob_forward<F: Float>(
         topk_entropy: vec![F::ZERO; b_len],
         topk_mass: vec![F::ZERO; b_len],
     };
-    logprob_forward_into(lse, logits, tokens, mask, t_len, v, &mut out.token_logps, &mut out.seq_logps, &mut out.topk_entropy, &mut out.topk_mass);
+    logprob_forward_into(
+        lse,
+        logits,
+        tokens,
+        mask,
+        t_len,
+        v,
+        &mut out.token_logps,
+        &mut out.seq_logps,
+        &mut out.topk_entropy,
+        &mut out.topk_mass,
+    );
     out
 }
 
@@ -999,32 +1176,37 @@ pub fn logprob_forward_into<F: Float>(
         .zip(token_logps.chunks_mut(t_len))
         .zip(seq_logps.iter_mut().zip(topk_entropy.iter_mut().zip(topk_mass.iter_mut())))
         .enumerate()
-        .for_each(|(b, ((lse_b, logp_b), (seq, (ent, mass))))| vectorized(#[inline(always)] || {
-            lse_b.fill(F::ZERO);
-            (*seq, *ent, *mass) = (F::ZERO, F::ZERO, F::ZERO);
-            let mut scored = 0usize;
-            for t in 1..t_len {
-                let m = mask[b * t_len + t];
-                if m <= F::ZERO {
-                    continue;
-                }
-                let row = &logits[(b * t_len + t - 1) * v..(b * t_len + t) * v];
-                let max = lane_max(row);
-                let l = max + sum_exp(row, max).ln();
-                lse_b[t - 1] = l;
-                let logp = row[tokens[b * t_len + t] as usize] - l;
-                logp_b[t] = logp;
-                *seq += m * logp;
-                let (e, p) = topk_entropy_mass(row, l);
-                *ent += e;
-                *mass += p;
-                scored += 1;
-            }
-            if scored > 0 {
-                *ent = *ent / F::from_usize(scored);
-                *mass = *mass / F::from_usize(scored);
-            }
-        }));
+        .for_each(|(b, ((lse_b, logp_b), (seq, (ent, mass))))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    lse_b.fill(F::ZERO);
+                    (*seq, *ent, *mass) = (F::ZERO, F::ZERO, F::ZERO);
+                    let mut scored = 0usize;
+                    for t in 1..t_len {
+                        let m = mask[b * t_len + t];
+                        if m <= F::ZERO {
+                            continue;
+                        }
+                        let row = &logits[(b * t_len + t - 1) * v..(b * t_len + t) * v];
+                        let max = lane_max(row);
+                        let l = max + sum_exp(row, max).ln();
+                        lse_b[t - 1] = l;
+                        let logp = row[tokens[b * t_len + t] as usize] - l;
+                        logp_b[t] = logp;
+                        *seq += m * logp;
+                        let (e, p) = topk_entropy_mass(row, l);
+                        *ent += e;
+                        *mass += p;
+                        scored += 1;
+                    }
+                    if scored > 0 {
+                        *ent = *ent / F::from_usize(scored);
+                        *mass = *mass / F::from_usize(scored);
+                    }
+                },
+            )
+        });
 }
 
 /// dlogits (overwritten): at the predicting position t − 1 of each scored t,
@@ -1040,23 +1222,28 @@ pub fn logprob_backward<F: Float>(
     t_len: usize,
     v: usize,
 ) {
-    dlogits.chunks_mut(t_len * v).enumerate().for_each(|(b, dlogits_b)| vectorized(#[inline(always)] || {
-        dlogits_b.fill(F::ZERO);
-        for t in 1..t_len {
-            let m = mask[b * t_len + t];
-            if m <= F::ZERO {
-                continue;
-            }
-            let g = d_seq[b] * m;
-            let bt = b * t_len + t - 1;
-            let row = &logits[bt * v..(bt + 1) * v];
-            let drow = &mut dlogits_b[(t - 1) * v..t * v];
-            for i in 0..v {
-                drow[i] = -g * (row[i] - lse[bt]).exp();
-            }
-            drow[tokens[b * t_len + t] as usize] += g;
-        }
-    }));
+    dlogits.chunks_mut(t_len * v).enumerate().for_each(|(b, dlogits_b)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                dlogits_b.fill(F::ZERO);
+                for t in 1..t_len {
+                    let m = mask[b * t_len + t];
+                    if m <= F::ZERO {
+                        continue;
+                    }
+                    let g = d_seq[b] * m;
+                    let bt = b * t_len + t - 1;
+                    let row = &logits[bt * v..(bt + 1) * v];
+                    let drow = &mut dlogits_b[(t - 1) * v..t * v];
+                    for i in 0..v {
+                        drow[i] = -g * (row[i] - lse[bt]).exp();
+                    }
+                    drow[tokens[b * t_len + t] as usize] += g;
+                }
+            },
+        )
+    });
 }
 
 // ------------------------------------------------------------------------------------
@@ -1078,7 +1265,8 @@ fn split_params<'a, F>(buf: &'a [F], cfg: &GptConfig) -> [&'a [F]; 16] {
 fn split_params_mut<'a, F>(buf: &'a mut [F], cfg: &GptConfig) -> [&'a mut [F]; 16] {
     let mut rest = buf;
     let mut out: [&mut [F]; 16] = Default::default();
-    let sizes = cfg.layout().tensors(cfg).into_iter().map(|(_, _, shape)| shape.iter().product::<usize>());
+    let sizes =
+        cfg.layout().tensors(cfg).into_iter().map(|(_, _, shape)| shape.iter().product::<usize>());
     for (slot, size) in out.iter_mut().zip(sizes) {
         let (head, tail) = std::mem::take(&mut rest).split_at_mut(size);
         *slot = head;
@@ -1122,43 +1310,43 @@ fn blocks1<F>(buf: &[F], nb: usize) -> Vec<&[F]> {
 struct Activations<F> {
     b: usize,
     t: usize,
-    tokens: Vec<u32>,       // (B, T)
-    mask: Vec<F>,           // (B, T)
-    encoded: Vec<F>,        // (B, T, C)
-    ln1: Vec<F>,            // (L, B, T, C)
-    ln1_mean: Vec<F>,       // (L, B, T)
-    ln1_rstd: Vec<F>,       // (L, B, T)
-    qkv: Vec<F>,            // (L, B, T, 3C)
-    atty: Vec<F>,           // (L, B, T, C)
-    att: Vec<F>,            // (L, B, NH, T, T)
-    attproj: Vec<F>,        // (L, B, T, C)
-    residual2: Vec<F>,      // (L, B, T, C)
-    ln2: Vec<F>,            // (L, B, T, C)
-    ln2_mean: Vec<F>,       // (L, B, T)
-    ln2_rstd: Vec<F>,       // (L, B, T)
-    fch: Vec<F>,            // (L, B, T, 4C)
-    fch_gelu: Vec<F>,       // (L, B, T, 4C)
-    fcproj: Vec<F>,         // (L, B, T, C)
-    residual3: Vec<F>,      // (L, B, T, C)
-    lnf: Vec<F>,            // (B, T, C)
-    lnf_mean: Vec<F>,       // (B, T)
-    lnf_rstd: Vec<F>,       // (B, T)
-    logits: Vec<F>,         // (B, T, V)
-    lse: Vec<F>,            // (B, T)
+    tokens: Vec<u32>,  // (B, T)
+    mask: Vec<F>,      // (B, T)
+    encoded: Vec<F>,   // (B, T, C)
+    ln1: Vec<F>,       // (L, B, T, C)
+    ln1_mean: Vec<F>,  // (L, B, T)
+    ln1_rstd: Vec<F>,  // (L, B, T)
+    qkv: Vec<F>,       // (L, B, T, 3C)
+    atty: Vec<F>,      // (L, B, T, C)
+    att: Vec<F>,       // (L, B, NH, T, T)
+    attproj: Vec<F>,   // (L, B, T, C)
+    residual2: Vec<F>, // (L, B, T, C)
+    ln2: Vec<F>,       // (L, B, T, C)
+    ln2_mean: Vec<F>,  // (L, B, T)
+    ln2_rstd: Vec<F>,  // (L, B, T)
+    fch: Vec<F>,       // (L, B, T, 4C)
+    fch_gelu: Vec<F>,  // (L, B, T, 4C)
+    fcproj: Vec<F>,    // (L, B, T, C)
+    residual3: Vec<F>, // (L, B, T, C)
+    lnf: Vec<F>,       // (B, T, C)
+    lnf_mean: Vec<F>,  // (B, T)
+    lnf_rstd: Vec<F>,  // (B, T)
+    logits: Vec<F>,    // (B, T, V)
+    lse: Vec<F>,       // (B, T)
     // backward: the output gradients the parameter gradients need, per layer
-    dres3: Vec<F>,          // (L, B, T, C) d(block output)
-    dfch: Vec<F>,           // (L, B, T, 4C)
-    dln2: Vec<F>,           // (L, B, T, C)
-    dres2: Vec<F>,          // (L, B, T, C)
-    dqkv: Vec<F>,           // (L, B, T, 3C)
-    dln1: Vec<F>,           // (L, B, T, C)
-    dlnf: Vec<F>,           // (B, T, C)
-    dres0: Vec<F>,          // (B, T, C) d(encoded)
-    dlogits: Vec<F>,        // (B, T, V)
+    dres3: Vec<F>,   // (L, B, T, C) d(block output)
+    dfch: Vec<F>,    // (L, B, T, 4C)
+    dln2: Vec<F>,    // (L, B, T, C)
+    dres2: Vec<F>,   // (L, B, T, C)
+    dqkv: Vec<F>,    // (L, B, T, 3C)
+    dln1: Vec<F>,    // (L, B, T, C)
+    dlnf: Vec<F>,    // (B, T, C)
+    dres0: Vec<F>,   // (B, T, C) d(encoded)
+    dlogits: Vec<F>, // (B, T, V)
     // backward scratch, per row
-    datty: Vec<F>,          // (B, T, C)
-    dfch_gelu: Vec<F>,      // (B, T, 4C)
-    attn_scratch: Vec<F>,   // (B, attention_scratch_len)
+    datty: Vec<F>,        // (B, T, C)
+    dfch_gelu: Vec<F>,    // (B, T, 4C)
+    attn_scratch: Vec<F>, // (B, attention_scratch_len)
 }
 
 impl<F: Float> Activations<F> {
@@ -1263,14 +1451,56 @@ impl<F: Float> Activations<F> {
         }
         let mut tokens = self.tokens.chunks(self.tokens.len() / nb);
         let mut mask = blocks1(&self.mask, nb).into_iter();
-        let (mut encoded, mut ln1, mut ln1_mean, mut ln1_rstd, mut qkv, mut atty, mut att, mut attproj) =
-            (it1!(encoded), it!(ln1), it!(ln1_mean), it!(ln1_rstd), it!(qkv), it!(atty), it!(att), it!(attproj));
-        let (mut residual2, mut ln2, mut ln2_mean, mut ln2_rstd, mut fch, mut fch_gelu, mut fcproj, mut residual3) =
-            (it!(residual2), it!(ln2), it!(ln2_mean), it!(ln2_rstd), it!(fch), it!(fch_gelu), it!(fcproj), it!(residual3));
-        let (mut lnf, mut lnf_mean, mut lnf_rstd, mut logits, mut lse) = (it1!(lnf), it1!(lnf_mean), it1!(lnf_rstd), it1!(logits), it1!(lse));
-        let (mut dres3, mut dfch, mut dln2, mut dres2, mut dqkv, mut dln1) = (it!(dres3), it!(dfch), it!(dln2), it!(dres2), it!(dqkv), it!(dln1));
-        let (mut dlnf, mut dres0, mut dlogits, mut datty, mut dfch_gelu, mut attn_scratch) =
-            (it1!(dlnf), it1!(dres0), it1!(dlogits), it1!(datty), it1!(dfch_gelu), it1!(attn_scratch));
+        let (
+            mut encoded,
+            mut ln1,
+            mut ln1_mean,
+            mut ln1_rstd,
+            mut qkv,
+            mut atty,
+            mut att,
+            mut attproj,
+        ) = (
+            it1!(encoded),
+            it!(ln1),
+            it!(ln1_mean),
+            it!(ln1_rstd),
+            it!(qkv),
+            it!(atty),
+            it!(att),
+            it!(attproj),
+        );
+        let (
+            mut residual2,
+            mut ln2,
+            mut ln2_mean,
+            mut ln2_rstd,
+            mut fch,
+            mut fch_gelu,
+            mut fcproj,
+            mut residual3,
+        ) = (
+            it!(residual2),
+            it!(ln2),
+            it!(ln2_mean),
+            it!(ln2_rstd),
+            it!(fch),
+            it!(fch_gelu),
+            it!(fcproj),
+            it!(residual3),
+        );
+        let (mut lnf, mut lnf_mean, mut lnf_rstd, mut logits, mut lse) =
+            (it1!(lnf), it1!(lnf_mean), it1!(lnf_rstd), it1!(logits), it1!(lse));
+        let (mut dres3, mut dfch, mut dln2, mut dres2, mut dqkv, mut dln1) =
+            (it!(dres3), it!(dfch), it!(dln2), it!(dres2), it!(dqkv), it!(dln1));
+        let (mut dlnf, mut dres0, mut dlogits, mut datty, mut dfch_gelu, mut attn_scratch) = (
+            it1!(dlnf),
+            it1!(dres0),
+            it1!(dlogits),
+            it1!(datty),
+            it1!(dfch_gelu),
+            it1!(attn_scratch),
+        );
         (0..nb)
             .map(|_| RowBlock {
                 tokens: tokens.next().unwrap(),
@@ -1337,7 +1567,14 @@ impl<F: Float> Gpt<F> {
     /// `params.len()` must equal the layout's total (checked by the engine).
     pub fn new(cfg: GptConfig, params: Vec<F>) -> Self {
         let total = params.len();
-        Gpt { cfg, params, grads: vec![F::ZERO; total], acts: None, forward_done: false, weights_t: Vec::new() }
+        Gpt {
+            cfg,
+            params,
+            grads: vec![F::ZERO; total],
+            acts: None,
+            forward_done: false,
+            weights_t: Vec::new(),
+        }
     }
 
     /// Rows of the last forward, if any.
@@ -1384,13 +1621,20 @@ impl<F: Float> Gpt<F> {
         let acts = self.acts.as_mut().unwrap();
         acts.tokens.copy_from_slice(tokens);
         acts.mask.copy_from_slice(mask);
-        let mut head = HeadOut { token_logps: vec![F::ZERO; b * t], seq_logps: vec![F::ZERO; b], topk_entropy: vec![F::ZERO; b], topk_mass: vec![F::ZERO; b] };
+        let mut head = HeadOut {
+            token_logps: vec![F::ZERO; b * t],
+            seq_logps: vec![F::ZERO; b],
+            topk_entropy: vec![F::ZERO; b],
+            topk_mass: vec![F::ZERO; b],
+        };
         let rows = BATCH_ROWS_PER_TASK;
         let blocks = acts.row_blocks(nl, rows);
         blocks
             .into_par_iter()
             .zip(head.token_logps.par_chunks_mut(rows * t))
-            .zip(head.seq_logps.par_chunks_mut(rows).zip(head.topk_entropy.par_chunks_mut(rows).zip(head.topk_mass.par_chunks_mut(rows))))
+            .zip(head.seq_logps.par_chunks_mut(rows).zip(
+                head.topk_entropy.par_chunks_mut(rows).zip(head.topk_mass.par_chunks_mut(rows)),
+            ))
             .for_each(|((mut blk, token_logps), (seq, (ent, mass)))| {
                 let wt = |l: usize| {
                     let lt = &weights_t[l * per_layer_t..(l + 1) * per_layer_t];
@@ -1404,20 +1648,91 @@ impl<F: Float> Gpt<F> {
                     let (qkvw_t, attprojw_t, fcw_t, fcprojw_t) = wt(l);
                     let (done, _) = blk.residual3.split_at_mut(l);
                     let residual: &[F] = if l == 0 { blk.encoded } else { done[l - 1] };
-                    layernorm_forward(blk.ln1[l], blk.ln1_mean[l], blk.ln1_rstd[l], residual, layer(ln1w, l, nl), layer(ln1b, l, nl), c);
-                    matmul_forward_t(blk.qkv[l], blk.ln1[l], qkvw_t, Some(layer(qkvb, l, nl)), c, 3 * c);
-                    attention_forward(blk.atty[l], blk.att[l], blk.qkv[l], blk.attn_scratch, t, c, nh);
-                    matmul_forward_t(blk.attproj[l], blk.atty[l], attprojw_t, Some(layer(attprojb, l, nl)), c, c);
+                    layernorm_forward(
+                        blk.ln1[l],
+                        blk.ln1_mean[l],
+                        blk.ln1_rstd[l],
+                        residual,
+                        layer(ln1w, l, nl),
+                        layer(ln1b, l, nl),
+                        c,
+                    );
+                    matmul_forward_t(
+                        blk.qkv[l],
+                        blk.ln1[l],
+                        qkvw_t,
+                        Some(layer(qkvb, l, nl)),
+                        c,
+                        3 * c,
+                    );
+                    attention_forward(
+                        blk.atty[l],
+                        blk.att[l],
+                        blk.qkv[l],
+                        blk.attn_scratch,
+                        t,
+                        c,
+                        nh,
+                    );
+                    matmul_forward_t(
+                        blk.attproj[l],
+                        blk.atty[l],
+                        attprojw_t,
+                        Some(layer(attprojb, l, nl)),
+                        c,
+                        c,
+                    );
                     residual_forward(blk.residual2[l], residual, blk.attproj[l]);
-                    layernorm_forward(blk.ln2[l], blk.ln2_mean[l], blk.ln2_rstd[l], blk.residual2[l], layer(ln2w, l, nl), layer(ln2b, l, nl), c);
-                    matmul_forward_t(blk.fch[l], blk.ln2[l], fcw_t, Some(layer(fcb, l, nl)), c, 4 * c);
+                    layernorm_forward(
+                        blk.ln2[l],
+                        blk.ln2_mean[l],
+                        blk.ln2_rstd[l],
+                        blk.residual2[l],
+                        layer(ln2w, l, nl),
+                        layer(ln2b, l, nl),
+                        c,
+                    );
+                    matmul_forward_t(
+                        blk.fch[l],
+                        blk.ln2[l],
+                        fcw_t,
+                        Some(layer(fcb, l, nl)),
+                        c,
+                        4 * c,
+                    );
                     gelu_forward(blk.fch_gelu[l], blk.fch[l]);
-                    matmul_forward_t(blk.fcproj[l], blk.fch_gelu[l], fcprojw_t, Some(layer(fcprojb, l, nl)), 4 * c, c);
+                    matmul_forward_t(
+                        blk.fcproj[l],
+                        blk.fch_gelu[l],
+                        fcprojw_t,
+                        Some(layer(fcprojb, l, nl)),
+                        4 * c,
+                        c,
+                    );
                     residual_forward(blk.residual3[l], blk.residual2[l], blk.fcproj[l]);
                 }
-                layernorm_forward(blk.lnf, blk.lnf_mean, blk.lnf_rstd, blk.residual3[nl - 1], lnfw, lnfb, c);
+                layernorm_forward(
+                    blk.lnf,
+                    blk.lnf_mean,
+                    blk.lnf_rstd,
+                    blk.residual3[nl - 1],
+                    lnfw,
+                    lnfb,
+                    c,
+                );
                 matmul_forward_t(blk.logits, blk.lnf, &weights_t[nl * per_layer_t..], None, c, v); // tied head
-                logprob_forward_into(blk.lse, blk.logits, blk.tokens, blk.mask, t, v, token_logps, seq, ent, mass);
+                logprob_forward_into(
+                    blk.lse,
+                    blk.logits,
+                    blk.tokens,
+                    blk.mask,
+                    t,
+                    v,
+                    token_logps,
+                    seq,
+                    ent,
+                    mass,
+                );
                 let _ = &mut blk;
             });
         self.forward_done = true;
@@ -1443,36 +1758,131 @@ impl<F: Float> Gpt<F> {
     pub fn backward(&mut self, d_seq: &[F]) {
         let cfg = self.cfg;
         let (c, nl, nh, v) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab);
-        let acts = self.acts.as_mut().filter(|_| self.forward_done).expect("backward needs a forward");
+        let acts =
+            self.acts.as_mut().filter(|_| self.forward_done).expect("backward needs a forward");
         let t = acts.t;
-        let [wte, _, ln1w, _, qkvw, _, attprojw, _, ln2w, _, fcw, _, fcprojw, _, lnfw, _] = split_params(&self.params, &cfg);
+        let [wte, _, ln1w, _, qkvw, _, attprojw, _, ln2w, _, fcw, _, fcprojw, _, lnfw, _] =
+            split_params(&self.params, &cfg);
         let rows = BATCH_ROWS_PER_TASK;
-        acts.row_blocks(nl, rows).into_par_iter().zip(d_seq.par_chunks(rows)).for_each(|(mut blk, d_seq)| {
-            let n = rows * t;
-            logprob_backward(blk.dlogits, blk.logits, blk.lse, blk.tokens, blk.mask, d_seq, t, v); // (B, T, V)
-            gemm(blk.dlnf, c, blk.dlogits, v, 1, wte, c, n, c, v, false); // dlnf = dlogits · wte
-            let dres = &mut blk.dres3[nl - 1];
-            dres.fill(F::ZERO);
-            layernorm_backward_dinp(dres, blk.dlnf, blk.residual3[nl - 1], lnfw, blk.lnf_mean, blk.lnf_rstd, c);
-            for l in (0..nl).rev() {
-                // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-                gemm(blk.dfch_gelu, 4 * c, blk.dres3[l], c, 1, layer(fcprojw, l, nl), 4 * c, n, 4 * c, c, false);
-                gelu_backward(blk.dfch[l], blk.fch[l], blk.dfch_gelu);
-                gemm(blk.dln2[l], c, blk.dfch[l], 4 * c, 1, layer(fcw, l, nl), c, n, c, 4 * c, false);
-                blk.dres2[l].copy_from_slice(blk.dres3[l]);
-                layernorm_backward_dinp(blk.dres2[l], blk.dln2[l], blk.residual2[l], layer(ln2w, l, nl), blk.ln2_mean[l], blk.ln2_rstd[l], c);
-                // attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-                gemm(blk.datty, c, blk.dres2[l], c, 1, layer(attprojw, l, nl), c, n, c, c, false);
-                attention_backward(blk.dqkv[l], blk.datty, blk.qkv[l], blk.att[l], blk.attn_scratch, t, c, nh);
-                gemm(blk.dln1[l], c, blk.dqkv[l], 3 * c, 1, layer(qkvw, l, nl), c, n, c, 3 * c, false);
-                let (below, this) = blk.dres3.split_at_mut(l);
-                let dres_in: &mut [F] = if l == 0 { &mut *blk.dres0 } else { &mut *below[l - 1] };
-                dres_in.copy_from_slice(blk.dres2[l]);
-                let residual: &[F] = if l == 0 { blk.encoded } else { blk.residual3[l - 1] };
-                layernorm_backward_dinp(dres_in, blk.dln1[l], residual, layer(ln1w, l, nl), blk.ln1_mean[l], blk.ln1_rstd[l], c);
-                let _ = this;
-            }
-        });
+        acts.row_blocks(nl, rows).into_par_iter().zip(d_seq.par_chunks(rows)).for_each(
+            |(mut blk, d_seq)| {
+                let n = rows * t;
+                logprob_backward(
+                    blk.dlogits,
+                    blk.logits,
+                    blk.lse,
+                    blk.tokens,
+                    blk.mask,
+                    d_seq,
+                    t,
+                    v,
+                ); // (B, T, V)
+                gemm(blk.dlnf, c, blk.dlogits, v, 1, wte, c, n, c, v, false); // dlnf = dlogits · wte
+                let dres = &mut blk.dres3[nl - 1];
+                dres.fill(F::ZERO);
+                layernorm_backward_dinp(
+                    dres,
+                    blk.dlnf,
+                    blk.residual3[nl - 1],
+                    lnfw,
+                    blk.lnf_mean,
+                    blk.lnf_rstd,
+                    c,
+                );
+                for l in (0..nl).rev() {
+                    // MLP branch: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+                    gemm(
+                        blk.dfch_gelu,
+                        4 * c,
+                        blk.dres3[l],
+                        c,
+                        1,
+                        layer(fcprojw, l, nl),
+                        4 * c,
+                        n,
+                        4 * c,
+                        c,
+                        false,
+                    );
+                    gelu_backward(blk.dfch[l], blk.fch[l], blk.dfch_gelu);
+                    gemm(
+                        blk.dln2[l],
+                        c,
+                        blk.dfch[l],
+                        4 * c,
+                        1,
+                        layer(fcw, l, nl),
+                        c,
+                        n,
+                        c,
+                        4 * c,
+                        false,
+                    );
+                    blk.dres2[l].copy_from_slice(blk.dres3[l]);
+                    layernorm_backward_dinp(
+                        blk.dres2[l],
+                        blk.dln2[l],
+                        blk.residual2[l],
+                        layer(ln2w, l, nl),
+                        blk.ln2_mean[l],
+                        blk.ln2_rstd[l],
+                        c,
+                    );
+                    // attention branch: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+                    gemm(
+                        blk.datty,
+                        c,
+                        blk.dres2[l],
+                        c,
+                        1,
+                        layer(attprojw, l, nl),
+                        c,
+                        n,
+                        c,
+                        c,
+                        false,
+                    );
+                    attention_backward(
+                        blk.dqkv[l],
+                        blk.datty,
+                        blk.qkv[l],
+                        blk.att[l],
+                        blk.attn_scratch,
+                        t,
+                        c,
+                        nh,
+                    );
+                    gemm(
+                        blk.dln1[l],
+                        c,
+                        blk.dqkv[l],
+                        3 * c,
+                        1,
+                        layer(qkvw, l, nl),
+                        c,
+                        n,
+                        c,
+                        3 * c,
+                        false,
+                    );
+                    let (below, this) = blk.dres3.split_at_mut(l);
+                    let dres_in: &mut [F] =
+                        if l == 0 { &mut *blk.dres0 } else { &mut *below[l - 1] };
+                    dres_in.copy_from_slice(blk.dres2[l]);
+                    let residual: &[F] = if l == 0 { blk.encoded } else { blk.residual3[l - 1] };
+                    layernorm_backward_dinp(
+                        dres_in,
+                        blk.dln1[l],
+                        residual,
+                        layer(ln1w, l, nl),
+                        blk.ln1_mean[l],
+                        blk.ln1_rstd[l],
+                        c,
+                    );
+                    let _ = this;
+                }
+            },
+        );
 
         // parameter gradients
         self.grads.fill(F::ZERO);
@@ -1480,14 +1890,44 @@ impl<F: Float> Gpt<F> {
         let [dwte, dwpe, dln1w, dln1b, dqkvw, dqkvb, dattprojw, dattprojb, dln2w, dln2b, dfcw, dfcb, dfcprojw, dfcprojb, dlnfw, dlnfb] =
             split_params_mut(&mut self.grads, &cfg);
         enum Job<'a, F> {
-            Mat { dw: &'a mut [F], db: Option<&'a mut [F]>, o0: usize, dout: &'a [F], inp: &'a [F], ic: usize, oc: usize },
-            Ln { dw: &'a mut [F], db: &'a mut [F], dout: &'a [F], inp: &'a [F], mean: &'a [F], rstd: &'a [F] },
-            Wte { dw: &'a mut [F], o0: usize },
-            Wpe { dw: &'a mut [F] },
+            Mat {
+                dw: &'a mut [F],
+                db: Option<&'a mut [F]>,
+                o0: usize,
+                dout: &'a [F],
+                inp: &'a [F],
+                ic: usize,
+                oc: usize,
+            },
+            Ln {
+                dw: &'a mut [F],
+                db: &'a mut [F],
+                dout: &'a [F],
+                inp: &'a [F],
+                mean: &'a [F],
+                rstd: &'a [F],
+            },
+            Wte {
+                dw: &'a mut [F],
+                o0: usize,
+            },
+            Wpe {
+                dw: &'a mut [F],
+            },
         }
         let mut jobs: Vec<Job<F>> = Vec::new();
-        fn mat_jobs<'a, F>(jobs: &mut Vec<Job<'a, F>>, dw: &'a mut [F], db: &'a mut [F], dout: &'a [F], inp: &'a [F], ic: usize, oc: usize) {
-            for (j, (dw, db)) in dw.chunks_mut(OUT_PER_TASK * ic).zip(db.chunks_mut(OUT_PER_TASK)).enumerate() {
+        fn mat_jobs<'a, F>(
+            jobs: &mut Vec<Job<'a, F>>,
+            dw: &'a mut [F],
+            db: &'a mut [F],
+            dout: &'a [F],
+            inp: &'a [F],
+            ic: usize,
+            oc: usize,
+        ) {
+            for (j, (dw, db)) in
+                dw.chunks_mut(OUT_PER_TASK * ic).zip(db.chunks_mut(OUT_PER_TASK)).enumerate()
+            {
                 jobs.push(Job::Mat { dw, db: Some(db), o0: j * OUT_PER_TASK, dout, inp, ic, oc });
             }
         }
@@ -1495,25 +1935,97 @@ impl<F: Float> Gpt<F> {
             let n = x.len() / nl;
             x.chunks_mut(n).collect::<Vec<_>>().into_iter()
         }
-        let (mut dln1w, mut dln1b, mut dqkvw, mut dqkvb, mut dattprojw, mut dattprojb) = (per(dln1w, nl), per(dln1b, nl), per(dqkvw, nl), per(dqkvb, nl), per(dattprojw, nl), per(dattprojb, nl));
-        let (mut dln2w, mut dln2b, mut dfcw, mut dfcb, mut dfcprojw, mut dfcprojb) = (per(dln2w, nl), per(dln2b, nl), per(dfcw, nl), per(dfcb, nl), per(dfcprojw, nl), per(dfcprojb, nl));
+        let (mut dln1w, mut dln1b, mut dqkvw, mut dqkvb, mut dattprojw, mut dattprojb) = (
+            per(dln1w, nl),
+            per(dln1b, nl),
+            per(dqkvw, nl),
+            per(dqkvb, nl),
+            per(dattprojw, nl),
+            per(dattprojb, nl),
+        );
+        let (mut dln2w, mut dln2b, mut dfcw, mut dfcb, mut dfcprojw, mut dfcprojb) = (
+            per(dln2w, nl),
+            per(dln2b, nl),
+            per(dfcw, nl),
+            per(dfcb, nl),
+            per(dfcprojw, nl),
+            per(dfcprojb, nl),
+        );
         for (j, dw) in dwte.chunks_mut(OUT_PER_TASK * c).enumerate() {
             jobs.push(Job::Wte { dw, o0: j * OUT_PER_TASK });
         }
         jobs.push(Job::Wpe { dw: dwpe });
-        jobs.push(Job::Ln { dw: dlnfw, db: dlnfb, dout: &acts.dlnf, inp: layer(&acts.residual3, nl - 1, nl), mean: &acts.lnf_mean, rstd: &acts.lnf_rstd });
+        jobs.push(Job::Ln {
+            dw: dlnfw,
+            db: dlnfb,
+            dout: &acts.dlnf,
+            inp: layer(&acts.residual3, nl - 1, nl),
+            mean: &acts.lnf_mean,
+            rstd: &acts.lnf_rstd,
+        });
         for l in 0..nl {
-            mat_jobs(&mut jobs, dfcprojw.next().unwrap(), dfcprojb.next().unwrap(), layer(&acts.dres3, l, nl), layer(&acts.fch_gelu, l, nl), 4 * c, c);
-            mat_jobs(&mut jobs, dfcw.next().unwrap(), dfcb.next().unwrap(), layer(&acts.dfch, l, nl), layer(&acts.ln2, l, nl), c, 4 * c);
-            jobs.push(Job::Ln { dw: dln2w.next().unwrap(), db: dln2b.next().unwrap(), dout: layer(&acts.dln2, l, nl), inp: layer(&acts.residual2, l, nl), mean: layer(&acts.ln2_mean, l, nl), rstd: layer(&acts.ln2_rstd, l, nl) });
-            mat_jobs(&mut jobs, dattprojw.next().unwrap(), dattprojb.next().unwrap(), layer(&acts.dres2, l, nl), layer(&acts.atty, l, nl), c, c);
-            mat_jobs(&mut jobs, dqkvw.next().unwrap(), dqkvb.next().unwrap(), layer(&acts.dqkv, l, nl), layer(&acts.ln1, l, nl), c, 3 * c);
-            let residual = if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) };
-            jobs.push(Job::Ln { dw: dln1w.next().unwrap(), db: dln1b.next().unwrap(), dout: layer(&acts.dln1, l, nl), inp: residual, mean: layer(&acts.ln1_mean, l, nl), rstd: layer(&acts.ln1_rstd, l, nl) });
+            mat_jobs(
+                &mut jobs,
+                dfcprojw.next().unwrap(),
+                dfcprojb.next().unwrap(),
+                layer(&acts.dres3, l, nl),
+                layer(&acts.fch_gelu, l, nl),
+                4 * c,
+                c,
+            );
+            mat_jobs(
+                &mut jobs,
+                dfcw.next().unwrap(),
+                dfcb.next().unwrap(),
+                layer(&acts.dfch, l, nl),
+                layer(&acts.ln2, l, nl),
+                c,
+                4 * c,
+            );
+            jobs.push(Job::Ln {
+                dw: dln2w.next().unwrap(),
+                db: dln2b.next().unwrap(),
+                dout: layer(&acts.dln2, l, nl),
+                inp: layer(&acts.residual2, l, nl),
+                mean: layer(&acts.ln2_mean, l, nl),
+                rstd: layer(&acts.ln2_rstd, l, nl),
+            });
+            mat_jobs(
+                &mut jobs,
+                dattprojw.next().unwrap(),
+                dattprojb.next().unwrap(),
+                layer(&acts.dres2, l, nl),
+                layer(&acts.atty, l, nl),
+                c,
+                c,
+            );
+            mat_jobs(
+                &mut jobs,
+                dqkvw.next().unwrap(),
+                dqkvb.next().unwrap(),
+                layer(&acts.dqkv, l, nl),
+                layer(&acts.ln1, l, nl),
+                c,
+                3 * c,
+            );
+            let residual =
+                if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) };
+            jobs.push(Job::Ln {
+                dw: dln1w.next().unwrap(),
+                db: dln1b.next().unwrap(),
+                dout: layer(&acts.dln1, l, nl),
+                inp: residual,
+                mean: layer(&acts.ln1_mean, l, nl),
+                rstd: layer(&acts.ln1_rstd, l, nl),
+            });
         }
         jobs.into_par_iter().for_each(|job| match job {
-            Job::Mat { dw, db, o0, dout, inp, ic, oc } => matmul_backward_params(dw, db, o0, dout, inp, ic, oc),
-            Job::Ln { dw, db, dout, inp, mean, rstd } => layernorm_backward_params(dw, db, dout, inp, mean, rstd, c),
+            Job::Mat { dw, db, o0, dout, inp, ic, oc } => {
+                matmul_backward_params(dw, db, o0, dout, inp, ic, oc)
+            }
+            Job::Ln { dw, db, dout, inp, mean, rstd } => {
+                layernorm_backward_params(dw, db, dout, inp, mean, rstd, c)
+            }
             Job::Wte { dw, o0 } => {
                 // the tied head's gradient, then the encoder's rows, in token order
                 matmul_backward_params(dw, None, o0, &acts.dlogits, &acts.lnf, c, v);
@@ -1557,14 +2069,22 @@ mod tests {
                 let row: Vec<f32> = (0..len)
                     .map(|_| {
                         let x = randn(&mut rng, 1, 2.0)[0] as f32;
-                        if trial % 2 == 0 { (x * 2.0).round() } else { x }
+                        if trial % 2 == 0 {
+                            (x * 2.0).round()
+                        } else {
+                            x
+                        }
                     })
                     .collect();
                 let mut sorted = row.clone();
                 sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
                 let want = entropy_mass(&sorted[..TOPK], 3.0f32);
                 let got = topk_entropy_mass(&row, 3.0f32);
-                assert_eq!((want.0.to_bits(), want.1.to_bits()), (got.0.to_bits(), got.1.to_bits()), "len {len} trial {trial}");
+                assert_eq!(
+                    (want.0.to_bits(), want.1.to_bits()),
+                    (got.0.to_bits(), got.1.to_bits()),
+                    "len {len} trial {trial}"
+                );
             }
         }
     }
@@ -1596,7 +2116,11 @@ mod tests {
             x[i] = x0;
             let numeric = (up - down) / (2.0 * H);
             let err = (analytic[i] - numeric).abs();
-            assert!(err <= ABS + REL * numeric.abs(), "{name}[{i}]: analytic {} numeric {numeric} (err {err:e})", analytic[i]);
+            assert!(
+                err <= ABS + REL * numeric.abs(),
+                "{name}[{i}]: analytic {} numeric {numeric} (err {err:e})",
+                analytic[i]
+            );
             worst = worst.max(err);
         }
         eprintln!("{name}: max abs diff {worst:e} over {} entries", x.len());
@@ -1612,7 +2136,8 @@ mod tests {
             let mut c = c0.clone();
             gemm(&mut c, cols, &a, depth, 1, &b, cols, rows, cols, depth, true);
             // the same through a transposed view of a
-            let a_t: Vec<f64> = (0..depth * rows).map(|i| a[(i % rows) * depth + i / rows]).collect();
+            let a_t: Vec<f64> =
+                (0..depth * rows).map(|i| a[(i % rows) * depth + i / rows]).collect();
             let mut c_t = vec![0.0; rows * cols];
             gemm(&mut c_t, cols, &a_t, 1, rows, &b, cols, rows, cols, depth, false);
             for r in 0..rows {

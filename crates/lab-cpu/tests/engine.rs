@@ -60,7 +60,12 @@ fn whole_model_gradient_matches_finite_differences_in_f64() {
             model.params[i] = p0;
             let numeric = (up - down) / (2.0 * h);
             let err = (grads[i] - numeric).abs();
-            assert!(err <= 1e-7 + 1e-6 * numeric.abs(), "{name}[{}]: analytic {} numeric {numeric}", i - offset, grads[i]);
+            assert!(
+                err <= 1e-7 + 1e-6 * numeric.abs(),
+                "{name}[{}]: analytic {} numeric {numeric}",
+                i - offset,
+                grads[i]
+            );
             worst = worst.max(err);
         }
         eprintln!("{name:9} max abs diff {worst:e}");
@@ -88,7 +93,10 @@ fn f32_engine_matches_f64_model_within_1e_4_of_each_tensors_scale() {
         let len: usize = shape.iter().product();
         let g64 = &model.grads[offset..offset + len];
         let scale = g64.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-        let diff = grads32[offset..offset + len].iter().zip(g64).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+        let diff = grads32[offset..offset + len]
+            .iter()
+            .zip(g64)
+            .fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
         assert!(diff <= 1e-4 * scale.max(1e-6), "{name}: max abs diff {diff:e} vs scale {scale:e}");
     }
 }
@@ -136,7 +144,11 @@ fn token_logps_agree_with_log_softmax_of_logits_and_shapes_hold() {
         let row = &logits[(bt - 1) * v..bt * v];
         let lse = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
         let want = row[batch.tokens[bt] as usize] as f64 - lse;
-        assert!((out.token_logps[bt] as f64 - want).abs() < 1e-5, "{bt}: {} vs {want}", out.token_logps[bt]);
+        assert!(
+            (out.token_logps[bt] as f64 - want).abs() < 1e-5,
+            "{bt}: {} vs {want}",
+            out.token_logps[bt]
+        );
     }
     // top-k instruments are in range: mass in (0, 1], entropy in [0, log2(10)]
     for row in 0..b {
@@ -181,7 +193,12 @@ fn adamw_matches_a_hand_computed_two_step_update() {
     adamw_update(&mut params, &g1.map(|g| g as f32), &mut m32, &mut v32, &opt, 1);
     adamw_update(&mut params, &g2.map(|g| g as f32), &mut m32, &mut v32, &opt, 2);
     for i in 0..3 {
-        assert!((params[i] as f64 - want[i]).abs() < 1e-6, "param {i}: {} vs {}", params[i], want[i]);
+        assert!(
+            (params[i] as f64 - want[i]).abs() < 1e-6,
+            "param {i}: {} vs {}",
+            params[i],
+            want[i]
+        );
     }
 }
 
@@ -192,7 +209,9 @@ fn training_steps_are_bit_identical_across_runs_and_thread_counts() {
         pool.install(|| {
             let cfg = GptConfig { vocab: 96, ctx: 64, d_model: 32, n_layer: 2, n_head: 4 };
             let mut rng = Rng::new(51);
-            let rows: Vec<(Vec<u32>, usize)> = (0..6).map(|r| ((0..20 + 7 * r).map(|_| rng.below(96) as u32).collect(), 3 + r)).collect();
+            let rows: Vec<(Vec<u32>, usize)> = (0..6)
+                .map(|r| ((0..20 + 7 * r).map(|_| rng.below(96) as u32).collect(), 3 + r))
+                .collect();
             let batch = TokenBatch::from_rows(&rows).unwrap();
             let mut engine = CpuEngine::random(cfg, 52).unwrap();
             let opt = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() };

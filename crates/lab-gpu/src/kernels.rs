@@ -108,7 +108,10 @@ impl ShaderChecks {
         match name {
             "on" => Ok(ShaderChecks::Full),
             "off" => Ok(ShaderChecks::Trusted),
-            other => Err(lab_core::error::LabError::param("shader-checks", format!("{other:?} (expected \"on\" or \"off\")"))),
+            other => Err(lab_core::error::LabError::param(
+                "shader-checks",
+                format!("{other:?} (expected \"on\" or \"off\")"),
+            )),
         }
     }
 }
@@ -127,7 +130,10 @@ impl Pipelines {
         let mut modules = Vec::new();
         for (file, source) in SHADERS {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let desc = wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(source.into()) };
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(file),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            };
             let module = match checks {
                 ShaderChecks::Full => device.create_shader_module(desc),
                 // SAFETY: every loop of these kernels has a bound fixed by its uniforms (no
@@ -135,7 +141,10 @@ impl Pipelines {
                 // against the uniforms the plan sized the buffers from (the parity tests run
                 // both ways), and workgroup arrays are indexed within their declared sizes;
                 // every integer divisor is a constant or a uniform that is at least 1.
-                ShaderChecks::Trusted => unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) },
+                ShaderChecks::Trusted => unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                },
             };
             check_scope(scope, file)?;
             modules.push((file, module));
@@ -143,7 +152,11 @@ impl Pipelines {
         let mut pipelines = Vec::new();
         for kernel in Kernel::ALL {
             let (file, entry) = kernel.entry();
-            let module = &modules.iter().find(|(f, _)| *f == file).expect("every kernel's file is in SHADERS").1;
+            let module = &modules
+                .iter()
+                .find(|(f, _)| *f == file)
+                .expect("every kernel's file is in SHADERS")
+                .1;
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),

@@ -32,9 +32,11 @@ pub mod timing;
 pub use kernels::ShaderChecks;
 use kernels::{Kernel, Pipelines};
 use lab_core::config::GptConfig;
-use lab_core::engine::{not_finite, AdamWConfig, Engine, EngineFuture, ForwardOut, Rows, StepLoss, TokenBatch};
-use lab_core::loss::LossKind;
+use lab_core::engine::{
+    not_finite, AdamWConfig, Engine, EngineFuture, ForwardOut, Rows, StepLoss, TokenBatch,
+};
 use lab_core::error::{LabError, Result};
+use lab_core::loss::LossKind;
 pub use plan::GemmTiles;
 use plan::{record_pass, Dispatch, Grid, LossBuffers, Plan};
 use setup::{check_buffer_size, submit_and_read, submit_and_read_async, Faults};
@@ -79,7 +81,16 @@ fn loss_code(kind: LossKind) -> u32 {
 /// Whether loss.wgsl needs its `gradient_batch` entry point for `kind` (a loss that reads
 /// the whole batch: a sort, a token count, a reference point, a ranked list).
 fn reads_batch(kind: LossKind) -> bool {
-    matches!(kind, LossKind::Aot | LossKind::AotUnpaired | LossKind::Sft | LossKind::Cpo | LossKind::Orpo | LossKind::Kto | LossKind::PlackettLuce)
+    matches!(
+        kind,
+        LossKind::Aot
+            | LossKind::AotUnpaired
+            | LossKind::Sft
+            | LossKind::Cpo
+            | LossKind::Orpo
+            | LossKind::Kto
+            | LossKind::PlackettLuce
+    )
 }
 
 /// Whether loss.wgsl evaluates `loss` (else the step runs in parts, the loss on the CPU).
@@ -183,44 +194,95 @@ pub struct SyncCounts {
 
 impl std::fmt::Debug for GpuEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuEngine").field("adapter", &self.adapter).field("cfg", &self.cfg).field("plans", &self.plans.len()).finish()
+        f.debug_struct("GpuEngine")
+            .field("adapter", &self.adapter)
+            .field("cfg", &self.cfg)
+            .field("plans", &self.plans.len())
+            .finish()
     }
 }
 
 impl GpuEngine {
     /// An engine on a device the caller opened (tests, or an app sharing its device), with
     /// `params` in the llm.c layout. Compiles every kernel.
-    pub fn new(device: wgpu::Device, queue: wgpu::Queue, cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
+    pub fn new(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        cfg: GptConfig,
+        params: Vec<f32>,
+    ) -> Result<GpuEngine> {
         GpuEngine::with_checks(device, queue, cfg, params, ShaderChecks::Full)
     }
 
     /// [`GpuEngine::new`] with the kernels compiled under `checks`.
-    pub fn with_checks(device: wgpu::Device, queue: wgpu::Queue, cfg: GptConfig, params: Vec<f32>, checks: ShaderChecks) -> Result<GpuEngine> {
+    pub fn with_checks(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        cfg: GptConfig,
+        params: Vec<f32>,
+        checks: ShaderChecks,
+    ) -> Result<GpuEngine> {
         cfg.validate()?;
         let total = cfg.layout().total;
         if params.len() != total {
-            return Err(LabError::shape(format!("{} parameters given, but the config {cfg:?} needs {total}", params.len())));
+            return Err(LabError::shape(format!(
+                "{} parameters given, but the config {cfg:?} needs {total}",
+                params.len()
+            )));
         }
         let limits = device.limits();
         setup::check_limits(&limits, "this device")?;
         check_buffer_size(&limits, &format!("the {total} parameters"), (total * 4) as u64)?;
         let faults = Faults::install(&device);
         let pipelines = Pipelines::new(&device, checks)?;
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
         // sized to a multiple of 16 bytes (matmul.wgsl reads its operands as vec4 arrays);
         // the padding stays zero
         let padded = total.next_multiple_of(4);
         let mut contents = params;
         contents.resize(padded, 0.0);
-        let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytemuck::cast_slice(&contents), usage });
-        let zeros = |label| device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (padded * 4) as u64, usage, mapped_at_creation: false });
+        let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::cast_slice(&contents),
+            usage,
+        });
+        let zeros = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (padded * 4) as u64,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
         let (grads, adam_m, adam_v) = (zeros("grads"), zeros("adam_m"), zeros("adam_v"));
-        let dummy = device.create_buffer(&wgpu::BufferDescriptor { label: Some("dummy"), size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
-        let hyper = device.create_buffer(&wgpu::BufferDescriptor { label: Some("adamw hyper"), size: 64, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let hyper = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("adamw hyper"),
+            size: 64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let loss = LossBuffers {
-            uniform: device.create_buffer(&wgpu::BufferDescriptor { label: Some("loss uniform"), size: LOSS_UNIFORM_BYTES, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false }),
+            uniform: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("loss uniform"),
+                size: LOSS_UNIFORM_BYTES,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
             // zero: no training step has failed
-            status: device.create_buffer(&wgpu::BufferDescriptor { label: Some("loss status"), size: 16, usage, mapped_at_creation: false }),
+            status: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("loss status"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            }),
         };
         let layout = pipelines.get(Kernel::AdamW).get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -237,7 +299,12 @@ impl GpuEngine {
         });
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
         // one invocation per parameter, @workgroup_size(64)
-        let adamw = Dispatch { kernel: Kernel::AdamW, bind_group, groups: grid.cover(total, 64)?, flops: 0 };
+        let adamw = Dispatch {
+            kernel: Kernel::AdamW,
+            bind_group,
+            groups: grid.cover(total, 64)?,
+            flops: 0,
+        };
         faults.check()?;
         let info = device.adapter_info();
         Ok(GpuEngine {
@@ -272,7 +339,13 @@ impl GpuEngine {
     /// `params` and the same GEMM tiles and kernel checks: the reference whose forward a
     /// [`GpuEngine::train_step_submit`] can record into the policy's step.
     pub fn sibling(&self, params: Vec<f32>) -> Result<GpuEngine> {
-        let mut engine = GpuEngine::with_checks(self.device.clone(), self.queue.clone(), self.cfg, params, self.checks)?;
+        let mut engine = GpuEngine::with_checks(
+            self.device.clone(),
+            self.queue.clone(),
+            self.cfg,
+            params,
+            self.checks,
+        )?;
         engine.tiles = self.tiles;
         engine.device_key = self.device_key;
         Ok(engine)
@@ -283,10 +356,21 @@ impl GpuEngine {
         GpuEngine::open_default(cfg, params, ShaderChecks::Full).await
     }
 
-    async fn open_default(cfg: GptConfig, params: Vec<f32>, checks: ShaderChecks) -> Result<GpuEngine> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
-        let adapter = instance.request_adapter(&options).await.map_err(|err| LabError::Engine { msg: setup::no_adapter_message(&err) })?;
+    async fn open_default(
+        cfg: GptConfig,
+        params: Vec<f32>,
+        checks: ShaderChecks,
+    ) -> Result<GpuEngine> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        };
+        let adapter = instance
+            .request_adapter(&options)
+            .await
+            .map_err(|err| LabError::Engine { msg: setup::no_adapter_message(&err) })?;
         let (device, queue) = setup::open_device(&adapter).await?;
         GpuEngine::with_checks(device, queue, cfg, params, checks)
     }
@@ -299,7 +383,11 @@ impl GpuEngine {
 
     /// [`GpuEngine::from_default_adapter`] with the kernels compiled under `checks`.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn from_default_adapter_with_checks(cfg: GptConfig, params: Vec<f32>, checks: ShaderChecks) -> Result<GpuEngine> {
+    pub fn from_default_adapter_with_checks(
+        cfg: GptConfig,
+        params: Vec<f32>,
+        checks: ShaderChecks,
+    ) -> Result<GpuEngine> {
         pollster::block_on(GpuEngine::open_default(cfg, params, checks))
     }
 
@@ -331,7 +419,10 @@ impl GpuEngine {
 
     /// Submissions and readbacks since the engine was made.
     pub fn sync_counts(&self) -> SyncCounts {
-        SyncCounts { submissions: self.submissions.load(Ordering::Relaxed), readbacks: self.readbacks.load(Ordering::Relaxed) }
+        SyncCounts {
+            submissions: self.submissions.load(Ordering::Relaxed),
+            readbacks: self.readbacks.load(Ordering::Relaxed),
+        }
     }
 
     fn count(&self, readback: bool) {
@@ -410,7 +501,13 @@ impl GpuEngine {
     }
 
     /// Append to `encoder` the copy of `len` floats of `src` into `staging`.
-    fn readback(&self, mut encoder: wgpu::CommandEncoder, src: &wgpu::Buffer, staging: wgpu::Buffer, len: usize) -> Readback {
+    fn readback(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        staging: wgpu::Buffer,
+        len: usize,
+    ) -> Readback {
         encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some((len * 4) as u64));
         self.count(true);
         Readback { encoder, staging, len }
@@ -423,7 +520,8 @@ impl GpuEngine {
 
     /// Submit and await.
     async fn read_async(&self, r: Readback) -> Result<Vec<f32>> {
-        submit_and_read_async(&self.device, &self.queue, &self.faults, r.encoder, &r.staging, r.len).await
+        submit_and_read_async(&self.device, &self.queue, &self.faults, r.encoder, &r.staging, r.len)
+            .await
     }
 
     /// Read a whole P-float buffer (parameters or gradient), after any pending pass, in
@@ -443,7 +541,18 @@ impl GpuEngine {
             if self.plans.len() == PLAN_CACHE {
                 self.plans.remove(0);
             }
-            let plan = Plan::new(&self.device, &self.pipelines, &self.cfg, &self.params, &self.grads, &self.dummy, &self.loss, b, t, self.tiles)?;
+            let plan = Plan::new(
+                &self.device,
+                &self.pipelines,
+                &self.cfg,
+                &self.params,
+                &self.grads,
+                &self.dummy,
+                &self.loss,
+                b,
+                t,
+                self.tiles,
+            )?;
             self.faults.check()?;
             self.plans.push(plan);
         }
@@ -459,10 +568,17 @@ impl GpuEngine {
 
     /// Upload the batch and record its forward pass into `encoder` (of this engine's device);
     /// returns the plan's index.
-    fn forward_into(&mut self, batch: &TokenBatch, encoder: &mut wgpu::CommandEncoder) -> Result<usize> {
+    fn forward_into(
+        &mut self,
+        batch: &TokenBatch,
+        encoder: &mut wgpu::CommandEncoder,
+    ) -> Result<usize> {
         batch.check(&self.cfg)?;
         if batch.batch == 0 || batch.seq_len == 0 {
-            return Err(LabError::shape(format!("empty batch ({}x{})", batch.batch, batch.seq_len)));
+            return Err(LabError::shape(format!(
+                "empty batch ({}x{})",
+                batch.batch, batch.seq_len
+            )));
         }
         // the pending backward reads this shape's tokens: submit it before they change
         self.flush();
@@ -478,7 +594,12 @@ impl GpuEngine {
     }
 
     /// Record a forward and the copy of one of its activations into a fresh buffer.
-    fn activation_readback(&mut self, batch: &TokenBatch, which: fn(&Plan) -> &wgpu::Buffer, len: usize) -> Result<Readback> {
+    fn activation_readback(
+        &mut self,
+        batch: &TokenBatch,
+        which: fn(&Plan) -> &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Readback> {
         let (i, encoder) = self.record_forward(batch)?;
         let src = which(&self.plans[i]).clone();
         Ok(self.readback(encoder, &src, self.staging(len), len))
@@ -516,7 +637,14 @@ impl GpuEngine {
     /// into the loss's inputs), loss.wgsl's gradient, the backward and AdamW in one pass,
     /// and the copy of [out | loss status | reference] into the next step staging buffer.
     /// `loss` must be [`on_device`].
-    fn record_train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32, reference: Option<&mut GpuEngine>) -> Result<Readback> {
+    fn record_train_step(
+        &mut self,
+        batch: &TokenBatch,
+        loss: &StepLoss,
+        opt: &AdamWConfig,
+        step: u32,
+        reference: Option<&mut GpuEngine>,
+    ) -> Result<Readback> {
         loss.check(batch.batch)?;
         self.flush();
         if let Some(r) = &reference {
@@ -533,10 +661,20 @@ impl GpuEngine {
         }
         let p = loss.params;
         let exo_shift = p.exo_epsilon.ln() - (-p.exo_epsilon).ln_1p();
-        let mut uniform: Vec<u32> = vec![b as u32, loss.mix.terms.len() as u32, (b * batch.seq_len) as u32, 0];
+        let mut uniform: Vec<u32> =
+            vec![b as u32, loss.mix.terms.len() as u32, (b * batch.seq_len) as u32, 0];
         uniform.extend(kinds);
         uniform.extend(weights.map(f32::to_bits));
-        let scalars = [p.beta, p.label_smoothing, p.simpo_gamma, p.discopop_tau, exo_shift, p.cpo_alpha, p.kto_desirable_weight, p.kto_undesirable_weight];
+        let scalars = [
+            p.beta,
+            p.label_smoothing,
+            p.simpo_gamma,
+            p.discopop_tau,
+            exo_shift,
+            p.cpo_alpha,
+            p.kto_desirable_weight,
+            p.kto_undesirable_weight,
+        ];
         uniform.extend(scalars.map(|v| (v as f32).to_bits()));
         self.write_hyper(opt, step)?;
         let mut encoder = self.encoder("training step");
@@ -573,19 +711,40 @@ impl GpuEngine {
         self.queue.write_buffer(&plan.given, (b * 4) as u64, bytemuck::cast_slice(&rest));
         match &reference_out {
             // the reference's sequence log-probs follow its (B, T) token log-probs
-            Some(out) => encoder.copy_buffer_to_buffer(out, (b * batch.seq_len * 4) as u64, &plan.given, 0, Some((b * 4) as u64)),
+            Some(out) => encoder.copy_buffer_to_buffer(
+                out,
+                (b * batch.seq_len * 4) as u64,
+                &plan.given,
+                0,
+                Some((b * 4) as u64),
+            ),
             None => {
                 let given: Vec<f32> = loss.reference.iter().map(|&v| v as f32).collect();
                 self.queue.write_buffer(&plan.given, 0, bytemuck::cast_slice(&given));
             }
         }
-        let gradient = if loss.mix.terms.iter().any(|&(kind, _)| reads_batch(kind)) { &plan.loss_batch } else { &plan.loss };
-        record_pass(&mut encoder, &self.pipelines, "loss, backward, adamw", std::iter::once(gradient).chain(&plan.backward).chain([&self.adamw]));
+        let gradient = if loss.mix.terms.iter().any(|&(kind, _)| reads_batch(kind)) {
+            &plan.loss_batch
+        } else {
+            &plan.loss
+        };
+        record_pass(
+            &mut encoder,
+            &self.pipelines,
+            "loss, backward, adamw",
+            std::iter::once(gradient).chain(&plan.backward).chain([&self.adamw]),
+        );
         let len = plan.out_len();
         let staging = plan.step_staging[(self.device_steps % 2) as usize].clone();
         encoder.copy_buffer_to_buffer(&plan.out, 0, &staging, 0, Some((len * 4) as u64));
         encoder.copy_buffer_to_buffer(&self.loss.status, 0, &staging, (len * 4) as u64, Some(4));
-        encoder.copy_buffer_to_buffer(&plan.given, 0, &staging, ((len + 1) * 4) as u64, Some((b * 4) as u64));
+        encoder.copy_buffer_to_buffer(
+            &plan.given,
+            0,
+            &staging,
+            ((len + 1) * 4) as u64,
+            Some((b * 4) as u64),
+        );
         self.device_steps += 1;
         self.count(true);
         Ok(Readback { encoder, staging, len: len + 1 + b })
@@ -594,12 +753,18 @@ impl GpuEngine {
     /// Submit the forwards of `batches`, one submission each (a batch's tokens are written
     /// between them), each copying its outputs into a staging buffer of its own, without
     /// waiting: the readbacks to finish with `setup::finish_read(_async)` in order.
-    fn queue_forwards(&mut self, batches: &[TokenBatch]) -> Result<Vec<(setup::InFlight, usize, usize)>> {
+    fn queue_forwards(
+        &mut self,
+        batches: &[TokenBatch],
+    ) -> Result<Vec<(setup::InFlight, usize, usize)>> {
         // every batch checked before any is submitted: a readback in flight must be read
         for batch in batches {
             batch.check(&self.cfg)?;
             if batch.batch == 0 || batch.seq_len == 0 {
-                return Err(LabError::shape(format!("empty batch ({}x{})", batch.batch, batch.seq_len)));
+                return Err(LabError::shape(format!(
+                    "empty batch ({}x{})",
+                    batch.batch, batch.seq_len
+                )));
             }
         }
         let mut used: Vec<((usize, usize), usize)> = Vec::new();
@@ -620,19 +785,34 @@ impl GpuEngine {
             let plan = &mut self.plans[i];
             let len = plan.out_len();
             while plan.queued_staging.len() <= k {
-                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("queued forward staging"), size: (len * 4) as u64, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("queued forward staging"),
+                    size: (len * 4) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
                 plan.queued_staging.push(buffer);
             }
             let (out, staging) = (plan.out.clone(), plan.queued_staging[k].clone());
             let r = self.readback(encoder, &out, staging, len);
-            queued.push((setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len), batch.batch, batch.seq_len));
+            queued.push((
+                setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len),
+                batch.batch,
+                batch.seq_len,
+            ));
         }
         Ok(queued)
     }
 
     /// A training step's readback, [out | loss status | reference], as the step's outputs and
     /// the reference log-probs it used, or its error.
-    fn step_out(batch: usize, seq_len: usize, mut out: Vec<f32>, opt: &AdamWConfig, step: u32) -> Result<(ForwardOut, Vec<f32>)> {
+    fn step_out(
+        batch: usize,
+        seq_len: usize,
+        mut out: Vec<f32>,
+        opt: &AdamWConfig,
+        step: u32,
+    ) -> Result<(ForwardOut, Vec<f32>)> {
         let reference = out.split_off(out.len() - batch);
         if out.pop().map(f32::to_bits) != Some(0) {
             return Err(not_finite(step, opt));
@@ -649,9 +829,22 @@ impl GpuEngine {
     /// flight (two staging buffers). One submission and one readback a step. `loss` must
     /// have at most eight terms.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn train_step_submit(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32, reference: Option<&mut GpuEngine>) -> Result<PendingStep> {
+    pub fn train_step_submit(
+        &mut self,
+        batch: &TokenBatch,
+        loss: &StepLoss,
+        opt: &AdamWConfig,
+        step: u32,
+        reference: Option<&mut GpuEngine>,
+    ) -> Result<PendingStep> {
         if !on_device(loss) {
-            return Err(LabError::param("loss", format!("{} does not run on the GPU (at most {LOSS_MAX_TERMS} terms)", loss.mix.name())));
+            return Err(LabError::param(
+                "loss",
+                format!(
+                    "{} does not run on the GPU (at most {LOSS_MAX_TERMS} terms)",
+                    loss.mix.name()
+                ),
+            ));
         }
         let r = self.record_train_step(batch, loss, opt, step, reference)?;
         let in_flight = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
@@ -669,28 +862,57 @@ impl GpuEngine {
     /// Split the plan's output buffer: [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)].
     fn forward_out(batch: usize, seq_len: usize, out: Vec<f32>) -> ForwardOut {
         let (n, b) = (batch * seq_len, batch);
-        ForwardOut { token_logps: out[..n].to_vec(), seq_logps: out[n..n + b].to_vec(), topk_entropy: out[n + b..n + 2 * b].to_vec(), topk_mass: out[n + 2 * b..].to_vec() }
+        ForwardOut {
+            token_logps: out[..n].to_vec(),
+            seq_logps: out[n..n + b].to_vec(),
+            topk_entropy: out[n + b..n + 2 * b].to_vec(),
+            topk_mass: out[n + 2 * b..].to_vec(),
+        }
     }
 
     fn plan_of_last_forward(&self) -> Result<&Plan> {
-        let (b, t) = self.last_forward.ok_or_else(|| LabError::Engine { msg: "backward called before forward".into() })?;
-        self.plans.iter().find(|p| p.batch == b && p.seq_len == t).ok_or_else(|| LabError::Engine { msg: "the forward's buffers were evicted".into() })
+        let (b, t) = self
+            .last_forward
+            .ok_or_else(|| LabError::Engine { msg: "backward called before forward".into() })?;
+        self.plans
+            .iter()
+            .find(|p| p.batch == b && p.seq_len == t)
+            .ok_or_else(|| LabError::Engine { msg: "the forward's buffers were evicted".into() })
     }
 
     /// The GPU work of the dispatch lists, per kernel, from timestamp queries taken the
     /// `method` way (see [`timing`]; [`timing::Method::best`] picks the faithful one where
     /// the device has it); `None` when the adapter has no TIMESTAMP_QUERY.
-    pub fn profile_step(&mut self, batch: &TokenBatch, d_seq_logps: &[f32], opt: &AdamWConfig, step: u32, method: timing::Method) -> Result<Option<timing::Profile>> {
+    pub fn profile_step(
+        &mut self,
+        batch: &TokenBatch,
+        d_seq_logps: &[f32],
+        opt: &AdamWConfig,
+        step: u32,
+        method: timing::Method,
+    ) -> Result<Option<timing::Profile>> {
         if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
         }
-        if method == timing::Method::InsidePass && !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
-            return Err(LabError::param("method", format!("{} cannot write timestamps inside a pass (TIMESTAMP_QUERY_INSIDE_PASSES)", self.adapter)));
+        if method == timing::Method::InsidePass
+            && !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+        {
+            return Err(LabError::param(
+                "method",
+                format!(
+                    "{} cannot write timestamps inside a pass (TIMESTAMP_QUERY_INSIDE_PASSES)",
+                    self.adapter
+                ),
+            ));
         }
         self.flush();
         let (i, _) = self.record_forward(batch)?;
         if d_seq_logps.len() != batch.batch {
-            return Err(LabError::shape(format!("{} sequence gradients for a batch of {} rows", d_seq_logps.len(), batch.batch)));
+            return Err(LabError::shape(format!(
+                "{} sequence gradients for a batch of {} rows",
+                d_seq_logps.len(),
+                batch.batch
+            )));
         }
         self.write_hyper(opt, step)?;
         let plan = &self.plans[i];
@@ -698,8 +920,21 @@ impl GpuEngine {
         // a training step's launches; the loss gradient told of no rows, so that d_seq stays
         // as written and the status clear
         self.queue.write_buffer(&self.loss.uniform, 0, &[0; 16]);
-        let dispatches: Vec<&Dispatch> = plan.forward.iter().chain(std::iter::once(&plan.loss)).chain(&plan.backward).chain(std::iter::once(&self.adamw)).collect();
-        let profile = timing::profile(&self.device, &self.queue, &self.faults, &self.pipelines, &dispatches, method)?;
+        let dispatches: Vec<&Dispatch> = plan
+            .forward
+            .iter()
+            .chain(std::iter::once(&plan.loss))
+            .chain(&plan.backward)
+            .chain(std::iter::once(&self.adamw))
+            .collect();
+        let profile = timing::profile(
+            &self.device,
+            &self.queue,
+            &self.faults,
+            &self.pipelines,
+            &dispatches,
+            method,
+        )?;
         Ok(Some(profile))
     }
 
@@ -744,7 +979,11 @@ impl Engine for GpuEngine {
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
         let total = self.cfg.layout().total;
         if params.len() != total {
-            return Err(LabError::shape(format!("{} parameters given, but the config {:?} needs {total}", params.len(), self.cfg)));
+            return Err(LabError::shape(format!(
+                "{} parameters given, but the config {:?} needs {total}",
+                params.len(),
+                self.cfg
+            )));
         }
         self.flush();
         self.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(params));
@@ -784,11 +1023,17 @@ impl Engine for GpuEngine {
         let prepared = self.prepared.take();
         let plan = self.plan_of_last_forward()?;
         if d_seq_logps.len() != plan.batch {
-            return Err(LabError::shape(format!("{} sequence gradients for a forward of {} rows", d_seq_logps.len(), plan.batch)));
+            return Err(LabError::shape(format!(
+                "{} sequence gradients for a forward of {} rows",
+                d_seq_logps.len(),
+                plan.batch
+            )));
         }
         self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
         let work = match prepared {
-            Some((shape, buffer)) if shape == (plan.batch, plan.seq_len) => Pending::Finished(buffer),
+            Some((shape, buffer)) if shape == (plan.batch, plan.seq_len) => {
+                Pending::Finished(buffer)
+            }
             _ => {
                 let mut encoder = self.encoder("backward");
                 record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
@@ -821,7 +1066,13 @@ impl Engine for GpuEngine {
 
     /// The whole step in one submission, loss.wgsl evaluating the loss's gradient (mixes of
     /// more than eight terms take the step in parts).
-    fn train_step(&mut self, batch: &TokenBatch, loss: &StepLoss, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+    fn train_step(
+        &mut self,
+        batch: &TokenBatch,
+        loss: &StepLoss,
+        opt: &AdamWConfig,
+        step: u32,
+    ) -> Result<ForwardOut> {
         if !on_device(loss) {
             return lab_core::engine::train_step_in_parts(self, batch, loss, opt, step);
         }
@@ -830,7 +1081,13 @@ impl Engine for GpuEngine {
         Ok(Self::step_out(batch.batch, batch.seq_len, out, opt, step)?.0)
     }
 
-    fn train_step_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32) -> EngineFuture<'a, ForwardOut> {
+    fn train_step_async<'a>(
+        &'a mut self,
+        batch: &'a TokenBatch,
+        loss: &'a StepLoss<'a>,
+        opt: &'a AdamWConfig,
+        step: u32,
+    ) -> EngineFuture<'a, ForwardOut> {
         if !on_device(loss) {
             return lab_core::engine::train_step_in_parts_async(self, batch, loss, opt, step);
         }
@@ -842,19 +1099,33 @@ impl Engine for GpuEngine {
     }
 
     /// All submitted before any is read: one round trip.
-    fn forwards_async<'a>(&'a mut self, batches: &'a [TokenBatch]) -> EngineFuture<'a, Vec<ForwardOut>> {
+    fn forwards_async<'a>(
+        &'a mut self,
+        batches: &'a [TokenBatch],
+    ) -> EngineFuture<'a, Vec<ForwardOut>> {
         Box::pin(async move {
             let queued = self.queue_forwards(batches)?;
             let mut outs = Vec::with_capacity(queued.len());
             for (in_flight, b, t) in queued {
-                outs.push(Self::forward_out(b, t, setup::finish_read_async(&self.device, &self.faults, in_flight).await?));
+                outs.push(Self::forward_out(
+                    b,
+                    t,
+                    setup::finish_read_async(&self.device, &self.faults, in_flight).await?,
+                ));
             }
             Ok(outs)
         })
     }
 
     /// The step and the forwards all submitted before any is read: one round trip.
-    fn train_step_then_forwards_async<'a>(&'a mut self, batch: &'a TokenBatch, loss: &'a StepLoss<'a>, opt: &'a AdamWConfig, step: u32, batches: &'a [TokenBatch]) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
+    fn train_step_then_forwards_async<'a>(
+        &'a mut self,
+        batch: &'a TokenBatch,
+        loss: &'a StepLoss<'a>,
+        opt: &'a AdamWConfig,
+        step: u32,
+        batches: &'a [TokenBatch],
+    ) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
         Box::pin(async move {
             if !on_device(loss) {
                 let out = self.train_step_async(batch, loss, opt, step).await?;
@@ -865,10 +1136,15 @@ impl Engine for GpuEngine {
             // a forward that fails to record leaves the step to be read (its staging buffer
             // must not stay mapped)
             let queued = self.queue_forwards(batches);
-            let step_out = setup::finish_read_async::<f32>(&self.device, &self.faults, stepped).await;
+            let step_out =
+                setup::finish_read_async::<f32>(&self.device, &self.faults, stepped).await;
             let mut outs = Vec::new();
             for (in_flight, b, t) in queued? {
-                outs.push(Self::forward_out(b, t, setup::finish_read_async(&self.device, &self.faults, in_flight).await?));
+                outs.push(Self::forward_out(
+                    b,
+                    t,
+                    setup::finish_read_async(&self.device, &self.faults, in_flight).await?,
+                ));
             }
             let out = Self::step_out(batch.batch, batch.seq_len, step_out?, opt, step)?.0;
             Ok((out, outs))

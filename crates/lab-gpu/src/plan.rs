@@ -35,8 +35,16 @@ pub struct Dispatch {
 }
 
 /// Record `dispatches` into one compute pass.
-pub fn record_pass<'a>(encoder: &mut wgpu::CommandEncoder, pipelines: &Pipelines, label: &str, dispatches: impl IntoIterator<Item = &'a Dispatch>) {
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+pub fn record_pass<'a>(
+    encoder: &mut wgpu::CommandEncoder,
+    pipelines: &Pipelines,
+    label: &str,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
     let mut current = None;
     for d in dispatches {
         if current != Some(d.kernel) {
@@ -145,13 +153,17 @@ impl Gemm {
                 }
         };
         let mut flags = 0;
-        if self.flags & ONEHOT_A == 0 && quads(self.a_ks, self.a_rs, self.rows, &[self.a_off, batch.a.0, batch.a.1]) {
+        if self.flags & ONEHOT_A == 0
+            && quads(self.a_ks, self.a_rs, self.rows, &[self.a_off, batch.a.0, batch.a.1])
+        {
             flags |= VEC_A;
         }
         // the ones column is read element by element unless no tile reaches it (folded)
         let ones_in_tiles = self.flags & ONES_COLUMN != 0 && !self.folds_ones_column();
         let b_width = self.cols - (self.flags & ONES_COLUMN != 0) as usize;
-        if !ones_in_tiles && quads(self.b_ks, self.b_ss, b_width, &[self.b_off, batch.b.0, batch.b.1]) {
+        if !ones_in_tiles
+            && quads(self.b_ks, self.b_ss, b_width, &[self.b_off, batch.b.0, batch.b.1])
+        {
             flags |= VEC_B;
         }
         flags
@@ -246,7 +258,12 @@ impl GemmTiles {
             "narrow" => Ok(GemmTiles::Narrow),
             "wide" => Ok(GemmTiles::Wide),
             "auto" => Ok(GemmTiles::Auto),
-            other => Err(LabError::param("gemm", format!("unknown GEMM tiling {other:?} (expected \"narrow\", \"wide\" or \"auto\")"))),
+            other => Err(LabError::param(
+                "gemm",
+                format!(
+                    "unknown GEMM tiling {other:?} (expected \"narrow\", \"wide\" or \"auto\")"
+                ),
+            )),
         }
     }
 
@@ -255,7 +272,9 @@ impl GemmTiles {
         let wide = match self {
             GemmTiles::Narrow => false,
             GemmTiles::Wide => !batched,
-            GemmTiles::Auto => !batched && rows.div_ceil(WIDE_ROWS) * cols.div_ceil(64) >= WIDE_MIN_TILES,
+            GemmTiles::Auto => {
+                !batched && rows.div_ceil(WIDE_ROWS) * cols.div_ceil(64) >= WIDE_MIN_TILES
+            }
         };
         if wide {
             WIDE_ROWS
@@ -283,7 +302,13 @@ fn split_k(rows: usize, cols: usize, depth: usize, tile_rows: usize) -> (usize, 
 /// About [`SPLIT_TARGET_GROUPS`] workgroups for a (rows × cols) output in tiles of
 /// (tile_rows × 64), each split at least `min_chunk` deep (a multiple of the GEMMs'
 /// 16-deep step): (splits, depth per split).
-fn split_depth(rows: usize, cols: usize, depth: usize, min_chunk: usize, tile_rows: usize) -> (usize, usize) {
+fn split_depth(
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    min_chunk: usize,
+    tile_rows: usize,
+) -> (usize, usize) {
     let tiles = rows.div_ceil(tile_rows) * cols.div_ceil(64);
     let want = SPLIT_TARGET_GROUPS.div_ceil(tiles).clamp(1, MAX_SPLITS);
     let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(min_chunk);
@@ -296,7 +321,9 @@ fn split_depth(rows: usize, cols: usize, depth: usize, min_chunk: usize, tile_ro
 /// back to C channels have only 128 64×64 tiles and a depth of up to 4C: one wave of
 /// workgroups each walking 1024 deep, latency-bound.)
 fn split_activation(rows: usize, cols: usize, depth: usize, tile_rows: usize) -> (usize, usize) {
-    if rows.div_ceil(tile_rows) * cols.div_ceil(64) >= SPLIT_TARGET_GROUPS * 64 / tile_rows || depth < 128 {
+    if rows.div_ceil(tile_rows) * cols.div_ceil(64) >= SPLIT_TARGET_GROUPS * 64 / tile_rows
+        || depth < 128
+    {
         return (1, depth);
     }
     split_depth(rows, cols, depth, 64, tile_rows)
@@ -307,7 +334,8 @@ fn split_activation(rows: usize, cols: usize, depth: usize, tile_rows: usize) ->
 fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
     let (c, v) = (cfg.d_model, cfg.vocab);
     // (cols, depth) of the activation GEMMs (n rows): forward, then input gradients
-    let activations = [(3 * c, c), (c, c), (4 * c, c), (c, 4 * c), (v, c), (c, 3 * c), (c, v), (4 * c, c)];
+    let activations =
+        [(3 * c, c), (c, c), (4 * c, c), (c, 4 * c), (v, c), (c, 3 * c), (c, v), (4 * c, c)];
     activations
         .iter()
         .map(|&(cols, depth)| {
@@ -328,7 +356,9 @@ fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
 /// embedding.
 fn grad_slab_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
     let (c, v) = (cfg.d_model, cfg.vocab);
-    let slabs = |rows: usize, cols: usize| split_k(rows, cols, n, tiles.tile_rows(rows, cols, false)).0 * rows * cols;
+    let slabs = |rows: usize, cols: usize| {
+        split_k(rows, cols, n, tiles.tile_rows(rows, cols, false)).0 * rows * cols
+    };
     let linear = slabs(3 * c, c + 1) + slabs(c, c + 1) + slabs(4 * c, c + 1) + slabs(c, 4 * c + 1);
     let layer_norm = n.div_ceil(LN_SPLIT_ROWS) * 2 * c;
     cfg.n_layer * (linear + 2 * layer_norm) + layer_norm + 2 * slabs(v, c)
@@ -359,13 +389,28 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    fn push(&mut self, kernel: Kernel, words: Vec<u32>, buffers: &[(u32, &wgpu::Buffer)], groups: [u32; 3]) {
+    fn push(
+        &mut self,
+        kernel: Kernel,
+        words: Vec<u32>,
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: [u32; 3],
+    ) {
         let buffers = buffers.iter().map(|(slot, buf)| (*slot, (*buf).clone())).collect();
         self.specs.push(Spec { kernel, words, buffers, groups, flops: 0, backward: self.backward });
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) -> Result<()> {
+    fn gemm(
+        &mut self,
+        g: Gemm,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        addend: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+        aux: Option<&wgpu::Buffer>,
+    ) -> Result<()> {
         let k_chunk = if g.k_chunk == 0 { g.depth.max(1) } else { g.k_chunk };
         // (tile_rows × 64) output tile per 16×16 workgroup, one workgroup layer per split
         let tile_rows = self.tiles.tile_rows(g.rows, g.cols, g.batch.is_some());
@@ -396,7 +441,12 @@ impl Recorder<'_> {
         // the one-hot mode reads the token ids through `a`'s twin binding
         let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
         let aux = aux.unwrap_or(self.dummy_rw);
-        self.push(kernel, w, &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens), (7, aux)], groups);
+        self.push(
+            kernel,
+            w,
+            &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens), (7, aux)],
+            groups,
+        );
         if let Some(spec) = self.specs.last_mut() {
             spec.flops = 2 * (g.rows * g.cols * g.depth * batch.count) as u64;
         }
@@ -418,14 +468,41 @@ impl Recorder<'_> {
     /// stride, main_cols) of the gradient buffer, the rest to side_off (the bias). With
     /// `onto_last`, the slabs extend the last region recorded (same shape and destination:
     /// the wte gradient's two halves), so the gather adds them after its own.
-    fn weight_gradient(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, main: (usize, usize, usize), side_off: usize, onto_last: bool) -> Result<()> {
-        let (splits, k_chunk) = split_k(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
+    fn weight_gradient(
+        &mut self,
+        g: Gemm,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        main: (usize, usize, usize),
+        side_off: usize,
+        onto_last: bool,
+    ) -> Result<()> {
+        let (splits, k_chunk) =
+            split_k(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         let slab = g.rows * g.cols;
         let at = self.grad_region(splits * slab)?;
         let grad_slabs = self.grad_slabs;
-        self.gemm(Gemm { c_off: at, c_rs: g.cols, k_chunk, c_zs: slab, ..g }, a, b, None, None, grad_slabs, None)?;
+        self.gemm(
+            Gemm { c_off: at, c_rs: g.cols, k_chunk, c_zs: slab, ..g },
+            a,
+            b,
+            None,
+            None,
+            grad_slabs,
+            None,
+        )?;
         let (main_off, main_rs, main_cols) = main;
-        let segment = Segment { splits, len: slab, width: g.cols, main_cols, main_off, main_rs, side_off, side_rs: 1, src_off: at };
+        let segment = Segment {
+            splits,
+            len: slab,
+            width: g.cols,
+            main_cols,
+            main_off,
+            main_rs,
+            side_off,
+            side_rs: 1,
+            src_off: at,
+        };
         self.add_segment(segment, onto_last)
     }
 
@@ -448,10 +525,27 @@ impl Recorder<'_> {
     /// `split_sum` adds them with the bias and addend into `c`. A GEMM with a GELU
     /// epilogue (into or from `aux`) is never split: GELU needs the whole sum.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_activation(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) -> Result<()> {
+    fn gemm_activation(
+        &mut self,
+        g: Gemm,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        addend: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+        aux: Option<&wgpu::Buffer>,
+    ) -> Result<()> {
         if let Some(slabs) = self.gemm_activation_slabs(g, a, b, bias, addend, c, aux)? {
             let epilogue = g.flags & (BIAS | ADDEND);
-            self.split_sum(slabs.stride, slabs.splits, g.cols, (c, g.c_off, g.c_rs), epilogue, bias.map(|p| (p, g.bias_off)), addend.map(|x| (x, g.addend_off)))?;
+            self.split_sum(
+                slabs.stride,
+                slabs.splits,
+                g.cols,
+                (c, g.c_off, g.c_rs),
+                epilogue,
+                bias.map(|p| (p, g.bias_off)),
+                addend.map(|x| (x, g.addend_off)),
+            )?;
         }
         Ok(())
     }
@@ -460,8 +554,18 @@ impl Recorder<'_> {
     /// (None), or, when it splits, its slabs in the scratch, for the caller to add up with
     /// the bias and addend (`split_sum`, or the LayerNorm that reads the output next).
     #[allow(clippy::too_many_arguments)]
-    fn gemm_activation_slabs(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, addend: Option<&wgpu::Buffer>, c: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) -> Result<Option<Slabs>> {
-        let (splits, k_chunk) = split_activation(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
+    fn gemm_activation_slabs(
+        &mut self,
+        g: Gemm,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        addend: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+        aux: Option<&wgpu::Buffer>,
+    ) -> Result<Option<Slabs>> {
+        let (splits, k_chunk) =
+            split_activation(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         if splits == 1 || aux.is_some() {
             self.gemm(g, a, b, bias, addend, c, aux)?;
             return Ok(None);
@@ -475,39 +579,120 @@ impl Recorder<'_> {
 
     /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats (rows of `width`) in the
     /// scratch, into `dst` = (buffer, offset, row stride); flags 2 bias, 4 addend.
-    fn split_sum(&mut self, len: usize, splits: usize, width: usize, dst: (&wgpu::Buffer, usize, usize), flags: u32, bias: Option<(&wgpu::Buffer, usize)>, addend: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+    fn split_sum(
+        &mut self,
+        len: usize,
+        splits: usize,
+        width: usize,
+        dst: (&wgpu::Buffer, usize, usize),
+        flags: u32,
+        bias: Option<(&wgpu::Buffer, usize)>,
+        addend: Option<(&wgpu::Buffer, usize)>,
+    ) -> Result<()> {
         let (bias_buf, bias_off) = bias.unwrap_or((self.dummy, 0));
         let (addend_buf, addend_off) = addend.unwrap_or((self.dummy, 0));
-        let w = words(&[len, splits, len, width, dst.1, dst.2, flags as usize, bias_off, addend_off, 0, 0, 0]);
+        let w = words(&[
+            len,
+            splits,
+            len,
+            width,
+            dst.1,
+            dst.2,
+            flags as usize,
+            bias_off,
+            addend_off,
+            0,
+            0,
+            0,
+        ]);
         let partial = self.partial;
         let groups = self.grid.cover(len, 64)?;
-        self.push(Kernel::SplitSum, w, &[(4, partial), (5, dst.0), (6, bias_buf), (7, addend_buf)], groups);
+        self.push(
+            Kernel::SplitSum,
+            w,
+            &[(4, partial), (5, dst.0), (6, bias_buf), (7, addend_buf)],
+            groups,
+        );
         Ok(())
     }
 
     /// out (N, OC) at out_off = inp (N, IC) at inp_off · Wᵀ (+ bias) (+ addend), W (OC, IC)
     /// and bias in the parameters; and GELU(out) into `gelu` (same layout) if given.
     #[allow(clippy::too_many_arguments)]
-    fn linear_forward(&mut self, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, bias_off: Option<usize>, out: (&wgpu::Buffer, usize), addend: Option<(&wgpu::Buffer, usize)>, gelu: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
-        let g = self.linear(inp.1, ic, oc, w_off, bias_off, out.1, addend.map(|a| a.1), gelu.map(|x| x.1));
+    fn linear_forward(
+        &mut self,
+        inp: (&wgpu::Buffer, usize),
+        ic: usize,
+        oc: usize,
+        w_off: usize,
+        bias_off: Option<usize>,
+        out: (&wgpu::Buffer, usize),
+        addend: Option<(&wgpu::Buffer, usize)>,
+        gelu: Option<(&wgpu::Buffer, usize)>,
+    ) -> Result<()> {
+        let g = self.linear(
+            inp.1,
+            ic,
+            oc,
+            w_off,
+            bias_off,
+            out.1,
+            addend.map(|a| a.1),
+            gelu.map(|x| x.1),
+        );
         let params = self.params;
-        self.gemm_activation(g, inp.0, params, bias_off.map(|_| params), addend.map(|a| a.0), out.0, gelu.map(|x| x.0))
+        self.gemm_activation(
+            g,
+            inp.0,
+            params,
+            bias_off.map(|_| params),
+            addend.map(|a| a.0),
+            out.0,
+            gelu.map(|x| x.0),
+        )
     }
 
     /// A block's projection back to the residual stream: out (N, C) = addend + inp (N, IC) ·
     /// Wᵀ + bias, as [`Recorder::linear_forward`], except that when the GEMM splits its sum
     /// is left to the LayerNorm that reads `out` next (returned).
     #[allow(clippy::too_many_arguments)]
-    fn residual_projection<'b>(&mut self, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, bias_off: usize, out: (&wgpu::Buffer, usize), addend: (&'b wgpu::Buffer, usize)) -> Result<Option<ResidualSlabs<'b>>> {
+    fn residual_projection<'b>(
+        &mut self,
+        inp: (&wgpu::Buffer, usize),
+        ic: usize,
+        oc: usize,
+        w_off: usize,
+        bias_off: usize,
+        out: (&wgpu::Buffer, usize),
+        addend: (&'b wgpu::Buffer, usize),
+    ) -> Result<Option<ResidualSlabs<'b>>> {
         let g = self.linear(inp.1, ic, oc, w_off, Some(bias_off), out.1, Some(addend.1), None);
         let params = self.params;
-        let slabs = self.gemm_activation_slabs(g, inp.0, params, Some(params), Some(addend.0), out.0, None)?;
+        let slabs = self.gemm_activation_slabs(
+            g,
+            inp.0,
+            params,
+            Some(params),
+            Some(addend.0),
+            out.0,
+            None,
+        )?;
         Ok(slabs.map(|slabs| ResidualSlabs { slabs, bias_off, addend }))
     }
 
     /// The GEMM of a linear layer's forward (see [`Recorder::linear_forward`]).
     #[allow(clippy::too_many_arguments)]
-    fn linear(&self, inp_off: usize, ic: usize, oc: usize, w_off: usize, bias_off: Option<usize>, out_off: usize, addend_off: Option<usize>, gelu_off: Option<usize>) -> Gemm {
+    fn linear(
+        &self,
+        inp_off: usize,
+        ic: usize,
+        oc: usize,
+        w_off: usize,
+        bias_off: Option<usize>,
+        out_off: usize,
+        addend_off: Option<usize>,
+        gelu_off: Option<usize>,
+    ) -> Gemm {
         let mut flags = if gelu_off.is_some() { GELU_OUT } else { 0 };
         if bias_off.is_some() {
             flags |= BIAS;
@@ -539,7 +724,17 @@ impl Recorder<'_> {
     /// given (the layer's input was GELU of it); dW (OC, IC) = doutᵀ · inp and dbias = Σ_n dout
     /// (overwritten) in the gradient buffer.
     #[allow(clippy::too_many_arguments)]
-    fn linear_backward(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>) -> Result<()> {
+    fn linear_backward(
+        &mut self,
+        dout: &wgpu::Buffer,
+        inp: (&wgpu::Buffer, usize),
+        ic: usize,
+        oc: usize,
+        w_off: usize,
+        db_off: Option<usize>,
+        dinp: &wgpu::Buffer,
+        gelu_input: Option<(&wgpu::Buffer, usize)>,
+    ) -> Result<()> {
         self.input_gradient(dout, ic, oc, w_off, dinp, gelu_input, false)?;
         self.linear_weight_gradient(dout, inp, ic, oc, w_off, db_off, false)
     }
@@ -548,7 +743,16 @@ impl Recorder<'_> {
     /// input gradient's GEMM splits, its slabs are returned for that LayerNorm's backward
     /// to add up (into `dinp`, at offset 0) instead of a `split_sum` of their own.
     #[allow(clippy::too_many_arguments)]
-    fn linear_backward_to_layernorm(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, w_off: usize, db_off: Option<usize>, dinp: &wgpu::Buffer) -> Result<Option<Slabs>> {
+    fn linear_backward_to_layernorm(
+        &mut self,
+        dout: &wgpu::Buffer,
+        inp: (&wgpu::Buffer, usize),
+        ic: usize,
+        oc: usize,
+        w_off: usize,
+        db_off: Option<usize>,
+        dinp: &wgpu::Buffer,
+    ) -> Result<Option<Slabs>> {
         let slabs = self.input_gradient(dout, ic, oc, w_off, dinp, None, true)?;
         self.linear_weight_gradient(dout, inp, ic, oc, w_off, db_off, false)?;
         Ok(slabs)
@@ -558,12 +762,42 @@ impl Recorder<'_> {
     /// [`Recorder::linear_backward`]; with `defer`, a split GEMM's slabs are returned
     /// unsummed.
     #[allow(clippy::too_many_arguments)]
-    fn input_gradient(&mut self, dout: &wgpu::Buffer, ic: usize, oc: usize, w_off: usize, dinp: &wgpu::Buffer, gelu_input: Option<(&wgpu::Buffer, usize)>, defer: bool) -> Result<Option<Slabs>> {
+    fn input_gradient(
+        &mut self,
+        dout: &wgpu::Buffer,
+        ic: usize,
+        oc: usize,
+        w_off: usize,
+        dinp: &wgpu::Buffer,
+        gelu_input: Option<(&wgpu::Buffer, usize)>,
+        defer: bool,
+    ) -> Result<Option<Slabs>> {
         let flags = if gelu_input.is_some() { GELU_GRAD } else { 0 };
-        let dx = Gemm { rows: self.n, cols: ic, depth: oc, flags, a_rs: oc, a_ks: 1, b_off: w_off, b_ks: ic, b_ss: 1, c_rs: ic, aux_off: gelu_input.map_or(0, |x| x.1), ..Gemm::default() };
+        let dx = Gemm {
+            rows: self.n,
+            cols: ic,
+            depth: oc,
+            flags,
+            a_rs: oc,
+            a_ks: 1,
+            b_off: w_off,
+            b_ks: ic,
+            b_ss: 1,
+            c_rs: ic,
+            aux_off: gelu_input.map_or(0, |x| x.1),
+            ..Gemm::default()
+        };
         let params = self.params;
         if defer {
-            return self.gemm_activation_slabs(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0));
+            return self.gemm_activation_slabs(
+                dx,
+                dout,
+                params,
+                None,
+                None,
+                dinp,
+                gelu_input.map(|x| x.0),
+            );
         }
         self.gemm_activation(dx, dout, params, None, None, dinp, gelu_input.map(|x| x.0))?;
         Ok(None)
@@ -572,11 +806,31 @@ impl Recorder<'_> {
     /// [dW | db] = doutᵀ · [inp | 1] at dw_off (and db_off), the second half of
     /// [`Recorder::linear_backward`]; `onto_last` as in [`Recorder::weight_gradient`].
     #[allow(clippy::too_many_arguments)]
-    fn linear_weight_gradient(&mut self, dout: &wgpu::Buffer, inp: (&wgpu::Buffer, usize), ic: usize, oc: usize, dw_off: usize, db_off: Option<usize>, onto_last: bool) -> Result<()> {
+    fn linear_weight_gradient(
+        &mut self,
+        dout: &wgpu::Buffer,
+        inp: (&wgpu::Buffer, usize),
+        ic: usize,
+        oc: usize,
+        dw_off: usize,
+        db_off: Option<usize>,
+        onto_last: bool,
+    ) -> Result<()> {
         // the bias gradient is the ones column
         let flags = if db_off.is_some() { ONES_COLUMN } else { 0 };
         let cols = ic + db_off.is_some() as usize;
-        let dw = Gemm { rows: oc, cols, depth: self.n, flags, a_rs: 1, a_ks: oc, b_off: inp.1, b_ks: ic, b_ss: 1, ..Gemm::default() };
+        let dw = Gemm {
+            rows: oc,
+            cols,
+            depth: self.n,
+            flags,
+            a_rs: 1,
+            a_ks: oc,
+            b_off: inp.1,
+            b_ks: ic,
+            b_ss: 1,
+            ..Gemm::default()
+        };
         self.weight_gradient(dw, dout, inp.0, (dw_off, ic, ic), db_off.unwrap_or(0), onto_last)
     }
 }
@@ -626,18 +880,36 @@ impl Plan {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn new(device: &wgpu::Device, pipelines: &Pipelines, cfg: &GptConfig, params: &wgpu::Buffer, grads: &wgpu::Buffer, dummy: &wgpu::Buffer, loss: &LossBuffers, b: usize, t: usize, tiles: GemmTiles) -> Result<Plan> {
+    pub fn new(
+        device: &wgpu::Device,
+        pipelines: &Pipelines,
+        cfg: &GptConfig,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        dummy: &wgpu::Buffer,
+        loss: &LossBuffers,
+        b: usize,
+        t: usize,
+        tiles: GemmTiles,
+    ) -> Result<Plan> {
         let limits = device.limits();
         let (c, nl, nh, v, hs) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab, cfg.head_dim());
         let n = b * t;
         let (nc, att_len) = (n * c, b * nh * t * t);
         let lay = cfg.layout();
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
         let make = |name: &str, floats: usize| -> Result<wgpu::Buffer> {
             // a multiple of 16 bytes: matmul.wgsl reads its operands as vec4 arrays
             let bytes = (floats.max(1).next_multiple_of(4) * 4) as u64;
             check_buffer_size(&limits, &format!("activation {name} for a {b}x{t} batch"), bytes)?;
-            Ok(device.create_buffer(&wgpu::BufferDescriptor { label: Some(name), size: bytes, usage: storage, mapped_at_creation: false }))
+            Ok(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(name),
+                size: bytes,
+                usage: storage,
+                mapped_at_creation: false,
+            }))
         };
         let tokens = make("tokens", n)?; // (B, T) u32
         let mask = make("mask", n)?; // (B, T)
@@ -676,55 +948,163 @@ impl Plan {
         let grad_floats = grad_slab_floats(cfg, n, tiles);
         let grad_slabs = make("gradient split slabs", grad_floats)?;
         let map_read = |label: &str, floats: usize| {
-            device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (floats * 4) as u64, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (floats * 4) as u64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         };
         let staging = map_read("out staging", out_len);
-        let step_staging = [map_read("step staging 0", out_len + 1 + b), map_read("step staging 1", out_len + 1 + b)];
+        let step_staging = [
+            map_read("step staging 0", out_len + 1 + b),
+            map_read("step staging 1", out_len + 1 + b),
+        ];
         let given = make("loss inputs", 4 * b)?;
 
         let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
         let dummy_rw = make("unused aux", 1)?;
-        let mut rec = Recorder { grid, params, dummy, dummy_rw: &dummy_rw, partial: &partial, grad_slabs: &grad_slabs, grad_used: 0, segments: Vec::new(), n, specs: Vec::new(), backward: false, tiles };
+        let mut rec = Recorder {
+            grid,
+            params,
+            dummy,
+            dummy_rw: &dummy_rw,
+            partial: &partial,
+            grad_slabs: &grad_slabs,
+            grad_used: 0,
+            segments: Vec::new(),
+            n,
+            specs: Vec::new(),
+            backward: false,
+            tiles,
+        };
         let scale = 1.0 / (hs as f32).sqrt();
         let fused_softmax = t <= FUSED_SOFTMAX_MAX_T;
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
-        let ln_words = |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| words(&[n, c, inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, LN_SPLIT_ROWS, 0, accumulate, 0, 0, 0, 0]);
+        let ln_words =
+            |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| {
+                words(&[
+                    n,
+                    c,
+                    inp_off,
+                    out_off,
+                    stat_off,
+                    w_off,
+                    b_off,
+                    dout_off,
+                    dinp_off,
+                    LN_SPLIT_ROWS,
+                    0,
+                    accumulate,
+                    0,
+                    0,
+                    0,
+                    0,
+                ])
+            };
         // a LayerNorm forward of `inp` (its row offset 0) into `out` and the statistics at
         // layer l, first adding up `made`'s slabs into `inp` when its projection was split
-        let ln_forward = |rec: &mut Recorder, inp: (&wgpu::Buffer, usize), made: Option<ResidualSlabs>, out: (&wgpu::Buffer, usize), stats: (&wgpu::Buffer, &wgpu::Buffer, usize), w_off: usize, b_off: usize| -> Result<()> {
+        let ln_forward = |rec: &mut Recorder,
+                          inp: (&wgpu::Buffer, usize),
+                          made: Option<ResidualSlabs>,
+                          out: (&wgpu::Buffer, usize),
+                          stats: (&wgpu::Buffer, &wgpu::Buffer, usize),
+                          w_off: usize,
+                          b_off: usize|
+         -> Result<()> {
             let mut w = ln_words(inp.1, out.1, stats.2, w_off, b_off, 0, 0, 0);
             let (mut slabs, mut addend) = (dummy, dummy);
             if let Some(made) = made {
-                w[12..16].copy_from_slice(&words(&[made.slabs.splits, made.slabs.stride, made.bias_off, made.addend.1]));
+                w[12..16].copy_from_slice(&words(&[
+                    made.slabs.splits,
+                    made.slabs.stride,
+                    made.bias_off,
+                    made.addend.1,
+                ]));
                 (slabs, addend) = (rec.partial, made.addend.0);
             }
-            rec.push(Kernel::LayerNormForward, w, &[(1, inp.0), (2, params), (3, out.0), (4, stats.0), (5, stats.1), (11, slabs), (12, addend)], grid.cover(n, 1)?);
+            rec.push(
+                Kernel::LayerNormForward,
+                w,
+                &[
+                    (1, inp.0),
+                    (2, params),
+                    (3, out.0),
+                    (4, stats.0),
+                    (5, stats.1),
+                    (11, slabs),
+                    (12, addend),
+                ],
+                grid.cover(n, 1)?,
+            );
             Ok(())
         };
         let ln_splits = n.div_ceil(LN_SPLIT_ROWS);
         // a LayerNorm's [dγ | dβ]: per-split sums in a region of their own, which
         // gather_grads reduces, routing dβ to its place
-        let ln_params = |rec: &mut Recorder, inp: &wgpu::Buffer, mut w: Vec<u32>, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, dw_off: usize, db_off: usize| -> Result<()> {
+        let ln_params = |rec: &mut Recorder,
+                         inp: &wgpu::Buffer,
+                         mut w: Vec<u32>,
+                         mean: &wgpu::Buffer,
+                         rstd: &wgpu::Buffer,
+                         dw_off: usize,
+                         db_off: usize|
+         -> Result<()> {
             let groups = rec.grid.tiles(c.div_ceil(64), ln_splits)?;
             let at = rec.grad_region(ln_splits * 2 * c)?;
             w[10] = at as u32; // part_off
             let grad_slabs = rec.grad_slabs;
-            rec.push(Kernel::LayerNormBackwardParams, w, &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, grad_slabs)], groups);
-            let segment = Segment { len: 2 * c, splits: ln_splits, width: 2 * c, main_cols: c, main_off: dw_off, main_rs: 0, side_off: db_off, side_rs: 0, src_off: at };
+            rec.push(
+                Kernel::LayerNormBackwardParams,
+                w,
+                &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, grad_slabs)],
+                groups,
+            );
+            let segment = Segment {
+                len: 2 * c,
+                splits: ln_splits,
+                width: 2 * c,
+                main_cols: c,
+                main_off: dw_off,
+                main_rs: 0,
+                side_off: db_off,
+                side_rs: 0,
+                src_off: at,
+            };
             rec.add_segment(segment, false)
         };
         // a LayerNorm backward at layer stats.2 (input `inp`, dout in dln), adding (or, for
         // the final one, writing) its input gradient into dres; `made`: dln is first added
         // up from the slabs of the split GEMM that produced it
-        let ln_backward = |rec: &mut Recorder, inp: (&wgpu::Buffer, usize), made: Option<Slabs>, stats: (&wgpu::Buffer, &wgpu::Buffer, usize), w_off: usize, b_off: usize, accumulate: usize| -> Result<()> {
+        let ln_backward = |rec: &mut Recorder,
+                           inp: (&wgpu::Buffer, usize),
+                           made: Option<Slabs>,
+                           stats: (&wgpu::Buffer, &wgpu::Buffer, usize),
+                           w_off: usize,
+                           b_off: usize,
+                           accumulate: usize|
+         -> Result<()> {
             let mut w = ln_words(inp.1, 0, stats.2, w_off, b_off, 0, 0, accumulate);
             let mut slabs = dummy;
             if let Some(made) = made {
                 w[12..14].copy_from_slice(&words(&[made.splits, made.stride]));
                 slabs = rec.partial;
             }
-            rec.push(Kernel::LayerNormBackwardDinp, w.clone(), &[(1, inp.0), (2, params), (6, &dln), (7, stats.0), (8, stats.1), (9, &dres), (11, slabs)], grid.cover(n, 1)?);
+            rec.push(
+                Kernel::LayerNormBackwardDinp,
+                w.clone(),
+                &[
+                    (1, inp.0),
+                    (2, params),
+                    (6, &dln),
+                    (7, stats.0),
+                    (8, stats.1),
+                    (9, &dres),
+                    (11, slabs),
+                ],
+                grid.cover(n, 1)?,
+            );
             ln_params(rec, inp.0, w, stats.0, stats.1, w_off, b_off)
         };
         // attention: per (b, h) products as batched GEMMs around the softmax kernels
@@ -740,109 +1120,396 @@ impl Plan {
 
         // ---------------- forward ----------------
         let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wpe]);
-        rec.push(Kernel::EncoderForward, enc_words.clone(), &[(1, &tokens), (2, params), (3, &encoded)], grid.cover(nc, 64)?);
+        rec.push(
+            Kernel::EncoderForward,
+            enc_words.clone(),
+            &[(1, &tokens), (2, params), (3, &encoded)],
+            grid.cover(nc, 64)?,
+        );
         // The projections back to the residual stream (attproj, fcproj) may be split along
         // their depth; then the LayerNorm reading their output adds up the slabs (`made`).
         let mut made = None;
         for l in 0..nl {
-            let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
-            ln_forward(&mut rec, (residual, res_off), made, (&ln1, l * nc), (&ln1_mean, &ln1_rstd, l * n), p(lay.ln1w, c, l), p(lay.ln1b, c, l))?;
-            rec.linear_forward((&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), (&qkv, l * 3 * nc), None, None)?;
+            let (residual, res_off) =
+                if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
+            ln_forward(
+                &mut rec,
+                (residual, res_off),
+                made,
+                (&ln1, l * nc),
+                (&ln1_mean, &ln1_rstd, l * n),
+                p(lay.ln1w, c, l),
+                p(lay.ln1b, c, l),
+            )?;
+            rec.linear_forward(
+                (&ln1, l * nc),
+                c,
+                3 * c,
+                p(lay.qkvw, 3 * c * c, l),
+                Some(p(lay.qkvb, 3 * c, l)),
+                (&qkv, l * 3 * nc),
+                None,
+                None,
+            )?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // att = Q·Kᵀ (raw scores), softmax in place, atty = att·V
             let flags = if fused_softmax { SOFTMAX } else { 0 };
-            let scores = Gemm { rows: t, cols: t, depth: hs, flags, a_off: q_off, a_rs: 3 * c, a_ks: 1, b_off: k_off, b_ks: 1, b_ss: 3 * c, c_off: l * att_len, c_rs: t, batch: batch(qkv_z, qkv_z, att_z), scale, ..Gemm::default() };
+            let scores = Gemm {
+                rows: t,
+                cols: t,
+                depth: hs,
+                flags,
+                a_off: q_off,
+                a_rs: 3 * c,
+                a_ks: 1,
+                b_off: k_off,
+                b_ks: 1,
+                b_ss: 3 * c,
+                c_off: l * att_len,
+                c_rs: t,
+                batch: batch(qkv_z, qkv_z, att_z),
+                scale,
+                ..Gemm::default()
+            };
             rec.gemm(scores, &qkv, &qkv, None, None, &att, None)?;
             if !fused_softmax {
                 rec.push(Kernel::SoftmaxForward, softmax_words(l), &[(1, &att)], softmax_groups);
             }
-            let y = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: t, a_ks: 1, b_off: v_off, b_ks: 3 * c, b_ss: 1, c_off: l * nc, c_rs: c, batch: batch(att_z, qkv_z, btc_z), ..Gemm::default() };
+            let y = Gemm {
+                rows: t,
+                cols: hs,
+                depth: t,
+                a_off: l * att_len,
+                a_rs: t,
+                a_ks: 1,
+                b_off: v_off,
+                b_ks: 3 * c,
+                b_ss: 1,
+                c_off: l * nc,
+                c_rs: c,
+                batch: batch(att_z, qkv_z, btc_z),
+                ..Gemm::default()
+            };
             rec.gemm(y, &att, &qkv, None, None, &atty, None)?;
             // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
-            made = rec.residual_projection((&atty, l * nc), c, c, p(lay.attprojw, c * c, l), p(lay.attprojb, c, l), (&residual2, l * nc), (residual, res_off))?;
-            ln_forward(&mut rec, (&residual2, l * nc), made, (&ln2, l * nc), (&ln2_mean, &ln2_rstd, l * n), p(lay.ln2w, c, l), p(lay.ln2b, c, l))?;
+            made = rec.residual_projection(
+                (&atty, l * nc),
+                c,
+                c,
+                p(lay.attprojw, c * c, l),
+                p(lay.attprojb, c, l),
+                (&residual2, l * nc),
+                (residual, res_off),
+            )?;
+            ln_forward(
+                &mut rec,
+                (&residual2, l * nc),
+                made,
+                (&ln2, l * nc),
+                (&ln2_mean, &ln2_rstd, l * n),
+                p(lay.ln2w, c, l),
+                p(lay.ln2b, c, l),
+            )?;
             // fch = fc(ln2) and fch_gelu = GELU(fch) from one GEMM
-            rec.linear_forward((&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), (&fch, l * 4 * nc), None, Some((&fch_gelu, l * 4 * nc)))?;
-            made = rec.residual_projection((&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), p(lay.fcprojb, c, l), (&residual3, l * nc), (&residual2, l * nc))?;
+            rec.linear_forward(
+                (&ln2, l * nc),
+                c,
+                4 * c,
+                p(lay.fcw, 4 * c * c, l),
+                Some(p(lay.fcb, 4 * c, l)),
+                (&fch, l * 4 * nc),
+                None,
+                Some((&fch_gelu, l * 4 * nc)),
+            )?;
+            made = rec.residual_projection(
+                (&fch_gelu, l * 4 * nc),
+                4 * c,
+                c,
+                p(lay.fcprojw, 4 * c * c, l),
+                p(lay.fcprojb, c, l),
+                (&residual3, l * nc),
+                (&residual2, l * nc),
+            )?;
         }
         let last = (nl - 1) * nc;
-        ln_forward(&mut rec, (&residual3, last), made, (&lnf, 0), (&lnf_mean, &lnf_rstd, 0), lay.lnfw, lay.lnfb)?;
+        ln_forward(
+            &mut rec,
+            (&residual3, last),
+            made,
+            (&lnf, 0),
+            (&lnf_mean, &lnf_rstd, 0),
+            lay.lnfw,
+            lay.lnfb,
+        )?;
         rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None, None)?; // tied LM head
         let head_words = words(&[b, t, v, 0]);
-        rec.push(Kernel::LogprobForward, head_words.clone(), &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)], grid.cover(n, 1)?);
-        rec.push(Kernel::SeqSums, words(&[b, t, 0, 0]), &[(1, &mask), (2, &topk), (3, &out)], [b.div_ceil(64) as u32, 1, 1]);
+        rec.push(
+            Kernel::LogprobForward,
+            head_words.clone(),
+            &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)],
+            grid.cover(n, 1)?,
+        );
+        rec.push(
+            Kernel::SeqSums,
+            words(&[b, t, 0, 0]),
+            &[(1, &mask), (2, &topk), (3, &out)],
+            [b.div_ceil(64) as u32, 1, 1],
+        );
 
         // ---------------- backward ----------------
         rec.backward = true;
-        rec.push(Kernel::LogprobBackward, head_words, &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)], grid.cover(n * v, 64)?);
+        rec.push(
+            Kernel::LogprobBackward,
+            head_words,
+            &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)],
+            grid.cover(n * v, 64)?,
+        );
         // dlnf; the LM head's share of dwte (dlogitsᵀ·lnf) is recorded at the end, beside
         // the embedding's
         let made = rec.input_gradient(&dlogits, c, v, lay.wte, &dln, None, true)?;
-        ln_backward(&mut rec, (&residual3, last), made, (&lnf_mean, &lnf_rstd, 0), lay.lnfw, lay.lnfb, 0)?;
+        ln_backward(
+            &mut rec,
+            (&residual3, last),
+            made,
+            (&lnf_mean, &lnf_rstd, 0),
+            lay.lnfw,
+            lay.lnfb,
+            0,
+        )?;
         // dres now holds d(residual3[L−1]); each block reads it as its branch outputs'
         // gradient, and its LayerNorms add their input gradients into it.
         for l in (0..nl).rev() {
-            let (residual, res_off) = if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
+            let (residual, res_off) =
+                if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
             // dfch = (dres · W_fcproj) ⊙ GELU′(fch) from one GEMM
-            rec.linear_backward(&dres, (&fch_gelu, l * 4 * nc), 4 * c, c, p(lay.fcprojw, 4 * c * c, l), Some(p(lay.fcprojb, c, l)), &dfch, Some((&fch, l * 4 * nc)))?;
-            let made = rec.linear_backward_to_layernorm(&dfch, (&ln2, l * nc), c, 4 * c, p(lay.fcw, 4 * c * c, l), Some(p(lay.fcb, 4 * c, l)), &dln)?;
-            ln_backward(&mut rec, (&residual2, l * nc), made, (&ln2_mean, &ln2_rstd, l * n), p(lay.ln2w, c, l), p(lay.ln2b, c, l), 1)?;
-            rec.linear_backward(&dres, (&atty, l * nc), c, c, p(lay.attprojw, c * c, l), Some(p(lay.attprojb, c, l)), &datty, None)?;
+            rec.linear_backward(
+                &dres,
+                (&fch_gelu, l * 4 * nc),
+                4 * c,
+                c,
+                p(lay.fcprojw, 4 * c * c, l),
+                Some(p(lay.fcprojb, c, l)),
+                &dfch,
+                Some((&fch, l * 4 * nc)),
+            )?;
+            let made = rec.linear_backward_to_layernorm(
+                &dfch,
+                (&ln2, l * nc),
+                c,
+                4 * c,
+                p(lay.fcw, 4 * c * c, l),
+                Some(p(lay.fcb, 4 * c, l)),
+                &dln,
+            )?;
+            ln_backward(
+                &mut rec,
+                (&residual2, l * nc),
+                made,
+                (&ln2_mean, &ln2_rstd, l * n),
+                p(lay.ln2w, c, l),
+                p(lay.ln2b, c, l),
+                1,
+            )?;
+            rec.linear_backward(
+                &dres,
+                (&atty, l * nc),
+                c,
+                c,
+                p(lay.attprojw, c * c, l),
+                Some(p(lay.attprojb, c, l)),
+                &datty,
+                None,
+            )?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
             // dk = dpreᵀ·Q, dv = attᵀ·dy (datty, dpre and dqkv hold one layer)
             let flags = if fused_softmax { SOFTMAX_GRAD } else { 0 };
-            let datt = Gemm { rows: t, cols: t, depth: hs, flags, a_rs: c, a_ks: 1, b_off: v_off, b_ks: 1, b_ss: 3 * c, c_rs: t, addend_off: l * att_len, batch: batch(btc_z, qkv_z, att_z), scale, ..Gemm::default() };
+            let datt = Gemm {
+                rows: t,
+                cols: t,
+                depth: hs,
+                flags,
+                a_rs: c,
+                a_ks: 1,
+                b_off: v_off,
+                b_ks: 1,
+                b_ss: 3 * c,
+                c_rs: t,
+                addend_off: l * att_len,
+                batch: batch(btc_z, qkv_z, att_z),
+                scale,
+                ..Gemm::default()
+            };
             rec.gemm(datt, &datty, &qkv, None, Some(&att), &dpre, None)?;
             if !fused_softmax {
-                rec.push(Kernel::SoftmaxBackward, softmax_words(l), &[(2, &att), (3, &dpre)], softmax_groups);
+                rec.push(
+                    Kernel::SoftmaxBackward,
+                    softmax_words(l),
+                    &[(2, &att), (3, &dpre)],
+                    softmax_groups,
+                );
             }
-            let dq = Gemm { rows: t, cols: hs, depth: t, a_rs: t, a_ks: 1, b_off: k_off, b_ks: 3 * c, b_ss: 1, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
+            let dq = Gemm {
+                rows: t,
+                cols: hs,
+                depth: t,
+                a_rs: t,
+                a_ks: 1,
+                b_off: k_off,
+                b_ks: 3 * c,
+                b_ss: 1,
+                c_rs: 3 * c,
+                batch: batch(att_z, qkv_z, qkv_z),
+                ..Gemm::default()
+            };
             rec.gemm(dq, &dpre, &qkv, None, None, &dqkv, None)?;
-            let dk = Gemm { rows: t, cols: hs, depth: t, a_rs: 1, a_ks: t, b_off: q_off, b_ks: 3 * c, b_ss: 1, c_off: c, c_rs: 3 * c, batch: batch(att_z, qkv_z, qkv_z), ..Gemm::default() };
+            let dk = Gemm {
+                rows: t,
+                cols: hs,
+                depth: t,
+                a_rs: 1,
+                a_ks: t,
+                b_off: q_off,
+                b_ks: 3 * c,
+                b_ss: 1,
+                c_off: c,
+                c_rs: 3 * c,
+                batch: batch(att_z, qkv_z, qkv_z),
+                ..Gemm::default()
+            };
             rec.gemm(dk, &dpre, &qkv, None, None, &dqkv, None)?;
-            let dv = Gemm { rows: t, cols: hs, depth: t, a_off: l * att_len, a_rs: 1, a_ks: t, b_ks: c, b_ss: 1, c_off: 2 * c, c_rs: 3 * c, batch: batch(att_z, btc_z, qkv_z), ..Gemm::default() };
+            let dv = Gemm {
+                rows: t,
+                cols: hs,
+                depth: t,
+                a_off: l * att_len,
+                a_rs: 1,
+                a_ks: t,
+                b_ks: c,
+                b_ss: 1,
+                c_off: 2 * c,
+                c_rs: 3 * c,
+                batch: batch(att_z, btc_z, qkv_z),
+                ..Gemm::default()
+            };
             rec.gemm(dv, &att, &datty, None, None, &dqkv, None)?;
-            let made = rec.linear_backward_to_layernorm(&dqkv, (&ln1, l * nc), c, 3 * c, p(lay.qkvw, 3 * c * c, l), Some(p(lay.qkvb, 3 * c, l)), &dln)?;
-            ln_backward(&mut rec, (residual, res_off), made, (&ln1_mean, &ln1_rstd, l * n), p(lay.ln1w, c, l), p(lay.ln1b, c, l), 1)?;
+            let made = rec.linear_backward_to_layernorm(
+                &dqkv,
+                (&ln1, l * nc),
+                c,
+                3 * c,
+                p(lay.qkvw, 3 * c * c, l),
+                Some(p(lay.qkvb, 3 * c, l)),
+                &dln,
+            )?;
+            ln_backward(
+                &mut rec,
+                (residual, res_off),
+                made,
+                (&ln1_mean, &ln1_rstd, l * n),
+                p(lay.ln1w, c, l),
+                p(lay.ln1b, c, l),
+                1,
+            )?;
         }
         // dwte = dlogitsᵀ·lnf + one-hot(tokens)ᵀ·dres (split-K GEMMs, the embedding's slabs
         // right after the LM head's), dwpe = Σ_b dres
         rec.linear_weight_gradient(&dlogits, (&lnf, 0), c, v, lay.wte, None, false)?;
-        let dwte = Gemm { rows: v, cols: c, depth: n, flags: ONEHOT_A, b_ks: c, b_ss: 1, ..Gemm::default() };
+        let dwte = Gemm {
+            rows: v,
+            cols: c,
+            depth: n,
+            flags: ONEHOT_A,
+            b_ks: c,
+            b_ss: 1,
+            ..Gemm::default()
+        };
         rec.weight_gradient(dwte, &tokens, &dres, (lay.wte, c, c), 0, true)?;
-        rec.push(Kernel::EncoderBackwardWpe, enc_words, &[(4, &dres), (5, grads)], grid.cover(cfg.ctx * c, 64)?);
+        rec.push(
+            Kernel::EncoderBackwardWpe,
+            enc_words,
+            &[(4, &dres), (5, grads)],
+            grid.cover(cfg.ctx * c, 64)?,
+        );
         // every parameter gradient's slabs, summed in one launch
         if rec.grad_used != grad_floats {
-            return Err(LabError::Engine { msg: format!("internal: {grad_floats} floats of gradient slabs allocated, {} used", rec.grad_used) });
+            return Err(LabError::Engine {
+                msg: format!(
+                    "internal: {grad_floats} floats of gradient slabs allocated, {} used",
+                    rec.grad_used
+                ),
+            });
         }
         let mut start = 0;
         let mut table = Vec::with_capacity(rec.segments.len() * 12);
         for s in &rec.segments {
-            table.extend(words(&[start, s.splits, s.len, s.width, s.main_cols, s.main_off, s.main_rs, s.side_off, s.side_rs, s.src_off, 0, 0]));
+            table.extend(words(&[
+                start,
+                s.splits,
+                s.len,
+                s.width,
+                s.main_cols,
+                s.main_off,
+                s.main_rs,
+                s.side_off,
+                s.side_rs,
+                s.src_off,
+                0,
+                0,
+            ]));
             start += s.len;
         }
-        let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("gradient segments"), contents: bytemuck::cast_slice(&table), usage: wgpu::BufferUsages::STORAGE });
+        let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("gradient segments"),
+            contents: bytemuck::cast_slice(&table),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
         let gather_words = words(&[rec.segments.len(), start, 0, 0]);
-        rec.push(Kernel::GatherGrads, gather_words, &[(4, &grad_slabs), (5, grads), (8, &table)], grid.cover(start, 64)?);
+        rec.push(
+            Kernel::GatherGrads,
+            gather_words,
+            &[(4, &grad_slabs), (5, grads), (8, &table)],
+            grid.cover(start, 64)?,
+        );
 
         // ---------------- uniforms and bind groups ----------------
         let mut blob = vec![0u8; rec.specs.len() * UNIFORM_STRIDE as usize];
         for (i, spec) in rec.specs.iter().enumerate() {
             let bytes: &[u8] = bytemuck::cast_slice(&spec.words);
-            blob[i * UNIFORM_STRIDE as usize..i * UNIFORM_STRIDE as usize + bytes.len()].copy_from_slice(bytes);
+            blob[i * UNIFORM_STRIDE as usize..i * UNIFORM_STRIDE as usize + bytes.len()]
+                .copy_from_slice(bytes);
         }
-        let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("dispatch uniforms"), contents: &blob, usage: wgpu::BufferUsages::UNIFORM });
+        let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("dispatch uniforms"),
+            contents: &blob,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
         let (mut forward, mut backward) = (Vec::new(), Vec::new());
         for (i, spec) in rec.specs.into_iter().enumerate() {
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &uniforms, offset: i as u64 * UNIFORM_STRIDE, size: wgpu::BufferSize::new(UNIFORM_STRIDE) }),
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniforms,
+                    offset: i as u64 * UNIFORM_STRIDE,
+                    size: wgpu::BufferSize::new(UNIFORM_STRIDE),
+                }),
             }];
-            entries.extend(spec.buffers.iter().map(|(slot, buf)| wgpu::BindGroupEntry { binding: *slot, resource: buf.as_entire_binding() }));
+            entries.extend(spec.buffers.iter().map(|(slot, buf)| wgpu::BindGroupEntry {
+                binding: *slot,
+                resource: buf.as_entire_binding(),
+            }));
             let layout = pipelines.get(spec.kernel).get_bind_group_layout(0);
-            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(spec.kernel.entry().1), layout: &layout, entries: &entries });
-            let dispatch = Dispatch { kernel: spec.kernel, bind_group, groups: spec.groups, flops: spec.flops };
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(spec.kernel.entry().1),
+                layout: &layout,
+                entries: &entries,
+            });
+            let dispatch = Dispatch {
+                kernel: spec.kernel,
+                bind_group,
+                groups: spec.groups,
+                flops: spec.flops,
+            };
             if spec.backward {
                 backward.push(dispatch);
             } else {
@@ -866,8 +1533,27 @@ impl Plan {
             // one workgroup of 64 (loss.wgsl)
             Dispatch { kernel, bind_group, groups: [1, 1, 1], flops: 0 }
         };
-        let (loss, loss_batch) = (loss_dispatch(Kernel::LossGradient), loss_dispatch(Kernel::LossGradientBatch));
-        Ok(Plan { batch: b, seq_len: t, tokens, mask, d_seq, out, staging, given, loss, loss_batch, step_staging, queued_staging: Vec::new(), logits, lnf, forward, backward, _uniforms: uniforms })
+        let (loss, loss_batch) =
+            (loss_dispatch(Kernel::LossGradient), loss_dispatch(Kernel::LossGradientBatch));
+        Ok(Plan {
+            batch: b,
+            seq_len: t,
+            tokens,
+            mask,
+            d_seq,
+            out,
+            staging,
+            given,
+            loss,
+            loss_batch,
+            step_staging,
+            queued_staging: Vec::new(),
+            logits,
+            lnf,
+            forward,
+            backward,
+            _uniforms: uniforms,
+        })
     }
 }
 
@@ -879,10 +1565,18 @@ mod tests {
     fn auto_tiles_are_wide_only_where_the_output_has_tiles_to_spare() {
         // medium (C = 256) at the benchmark's B·T = 2048
         let n = 2048;
-        assert_eq!(GemmTiles::Auto.tile_rows(n, 4 * 256, false), 128, "fc forward, fcproj input gradient");
+        assert_eq!(
+            GemmTiles::Auto.tile_rows(n, 4 * 256, false),
+            128,
+            "fc forward, fcproj input gradient"
+        );
         assert_eq!(GemmTiles::Auto.tile_rows(n, 3 * 256, false), 128, "qkv forward");
         assert_eq!(GemmTiles::Auto.tile_rows(n, 256, false), 64, "projections back to C");
-        assert_eq!(GemmTiles::Auto.tile_rows(4 * 256, 257, false), 64, "weight gradients split instead");
+        assert_eq!(
+            GemmTiles::Auto.tile_rows(4 * 256, 257, false),
+            64,
+            "weight gradients split instead"
+        );
         assert_eq!(GemmTiles::Auto.tile_rows(64, 64, true), 64, "attention's batched products");
         // tiny (C = 64): nothing is wide enough
         assert_eq!(GemmTiles::Auto.tile_rows(n, 4 * 64, false), 64);
@@ -899,22 +1593,92 @@ mod tests {
         // medium (C = 256, B·T = 2048): forward x·Wᵀ (both along k), input gradient dy·W
         // (A along k, B along columns), [dW | db] (A along rows, B along columns, the ones
         // column folded), each at a layer's offsets
-        let forward = Gemm { rows: 2048, cols: 768, depth: 256, a_off: 3 * 2048 * 256, a_rs: 256, a_ks: 1, b_off: 4 * 256 + 7 * 256 * 768, b_ks: 1, b_ss: 256, ..Gemm::default() };
+        let forward = Gemm {
+            rows: 2048,
+            cols: 768,
+            depth: 256,
+            a_off: 3 * 2048 * 256,
+            a_rs: 256,
+            a_ks: 1,
+            b_off: 4 * 256 + 7 * 256 * 768,
+            b_ks: 1,
+            b_ss: 256,
+            ..Gemm::default()
+        };
         assert_eq!(forward.vector_loads(256, &one), both);
-        let dinp = Gemm { rows: 2048, cols: 256, depth: 1024, a_rs: 1024, a_ks: 1, b_off: 4 * 256, b_ks: 256, b_ss: 1, ..Gemm::default() };
+        let dinp = Gemm {
+            rows: 2048,
+            cols: 256,
+            depth: 1024,
+            a_rs: 1024,
+            a_ks: 1,
+            b_off: 4 * 256,
+            b_ks: 256,
+            b_ss: 1,
+            ..Gemm::default()
+        };
         assert_eq!(dinp.vector_loads(512, &one), both);
-        let dweight = Gemm { rows: 768, cols: 257, depth: 2048, flags: ONES_COLUMN, a_rs: 1, a_ks: 768, b_off: 2048 * 256, b_ks: 256, b_ss: 1, ..Gemm::default() };
+        let dweight = Gemm {
+            rows: 768,
+            cols: 257,
+            depth: 2048,
+            flags: ONES_COLUMN,
+            a_rs: 1,
+            a_ks: 768,
+            b_off: 2048 * 256,
+            b_ks: 256,
+            b_ss: 1,
+            ..Gemm::default()
+        };
         assert_eq!(dweight.vector_loads(128, &one), both);
         // attention's per-(b, h) products read q, k, v in place (head size 32)
-        let qk = Gemm { rows: 64, cols: 64, depth: 32, a_rs: 768, a_ks: 1, b_off: 256, b_ks: 1, b_ss: 768, ..Gemm::default() };
-        assert_eq!(qk.vector_loads(32, &Batch { count: 256, inner: 8, a: (64 * 768, 32), b: (64 * 768, 32), c: (8 * 64 * 64, 64 * 64) }), both);
+        let qk = Gemm {
+            rows: 64,
+            cols: 64,
+            depth: 32,
+            a_rs: 768,
+            a_ks: 1,
+            b_off: 256,
+            b_ks: 1,
+            b_ss: 768,
+            ..Gemm::default()
+        };
+        assert_eq!(
+            qk.vector_loads(
+                32,
+                &Batch {
+                    count: 256,
+                    inner: 8,
+                    a: (64 * 768, 32),
+                    b: (64 * 768, 32),
+                    c: (8 * 64 * 64, 64 * 64)
+                }
+            ),
+            both
+        );
         // element by element where a quad could straddle an edge or an offset is odd
         assert_eq!(Gemm { depth: 19, ..qk }.vector_loads(19, &one), 0, "odd depth along k");
         assert_eq!(Gemm { a_off: 2, ..forward }.vector_loads(256, &one), VEC_B, "A's offset");
         assert_eq!(forward.vector_loads(250, &one), 0, "a split not at a multiple of 4");
-        assert_eq!(Gemm { rows: 48, cols: 49, ..dweight }.vector_loads(64, &one), VEC_A, "B's ones column inside a tile");
-        assert_eq!(Gemm { rows: 50, ..dweight }.vector_loads(64, &one), VEC_B, "A's rows not a multiple of 4");
-        let dwte = Gemm { rows: 96, cols: 256, depth: 2048, flags: ONEHOT_A, b_ks: 256, b_ss: 1, ..Gemm::default() };
+        assert_eq!(
+            Gemm { rows: 48, cols: 49, ..dweight }.vector_loads(64, &one),
+            VEC_A,
+            "B's ones column inside a tile"
+        );
+        assert_eq!(
+            Gemm { rows: 50, ..dweight }.vector_loads(64, &one),
+            VEC_B,
+            "A's rows not a multiple of 4"
+        );
+        let dwte = Gemm {
+            rows: 96,
+            cols: 256,
+            depth: 2048,
+            flags: ONEHOT_A,
+            b_ks: 256,
+            b_ss: 1,
+            ..Gemm::default()
+        };
         assert_eq!(dwte.vector_loads(128, &one), VEC_B, "the one-hot A is built, not read");
         let strided = Gemm { a_rs: 8, a_ks: 2, ..forward };
         assert_eq!(strided.vector_loads(256, &one), VEC_B, "no unit stride in A");
@@ -923,15 +1687,24 @@ mod tests {
     #[test]
     fn splits_cover_the_depth_and_aim_at_the_target_workgroups() {
         for tile_rows in [64, 128] {
-            for (rows, cols, depth) in [(1024, 257, 2048), (256, 1025, 2048), (96, 256, 2048), (48, 49, 57)] {
+            for (rows, cols, depth) in
+                [(1024, 257, 2048), (256, 1025, 2048), (96, 256, 2048), (48, 49, 57)]
+            {
                 let (splits, k_chunk) = split_k(rows, cols, depth, tile_rows);
-                assert!(splits * k_chunk >= depth && (splits - 1) * k_chunk < depth, "{rows}×{cols}×{depth}: {splits} × {k_chunk}");
+                assert!(
+                    splits * k_chunk >= depth && (splits - 1) * k_chunk < depth,
+                    "{rows}×{cols}×{depth}: {splits} × {k_chunk}"
+                );
                 assert_eq!(k_chunk % 16, 0);
                 assert!(splits <= MAX_SPLITS);
             }
             let (splits, k_chunk) = split_activation(2048, 256, 1024, tile_rows);
             assert_eq!(splits * k_chunk, 1024);
-            assert_eq!(2048usize.div_ceil(tile_rows) * 4 * splits, SPLIT_TARGET_GROUPS, "fcproj forward at B·T = 2048, C = 256");
+            assert_eq!(
+                2048usize.div_ceil(tile_rows) * 4 * splits,
+                SPLIT_TARGET_GROUPS,
+                "fcproj forward at B·T = 2048, C = 256"
+            );
         }
     }
 }

@@ -18,7 +18,9 @@ const FIXED_NEEDS: [(&str, u32, fn(&wgpu::Limits) -> u32); 6] = [
     ("max_compute_workgroup_size_y", 16, |l| l.max_compute_workgroup_size_y),
     // matmul.wgsl `gemm_wide`: two buffers of an 8×132 and an 8×68 f32 tile
     ("max_compute_workgroup_storage_size", 12800, |l| l.max_compute_workgroup_storage_size),
-    ("max_uniform_buffer_binding_size", 256, |l| l.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32),
+    ("max_uniform_buffer_binding_size", 256, |l| {
+        l.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32
+    }),
 ];
 
 /// Check the fixed needs against an adapter's (or device's) limits, naming the first
@@ -41,7 +43,12 @@ pub fn check_buffer_size(limits: &wgpu::Limits, what: &str, bytes: u64) -> Resul
         });
     }
     if bytes > limits.max_buffer_size {
-        return Err(LabError::Engine { msg: format!("{what} needs a {bytes}-byte buffer, over this device's limit max_buffer_size = {}", limits.max_buffer_size) });
+        return Err(LabError::Engine {
+            msg: format!(
+                "{what} needs a {bytes}-byte buffer, over this device's limit max_buffer_size = {}",
+                limits.max_buffer_size
+            ),
+        });
     }
     Ok(())
 }
@@ -59,9 +66,17 @@ pub async fn open_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu:
     let info = adapter.get_info();
     let limits = adapter.limits();
     check_limits(&limits, &info.name)?;
-    let required_features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
-    let desc = wgpu::DeviceDescriptor { label: Some("alignlab"), required_features, required_limits: limits, ..Default::default() };
-    adapter.request_device(&desc).await.map_err(|err| LabError::Engine { msg: format!("could not open a device on {:?}: {err}", info.name) })
+    let required_features = adapter.features()
+        & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("alignlab"),
+        required_features,
+        required_limits: limits,
+        ..Default::default()
+    };
+    adapter.request_device(&desc).await.map_err(|err| LabError::Engine {
+        msg: format!("could not open a device on {:?}: {err}", info.name),
+    })
 }
 
 /// Errors wgpu reports outside any call (validation errors, device loss), collected so the
@@ -73,9 +88,13 @@ impl Faults {
     pub fn install(device: &wgpu::Device) -> Faults {
         let faults = Faults::default();
         let sink = faults.clone();
-        device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| sink.push(format!("GPU error: {err}"))));
+        device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
+            sink.push(format!("GPU error: {err}"))
+        }));
         let sink = faults.clone();
-        device.set_device_lost_callback(move |reason, msg| sink.push(format!("GPU device lost ({reason:?}): {msg}")));
+        device.set_device_lost_callback(move |reason, msg| {
+            sink.push(format!("GPU device lost ({reason:?}): {msg}"))
+        });
         faults
     }
 
@@ -87,7 +106,10 @@ impl Faults {
 
     /// The first fault since the last check, as an error.
     pub fn check(&self) -> Result<()> {
-        let mut list = self.0.lock().map_err(|_| LabError::Engine { msg: "GPU fault list poisoned".into() })?;
+        let mut list = self
+            .0
+            .lock()
+            .map_err(|_| LabError::Engine { msg: "GPU fault list poisoned".into() })?;
         if list.is_empty() {
             return Ok(());
         }
@@ -113,7 +135,12 @@ struct Mapping<'a> {
 
 /// Submit `encoder` (which must end with a copy of the wanted bytes into `staging`) and ask
 /// for `staging` to be mapped once the GPU is done.
-fn submit_and_map<'a, T>(queue: &wgpu::Queue, encoder: wgpu::CommandEncoder, staging: &'a wgpu::Buffer, len: usize) -> Mapping<'a> {
+fn submit_and_map<'a, T>(
+    queue: &wgpu::Queue,
+    encoder: wgpu::CommandEncoder,
+    staging: &'a wgpu::Buffer,
+    len: usize,
+) -> Mapping<'a> {
     let bytes = (len * std::mem::size_of::<T>()) as u64;
     let index = queue.submit([encoder.finish()]);
     let slice = staging.slice(..bytes.max(4));
@@ -128,26 +155,44 @@ fn submit_and_map<'a, T>(queue: &wgpu::Queue, encoder: wgpu::CommandEncoder, sta
 /// `poll`). After it the map callback has run, unless the device was lost.
 #[cfg(not(target_arch = "wasm32"))]
 fn wait_for(device: &wgpu::Device, faults: &Faults, index: wgpu::SubmissionIndex) -> Result<()> {
-    let polled = device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(READBACK_TIMEOUT) });
+    let polled = device.poll(wgpu::PollType::Wait {
+        submission_index: Some(index),
+        timeout: Some(READBACK_TIMEOUT),
+    });
     faults.check()?;
-    polled.map(|_| ()).map_err(|err| LabError::Engine { msg: format!("waiting for the GPU failed ({err}); the device may be lost or hung") })
+    polled.map(|_| ()).map_err(|err| LabError::Engine {
+        msg: format!("waiting for the GPU failed ({err}); the device may be lost or hung"),
+    })
 }
 
 /// The values of a mapped readback, after the map callback reported `result`.
-fn read_mapped<T: bytemuck::Pod>(faults: &Faults, staging: &wgpu::Buffer, slice: wgpu::BufferSlice<'_>, bytes: u64, result: Option<std::result::Result<(), wgpu::BufferAsyncError>>) -> Result<Vec<T>> {
+fn read_mapped<T: bytemuck::Pod>(
+    faults: &Faults,
+    staging: &wgpu::Buffer,
+    slice: wgpu::BufferSlice<'_>,
+    bytes: u64,
+    result: Option<std::result::Result<(), wgpu::BufferAsyncError>>,
+) -> Result<Vec<T>> {
     match result {
         Some(Ok(())) => {}
         Some(Err(err)) => {
             faults.check()?;
-            return Err(LabError::Engine { msg: format!("reading results back from the GPU failed: {err}") });
+            return Err(LabError::Engine {
+                msg: format!("reading results back from the GPU failed: {err}"),
+            });
         }
         None => {
             faults.check()?;
-            return Err(LabError::Engine { msg: "the GPU finished but the readback never completed; the device may be lost".into() });
+            return Err(LabError::Engine {
+                msg: "the GPU finished but the readback never completed; the device may be lost"
+                    .into(),
+            });
         }
     }
     let values = {
-        let view = slice.get_mapped_range().map_err(|err| LabError::Engine { msg: format!("mapping the readback buffer failed: {err}") })?;
+        let view = slice.get_mapped_range().map_err(|err| LabError::Engine {
+            msg: format!("mapping the readback buffer failed: {err}"),
+        })?;
         bytemuck::cast_slice::<u8, T>(&view[..bytes as usize]).to_vec()
     };
     staging.unmap();
@@ -158,7 +203,14 @@ fn read_mapped<T: bytemuck::Pod>(faults: &Faults, staging: &wgpu::Buffer, slice:
 /// Submit `encoder` (which must end with a copy of the wanted bytes into `staging`), wait
 /// for it, and return the first `len` values of `staging`. The step's only GPU→CPU sync.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn submit_and_read<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+pub fn submit_and_read<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    faults: &Faults,
+    encoder: wgpu::CommandEncoder,
+    staging: &wgpu::Buffer,
+    len: usize,
+) -> Result<Vec<T>> {
     let mut m = submit_and_map::<T>(queue, encoder, staging, len);
     wait_for(device, faults, m.index)?;
     let result = m.mapped.try_recv().ok().flatten();
@@ -176,14 +228,23 @@ pub struct InFlight {
 }
 
 /// The first half of [`submit_and_read`]: submit and request the map.
-pub fn submit_for_read<T: bytemuck::Pod>(queue: &wgpu::Queue, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> InFlight {
+pub fn submit_for_read<T: bytemuck::Pod>(
+    queue: &wgpu::Queue,
+    encoder: wgpu::CommandEncoder,
+    staging: &wgpu::Buffer,
+    len: usize,
+) -> InFlight {
     let m = submit_and_map::<T>(queue, encoder, staging, len);
     InFlight { index: m.index, staging: staging.clone(), bytes: m.bytes, mapped: m.mapped }
 }
 
 /// The second half of [`submit_and_read`]: wait, then read.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn finish_read<T: bytemuck::Pod>(device: &wgpu::Device, faults: &Faults, mut r: InFlight) -> Result<Vec<T>> {
+pub fn finish_read<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    faults: &Faults,
+    mut r: InFlight,
+) -> Result<Vec<T>> {
     wait_for(device, faults, r.index)?;
     let result = r.mapped.try_recv().ok().flatten();
     read_mapped(faults, &r.staging, r.staging.slice(..r.bytes.max(4)), r.bytes, result)
@@ -191,7 +252,11 @@ pub fn finish_read<T: bytemuck::Pod>(device: &wgpu::Device, faults: &Faults, mut
 
 /// [`finish_read`], awaitable (natively the device is polled until the work is done; in the
 /// browser the page's event loop runs the map callback).
-pub async fn finish_read_async<T: bytemuck::Pod>(device: &wgpu::Device, faults: &Faults, r: InFlight) -> Result<Vec<T>> {
+pub async fn finish_read_async<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    faults: &Faults,
+    r: InFlight,
+) -> Result<Vec<T>> {
     #[cfg(not(target_arch = "wasm32"))]
     wait_for(device, faults, r.index.clone())?;
     #[cfg(target_arch = "wasm32")]
@@ -204,14 +269,28 @@ pub async fn finish_read_async<T: bytemuck::Pod>(device: &wgpu::Device, faults: 
 /// In the browser a readback can only be awaited: the synchronous [`lab_core::Engine`]
 /// calls that need one report this, naming the async twin to use.
 #[cfg(target_arch = "wasm32")]
-pub fn submit_and_read<T: bytemuck::Pod>(_device: &wgpu::Device, _queue: &wgpu::Queue, _faults: &Faults, _encoder: wgpu::CommandEncoder, _staging: &wgpu::Buffer, _len: usize) -> Result<Vec<T>> {
+pub fn submit_and_read<T: bytemuck::Pod>(
+    _device: &wgpu::Device,
+    _queue: &wgpu::Queue,
+    _faults: &Faults,
+    _encoder: wgpu::CommandEncoder,
+    _staging: &wgpu::Buffer,
+    _len: usize,
+) -> Result<Vec<T>> {
     Err(LabError::Engine { msg: "the browser cannot wait for the GPU synchronously; use the engine's async calls (forward_async, hidden_states_async, params_async)".into() })
 }
 
 /// [`submit_and_read`], awaitable. Natively the device is polled until the work is done
 /// (so the future is complete when first polled); in the browser the page's event loop
 /// runs the map callback, and awaiting yields to it.
-pub async fn submit_and_read_async<T: bytemuck::Pod>(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+pub async fn submit_and_read_async<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    faults: &Faults,
+    encoder: wgpu::CommandEncoder,
+    staging: &wgpu::Buffer,
+    len: usize,
+) -> Result<Vec<T>> {
     let m = submit_and_map::<T>(queue, encoder, staging, len);
     #[cfg(not(target_arch = "wasm32"))]
     wait_for(device, faults, m.index)?;
@@ -228,11 +307,24 @@ mod tests {
 
     #[test]
     fn a_small_limit_is_named_with_the_value_needed() {
-        let limits = wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..wgpu::Limits::default() };
+        let limits =
+            wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..wgpu::Limits::default() };
         let err = check_limits(&limits, "tiny adapter").unwrap_err().to_string();
-        assert!(err.contains("max_storage_buffers_per_shader_stage is 4") && err.contains("at least 7"), "{err}");
-        assert!(check_limits(&wgpu::Limits::default(), "webgpu defaults").is_ok(), "WebGPU's default limits must suffice");
-        let err = check_buffer_size(&wgpu::Limits::default(), "activation att", 1 << 40).unwrap_err().to_string();
-        assert!(err.contains("max_storage_buffer_binding_size = 134217728") && err.contains("activation att"), "{err}");
+        assert!(
+            err.contains("max_storage_buffers_per_shader_stage is 4") && err.contains("at least 7"),
+            "{err}"
+        );
+        assert!(
+            check_limits(&wgpu::Limits::default(), "webgpu defaults").is_ok(),
+            "WebGPU's default limits must suffice"
+        );
+        let err = check_buffer_size(&wgpu::Limits::default(), "activation att", 1 << 40)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_storage_buffer_binding_size = 134217728")
+                && err.contains("activation att"),
+            "{err}"
+        );
     }
 }

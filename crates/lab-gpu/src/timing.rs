@@ -27,7 +27,11 @@ pub struct KernelTime {
 impl KernelTime {
     /// Achieved TFLOP/s (0 for kernels whose work is not counted in flops).
     pub fn tflops(&self) -> f64 {
-        if self.total_us > 0.0 { self.flops as f64 / (self.total_us * 1e6) } else { 0.0 }
+        if self.total_us > 0.0 {
+            self.flops as f64 / (self.total_us * 1e6)
+        } else {
+            0.0
+        }
     }
 }
 
@@ -72,7 +76,14 @@ pub struct Profile {
 const QUERIES_PER_SET: usize = 4096;
 
 /// Run `dispatches` once, timed by `method`, and sum the times per kernel.
-pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipelines: &Pipelines, dispatches: &[&Dispatch], method: Method) -> Result<Profile> {
+pub fn profile(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    faults: &Faults,
+    pipelines: &Pipelines,
+    dispatches: &[&Dispatch],
+    method: Method,
+) -> Result<Profile> {
     let mut ticks = Vec::with_capacity(dispatches.len());
     // InsidePass: n + 1 timestamps for a chunk of n; PassPerLaunch: 2 per dispatch
     let per_set = match method {
@@ -84,14 +95,32 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
             Method::InsidePass => chunk.len() as u32 + 1,
             Method::PassPerLaunch => 2 * chunk.len() as u32,
         };
-        let query_set = device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("kernel timestamps"), ty: wgpu::QueryType::Timestamp, count });
+        let query_set = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kernel timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
         let bytes = count as u64 * 8;
-        let resolve = device.create_buffer(&wgpu::BufferDescriptor { label: Some("timestamps"), size: bytes, usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
-        let staging = device.create_buffer(&wgpu::BufferDescriptor { label: Some("timestamps readback"), size: bytes, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
         match method {
             Method::InsidePass => {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("profiled step"), timestamp_writes: None });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("profiled step"),
+                    timestamp_writes: None,
+                });
                 for (i, d) in chunk.iter().enumerate() {
                     pass.write_timestamp(&query_set, i as u32);
                     pass.set_pipeline(pipelines.get(d.kernel));
@@ -102,8 +131,15 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
             }
             Method::PassPerLaunch => {
                 for (i, d) in chunk.iter().enumerate() {
-                    let timestamp_writes = wgpu::ComputePassTimestampWrites { query_set: &query_set, beginning_of_pass_write_index: Some(2 * i as u32), end_of_pass_write_index: Some(2 * i as u32 + 1) };
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.kernel.entry().1), timestamp_writes: Some(timestamp_writes) });
+                    let timestamp_writes = wgpu::ComputePassTimestampWrites {
+                        query_set: &query_set,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    };
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.kernel.entry().1),
+                        timestamp_writes: Some(timestamp_writes),
+                    });
                     pass.set_pipeline(pipelines.get(d.kernel));
                     pass.set_bind_group(0, &d.bind_group, &[]);
                     pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
@@ -112,10 +148,15 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
         }
         encoder.resolve_query_set(&query_set, 0..count, &resolve, 0);
         encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, Some(bytes));
-        let stamps: Vec<u64> = submit_and_read(device, queue, faults, encoder, &staging, count as usize)?;
+        let stamps: Vec<u64> =
+            submit_and_read(device, queue, faults, encoder, &staging, count as usize)?;
         match method {
-            Method::InsidePass => ticks.extend(stamps.windows(2).map(|pair| pair[1].saturating_sub(pair[0]))),
-            Method::PassPerLaunch => ticks.extend(stamps.chunks(2).map(|pair| pair[1].saturating_sub(pair[0]))),
+            Method::InsidePass => {
+                ticks.extend(stamps.windows(2).map(|pair| pair[1].saturating_sub(pair[0])))
+            }
+            Method::PassPerLaunch => {
+                ticks.extend(stamps.chunks(2).map(|pair| pair[1].saturating_sub(pair[0])))
+            }
         }
     }
     let ns_per_tick = queue.get_timestamp_period() as f64;
@@ -131,7 +172,9 @@ pub fn profile(device: &wgpu::Device, queue: &wgpu::Queue, faults: &Faults, pipe
                 k.total_us += us;
                 k.flops += d.flops;
             }
-            None => kernels.push(KernelTime { kernel: name, launches: 1, total_us: us, flops: d.flops }),
+            None => {
+                kernels.push(KernelTime { kernel: name, launches: 1, total_us: us, flops: d.flops })
+            }
         }
     }
     kernels.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));

@@ -20,7 +20,11 @@ fn shader_files() -> Vec<PathBuf> {
 #[test]
 fn every_shader_compiles_and_validates_with_naga() {
     let files = shader_files();
-    assert!(files.len() >= 7, "expected the kernel files in {}, found {files:?}", shader_dir().display());
+    assert!(
+        files.len() >= 7,
+        "expected the kernel files in {}, found {files:?}",
+        shader_dir().display()
+    );
     let mut failures = Vec::new();
     for path in &files {
         let source = std::fs::read_to_string(path).unwrap();
@@ -33,7 +37,10 @@ fn every_shader_compiles_and_validates_with_naga() {
             }
         };
         // WebGPU's capabilities only: what runs natively must also run in a browser
-        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        );
         if let Err(err) = validator.validate(&module) {
             failures.push(err.emit_to_string_with_path(&source, &shown));
             continue;
@@ -51,17 +58,27 @@ fn every_shader_opens_with_its_header_and_is_embedded() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let source = std::fs::read_to_string(&path).unwrap();
         assert!(source.starts_with("//"), "{name}: must open with a header comment");
-        let header: String = source.lines().take_while(|l| l.starts_with("//")).collect::<Vec<_>>().join("\n");
+        let header: String =
+            source.lines().take_while(|l| l.starts_with("//")).collect::<Vec<_>>().join("\n");
         for word in ["Bindings", "Workgroup"] {
-            assert!(header.to_lowercase().contains(&word.to_lowercase()), "{name}: header must give its {word}");
+            assert!(
+                header.to_lowercase().contains(&word.to_lowercase()),
+                "{name}: header must give its {word}"
+            );
         }
         // every binding the code declares is named in the header
         for line in source.lines().filter(|l| l.contains("@binding(")) {
             let slot = line.split("@binding(").nth(1).unwrap().split(')').next().unwrap();
             // "@group(0) @binding(1) var<storage, read> tokens: array<u32>;" -> "tokens"
             let var = line.split_once('>').unwrap().1.split(':').next().unwrap().trim();
-            assert!(header.contains(&format!(" {slot} ")) && header.contains(var), "{name}: binding {slot} ({var}) is not described in the header");
+            assert!(
+                header.contains(&format!(" {slot} ")) && header.contains(var),
+                "{name}: binding {slot} ({var}) is not described in the header"
+            );
         }
-        assert!(embedded.contains(&name.as_str()), "{name} is not in lab_gpu::kernels::SHADERS, so the engine never runs it");
+        assert!(
+            embedded.contains(&name.as_str()),
+            "{name} is not in lab_gpu::kernels::SHADERS, so the engine never runs it"
+        );
     }
 }

@@ -60,7 +60,11 @@ pub enum Examples {
 /// 1-based line numbers of the records of a JSONL text (blank lines hold no record), so
 /// errors found after parsing can still name the line.
 pub fn record_lines(text: &str) -> Vec<usize> {
-    text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(i, _)| i + 1).collect()
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, _)| i + 1)
+        .collect()
 }
 
 /// Say where a record's error is: its line when known, else its 1-based record number.
@@ -71,19 +75,28 @@ fn locate(err: LabError, index: usize, lines: Option<&[usize]>) -> LabError {
     };
     match (err, lines.and_then(|l| l.get(index))) {
         (err, Some(&line)) => err.at_line(line),
-        (LabError::Parse { file, line: None, field, msg }, None) => LabError::Parse { file, line: None, field, msg: format!("record {}: {msg}", index + 1) },
+        (LabError::Parse { file, line: None, field, msg }, None) => {
+            LabError::Parse { file, line: None, field, msg: format!("record {}: {msg}", index + 1) }
+        }
         (other, None) => other,
     }
 }
 
 fn encode(prompt: &str, completion: &str, field: &str, ctx: usize) -> Result<EncodedRow> {
-    lab_core::data::encode_example(prompt, completion, ctx).map(EncodedRow::new).map_err(|e| e.in_field(field))
+    lab_core::data::encode_example(prompt, completion, ctx)
+        .map(EncodedRow::new)
+        .map_err(|e| e.in_field(field))
 }
 
 impl Examples {
     /// Tokenize `records` for a loss of the given data shape. Errors name the record
     /// and the field: its line when `lines` (from [`record_lines`]) is given.
-    pub fn encode(records: &[Record], lines: Option<&[usize]>, shape: DataShape, ctx: usize) -> Result<Examples> {
+    pub fn encode(
+        records: &[Record],
+        lines: Option<&[usize]>,
+        shape: DataShape,
+        ctx: usize,
+    ) -> Result<Examples> {
         let at_record = |err: LabError, index: usize| locate(err, index, lines);
         if records.is_empty() {
             return Err(LabError::parse("the dataset has no records"));
@@ -93,25 +106,44 @@ impl Examples {
         let mut ranked = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let wrong_kind = |kind: &str| {
-                at_record(LabError::parse(format!("a {kind} record cannot train a {shape:?} loss")), index)
+                at_record(
+                    LabError::parse(format!("a {kind} record cannot train a {shape:?} loss")),
+                    index,
+                )
             };
             match (record, shape) {
                 (Record::Pair(pair), _) => {
                     let rendered = pair.render();
-                    let (chosen, rejected) = rendered.encode(ctx).map_err(|e| at_record(e, index))?;
+                    let (chosen, rejected) =
+                        rendered.encode(ctx).map_err(|e| at_record(e, index))?;
                     let (chosen, rejected) = (EncodedRow::new(chosen), EncodedRow::new(rejected));
                     match shape {
-                        DataShape::Paired => paired.push(EncodedPair { chosen, rejected, alpha: pair.alpha_or_default(), record: index }),
+                        DataShape::Paired => paired.push(EncodedPair {
+                            chosen,
+                            rejected,
+                            alpha: pair.alpha_or_default(),
+                            record: index,
+                        }),
                         DataShape::Unpaired => {
-                            unpaired.push(EncodedUnpaired { row: chosen, desirable: true, record: index });
-                            unpaired.push(EncodedUnpaired { row: rejected, desirable: false, record: index });
+                            unpaired.push(EncodedUnpaired {
+                                row: chosen,
+                                desirable: true,
+                                record: index,
+                            });
+                            unpaired.push(EncodedUnpaired {
+                                row: rejected,
+                                desirable: false,
+                                record: index,
+                            });
                         }
-                        DataShape::Ranked => ranked.push(EncodedRanked { rows: vec![chosen, rejected], record: index }),
+                        DataShape::Ranked => ranked
+                            .push(EncodedRanked { rows: vec![chosen, rejected], record: index }),
                     }
                 }
                 (Record::Unpaired(example), DataShape::Unpaired) => {
                     let (prompt, completion) = example.render();
-                    let row = encode(&prompt, &completion, "completion", ctx).map_err(|e| at_record(e, index))?;
+                    let row = encode(&prompt, &completion, "completion", ctx)
+                        .map_err(|e| at_record(e, index))?;
                     unpaired.push(EncodedUnpaired { row, desirable: example.label, record: index });
                 }
                 (Record::Ranked(example), DataShape::Ranked) => {
@@ -124,7 +156,9 @@ impl Examples {
                         .map_err(|e| at_record(e, index))?;
                     ranked.push(EncodedRanked { rows, record: index });
                 }
-                (Record::Unpaired(_), _) => return Err(wrong_kind("unpaired (prompt/completion/label)")),
+                (Record::Unpaired(_), _) => {
+                    return Err(wrong_kind("unpaired (prompt/completion/label)"))
+                }
                 (Record::Ranked(_), _) => return Err(wrong_kind("ranked (responses)")),
             }
         }

@@ -15,6 +15,8 @@ mod pretrain;
 pub mod scenario;
 mod session;
 
-pub use examples::{record_lines, EncodedPair, EncodedRanked, EncodedRow, EncodedUnpaired, Examples};
+pub use examples::{
+    record_lines, EncodedPair, EncodedRanked, EncodedRow, EncodedUnpaired, Examples,
+};
 pub use pretrain::{pretrain, probe_accuracy, PretrainConfig, PretrainProgress, PretrainSummary};
 pub use session::{Instruments, PairStats, Session, SessionConfig, StepRecord};

@@ -82,7 +82,12 @@ pub struct PretrainSummary {
 
 /// Train `engine` on `examples` (each scored from the token after the BOS). Calls
 /// `on_progress` every `log_every` steps.
-pub fn pretrain<E: Engine>(engine: &mut E, examples: &[Example], config: &PretrainConfig, mut on_progress: impl FnMut(&PretrainProgress)) -> Result<PretrainSummary> {
+pub fn pretrain<E: Engine>(
+    engine: &mut E,
+    examples: &[Example],
+    config: &PretrainConfig,
+    mut on_progress: impl FnMut(&PretrainProgress),
+) -> Result<PretrainSummary> {
     config.validate()?;
     if examples.is_empty() {
         return Err(LabError::param("corpus", "is empty"));
@@ -91,7 +96,11 @@ pub fn pretrain<E: Engine>(engine: &mut E, examples: &[Example], config: &Pretra
     let rows: Vec<Vec<u32>> = examples
         .iter()
         .enumerate()
-        .map(|(i, ex)| encode_example(&ex.prompt, &ex.completion, ctx).map(|(tokens, _)| tokens).map_err(|e| LabError::parse(format!("corpus example {i}: {e}"))))
+        .map(|(i, ex)| {
+            encode_example(&ex.prompt, &ex.completion, ctx)
+                .map(|(tokens, _)| tokens)
+                .map_err(|e| LabError::parse(format!("corpus example {i}: {e}")))
+        })
         .collect::<Result<_>>()?;
     let mut rng = Rng::new(config.seed);
     let mut order: Vec<usize> = (0..rows.len()).collect();
@@ -114,7 +123,13 @@ pub fn pretrain<E: Engine>(engine: &mut E, examples: &[Example], config: &Pretra
         let out = engine.forward(&batch)?;
         let loss = -out.seq_logps.iter().map(|&v| v as f64).sum::<f64>() / scored as f64;
         if !loss.is_finite() {
-            return Err(LabError::Engine { msg: format!("pretraining step {}: the loss is {loss} (learning rate {} too high?)", step + 1, config.lr) });
+            return Err(LabError::Engine {
+                msg: format!(
+                    "pretraining step {}: the loss is {loss} (learning rate {} too high?)",
+                    step + 1,
+                    config.lr
+                ),
+            });
         }
         engine.backward(&vec![-1.0 / scored as f32; batch.batch])?;
         let lr = config.lr_at(step);
@@ -124,12 +139,24 @@ pub fn pretrain<E: Engine>(engine: &mut E, examples: &[Example], config: &Pretra
         window_steps += 1;
         if (step + 1) % config.log_every == 0 || step + 1 == config.steps {
             last_loss = window_loss / window_steps as f64;
-            on_progress(&PretrainProgress { step: step + 1, loss: last_loss, lr: lr as f64, tokens_seen });
+            on_progress(&PretrainProgress {
+                step: step + 1,
+                loss: last_loss,
+                lr: lr as f64,
+                tokens_seen,
+            });
             (window_loss, window_steps) = (0.0, 0);
         }
     }
     let (probe_accuracy, probes) = probe_accuracy(engine, examples)?;
-    Ok(PretrainSummary { steps: config.steps, examples: examples.len(), tokens_seen, final_loss: last_loss, probe_accuracy, probes })
+    Ok(PretrainSummary {
+        steps: config.steps,
+        examples: examples.len(),
+        tokens_seen,
+        final_loss: last_loss,
+        probe_accuracy,
+        probes,
+    })
 }
 
 /// Greedy answers to the questions that have one right answer (those appearing once in the
@@ -139,7 +166,11 @@ pub fn probe_accuracy<E: Engine>(engine: &mut E, examples: &[Example]) -> Result
     for ex in examples {
         seen.entry(ex.prompt.as_str()).or_default().push(ex.completion.as_str());
     }
-    let mut probes: Vec<(&str, &str)> = seen.iter().filter(|(_, c)| c.iter().all(|x| *x == c[0])).map(|(p, c)| (*p, c[0])).collect();
+    let mut probes: Vec<(&str, &str)> = seen
+        .iter()
+        .filter(|(_, c)| c.iter().all(|x| *x == c[0]))
+        .map(|(p, c)| (*p, c[0]))
+        .collect();
     probes.sort();
     let stride = (probes.len() / 200).max(1);
     let probes: Vec<(&str, &str)> = probes.into_iter().step_by(stride).collect();
@@ -148,7 +179,12 @@ pub fn probe_accuracy<E: Engine>(engine: &mut E, examples: &[Example]) -> Result
     for (prompt, answer) in &probes {
         let mut ids = vec![EOT];
         ids.extend(encode(prompt)?);
-        let got = generate(engine, &ids, &SampleConfig { temperature: 0.0, top_k: 0, max_new_tokens: answer.len() + 2 }, &mut rng)?;
+        let got = generate(
+            engine,
+            &ids,
+            &SampleConfig { temperature: 0.0, top_k: 0, max_new_tokens: answer.len() + 2 },
+            &mut rng,
+        )?;
         right += usize::from(decode(&got) == *answer);
     }
     Ok((right as f64 / probes.len().max(1) as f64, probes.len()))

@@ -66,7 +66,12 @@ pub enum Phenomenon {
     /// `min_reward_accuracy`, R rises by at most `max_ranking_gain`, R* − R ≥ `min_gap`, and
     /// no hard pair is ranked right: a pair whose DPO loss would have to fall below
     /// `hard_flip_threshold` to flip (its flip threshold, Chen et al. thm. 4.1, is smaller).
-    RankingStaysLow { min_reward_accuracy: f64, max_ranking_gain: f64, min_gap: f64, hard_flip_threshold: f64 },
+    RankingStaysLow {
+        min_reward_accuracy: f64,
+        max_ranking_gain: f64,
+        min_gap: f64,
+        hard_flip_threshold: f64,
+    },
     /// Noisy labels (Chowdhury et al. 2024): the variant `robust` reaches a held-out ranking
     /// accuracy at least `min_margin` above the preset's own run.
     RobustBeatsNoisy { robust: String, min_margin: f64 },
@@ -125,17 +130,33 @@ impl Scenario {
     pub fn load(assets: &Path, name: &str) -> Result<Scenario> {
         let dir = assets.join("scenarios").join(name);
         if !dir.is_dir() {
-            return Err(LabError::param("scenario", format!("no scenario {name:?} in {} (shipped: {})", dir.parent().unwrap_or(&dir).display(), SCENARIOS.join(", "))));
+            return Err(LabError::param(
+                "scenario",
+                format!(
+                    "no scenario {name:?} in {} (shipped: {})",
+                    dir.parent().unwrap_or(&dir).display(),
+                    SCENARIOS.join(", ")
+                ),
+            ));
         }
         let preset_path = dir.join("preset.json");
         let preset_name = preset_path.display().to_string();
-        let preset: Preset = serde_json::from_str(&read_text(&preset_path)?).map_err(|e| LabError::parse(format!("line {}, column {}: {e}", e.line(), e.column())).in_file(&preset_name))?;
-        preset.experiment.validate().map_err(|e| LabError::parse(e.to_string()).in_file(&preset_name).in_field("experiment"))?;
+        let preset: Preset = serde_json::from_str(&read_text(&preset_path)?).map_err(|e| {
+            LabError::parse(format!("line {}, column {}: {e}", e.line(), e.column()))
+                .in_file(&preset_name)
+        })?;
+        preset.experiment.validate().map_err(|e| {
+            LabError::parse(e.to_string()).in_file(&preset_name).in_field("experiment")
+        })?;
         for v in &preset.variants {
             let mut experiment = preset.experiment.clone();
             experiment.loss = v.loss.clone().unwrap_or(experiment.loss);
             experiment.params = v.params.unwrap_or(experiment.params);
-            experiment.validate().map_err(|e| LabError::parse(format!("variant {:?}: {e}", v.label)).in_file(&preset_name).in_field("variants"))?;
+            experiment.validate().map_err(|e| {
+                LabError::parse(format!("variant {:?}: {e}", v.label))
+                    .in_file(&preset_name)
+                    .in_field("variants")
+            })?;
         }
         let records = read_records(&dir.join(&preset.data))?;
         let heldout = match &preset.heldout {
@@ -149,7 +170,11 @@ impl Scenario {
 
 /// Summed log-probs of rows `(prompt, text)`; with `eot` the text is a full completion
 /// (its end token scored), without it a prefix of one.
-pub fn score_texts<E: Engine>(engine: &mut E, items: &[(&str, &str)], eot: bool) -> Result<Vec<f64>> {
+pub fn score_texts<E: Engine>(
+    engine: &mut E,
+    items: &[(&str, &str)],
+    eot: bool,
+) -> Result<Vec<f64>> {
     let ctx = engine.config().ctx;
     let mut rows = Vec::with_capacity(items.len());
     for (prompt, text) in items {
@@ -170,13 +195,19 @@ pub fn score_texts<E: Engine>(engine: &mut E, items: &[(&str, &str)], eot: bool)
 /// (chosen, rejected) log-probs of rendered pairs.
 fn pair_logps<E: Engine>(engine: &mut E, records: &[Record]) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut items = Vec::new();
-    let rendered: Vec<_> = records.iter().filter_map(|r| if let Record::Pair(p) = r { Some(p.render()) } else { None }).collect();
+    let rendered: Vec<_> = records
+        .iter()
+        .filter_map(|r| if let Record::Pair(p) = r { Some(p.render()) } else { None })
+        .collect();
     for r in &rendered {
         items.push((r.prompt.as_str(), r.chosen.as_str()));
         items.push((r.rejected_prompt.as_str(), r.rejected.as_str()));
     }
     let scores = score_texts(engine, &items, true)?;
-    Ok((scores.iter().step_by(2).copied().collect(), scores.iter().skip(1).step_by(2).copied().collect()))
+    Ok((
+        scores.iter().step_by(2).copied().collect(),
+        scores.iter().skip(1).step_by(2).copied().collect(),
+    ))
 }
 
 /// Watched candidates of one prompt, with their log-probs.
@@ -209,7 +240,13 @@ impl Heldout {
     /// Mean change of log π(chosen) − log π(rejected) since the start, nats.
     pub fn mean_margin_shift(&self) -> f64 {
         let n = self.policy_chosen.len();
-        (0..n).map(|i| (self.policy_chosen[i] - self.policy_rejected[i]) - (self.reference_chosen[i] - self.reference_rejected[i])).sum::<f64>() / n.max(1) as f64
+        (0..n)
+            .map(|i| {
+                (self.policy_chosen[i] - self.policy_rejected[i])
+                    - (self.reference_chosen[i] - self.reference_rejected[i])
+            })
+            .sum::<f64>()
+            / n.max(1) as f64
     }
 }
 
@@ -247,11 +284,21 @@ pub struct Check {
 }
 
 fn at_least(what: &str, value: f64, threshold: f64) -> Check {
-    Check { what: what.to_string(), value, must_be: format!(">= {threshold}"), ok: value >= threshold }
+    Check {
+        what: what.to_string(),
+        value,
+        must_be: format!(">= {threshold}"),
+        ok: value >= threshold,
+    }
 }
 
 fn at_most(what: &str, value: f64, threshold: f64) -> Check {
-    Check { what: what.to_string(), value, must_be: format!("<= {threshold}"), ok: value <= threshold }
+    Check {
+        what: what.to_string(),
+        value,
+        must_be: format!("<= {threshold}"),
+        ok: value <= threshold,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -278,7 +325,12 @@ impl ScenarioReport {
 }
 
 /// Train one run from a fresh starter engine.
-fn train_run<E: Engine>(scenario: &Scenario, variant: &Variant, make_engine: &mut dyn FnMut() -> Result<E>, on_step: &mut dyn FnMut(&str, &StepRecord)) -> Result<RunReport> {
+fn train_run<E: Engine>(
+    scenario: &Scenario,
+    variant: &Variant,
+    make_engine: &mut dyn FnMut() -> Result<E>,
+    on_step: &mut dyn FnMut(&str, &StepRecord),
+) -> Result<RunReport> {
     let preset = &scenario.preset;
     let mut experiment = preset.experiment.clone();
     experiment.loss = variant.loss.clone().unwrap_or(experiment.loss);
@@ -286,30 +338,63 @@ fn train_run<E: Engine>(scenario: &Scenario, variant: &Variant, make_engine: &mu
     experiment.lr = variant.lr.unwrap_or(experiment.lr);
     let config = SessionConfig::from_experiment(&experiment)?;
     let data_name = scenario.dir.join(&preset.data).display().to_string();
-    let mut session = Session::new(make_engine()?, &scenario.records, config.clone()).map_err(|e| e.in_file(&data_name))?;
+    let mut session = Session::new(make_engine()?, &scenario.records, config.clone())
+        .map_err(|e| e.in_file(&data_name))?;
     let mut pairs = scenario.records.len();
     if let Some(fraction) = variant.drop_top_ches {
         // Razin et al.'s mitigation: CHES from the starting model, highest first out.
-        let mut by_ches: Vec<(f64, usize)> = session.pairs().iter().map(|p| (p.ches, p.record)).collect();
+        let mut by_ches: Vec<(f64, usize)> =
+            session.pairs().iter().map(|p| (p.ches, p.record)).collect();
         by_ches.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let drop = ((fraction * by_ches.len() as f64).round() as usize).min(by_ches.len().saturating_sub(1));
+        let drop = ((fraction * by_ches.len() as f64).round() as usize)
+            .min(by_ches.len().saturating_sub(1));
         let dropped: Vec<usize> = by_ches[..drop].iter().map(|(_, r)| *r).collect();
-        let kept: Vec<Record> = scenario.records.iter().enumerate().filter(|(i, _)| !dropped.contains(i)).map(|(_, r)| r.clone()).collect();
+        let kept: Vec<Record> = scenario
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !dropped.contains(i))
+            .map(|(_, r)| r.clone())
+            .collect();
         pairs = kept.len();
         session = Session::new(make_engine()?, &kept, config.clone())?;
     }
-    let watch_items: Vec<(&str, &str)> = preset.watch.iter().flat_map(|w| w.candidates.iter().map(move |c| (w.prompt.as_str(), c.as_str()))).collect();
+    let watch_items: Vec<(&str, &str)> = preset
+        .watch
+        .iter()
+        .flat_map(|w| w.candidates.iter().map(move |c| (w.prompt.as_str(), c.as_str())))
+        .collect();
     let watch_ref = score_texts(session.engine_mut(), &watch_items, true)?;
-    let heldout_ref = if scenario.heldout.is_empty() { None } else { Some(pair_logps(session.engine_mut(), &scenario.heldout)?) };
+    let heldout_ref = if scenario.heldout.is_empty() {
+        None
+    } else {
+        Some(pair_logps(session.engine_mut(), &scenario.heldout)?)
+    };
     let refusal_items: Vec<(String, String)> = match &preset.phenomenon {
-        Phenomenon::RefusalDrop { refusal_prefix, .. } => scenario.heldout.iter().filter_map(|r| if let Record::Pair(p) = r { Some((p.render().prompt, refusal_prefix.clone())) } else { None }).collect(),
+        Phenomenon::RefusalDrop { refusal_prefix, .. } => scenario
+            .heldout
+            .iter()
+            .filter_map(|r| {
+                if let Record::Pair(p) = r {
+                    Some((p.render().prompt, refusal_prefix.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect(),
         _ => Vec::new(),
     };
     let refusal_probability = |engine: &mut E| -> Result<f64> {
-        let items: Vec<(&str, &str)> = refusal_items.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
-        Ok(score_texts(engine, &items, false)?.iter().map(|l| l.exp()).sum::<f64>() / items.len().max(1) as f64)
+        let items: Vec<(&str, &str)> =
+            refusal_items.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+        Ok(score_texts(engine, &items, false)?.iter().map(|l| l.exp()).sum::<f64>()
+            / items.len().max(1) as f64)
     };
-    let refusal_start = if refusal_items.is_empty() { None } else { Some(refusal_probability(session.engine_mut())?) };
+    let refusal_start = if refusal_items.is_empty() {
+        None
+    } else {
+        Some(refusal_probability(session.engine_mut())?)
+    };
     let start = serde_json::to_value(session.instruments()).expect("instruments serialize");
     let mut last = None;
     for _ in 0..experiment.steps {
@@ -318,11 +403,25 @@ fn train_run<E: Engine>(scenario: &Scenario, variant: &Variant, make_engine: &mu
         last = Some(record);
     }
     let watch_now = score_texts(session.engine_mut(), &watch_items, true)?;
-    let watched = watch_items.iter().zip(watch_ref.iter().zip(&watch_now)).map(|((p, c), (r, n))| WatchedCandidate { prompt: p.to_string(), completion: c.to_string(), reference_logp: *r, policy_logp: *n }).collect();
+    let watched = watch_items
+        .iter()
+        .zip(watch_ref.iter().zip(&watch_now))
+        .map(|((p, c), (r, n))| WatchedCandidate {
+            prompt: p.to_string(),
+            completion: c.to_string(),
+            reference_logp: *r,
+            policy_logp: *n,
+        })
+        .collect();
     let heldout = match heldout_ref {
         Some((rc, rr)) => {
             let (pc, pr) = pair_logps(session.engine_mut(), &scenario.heldout)?;
-            Some(Heldout { reference_chosen: rc, reference_rejected: rr, policy_chosen: pc, policy_rejected: pr })
+            Some(Heldout {
+                reference_chosen: rc,
+                reference_rejected: rr,
+                policy_chosen: pc,
+                policy_rejected: pr,
+            })
         }
         None => None,
     };
@@ -330,35 +429,77 @@ fn train_run<E: Engine>(scenario: &Scenario, variant: &Variant, make_engine: &mu
         Some(before) => Some((before, refusal_probability(session.engine_mut())?)),
         None => None,
     };
-    let flip = session.pairs().iter().map(|p| (p.flip_threshold, p.policy_chosen >= p.policy_rejected)).collect();
-    Ok(RunReport { label: variant.label.clone(), loss: experiment.loss, steps: experiment.steps, pairs, start, last, watched, heldout, refusal_probability, flip })
+    let flip = session
+        .pairs()
+        .iter()
+        .map(|p| (p.flip_threshold, p.policy_chosen >= p.policy_rejected))
+        .collect();
+    Ok(RunReport {
+        label: variant.label.clone(),
+        loss: experiment.loss,
+        steps: experiment.steps,
+        pairs,
+        start,
+        last,
+        watched,
+        heldout,
+        refusal_probability,
+        flip,
+    })
 }
 
 /// Run every run of a scenario from `make_engine()` (the starter model, fresh each time)
 /// and judge the phenomenon. `on_step` sees each step's metrics (label of the run first).
-pub fn run_scenario<E: Engine>(scenario: &Scenario, mut make_engine: impl FnMut() -> Result<E>, mut on_step: impl FnMut(&str, &StepRecord)) -> Result<ScenarioReport> {
+pub fn run_scenario<E: Engine>(
+    scenario: &Scenario,
+    mut make_engine: impl FnMut() -> Result<E>,
+    mut on_step: impl FnMut(&str, &StepRecord),
+) -> Result<ScenarioReport> {
     let preset = &scenario.preset;
-    let own = Variant { label: preset.experiment.loss.clone(), loss: None, params: None, lr: None, drop_top_ches: None };
+    let own = Variant {
+        label: preset.experiment.loss.clone(),
+        loss: None,
+        params: None,
+        lr: None,
+        drop_top_ches: None,
+    };
     let mut runs = vec![train_run(scenario, &own, &mut make_engine, &mut on_step)?];
     for variant in &preset.variants {
         runs.push(train_run(scenario, variant, &mut make_engine, &mut on_step)?);
     }
     let verdict = judge(&preset.phenomenon, &runs)?;
-    Ok(ScenarioReport { scenario: scenario.name.clone(), title: preset.title.clone(), paper: preset.paper.clone(), experiment: preset.experiment.to_query(), runs, verdict })
+    Ok(ScenarioReport {
+        scenario: scenario.name.clone(),
+        title: preset.title.clone(),
+        paper: preset.paper.clone(),
+        experiment: preset.experiment.to_query(),
+        runs,
+        verdict,
+    })
 }
 
 fn run_named<'a>(runs: &'a [RunReport], label: &str) -> Result<&'a RunReport> {
-    runs.iter().find(|r| r.label == label).ok_or_else(|| LabError::param("phenomenon", format!("no variant labelled {label:?} in the preset")))
+    runs.iter().find(|r| r.label == label).ok_or_else(|| {
+        LabError::param("phenomenon", format!("no variant labelled {label:?} in the preset"))
+    })
 }
 
 fn watched_logp(run: &RunReport, completion: &str) -> Result<(f64, f64)> {
-    let w = run.watched.iter().find(|w| w.completion == completion).ok_or_else(|| LabError::param("phenomenon", format!("{completion:?} is not a watched candidate")))?;
+    let w = run.watched.iter().find(|w| w.completion == completion).ok_or_else(|| {
+        LabError::param("phenomenon", format!("{completion:?} is not a watched candidate"))
+    })?;
     Ok((w.reference_logp, w.policy_logp))
 }
 
 fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
     let main = &runs[0];
-    let instruments = |run: &RunReport, key: &str| -> f64 { run.last.as_ref().and_then(|r| serde_json::to_value(r).ok()).and_then(|v| v.get(key).and_then(|x| x.as_f64())).unwrap_or(f64::NAN) };
+    let instruments = |run: &RunReport, key: &str| -> f64 {
+        run.last
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r).ok())
+            .and_then(|v| v.get(key).and_then(|x| x.as_f64()))
+            .unwrap_or(f64::NAN)
+    };
     let (checks, line) = match phenomenon {
         Phenomenon::Displacement { preferred, gainer, min_gain_ratio } => {
             let (pref_ref, pref_now) = watched_logp(main, preferred)?;
@@ -373,18 +514,49 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
                 pref_ref.exp(),
                 pref_now.exp()
             );
-            (vec![at_least(&format!("p({gainer}) now / at start"), ratio, *min_gain_ratio), at_most(&format!("log p({preferred}) change"), pref_now - pref_ref, 0.0)], line)
+            (
+                vec![
+                    at_least(&format!("p({gainer}) now / at start"), ratio, *min_gain_ratio),
+                    at_most(&format!("log p({preferred}) change"), pref_now - pref_ref, 0.0),
+                ],
+                line,
+            )
         }
         Phenomenon::RefusalDrop { min_drop, min_mitigation, .. } => {
             let (before, after) = main.refusal_probability.unwrap_or((f64::NAN, f64::NAN));
-            let filtered = runs.get(1).and_then(|r| r.refusal_probability).map(|(_, a)| a).unwrap_or(f64::NAN);
+            let filtered =
+                runs.get(1).and_then(|r| r.refusal_probability).map(|(_, a)| a).unwrap_or(f64::NAN);
             let line = format!("held-out refusal probability {before:.2} -> {after:.2} with all pairs, -> {filtered:.2} without the high-CHES pairs");
-            (vec![at_least("refusal probability drop (all pairs)", before - after, *min_drop), at_least("filtered minus unfiltered refusal probability", filtered - after, *min_mitigation)], line)
+            (
+                vec![
+                    at_least("refusal probability drop (all pairs)", before - after, *min_drop),
+                    at_least(
+                        "filtered minus unfiltered refusal probability",
+                        filtered - after,
+                        *min_mitigation,
+                    ),
+                ],
+                line,
+            )
         }
-        Phenomenon::RankingStaysLow { min_reward_accuracy, max_ranking_gain, min_gap, hard_flip_threshold } => {
-            let r_start = main.start.get("eval/ranking_accuracy").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-            let (reward, ranking, gap) = (instruments(main, "eval/reward_accuracy"), instruments(main, "eval/ranking_accuracy"), instruments(main, "eval/alignment_gap"));
-            let large: Vec<&(f64, bool)> = main.flip.iter().filter(|(t, _)| *t < *hard_flip_threshold).collect();
+        Phenomenon::RankingStaysLow {
+            min_reward_accuracy,
+            max_ranking_gain,
+            min_gap,
+            hard_flip_threshold,
+        } => {
+            let r_start = main
+                .start
+                .get("eval/ranking_accuracy")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN);
+            let (reward, ranking, gap) = (
+                instruments(main, "eval/reward_accuracy"),
+                instruments(main, "eval/ranking_accuracy"),
+                instruments(main, "eval/alignment_gap"),
+            );
+            let large: Vec<&(f64, bool)> =
+                main.flip.iter().filter(|(t, _)| *t < *hard_flip_threshold).collect();
             let flipped = large.iter().filter(|(_, right)| *right).count() as f64;
             let line = format!("reward accuracy {reward:.2}, ranking accuracy {r_start:.2} -> {ranking:.2}, R* - R = {gap:.2}; {flipped} of {} hard pairs (flip threshold < {hard_flip_threshold}) flipped", large.len());
             (
@@ -400,36 +572,79 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
         }
         Phenomenon::RobustBeatsNoisy { robust, min_margin } => {
             let other = run_named(runs, robust)?;
-            let held = |r: &RunReport| r.heldout.as_ref().map(Heldout::ranking_accuracy).unwrap_or(f64::NAN);
-            let start = main.heldout.as_ref().map(Heldout::reference_ranking_accuracy).unwrap_or(f64::NAN);
-            let line = format!("held-out ranking accuracy: reference {start:.2}, {} {:.2}, {} {:.2}", main.label, held(main), other.label, held(other));
-            (vec![at_least(&format!("held-out R of {} minus {}", other.label, main.label), held(other) - held(main), *min_margin)], line)
+            let held = |r: &RunReport| {
+                r.heldout.as_ref().map(Heldout::ranking_accuracy).unwrap_or(f64::NAN)
+            };
+            let start =
+                main.heldout.as_ref().map(Heldout::reference_ranking_accuracy).unwrap_or(f64::NAN);
+            let line = format!(
+                "held-out ranking accuracy: reference {start:.2}, {} {:.2}, {} {:.2}",
+                main.label,
+                held(main),
+                other.label,
+                held(other)
+            );
+            (
+                vec![at_least(
+                    &format!("held-out R of {} minus {}", other.label, main.label),
+                    held(other) - held(main),
+                    *min_margin,
+                )],
+                line,
+            )
         }
         Phenomenon::ThreeD { damped, min_rejected_drop, min_damping } => {
             let other = run_named(runs, damped)?;
-            let (chosen, rejected) = (instruments(main, "eval/logps_chosen_change"), instruments(main, "eval/logps_rejected_change"));
-            let (chosen_d, rejected_d) = (instruments(other, "eval/logps_chosen_change"), instruments(other, "eval/logps_rejected_change"));
+            let (chosen, rejected) = (
+                instruments(main, "eval/logps_chosen_change"),
+                instruments(main, "eval/logps_rejected_change"),
+            );
+            let (chosen_d, rejected_d) = (
+                instruments(other, "eval/logps_chosen_change"),
+                instruments(other, "eval/logps_rejected_change"),
+            );
             let line = format!("{}: rejected {rejected:+.1}, chosen {chosen:+.1} nats; {}: rejected {rejected_d:+.1}, chosen {chosen_d:+.1} nats", main.label, other.label);
             (
-                vec![at_most("rejected log-prob change", rejected, -min_rejected_drop), at_most("chosen log-prob change", chosen, 0.0), at_least("chosen change, damped minus plain", chosen_d - chosen, *min_damping)],
+                vec![
+                    at_most("rejected log-prob change", rejected, -min_rejected_drop),
+                    at_most("chosen log-prob change", chosen, 0.0),
+                    at_least("chosen change, damped minus plain", chosen_d - chosen, *min_damping),
+                ],
                 line,
             )
         }
         Phenomenon::LengthExploitation { normalized, min_dpo_shift, min_ratio } => {
-            let shift = |r: &RunReport| r.heldout.as_ref().map(Heldout::mean_margin_shift).unwrap_or(f64::NAN);
+            let shift = |r: &RunReport| {
+                r.heldout.as_ref().map(Heldout::mean_margin_shift).unwrap_or(f64::NAN)
+            };
             let dpo = shift(main);
-            let mut checks = vec![at_least(&format!("{}: held-out long-minus-short shift (nats)", main.label), dpo, *min_dpo_shift)];
+            let mut checks = vec![at_least(
+                &format!("{}: held-out long-minus-short shift (nats)", main.label),
+                dpo,
+                *min_dpo_shift,
+            )];
             let mut parts = vec![format!("{} {dpo:+.1}", main.label)];
             for label in normalized {
                 let other = shift(run_named(runs, label)?);
                 parts.push(format!("{label} {other:+.1}"));
-                checks.push(at_least(&format!("{} shift / {label} shift", main.label), dpo / other.max(1e-9), *min_ratio));
+                checks.push(at_least(
+                    &format!("{} shift / {label} shift", main.label),
+                    dpo / other.max(1e-9),
+                    *min_ratio,
+                ));
             }
-            (checks, format!("held-out log p(long) - log p(short) moved: {} nats", parts.join(", ")))
+            (
+                checks,
+                format!("held-out log p(long) - log p(short) moved: {} nats", parts.join(", ")),
+            )
         }
     };
     let passed = checks.iter().all(|c| c.ok);
-    Ok(Verdict { passed, line: format!("{}: {line}", if passed { "PASS" } else { "FAIL" }), checks })
+    Ok(Verdict {
+        passed,
+        line: format!("{}: {line}", if passed { "PASS" } else { "FAIL" }),
+        checks,
+    })
 }
 
 /// The report as the CLI prints it.

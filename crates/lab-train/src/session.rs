@@ -7,12 +7,12 @@
 //! completes because every blocking call's result is at hand.
 
 use crate::examples::{EncodedRow, Examples};
+use lab_core::data::Record;
 use lab_core::engine::{AdamWConfig, Engine, ForwardOut, Rows, StepLoss, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::{DataShape, LossMix, LossParams};
 use lab_core::metrics;
 use lab_core::rng::Rng;
-use lab_core::data::Record;
 use lab_core::{LabError, Result};
 use serde::Serialize;
 use std::future::Future;
@@ -45,8 +45,20 @@ impl SessionConfig {
     /// The session settings of an experiment (validated).
     pub fn from_experiment(experiment: &ExperimentConfig) -> Result<SessionConfig> {
         let loss = experiment.validate()?;
-        let optimizer = AdamWConfig { lr: experiment.lr as f32, weight_decay: experiment.weight_decay as f32, ..AdamWConfig::default() };
-        Ok(SessionConfig { loss, params: experiment.params, optimizer, batch_size: experiment.batch_size, seed: experiment.seed, eval_every: experiment.eval_every, final_step: experiment.steps })
+        let optimizer = AdamWConfig {
+            lr: experiment.lr as f32,
+            weight_decay: experiment.weight_decay as f32,
+            ..AdamWConfig::default()
+        };
+        Ok(SessionConfig {
+            loss,
+            params: experiment.params,
+            optimizer,
+            batch_size: experiment.batch_size,
+            seed: experiment.seed,
+            eval_every: experiment.eval_every,
+            final_step: experiment.steps,
+        })
     }
 
     /// Reject invalid settings before anything is computed.
@@ -55,7 +67,10 @@ impl SessionConfig {
         for (kind, weight) in &self.loss.terms {
             self.params.validate(*kind)?;
             if !weight.is_finite() {
-                return Err(LabError::param("loss weight", format!("weight of {} is {weight}", kind.name())));
+                return Err(LabError::param(
+                    "loss weight",
+                    format!("weight of {} is {weight}", kind.name()),
+                ));
             }
         }
         let lr = self.optimizer.lr;
@@ -123,7 +138,13 @@ pub struct StepRecord {
 impl StepRecord {
     /// Batch metrics as TRL reduces them (means over the batch); `eval` is filled after the
     /// update.
-    fn from_batch(step: u32, loss: f64, [rewards_chosen, rewards_rejected]: [&[f64]; 2], accuracy: f64, [logps_chosen, logps_rejected]: [&[f64]; 2]) -> Self {
+    fn from_batch(
+        step: u32,
+        loss: f64,
+        [rewards_chosen, rewards_rejected]: [&[f64]; 2],
+        accuracy: f64,
+        [logps_chosen, logps_rejected]: [&[f64]; 2],
+    ) -> Self {
         let (chosen, rejected) = (metrics::mean(rewards_chosen), metrics::mean(rewards_rejected));
         StepRecord {
             step,
@@ -141,7 +162,9 @@ impl StepRecord {
 
 /// TRL's `rewards/accuracies`: the fraction of pairs whose chosen reward is strictly higher.
 fn pairwise_accuracy(chosen: &[f64], rejected: &[f64]) -> f64 {
-    metrics::mean(&chosen.iter().zip(rejected).map(|(c, r)| f64::from(u8::from(c > r))).collect::<Vec<_>>())
+    metrics::mean(
+        &chosen.iter().zip(rejected).map(|(c, r)| f64::from(u8::from(c > r))).collect::<Vec<_>>(),
+    )
 }
 
 /// The dataset-wide instruments (see shared/reference/losses-and-metrics.md).
@@ -218,14 +241,25 @@ enum Drive {
 }
 
 impl Drive {
-    async fn forwards<E: Engine>(self, engine: &mut E, batches: &[TokenBatch]) -> Result<Vec<ForwardOut>> {
+    async fn forwards<E: Engine>(
+        self,
+        engine: &mut E,
+        batches: &[TokenBatch],
+    ) -> Result<Vec<ForwardOut>> {
         match self {
             Drive::Blocking => batches.iter().map(|batch| engine.forward(batch)).collect(),
             Drive::Async => engine.forwards_async(batches).await,
         }
     }
 
-    async fn train_step<E: Engine>(self, engine: &mut E, batch: &TokenBatch, loss: &StepLoss<'_>, opt: &AdamWConfig, step: u32) -> Result<ForwardOut> {
+    async fn train_step<E: Engine>(
+        self,
+        engine: &mut E,
+        batch: &TokenBatch,
+        loss: &StepLoss<'_>,
+        opt: &AdamWConfig,
+        step: u32,
+    ) -> Result<ForwardOut> {
         match self {
             Drive::Blocking => engine.train_step(batch, loss, opt, step),
             Drive::Async => engine.train_step_async(batch, loss, opt, step).await,
@@ -234,17 +268,31 @@ impl Drive {
 
     /// A step, then the forwards of an evaluation with the updated weights (in the browser
     /// all submitted before any is awaited).
-    async fn train_step_then_forwards<E: Engine>(self, engine: &mut E, batch: &TokenBatch, loss: &StepLoss<'_>, opt: &AdamWConfig, step: u32, batches: &[TokenBatch]) -> Result<(ForwardOut, Vec<ForwardOut>)> {
+    async fn train_step_then_forwards<E: Engine>(
+        self,
+        engine: &mut E,
+        batch: &TokenBatch,
+        loss: &StepLoss<'_>,
+        opt: &AdamWConfig,
+        step: u32,
+        batches: &[TokenBatch],
+    ) -> Result<(ForwardOut, Vec<ForwardOut>)> {
         match self {
             Drive::Blocking => {
                 let out = engine.train_step(batch, loss, opt, step)?;
                 Ok((out, self.forwards(engine, batches).await?))
             }
-            Drive::Async => engine.train_step_then_forwards_async(batch, loss, opt, step, batches).await,
+            Drive::Async => {
+                engine.train_step_then_forwards_async(batch, loss, opt, step, batches).await
+            }
         }
     }
 
-    async fn hidden_states<E: Engine>(self, engine: &mut E, batch: &TokenBatch) -> Result<Vec<f32>> {
+    async fn hidden_states<E: Engine>(
+        self,
+        engine: &mut E,
+        batch: &TokenBatch,
+    ) -> Result<Vec<f32>> {
         match self {
             Drive::Blocking => engine.hidden_states(batch),
             Drive::Async => engine.hidden_states_async(batch).await,
@@ -261,18 +309,22 @@ fn complete_now<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
 }
 
 fn batch_of(rows: &[&EncodedRow]) -> Result<TokenBatch> {
-    let owned: Vec<(Vec<u32>, usize)> = rows.iter().map(|r| (r.tokens.clone(), r.first_scored)).collect();
+    let owned: Vec<(Vec<u32>, usize)> =
+        rows.iter().map(|r| (r.tokens.clone(), r.first_scored)).collect();
     TokenBatch::from_rows(&owned)
 }
 
 /// Every row, in batches of at most [`EVAL_CHUNK_ROWS`].
 fn chunk_batches(rows: &[EncodedRow]) -> Result<Vec<TokenBatch>> {
-    rows.chunks(EVAL_CHUNK_ROWS).map(|chunk| batch_of(&chunk.iter().collect::<Vec<&EncodedRow>>())).collect()
+    rows.chunks(EVAL_CHUNK_ROWS)
+        .map(|chunk| batch_of(&chunk.iter().collect::<Vec<&EncodedRow>>()))
+        .collect()
 }
 
 /// The scores of every row from the forwards of its [`chunk_batches`].
 fn scores_of(outs: &[ForwardOut]) -> Scores {
-    let mut scores = Scores { seq_logps: Vec::new(), topk_entropy: Vec::new(), topk_mass: Vec::new() };
+    let mut scores =
+        Scores { seq_logps: Vec::new(), topk_entropy: Vec::new(), topk_mass: Vec::new() };
     for out in outs {
         scores.seq_logps.extend(out.seq_logps.iter().map(|&v| v as f64));
         scores.topk_entropy.extend(out.topk_entropy.iter().map(|&v| v as f64));
@@ -281,7 +333,11 @@ fn scores_of(outs: &[ForwardOut]) -> Scores {
     scores
 }
 
-async fn score_rows<E: Engine>(engine: &mut E, rows: &[EncodedRow], drive: Drive) -> Result<Scores> {
+async fn score_rows<E: Engine>(
+    engine: &mut E,
+    rows: &[EncodedRow],
+    drive: Drive,
+) -> Result<Scores> {
     Ok(scores_of(&drive.forwards(engine, &chunk_batches(rows)?).await?))
 }
 
@@ -294,7 +350,12 @@ impl<E: Engine> Session<E> {
 
     /// As [`Session::new`], with the records' line numbers (from
     /// [`crate::examples::record_lines`]) so data errors name the line.
-    pub fn with_lines(engine: E, records: &[Record], lines: Option<&[usize]>, config: SessionConfig) -> Result<Self> {
+    pub fn with_lines(
+        engine: E,
+        records: &[Record],
+        lines: Option<&[usize]>,
+        config: SessionConfig,
+    ) -> Result<Self> {
         complete_now(Self::start(engine, records, lines, config, Drive::Blocking))
     }
 
@@ -303,7 +364,13 @@ impl<E: Engine> Session<E> {
         Self::start(engine, records, None, config, Drive::Async).await
     }
 
-    async fn start(mut engine: E, records: &[Record], lines: Option<&[usize]>, config: SessionConfig, drive: Drive) -> Result<Self> {
+    async fn start(
+        mut engine: E,
+        records: &[Record],
+        lines: Option<&[usize]>,
+        config: SessionConfig,
+        drive: Drive,
+    ) -> Result<Self> {
         let shape = config.validate()?;
         let ctx = engine.config().ctx;
         let examples = Examples::encode(records, lines, shape, ctx)?;
@@ -315,12 +382,30 @@ impl<E: Engine> Session<E> {
             groups.push(Group { rows: start..rows.len(), alpha, desirable, record });
         };
         match examples {
-            Examples::Paired(pairs) => pairs.into_iter().for_each(|p| push(vec![p.chosen, p.rejected], p.alpha, true, p.record)),
-            Examples::Unpaired(items) => items.into_iter().for_each(|u| push(vec![u.row], 1.0, u.desirable, u.record)),
-            Examples::Ranked(lists) => lists.into_iter().for_each(|r| push(r.rows, 1.0, true, r.record)),
+            Examples::Paired(pairs) => pairs
+                .into_iter()
+                .for_each(|p| push(vec![p.chosen, p.rejected], p.alpha, true, p.record)),
+            Examples::Unpaired(items) => {
+                items.into_iter().for_each(|u| push(vec![u.row], 1.0, u.desirable, u.record))
+            }
+            Examples::Ranked(lists) => {
+                lists.into_iter().for_each(|r| push(r.rows, 1.0, true, r.record))
+            }
         }
         let reference = score_rows(&mut engine, &rows, drive).await?;
-        let pair_stats = if shape == DataShape::Paired { Self::pair_stats_at_start(&mut engine, &rows, &groups, &reference.seq_logps, config.params.beta, drive).await? } else { Vec::new() };
+        let pair_stats = if shape == DataShape::Paired {
+            Self::pair_stats_at_start(
+                &mut engine,
+                &rows,
+                &groups,
+                &reference.seq_logps,
+                config.params.beta,
+                drive,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
         let rng = Rng::new(config.seed);
         let mut session = Session {
             engine,
@@ -337,24 +422,44 @@ impl<E: Engine> Session<E> {
             config,
             last_instruments: Instruments::default(),
         };
-        session.last_instruments = session.instruments_from(&Scores { seq_logps: session.reference_logps.clone(), topk_entropy: reference.topk_entropy, topk_mass: reference.topk_mass });
+        session.last_instruments = session.instruments_from(&Scores {
+            seq_logps: session.reference_logps.clone(),
+            topk_entropy: reference.topk_entropy,
+            topk_mass: reference.topk_mass,
+        });
         Ok(session)
     }
 
     /// CHES and flip thresholds come from the starting model, as in Razin et al. and Chen
     /// et al.: they predict what training will do to each pair.
-    async fn pair_stats_at_start(engine: &mut E, rows: &[EncodedRow], groups: &[Group], reference: &[f64], beta: f64, drive: Drive) -> Result<Vec<PairStats>> {
+    async fn pair_stats_at_start(
+        engine: &mut E,
+        rows: &[EncodedRow],
+        groups: &[Group],
+        reference: &[f64],
+        beta: f64,
+        drive: Drive,
+    ) -> Result<Vec<PairStats>> {
         let c = engine.config().d_model;
         let mut stats = Vec::with_capacity(groups.len());
         for chunk in groups.chunks(EVAL_CHUNK_ROWS / 2) {
-            let refs: Vec<&EncodedRow> = chunk.iter().flat_map(|g| g.rows.clone().map(|r| &rows[r])).collect();
+            let refs: Vec<&EncodedRow> =
+                chunk.iter().flat_map(|g| g.rows.clone().map(|r| &rows[r])).collect();
             let batch = batch_of(&refs)?;
             let hidden = drive.hidden_states(engine, &batch).await?; // (B, T, C)
             let t = batch.seq_len;
             for (k, group) in chunk.iter().enumerate() {
                 let (w, l) = (&rows[group.rows.start], &rows[group.rows.start + 1]);
                 let row_hidden = |i: usize| &hidden[i * t * c..(i + 1) * t * c];
-                let ches = metrics::ches(row_hidden(2 * k), w.first_scored, w.tokens.len(), row_hidden(2 * k + 1), l.first_scored, l.tokens.len(), c);
+                let ches = metrics::ches(
+                    row_hidden(2 * k),
+                    w.first_scored,
+                    w.tokens.len(),
+                    row_hidden(2 * k + 1),
+                    l.first_scored,
+                    l.tokens.len(),
+                    c,
+                );
                 let (rw, rl) = (reference[group.rows.start], reference[group.rows.start + 1]);
                 stats.push(PairStats {
                     record: group.record,
@@ -482,10 +587,24 @@ impl<E: Engine> Session<E> {
         let evaluate = step.is_multiple_of(self.eval_every()) || step == self.config.final_step;
         let (out, evaluation) = if evaluate {
             let batches = chunk_batches(&self.rows)?;
-            let (out, outs) = drive.train_step_then_forwards(&mut self.engine, &batch, &loss, &self.config.optimizer, step, &batches).await?;
+            let (out, outs) = drive
+                .train_step_then_forwards(
+                    &mut self.engine,
+                    &batch,
+                    &loss,
+                    &self.config.optimizer,
+                    step,
+                    &batches,
+                )
+                .await?;
             (out, Some(scores_of(&outs)))
         } else {
-            (drive.train_step(&mut self.engine, &batch, &loss, &self.config.optimizer, step).await?, None)
+            (
+                drive
+                    .train_step(&mut self.engine, &batch, &loss, &self.config.optimizer, step)
+                    .await?,
+                None,
+            )
         };
         let logps: Vec<f64> = out.seq_logps.iter().map(|&v| f64::from(v)).collect();
         let mut record = match self.shape {
@@ -493,15 +612,37 @@ impl<E: Engine> Session<E> {
                 let lo = loss.paired(&logps)?;
                 let (pc, pr) = logps.split_at(picked.len());
                 let accuracy = pairwise_accuracy(&lo.chosen_rewards, &lo.rejected_rewards);
-                StepRecord::from_batch(step, lo.loss, [&lo.chosen_rewards, &lo.rejected_rewards], accuracy, [pc, pr])
+                StepRecord::from_batch(
+                    step,
+                    lo.loss,
+                    [&lo.chosen_rewards, &lo.rejected_rewards],
+                    accuracy,
+                    [pc, pr],
+                )
             }
             DataShape::Unpaired => {
                 let lo = loss.unpaired(&logps)?;
-                let side = |want: bool, values: &[f64]| values.iter().zip(&desirable).filter(|(_, &d)| d == want).map(|(v, _)| *v).collect::<Vec<f64>>();
-                let (rewards_chosen, rewards_rejected) = (side(true, &lo.rewards), side(false, &lo.rewards));
+                let side = |want: bool, values: &[f64]| {
+                    values
+                        .iter()
+                        .zip(&desirable)
+                        .filter(|(_, &d)| d == want)
+                        .map(|(v, _)| *v)
+                        .collect::<Vec<f64>>()
+                };
+                let (rewards_chosen, rewards_rejected) =
+                    (side(true, &lo.rewards), side(false, &lo.rewards));
                 // Unpaired: accurate when desirable examples out-reward undesirable ones on average.
-                let accuracy = f64::from(u8::from(metrics::mean(&rewards_chosen) > metrics::mean(&rewards_rejected)));
-                StepRecord::from_batch(step, lo.loss, [&rewards_chosen, &rewards_rejected], accuracy, [&side(true, &logps), &side(false, &logps)])
+                let accuracy = f64::from(u8::from(
+                    metrics::mean(&rewards_chosen) > metrics::mean(&rewards_rejected),
+                ));
+                StepRecord::from_batch(
+                    step,
+                    lo.loss,
+                    [&rewards_chosen, &rewards_rejected],
+                    accuracy,
+                    [&side(true, &logps), &side(false, &logps)],
+                )
             }
             DataShape::Ranked => {
                 let (lo, policy) = loss.ranked(&logps)?;
@@ -510,7 +651,13 @@ impl<E: Engine> Session<E> {
                 let worst: Vec<f64> = lo.rewards.iter().map(|r| r[r.len() - 1]).collect();
                 let logps_best: Vec<f64> = policy.iter().map(|p| p[0]).collect();
                 let logps_worst: Vec<f64> = policy.iter().map(|p| p[p.len() - 1]).collect();
-                StepRecord::from_batch(step, lo.loss, [&best, &worst], pairwise_accuracy(&best, &worst), [&logps_best, &logps_worst])
+                StepRecord::from_batch(
+                    step,
+                    lo.loss,
+                    [&best, &worst],
+                    pairwise_accuracy(&best, &worst),
+                    [&logps_best, &logps_worst],
+                )
             }
         };
         self.steps_done += 1;
@@ -558,21 +705,36 @@ impl<E: Engine> Session<E> {
         for (stats, group) in self.pair_stats.iter_mut().zip(&self.groups) {
             stats.policy_chosen = self.policy_logps[group.rows.start];
             stats.policy_rejected = self.policy_logps[group.rows.start + 1];
-            stats.margin = beta * ((stats.policy_chosen - stats.reference_chosen) - (stats.policy_rejected - stats.reference_rejected));
+            stats.margin = beta
+                * ((stats.policy_chosen - stats.reference_chosen)
+                    - (stats.policy_rejected - stats.reference_rejected));
         }
-        self.last_instruments = Instruments { step: self.steps_done, ..self.instruments_from(&scores) };
+        self.last_instruments =
+            Instruments { step: self.steps_done, ..self.instruments_from(&scores) };
         self.last_instruments.clone()
     }
 
     fn instruments_from(&self, scores: &Scores) -> Instruments {
         // The preferred row of each group: chosen, the best of a ranking, or a desirable example.
-        let preferred: Vec<usize> = self.groups.iter().filter(|g| g.desirable).map(|g| g.rows.start).collect();
+        let preferred: Vec<usize> =
+            self.groups.iter().filter(|g| g.desirable).map(|g| g.rows.start).collect();
         let dispreferred: Vec<usize> = match self.shape {
-            DataShape::Unpaired => self.groups.iter().filter(|g| !g.desirable).map(|g| g.rows.start).collect(),
+            DataShape::Unpaired => {
+                self.groups.iter().filter(|g| !g.desirable).map(|g| g.rows.start).collect()
+            }
             _ => self.groups.iter().map(|g| g.rows.end - 1).collect(),
         };
-        let change = |rows: &[usize]| metrics::mean(&rows.iter().map(|&r| scores.seq_logps[r] - self.reference_logps[r]).collect::<Vec<_>>());
-        let at = |values: &[f64], rows: &[usize]| metrics::mean(&rows.iter().map(|&r| values[r]).collect::<Vec<_>>());
+        let change = |rows: &[usize]| {
+            metrics::mean(
+                &rows
+                    .iter()
+                    .map(|&r| scores.seq_logps[r] - self.reference_logps[r])
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let at = |values: &[f64], rows: &[usize]| {
+            metrics::mean(&rows.iter().map(|&r| values[r]).collect::<Vec<_>>())
+        };
         let mut out = Instruments {
             logps_chosen_change: change(&preferred),
             logps_rejected_change: change(&dispreferred),
@@ -581,21 +743,37 @@ impl<E: Engine> Session<E> {
             ..Instruments::default()
         };
         if self.shape == DataShape::Paired {
-            let pick = |rows: &[usize], values: &[f64]| rows.iter().map(|&r| values[r]).collect::<Vec<f64>>();
-            let (pc, pr) = (pick(&preferred, &scores.seq_logps), pick(&dispreferred, &scores.seq_logps));
-            let (rc, rr) = (pick(&preferred, &self.reference_logps), pick(&dispreferred, &self.reference_logps));
-            let lc: Vec<f64> = preferred.iter().map(|&r| self.rows[r].completion_len() as f64).collect();
-            let lr: Vec<f64> = dispreferred.iter().map(|&r| self.rows[r].completion_len() as f64).collect();
+            let pick = |rows: &[usize], values: &[f64]| {
+                rows.iter().map(|&r| values[r]).collect::<Vec<f64>>()
+            };
+            let (pc, pr) =
+                (pick(&preferred, &scores.seq_logps), pick(&dispreferred, &scores.seq_logps));
+            let (rc, rr) = (
+                pick(&preferred, &self.reference_logps),
+                pick(&dispreferred, &self.reference_logps),
+            );
+            let lc: Vec<f64> =
+                preferred.iter().map(|&r| self.rows[r].completion_len() as f64).collect();
+            let lr: Vec<f64> =
+                dispreferred.iter().map(|&r| self.rows[r].completion_len() as f64).collect();
             let alpha: Vec<f64> = self.groups.iter().map(|g| g.alpha).collect();
             let beta = self.config.params.beta;
             let ranking = metrics::ranking_accuracy(&pc, &pr);
             let idealized = metrics::idealized_ranking_accuracy(&rc, &rr, &alpha, beta);
             out.ranking_accuracy = Some(ranking);
-            out.ranking_accuracy_normalized = Some(metrics::ranking_accuracy_normalized(&pc, &pr, &lc, &lr));
+            out.ranking_accuracy_normalized =
+                Some(metrics::ranking_accuracy_normalized(&pc, &pr, &lc, &lr));
             out.idealized_ranking_accuracy = Some(idealized);
             out.alignment_gap = Some(metrics::alignment_gap(idealized, ranking));
-            out.reward_accuracy = Some(metrics::trl_metrics(beta, &pc, &pr, &rc, &rr).rewards_accuracies);
-            let displaced: Vec<f64> = (0..pc.len()).map(|i| f64::from(u8::from(metrics::displacement(rc[i], pc[i], rr[i], pr[i]).chosen_fell))).collect();
+            out.reward_accuracy =
+                Some(metrics::trl_metrics(beta, &pc, &pr, &rc, &rr).rewards_accuracies);
+            let displaced: Vec<f64> = (0..pc.len())
+                .map(|i| {
+                    f64::from(u8::from(
+                        metrics::displacement(rc[i], pc[i], rr[i], pr[i]).chosen_fell,
+                    ))
+                })
+                .collect();
             out.displaced_fraction = Some(metrics::mean(&displaced));
         }
         out

@@ -84,7 +84,8 @@ impl Panel {
     /// Apply a change to the workbench; on success store the parts it touched.
     fn change(&self, parts: &[Part], f: impl FnOnce(&mut Workbench) -> lab_core::Result<String>) {
         if !self.loaded.get_untracked() {
-            self.error.set(Some("still reading this browser's storage; try again in a moment".into()));
+            self.error
+                .set(Some("still reading this browser's storage; try again in a moment".into()));
             return;
         }
         let mut bench = self.bench.get_untracked();
@@ -153,7 +154,10 @@ impl Panel {
         self.bench.set(bench);
         self.blocked.set(blocked);
         if !problems.is_empty() {
-            self.storage_error.set(Some(format!("Some stored data could not be read and is left untouched: {}", problems.join("; "))));
+            self.storage_error.set(Some(format!(
+                "Some stored data could not be read and is left untouched: {}",
+                problems.join("; ")
+            )));
         }
         self.reset_item();
         self.loaded.set(true);
@@ -163,7 +167,9 @@ impl Panel {
         self.choice.set(None);
         self.strength.set(DEFAULT_STRENGTH);
         self.rationale.set(String::new());
-        let n = self.bench.with_untracked(|b| b.queue.first().map(|s| s.responses.len().min(RANK_MODE_MAX)).unwrap_or(0));
+        let n = self.bench.with_untracked(|b| {
+            b.queue.first().map(|s| s.responses.len().min(RANK_MODE_MAX)).unwrap_or(0)
+        });
         self.order.set((0..n).collect());
         self.picked.set(0);
     }
@@ -178,14 +184,18 @@ impl Panel {
         let rationale = self.rationale.get_untracked();
         if self.rank_mode() {
             let order = self.order.get_untracked();
-            self.change(&[Part::Annotations, Part::Queue], |b| b.rank(&order, &rationale).map(|_| String::new()));
+            self.change(&[Part::Annotations, Part::Queue], |b| {
+                b.rank(&order, &rationale).map(|_| String::new())
+            });
         } else {
             let Some(choice) = self.choice.get_untracked() else {
                 self.error.set(Some("choose A (1), B (2) or tie (0) first".into()));
                 return;
             };
             let strength = self.strength.get_untracked();
-            self.change(&[Part::Annotations, Part::Queue], |b| b.choose(0, 1, choice, strength, &rationale).map(|_| String::new()));
+            self.change(&[Part::Annotations, Part::Queue], |b| {
+                b.choose(0, 1, choice, strength, &rationale).map(|_| String::new())
+            });
         }
         if self.error.get_untracked().is_none() {
             self.reset_item();
@@ -204,7 +214,12 @@ impl Panel {
     }
 
     fn on_key(&self, ev: &web_sys::KeyboardEvent) {
-        if !self.loaded.get_untracked() || self.bench.with_untracked(|b| b.queue.is_empty()) || ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
+        if !self.loaded.get_untracked()
+            || self.bench.with_untracked(|b| b.queue.is_empty())
+            || ev.ctrl_key()
+            || ev.meta_key()
+            || ev.alt_key()
+        {
             return;
         }
         let key = ev.key();
@@ -212,8 +227,11 @@ impl Panel {
         let tag = target.as_ref().map(|e| e.tag_name()).unwrap_or_default();
         // Typing goes to text fields; on the strength slider only the choice keys and Enter
         // are ours (its arrows move it).
-        let on_slider = tag == "INPUT" && target.as_ref().and_then(|e| e.get_attribute("type")).as_deref() == Some("range");
-        if (matches!(tag.as_str(), "INPUT" | "TEXTAREA" | "SELECT") && !on_slider) || (on_slider && key.starts_with("Arrow")) {
+        let on_slider = tag == "INPUT"
+            && target.as_ref().and_then(|e| e.get_attribute("type")).as_deref() == Some("range");
+        if (matches!(tag.as_str(), "INPUT" | "TEXTAREA" | "SELECT") && !on_slider)
+            || (on_slider && key.starts_with("Arrow"))
+        {
             return;
         }
         let handled = if self.rank_mode() {
@@ -279,13 +297,28 @@ impl Panel {
         let runs = self.store.runs.get_untracked();
         let generation = self.store.generation.get_untracked();
         let experiment = self.store.ui.with_untracked(|s| s.experiment.to_query());
-        let data = self.store.data.training.with_untracked(|t| t.as_ref().map(|t| t.label.clone())).unwrap_or_else(|| {
-            self.store.ui.with_untracked(|s| s.experiment.scenario.clone()).map(|s| format!("scenario {s}")).unwrap_or_else(|| "built-in sample".into())
-        });
+        let data = self
+            .store
+            .data
+            .training
+            .with_untracked(|t| t.as_ref().map(|t| t.label.clone()))
+            .unwrap_or_else(|| {
+                self.store
+                    .ui
+                    .with_untracked(|s| s.experiment.scenario.clone())
+                    .map(|s| format!("scenario {s}"))
+                    .unwrap_or_else(|| "built-in sample".into())
+            });
         let mut saved = Vec::new();
         for (i, run) in runs.iter().enumerate().filter(|(_, r)| r.points.len() > 1) {
             let label = run.info.as_ref().map(|x| x.label.clone()).unwrap_or_default();
-            saved.push(SavedRun { id: format!("{generation}/{i}@{}", self.page_id), label, experiment: experiment.clone(), data: data.clone(), points: run.points.clone() });
+            saved.push(SavedRun {
+                id: format!("{generation}/{i}@{}", self.page_id),
+                label,
+                experiment: experiment.clone(),
+                data: data.clone(),
+                points: run.points.clone(),
+            });
         }
         if !saved.is_empty() {
             self.change(&[Part::Runs], |b| {
@@ -320,7 +353,13 @@ impl Panel {
 }
 
 fn download(name: &str, text: &str) {
-    let mime = if name.ends_with(".csv") { "text/csv" } else if name.ends_with(".py") { "text/x-python" } else { "application/json" };
+    let mime = if name.ends_with(".csv") {
+        "text/csv"
+    } else if name.ends_with(".py") {
+        "text/x-python"
+    } else {
+        "application/json"
+    };
     download_text(name, text, mime);
 }
 
@@ -335,9 +374,28 @@ fn short(text: &str, n: usize) -> String {
 fn record_summary(record: &Record) -> (String, String, String, String) {
     let set = CandidateSet::from_record(record, "");
     match record {
-        Record::Pair(p) => (set.prompt, set.responses[0].clone(), set.responses[1].clone(), p.alpha.map(|a| format!("{a}")).unwrap_or_default()),
-        Record::Ranked(_) => (set.prompt, format!("1. {}", set.responses[0]), format!("… {}. {}", set.responses.len(), set.responses.last().cloned().unwrap_or_default()), "ranked".into()),
-        Record::Unpaired(u) => (set.prompt, set.responses[0].clone(), String::new(), if u.label { "👍".into() } else { "👎".into() }),
+        Record::Pair(p) => (
+            set.prompt,
+            set.responses[0].clone(),
+            set.responses[1].clone(),
+            p.alpha.map(|a| format!("{a}")).unwrap_or_default(),
+        ),
+        Record::Ranked(_) => (
+            set.prompt,
+            format!("1. {}", set.responses[0]),
+            format!(
+                "… {}. {}",
+                set.responses.len(),
+                set.responses.last().cloned().unwrap_or_default()
+            ),
+            "ranked".into(),
+        ),
+        Record::Unpaired(u) => (
+            set.prompt,
+            set.responses[0].clone(),
+            String::new(),
+            if u.label { "👍".into() } else { "👎".into() },
+        ),
     }
 }
 
@@ -401,9 +459,15 @@ pub(super) fn DataPanel() -> impl IntoView {
     let sample_prompt = RwSignal::new(String::new());
     let sample = move |_| {
         let custom = sample_prompt.get_untracked().trim().to_string();
-        let prompts: Vec<String> = if custom.is_empty() { store.prompts.get_untracked().into_iter().take(8).collect() } else { vec![custom] };
+        let prompts: Vec<String> = if custom.is_empty() {
+            store.prompts.get_untracked().into_iter().take(8).collect()
+        } else {
+            vec![custom]
+        };
         if prompts.is_empty() {
-            panel.error.set(Some("no prompts yet: wait for the runs to be ready or type a prompt".into()));
+            panel
+                .error
+                .set(Some("no prompts yet: wait for the runs to be ready or type a prompt".into()));
             return;
         }
         panel.message.set(Some("sampling…".into()));
@@ -424,9 +488,15 @@ pub(super) fn DataPanel() -> impl IntoView {
     let queue_training_pairs = move |_| {
         let pairs = store.pairs.get_untracked();
         panel.change(&[Part::Queue], |b| {
-            let sets = pairs.into_iter().map(|p| CandidateSet { prompt: p.prompt, responses: vec![p.chosen, p.rejected], origins: vec!["dataset".into(), "dataset".into()] });
+            let sets = pairs.into_iter().map(|p| CandidateSet {
+                prompt: p.prompt,
+                responses: vec![p.chosen, p.rejected],
+                origins: vec!["dataset".into(), "dataset".into()],
+            });
             let n = b.enqueue(sets);
-            Ok(format!("{n} pairs of the training data queued (shown in their stored order: A was chosen)"))
+            Ok(format!(
+                "{n} pairs of the training data queued (shown in their stored order: A was chosen)"
+            ))
         });
         panel.reset_item();
     };
@@ -437,18 +507,38 @@ pub(super) fn DataPanel() -> impl IntoView {
     let alpha_temperature = RwSignal::new(1.0f64);
     let label_queue = move |_| {
         let spec = rules.get_untracked();
-        let (eps, tau, seed) = (flip_rate.get_untracked(), alpha_temperature.get_untracked(), sample_seed.get_untracked());
+        let (eps, tau, seed) = (
+            flip_rate.get_untracked(),
+            alpha_temperature.get_untracked(),
+            sample_seed.get_untracked(),
+        );
         panel.change(&[Part::Annotations, Part::Queue], |b| {
-            let annotator = SyntheticAnnotator { reward: Reward::parse(&spec)?, flip_rate: eps, alpha_temperature: tau, seed, lists_to_pairs: true };
+            let annotator = SyntheticAnnotator {
+                reward: Reward::parse(&spec)?,
+                flip_rate: eps,
+                alpha_temperature: tau,
+                seed,
+                lists_to_pairs: true,
+            };
             let r = b.label_queue(&annotator)?;
-            Ok(format!("{} pairs labelled by {}: {} ties (α 0.5), {} of {} labels flipped (ε = {eps})", r.pairs, annotator.reward.spec(), r.ties, r.flipped, r.flippable))
+            Ok(format!(
+                "{} pairs labelled by {}: {} ties (α 0.5), {} of {} labels flipped (ε = {eps})",
+                r.pairs,
+                annotator.reward.spec(),
+                r.ties,
+                r.flipped,
+                r.flippable
+            ))
         });
         panel.reset_item();
     };
 
     // Import.
     let import = move |ev: leptos::ev::Event| {
-        let Some(input) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok()) else { return };
+        let Some(input) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
+        else {
+            return;
+        };
         spawn_local(async move {
             let picked = JsFuture::from(read_picked_file(&input, MAX_IMPORT_BYTES as f64)).await;
             input.set_value("");
@@ -464,22 +554,36 @@ pub(super) fn DataPanel() -> impl IntoView {
             let name = file["name"].as_str().unwrap_or("file").to_string();
             let size = file["size"].as_f64().unwrap_or(0.0) as u64;
             match file["text"].as_str() {
-                None => panel.error.set(Some(exchange::check_import_size(&name, size).err().map(|e| e.to_string()).unwrap_or_else(|| format!("{name}: could not be read")))),
-                Some(text) => panel.change(&[Part::Datasets], |b| b.import(&name, text).map(|n| format!("{name}: {n} records imported"))),
+                None => panel.error.set(Some(
+                    exchange::check_import_size(&name, size)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| format!("{name}: could not be read")),
+                )),
+                Some(text) => panel.change(&[Part::Datasets], |b| {
+                    b.import(&name, text).map(|n| format!("{name}: {n} records imported"))
+                }),
             }
         });
     };
 
     let export_trl = move |_| {
         let experiment = store.ui.with_untracked(|s| s.experiment.clone());
-        let data = store.data.training.get_untracked().map(|t| t.jsonl).unwrap_or_else(|| panel.bench.with_untracked(|b| b.annotations_jsonl()));
+        let data = store
+            .data
+            .training
+            .get_untracked()
+            .map(|t| t.jsonl)
+            .unwrap_or_else(|| panel.bench.with_untracked(|b| b.annotations_jsonl()));
         if data.is_empty() {
             panel.error.set(Some("Export to TRL writes the data you train on: annotate some pairs, or train on an imported dataset, first".into()));
             return;
         }
         let result = parse_jsonl(&data)
             .map_err(|e| e.in_file("alignlab-data.jsonl"))
-            .and_then(|records| exchange::check_trl_dpo_data(&records).map_err(|e| e.in_file("alignlab-data.jsonl")))
+            .and_then(|records| {
+                exchange::check_trl_dpo_data(&records).map_err(|e| e.in_file("alignlab-data.jsonl"))
+            })
             .and_then(|_| exchange::trl_script(&experiment, "alignlab-data.jsonl"));
         match result {
             Ok(script) => {
@@ -491,7 +595,9 @@ pub(super) fn DataPanel() -> impl IntoView {
         }
     };
 
-    let choice_class = move |c: Choice| move || if panel.choice.get() == Some(c) { "response picked" } else { "response" };
+    let choice_class = move |c: Choice| {
+        move || if panel.choice.get() == Some(c) { "response picked" } else { "response" }
+    };
     let annotate_view = move || {
         let set = panel.bench.with(|b| b.queue.first().cloned());
         let Some(set) = set else {
@@ -499,7 +605,13 @@ pub(super) fn DataPanel() -> impl IntoView {
         };
         let remaining = panel.bench.with(|b| b.queue.len());
         if set.responses.len() >= 3 {
-            let shown: Vec<(String, String)> = set.responses.iter().cloned().zip(set.origins.iter().cloned()).take(RANK_MODE_MAX).collect();
+            let shown: Vec<(String, String)> = set
+                .responses
+                .iter()
+                .cloned()
+                .zip(set.origins.iter().cloned())
+                .take(RANK_MODE_MAX)
+                .collect();
             let rows = move || {
                 let shown = shown.clone();
                 panel.order.get().into_iter().enumerate().map(|(pos, i)| {
@@ -529,7 +641,10 @@ pub(super) fn DataPanel() -> impl IntoView {
             }.into_any()
         } else {
             let (a, b) = (set.responses[0].clone(), set.responses[1].clone());
-            let (oa, ob) = (set.origins.first().cloned().unwrap_or_default(), set.origins.get(1).cloned().unwrap_or_default());
+            let (oa, ob) = (
+                set.origins.first().cloned().unwrap_or_default(),
+                set.origins.get(1).cloned().unwrap_or_default(),
+            );
             view! {
                 <div class="annotate" data-testid="annotate">
                     <p class="prompt"><b>"Prompt: "</b><code data-testid="annotate-prompt">{set.prompt.clone()}</code><span class="remaining">{format!(" ({remaining} waiting)")}</span></p>

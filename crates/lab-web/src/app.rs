@@ -69,7 +69,14 @@ impl Store {
         let generation = self.generation.get_untracked() + 1;
         self.generation.set(generation);
         let data = self.data.training.get_untracked();
-        bridge::send(&ToWorker::Reset { generation, experiment: state.experiment, compare: state.compare, drop_records, apply_preset, data });
+        bridge::send(&ToWorker::Reset {
+            generation,
+            experiment: state.experiment,
+            compare: state.compare,
+            drop_records,
+            apply_preset,
+            data,
+        });
     }
 
     /// Change a setting; a change to the same value (a blur after a reset) restarts nothing.
@@ -83,9 +90,25 @@ impl Store {
 
     fn receive(&self, msg: FromWorker) {
         match msg {
-            FromWorker::Ready { generation, .. } if generation != self.generation.get_untracked() => {}
-            FromWorker::Stepped { generation, .. } if generation != self.generation.get_untracked() => {}
-            FromWorker::Ready { engine, engine_note, model, experiment, compare, runs, scenario, pairs, prompts, dropped, start, table, .. } => {
+            FromWorker::Ready { generation, .. }
+                if generation != self.generation.get_untracked() => {}
+            FromWorker::Stepped { generation, .. }
+                if generation != self.generation.get_untracked() => {}
+            FromWorker::Ready {
+                engine,
+                engine_note,
+                model,
+                experiment,
+                compare,
+                runs,
+                scenario,
+                pairs,
+                prompts,
+                dropped,
+                start,
+                table,
+                ..
+            } => {
                 if self.ready_ms.get_untracked().is_none() {
                     self.ready_ms.set(Some(now_ms()));
                 }
@@ -96,7 +119,16 @@ impl Store {
                 self.engine_note.set(engine_note);
                 self.model.set(model);
                 self.scenario.set(scenario);
-                self.runs.set(runs.into_iter().zip(start).map(|(info, s)| RunHistory { info: Some(info), points: vec![s], ..Default::default() }).collect());
+                self.runs.set(
+                    runs.into_iter()
+                        .zip(start)
+                        .map(|(info, s)| RunHistory {
+                            info: Some(info),
+                            points: vec![s],
+                            ..Default::default()
+                        })
+                        .collect(),
+                );
                 let first_prompt = prompts.first().cloned();
                 self.pairs.set(pairs);
                 self.prompts.set(prompts);
@@ -135,8 +167,12 @@ impl Store {
                     self.refresh_inspection();
                 }
             }
-            FromWorker::Inspected { prompt, candidates, .. } => self.inspected.set(Some((prompt, candidates))),
-            FromWorker::Generated { prompt, policy, reference } => self.generated.set(Some((prompt, policy, reference))),
+            FromWorker::Inspected { prompt, candidates, .. } => {
+                self.inspected.set(Some((prompt, candidates)))
+            }
+            FromWorker::Generated { prompt, policy, reference } => {
+                self.generated.set(Some((prompt, policy, reference)))
+            }
             FromWorker::Sampled { sets, steps, .. } => self.data.sampled.set(Some((sets, steps))),
             FromWorker::Error { message } => {
                 self.playing.set(false);
@@ -264,7 +300,8 @@ fn loss_doc(spec: &str) -> impl IntoView {
             .terms
             .iter()
             .map(|(kind, weight)| {
-                let weight = if mix.terms.len() > 1 { format!("{weight} × ") } else { String::new() };
+                let weight =
+                    if mix.terms.len() > 1 { format!("{weight} × ") } else { String::new() };
                 view! {
                     <div class="loss-doc">
                         <code class="formula">{weight}{kind.name()}": "{kind.formula()}</code>
@@ -278,7 +315,13 @@ fn loss_doc(spec: &str) -> impl IntoView {
     }
 }
 
-fn number_input(label: &'static str, name: &'static str, step: &'static str, value: impl Fn() -> String + Send + Sync + 'static, set: impl Fn(&mut UiState, f64) + Copy + Send + Sync + 'static) -> impl IntoView {
+fn number_input(
+    label: &'static str,
+    name: &'static str,
+    step: &'static str,
+    value: impl Fn() -> String + Send + Sync + 'static,
+    set: impl Fn(&mut UiState, f64) + Copy + Send + Sync + 'static,
+) -> impl IntoView {
     let store = expect_context::<Store>();
     view! {
         <label class="field">

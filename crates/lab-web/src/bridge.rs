@@ -18,13 +18,24 @@ thread_local! {
 
 /// Start `worker.js` (beside index.html), telling it which engine the link asks for, and
 /// route its messages to `on_message`.
-pub fn start(engine: crate::state::EngineChoice, on_message: impl Fn(FromWorker) + 'static) -> Result<(), String> {
+pub fn start(
+    engine: crate::state::EngineChoice,
+    on_message: impl Fn(FromWorker) + 'static,
+) -> Result<(), String> {
     let options = WorkerOptions::new();
     options.set_type(WorkerType::Module);
-    let worker = Worker::new_with_options(&format!("./worker.js?engine={}", engine.as_str()), &options).map_err(|e| format!("could not start the training worker: {e:?}"))?;
+    let worker =
+        Worker::new_with_options(&format!("./worker.js?engine={}", engine.as_str()), &options)
+            .map_err(|e| format!("could not start the training worker: {e:?}"))?;
     let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |event: MessageEvent| {
-        let msg = event.data().as_string().ok_or_else(|| "not a string".to_string()).and_then(|t| serde_json::from_str::<FromWorker>(&t).map_err(|e| e.to_string()));
-        on_message(msg.unwrap_or_else(|err| FromWorker::Error { message: format!("bad message from the worker: {err}") }));
+        let msg = event
+            .data()
+            .as_string()
+            .ok_or_else(|| "not a string".to_string())
+            .and_then(|t| serde_json::from_str::<FromWorker>(&t).map_err(|e| e.to_string()));
+        on_message(msg.unwrap_or_else(|err| FromWorker::Error {
+            message: format!("bad message from the worker: {err}"),
+        }));
     });
     worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
     onmessage.forget();

@@ -63,15 +63,35 @@ struct ChartSpec {
 impl ChartSpec {
     fn new(title: &str, y_label: &str, runs: &[RunHistory]) -> ChartSpec {
         let steps = runs.iter().map(|r| r.points.len()).max().unwrap_or(0);
-        ChartSpec { title: title.into(), y_label: y_label.into(), data: vec![(0..steps).map(|s| Some(s as f64)).collect()], ..Default::default() }
+        ChartSpec {
+            title: title.into(),
+            y_label: y_label.into(),
+            data: vec![(0..steps).map(|s| Some(s as f64)).collect()],
+            ..Default::default()
+        }
     }
 
     /// Add `key` of run `run` as a series.
-    fn add(&mut self, runs: &[RunHistory], run: usize, key: &str, label: &str, dash: Option<[f64; 2]>, scale: &'static str) {
+    fn add(
+        &mut self,
+        runs: &[RunHistory],
+        run: usize,
+        key: &str,
+        label: &str,
+        dash: Option<[f64; 2]>,
+        scale: &'static str,
+    ) {
         let steps = self.data[0].len();
         let points = &runs[run].points;
-        let column = (0..steps).map(|s| points.get(s).and_then(|m| m.get(key)).copied().filter(|v| v.is_finite())).collect();
-        self.series.push(Series { label: label.into(), color: RUN_COLORS[run % RUN_COLORS.len()].into(), dash: dash.map(|d| d.to_vec()), scale });
+        let column = (0..steps)
+            .map(|s| points.get(s).and_then(|m| m.get(key)).copied().filter(|v| v.is_finite()))
+            .collect();
+        self.series.push(Series {
+            label: label.into(),
+            color: RUN_COLORS[run % RUN_COLORS.len()].into(),
+            dash: dash.map(|d| d.to_vec()),
+            scale,
+        });
         self.data.push(column);
     }
 
@@ -90,7 +110,8 @@ fn run_name(runs: &[RunHistory], run: usize) -> String {
 }
 
 /// Chart element ids, in page order.
-pub const CHART_IDS: [&str; 5] = ["chart-loss", "chart-rewards", "chart-displacement", "chart-accuracy", "chart-topk"];
+pub const CHART_IDS: [&str; 5] =
+    ["chart-loss", "chart-rewards", "chart-displacement", "chart-accuracy", "chart-topk"];
 
 pub fn draw_all(runs: &[RunHistory]) {
     if runs.is_empty() {
@@ -113,18 +134,42 @@ pub fn draw_all(runs: &[RunHistory]) {
     }
     rewards.draw(CHART_IDS[1]);
 
-    let mut displacement = ChartSpec::new("log π(y) − log π_ref(y), mean over the data", "nats", runs);
+    let mut displacement =
+        ChartSpec::new("log π(y) − log π_ref(y), mean over the data", "nats", runs);
     for r in 0..n {
         let name = run_name(runs, r);
-        displacement.add(runs, r, "eval/logps_chosen_change", &format!("{name} log π(yw)"), None, "y");
-        displacement.add(runs, r, "eval/logps_rejected_change", &format!("{name} log π(yl)"), Some(DASHED), "y");
+        displacement.add(
+            runs,
+            r,
+            "eval/logps_chosen_change",
+            &format!("{name} log π(yw)"),
+            None,
+            "y",
+        );
+        displacement.add(
+            runs,
+            r,
+            "eval/logps_rejected_change",
+            &format!("{name} log π(yl)"),
+            Some(DASHED),
+            "y",
+        );
         if let Some(step) = runs[r].displaced_at {
-            displacement.marks.push(Mark { x: step as f64, label: format!("{name}: log π(yw) below start"), color: RUN_COLORS[r % RUN_COLORS.len()].into(), row: r });
+            displacement.marks.push(Mark {
+                x: step as f64,
+                label: format!("{name}: log π(yw) below start"),
+                color: RUN_COLORS[r % RUN_COLORS.len()].into(),
+                row: r,
+            });
         }
     }
     displacement.draw(CHART_IDS[2]);
 
-    let mut accuracy = ChartSpec::new("Reward accuracy vs ranking accuracy (gap R* − R shaded)", "fraction of pairs", runs);
+    let mut accuracy = ChartSpec::new(
+        "Reward accuracy vs ranking accuracy (gap R* − R shaded)",
+        "fraction of pairs",
+        runs,
+    );
     accuracy.add(runs, 0, "eval/idealized_ranking_accuracy", "R* (idealized)", Some(DOTTED), "y");
     if let Some(s) = accuracy.series.last_mut() {
         s.color = "#6b7280".into();
@@ -132,14 +177,32 @@ pub fn draw_all(runs: &[RunHistory]) {
     for r in 0..n {
         let name = run_name(runs, r);
         accuracy.add(runs, r, "eval/ranking_accuracy", &format!("{name} R"), None, "y");
-        accuracy.add(runs, r, "eval/ranking_accuracy_normalized", &format!("{name} R̃"), Some(DOTTED), "y");
-        accuracy.add(runs, r, "eval/reward_accuracy", &format!("{name} reward acc."), Some(DASHED), "y");
+        accuracy.add(
+            runs,
+            r,
+            "eval/ranking_accuracy_normalized",
+            &format!("{name} R̃"),
+            Some(DOTTED),
+            "y",
+        );
+        accuracy.add(
+            runs,
+            r,
+            "eval/reward_accuracy",
+            &format!("{name} reward acc."),
+            Some(DASHED),
+            "y",
+        );
     }
     // Series 1 is R*, series 2 run 1's R: the alignment gap between them.
     accuracy.bands.push(Band { series: [1, 2], fill: "rgba(245, 158, 11, 0.22)" });
     accuracy.draw(CHART_IDS[3]);
 
-    let mut topk = ChartSpec::new("Top-10 entropy and probability mass (chosen responses)", "entropy (bits)", runs);
+    let mut topk = ChartSpec::new(
+        "Top-10 entropy and probability mass (chosen responses)",
+        "entropy (bits)",
+        runs,
+    );
     topk.y2_label = "mass".into();
     for r in 0..n {
         let name = run_name(runs, r);

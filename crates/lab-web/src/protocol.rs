@@ -32,11 +32,30 @@ pub enum ToWorker {
     /// One step of every run.
     Step,
     /// Candidate responses to `prompt` under the reference and run `run`'s policy.
-    Inspect { prompt: String, run: usize },
+    Inspect {
+        prompt: String,
+        run: usize,
+    },
     /// Sample from the policy of run `run` and from the reference.
-    Generate { prompt: String, run: usize, temperature: f32, max_new_tokens: usize, seed: u64 },
+    Generate {
+        prompt: String,
+        run: usize,
+        temperature: f32,
+        max_new_tokens: usize,
+        seed: u64,
+    },
     /// Candidate responses to annotate: `n` per prompt from run `run`'s policy and/or the reference.
-    Sample { prompts: Vec<String>, run: usize, n: usize, from_policy: bool, from_reference: bool, temperature: f32, top_k: usize, max_new_tokens: usize, seed: u64 },
+    Sample {
+        prompts: Vec<String>,
+        run: usize,
+        n: usize,
+        from_policy: bool,
+        from_reference: bool,
+        temperature: f32,
+        top_k: usize,
+        max_new_tokens: usize,
+        seed: u64,
+    },
 }
 
 /// Records to train on, named for the page (`"my annotations (12)"`, a file name).
@@ -154,10 +173,27 @@ pub enum FromWorker {
         /// The pairs table of run 0 (sent with run 0's steps).
         table: Option<Vec<PairRow>>,
     },
-    Status { playing: bool, steps_done: u32 },
-    Inspected { prompt: String, run: usize, candidates: Vec<Candidate> },
-    Generated { prompt: String, policy: String, reference: String },
+    Status {
+        playing: bool,
+        steps_done: u32,
+    },
+    Inspected {
+        prompt: String,
+        run: usize,
+        candidates: Vec<Candidate>,
+    },
+    Generated {
+        prompt: String,
+        policy: String,
+        reference: String,
+    },
     /// Candidate sets for the annotate view; `steps` is how far run `run`'s policy had trained.
-    Sampled { sets: Vec<lab_core::annotate::CandidateSet>, run: usize, steps: u32 },
-    Error { message: String },
+    Sampled {
+        sets: Vec<lab_core::annotate::CandidateSet>,
+        run: usize,
+        steps: u32,
+    },
+    Error {
+        message: String,
+    },
 }

@@ -38,7 +38,9 @@ impl EngineChoice {
             "auto" => Ok(EngineChoice::Auto),
             "webgpu" => Ok(EngineChoice::Webgpu),
             "cpu" => Ok(EngineChoice::Cpu),
-            other => Err(LabError::param("engine", format!("{other:?} is not auto, webgpu or cpu"))),
+            other => {
+                Err(LabError::param("engine", format!("{other:?} is not auto, webgpu or cpu")))
+            }
         }
     }
 }
@@ -58,7 +60,9 @@ pub struct UiState {
 fn escape(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' | b',' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' | b',' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -70,7 +74,12 @@ fn unescape(text: &str) -> Result<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let byte = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| LabError::parse(format!("bad percent escape in {text:?}")).in_field("compare"))?;
+            let byte = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    LabError::parse(format!("bad percent escape in {text:?}")).in_field("compare")
+                })?;
             out.push(byte);
             i += 3;
         } else {
@@ -104,13 +113,19 @@ impl UiState {
         for part in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
             match part.split_once('=') {
                 Some(("compare", value)) => {
-                    compare = unescape(value)?.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                    compare = unescape(value)?
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect();
                 }
                 Some(("engine", value)) => engine = EngineChoice::parse(value)?,
                 _ => rest.push(part),
             }
         }
-        let state = UiState { experiment: ExperimentConfig::from_query(&rest.join("&"))?, compare, engine };
+        let state =
+            UiState { experiment: ExperimentConfig::from_query(&rest.join("&"))?, compare, engine };
         state.validate()?;
         Ok(state)
     }
@@ -119,7 +134,10 @@ impl UiState {
     pub fn validate(&self) -> Result<()> {
         self.experiment.validate()?;
         if self.compare.len() + 1 > MAX_RUNS {
-            return Err(LabError::param("compare", format!("at most {} compared runs", MAX_RUNS - 1)));
+            return Err(LabError::param(
+                "compare",
+                format!("at most {} compared runs", MAX_RUNS - 1),
+            ));
         }
         for entry in &self.compare {
             self.run_experiment(entry)?;
@@ -135,13 +153,19 @@ impl UiState {
         let mut query = self.experiment.to_query();
         query.push_str(&format!("&loss={}", escape(loss)));
         for part in parts.map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = part.split_once('=').ok_or_else(|| LabError::param("compare", format!("{entry:?}: {part:?} is not key=value")))?;
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                LabError::param("compare", format!("{entry:?}: {part:?} is not key=value"))
+            })?;
             if matches!(key.trim(), "loss" | "scenario" | "compare") {
-                return Err(LabError::param("compare", format!("{entry:?}: {key} cannot differ between runs")));
+                return Err(LabError::param(
+                    "compare",
+                    format!("{entry:?}: {key} cannot differ between runs"),
+                ));
             }
             query.push_str(&format!("&{}={}", key.trim(), escape(value.trim())));
         }
-        ExperimentConfig::from_query(&query).map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))
+        ExperimentConfig::from_query(&query)
+            .map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))
     }
 
     /// Every run's experiment, the main run first.
@@ -161,7 +185,8 @@ mod tests {
 
     #[test]
     fn round_trips_compared_runs_and_the_experiment() {
-        let mut state = UiState { compare: vec!["ipo".into(), "sigmoid+0.5*sft".into()], ..Default::default() };
+        let mut state =
+            UiState { compare: vec!["ipo".into(), "sigmoid+0.5*sft".into()], ..Default::default() };
         state.experiment.params.beta = 0.3;
         state.experiment.seed = 7;
         state.experiment.scenario = Some("no-never".into());
@@ -192,7 +217,10 @@ mod tests {
 
     #[test]
     fn a_compared_run_keeps_its_own_settings() {
-        let state = UiState { compare: vec!["robust;beta=0.5;label_smoothing=0.25".into()], ..Default::default() };
+        let state = UiState {
+            compare: vec!["robust;beta=0.5;label_smoothing=0.25".into()],
+            ..Default::default()
+        };
         let back = UiState::from_query(&state.to_query()).unwrap();
         assert_eq!(back, state);
         let runs = back.experiments().unwrap();

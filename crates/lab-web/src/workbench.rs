@@ -9,7 +9,10 @@
 //! an export gives back the imported bytes), queue and runs as JSON.
 
 use crate::protocol::Metrics;
-use lab_core::annotate::{pair_from_choice, ranked_from_order, AnnotationReport, CandidateSet, Choice, SyntheticAnnotator, RANK_MODE_MAX};
+use lab_core::annotate::{
+    pair_from_choice, ranked_from_order, AnnotationReport, CandidateSet, Choice,
+    SyntheticAnnotator, RANK_MODE_MAX,
+};
 use lab_core::data::{parse_jsonl, to_jsonl, Record};
 use lab_core::exchange;
 use lab_core::experiment::ExperimentConfig;
@@ -85,11 +88,31 @@ pub struct Workbench {
 
 impl Workbench {
     /// Judge the first queued set between its responses `a` and `b` (indices).
-    pub fn choose(&mut self, a: usize, b: usize, choice: Choice, strength: f64, rationale: &str) -> Result<()> {
-        let set = self.queue.first().ok_or_else(|| LabError::param("queue", "nothing to annotate: sample responses or queue a dataset first"))?;
+    pub fn choose(
+        &mut self,
+        a: usize,
+        b: usize,
+        choice: Choice,
+        strength: f64,
+        rationale: &str,
+    ) -> Result<()> {
+        let set = self.queue.first().ok_or_else(|| {
+            LabError::param(
+                "queue",
+                "nothing to annotate: sample responses or queue a dataset first",
+            )
+        })?;
         let (ra, rb) = match (set.responses.get(a), set.responses.get(b)) {
             (Some(ra), Some(rb)) if a != b => (ra, rb),
-            _ => return Err(LabError::param("choice", format!("responses {a} and {b} are not two of the {} shown", set.responses.len()))),
+            _ => {
+                return Err(LabError::param(
+                    "choice",
+                    format!(
+                        "responses {a} and {b} are not two of the {} shown",
+                        set.responses.len()
+                    ),
+                ))
+            }
         };
         let record = pair_from_choice(&set.prompt, ra, rb, choice, strength, rationale)?;
         self.queue.remove(0);
@@ -99,7 +122,8 @@ impl Workbench {
 
     /// Rank the first queued set: `order` is best first, over its first [`RANK_MODE_MAX`] responses.
     pub fn rank(&mut self, order: &[usize], rationale: &str) -> Result<()> {
-        let set = self.queue.first().ok_or_else(|| LabError::param("queue", "nothing to annotate"))?;
+        let set =
+            self.queue.first().ok_or_else(|| LabError::param("queue", "nothing to annotate"))?;
         let shown: Vec<String> = set.responses.iter().take(RANK_MODE_MAX).cloned().collect();
         let record = ranked_from_order(&set.prompt, &shown, order, rationale)?;
         self.queue.remove(0);
@@ -111,7 +135,10 @@ impl Workbench {
     /// highest reward against lowest); the queue empties into the annotations.
     pub fn label_queue(&mut self, annotator: &SyntheticAnnotator) -> Result<AnnotationReport> {
         if self.queue.is_empty() {
-            return Err(LabError::param("queue", "nothing queued to label: sample responses or queue a dataset first"));
+            return Err(LabError::param(
+                "queue",
+                "nothing queued to label: sample responses or queue a dataset first",
+            ));
         }
         let records = self.queue.iter().map(CandidateSet::to_record).collect::<Result<Vec<_>>>()?;
         let annotator = SyntheticAnnotator { lists_to_pairs: true, ..annotator.clone() };
@@ -157,13 +184,20 @@ impl Workbench {
             unique = format!("{name} ({k})");
             k += 1;
         }
-        self.datasets.push(Dataset { name: unique, text: text.to_string(), records: records.len() });
+        self.datasets.push(Dataset {
+            name: unique,
+            text: text.to_string(),
+            records: records.len(),
+        });
         Ok(records.len())
     }
 
     /// The records of an imported dataset.
     pub fn dataset_records(&self, index: usize) -> Result<Vec<Record>> {
-        let d = self.datasets.get(index).ok_or_else(|| LabError::param("dataset", format!("no dataset {index}")))?;
+        let d = self
+            .datasets
+            .get(index)
+            .ok_or_else(|| LabError::param("dataset", format!("no dataset {index}")))?;
         parse_jsonl(&d.text).map_err(|e| e.in_file(&d.name))
     }
 
@@ -200,10 +234,21 @@ impl Workbench {
     /// its line for annotations), and the workbench is unchanged.
     pub fn restore_part(&mut self, part: Part, text: &str) -> Result<()> {
         let key = part.key();
-        let json_err = |e: serde_json::Error| LabError::parse(format!("stored data unreadable at line {}, column {}: {e}", e.line(), e.column())).in_file(key);
+        let json_err = |e: serde_json::Error| {
+            LabError::parse(format!(
+                "stored data unreadable at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ))
+            .in_file(key)
+        };
         match part {
             Part::Annotations => {
-                self.annotations = if text.trim().is_empty() { Vec::new() } else { parse_jsonl(text).map_err(|e| e.in_file(key))? };
+                self.annotations = if text.trim().is_empty() {
+                    Vec::new()
+                } else {
+                    parse_jsonl(text).map_err(|e| e.in_file(key))?
+                };
             }
             Part::Queue => self.queue = serde_json::from_str(text).map_err(json_err)?,
             Part::Datasets => self.datasets = serde_json::from_str(text).map_err(json_err)?,
@@ -219,20 +264,33 @@ mod tests {
     use lab_core::data::Text;
 
     fn set(prompt: &str, responses: &[&str]) -> CandidateSet {
-        CandidateSet { prompt: prompt.into(), responses: responses.iter().map(|s| s.to_string()).collect(), origins: vec!["policy".into(); responses.len()] }
+        CandidateSet {
+            prompt: prompt.into(),
+            responses: responses.iter().map(|s| s.to_string()).collect(),
+            origins: vec!["policy".into(); responses.len()],
+        }
     }
 
     #[test]
     fn annotating_takes_from_the_queue_and_undo_puts_it_back() {
         let mut bench = Workbench::default();
-        assert_eq!(bench.enqueue([set("P1", &[" a", " b"]), set("P2", &[" c"]), set("P3", &[" x", " y", " z"])]), 2);
+        assert_eq!(
+            bench.enqueue([
+                set("P1", &[" a", " b"]),
+                set("P2", &[" c"]),
+                set("P3", &[" x", " y", " z"])
+            ]),
+            2
+        );
         bench.choose(0, 1, Choice::B, 0.9, "b reads better").unwrap();
         assert_eq!(bench.queue.len(), 1);
         let Record::Pair(p) = &bench.annotations[0] else { panic!() };
         assert_eq!((p.chosen.clone(), p.alpha), (Text::from(" b"), Some(0.9)));
         bench.rank(&[2, 0, 1], "").unwrap();
         assert!(bench.queue.is_empty());
-        assert!(matches!(&bench.annotations[1], Record::Ranked(r) if r.responses[0] == Text::from(" z")));
+        assert!(
+            matches!(&bench.annotations[1], Record::Ranked(r) if r.responses[0] == Text::from(" z"))
+        );
         // Undo: the ranking goes back to the front of the queue.
         bench.undo().unwrap();
         assert_eq!((bench.annotations.len(), bench.queue.len()), (1, 1));
@@ -247,8 +305,17 @@ mod tests {
     #[test]
     fn the_synthetic_annotator_labels_the_whole_queue() {
         let mut bench = Workbench::default();
-        bench.enqueue([set("P1", &[" I hate it.", " I love it."]), set("P2", &[" Good.", " Bad.", " Fine."])]);
-        let annotator = SyntheticAnnotator { reward: lab_core::annotate::Reward::parse("sentiment").unwrap(), flip_rate: 0.0, alpha_temperature: 1.0, seed: 0, lists_to_pairs: false };
+        bench.enqueue([
+            set("P1", &[" I hate it.", " I love it."]),
+            set("P2", &[" Good.", " Bad.", " Fine."]),
+        ]);
+        let annotator = SyntheticAnnotator {
+            reward: lab_core::annotate::Reward::parse("sentiment").unwrap(),
+            flip_rate: 0.0,
+            alpha_temperature: 1.0,
+            seed: 0,
+            lists_to_pairs: false,
+        };
         let report = bench.label_queue(&annotator).unwrap();
         assert_eq!((report.pairs, bench.queue.len(), bench.annotations.len()), (2, 0, 2));
         assert!(bench.annotations.iter().all(|r| matches!(r, Record::Pair(p) if p.chosen == Text::from(" I love it.") || p.chosen == Text::from(" Good."))));
@@ -264,7 +331,10 @@ mod tests {
         assert_eq!(bench.import("good.jsonl", good).unwrap(), 1);
         let before = bench.clone();
         let err = bench.import("bad.jsonl", &format!("{good}{good}{{\"prompt\": \"P\", \"chosen\": \" a\", \"rejected\": \" b\", \"alpha\": 2}}\n")).unwrap_err().to_string();
-        assert!(err.contains("bad.jsonl") && err.contains("line 3") && err.contains("alpha"), "{err}");
+        assert!(
+            err.contains("bad.jsonl") && err.contains("line 3") && err.contains("alpha"),
+            "{err}"
+        );
         assert_eq!(bench, before);
         let big = "x".repeat(exchange::MAX_IMPORT_BYTES + 1);
         assert!(bench.import("big.jsonl", &big).unwrap_err().to_string().contains("import limit"));
@@ -274,7 +344,10 @@ mod tests {
         bench.import("good.jsonl", good).unwrap();
         assert_eq!(bench.datasets.len(), 1);
         bench.import("good.jsonl", &format!("{good}{good}")).unwrap();
-        assert_eq!((bench.datasets.len(), bench.datasets[1].name.as_str(), bench.datasets[1].records), (2, "good.jsonl (2)", 2));
+        assert_eq!(
+            (bench.datasets.len(), bench.datasets[1].name.as_str(), bench.datasets[1].records),
+            (2, "good.jsonl (2)", 2)
+        );
     }
 
     #[test]
@@ -282,17 +355,33 @@ mod tests {
         let mut bench = Workbench::default();
         bench.enqueue([set("P1", &[" a", " b"]), set("P2", &[" c", " d"])]);
         bench.choose(0, 1, Choice::Tie, 0.7, "").unwrap();
-        bench.import("d.jsonl", "{\"chosen\": \"Q: x A: y\", \"rejected\": \"Q: x A: z\"}\n").unwrap();
-        let point: Metrics = [("step".to_string(), 1.0), ("loss".to_string(), 0.69)].into_iter().collect();
-        bench.save_run(SavedRun { id: "1/0".into(), label: "sigmoid".into(), experiment: "loss=sigmoid".into(), data: "built-in".into(), points: vec![point.clone()] });
-        bench.save_run(SavedRun { id: "1/0".into(), label: "sigmoid".into(), experiment: "loss=sigmoid".into(), data: "built-in".into(), points: vec![point.clone(), point] });
+        bench
+            .import("d.jsonl", "{\"chosen\": \"Q: x A: y\", \"rejected\": \"Q: x A: z\"}\n")
+            .unwrap();
+        let point: Metrics =
+            [("step".to_string(), 1.0), ("loss".to_string(), 0.69)].into_iter().collect();
+        bench.save_run(SavedRun {
+            id: "1/0".into(),
+            label: "sigmoid".into(),
+            experiment: "loss=sigmoid".into(),
+            data: "built-in".into(),
+            points: vec![point.clone()],
+        });
+        bench.save_run(SavedRun {
+            id: "1/0".into(),
+            label: "sigmoid".into(),
+            experiment: "loss=sigmoid".into(),
+            data: "built-in".into(),
+            points: vec![point.clone(), point],
+        });
         assert_eq!(bench.runs.len(), 1);
         let mut restored = Workbench::default();
         for part in Part::ALL {
             restored.restore_part(part, &bench.part_text(part)).unwrap();
         }
         assert_eq!(restored, bench);
-        let err = restored.restore_part(Part::Annotations, "{\"prompt\": 1}\n").unwrap_err().to_string();
+        let err =
+            restored.restore_part(Part::Annotations, "{\"prompt\": 1}\n").unwrap_err().to_string();
         assert!(err.contains("annotations.jsonl") && err.contains("line 1"), "{err}");
         assert_eq!(restored, bench);
         assert_eq!(bench.runs[0].csv(), "step,loss\n1,0.69\n1,0.69\n");

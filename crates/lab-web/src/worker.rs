@@ -10,7 +10,10 @@
 //! yields to the event loop (a zero timeout) so that pause, reset and inspect requests get
 //! through between steps.
 
-use crate::protocol::{Candidate, FromWorker, LossTerm, Metrics, PairRow, PairText, RunInfo, ScenarioInfo, ToWorker, TrainingData};
+use crate::protocol::{
+    Candidate, FromWorker, LossTerm, Metrics, PairRow, PairText, RunInfo, ScenarioInfo, ToWorker,
+    TrainingData,
+};
 use crate::state::UiState;
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -61,11 +64,16 @@ fn now_ms() -> f64 {
 }
 
 fn js_err(err: JsValue) -> String {
-    err.as_string().or_else(|| js_sys::JSON::stringify(&err).ok().and_then(|s| s.as_string())).unwrap_or_else(|| "unknown JavaScript error".into())
+    err.as_string()
+        .or_else(|| js_sys::JSON::stringify(&err).ok().and_then(|s| s.as_string()))
+        .unwrap_or_else(|| "unknown JavaScript error".into())
 }
 
 async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
-    let response: Response = JsFuture::from(scope().fetch_with_str(url)).await.map_err(|e| format!("{url}: {}", js_err(e)))?.unchecked_into();
+    let response: Response = JsFuture::from(scope().fetch_with_str(url))
+        .await
+        .map_err(|e| format!("{url}: {}", js_err(e)))?
+        .unchecked_into();
     if !response.ok() {
         return Err(format!("{url}: HTTP {}", response.status()));
     }
@@ -86,11 +94,21 @@ struct Model {
 
 async fn load_model() -> (Model, Option<String>) {
     let loaded: Result<Model> = async {
-        let config_json: serde_json::Value = serde_json::from_str(&fetch_text(&format!("{MODEL_DIR}/config.json")).await?).map_err(|e| format!("{MODEL_DIR}/config.json: {e}"))?;
-        let cfg = GptConfig::from_hf_json(&config_json).map_err(|e| format!("{MODEL_DIR}/config.json: {e}"))?;
+        let config_json: serde_json::Value =
+            serde_json::from_str(&fetch_text(&format!("{MODEL_DIR}/config.json")).await?)
+                .map_err(|e| format!("{MODEL_DIR}/config.json: {e}"))?;
+        let cfg = GptConfig::from_hf_json(&config_json)
+            .map_err(|e| format!("{MODEL_DIR}/config.json: {e}"))?;
         let bytes = fetch_bytes(&format!("{MODEL_DIR}/model.safetensors")).await?;
-        let params = checkpoint::from_safetensors(&cfg, &bytes).map_err(|e| format!("{MODEL_DIR}/model.safetensors: {e}"))?;
-        let description = format!("starter model ({} layers, d_model {}, ctx {}, {} parameters)", cfg.n_layer, cfg.d_model, cfg.ctx, params.len());
+        let params = checkpoint::from_safetensors(&cfg, &bytes)
+            .map_err(|e| format!("{MODEL_DIR}/model.safetensors: {e}"))?;
+        let description = format!(
+            "starter model ({} layers, d_model {}, ctx {}, {} parameters)",
+            cfg.n_layer,
+            cfg.d_model,
+            cfg.ctx,
+            params.len()
+        );
         Ok(Model { cfg, params, description })
     }
     .await;
@@ -116,11 +134,18 @@ async fn load_scenario(name: &str) -> Result<LoadedScenario> {
         return Err(format!("no scenario {name:?} (shipped: {})", SCENARIOS.join(", ")));
     }
     let dir = format!("assets/scenarios/{name}");
-    let preset: Preset = serde_json::from_str(&fetch_text(&format!("{dir}/preset.json")).await?).map_err(|e| format!("{dir}/preset.json: line {}: {e}", e.line()))?;
+    let preset: Preset = serde_json::from_str(&fetch_text(&format!("{dir}/preset.json")).await?)
+        .map_err(|e| format!("{dir}/preset.json: line {}: {e}", e.line()))?;
     let data_path = format!("{dir}/{}", preset.data);
-    let records = parse_jsonl(&fetch_text(&data_path).await?).map_err(|e| e.in_file(&data_path).to_string())?;
+    let records = parse_jsonl(&fetch_text(&data_path).await?)
+        .map_err(|e| e.in_file(&data_path).to_string())?;
     let explanation = fetch_text(&format!("{dir}/README.md")).await.unwrap_or_default();
-    let info = ScenarioInfo { name: name.to_string(), title: preset.title.clone(), paper: preset.paper.clone(), explanation };
+    let info = ScenarioInfo {
+        name: name.to_string(),
+        title: preset.title.clone(),
+        paper: preset.paper.clone(),
+        explanation,
+    };
     Ok(LoadedScenario { info, preset, records })
 }
 
@@ -128,7 +153,13 @@ async fn load_scenario(name: &str) -> Result<LoadedScenario> {
 /// changes (variants that drop pairs are the pairs table's "retrain without them").
 fn preset_compare(preset: &Preset) -> Vec<String> {
     let base = UiState { experiment: preset.experiment.clone(), ..UiState::default() };
-    let base_query: HashMap<String, String> = base.experiment.to_query().split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let base_query: HashMap<String, String> = base
+        .experiment
+        .to_query()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let mut out = Vec::new();
     for variant in preset.variants.iter().filter(|v| v.drop_top_ches.is_none()) {
         let mut experiment = preset.experiment.clone();
@@ -151,7 +182,17 @@ fn preset_compare(preset: &Preset) -> Vec<String> {
 
 fn loss_terms(spec: &str) -> Vec<LossTerm> {
     LossMix::parse(spec)
-        .map(|mix| mix.terms.iter().map(|(kind, weight)| LossTerm { name: kind.name().to_string(), weight: *weight, formula: kind.formula().to_string(), source: kind.source().to_string() }).collect())
+        .map(|mix| {
+            mix.terms
+                .iter()
+                .map(|(kind, weight)| LossTerm {
+                    name: kind.name().to_string(),
+                    weight: *weight,
+                    formula: kind.formula().to_string(),
+                    source: kind.source().to_string(),
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -171,14 +212,20 @@ fn pair_text(record: &Record) -> PairText {
         }
         Record::Ranked(r) => {
             let (prompt, responses) = r.render();
-            PairText { prompt, chosen: responses.first().cloned().unwrap_or_default(), rejected: responses.last().cloned().unwrap_or_default() }
+            PairText {
+                prompt,
+                chosen: responses.first().cloned().unwrap_or_default(),
+                rejected: responses.last().cloned().unwrap_or_default(),
+            }
         }
     }
 }
 
 fn metrics_of(value: serde_json::Value) -> Metrics {
     match value {
-        serde_json::Value::Object(map) => map.into_iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).collect(),
+        serde_json::Value::Object(map) => {
+            map.into_iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).collect()
+        }
         _ => Metrics::new(),
     }
 }
@@ -216,8 +263,13 @@ impl Lab {
     async fn new() -> Lab {
         let (model, model_note) = load_model().await;
         let choice = engine_choice();
-        let adapter = if choice == "cpu" { None } else { JsFuture::from(webgpu_adapter()).await.ok().and_then(|v| v.as_string()) };
-        let reference = CpuEngine::new(model.cfg, model.params.clone()).expect("the loaded model fits its config");
+        let adapter = if choice == "cpu" {
+            None
+        } else {
+            JsFuture::from(webgpu_adapter()).await.ok().and_then(|v| v.as_string())
+        };
+        let reference = CpuEngine::new(model.cfg, model.params.clone())
+            .expect("the loaded model fits its config");
         let cpu_name = "CPU (wasm)".to_string();
         let mut spare: Vec<Box<dyn Engine>> = Vec::new();
         let (engine_name, gpu_note) = match adapter {
@@ -243,7 +295,21 @@ impl Lab {
             (gpu, model) => gpu.or(model),
         };
         let on_gpu = !spare.is_empty();
-        Lab { model, on_gpu, engine_name, engine_note, reference, spare, scenarios: HashMap::new(), experiment: ExperimentConfig::default(), records: Vec::new(), kept: Vec::new(), runs: Vec::new(), generation: 0, playing: false }
+        Lab {
+            model,
+            on_gpu,
+            engine_name,
+            engine_note,
+            reference,
+            spare,
+            scenarios: HashMap::new(),
+            experiment: ExperimentConfig::default(),
+            records: Vec::new(),
+            kept: Vec::new(),
+            runs: Vec::new(),
+            generation: 0,
+            playing: false,
+        }
     }
 
     /// An engine holding the starting weights: a spare one reset, or a new one.
@@ -253,10 +319,15 @@ impl Lab {
             return Ok(engine);
         }
         if self.on_gpu {
-            let engine = GpuEngine::new_async(self.model.cfg, self.model.params.clone()).await.map_err(|e| format!("the GPU engine: {e}"))?;
+            let engine = GpuEngine::new_async(self.model.cfg, self.model.params.clone())
+                .await
+                .map_err(|e| format!("the GPU engine: {e}"))?;
             Ok(Box::new(engine))
         } else {
-            Ok(Box::new(CpuEngine::new(self.model.cfg, self.model.params.clone()).map_err(|e| e.to_string())?))
+            Ok(Box::new(
+                CpuEngine::new(self.model.cfg, self.model.params.clone())
+                    .map_err(|e| e.to_string())?,
+            ))
         }
     }
 
@@ -264,12 +335,24 @@ impl Lab {
     /// which on the GPU would be one awaited readback each.
     async fn policy(&self, run: usize) -> Result<CpuEngine> {
         let session = &self.runs.get(run).ok_or_else(|| format!("no run {run}"))?.session;
-        let params = session.engine().params_async().await.map_err(|e| format!("reading the policy's weights: {e}"))?;
+        let params = session
+            .engine()
+            .params_async()
+            .await
+            .map_err(|e| format!("reading the policy's weights: {e}"))?;
         CpuEngine::new(self.model.cfg, params).map_err(|e| e.to_string())
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn reset(&mut self, generation: u32, mut experiment: ExperimentConfig, mut compare: Vec<String>, drop_records: Vec<usize>, apply_preset: bool, data: Option<TrainingData>) -> Result<FromWorker> {
+    async fn reset(
+        &mut self,
+        generation: u32,
+        mut experiment: ExperimentConfig,
+        mut compare: Vec<String>,
+        drop_records: Vec<usize>,
+        apply_preset: bool,
+        data: Option<TrainingData>,
+    ) -> Result<FromWorker> {
         self.playing = false;
         for run in self.runs.drain(..) {
             self.spare.push(run.session.into_engine());
@@ -288,11 +371,16 @@ impl Lab {
         let loaded = scenario.as_ref().and_then(|name| self.scenarios.get(name));
         if apply_preset {
             if let Some(s) = loaded {
-                experiment = ExperimentConfig { scenario: scenario.clone(), ..s.preset.experiment.clone() };
+                experiment =
+                    ExperimentConfig { scenario: scenario.clone(), ..s.preset.experiment.clone() };
                 compare = preset_compare(&s.preset);
             }
         }
-        let state = UiState { experiment: experiment.clone(), compare: compare.clone(), ..UiState::default() };
+        let state = UiState {
+            experiment: experiment.clone(),
+            compare: compare.clone(),
+            ..UiState::default()
+        };
         let experiments = state.experiments().map_err(|e| e.to_string())?;
         self.records = match (&data, loaded) {
             (Some(d), _) => parse_jsonl(&d.jsonl).map_err(|e| e.in_file(&d.label).to_string())?,
@@ -303,19 +391,30 @@ impl Lab {
         if self.kept.is_empty() {
             return Err("every pair was dropped; nothing left to train on".into());
         }
-        let kept_records: Vec<Record> = self.kept.iter().map(|&i| self.records[i].clone()).collect();
+        let kept_records: Vec<Record> =
+            self.kept.iter().map(|&i| self.records[i].clone()).collect();
         let mut runs = Vec::new();
         let mut infos = Vec::new();
         let mut start = Vec::new();
         for (index, run_experiment) in experiments.iter().enumerate() {
-            let config = SessionConfig::from_experiment(run_experiment).map_err(|e| e.to_string())?;
+            let config =
+                SessionConfig::from_experiment(run_experiment).map_err(|e| e.to_string())?;
             let engine = self.fresh_engine().await?;
-            let session = Session::new_async(engine, &kept_records, config).await.map_err(|e: LabError| format!("run {}: {e}", index + 1))?;
-            let mut metrics = metrics_of(serde_json::to_value(session.instruments()).expect("instruments serialize"));
+            let session = Session::new_async(engine, &kept_records, config)
+                .await
+                .map_err(|e: LabError| format!("run {}: {e}", index + 1))?;
+            let mut metrics = metrics_of(
+                serde_json::to_value(session.instruments()).expect("instruments serialize"),
+            );
             metrics.insert("step".into(), 0.0);
             start.push(metrics);
-            let label = if index == 0 { run_experiment.loss.clone() } else { compare[index - 1].clone() };
-            infos.push(RunInfo { label, loss: run_experiment.loss.clone(), terms: loss_terms(&run_experiment.loss) });
+            let label =
+                if index == 0 { run_experiment.loss.clone() } else { compare[index - 1].clone() };
+            infos.push(RunInfo {
+                label,
+                loss: run_experiment.loss.clone(),
+                terms: loss_terms(&run_experiment.loss),
+            });
             runs.push(Run { session, target_steps: run_experiment.steps, displaced_at: None });
         }
         self.runs = runs;
@@ -342,7 +441,10 @@ impl Lab {
             experiment,
             compare,
             runs: infos,
-            scenario: scenario.as_ref().and_then(|name| self.scenarios.get(name)).map(|s| s.info.clone()),
+            scenario: scenario
+                .as_ref()
+                .and_then(|name| self.scenarios.get(name))
+                .map(|s| s.info.clone()),
             pairs,
             prompts,
             dropped: drop_records,
@@ -395,15 +497,26 @@ impl Lab {
                 run.displaced_at = Some(record.step);
             }
             let displaced_at = run.displaced_at;
-            let metrics = metrics_of(serde_json::to_value(&record).expect("step records serialize"));
+            let metrics =
+                metrics_of(serde_json::to_value(&record).expect("step records serialize"));
             let table = if index == 0 { Some(self.table()) } else { None };
-            post(&FromWorker::Stepped { generation: self.generation, run: index, metrics, displaced_at, step_ms, table });
+            post(&FromWorker::Stepped {
+                generation: self.generation,
+                run: index,
+                metrics,
+                displaced_at,
+                step_ms,
+                table,
+            });
         }
         any
     }
 
     fn status(&self) -> FromWorker {
-        FromWorker::Status { playing: self.playing, steps_done: self.runs.first().map(|r| r.session.steps_done()).unwrap_or(0) }
+        FromWorker::Status {
+            playing: self.playing,
+            steps_done: self.runs.first().map(|r| r.session.steps_done()).unwrap_or(0),
+        }
     }
 
     async fn inspect(&mut self, prompt: &str, run: usize) -> Result<FromWorker> {
@@ -433,14 +546,20 @@ impl Lab {
         let mut rng = Rng::new(self.experiment.seed);
         let sampling = SampleConfig { temperature: 1.0, top_k: 0, max_new_tokens: 32 };
         for _ in 0..2 {
-            let ids = generate(&mut self.reference, &prompt_tokens, &sampling, &mut rng).map_err(|e| e.to_string())?;
+            let ids = generate(&mut self.reference, &prompt_tokens, &sampling, &mut rng)
+                .map_err(|e| e.to_string())?;
             add(tokenizer::decode(&ids), "sampled from the reference");
         }
         let greedy = SampleConfig { temperature: 0.0, ..sampling };
-        let ids = generate(&mut policy, &prompt_tokens, &greedy, &mut rng).map_err(|e| e.to_string())?;
+        let ids =
+            generate(&mut policy, &prompt_tokens, &greedy, &mut rng).map_err(|e| e.to_string())?;
         add(tokenizer::decode(&ids), "greedy from the policy");
 
-        let rows: Vec<(Vec<u32>, usize)> = candidates.iter().map(|(c, _)| encode_example(prompt, c, ctx)).collect::<lab_core::Result<_>>().map_err(|e| e.to_string())?;
+        let rows: Vec<(Vec<u32>, usize)> = candidates
+            .iter()
+            .map(|(c, _)| encode_example(prompt, c, ctx))
+            .collect::<lab_core::Result<_>>()
+            .map_err(|e| e.to_string())?;
         let batch = TokenBatch::from_rows(&rows).map_err(|e| e.to_string())?;
         let reference = self.reference.forward(&batch).map_err(|e| e.to_string())?;
         let policy = policy.forward(&batch).map_err(|e| e.to_string())?;
@@ -462,11 +581,19 @@ impl Lab {
                     logp_change: p - r,
                     gained_most: false,
                     tokens: positions.clone().map(|i| tokenizer::token_label(tokens[i])).collect(),
-                    token_logp_change: positions.map(|i| (policy.token_logps[b * t + i] - reference.token_logps[b * t + i]) as f64).collect(),
+                    token_logp_change: positions
+                        .map(|i| {
+                            (policy.token_logps[b * t + i] - reference.token_logps[b * t + i])
+                                as f64
+                        })
+                        .collect(),
                 }
             })
             .collect();
-        if let Some(best) = (0..out.len()).max_by(|&a, &b| (out[a].policy_prob - out[a].reference_prob).total_cmp(&(out[b].policy_prob - out[b].reference_prob))) {
+        if let Some(best) = (0..out.len()).max_by(|&a, &b| {
+            (out[a].policy_prob - out[a].reference_prob)
+                .total_cmp(&(out[b].policy_prob - out[b].reference_prob))
+        }) {
             if out[best].policy_prob > out[best].reference_prob {
                 out[best].gained_most = true;
             }
@@ -474,21 +601,44 @@ impl Lab {
         Ok(FromWorker::Inspected { prompt: prompt.to_string(), run, candidates: out })
     }
 
-    async fn generate(&mut self, prompt: &str, run: usize, temperature: f32, max_new_tokens: usize, seed: u64) -> Result<FromWorker> {
+    async fn generate(
+        &mut self,
+        prompt: &str,
+        run: usize,
+        temperature: f32,
+        max_new_tokens: usize,
+        seed: u64,
+    ) -> Result<FromWorker> {
         let mut policy = self.policy(run).await?;
         let prompt = chat_prompt(prompt);
         let tokens = prompt_ids(&prompt, self.model.cfg.ctx)?;
-        let config = SampleConfig { temperature, top_k: 0, max_new_tokens: max_new_tokens.clamp(1, 96) };
-        let policy_ids = generate(&mut policy, &tokens, &config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
-        let reference_ids = generate(&mut self.reference, &tokens, &config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
-        Ok(FromWorker::Generated { prompt, policy: tokenizer::decode(&policy_ids), reference: tokenizer::decode(&reference_ids) })
+        let config =
+            SampleConfig { temperature, top_k: 0, max_new_tokens: max_new_tokens.clamp(1, 96) };
+        let policy_ids = generate(&mut policy, &tokens, &config, &mut Rng::new(seed))
+            .map_err(|e| e.to_string())?;
+        let reference_ids = generate(&mut self.reference, &tokens, &config, &mut Rng::new(seed))
+            .map_err(|e| e.to_string())?;
+        Ok(FromWorker::Generated {
+            prompt,
+            policy: tokenizer::decode(&policy_ids),
+            reference: tokenizer::decode(&reference_ids),
+        })
     }
 }
 
 impl Lab {
     /// Candidate responses for the annotate view (`lab_core::annotate::sample_candidates`).
     #[allow(clippy::too_many_arguments)]
-    async fn sample(&mut self, prompts: &[String], run: usize, n: usize, from_policy: bool, from_reference: bool, config: &SampleConfig, seed: u64) -> Result<FromWorker> {
+    async fn sample(
+        &mut self,
+        prompts: &[String],
+        run: usize,
+        n: usize,
+        from_policy: bool,
+        from_reference: bool,
+        config: &SampleConfig,
+        seed: u64,
+    ) -> Result<FromWorker> {
         let prompts: Vec<String> = prompts.iter().map(|p| chat_prompt(p)).collect();
         let steps = self.runs.get(run).map(|r| r.session.steps_done()).unwrap_or(0);
         // sampling runs on a CPU copy of the policy, whichever engine trains it (see `policy`)
@@ -503,7 +653,8 @@ impl Lab {
         if models.is_empty() {
             return Err("sample from the policy, the reference or both".into());
         }
-        let sets = lab_core::annotate::sample_candidates(&mut models, &prompts, n, config, seed).map_err(|e| e.to_string())?;
+        let sets = lab_core::annotate::sample_candidates(&mut models, &prompts, n, config, seed)
+            .map_err(|e| e.to_string())?;
         Ok(FromWorker::Sampled { sets, run, steps })
     }
 }
@@ -533,7 +684,9 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
     }
     let lab = lab.as_mut().expect("just created");
     let reply = match msg {
-        ToWorker::Reset { generation, experiment, compare, drop_records, apply_preset, data } => lab.reset(generation, experiment, compare, drop_records, apply_preset, data).await,
+        ToWorker::Reset { generation, experiment, compare, drop_records, apply_preset, data } => {
+            lab.reset(generation, experiment, compare, drop_records, apply_preset, data).await
+        }
         ToWorker::Play => {
             lab.playing = !lab.runs.is_empty();
             Ok(lab.status())
@@ -548,10 +701,24 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
             Ok(lab.status())
         }
         ToWorker::Inspect { prompt, run } => lab.inspect(&prompt, run).await,
-        ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => lab.generate(&prompt, run, temperature, max_new_tokens, seed).await,
-        ToWorker::Sample { prompts, run, n, from_policy, from_reference, temperature, top_k, max_new_tokens, seed } => {
-            let config = SampleConfig { temperature, top_k, max_new_tokens: max_new_tokens.clamp(1, 96) };
-            lab.sample(&prompts, run, n.clamp(1, 8), from_policy, from_reference, &config, seed).await
+        ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => {
+            lab.generate(&prompt, run, temperature, max_new_tokens, seed).await
+        }
+        ToWorker::Sample {
+            prompts,
+            run,
+            n,
+            from_policy,
+            from_reference,
+            temperature,
+            top_k,
+            max_new_tokens,
+            seed,
+        } => {
+            let config =
+                SampleConfig { temperature, top_k, max_new_tokens: max_new_tokens.clamp(1, 96) };
+            lab.sample(&prompts, run, n.clamp(1, 8), from_policy, from_reference, &config, seed)
+                .await
         }
     };
     post(&reply.unwrap_or_else(|message| FromWorker::Error { message }));
@@ -602,7 +769,10 @@ async fn run_loop(mut inbox: mpsc::UnboundedReceiver<ToWorker>) {
 pub fn worker_main(pending: js_sys::Array) {
     let (sender, inbox) = mpsc::unbounded::<ToWorker>();
     let receive = move |data: JsValue| {
-        let parsed = data.as_string().ok_or_else(|| "a message that is not a string".to_string()).and_then(|t| serde_json::from_str::<ToWorker>(&t).map_err(|e| e.to_string()));
+        let parsed = data
+            .as_string()
+            .ok_or_else(|| "a message that is not a string".to_string())
+            .and_then(|t| serde_json::from_str::<ToWorker>(&t).map_err(|e| e.to_string()));
         match parsed {
             Ok(msg) => {
                 let _ = sender.unbounded_send(msg);
@@ -613,7 +783,8 @@ pub fn worker_main(pending: js_sys::Array) {
     for data in pending.iter() {
         receive(data);
     }
-    let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| receive(event.data()));
+    let onmessage =
+        Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| receive(event.data()));
     scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
     onmessage.forget();
     wasm_bindgen_futures::spawn_local(run_loop(inbox));
