@@ -25,6 +25,13 @@ fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/alignlab-xdg}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
+echo "== cargo fmt --check, cargo clippy (every warning an error)"
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --release --locked -- -D warnings 2>&1
+
 echo "== cargo test (workspace, release: the burn gradient oracle, parity and golden tests)"
 cargo test --workspace --release --locked 2>&1
 

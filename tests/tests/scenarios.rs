@@ -55,7 +55,7 @@ fn every_scenario_data_file_is_what_the_generator_writes() {
         let generated = scenario_data::generate(name, 0).unwrap();
         for (file, text) in generated.files() {
             let on_disk = std::fs::read_to_string(dir.join(file)).unwrap();
-            assert!(on_disk == text, "{name}/{file} differs from the generator's output: run `alignlab make-scenario {name}`");
+            assert!(on_disk == text, "{name}/{file} differs from the generator's output: run `alignlab make-scenario {name} --force`");
         }
         let scenario = Scenario::load(&assets(), name).unwrap();
         assert_eq!(scenario.preset.data, "data.jsonl", "{name}");

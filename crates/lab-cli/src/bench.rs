@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// file; stdout keeps the per-kernel totals.
     #[arg(long)]
     profile_out: Option<std::path::PathBuf>,
+    /// Replace --profile-out if it exists.
+    #[arg(long)]
+    force: bool,
     /// wgpu's runtime checks in the GPU kernels: on (bounds checks, loop counters; the
     /// browser's way) | off (native only; the kernels check their own ranges).
     #[arg(long, default_value = "on")]
@@ -210,7 +213,7 @@ fn dpo_step(
 ) -> Result<f64> {
     let (policy_logps, reference_logps) = engines.forwards(batch)?;
     let (bench_loss, reference) = (BenchLoss::new(), to64(&reference_logps));
-    let (loss, d_seq) = bench_loss.with(&reference).gradient(&policy_logps, opt, step)?;
+    let (loss, d_seq) = bench_loss.with(&reference).gradient(&policy_logps, step)?;
     let policy = engines.policy();
     policy.backward(&d_seq)?;
     policy.adamw_step(opt, step)?;
@@ -258,17 +261,9 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         return Err(LabError::param("steps", "must be at least 1"));
     }
     let tiles = GemmTiles::parse(&args.gemm)?;
-    if let Some(dir) = args
-        .profile_out
-        .as_ref()
-        .and_then(|p| p.parent())
-        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-    {
-        return Err(LabError::param(
-            "profile-out",
-            format!("the folder {} does not exist", dir.display()),
-        ));
-    }
+    // Checked before the timing: a missing folder or an existing file (without --force).
+    let mut outputs = lab_core::files::Outputs::new(args.force);
+    let profile_staged = args.profile_out.as_deref().map(|p| outputs.file(p)).transpose()?;
     let checks = ShaderChecks::parse(&args.shader_checks)?;
     let loss_on_gpu = match args.loss_on.as_str() {
         "gpu" => args.engine == "gpu",
@@ -310,9 +305,10 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     } else {
         Value::Null
     };
-    if let Some(path) = &args.profile_out {
+    if let (Some(path), Some(staged)) = (&args.profile_out, &profile_staged) {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
-        std::fs::write(path, text).map_err(|e| LabError::io(path.display().to_string(), e))?;
+        std::fs::write(staged, text).map_err(|e| LabError::io(path.display().to_string(), e))?;
+        outputs.commit()?;
         // the file has them; stdout keeps the per-kernel totals
         if let Some(p) = profile.as_object_mut() {
             p.remove("launches");

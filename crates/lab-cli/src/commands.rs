@@ -1,10 +1,14 @@
 //! `losses`, `train` and `eval`.
 
+use crate::ending::{Ending, Report};
+use crate::interrupt;
+use crate::progress::Progress;
 use clap::Args;
 use lab_core::checkpoint::{self, StorageDtype};
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::{self, Record};
 use lab_core::experiment::ExperimentConfig;
+use lab_core::files::{self, Outputs};
 use lab_core::loss::LossParams;
 use lab_core::{Engine, LabError, Result};
 use lab_cpu::CpuEngine;
@@ -21,14 +25,17 @@ pub struct LossesArgs {
 }
 
 pub fn losses(args: LossesArgs) -> Result<Value> {
-    let name = args.input.display().to_string();
-    let text = std::fs::read_to_string(&args.input).map_err(|e| LabError::io(&name, e))?;
+    let name = files::display_name(&args.input);
+    let text = files::read_text(&args.input, files::MAX_JSON_BYTES)?;
     let input: Value = serde_json::from_str(&text).map_err(|e| {
         LabError::parse(format!("malformed JSON at line {}, column {}: {e}", e.line(), e.column()))
             .in_file(&name)
     })?;
     lab_core::loss::evaluate_trl_losses(&input).map_err(|e| e.in_file(&name))
 }
+
+/// The files of a model folder, as `checkpoint::save_dir` writes them.
+pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
 
 /// Where the starting weights come from.
 #[derive(Args, Clone)]
@@ -73,12 +80,11 @@ pub fn open_engine(kind: &str, cfg: GptConfig, params: Vec<f32>) -> Result<Box<d
     }
 }
 
-/// Read a JSONL dataset with line numbers for later errors.
+/// Read a JSONL dataset (at most 20 MB; `-` is standard input) with line numbers for later
+/// errors.
 fn read_data(path: &Path) -> Result<(Vec<Record>, Vec<usize>, String)> {
-    let name = path.display().to_string();
-    let size = std::fs::metadata(path).map_err(|e| LabError::io(&name, e))?.len();
-    lab_core::exchange::check_import_size(&name, size)?;
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(&name, e))?;
+    let name = files::display_name(path);
+    let text = files::read_text(path, lab_core::exchange::MAX_IMPORT_BYTES as u64)?;
     let records = data::parse_jsonl(&text).map_err(|e| e.in_file(&name))?;
     Ok((records, record_lines(&text), name))
 }
@@ -97,7 +103,8 @@ pub struct TrainArgs {
     lr: f64,
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     weight_decay: f64,
-    #[arg(long, default_value_t = 100)]
+    /// Steps to train (at most 1,000,000; Ctrl-C stops earlier and keeps what is done).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     steps: u32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -127,6 +134,9 @@ pub struct TrainArgs {
     /// Store the saved weights as f16.
     #[arg(long)]
     f16: bool,
+    /// Replace --out and the weights folder if they exist.
+    #[arg(long)]
+    force: bool,
 }
 
 impl TrainArgs {
@@ -166,53 +176,101 @@ pub fn session_for(
     Session::with_lines(engine, records, lines, config)
 }
 
-pub fn train(args: TrainArgs) -> Result<Value> {
+/// Train, writing one metrics line per step and then the weights. Both are staged and put in
+/// place together at the end; a run stopped by divergence or Ctrl-C keeps the steps whose
+/// weights are finite, and those weights.
+pub fn train(args: TrainArgs) -> Result<Report> {
     let experiment = args.experiment();
     experiment.validate()?;
+    let save_dir = args.save.clone().unwrap_or_else(|| args.out.with_extension("model"));
+    let mut outputs = Outputs::new(args.force);
+    outputs.input(&args.data);
+    if let Some(model) = &args.model.model {
+        outputs.input(model);
+    }
+    let metrics_path = outputs.file(&args.out)?;
+    let weights_path = outputs.folder(&save_dir, &MODEL_FILES)?;
     let (records, lines, data_name) = read_data(&args.data)?;
     let mut session = session_for(&experiment, &args.model, &records, Some(&lines))
         .map_err(|e| e.in_file(&data_name))?;
-    let save_dir = args.save.clone().unwrap_or_else(|| args.out.with_extension("model"));
 
-    // Metrics go to a side file renamed into place at the end: a failed run leaves nothing.
-    let partial = args.out.with_extension("partial");
-    let out_name = partial.display().to_string();
+    interrupt::install();
+    let out_name = args.out.display().to_string();
     let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&partial).map_err(|e| LabError::io(&out_name, e))?,
+        std::fs::File::create(&metrics_path).map_err(|e| LabError::io(&out_name, e))?,
     );
-    let run = (|| -> Result<Value> {
-        let mut last = Value::Null;
-        for _ in 0..args.steps {
-            let record = session.step()?;
-            last = serde_json::to_value(&record).expect("metrics serialize");
-            writeln!(file, "{last}").map_err(|e| LabError::io(&out_name, e))?;
+    let mut progress = Progress::new("train", "steps", u64::from(args.steps));
+    let mut good = session.engine().params();
+    let mut last = Value::Null;
+    let mut steps_kept = 0;
+    let mut stopped: Option<(Ending, String)> = None;
+    for step in 1..=args.steps {
+        if interrupt::requested() {
+            stopped = Some((Ending::Interrupted, format!("interrupted before step {step}")));
+            break;
         }
-        file.flush().map_err(|e| LabError::io(&out_name, e))?;
-        Ok(last)
-    })();
-    let last = match run {
-        Ok(last) => last,
-        Err(err) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(err);
+        let record = match session.step() {
+            Ok(record) => record,
+            Err(LabError::NotFinite { step }) => {
+                let cause = session.config().divergence_cause();
+                let why = format!("step {step}: the loss or its gradient is not finite; {cause}");
+                stopped = Some((Ending::Diverged, why));
+                break;
+            }
+            Err(err) => return Err(err),
+        };
+        let params = session.engine().params();
+        if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
+            let cause = session.config().divergence_cause();
+            let why =
+                format!("step {step}: parameter {bad} is not finite after the update; {cause}");
+            stopped = Some((Ending::Diverged, why));
+            break;
         }
-    };
-    let dtype = if args.f16 { StorageDtype::F16 } else { StorageDtype::F32 };
-    let engine = session.engine();
-    if let Err(err) = checkpoint::save_dir(&save_dir, engine.config(), &engine.params(), dtype) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(err);
+        good = params;
+        steps_kept = record.step;
+        last = serde_json::to_value(&record).expect("metrics serialize");
+        writeln!(file, "{last}").map_err(|e| LabError::io(&out_name, e))?;
+        progress.tick(u64::from(step), Some(("loss", record.loss)));
     }
-    std::fs::rename(&partial, &args.out)
-        .map_err(|e| LabError::io(args.out.display().to_string(), e))?;
-    Ok(json!({
-        "steps": session.steps_done(),
+    progress.finish();
+    file.flush().map_err(|e| LabError::io(&out_name, e))?;
+    drop(file);
+    let dtype = if args.f16 { StorageDtype::F16 } else { StorageDtype::F32 };
+    checkpoint::save_dir(&weights_path, session.engine().config(), &good, dtype)
+        .map_err(|e| outputs.named(e))?;
+    outputs.commit()?;
+    let (ending, message) = match stopped {
+        Some((ending, why)) => {
+            let model = save_dir.display();
+            let kept = if steps_kept == 0 {
+                format!(
+                    "no step finished; {out_name} is empty and {model} holds the starting weights"
+                )
+            } else {
+                format!("kept the metrics of steps 1 to {steps_kept} in {out_name} and the weights after step {steps_kept} in {model}")
+            };
+            (ending, Some(format!("{why}; {kept}")))
+        }
+        None => (Ending::Done, None),
+    };
+    let stopped_as = match ending {
+        Ending::Diverged => json!("diverged"),
+        Ending::Interrupted => json!("interrupted"),
+        _ => Value::Null,
+    };
+    let json = json!({
+        "steps": steps_kept,
+        "steps_asked": args.steps,
+        "stopped": stopped_as,
+        "message": message,
         "engine": session.engine().name(),
         "experiment": experiment.to_query(),
-        "metrics": args.out.display().to_string(),
+        "metrics": out_name,
         "model": save_dir.display().to_string(),
         "final": last,
-    }))
+    });
+    Ok(Report { json, ending, message })
 }
 
 #[derive(Args)]

@@ -1,28 +1,30 @@
 //! The data side of the lab, headless: `sample` (candidate responses from a policy and its
 //! reference), `annotate` (the synthetic annotator), `export-trl` (a `trl.DPOTrainer`
 //! script and its dataset) and `export-metrics` (a run's metrics as CSV or JSON). They read
-//! and write the files the page imports and exports. Outputs go to a side file renamed into
-//! place, and an existing output is never replaced without `--force`.
+//! and write the files the page imports and exports. Outputs are staged and renamed into
+//! place whole ([`Outputs`]): an existing output is never replaced without `--force`, and
+//! never by a failed run.
 
 use crate::commands::open_engine;
+use crate::ending::{Ending, Report};
+use crate::interrupt;
+use crate::progress::Progress;
 use clap::Args;
 use lab_core::annotate::{sample_candidates, CandidateSet, Reward, SyntheticAnnotator};
 use lab_core::data::{to_jsonl, Record};
 use lab_core::exchange::{self, MetricsRow};
 use lab_core::experiment::ExperimentConfig;
+use lab_core::files::{self, Outputs};
 use lab_core::sample::SampleConfig;
 use lab_core::{checkpoint, Engine, LabError, Result};
 use lab_train::record_lines;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// Read a text file under the import size limit.
+/// Read a text file (or standard input, `-`) once, under the import size limit.
 fn read_limited(path: &Path) -> Result<(String, String)> {
-    let name = path.display().to_string();
-    let size = std::fs::metadata(path).map_err(|e| LabError::io(&name, e))?.len();
-    exchange::check_import_size(&name, size)?;
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(&name, e))?;
-    Ok((name, text))
+    let text = files::read_text(path, exchange::MAX_IMPORT_BYTES as u64)?;
+    Ok((files::display_name(path), text))
 }
 
 /// Read TRL JSONL; errors name the file, line and field.
@@ -45,18 +47,9 @@ fn at_record_line(err: LabError, lines: &[usize], file: &str) -> LabError {
     }
 }
 
-/// Write `text` to `path` through a side file; refuse to replace an existing file unless `force`.
-fn write_new(path: &Path, text: &str, force: bool) -> Result<()> {
-    let name = path.display().to_string();
-    if path.exists() && !force {
-        return Err(LabError::io(&name, "already exists; pass --force to replace it"));
-    }
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text).map_err(|e| LabError::io(partial.display().to_string(), e))?;
-    std::fs::rename(&partial, path).map_err(|e| {
-        let _ = std::fs::remove_file(&partial);
-        LabError::io(&name, e)
-    })
+/// Write `text` to the staged file of `target`.
+fn write_staged(staged: &Path, target: &Path, text: &str) -> Result<()> {
+    std::fs::write(staged, text).map_err(|e| LabError::io(target.display().to_string(), e))
 }
 
 #[derive(Args)]
@@ -98,15 +91,12 @@ pub fn annotate(args: AnnotateArgs) -> Result<Value> {
         lists_to_pairs: args.pairs,
     };
     annotator.validate()?;
-    if args.out == args.input {
-        return Err(LabError::io(
-            args.out.display().to_string(),
-            "is also --in; write the labels to a new file",
-        ));
-    }
+    let mut outputs = Outputs::new(args.force);
+    let staged = outputs.input(&args.input).file(&args.out)?;
     let (records, _, _) = read_records(&args.input)?;
     let (labelled, report) = annotator.annotate(&records)?;
-    write_new(&args.out, &to_jsonl(&labelled), args.force)?;
+    write_staged(&staged, &args.out, &to_jsonl(&labelled))?;
+    outputs.commit()?;
     Ok(json!({
         "out": args.out.display().to_string(),
         "rules": annotator.reward.spec(),
@@ -182,7 +172,13 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-pub fn sample(args: SampleArgs) -> Result<Value> {
+pub fn sample(args: SampleArgs) -> Result<Report> {
+    let mut outputs = Outputs::new(args.force);
+    outputs.input(&args.prompts).input(&args.model);
+    if let Some(reference) = &args.reference {
+        outputs.input(reference);
+    }
+    let staged = outputs.file(&args.out)?;
     let prompts = read_prompts(&args.prompts)?;
     let config = SampleConfig {
         temperature: args.temperature,
@@ -199,16 +195,34 @@ pub fn sample(args: SampleArgs) -> Result<Value> {
     if let Some(reference) = reference.as_mut() {
         models.push(("reference", reference.as_mut()));
     }
-    let sets = sample_candidates(&mut models, &prompts, args.n, &config, args.seed)
-        .map_err(|e| e.in_file(&args.prompts.display().to_string()))?;
+    interrupt::install();
+    let mut progress = Progress::new("sample", "prompts", 0);
+    let mut on_prompt = |done: usize, total: usize| {
+        if interrupt::requested() {
+            return Err(LabError::Engine { msg: "interrupted".into() });
+        }
+        progress.set_total(total as u64);
+        progress.tick(done as u64, None);
+        Ok(())
+    };
+    let sampled =
+        sample_candidates(&mut models, &prompts, args.n, &config, args.seed, &mut on_prompt);
+    progress.finish();
+    if interrupt::requested() {
+        let message = format!("interrupted; nothing written ({} is as it was)", args.out.display());
+        let json = json!({ "out": Value::Null, "stopped": "interrupted", "message": message });
+        return Ok(Report { json, ending: Ending::Interrupted, message: Some(message) });
+    }
+    let sets = sampled.map_err(|e| e.in_file(&files::display_name(&args.prompts)))?;
     if sets.is_empty() {
         return Err(LabError::param("n", "no prompt got two distinct non-empty responses; sample more (--n) or at a higher temperature"));
     }
     let text: String = sets.iter().map(|s| s.to_json_line() + "\n").collect();
-    write_new(&args.out, &text, args.force)?;
-    Ok(
+    write_staged(&staged, &args.out, &text)?;
+    outputs.commit()?;
+    Ok(Report::done(
         json!({ "out": args.out.display().to_string(), "prompts": prompts.len(), "lists": sets.len(), "responses": sets.iter().map(|s| s.responses.len()).sum::<usize>() }),
-    )
+    ))
 }
 
 #[derive(Args)]
@@ -216,10 +230,15 @@ pub struct ExportTrlArgs {
     /// The experiment in the page's link form, e.g. "loss=robust&beta=0.5&lr=0.0005&label_smoothing=0.1".
     #[arg(long, default_value = "")]
     experiment: String,
-    /// The preference data (TRL JSONL, pairs of one form).
+    /// The preference data (TRL JSONL, pairs of one form; `-` reads standard input).
     #[arg(long)]
     data: PathBuf,
-    /// A directory for train_dpo.py and data.jsonl (created if missing).
+    /// The model the script will train: the data is checked against its tokenizer and
+    /// context, as `train` checks it.
+    #[arg(long, default_value = "assets/models/starter")]
+    model: PathBuf,
+    /// A folder for train_dpo.py and data.jsonl (created if missing; files in it are
+    /// replaced only with --force).
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -228,27 +247,37 @@ pub struct ExportTrlArgs {
 
 pub fn export_trl(args: ExportTrlArgs) -> Result<Value> {
     let experiment = ExperimentConfig::from_query(&args.experiment)?;
-    let (records, lines, name) = read_records(&args.data)?;
+    let mut outputs = Outputs::new(args.force);
+    outputs.input(&args.data).input(&args.model);
+    // Into an existing folder as two files, else as a new folder.
+    let (script_staged, data_staged) = if args.out.is_dir() {
+        (outputs.file(&args.out.join("train_dpo.py"))?, outputs.file(&args.out.join("data.jsonl"))?)
+    } else {
+        let folder = outputs.folder(&args.out, &[])?;
+        (folder.join("train_dpo.py"), folder.join("data.jsonl"))
+    };
+    let (name, text) = read_limited(&args.data)?;
+    let records = exchange::import_jsonl(&name, &text)?;
+    let lines = record_lines(&text);
     exchange::check_trl_dpo_data(&records).map_err(|e| at_record_line(e, &lines, &name))?;
-    let script = exchange::trl_script(&experiment, "data.jsonl")?;
-    let out_name = args.out.display().to_string();
-    std::fs::create_dir_all(&args.out).map_err(|e| LabError::io(&out_name, e))?;
-    let (script_path, data_path) = (args.out.join("train_dpo.py"), args.out.join("data.jsonl"));
-    for path in [&script_path, &data_path] {
-        if path.exists() && !args.force {
-            return Err(LabError::io(
-                path.display().to_string(),
-                "already exists; pass --force to replace it",
-            ));
+    let (cfg, _) = checkpoint::load_dir(&args.model)?;
+    for (i, record) in records.iter().enumerate() {
+        if let Record::Pair(pair) = record {
+            pair.render()
+                .encode(cfg.ctx)
+                .map_err(|e| at_record_line(e.at_line(i + 1), &lines, &name))?;
         }
     }
+    let script = exchange::trl_script(&experiment, "data.jsonl")?;
     // The data goes out exactly as read: the user's bytes, their fields and order.
-    let (_, text) = read_limited(&args.data)?;
-    write_new(&data_path, &text, args.force)?;
-    write_new(&script_path, &script, args.force)?;
+    for (staged, text) in [(&data_staged, &text), (&script_staged, &script)] {
+        std::fs::write(staged, text)
+            .map_err(|e| outputs.named(LabError::io(staged.display().to_string(), e)))?;
+    }
+    outputs.commit()?;
     Ok(json!({
-        "script": script_path.display().to_string(),
-        "data": data_path.display().to_string(),
+        "script": args.out.join("train_dpo.py").display().to_string(),
+        "data": args.out.join("data.jsonl").display().to_string(),
         "records": records.len(),
         "dpo_config": exchange::trl_dpo_args(&experiment)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     }))
@@ -272,6 +301,8 @@ pub struct ExportMetricsArgs {
 }
 
 pub fn export_metrics(args: ExportMetricsArgs) -> Result<Value> {
+    let mut outputs = Outputs::new(args.force);
+    let staged = outputs.input(&args.input).file(&args.out)?;
     let (name, text) = read_limited(&args.input)?;
     let mut rows: Vec<MetricsRow> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -295,6 +326,7 @@ pub fn export_metrics(args: ExportMetricsArgs) -> Result<Value> {
         }
         other => return Err(LabError::param("format", format!("{other:?}: expected csv or json"))),
     };
-    write_new(&args.out, &text, args.force)?;
+    write_staged(&staged, &args.out, &text)?;
+    outputs.commit()?;
     Ok(json!({ "out": args.out.display().to_string(), "rows": rows.len() }))
 }

@@ -1,12 +1,18 @@
 //! `alignlab`: the lab headless. Every subcommand prints JSON so it can be scripted; every
-//! error names what is wrong and where, exits non-zero and writes nothing.
+//! error names what is wrong and where, exits non-zero and writes nothing. Outputs are
+//! written whole or not at all (`lab_core::files::Outputs`).
 
 mod bench;
 mod commands;
 mod data_cmds;
+mod ending;
+mod interrupt;
 mod make_scenario;
 mod pretrain;
+mod progress;
 mod scenario;
+
+use ending::Report;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -50,28 +56,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let done = |json| Ok(Report::done(json));
     let result = match cli.command {
-        Command::Losses(args) => commands::losses(args),
+        Command::Losses(args) => commands::losses(args).and_then(done),
         Command::Train(args) => commands::train(args),
-        Command::Eval(args) => commands::eval(args),
-        Command::Bench(args) => bench::bench(args),
+        Command::Eval(args) => commands::eval(args).and_then(done),
+        Command::Bench(args) => bench::bench(args).and_then(done),
         Command::Pretrain(args) => pretrain::pretrain_cmd(args),
         Command::Scenario(args) => scenario::scenario_cmd(args),
         Command::Sample(args) => data_cmds::sample(args),
-        Command::Annotate(args) => data_cmds::annotate(args),
-        Command::ExportTrl(args) => data_cmds::export_trl(args),
-        Command::ExportMetrics(args) => data_cmds::export_metrics(args),
-        Command::MakeScenario(args) => make_scenario::make_scenario_cmd(args),
+        Command::Annotate(args) => data_cmds::annotate(args).and_then(done),
+        Command::ExportTrl(args) => data_cmds::export_trl(args).and_then(done),
+        Command::ExportMetrics(args) => data_cmds::export_metrics(args).and_then(done),
+        Command::MakeScenario(args) => make_scenario::make_scenario_cmd(args).and_then(done),
     };
     match result {
-        // A scenario whose phenomenon did not appear still prints its report, and exits 1.
-        Ok(json) if json.pointer("/verdict/passed") == Some(&serde_json::Value::Bool(false)) => {
-            println!("{json}");
-            ExitCode::from(1)
-        }
-        Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
+        Ok(report) => {
+            println!("{}", report.json);
+            if let Some(message) = &report.message {
+                eprintln!("alignlab: {message}");
+            }
+            report.exit_code()
         }
         Err(err) => {
             eprintln!("alignlab: error: {err}");

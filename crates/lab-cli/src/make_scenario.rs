@@ -3,6 +3,7 @@
 //! files on disk are exactly what it writes (an error names the first differing line).
 
 use clap::Args;
+use lab_core::files::{self, Outputs};
 use lab_core::scenario_data::{generate, SCENARIOS};
 use lab_core::{LabError, Result};
 use serde_json::{json, Value};
@@ -24,6 +25,9 @@ pub struct MakeScenarioArgs {
     /// Compare with the files on disk instead of writing them.
     #[arg(long)]
     check: bool,
+    /// Replace files that exist (regenerating the shipped data needs it).
+    #[arg(long)]
+    force: bool,
 }
 
 /// The first line (1-based) where two texts differ, with both versions of it.
@@ -39,23 +43,28 @@ fn first_difference(on_disk: &str, generated: &str) -> Option<(usize, String, St
     })
 }
 
-fn one(name: &str, dir: &Path, seed: u64, check: bool) -> Result<Value> {
+fn one(name: &str, dir: &Path, seed: u64, check: bool, force: bool) -> Result<Value> {
     let data = generate(name, seed)?;
     let mut files = Vec::new();
+    let mut outputs = Outputs::new(force);
+    if !check && !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir.display().to_string(), e))?;
+    }
     for (file, text) in data.files() {
         let path = dir.join(file);
         let shown = path.display().to_string();
         if check {
-            let on_disk = std::fs::read_to_string(&path).map_err(|e| LabError::io(&shown, e))?;
+            let on_disk = files::read_text(&path, lab_core::exchange::MAX_IMPORT_BYTES as u64)?;
             if let Some((line, have, want)) = first_difference(&on_disk, &text) {
                 return Err(LabError::parse(format!("differs from `alignlab make-scenario {name} --seed {seed}`: the file has {have:?}, the generator writes {want:?}")).at_line(line).in_file(&shown));
             }
         } else {
-            std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir.display().to_string(), e))?;
-            std::fs::write(&path, &text).map_err(|e| LabError::io(&shown, e))?;
+            let staged = outputs.file(&path)?;
+            std::fs::write(&staged, &text).map_err(|e| LabError::io(&shown, e))?;
         }
         files.push(json!({"path": shown, "records": text.lines().count(), "bytes": text.len()}));
     }
+    outputs.commit()?;
     let done = if check { "checked: the files are what the generator writes" } else { "written" };
     Ok(json!({"scenario": name, "seed": seed, "files": files, "result": done}))
 }
@@ -69,7 +78,7 @@ pub fn make_scenario_cmd(args: MakeScenarioArgs) -> Result<Value> {
     let mut reports = Vec::new();
     for name in names {
         let dir = args.out.clone().unwrap_or_else(|| args.assets.join("scenarios").join(name));
-        reports.push(one(name, &dir, args.seed, args.check)?);
+        reports.push(one(name, &dir, args.seed, args.check, args.force)?);
     }
     Ok(if reports.len() == 1 { reports.remove(0) } else { json!({"scenarios": reports}) })
 }

@@ -1,10 +1,14 @@
 //! `alignlab pretrain`: the starter policy, trained from scratch on the synthetic corpus.
-//! Progress JSON lines go to stderr, the summary JSON to stdout.
+//! Progress JSON lines go to stderr, the summary JSON to stdout. Ctrl-C stops between two
+//! steps and saves the weights trained so far (exit 130).
 
+use crate::ending::{Ending, Report};
+use crate::interrupt;
 use clap::Args;
 use lab_core::checkpoint::{self, StorageDtype};
 use lab_core::config::{init_params, GptConfig};
-use lab_core::{Engine, Result};
+use lab_core::files::Outputs;
+use lab_core::{Engine, LabError, Result};
 use lab_cpu::CpuEngine;
 use lab_train::{pretrain, PretrainConfig};
 use serde_json::{json, Value};
@@ -15,7 +19,7 @@ pub struct PretrainArgs {
     /// Where the model directory goes (model.safetensors, config.json, tokenizer.json).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     steps: u32,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -39,9 +43,12 @@ pub struct PretrainArgs {
     f32: bool,
     #[arg(long, default_value_t = 100)]
     log_every: u32,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
-pub fn pretrain_cmd(args: PretrainArgs) -> Result<Value> {
+pub fn pretrain_cmd(args: PretrainArgs) -> Result<Report> {
     let cfg = GptConfig {
         vocab: lab_core::tokenizer::VOCAB_SIZE,
         ctx: args.ctx,
@@ -59,23 +66,51 @@ pub fn pretrain_cmd(args: PretrainArgs) -> Result<Value> {
         log_every: args.log_every,
     };
     config.validate()?;
+    let mut outputs = Outputs::new(args.force);
+    let staged = outputs.folder(&args.out, &crate::commands::MODEL_FILES)?;
+    interrupt::install();
     let corpus = lab_core::corpus::generate(args.seed);
     let mut engine = CpuEngine::new(cfg, init_params(&cfg, args.seed))?;
     let started = std::time::Instant::now();
-    let summary = pretrain(&mut engine, &corpus, &config, |p| {
-        eprintln!(
-            "{}",
-            json!({"step": p.step, "loss": p.loss, "lr": p.lr, "tokens_seen": p.tokens_seen, "seconds": started.elapsed().as_secs_f64()})
-        );
-    })?;
+    let summary = pretrain(
+        &mut engine,
+        &corpus,
+        &config,
+        |p| {
+            eprintln!(
+                "{}",
+                json!({"step": p.step, "loss": p.loss, "lr": p.lr, "tokens_seen": p.tokens_seen, "seconds": started.elapsed().as_secs_f64()})
+            );
+        },
+        interrupt::requested,
+    )?;
+    let params = engine.params();
+    if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
+        return Err(LabError::Engine {
+            msg: format!("parameter {bad} is not finite after training (learning rate {} too high?); nothing was saved", args.lr),
+        });
+    }
     let dtype = if args.f32 { StorageDtype::F32 } else { StorageDtype::F16 };
-    checkpoint::save_dir(&args.out, &cfg, &engine.params(), dtype)?;
-    Ok(json!({
+    checkpoint::save_dir(&staged, &cfg, &params, dtype).map_err(|e| outputs.named(e))?;
+    outputs.commit()?;
+    let (ending, message) = if summary.steps < args.steps {
+        let message = format!(
+            "interrupted after step {}; its weights are in {}",
+            summary.steps,
+            args.out.display()
+        );
+        (Ending::Interrupted, Some(message))
+    } else {
+        (Ending::Done, None)
+    };
+    let json = json!({
         "model": args.out.display().to_string(),
         "config": cfg.to_hf_json(),
         "parameters": cfg.layout().total,
         "engine": engine.name(),
         "seconds": started.elapsed().as_secs_f64(),
         "summary": summary,
-    }))
+        "stopped": if ending == Ending::Interrupted { json!("interrupted") } else { Value::Null },
+    });
+    Ok(Report { json, ending, message })
 }

@@ -2,12 +2,13 @@
 //! (runs, final metrics, watched candidates, verdict); exits 0 when the phenomenon
 //! appeared, 1 when it did not (the report is still printed), 2 on an error.
 
+use crate::ending::{Ending, Report};
 use clap::Args;
 use lab_core::checkpoint;
 use lab_core::Result;
 use lab_cpu::CpuEngine;
 use lab_train::scenario::{report_json, run_scenario, Scenario};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -25,7 +26,7 @@ pub struct ScenarioArgs {
     verbose: bool,
 }
 
-pub fn scenario_cmd(args: ScenarioArgs) -> Result<Value> {
+pub fn scenario_cmd(args: ScenarioArgs) -> Result<Report> {
     let scenario = Scenario::load(&args.assets, &args.name)?;
     let model_dir =
         args.model.clone().unwrap_or_else(|| args.assets.join("models").join("starter"));
@@ -43,5 +44,6 @@ pub fn scenario_cmd(args: ScenarioArgs) -> Result<Value> {
     )?;
     let mut out = report_json(&report);
     out["seconds"] = json!(started.elapsed().as_secs_f64());
-    Ok(out)
+    let ending = if report.verdict.passed { Ending::Done } else { Ending::VerdictFailed };
+    Ok(Report { json: out, ending, message: None })
 }

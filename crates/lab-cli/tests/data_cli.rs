@@ -85,7 +85,7 @@ fn annotate_labels_by_rules_and_reports_the_noise() {
     let (code, _, stderr) =
         alignlab(&["annotate", "--in", &input, "--out", &input, "--rules", "sentiment", "--force"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("--in"), "{stderr}");
+    assert!(stderr.contains("is also an input"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&input).unwrap(), many);
 }
 
@@ -162,7 +162,7 @@ fn bad_input_names_the_line_and_writes_nothing() {
         let (code, _, stderr) = alignlab(&args);
         assert_eq!(code, 2);
         assert!(
-            stderr.contains("big.jsonl") && stderr.contains("import limit of 20 MB"),
+            stderr.contains("big.jsonl") && stderr.contains("over the limit of 20 MB"),
             "{stderr}"
         );
     }
@@ -343,6 +343,8 @@ fn export_trl_writes_a_script_and_the_data_unchanged() {
     let out = dir.join("export");
     let (code, stdout, stderr) = alignlab(&[
         "export-trl",
+        "--model",
+        &starter(),
         "--experiment",
         "loss=robust&beta=0.5&lr=0.0005&label_smoothing=0.1&batch_size=8&steps=30&seed=2",
         "--data",
@@ -393,12 +395,21 @@ fn export_trl_writes_a_script_and_the_data_unchanged() {
     }
 
     // Nothing is replaced without --force; losses and data DPOTrainer cannot take are refused.
-    let (code, _, stderr) =
-        alignlab(&["export-trl", "--data", &data, "--out", &out.display().to_string()]);
+    let (code, _, stderr) = alignlab(&[
+        "export-trl",
+        "--model",
+        &starter(),
+        "--data",
+        &data,
+        "--out",
+        &out.display().to_string(),
+    ]);
     assert_eq!(code, 2);
     assert!(stderr.contains("already exists"), "{stderr}");
     let (code, _, stderr) = alignlab(&[
         "export-trl",
+        "--model",
+        &starter(),
         "--experiment",
         "loss=simpo",
         "--data",
@@ -409,8 +420,15 @@ fn export_trl_writes_a_script_and_the_data_unchanged() {
     assert_eq!(code, 2);
     assert!(stderr.contains("simpo") && stderr.contains("CPOTrainer"), "{stderr}");
     let ranked = write(&dir, "ranked.jsonl", "{\"prompt\": \"P\", \"chosen\": \" a\", \"rejected\": \" b\"}\n\n{\"prompt\": \"P\", \"responses\": [\" a\", \" b\", \" c\"]}\n");
-    let (code, _, stderr) =
-        alignlab(&["export-trl", "--data", &ranked, "--out", &dir.join("y").display().to_string()]);
+    let (code, _, stderr) = alignlab(&[
+        "export-trl",
+        "--model",
+        &starter(),
+        "--data",
+        &ranked,
+        "--out",
+        &dir.join("y").display().to_string(),
+    ]);
     assert_eq!(code, 2);
     assert!(
         stderr.contains("ranked.jsonl")

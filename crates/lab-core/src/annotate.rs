@@ -133,12 +133,15 @@ impl CandidateSet {
 /// reference still agree they say the same thing, and that response is listed once with
 /// both origins. Prompts with fewer than two distinct non-empty responses are left out
 /// (there is nothing to compare). Errors name the prompt that cannot be encoded.
+/// `on_prompt(done, total)` is called before each prompt of each model (progress; an error
+/// it returns stops the sampling).
 pub fn sample_candidates(
     models: &mut [(&str, &mut dyn Engine)],
     prompts: &[String],
     n: usize,
     config: &SampleConfig,
     seed: u64,
+    on_prompt: &mut dyn FnMut(usize, usize) -> Result<()>,
 ) -> Result<Vec<CandidateSet>> {
     if n == 0 {
         return Err(LabError::param("n", "must be at least 1"));
@@ -150,9 +153,13 @@ pub fn sample_candidates(
         .iter()
         .map(|p| CandidateSet { prompt: p.clone(), responses: Vec::new(), origins: Vec::new() })
         .collect();
+    let total = models.len() * sets.len();
+    let mut done = 0;
     for (origin, engine) in models.iter_mut() {
         let mut rng = Rng::new(seed);
         for (i, set) in sets.iter_mut().enumerate() {
+            on_prompt(done, total)?;
+            done += 1;
             let mut ids = vec![tokenizer::EOT];
             ids.extend(tokenizer::encode(&set.prompt).map_err(|e| {
                 LabError::parse(format!("prompt {}: {e}", i + 1)).in_field("prompt")

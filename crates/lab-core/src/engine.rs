@@ -277,15 +277,10 @@ impl StepLoss<'_> {
     /// The loss and d(loss)/d(seq_logp) per row for the backward; an error naming the step
     /// when the loss or its gradient is not finite (the step must then leave the model as it
     /// was).
-    pub fn gradient(
-        &self,
-        seq_logps: &[f32],
-        opt: &AdamWConfig,
-        step: u32,
-    ) -> Result<(f64, Vec<f32>)> {
+    pub fn gradient(&self, seq_logps: &[f32], step: u32) -> Result<(f64, Vec<f32>)> {
         self.check(seq_logps.len())?;
         if seq_logps.iter().any(|v| !v.is_finite()) {
-            return Err(not_finite(step, opt));
+            return Err(not_finite(step));
         }
         let logps: Vec<f64> = seq_logps.iter().map(|&v| f64::from(v)).collect();
         let (loss, d): (f64, Vec<f64>) = match self.rows {
@@ -304,7 +299,7 @@ impl StepLoss<'_> {
         };
         let d: Vec<f32> = d.into_iter().map(|v| v as f32).collect();
         if !loss.is_finite() || d.iter().any(|v| !v.is_finite()) {
-            return Err(not_finite(step, opt));
+            return Err(not_finite(step));
         }
         Ok((loss, d))
     }
@@ -321,7 +316,7 @@ pub fn train_step_in_parts<E: Engine + ?Sized>(
 ) -> Result<ForwardOut> {
     loss.check(batch.batch)?;
     let out = engine.forward(batch)?;
-    let (_, d) = loss.gradient(&out.seq_logps, opt, step)?;
+    let (_, d) = loss.gradient(&out.seq_logps, step)?;
     engine.backward(&d)?;
     engine.adamw_step(opt, step)?;
     Ok(out)
@@ -338,7 +333,7 @@ pub fn train_step_in_parts_async<'a, E: Engine + ?Sized>(
     Box::pin(async move {
         loss.check(batch.batch)?;
         let out = engine.forward_async(batch).await?;
-        let (_, d) = loss.gradient(&out.seq_logps, opt, step)?;
+        let (_, d) = loss.gradient(&out.seq_logps, step)?;
         engine.backward(&d)?;
         engine.adamw_step(opt, step)?;
         Ok(out)
@@ -346,8 +341,8 @@ pub fn train_step_in_parts_async<'a, E: Engine + ?Sized>(
 }
 
 /// The error of a step whose loss or gradient is not finite; the step changed nothing.
-pub fn not_finite(step: u32, opt: &AdamWConfig) -> LabError {
-    LabError::Engine { msg: format!("step {step}: the loss is not finite (learning rate {} too high?); the step was not taken", opt.lr) }
+pub fn not_finite(step: u32) -> LabError {
+    LabError::NotFinite { step }
 }
 
 /// How close one engine's numbers are to the reference engine's: the largest absolute

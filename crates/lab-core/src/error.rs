@@ -18,6 +18,10 @@ pub enum LabError {
     Io { path: String, msg: String },
     /// Anything an engine reports (adapter missing, device lost, ...).
     Engine { msg: String },
+    /// A training step whose loss or gradient is not finite; the step was not taken, so the
+    /// model is as it was after step `step - 1`. The caller knows the settings and names the
+    /// likely cause.
+    NotFinite { step: u32 },
 }
 
 pub type Result<T> = std::result::Result<T, LabError>;
@@ -98,6 +102,12 @@ impl fmt::Display for LabError {
             LabError::Shape { msg } => write!(f, "shape mismatch: {msg}"),
             LabError::Io { path, msg } => write!(f, "{path}: {msg}"),
             LabError::Engine { msg } => write!(f, "engine error: {msg}"),
+            LabError::NotFinite { step } => {
+                write!(
+                    f,
+                    "step {step}: the loss or its gradient is not finite; the step was not taken"
+                )
+            }
         }
     }
 }

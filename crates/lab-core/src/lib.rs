@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod exchange;
 pub mod experiment;
+pub mod files;
 pub mod loss;
 pub mod metrics;
 pub mod rng;

@@ -179,7 +179,6 @@ pub struct PendingStep {
     in_flight: setup::InFlight,
     batch: usize,
     seq_len: usize,
-    opt: AdamWConfig,
     step: u32,
 }
 
@@ -810,12 +809,11 @@ impl GpuEngine {
         batch: usize,
         seq_len: usize,
         mut out: Vec<f32>,
-        opt: &AdamWConfig,
         step: u32,
     ) -> Result<(ForwardOut, Vec<f32>)> {
         let reference = out.split_off(out.len() - batch);
         if out.pop().map(f32::to_bits) != Some(0) {
-            return Err(not_finite(step, opt));
+            return Err(not_finite(step));
         }
         Ok((Self::forward_out(batch, seq_len, out), reference))
     }
@@ -848,7 +846,7 @@ impl GpuEngine {
         }
         let r = self.record_train_step(batch, loss, opt, step, reference)?;
         let in_flight = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
-        Ok(PendingStep { in_flight, batch: batch.batch, seq_len: batch.seq_len, opt: *opt, step })
+        Ok(PendingStep { in_flight, batch: batch.batch, seq_len: batch.seq_len, step })
     }
 
     /// Wait for a [`GpuEngine::train_step_submit`] and return its forward's outputs and
@@ -856,7 +854,7 @@ impl GpuEngine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn train_step_finish(&self, pending: PendingStep) -> Result<(ForwardOut, Vec<f32>)> {
         let out = setup::finish_read::<f32>(&self.device, &self.faults, pending.in_flight)?;
-        Self::step_out(pending.batch, pending.seq_len, out, &pending.opt, pending.step)
+        Self::step_out(pending.batch, pending.seq_len, out, pending.step)
     }
 
     /// Split the plan's output buffer: [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)].
@@ -1078,7 +1076,7 @@ impl Engine for GpuEngine {
         }
         let r = self.record_train_step(batch, loss, opt, step, None)?;
         let out = self.read(r)?;
-        Ok(Self::step_out(batch.batch, batch.seq_len, out, opt, step)?.0)
+        Ok(Self::step_out(batch.batch, batch.seq_len, out, step)?.0)
     }
 
     fn train_step_async<'a>(
@@ -1094,7 +1092,7 @@ impl Engine for GpuEngine {
         Box::pin(async move {
             let r = self.record_train_step(batch, loss, opt, step, None)?;
             let out = self.read_async(r).await?;
-            Ok(Self::step_out(batch.batch, batch.seq_len, out, opt, step)?.0)
+            Ok(Self::step_out(batch.batch, batch.seq_len, out, step)?.0)
         })
     }
 
@@ -1146,7 +1144,7 @@ impl Engine for GpuEngine {
                     setup::finish_read_async(&self.device, &self.faults, in_flight).await?,
                 ));
             }
-            let out = Self::step_out(batch.batch, batch.seq_len, step_out?, opt, step)?.0;
+            let out = Self::step_out(batch.batch, batch.seq_len, step_out?, step)?.0;
             Ok((out, outs))
         })
     }

@@ -81,12 +81,14 @@ pub struct PretrainSummary {
 }
 
 /// Train `engine` on `examples` (each scored from the token after the BOS). Calls
-/// `on_progress` every `log_every` steps.
+/// `on_progress` every `log_every` steps; stops early, between two steps, once `stop`
+/// returns true (the summary's `steps` says how many were done).
 pub fn pretrain<E: Engine>(
     engine: &mut E,
     examples: &[Example],
     config: &PretrainConfig,
     mut on_progress: impl FnMut(&PretrainProgress),
+    stop: impl Fn() -> bool,
 ) -> Result<PretrainSummary> {
     config.validate()?;
     if examples.is_empty() {
@@ -108,7 +110,11 @@ pub fn pretrain<E: Engine>(
     let mut tokens_seen = 0u64;
     let (mut window_loss, mut window_steps) = (0.0f64, 0u32);
     let mut last_loss = f64::NAN;
+    let mut steps_done = 0;
     for step in 0..config.steps {
+        if stop() {
+            break;
+        }
         let mut batch_rows = Vec::with_capacity(config.batch_size);
         while batch_rows.len() < config.batch_size.min(rows.len()) {
             if cursor >= order.len() {
@@ -147,10 +153,14 @@ pub fn pretrain<E: Engine>(
             });
             (window_loss, window_steps) = (0.0, 0);
         }
+        steps_done = step + 1;
+    }
+    if window_steps > 0 {
+        last_loss = window_loss / window_steps as f64;
     }
     let (probe_accuracy, probes) = probe_accuracy(engine, examples)?;
     Ok(PretrainSummary {
-        steps: config.steps,
+        steps: steps_done,
         examples: examples.len(),
         tokens_seen,
         final_loss: last_loss,

@@ -82,6 +82,31 @@ impl SessionConfig {
         }
         Ok(shape)
     }
+    /// The likely cause of a run whose loss or weights stopped being finite, for its
+    /// message: each setting above its usual range (learning rate above 1e-2, β above 10, a
+    /// loss weight above 10 in size), or a numerical overflow when every setting is usual.
+    pub fn divergence_cause(&self) -> String {
+        let mut causes = Vec::new();
+        if self.optimizer.lr > 1e-2 {
+            causes.push(format!(
+                "the learning rate {:e} is high (usual: 1e-6 to 1e-3)",
+                self.optimizer.lr
+            ));
+        }
+        if self.params.beta > 10.0 {
+            causes.push(format!("β {:e} is high (usual: 0.01 to 1)", self.params.beta));
+        }
+        for (kind, weight) in &self.loss.terms {
+            if weight.abs() > 10.0 {
+                causes.push(format!("the weight {weight} of {} is large", kind.name()));
+            }
+        }
+        if causes.is_empty() {
+            "a numerical overflow with usual settings; try a lower learning rate".to_string()
+        } else {
+            format!("likely cause: {}", causes.join("; "))
+        }
+    }
 }
 
 /// A training example as the session holds it: which rows, best first.
@@ -777,5 +802,26 @@ impl<E: Engine> Session<E> {
             out.displaced_fraction = Some(metrics::mean(&displaced));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(query: &str) -> SessionConfig {
+        SessionConfig::from_experiment(&ExperimentConfig::from_query(query).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_divergence_is_blamed_on_the_settings_out_of_their_usual_range_only() {
+        let cause = config("lr=0.5").divergence_cause();
+        assert!(cause.contains("learning rate 5e-1") && !cause.contains('β'), "{cause}");
+        let cause = config("lr=0.0001&beta=50").divergence_cause();
+        assert!(cause.contains("β 5e1") && !cause.contains("learning rate"), "{cause}");
+        let cause = config("loss=sigmoid%2B20*sft").divergence_cause();
+        assert!(cause.contains("weight 20 of sft") && !cause.contains('β'), "{cause}");
+        let cause = config("lr=0.0001").divergence_cause();
+        assert!(cause.contains("numerical overflow with usual settings"), "{cause}");
     }
 }

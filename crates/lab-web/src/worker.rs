@@ -653,8 +653,15 @@ impl Lab {
         if models.is_empty() {
             return Err("sample from the policy, the reference or both".into());
         }
-        let sets = lab_core::annotate::sample_candidates(&mut models, &prompts, n, config, seed)
-            .map_err(|e| e.to_string())?;
+        let sets = lab_core::annotate::sample_candidates(
+            &mut models,
+            &prompts,
+            n,
+            config,
+            seed,
+            &mut |_, _| Ok(()),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(FromWorker::Sampled { sets, run, steps })
     }
 }
