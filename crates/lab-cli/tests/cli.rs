@@ -4,6 +4,7 @@ use serde_json::Value;
 
 mod common;
 use common::{alignlab, scratch, write};
+use std::path::Path;
 
 const PAIRS: &str = "{\"prompt\": \"Is fire hot?\", \"chosen\": \" Yes.\", \"rejected\": \" No.\"}\n\
 {\"prompt\": \"Is ice hot?\", \"chosen\": \" No.\", \"rejected\": \" Yes.\"}\n\
@@ -264,4 +265,46 @@ fn gpu_bench_gives_the_same_loss_with_the_loss_on_either_side() {
     }
     eprintln!("final losses (loss on gpu, on cpu): {losses:?}");
     assert!((losses[0] - losses[1]).abs() <= 1e-5, "{losses:?}");
+}
+
+#[test]
+fn scenario_sweep_reports_every_cell_of_the_grid_and_its_pass_rate() {
+    // The no-never scenario cut to 2 steps: the grid's shape, its learning rates and the
+    // pass count, not the phenomenon, are under test.
+    let dir = scratch("sweep");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/scenarios/no-never");
+    let scenario = dir.join("scenarios/no-never");
+    std::fs::create_dir_all(&scenario).unwrap();
+    for file in ["data.jsonl", "README.md"] {
+        std::fs::copy(shipped.join(file), scenario.join(file)).unwrap();
+    }
+    let preset = std::fs::read_to_string(shipped.join("preset.json")).unwrap();
+    let mut preset: Value = serde_json::from_str(&preset).unwrap();
+    preset["experiment"]["steps"] = 2.into();
+    std::fs::write(scenario.join("preset.json"), preset.to_string()).unwrap();
+    let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/starter");
+    let (assets, model) = (dir.display().to_string(), starter.display().to_string());
+    let base = ["scenario", "no-never", "--assets", &assets, "--model", &model];
+
+    let (code, stdout, stderr) = alignlab(&[&base[..], &["--sweep"]].concat());
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stderr}"));
+    let grid = report["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 15);
+    let passed = grid.iter().filter(|c| c["passed"] == true).count();
+    assert_eq!(report["passed"], passed);
+    assert_eq!(report["robust"], passed >= 12);
+    assert_eq!(code, if passed >= 12 { 0 } else { 1 }, "{stderr}");
+    for (i, cell) in grid.iter().enumerate() {
+        let factor = [1.0 / 3.0, 1.0, 3.0][i / 5];
+        assert_eq!(cell["seed"], (i % 5) as u64);
+        let lr = cell["lr"].as_f64().unwrap();
+        assert!((lr - 5e-6 * factor).abs() < 1e-15, "cell {i}: lr {lr}");
+    }
+
+    // --seed and --lr override one run; the report's experiment says so.
+    let (code, stdout, stderr) = alignlab(&[&base[..], &["--seed", "3", "--lr", "1e-5"]].concat());
+    assert!(code == 0 || code == 1, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let experiment = report["experiment"].as_str().unwrap();
+    assert!(experiment.contains("seed=3") && experiment.contains("lr=0.00001"), "{experiment}");
 }

@@ -163,6 +163,7 @@ impl Outputs {
 
     /// Stage a file output; returns the temporary path to write it to.
     pub fn file(&mut self, target: &Path) -> Result<PathBuf> {
+        self.check(target, Kind::File)?;
         self.stage(target, Kind::File)
     }
 
@@ -171,6 +172,7 @@ impl Outputs {
     /// only if it holds nothing but such files, so a mistyped path never removes a folder
     /// of other things.
     pub fn folder(&mut self, target: &Path, contents: &[&str]) -> Result<PathBuf> {
+        self.check(target, Kind::Folder)?;
         if let Ok(entries) = std::fs::read_dir(target) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -179,9 +181,13 @@ impl Outputs {
                     return Err(LabError::io(
                         target.display().to_string(),
                         format!(
-                            "holds {name:?}, which this command does not write; it replaces \
-                             only a folder of {}: name a new folder",
-                            contents.join(", ")
+                            "holds {name:?}, which this command does not write ({}); name \
+                             a new folder",
+                            if contents.is_empty() {
+                                "it replaces no folder".to_string()
+                            } else {
+                                format!("it replaces only a folder of {}", contents.join(", "))
+                            }
                         ),
                     ));
                 }
@@ -190,8 +196,8 @@ impl Outputs {
         self.stage(target, Kind::Folder)
     }
 
+    /// Create the temporary of a checked output.
     fn stage(&mut self, target: &Path, kind: Kind) -> Result<PathBuf> {
-        self.check(target, kind)?;
         let parent = parent_of(target);
         let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let temp = loop {

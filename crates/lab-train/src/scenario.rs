@@ -168,6 +168,32 @@ impl Scenario {
     }
 }
 
+/// The robustness grid of `alignlab scenario --sweep`: training seeds 0–4 × the preset's
+/// learning rates scaled by ⅓, 1 and 3. A shipped scenario must pass in at least
+/// [`SWEEP_MIN_PASSES`] of its cells, so that what it shows is not one tuned run.
+pub const SWEEP_SEEDS: [u64; 5] = [0, 1, 2, 3, 4];
+pub const SWEEP_LR_FACTORS: [f64; 3] = [1.0 / 3.0, 1.0, 3.0];
+pub const SWEEP_MIN_PASSES: usize = 12;
+
+impl Scenario {
+    /// The same scenario trained with another seed (if given) and every learning rate (the
+    /// preset's and the variants' own) multiplied by `lr_factor`.
+    pub fn varied(&self, seed: Option<u64>, lr_factor: f64) -> Result<Scenario> {
+        if !(lr_factor.is_finite() && lr_factor > 0.0) {
+            return Err(LabError::param("lr", format!("factor {lr_factor} must be > 0")));
+        }
+        let mut out = self.clone();
+        let experiment = &mut out.preset.experiment;
+        experiment.seed = seed.unwrap_or(experiment.seed);
+        experiment.lr *= lr_factor;
+        for variant in &mut out.preset.variants {
+            variant.lr = variant.lr.map(|lr| lr * lr_factor);
+        }
+        out.preset.experiment.validate()?;
+        Ok(out)
+    }
+}
+
 /// Summed log-probs of rows `(prompt, text)`; with `eot` the text is a full completion
 /// (its end token scored), without it a prefix of one.
 pub fn score_texts<E: Engine>(

@@ -192,7 +192,7 @@ fn pairwise_accuracy(chosen: &[f64], rejected: &[f64]) -> f64 {
     )
 }
 
-/// The dataset-wide instruments (see shared/reference/losses-and-metrics.md).
+/// The dataset-wide instruments (see docs/losses-and-metrics.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Instruments {
     /// The step these were computed after (0: the reference).
