@@ -87,14 +87,6 @@ fn gemm_init<F: Float>(
     depth: usize,
     accumulate: Init<'_, F>,
 ) {
-    #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
-    if let Some(simd) = pulp::x86::V4::try_new() {
-        return pulp::Simd::vectorize(
-            simd,
-            #[inline(always)]
-            || gemm_body::<F, 8>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate),
-        );
-    }
     vectorized(
         #[inline(always)]
         || gemm_body::<F, 4>(c, c_rs, a, a_rs, a_ks, b, b_ks, rows, cols, depth, accumulate),
@@ -1733,7 +1725,6 @@ impl<F: Float> Gpt<F> {
                     ent,
                     mass,
                 );
-                let _ = &mut blk;
             });
         self.forward_done = true;
         head
@@ -1865,7 +1856,7 @@ impl<F: Float> Gpt<F> {
                         3 * c,
                         false,
                     );
-                    let (below, this) = blk.dres3.split_at_mut(l);
+                    let below = &mut blk.dres3[..l];
                     let dres_in: &mut [F] =
                         if l == 0 { &mut *blk.dres0 } else { &mut *below[l - 1] };
                     dres_in.copy_from_slice(blk.dres2[l]);
@@ -1879,7 +1870,6 @@ impl<F: Float> Gpt<F> {
                         blk.ln1_rstd[l],
                         c,
                     );
-                    let _ = this;
                 }
             },
         );

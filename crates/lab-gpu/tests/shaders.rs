@@ -66,16 +66,33 @@ fn every_shader_opens_with_its_header_and_is_embedded() {
                 "{name}: header must give its {word}"
             );
         }
-        // every binding the code declares is named in the header
+        // every binding the code declares has its own header line, "//   SLOT NAME ..." (a
+        // uniform may be named by its kind)
+        let described: Vec<(String, String)> = header
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.trim_start_matches('/').split_whitespace();
+                let slot = words.next()?;
+                let var = words.next()?;
+                slot.parse::<u32>().ok().map(|_| (slot.to_string(), var.to_string()))
+            })
+            .collect();
+        let mut declared = Vec::new();
         for line in source.lines().filter(|l| l.contains("@binding(")) {
             let slot = line.split("@binding(").nth(1).unwrap().split(')').next().unwrap();
             // "@group(0) @binding(1) var<storage, read> tokens: array<u32>;" -> "tokens"
             let var = line.split_once('>').unwrap().1.split(':').next().unwrap().trim();
+            let uniform = line.contains("var<uniform>");
+            let found = described
+                .iter()
+                .any(|(s, v)| s == slot && (v == var || (uniform && v == "uniform")));
             assert!(
-                header.contains(&format!(" {slot} ")) && header.contains(var),
-                "{name}: binding {slot} ({var}) is not described in the header"
+                found,
+                "{name}: binding {slot} ({var}) has no header line \"{slot} {var} ...\""
             );
+            declared.push(slot.to_string());
         }
+        assert!(!declared.is_empty(), "{name}: declares no bindings");
         assert!(
             embedded.contains(&name.as_str()),
             "{name} is not in lab_gpu::kernels::SHADERS, so the engine never runs it"
