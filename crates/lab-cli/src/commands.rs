@@ -27,11 +27,7 @@ pub struct LossesArgs {
 pub fn losses(args: LossesArgs) -> Result<Value> {
     let name = files::display_name(&args.input);
     let text = files::read_text(&args.input, files::MAX_JSON_BYTES)?;
-    let input: Value = serde_json::from_str(&text).map_err(|e| {
-        LabError::parse(format!("malformed JSON at line {}, column {}: {e}", e.line(), e.column()))
-            .in_file(&name)
-    })?;
-    lab_core::loss::evaluate_trl_losses(&input).map_err(|e| e.in_file(&name))
+    lab_core::loss::evaluate_trl_losses_json(&text).map_err(|e| e.in_file(&name))
 }
 
 /// The files of a model folder, as `checkpoint::save_dir` writes them.

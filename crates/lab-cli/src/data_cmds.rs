@@ -306,11 +306,7 @@ pub fn export_metrics(args: ExportMetricsArgs) -> Result<Value> {
     let (name, text) = read_limited(&args.input)?;
     let mut rows: Vec<MetricsRow> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value: Value = serde_json::from_str(line).map_err(|e| {
-            LabError::parse(format!("malformed JSON at column {}", e.column()))
-                .at_line(i + 1)
-                .in_file(&name)
-        })?;
+        let value = lab_core::json::parse_unique_line(line, i + 1).map_err(|e| e.in_file(&name))?;
         let Value::Object(map) = value else {
             return Err(LabError::parse("expected one JSON object of metrics per line")
                 .at_line(i + 1)

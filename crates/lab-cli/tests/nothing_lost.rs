@@ -508,3 +508,50 @@ fn ctrl_c_saves_what_pretrain_trained_and_leaves_sample_s_output_unwritten() {
     assert!(!out.exists());
     assert!(entries(&dir).iter().all(|n| !n.ends_with(".tmp")), "{:?}", entries(&dir));
 }
+
+#[test]
+fn absurd_checkpoints_are_refused_before_anything_is_allocated() {
+    let dir = scratch("checkpoints");
+    let data = write(&dir, "d.jsonl", PAIRS);
+    let shipped = Path::new(&starter()).to_path_buf();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped.join("config.json")).unwrap())
+            .unwrap();
+    let cases: [(&str, Value); 4] = [
+        ("vocab_size", 1e9.into()),
+        ("n_positions", 1e12.into()),
+        ("n_embd", (1u64 << 31).into()),
+        ("n_layer", 100_000.into()),
+    ];
+    for (i, (field, value)) in cases.into_iter().enumerate() {
+        let model = dir.join(format!("m{i}"));
+        std::fs::create_dir(&model).unwrap();
+        std::fs::copy(shipped.join("model.safetensors"), model.join("model.safetensors")).unwrap();
+        let mut bad = config.clone();
+        bad[field] = value;
+        std::fs::write(model.join("config.json"), bad.to_string()).unwrap();
+        let (model, out) = (model.display().to_string(), dir.join("o.jsonl").display().to_string());
+        let mut args = train_args(&data, &out, "1");
+        args.extend(["--model", &model]);
+        let (code, _, stderr) = alignlab(&args);
+        assert_eq!(code, 2, "{field}: {stderr}");
+        assert!(
+            stderr.contains("config.json") || stderr.contains("model.safetensors"),
+            "{field}: {stderr}"
+        );
+    }
+    // A device where the weights should be: refused, not read until memory runs out.
+    let model = dir.join("zero");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(shipped.join("config.json"), model.join("config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", model.join("model.safetensors")).unwrap();
+    let (model, out) = (model.display().to_string(), dir.join("o.jsonl").display().to_string());
+    let mut args = train_args(&data, &out, "1");
+    args.extend(["--model", &model]);
+    let (code, _, stderr) = alignlab(&args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("model.safetensors") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+}

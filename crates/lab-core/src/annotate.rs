@@ -377,6 +377,10 @@ impl Rule {
     }
 }
 
+/// Largest |weight| of a rule: far above any useful one, small enough that a reward
+/// (weight × a count of words) is always a finite number.
+pub const MAX_RULE_WEIGHT: f64 = 1e6;
+
 /// A reward: Σ weight · rule value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reward {
@@ -385,6 +389,7 @@ pub struct Reward {
 
 impl Reward {
     /// Parse `refusal=-2,sentiment,length=-0.1` (weight 1 when omitted); errors name the rule.
+    /// A weight must be non-zero and within ±[`MAX_RULE_WEIGHT`].
     pub fn parse(spec: &str) -> Result<Reward> {
         let mut rules = Vec::new();
         for part in spec.split(',').map(str::trim) {
@@ -404,10 +409,14 @@ impl Reward {
                             format!("weight {w:?} of {head:?} is not a number"),
                         )
                     })?;
-                    if !weight.is_finite() {
+                    if !(weight.is_finite() && weight != 0.0 && weight.abs() <= MAX_RULE_WEIGHT) {
                         return Err(LabError::param(
                             "rules",
-                            format!("weight {w:?} of {head:?} must be finite"),
+                            format!(
+                                "weight {w:?} of {head:?} must be a number in \
+                                 [-{MAX_RULE_WEIGHT:e}, {MAX_RULE_WEIGHT:e}] other than 0 \
+                                 (leave a rule out rather than weighting it 0)"
+                            ),
                         ));
                     }
                     (head.trim(), weight)
@@ -534,7 +543,32 @@ impl SyntheticAnnotator {
         if self.reward.rules.is_empty() {
             return Err(LabError::param("rules", "at least one rule is needed"));
         }
+        for (rule, weight) in &self.reward.rules {
+            if !(weight.is_finite() && *weight != 0.0 && weight.abs() <= MAX_RULE_WEIGHT) {
+                return Err(LabError::param(
+                    "rules",
+                    format!(
+                        "weight {weight:e} of {} must be a number in [-{MAX_RULE_WEIGHT:e}, \
+                         {MAX_RULE_WEIGHT:e}] other than 0",
+                        rule.spec()
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// A response's reward; an error (never a NaN written as `null`) if it is not finite.
+    fn score(&self, response: &str) -> Result<f64> {
+        let reward = self.reward.score(response);
+        if reward.is_finite() {
+            Ok(reward)
+        } else {
+            Err(LabError::param(
+                "rules",
+                format!("the reward of a response is {reward}; lower the rules' weights"),
+            ))
+        }
     }
 
     /// Label every record (pairs relabelled, lists re-ranked, unpaired re-judged); prompts,
@@ -544,17 +578,27 @@ impl SyntheticAnnotator {
         let mut rng = Rng::new(self.seed);
         let mut report = AnnotationReport { records: records.len(), ..Default::default() };
         let mut out = Vec::with_capacity(records.len());
-        for record in records {
-            let labelled = match record {
-                Record::Pair(pair) => self.label_pair(pair.clone(), &mut rng, &mut report),
-                Record::Ranked(list) if self.lists_to_pairs => {
-                    self.list_to_pair(list, &mut rng, &mut report)
+        for (i, record) in records.iter().enumerate() {
+            let which = |e: LabError| match e {
+                LabError::InvalidParam { name, msg } => {
+                    LabError::InvalidParam { name, msg: format!("record {}: {msg}", i + 1) }
                 }
-                Record::Ranked(list) => self.rank_list(list.clone(), &mut rng, &mut report),
+                other => other,
+            };
+            let labelled = match record {
+                Record::Pair(pair) => {
+                    self.label_pair(pair.clone(), &mut rng, &mut report).map_err(which)?
+                }
+                Record::Ranked(list) if self.lists_to_pairs => {
+                    self.list_to_pair(list, &mut rng, &mut report).map_err(which)?
+                }
+                Record::Ranked(list) => {
+                    self.rank_list(list.clone(), &mut rng, &mut report).map_err(which)?
+                }
                 Record::Unpaired(u) => {
                     let mut u = u.clone();
                     let (_, completion) = u.render();
-                    let mut label = self.reward.score(&completion) > 0.0;
+                    let mut label = self.score(&completion).map_err(which)? > 0.0;
                     report.unpaired += 1;
                     report.flippable += 1;
                     u.extra.remove("flipped");
@@ -577,15 +621,15 @@ impl SyntheticAnnotator {
         mut pair: PreferencePair,
         rng: &mut Rng,
         report: &mut AnnotationReport,
-    ) -> Record {
+    ) -> Result<Record> {
         let rendered = pair.render();
-        let gap = self.reward.score(&rendered.chosen) - self.reward.score(&rendered.rejected);
+        let gap = self.score(&rendered.chosen)? - self.score(&rendered.rejected)?;
         if gap < 0.0 {
             swap_sides(&mut pair);
         }
         report.pairs += 1;
         pair.extra.remove("flipped");
-        pair.alpha = Some(alpha_from_gap(gap, self.alpha_temperature));
+        pair.alpha = Some(self.alpha(gap)?);
         if gap == 0.0 {
             report.ties += 1;
         } else {
@@ -596,18 +640,31 @@ impl SyntheticAnnotator {
                 report.flipped += 1;
             }
         }
-        Record::Pair(pair)
+        Ok(Record::Pair(pair))
+    }
+
+    /// `alpha` of a reward gap, checked finite.
+    fn alpha(&self, gap: f64) -> Result<f64> {
+        let alpha = alpha_from_gap(gap, self.alpha_temperature);
+        if alpha.is_finite() {
+            Ok(alpha)
+        } else {
+            Err(LabError::param(
+                "rules",
+                format!("a reward gap of {gap} gives no alpha; lower the rules' weights"),
+            ))
+        }
     }
 
     /// Responses with their rewards, best first (stable: equal rewards keep their order).
-    fn sorted(&self, list: &RankedExample) -> Vec<(Text, f64)> {
+    fn sorted(&self, list: &RankedExample) -> Result<Vec<(Text, f64)>> {
         let mut scored: Vec<(Text, f64)> = list
             .responses
             .iter()
-            .map(|r| (r.clone(), self.reward.score(&completion_text(r, Some(&list.prompt)))))
-            .collect();
+            .map(|r| Ok((r.clone(), self.score(&completion_text(r, Some(&list.prompt)))?)))
+            .collect::<Result<_>>()?;
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-        scored
+        Ok(scored)
     }
 
     fn rank_list(
@@ -615,8 +672,8 @@ impl SyntheticAnnotator {
         mut list: RankedExample,
         rng: &mut Rng,
         report: &mut AnnotationReport,
-    ) -> Record {
-        let mut scored = self.sorted(&list);
+    ) -> Result<Record> {
+        let mut scored = self.sorted(&list)?;
         report.ranked += 1;
         let mut swaps = 0;
         for i in 0..scored.len().saturating_sub(1) {
@@ -627,10 +684,9 @@ impl SyntheticAnnotator {
             }
         }
         report.flipped += swaps;
-        list.alpha = Some(alpha_from_gap(
-            scored.first().map_or(0.0, |s| s.1) - scored.last().map_or(0.0, |s| s.1),
-            self.alpha_temperature,
-        ));
+        list.alpha = Some(
+            self.alpha(scored.first().map_or(0.0, |s| s.1) - scored.last().map_or(0.0, |s| s.1))?,
+        );
         list.responses = scored.into_iter().map(|(t, _)| t).collect();
         list.extra.remove("flipped");
         list.extra.remove("origins");
@@ -638,7 +694,7 @@ impl SyntheticAnnotator {
             list.extra.insert("flipped".into(), Value::from(swaps));
         }
         debug_assert!((RANKED_MIN..=RANKED_MAX).contains(&list.responses.len()));
-        Record::Ranked(list)
+        Ok(Record::Ranked(list))
     }
 
     fn list_to_pair(
@@ -646,10 +702,12 @@ impl SyntheticAnnotator {
         list: &RankedExample,
         rng: &mut Rng,
         report: &mut AnnotationReport,
-    ) -> Record {
-        let scored = self.sorted(list);
-        let best = scored.first().expect("ranked lists have at least 2 responses").0.clone();
-        let worst = scored.last().expect("ranked lists have at least 2 responses").0.clone();
+    ) -> Result<Record> {
+        let scored = self.sorted(list)?;
+        let (Some(best), Some(worst)) = (scored.first(), scored.last()) else {
+            return Err(LabError::param("responses", "a ranked list has no responses"));
+        };
+        let (best, worst) = (best.0.clone(), worst.0.clone());
         let mut extra = list.extra.clone();
         extra.remove("origins");
         let pair = PreferencePair {
@@ -741,6 +799,26 @@ mod tests {
             let err = Reward::parse(bad).unwrap_err().to_string();
             assert!(err.contains("rules"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn rule_weights_are_finite_non_zero_and_bounded() {
+        for bad in ["length=1e308", "length=-1e7", "refusal=0", "sentiment=inf", "length=NaN"] {
+            let err = Reward::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("rules") && err.contains("weight"), "{bad}: {err}");
+        }
+        // the largest weights on a long response still give a finite alpha, never null
+        let long = format!(" {}", "word ".repeat(10_000));
+        let data = vec![pair(&long, " short.")];
+        let (out, _) = annotator("length=1e6,sentiment=-1e6", 0.0).annotate(&data).unwrap();
+        let Record::Pair(p) = &out[0] else { panic!() };
+        assert_eq!(p.alpha, Some(1.0));
+        assert!(!to_jsonl(&out).contains("null"));
+        // a reward built in code is checked too
+        let mut built = annotator("length", 0.0);
+        built.reward.rules[0].1 = 1e308;
+        let err = built.annotate(&data).unwrap_err().to_string();
+        assert!(err.contains("rules") && err.contains("1e308"), "{err}");
     }
 
     #[test]

@@ -4,10 +4,19 @@
 //!
 //! HF's GPT-2 stores its linear layers as `Conv1D` with weights (in, out); our flat layout
 //! stores (out, in), so matrices are transposed on the way out and back in.
+//!
+//! Loading trusts nothing in the files: `config.json` is read within a size limit and its
+//! sizes within [`GptConfig::validate`]'s bounds; `model.safetensors` must be a regular file
+//! whose header (read alone, within [`MAX_HEADER_BYTES`]) names every tensor the config
+//! needs with the right shape and dtype and whose length is what the header declares. Only
+//! then are the weights allocated and read, so no file can make the loader ask for memory
+//! its contents do not justify, and every error names the file and the tensor or field.
 
 use crate::config::{GptConfig, ParamLayout};
 use crate::error::{LabError, Result};
-use safetensors::tensor::{Dtype, TensorView};
+use crate::{files, json, tokenizer};
+use safetensors::tensor::{Dtype, Metadata, TensorView};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,60 +124,157 @@ pub fn to_safetensors(cfg: &GptConfig, params: &[f32], dtype: StorageDtype) -> R
     safetensors::serialize(views, Some(metadata)).map_err(|e| LabError::shape(e.to_string()))
 }
 
-/// Read flat parameters from safetensors bytes, accepting F32 or F16 and names with or
-/// without HF's `transformer.` prefix. Errors name the missing or mis-shaped tensor.
-pub fn from_safetensors(cfg: &GptConfig, bytes: &[u8]) -> Result<Vec<f32>> {
-    let file = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| LabError::parse(format!("not a safetensors file: {e}")))?;
-    let mut params = vec![0.0f32; cfg.layout().total];
-    for t in hf_tensors(cfg) {
-        let view = file
-            .tensor(&t.name)
-            .or_else(|_| file.tensor(&format!("transformer.{}", t.name)))
-            .map_err(|_| LabError::parse(format!("tensor {:?} is missing", t.name)))?;
-        let want: Vec<usize> =
-            if t.transposed { vec![t.ours[1], t.ours[0]] } else { t.ours.clone() };
-        if view.shape() != want.as_slice() {
-            return Err(LabError::shape(format!(
-                "tensor {:?} has shape {:?}, config.json implies {:?}",
-                t.name,
-                view.shape(),
-                want
-            )));
-        }
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
+/// Largest safetensors header read: the format's own limit (100 MB).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Where one tensor the config needs lies in the data section, checked against the config.
+struct Located {
+    tensor: HfTensor,
+    dtype: StorageDtype,
+    /// Byte range in the data section (after the 8-byte length and the header).
+    start: usize,
+    len: usize,
+}
+
+/// The header's length from the file's first 8 bytes, checked against the limit and the
+/// file's size.
+fn header_len(prefix: &[u8], file_len: u64) -> Result<usize> {
+    let Some(len_bytes) = prefix.get(..8) else {
+        return Err(LabError::parse(format!(
+            "not a safetensors file: {file_len} bytes, shorter than the 8-byte header length"
+        )));
+    };
+    let n = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
+    if n > MAX_HEADER_BYTES {
+        return Err(LabError::parse(format!(
+            "not a safetensors file: it declares a header of {n} bytes, over the limit of \
+             {MAX_HEADER_BYTES}"
+        )));
+    }
+    if 8 + n > file_len {
+        return Err(LabError::parse(format!(
+            "not a safetensors file (or a truncated one): it declares a header of {n} bytes but \
+             has {file_len} bytes in all"
+        )));
+    }
+    Ok(n as usize)
+}
+
+/// Parse the JSON header (the format checks that tensors are contiguous and that each
+/// one's byte range fits its dtype and shape, with overflow-checked arithmetic). A tensor
+/// named twice is refused rather than one of the two silently kept.
+fn parse_header(header: &[u8]) -> Result<Metadata> {
+    let text = std::str::from_utf8(header).map_err(|e| {
+        LabError::parse(format!("not a safetensors file: header is not UTF-8: {e}"))
+    })?;
+    let bad =
+        |e: serde_json::Error| LabError::parse(format!("not a safetensors file: bad header: {e}"));
+    json::parse_unique_raw(text).map_err(bad)?;
+    serde_json::from_str::<Metadata>(text).map_err(bad)
+}
+
+/// Check that the file is exactly as long as its header says, so that no tensor reaches past
+/// its end and nothing follows the last one.
+fn check_file_len(header_len: usize, metadata: &Metadata, file_len: u64) -> Result<()> {
+    let declared = 8 + header_len as u64 + metadata.data_len() as u64;
+    if declared != file_len {
+        return Err(LabError::parse(format!(
+            "its header declares {declared} bytes in all but the file has {file_len}; it is \
+             truncated or has data after the last tensor"
+        )));
+    }
+    Ok(())
+}
+
+/// Find every tensor the config needs, with our names or HF's `transformer.` ones, and check
+/// its shape and dtype. Nothing is read or allocated for the data yet.
+fn locate(cfg: &GptConfig, metadata: &Metadata) -> Result<Vec<Located>> {
+    hf_tensors(cfg)
+        .into_iter()
+        .map(|t| {
+            let info = metadata
+                .info(&t.name)
+                .or_else(|| metadata.info(&format!("transformer.{}", t.name)))
+                .ok_or_else(|| LabError::parse(format!("tensor {:?} is missing", t.name)))?;
+            let want: Vec<usize> =
+                if t.transposed { vec![t.ours[1], t.ours[0]] } else { t.ours.clone() };
+            if info.shape != want {
                 return Err(LabError::parse(format!(
-                    "tensor {:?} has dtype {other:?}; only F32 and F16 are supported",
-                    t.name
-                )))
+                    "tensor {:?} has shape {:?}, config.json implies {:?}",
+                    t.name, info.shape, want
+                )));
             }
-        };
-        let dst = &mut params[t.offset..t.offset + values.len()];
-        if t.transposed {
-            let (rows, cols) = (t.ours[0], t.ours[1]);
-            for col in 0..cols {
-                for r in 0..rows {
-                    dst[r * cols + col] = values[col * rows + r];
+            let dtype = match info.dtype {
+                Dtype::F32 => StorageDtype::F32,
+                Dtype::F16 => StorageDtype::F16,
+                other => {
+                    return Err(LabError::parse(format!(
+                        "tensor {:?} has dtype {other:?}; only F32 and F16 are supported",
+                        t.name
+                    )))
                 }
-            }
-        } else {
-            dst.copy_from_slice(&values);
+            };
+            let (start, end) = info.data_offsets;
+            Ok(Located { tensor: t, dtype, start, len: end - start })
+        })
+        .collect()
+}
+
+/// Decode one tensor's bytes into its place in the flat parameters, undoing HF's Conv1D
+/// transpose.
+fn decode_into(params: &mut [f32], loc: &Located, bytes: &[u8]) {
+    let values: Vec<f32> = match loc.dtype {
+        StorageDtype::F32 => {
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
         }
+        StorageDtype::F16 => {
+            bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+    };
+    let t = &loc.tensor;
+    let dst = &mut params[t.offset..t.offset + values.len()];
+    if t.transposed {
+        let (rows, cols) = (t.ours[0], t.ours[1]);
+        for col in 0..cols {
+            for r in 0..rows {
+                dst[r * cols + col] = values[col * rows + r];
+            }
+        }
+    } else {
+        dst.copy_from_slice(&values);
     }
-    if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
-        return Err(LabError::parse(format!("parameter {bad} is not finite")));
+}
+
+/// The first non-finite parameter, named by its tensor.
+fn check_finite(cfg: &GptConfig, params: &[f32]) -> Result<()> {
+    let Some(bad) = params.iter().position(|p| !p.is_finite()) else { return Ok(()) };
+    let name = hf_tensors(cfg)
+        .into_iter()
+        .find(|t| (t.offset..t.offset + t.ours.iter().product::<usize>()).contains(&bad))
+        .map_or_else(|| format!("parameter {bad}"), |t| format!("tensor {:?}", t.name));
+    Err(LabError::parse(format!("{name} holds {}; every weight must be finite", params[bad])))
+}
+
+/// Read flat parameters from safetensors bytes, accepting F32 or F16 and names with or
+/// without HF's `transformer.` prefix. The config is validated and every tensor it needs is
+/// found and checked (shape, dtype, the file's length) before the parameters are allocated.
+/// Errors are [`LabError::Parse`] naming the tensor; the caller adds the file.
+pub fn from_safetensors(cfg: &GptConfig, bytes: &[u8]) -> Result<Vec<f32>> {
+    cfg.validate()?;
+    let n = header_len(bytes, bytes.len() as u64)?;
+    let metadata = parse_header(&bytes[8..8 + n])?;
+    check_file_len(n, &metadata, bytes.len() as u64)?;
+    let located = locate(cfg, &metadata)?;
+    let data = &bytes[8 + n..];
+    let mut params = vec![0.0f32; cfg.layout().total];
+    for loc in &located {
+        // In range: the header's offsets are contiguous from 0 to the data's length.
+        let Some(bytes) = data.get(loc.start..loc.start + loc.len) else {
+            return Err(LabError::parse(format!("tensor {:?} lies past the end", loc.tensor.name)));
+        };
+        decode_into(&mut params, loc, bytes);
     }
+    check_finite(cfg, &params)?;
     Ok(params)
 }
 
@@ -188,19 +294,68 @@ pub fn save_dir(dir: &Path, cfg: &GptConfig, params: &[f32], dtype: StorageDtype
     write("tokenizer.json", &pretty(crate::tokenizer::description_json()))
 }
 
+/// Read and check a `config.json`: at most [`files::MAX_JSON_BYTES`], strict JSON (no
+/// repeated key), the GPT-2 fields within [`GptConfig::validate`]'s bounds, and a
+/// vocabulary that holds every id of our tokenizer. Errors name the file and the field.
+pub fn read_config(path: &Path) -> Result<GptConfig> {
+    let name = files::display_name(path);
+    let text = files::read_text(path, files::MAX_JSON_BYTES)?;
+    let value = json::parse_unique(&text).map_err(|e| e.in_file(&name))?;
+    let cfg = GptConfig::from_hf_json(&value).map_err(|e| e.in_file(&name))?;
+    if cfg.vocab < tokenizer::VOCAB_SIZE {
+        return Err(LabError::parse(format!(
+            "{} is smaller than the tokenizer's {} token ids; alignlab's models read its \
+             character tokenizer",
+            cfg.vocab,
+            tokenizer::VOCAB_SIZE
+        ))
+        .in_field("vocab_size")
+        .in_file(&name));
+    }
+    Ok(cfg)
+}
+
+/// Read the weights `cfg` needs from a `model.safetensors` file. The file must be a
+/// regular file; its header is read (at most [`MAX_HEADER_BYTES`]) and checked against the
+/// config and the file's length before anything is allocated for the weights, then only the
+/// tensors the config needs are read (an HF file's extra tensors are skipped). Errors name
+/// the file and the tensor.
+pub fn read_safetensors(path: &Path, cfg: &GptConfig) -> Result<Vec<f32>> {
+    let name = files::display_name(path);
+    let io = |e: std::io::Error| LabError::io(&name, e);
+    let in_file = |e: LabError| e.in_file(&name);
+    cfg.validate()?;
+    files::check_regular(path)?;
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut prefix = Vec::with_capacity(8);
+    (&mut file).take(8).read_to_end(&mut prefix).map_err(io)?;
+    let n = header_len(&prefix, file_len).map_err(in_file)?;
+    // n is at most MAX_HEADER_BYTES and at most the file's length.
+    let mut header = vec![0u8; n];
+    file.read_exact(&mut header).map_err(io)?;
+    let metadata = parse_header(&header).map_err(in_file)?;
+    check_file_len(n, &metadata, file_len).map_err(in_file)?;
+    let located = locate(cfg, &metadata).map_err(in_file)?;
+    let data_start = 8 + n as u64;
+    let mut params = vec![0.0f32; cfg.layout().total];
+    let mut bytes = Vec::new();
+    for loc in &located {
+        bytes.resize(loc.len, 0);
+        file.seek(SeekFrom::Start(data_start + loc.start as u64)).map_err(io)?;
+        file.read_exact(&mut bytes).map_err(io)?;
+        decode_into(&mut params, loc, &bytes);
+    }
+    check_finite(cfg, &params).map_err(in_file)?;
+    Ok(params)
+}
+
 /// Load a model directory written by [`save_dir`] (or any HF GPT-2 directory whose
-/// vocabulary is ours).
+/// vocabulary is ours): [`read_config`] on `config.json`, then [`read_safetensors`] on
+/// `model.safetensors`.
 pub fn load_dir(dir: &Path) -> Result<(GptConfig, Vec<f32>)> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|e| LabError::io(path.display().to_string(), e))
-    };
-    let config_path = dir.join("config.json").display().to_string();
-    let config_json: serde_json::Value = serde_json::from_slice(&read("config.json")?)
-        .map_err(|e| LabError::parse(e.to_string()).in_file(&config_path))?;
-    let cfg = GptConfig::from_hf_json(&config_json).map_err(|e| e.in_file(&config_path))?;
-    let params = from_safetensors(&cfg, &read("model.safetensors")?)
-        .map_err(|e| e.in_file(&dir.join("model.safetensors").display().to_string()))?;
+    let cfg = read_config(&dir.join("config.json"))?;
+    let params = read_safetensors(&dir.join("model.safetensors"), &cfg)?;
     Ok((cfg, params))
 }
 
@@ -237,6 +392,165 @@ mod tests {
         let idx = 12; // HF [in=1, out=0]
         let got = f32::from_le_bytes(view.data()[idx * 4..idx * 4 + 4].try_into().unwrap());
         assert_eq!(got, 7.0);
+    }
+
+    const SMALL: GptConfig = GptConfig { vocab: 96, ctx: 4, d_model: 4, n_layer: 1, n_head: 1 };
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("alignlab-checkpoint-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A model folder of `cfg` whose `config.json` is `config` and whose weights are `weights`.
+    fn folder(name: &str, config: &serde_json::Value, weights: &[u8]) -> std::path::PathBuf {
+        let dir = scratch(name);
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+        dir
+    }
+
+    fn small_weights() -> Vec<u8> {
+        to_safetensors(&SMALL, &crate::config::init_params(&SMALL, 1), StorageDtype::F32).unwrap()
+    }
+
+    fn load_err(dir: &Path) -> String {
+        load_dir(dir).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_saved_folder_loads_back() {
+        let dir = scratch("saved");
+        let params = crate::config::init_params(&SMALL, 1);
+        save_dir(&dir, &SMALL, &params, StorageDtype::F32).unwrap();
+        assert_eq!(load_dir(&dir).unwrap(), (SMALL, params));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn devices_are_refused_not_read_forever() {
+        for file in ["config.json", "model.safetensors"] {
+            let dir = folder("device", &SMALL.to_hf_json(), &small_weights());
+            std::fs::remove_file(dir.join(file)).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", dir.join(file)).unwrap();
+            let err = load_err(&dir);
+            assert!(err.contains(file) && err.contains("not a regular file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn config_errors_name_config_json_and_the_field() {
+        let mut config = SMALL.to_hf_json();
+        config["vocab_size"] = serde_json::json!(1_000_000_000u64);
+        let dir = folder("config", &config, &small_weights());
+        let err = load_err(&dir);
+        let path = dir.join("config.json").display().to_string();
+        assert!(
+            err.starts_with(&format!("{path}, field \"vocab_size\": 1000000000 is over")),
+            "{err}"
+        );
+        config["vocab_size"] = serde_json::json!(10);
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let err = load_err(&dir);
+        assert!(err.contains("vocab_size") && err.contains("tokenizer's 96"), "{err}");
+        std::fs::write(dir.join("config.json"), "{\"n_head\": 1, \"n_head\": 2}").unwrap();
+        let err = load_err(&dir);
+        assert!(err.starts_with(&format!("{path}, line 1: duplicate key")), "{err}");
+    }
+
+    #[test]
+    fn weight_errors_name_the_file_and_the_tensor() {
+        let mut config = SMALL.to_hf_json();
+        config["n_positions"] = serde_json::json!(8);
+        let dir = folder("shape", &config, &small_weights());
+        let path = dir.join("model.safetensors").display().to_string();
+        assert_eq!(
+            load_err(&dir),
+            format!("{path}: tensor \"wpe.weight\" has shape [4, 4], config.json implies [8, 4]")
+        );
+        // a config of 1000 layers against a file of one: the missing tensor, found from the
+        // header alone
+        let mut config = SMALL.to_hf_json();
+        config["n_layer"] = serde_json::json!(1000);
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        assert_eq!(load_err(&dir), format!("{path}: tensor \"h.1.ln_1.weight\" is missing"));
+    }
+
+    #[test]
+    fn the_file_length_must_match_the_header() {
+        let good = small_weights();
+        let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (good[..good.len() - 1].to_vec(), "truncated"),
+            ([good.as_slice(), b"extra"].concat(), "after the last tensor"),
+            (good[..8 + n / 2].to_vec(), "it declares a header of"),
+            ([&5u64.to_le_bytes()[..], b"{abcd"].concat(), "bad header"),
+            ([&2u64.to_le_bytes()[..], b"\xff}"].concat(), "header is not UTF-8"),
+            ((u64::MAX).to_le_bytes().to_vec(), "over the limit"),
+            ([&(1u64 << 20).to_le_bytes()[..], b"{}"].concat(), "has 10 bytes in all"),
+            (b"abc".to_vec(), "shorter than the 8-byte header length"),
+            ([&13u64.to_le_bytes()[..], b"{\"a\":1,\"a\":2}"].concat(), "duplicate key \"a\""),
+            (Vec::new(), "shorter than the 8-byte header length"),
+        ];
+        for (bytes, want) in cases {
+            let err = from_safetensors(&SMALL, &bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+            let dir = folder("length", &SMALL.to_hf_json(), &bytes);
+            let err = load_err(&dir);
+            assert!(err.contains("model.safetensors") && err.contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn hf_prefixes_and_extra_tensors_are_accepted_other_dtypes_are_not() {
+        let params = crate::config::init_params(&SMALL, 2);
+        let ours = small_weights();
+        let file = safetensors::SafeTensors::deserialize(&ours).unwrap();
+        let mask = vec![0u8; 4 * 16];
+        let mut views: Vec<(String, TensorView)> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (format!("transformer.{name}"), view))
+            .collect();
+        views.push((
+            "transformer.h.0.attn.bias".into(),
+            TensorView::new(Dtype::F32, vec![1, 1, 4, 4], &mask).unwrap(),
+        ));
+        let hf = safetensors::serialize(views.clone(), None).unwrap();
+        assert_eq!(from_safetensors(&SMALL, &hf).unwrap(), crate::config::init_params(&SMALL, 1));
+        let dir = folder("hf", &SMALL.to_hf_json(), &hf);
+        assert_eq!(load_dir(&dir).unwrap().1, crate::config::init_params(&SMALL, 1));
+        assert_ne!(params, crate::config::init_params(&SMALL, 1));
+        // the same bytes declared as I32
+        let ints: Vec<(String, TensorView)> = views
+            .into_iter()
+            .map(|(name, v)| {
+                let dtype = if name.ends_with("ln_f.bias") { Dtype::I32 } else { v.dtype() };
+                (name, TensorView::new(dtype, v.shape().to_vec(), v.data()).unwrap())
+            })
+            .collect();
+        let err = from_safetensors(&SMALL, &safetensors::serialize(ints, None).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"ln_f.bias\" has dtype I32"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_weights_are_named_by_tensor() {
+        let l = SMALL.layout();
+        let mut params = crate::config::init_params(&SMALL, 1);
+        params[l.lnfw + 1] = f32::NAN;
+        let bytes = to_safetensors(&SMALL, &params, StorageDtype::F32).unwrap();
+        let err = from_safetensors(&SMALL, &bytes).unwrap_err().to_string();
+        assert!(err.contains("\"ln_f.weight\" holds NaN"), "{err}");
+    }
+
+    #[test]
+    fn an_unchecked_config_is_an_error_not_a_panic() {
+        let huge = GptConfig { d_model: 1 << 62, ..SMALL };
+        assert!(from_safetensors(&huge, &small_weights()).is_err());
     }
 
     #[test]

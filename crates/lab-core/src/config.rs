@@ -41,17 +41,24 @@ impl GptConfig {
         }
     }
 
+    /// Check every size against its bounds ([`MAX_VOCAB`], [`MAX_CTX`], [`MAX_D_MODEL`],
+    /// [`MAX_LAYERS`]), C divisible by NH, and the parameter count (computed without
+    /// overflow) at most [`MAX_PARAMS`], so that a config read from a file can never ask
+    /// for an allocation no machine has. Errors name the setting.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("vocab", self.vocab),
-            ("ctx", self.ctx),
-            ("d_model", self.d_model),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
+        let bounded = [
+            ("vocab", self.vocab, MAX_VOCAB),
+            ("ctx", self.ctx, MAX_CTX),
+            ("d_model", self.d_model, MAX_D_MODEL),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_head", self.n_head, MAX_D_MODEL),
         ];
-        for (name, value) in positive {
+        for (name, value, max) in bounded {
             if value == 0 {
                 return Err(LabError::param(name, "must be at least 1"));
+            }
+            if value > max {
+                return Err(LabError::param(name, format!("{value} is over the limit of {max}")));
             }
         }
         if !self.d_model.is_multiple_of(self.n_head) {
@@ -60,6 +67,7 @@ impl GptConfig {
                 format!("d_model {} is not divisible by n_head {}", self.d_model, self.n_head),
             ));
         }
+        ParamLayout::try_new(self)?;
         Ok(())
     }
 
@@ -92,14 +100,26 @@ impl GptConfig {
         })
     }
 
-    /// Read an HF-style `config.json` (GPT-2 names), naming the missing field.
+    /// Read an HF-style `config.json` (GPT-2 names) and validate it. Every error is a
+    /// [`LabError::Parse`] naming the JSON field (`vocab_size`, `n_embd`, ...), so the
+    /// caller's [`LabError::in_file`] completes it.
     pub fn from_hf_json(value: &serde_json::Value) -> Result<GptConfig> {
-        let field =
-            |name: &str| -> Result<usize> {
-                value.get(name).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| {
-                    LabError::parse("missing or not a positive integer").in_field(name)
-                })
+        if !value.is_object() {
+            return Err(LabError::parse(format!(
+                "expected a JSON object, got {}",
+                crate::json::brief(value)
+            )));
+        }
+        let field = |name: &str| -> Result<usize> {
+            let Some(v) = value.get(name) else {
+                return Err(
+                    LabError::parse("missing (a positive integer is required)").in_field(name)
+                );
             };
+            v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                LabError::parse(format!("{v} is not a positive integer")).in_field(name)
+            })
+        };
         let config = GptConfig {
             vocab: field("vocab_size")?,
             ctx: field("n_positions")?,
@@ -107,10 +127,40 @@ impl GptConfig {
             n_layer: field("n_layer")?,
             n_head: field("n_head")?,
         };
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            LabError::InvalidParam { name, msg } => {
+                let hf = HF_NAMES.iter().find(|(ours, _)| *ours == name).map_or("", |(_, hf)| hf);
+                if hf.is_empty() {
+                    LabError::parse(msg)
+                } else {
+                    LabError::parse(msg).in_field(hf)
+                }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 }
+
+/// Largest vocabulary V a config may have (2²⁰; GPT-2's is 50257).
+pub const MAX_VOCAB: usize = 1 << 20;
+/// Longest context T (2¹⁶; GPT-2's is 1024).
+pub const MAX_CTX: usize = 1 << 16;
+/// Widest model C (2¹⁴; GPT-2 XL's is 1600).
+pub const MAX_D_MODEL: usize = 1 << 14;
+/// Most transformer blocks L (GPT-2 XL has 48).
+pub const MAX_LAYERS: usize = 1024;
+/// Most parameters (2³¹ floats, 8 GB in f32; GPT-2 XL has 1.56 × 10⁹).
+pub const MAX_PARAMS: usize = 1 << 31;
+
+/// Our field names and HF `GPT2Config`'s.
+const HF_NAMES: [(&str, &str); 5] = [
+    ("vocab", "vocab_size"),
+    ("ctx", "n_positions"),
+    ("d_model", "n_embd"),
+    ("n_layer", "n_layer"),
+    ("n_head", "n_head"),
+];
 
 /// Offsets of every tensor in the flat parameter vector, llm.c order:
 /// wte (V,C) · wpe (T,C) · ln1w, ln1b (L,C) · qkvw (L,3C,C) · qkvb (L,3C) ·
@@ -141,31 +191,67 @@ pub struct ParamLayout {
 pub type TensorSpec = (&'static str, usize, Vec<usize>);
 
 impl ParamLayout {
+    /// The layout of a valid config ([`GptConfig::validate`] passed, as every engine
+    /// checks before building one).
+    ///
+    /// # Panics
+    /// If the parameter count is over [`MAX_PARAMS`], which `validate` rules out.
     pub fn new(cfg: &GptConfig) -> Self {
+        match Self::try_new(cfg) {
+            Ok(layout) => layout,
+            Err(e) => panic!("ParamLayout::new needs a validated config: {e}"),
+        }
+    }
+
+    /// The layout, or an error if the parameter count overflows or is over
+    /// [`MAX_PARAMS`]; all arithmetic is checked, so no config can make it wrap.
+    pub fn try_new(cfg: &GptConfig) -> Result<Self> {
         let (v, t, c, l) = (cfg.vocab, cfg.ctx, cfg.d_model, cfg.n_layer);
+        let too_many = || {
+            LabError::param(
+                "config",
+                format!(
+                    "vocab {v}, ctx {t}, d_model {c} and n_layer {l} give more than {MAX_PARAMS} \
+                     parameters"
+                ),
+            )
+        };
+        let mul = |factors: &[usize]| -> Result<usize> {
+            factors.iter().try_fold(1usize, |acc, &f| acc.checked_mul(f)).ok_or_else(too_many)
+        };
         let sizes = [
-            v * c,
-            t * c,
-            l * c,
-            l * c,
-            l * 3 * c * c,
-            l * 3 * c,
-            l * c * c,
-            l * c,
-            l * c,
-            l * c,
-            l * 4 * c * c,
-            l * 4 * c,
-            l * c * 4 * c,
-            l * c,
+            mul(&[v, c])?,
+            mul(&[t, c])?,
+            mul(&[l, c])?,
+            mul(&[l, c])?,
+            mul(&[l, 3, c, c])?,
+            mul(&[l, 3, c])?,
+            mul(&[l, c, c])?,
+            mul(&[l, c])?,
+            mul(&[l, c])?,
+            mul(&[l, c])?,
+            mul(&[l, 4, c, c])?,
+            mul(&[l, 4, c])?,
+            mul(&[l, c, 4, c])?,
+            mul(&[l, c])?,
             c,
             c,
         ];
         let mut offsets = [0usize; 17];
         for i in 0..16 {
-            offsets[i + 1] = offsets[i] + sizes[i];
+            offsets[i + 1] = offsets[i].checked_add(sizes[i]).ok_or_else(too_many)?;
         }
-        ParamLayout {
+        if offsets[16] > MAX_PARAMS {
+            return Err(LabError::param(
+                "config",
+                format!(
+                    "vocab {v}, ctx {t}, d_model {c} and n_layer {l} give {} parameters, over the \
+                     limit of {MAX_PARAMS}",
+                    offsets[16]
+                ),
+            ));
+        }
+        Ok(ParamLayout {
             wte: offsets[0],
             wpe: offsets[1],
             ln1w: offsets[2],
@@ -183,7 +269,7 @@ impl ParamLayout {
             lnfw: offsets[14],
             lnfb: offsets[15],
             total: offsets[16],
-        }
+        })
     }
 
     /// The 16 tensors with names, offsets and shapes (layer-stacked tensors lead with L).
@@ -243,6 +329,55 @@ mod tests {
         let layout = GptConfig::TINY.layout();
         // 96·64 + 64·64 + 2·(12·64² + 13·64) + 2·64
         assert_eq!(layout.total, 96 * 64 + 64 * 64 + 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64);
+    }
+
+    fn hf(vocab: u64, ctx: u64, d_model: u64, n_layer: u64, n_head: u64) -> serde_json::Value {
+        serde_json::json!({"vocab_size": vocab, "n_positions": ctx, "n_embd": d_model,
+                           "n_layer": n_layer, "n_head": n_head})
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_by_field_before_any_allocation() {
+        for (value, field) in [
+            (hf(1_000_000_000, 64, 64, 2, 4), "vocab_size"),
+            (hf(96, 1_000_000_000_000, 64, 2, 4), "n_positions"),
+            (hf(96, 64, 1 << 31, 2, 4), "n_embd"),
+            (hf(96, 64, 1 << 62, 2, 4), "n_embd"),
+            (hf(96, 64, 64, 100_000, 4), "n_layer"),
+            (hf(96, 64, 64, 2, 128), "n_head"),
+            (hf(96, 64, 64, 2, 0), "n_head"),
+        ] {
+            let err = GptConfig::from_hf_json(&value).unwrap_err();
+            assert!(
+                matches!(&err, LabError::Parse { field: Some(f), .. } if f == field),
+                "{field}: {err:?}"
+            );
+        }
+        // each size within its bound, the product over MAX_PARAMS: 2²⁰ · 2¹⁴ = 2³⁴
+        let err = GptConfig::from_hf_json(&hf(1 << 20, 64, 1 << 14, 1, 1)).unwrap_err();
+        assert!(err.to_string().contains("over the limit of 2147483648"), "{err}");
+        let err = GptConfig::from_hf_json(&serde_json::json!({"vocab_size": 1e9})).unwrap_err();
+        assert!(err.to_string().contains("is not a positive integer"), "{err}");
+        let err = GptConfig::from_hf_json(&serde_json::json!([1, 2])).unwrap_err();
+        assert_eq!(err.to_string(), "expected a JSON object, got an array of 2");
+    }
+
+    #[test]
+    fn layout_arithmetic_is_checked() {
+        let huge = GptConfig {
+            vocab: usize::MAX,
+            ctx: usize::MAX,
+            d_model: usize::MAX,
+            n_layer: usize::MAX,
+            n_head: 1,
+        };
+        assert!(ParamLayout::try_new(&huge).is_err());
+        assert!(huge.validate().is_err());
+        // GPT-2 small and XL are within every bound
+        for (d_model, n_layer, n_head) in [(768, 12, 12), (1600, 48, 25)] {
+            let cfg = GptConfig { vocab: 50257, ctx: 1024, d_model, n_layer, n_head };
+            cfg.validate().unwrap();
+        }
     }
 
     #[test]

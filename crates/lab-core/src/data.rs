@@ -831,13 +831,6 @@ impl<'de> Deserialize<'de> for Record {
     }
 }
 
-/// serde_json's message without its " at line L column C" suffix (our line is the file's).
-fn json_error_message(err: &serde_json::Error) -> String {
-    let full = err.to_string();
-    let suffix = format!(" at line {} column {}", err.line(), err.column());
-    full.strip_suffix(&suffix).unwrap_or(&full).to_string()
-}
-
 /// Parse JSONL preference data. Errors are `LabError::Parse` with the 1-based line and the
 /// field; an input with no record at all is an error too.
 pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
@@ -848,14 +841,8 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(line).map_err(|e| {
-            LabError::parse(format!(
-                "malformed JSON at column {}: {}",
-                e.column(),
-                json_error_message(&e)
-            ))
-            .at_line(line_no)
-        })?;
+        // A key given twice is refused: serde_json would keep the last one silently.
+        let value = crate::json::parse_unique_line(line, line_no)?;
         records.push(Record::from_json_value(value).map_err(|e| e.at_line(line_no))?);
     }
     if records.is_empty() {
@@ -864,10 +851,12 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Record>> {
     Ok(records)
 }
 
-/// Read and parse a JSONL file; errors carry the file name.
+/// Read and parse a JSONL file (or standard input, `-`) of at most
+/// [`MAX_IMPORT_BYTES`](crate::exchange::MAX_IMPORT_BYTES); errors carry the file name, and
+/// invalid UTF-8 its line and column. A FIFO or a device is refused, not read forever.
 pub fn read_jsonl_file(path: &Path) -> Result<Vec<Record>> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(&name, e))?;
+    let name = crate::files::display_name(path);
+    let text = crate::files::read_text(path, crate::exchange::MAX_IMPORT_BYTES as u64)?;
     parse_jsonl(&text).map_err(|e| e.in_file(&name))
 }
 

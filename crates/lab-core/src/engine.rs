@@ -87,8 +87,10 @@ impl TokenBatch {
         }
         if let Some(bad) = self.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
             return Err(LabError::shape(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                cfg.vocab
+                "token id {bad} is outside the model's vocabulary of {} (the tokenizer has {} \
+                 ids)",
+                cfg.vocab,
+                crate::tokenizer::VOCAB_SIZE
             )));
         }
         Ok(())

@@ -13,6 +13,7 @@ pub enum LabError {
     /// Text that cannot be tokenized, or that does not fit the context.
     Tokenize { msg: String },
     /// Shapes or sizes that do not fit together (weights vs config, batch vs context).
+    /// Becomes a [`LabError::Parse`] when a file, line or field is attached.
     Shape { msg: String },
     /// An I/O failure, with the path.
     Io { path: String, msg: String },
@@ -39,38 +40,41 @@ impl LabError {
     pub fn io(path: impl Into<String>, err: impl fmt::Display) -> Self {
         LabError::Io { path: path.into(), msg: err.to_string() }
     }
-    /// Attach a file name to a parse error (keeps line and field).
+    /// Attach a file name to a parse error (keeps line and field). A tokenize or shape
+    /// error becomes a parse error of that file: both are found in what the file holds (a
+    /// character outside the vocabulary, arrays of different lengths, a token id the model
+    /// does not have), so the file is where to look.
     pub fn in_file(self, path: &str) -> Self {
-        match self {
+        match self.into_parse() {
             LabError::Parse { file: None, line, field, msg } => {
                 LabError::Parse { file: Some(path.to_string()), line, field, msg }
             }
-            LabError::Tokenize { msg } => {
-                LabError::Parse { file: Some(path.to_string()), line: None, field: None, msg }
-            }
             other => other,
         }
     }
-    /// Attach a 1-based line number to a parse or tokenize error.
+    /// Attach a 1-based line number to a parse, tokenize or shape error.
     pub fn at_line(self, line_no: usize) -> Self {
-        match self {
+        match self.into_parse() {
             LabError::Parse { file, line: None, field, msg } => {
                 LabError::Parse { file, line: Some(line_no), field, msg }
             }
-            LabError::Tokenize { msg } => {
-                LabError::Parse { file: None, line: Some(line_no), field: None, msg }
+            other => other,
+        }
+    }
+    /// Attach a field name to a parse, tokenize or shape error.
+    pub fn in_field(self, name: &str) -> Self {
+        match self.into_parse() {
+            LabError::Parse { file, line, field: None, msg } => {
+                LabError::Parse { file, line, field: Some(name.to_string()), msg }
             }
             other => other,
         }
     }
-    /// Attach a field name to a parse or tokenize error.
-    pub fn in_field(self, name: &str) -> Self {
+    /// Tokenize and shape errors as parse errors with no place yet; others unchanged.
+    fn into_parse(self) -> Self {
         match self {
-            LabError::Parse { file, line, field: None, msg } => {
-                LabError::Parse { file, line, field: Some(name.to_string()), msg }
-            }
-            LabError::Tokenize { msg } => {
-                LabError::Parse { file: None, line: None, field: Some(name.to_string()), msg }
+            LabError::Tokenize { msg } | LabError::Shape { msg } => {
+                LabError::Parse { file: None, line: None, field: None, msg }
             }
             other => other,
         }
@@ -113,3 +117,29 @@ impl fmt::Display for LabError {
 }
 
 impl std::error::Error for LabError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_and_tokenize_errors_take_a_file_line_and_field() {
+        let err = LabError::shape("reference_chosen_logps has 1 entries but there are 3 pairs");
+        assert_eq!(
+            err.clone().in_file("in.json").to_string(),
+            "in.json: reference_chosen_logps has 1 entries but there are 3 pairs"
+        );
+        assert_eq!(
+            LabError::shape("token id 54 is outside the vocabulary of 10")
+                .at_line(4)
+                .in_field("chosen")
+                .in_file("d.jsonl")
+                .to_string(),
+            "d.jsonl, line 4, field \"chosen\": token id 54 is outside the vocabulary of 10"
+        );
+        assert!(err.to_string().starts_with("shape mismatch: "), "{err}");
+        // a parameter error names its setting, not a file it did not come from
+        let param = LabError::param("beta", "must be > 0");
+        assert_eq!(param.clone().in_file("d.jsonl"), param);
+    }
+}

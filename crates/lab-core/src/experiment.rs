@@ -5,8 +5,11 @@
 //! then any loss parameter that differs from its default (`label_smoothing`,
 //! `simpo_gamma`, `discopop_tau`, `exo_epsilon`, `cpo_alpha`, `kto_desirable_weight`,
 //! `kto_undesirable_weight`), `weight_decay` and `eval_every` if non-zero, and `scenario`
-//! if set. Unknown keys are an error naming the key, so a mistyped link never silently
-//! runs something else.
+//! if set. Unknown keys, keys given twice and numbers out of range are errors naming the
+//! key, so a mistyped link never silently runs something else.
+//!
+//! JSON form: the serde form of [`ExperimentConfig`], read by [`ExperimentConfig::from_json`]
+//! with the same strictness.
 
 use crate::error::{LabError, Result};
 use crate::loss::{LossMix, LossParams};
@@ -154,27 +157,45 @@ impl ExperimentConfig {
     }
 
     /// Parse a query string (with or without the leading `?`); keys not given keep their
-    /// defaults. The result is validated.
+    /// defaults, a key given twice is an error. The result is validated.
     pub fn from_query(query: &str) -> Result<ExperimentConfig> {
         let mut config = ExperimentConfig::default();
+        let mut seen: Vec<&str> = Vec::new();
         for part in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = part.split_once('=').unwrap_or((part, ""));
+            if seen.contains(&key) {
+                return Err(LabError::parse("given twice in the link; keep one").in_field(key));
+            }
+            seen.push(key);
             let value = percent_decode(raw, key)?;
             let number = |v: &str| -> Result<f64> {
-                v.parse::<f64>()
-                    .map_err(|_| LabError::parse(format!("{v:?} is not a number")).in_field(key))
+                match v.parse::<f64>() {
+                    Ok(x) if x.is_finite() => Ok(x),
+                    _ => {
+                        Err(LabError::parse(format!("{v:?} is not a finite number")).in_field(key))
+                    }
+                }
             };
             let whole = |v: &str| -> Result<u64> {
                 v.parse::<u64>().map_err(|_| {
                     LabError::parse(format!("{v:?} is not a whole number")).in_field(key)
                 })
             };
+            let whole_u32 = |v: &str| -> Result<u32> {
+                u32::try_from(whole(v)?).map_err(|_| {
+                    LabError::parse(format!("{v} is over the limit of {}", u32::MAX)).in_field(key)
+                })
+            };
             match key {
                 "loss" => config.loss = value,
                 "beta" => config.params.beta = number(&value)?,
                 "lr" => config.lr = number(&value)?,
-                "batch_size" => config.batch_size = whole(&value)? as usize,
-                "steps" => config.steps = whole(&value)?.min(u32::MAX as u64) as u32,
+                "batch_size" => {
+                    config.batch_size = usize::try_from(whole(&value)?).map_err(|_| {
+                        LabError::parse(format!("{value} is too large")).in_field(key)
+                    })?
+                }
+                "steps" => config.steps = whole_u32(&value)?,
                 "seed" => config.seed = whole(&value)?,
                 "label_smoothing" => config.params.label_smoothing = number(&value)?,
                 "simpo_gamma" => config.params.simpo_gamma = number(&value)?,
@@ -184,16 +205,62 @@ impl ExperimentConfig {
                 "kto_desirable_weight" => config.params.kto_desirable_weight = number(&value)?,
                 "kto_undesirable_weight" => config.params.kto_undesirable_weight = number(&value)?,
                 "weight_decay" => config.weight_decay = number(&value)?,
-                "eval_every" => config.eval_every = whole(&value)?.min(u32::MAX as u64) as u32,
+                "eval_every" => config.eval_every = whole_u32(&value)?,
                 "scenario" => config.scenario = Some(value).filter(|s| !s.is_empty()),
                 other => {
-                    return Err(LabError::parse(format!("unknown setting {other:?} in the link")))
+                    return Err(LabError::parse(format!(
+                        "unknown setting {:?} in the link",
+                        crate::json::brief_str(other)
+                    )))
                 }
             }
         }
         config.validate()?;
         Ok(config)
     }
+
+    /// Read the JSON form (`{"loss": "sigmoid", "params": {"beta": 0.1}, "lr": 0.001, ...}`),
+    /// strictly: a key given twice ([`crate::json::parse_unique`]) or one the experiment
+    /// does not have (here or in `params`) is an error naming it; keys not given keep their
+    /// defaults. The result is validated. The caller adds the file with
+    /// [`LabError::in_file`].
+    pub fn from_json(text: &str) -> Result<ExperimentConfig> {
+        let value = crate::json::parse_unique(text)?;
+        let known = serde_json::to_value(ExperimentConfig::default())
+            .expect("an experiment always serializes");
+        check_known_keys(&value, &known, "")?;
+        let config: ExperimentConfig =
+            serde_json::from_value(value).map_err(|e| LabError::parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Every key of `value`'s objects must be a key of `known`'s at the same place (`path` is
+/// where we are, for the message).
+fn check_known_keys(
+    value: &serde_json::Value,
+    known: &serde_json::Value,
+    path: &str,
+) -> Result<()> {
+    let (Some(obj), Some(known_obj)) = (value.as_object(), known.as_object()) else {
+        return Ok(());
+    };
+    for (key, v) in obj {
+        let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        match known_obj.get(key) {
+            Some(k) => check_known_keys(v, k, &here)?,
+            None => {
+                let names: Vec<&str> = known_obj.keys().map(String::as_str).collect();
+                return Err(LabError::parse(format!(
+                    "unknown setting; known here: {}",
+                    names.join(", ")
+                ))
+                .in_field(&crate::json::brief_str(&here)));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,5 +302,35 @@ mod tests {
         assert!(err.contains("betta"), "{err}");
         let err = ExperimentConfig::from_query("loss=dpo").unwrap_err().to_string();
         assert!(err.contains("sigmoid"), "{err}");
+    }
+
+    #[test]
+    fn nothing_in_a_link_is_dropped_or_clamped_silently() {
+        let err = ExperimentConfig::from_query("beta=0.1&lr=0.01&beta=0.2").unwrap_err();
+        assert_eq!(err.to_string(), "field \"beta\": given twice in the link; keep one");
+        let err = ExperimentConfig::from_query("steps=5000000000").unwrap_err().to_string();
+        assert!(err.contains("\"steps\"") && err.contains("over the limit"), "{err}");
+        let err = ExperimentConfig::from_query("simpo_gamma=inf").unwrap_err().to_string();
+        assert!(err.contains("\"simpo_gamma\"") && err.contains("finite"), "{err}");
+        let err = ExperimentConfig::from_query("loss=0*sigmoid").unwrap_err().to_string();
+        assert!(err.contains("weight 0.0 of \"sigmoid\""), "{err}");
+    }
+
+    #[test]
+    fn json_form_is_strict_and_validated() {
+        let config =
+            ExperimentConfig::from_json(r#"{"loss": "ipo", "params": {"beta": 0.5}, "seed": 3}"#)
+                .unwrap();
+        let mut want = ExperimentConfig { loss: "ipo".into(), seed: 3, ..Default::default() };
+        want.params.beta = 0.5;
+        assert_eq!(config, want);
+        let text = serde_json::to_string(&want).unwrap();
+        assert_eq!(ExperimentConfig::from_json(&text).unwrap(), want);
+        let err = ExperimentConfig::from_json("{\"lr\": 0.1,\n \"lr\": 0.2}").unwrap_err();
+        assert!(err.to_string().starts_with("line 2: duplicate key \"lr\""), "{err}");
+        let err = ExperimentConfig::from_json(r#"{"params": {"betta": 1}}"#).unwrap_err();
+        assert!(err.to_string().starts_with("field \"params.betta\": unknown setting"), "{err}");
+        let err = ExperimentConfig::from_json(r#"{"lr": -1}"#).unwrap_err().to_string();
+        assert!(err.contains("lr"), "{err}");
     }
 }

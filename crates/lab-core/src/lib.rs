@@ -5,6 +5,7 @@
 //! with the loss zoo ([`loss`]) and the instruments ([`metrics`]).
 
 pub mod annotate;
+pub mod bpe;
 pub mod checkpoint;
 pub mod config;
 pub mod corpus;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod exchange;
 pub mod experiment;
 pub mod files;
+pub mod json;
 pub mod loss;
 pub mod metrics;
 pub mod rng;

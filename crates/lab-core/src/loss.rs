@@ -11,8 +11,8 @@
 //! DPO (`f_divergence_type="reverse_kl"`) the loss branches agree between the two. We wrote our
 //! own code from the reading. `crates/lab-core/tests/loss_golden.rs` checks losses, rewards and
 //! gradients against numbers from TRL 1.16.0 itself (`tests/fixtures/trl_golden.py`) to 1e-9
-//! relative. Each variant's doc comment says where TRL differs from the reference table in
-//! `shared/reference/losses-and-metrics.md`; for these 15 names TRL wins. SimPO and CPO follow
+//! relative. Each variant's doc comment says where TRL differs from the paper (the reference
+//! is `docs/losses-and-metrics.md`); for these 15 names TRL wins. SimPO and CPO follow
 //! `trl/experimental/cpo/cpo_trainer.py` (`CPOTrainer.cpo_loss`), ORPO
 //! `trl/experimental/orpo/orpo_trainer.py` (`ORPOTrainer.odds_ratio_loss`, which TRL
 //! computes in float32, so agreement there is about 1e-7), and KTO `trl/trainer/kto_trainer.py`
@@ -35,6 +35,7 @@
 //!   TRL trainers.
 
 use crate::error::{LabError, Result};
+use crate::json;
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------
@@ -307,56 +308,85 @@ impl Default for LossParams {
     }
 }
 
+/// Largest β, |γ|, CPO's α, KTO's weights and loss-mix weight accepted: far above any
+/// published setting, low enough that no loss overflows on log-probs within
+/// [`MAX_ABS_LOGP`].
+pub const MAX_PARAM: f64 = 1e6;
+/// Smallest β accepted: IPO's target margin is 1/(2β), squared in the loss.
+pub const MIN_BETA: f64 = 1e-6;
+/// Smallest DiscoPOP τ accepted (the loss divides by it); the largest is 1, beyond which
+/// its m·e^{−βΔ} term grows without bound as the margin falls.
+pub const MIN_DISCOPOP_TAU: f64 = 1e-6;
+/// Largest |sequence log-prob| the `losses` input may hold: a million nats, thousands of
+/// tokens at the worst per-token log-prob a model gives.
+pub const MAX_ABS_LOGP: f64 = 1e6;
+/// Largest completion length (tokens) the `losses` input may hold.
+pub const MAX_LENGTH: f64 = 1e6;
+
 impl LossParams {
-    /// Reject parameters the loss `kind` cannot use, naming the parameter. β must be finite
-    /// and > 0 for every loss; `label_smoothing` must lie in [0, 0.5] (in [0, 0.5) for `robust`,
-    /// which divides by 1 − 2ε); the other fields are checked only for the losses that read them.
+    /// Reject parameters the loss `kind` cannot use, naming the parameter. β must lie in
+    /// [[`MIN_BETA`], [`MAX_PARAM`]] for every loss; `label_smoothing` must lie in [0, 0.5] (in
+    /// [0, 0.5) for `robust`, which divides by 1 − 2ε); the other fields are checked only for
+    /// the losses that read them, each within [`MAX_PARAM`] in size.
     pub fn validate(&self, kind: LossKind) -> Result<()> {
-        if !(self.beta.is_finite() && self.beta > 0.0) {
+        if !(MIN_BETA..=MAX_PARAM).contains(&self.beta) {
             return Err(LabError::param(
                 "beta",
-                format!("must be a finite number > 0, got {}", self.beta),
+                format!(
+                    "must be a number in [{MIN_BETA:e}, {MAX_PARAM:e}] (TRL's default is 0.1), \
+                     got {:?}",
+                    self.beta
+                ),
             ));
         }
         let eps = self.label_smoothing;
         if !(eps.is_finite() && (0.0..=0.5).contains(&eps)) {
             return Err(LabError::param(
                 "label_smoothing",
-                format!("must lie in [0, 0.5], got {eps}"),
+                format!("must lie in [0, 0.5], got {eps:?}"),
             ));
         }
         match kind {
             LossKind::Robust if eps >= 0.5 => {
                 return Err(LabError::param(
                     "label_smoothing",
-                    format!("robust divides by 1 − 2ε, so the flip rate must lie in [0, 0.5), got {eps}"),
+                    format!("robust divides by 1 − 2ε, so the flip rate must lie in [0, 0.5), got {eps:?}"),
                 ));
             }
-            LossKind::Simpo if !self.simpo_gamma.is_finite() => {
+            LossKind::Simpo
+                if !(self.simpo_gamma.is_finite() && self.simpo_gamma.abs() <= MAX_PARAM) =>
+            {
                 return Err(LabError::param(
                     "simpo_gamma",
-                    format!("must be finite, got {}", self.simpo_gamma),
+                    format!(
+                        "must be a finite number in [-{MAX_PARAM:e}, {MAX_PARAM:e}], got {:?}",
+                        self.simpo_gamma
+                    ),
                 ));
             }
-            LossKind::Discopop if !(self.discopop_tau.is_finite() && self.discopop_tau > 0.0) => {
+            LossKind::Discopop if !((MIN_DISCOPOP_TAU..=1.0).contains(&self.discopop_tau)) => {
                 return Err(LabError::param(
                     "discopop_tau",
-                    format!("must be a finite number > 0, got {}", self.discopop_tau),
+                    format!(
+                        "must lie in [{MIN_DISCOPOP_TAU:e}, 1] (TRL's default is 0.05; above 1 \
+                         the loss grows like e^(−βΔ) and overflows), got {:?}",
+                        self.discopop_tau
+                    ),
                 ));
             }
             LossKind::ExoPair if !(self.exo_epsilon > 0.0 && self.exo_epsilon < 1.0) => {
                 return Err(LabError::param(
                     "exo_epsilon",
                     format!(
-                        "must lie in (0, 1) (the EXO paper uses 1e-3), got {}",
+                        "must lie in (0, 1) (the EXO paper uses 1e-3), got {:?}",
                         self.exo_epsilon
                     ),
                 ));
             }
-            LossKind::Cpo if !(self.cpo_alpha.is_finite() && self.cpo_alpha >= 0.0) => {
+            LossKind::Cpo if !((0.0..=MAX_PARAM).contains(&self.cpo_alpha)) => {
                 return Err(LabError::param(
                     "cpo_alpha",
-                    format!("must be a finite number ≥ 0, got {}", self.cpo_alpha),
+                    format!("must lie in [0, {MAX_PARAM:e}], got {:?}", self.cpo_alpha),
                 ));
             }
             LossKind::Kto => {
@@ -364,10 +394,10 @@ impl LossParams {
                     ("kto_desirable_weight", self.kto_desirable_weight),
                     ("kto_undesirable_weight", self.kto_undesirable_weight),
                 ] {
-                    if !(w.is_finite() && w > 0.0) {
+                    if !(w > 0.0 && w <= MAX_PARAM) {
                         return Err(LabError::param(
                             name,
-                            format!("must be a finite number > 0, got {w}"),
+                            format!("must be a finite number in (0, {MAX_PARAM:e}], got {w:?}"),
                         ));
                     }
                 }
@@ -722,10 +752,15 @@ fn discopop_loss(p: &LossParams, x: &PairLogps) -> Term {
     delta_term(x, |d| {
         let z = beta * d;
         let m = sigmoid(z / tau);
-        let dm = m * (1.0 - m) / tau;
-        let (logistic, expo) = (-log_sigmoid(z), (-z).exp());
-        let loss = logistic * (1.0 - m) + expo * m;
-        let grad = dm * (expo - logistic) - (1.0 - m) * sigmoid(-z) - m * expo;
+        let logistic = -log_sigmoid(z);
+        // m·e^{−z} as one exponential: for z ≪ 0, e^{−z} alone overflows while m → 0.
+        let m_expo = (log_sigmoid(z / tau) - z).exp();
+        let loss = logistic * (1.0 - m) + m_expo;
+        // dm/dz = m(1 − m)/τ, so dm/dz · e^{−z} = (1 − m) · m·e^{−z} / τ.
+        let grad = (1.0 - m) * m_expo / tau
+            - m * (1.0 - m) / tau * logistic
+            - (1.0 - m) * sigmoid(-z)
+            - m_expo;
         (loss, beta * grad)
     })
 }
@@ -1025,7 +1060,8 @@ impl LossMix {
     }
 
     /// Parse `"sigmoid"`, `"sigmoid+0.5*sft"`, `"sigmoid + sft"` (weight 1 when omitted).
-    /// Weights must be finite and ≥ 0.
+    /// Weights must lie in (0, [`MAX_PARAM`]]: a term of weight 0 does nothing, so it is
+    /// more likely a slip than a wish, and is refused rather than silently ignored.
     pub fn parse(spec: &str) -> Result<Self> {
         let mut terms = Vec::new();
         for part in split_terms(spec) {
@@ -1046,10 +1082,13 @@ impl LossMix {
                 }
                 None => (1.0, part),
             };
-            if !(weight.is_finite() && weight >= 0.0) {
+            if !(weight > 0.0 && weight <= MAX_PARAM) {
                 return Err(LabError::param(
                     "loss",
-                    format!("weight {weight} of \"{name}\" must be finite and ≥ 0"),
+                    format!(
+                        "weight {weight:?} of \"{name}\" in \"{spec}\" must be a number in (0, \
+                         {MAX_PARAM:e}]; leave a term out rather than weighting it 0"
+                    ),
                 ));
             }
             terms.push((LossKind::from_name(name)?, weight));
@@ -1330,24 +1369,33 @@ pub fn plackett_luce_loss(params: &LossParams, x: &RankedLogps) -> Result<Ranked
 // The `alignlab losses` CLI
 // ---------------------------------------------------------------------------------------
 
-fn json_f64_array(input: &serde_json::Value, field: &str) -> Result<Vec<f64>> {
+/// A required array of numbers, each finite and within `[lo, hi]` (`what` says what the
+/// numbers are, for the message).
+fn json_f64_array(
+    input: &serde_json::Value,
+    field: &str,
+    (lo, hi): (f64, f64),
+    what: &str,
+) -> Result<Vec<f64>> {
     let value = input.get(field).ok_or_else(|| {
         LabError::parse("missing field (an array of numbers is required)").in_field(field)
     })?;
     let items = value.as_array().ok_or_else(|| {
-        LabError::parse(format!("expected an array of numbers, got {value}")).in_field(field)
+        LabError::parse(format!("expected an array of numbers, got {}", json::brief(value)))
+            .in_field(field)
     })?;
     items
         .iter()
         .enumerate()
         .map(|(i, v)| match v.as_f64() {
-            Some(x) if x.is_finite() => Ok(x),
-            Some(x) => {
-                Err(LabError::parse(format!("{field}[{i}] is {x}; every value must be finite"))
-                    .in_field(field))
-            }
+            Some(x) if (lo..=hi).contains(&x) => Ok(x),
+            Some(x) => Err(LabError::parse(format!(
+                "{field}[{i}] is {x:?}; {what} must lie in [{lo:e}, {hi:e}]"
+            ))
+            .in_field(field)),
             None => {
-                Err(LabError::parse(format!("{field}[{i}] is {v}, not a number")).in_field(field))
+                Err(LabError::parse(format!("{field}[{i}] is {}, not a number", json::brief(v)))
+                    .in_field(field))
             }
         })
         .collect()
@@ -1360,7 +1408,8 @@ fn json_params(input: &serde_json::Value) -> Result<LossParams> {
     let mut params = LossParams::default();
     let Some(value) = input.get("params") else { return Ok(params) };
     let obj = value.as_object().ok_or_else(|| {
-        LabError::parse(format!("expected an object, got {value}")).in_field("params")
+        LabError::parse(format!("expected an object, got {}", json::brief(value)))
+            .in_field("params")
     })?;
     let mut exo_given = false;
     for (key, v) in obj {
@@ -1378,13 +1427,15 @@ fn json_params(input: &serde_json::Value) -> Result<LossParams> {
             "kto_undesirable_weight" => &mut params.kto_undesirable_weight,
             other => {
                 return Err(LabError::parse(format!(
-                    "unknown parameter \"{other}\"; known: beta, label_smoothing, simpo_gamma, discopop_tau, exo_epsilon, cpo_alpha, kto_desirable_weight, kto_undesirable_weight"
+                    "unknown parameter {:?}; known: beta, label_smoothing, simpo_gamma, discopop_tau, exo_epsilon, cpo_alpha, kto_desirable_weight, kto_undesirable_weight",
+                    json::brief_str(other)
                 ))
                 .in_field("params"))
             }
         };
         *slot = v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
-            LabError::parse(format!("params.{key} is {v}, not a finite number")).in_field("params")
+            LabError::parse(format!("{} is not a finite number", json::brief(v)))
+                .in_field(&format!("params.{key}"))
         })?;
     }
     if !exo_given && params.label_smoothing > 0.0 {
@@ -1393,27 +1444,65 @@ fn json_params(input: &serde_json::Value) -> Result<LossParams> {
     Ok(params)
 }
 
+/// A parameter error as an error of the input's `params.<name>` field.
+fn in_params(err: LabError) -> LabError {
+    match err {
+        LabError::InvalidParam { name, msg } => {
+            LabError::parse(msg).in_field(&format!("params.{name}"))
+        }
+        other => other,
+    }
+}
+
+/// The first non-finite number of a loss's output, as an error naming the loss and the entry.
+fn check_output_finite(kind: LossKind, out: &LossOut) -> Result<()> {
+    let arrays: [(&str, &[f64]); 4] = [
+        ("loss", std::slice::from_ref(&out.loss)),
+        ("losses", &out.losses),
+        ("chosen_rewards", &out.chosen_rewards),
+        ("rejected_rewards", &out.rejected_rewards),
+    ];
+    for (name, values) in arrays {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let entry = if name == "loss" { name.to_string() } else { format!("{name}[{i}]") };
+            return Err(LabError::parse(format!(
+                "{entry} would be {:?}: the log-probs and params are too extreme for {kind} to \
+                 give a finite value; use smaller log-prob differences or a smaller beta",
+                values[i]
+            ))
+            .in_field(kind.name()));
+        }
+    }
+    Ok(())
+}
+
 /// The `alignlab losses` CLI: evaluate every TRL DPO loss type (the 15) on JSON input with schema
 /// `{"policy_chosen_logps": [...], "policy_rejected_logps": [...], "reference_chosen_logps": [...],
 /// "reference_rejected_logps": [...], "chosen_lengths": [...], "rejected_lengths": [...],
 /// "params": {"beta": 0.1, "label_smoothing": 0.1, "simpo_gamma": 0.5, "discopop_tau": 0.05}}`
 /// (all six arrays required; `params` optional, defaults as [`LossParams::default`]) and return
 /// `{"<loss name>": {"losses": [...], "loss": x, "chosen_rewards": [...], "rejected_rewards": [...]}, ...}`.
-/// Parse errors name the field (and the index for a non-number or non-finite entry).
+/// Parse errors name the field (and the index for a non-number or out-of-range entry):
+/// log-probs must lie within ±[`MAX_ABS_LOGP`], lengths in (0, [`MAX_LENGTH`]], params as
+/// [`LossParams::validate`] (named `params.<name>`). Every number of the output is finite; a
+/// loss that would overflow is an error naming it, never a `null`.
 /// `exo_pair` takes ε from `label_smoothing` when that is > 0 (TRL's behaviour), else
 /// `params.exo_epsilon` (default 1e-3); `robust` needs `label_smoothing` < 0.5.
 pub fn evaluate_trl_losses(input: &serde_json::Value) -> Result<serde_json::Value> {
     if !input.is_object() {
         return Err(LabError::parse(format!(
-            "expected a JSON object with the log-prob arrays, got {input}"
+            "expected a JSON object with the log-prob arrays, got {}",
+            json::brief(input)
         )));
     }
-    let pc = json_f64_array(input, JSON_FIELDS.policy_chosen)?;
-    let pr = json_f64_array(input, JSON_FIELDS.policy_rejected)?;
-    let rc = json_f64_array(input, JSON_FIELDS.reference_chosen)?;
-    let rr = json_f64_array(input, JSON_FIELDS.reference_rejected)?;
-    let lc = json_f64_array(input, JSON_FIELDS.chosen_lengths)?;
-    let lr = json_f64_array(input, JSON_FIELDS.rejected_lengths)?;
+    let logp = (-MAX_ABS_LOGP, MAX_ABS_LOGP);
+    let length = (f64::MIN_POSITIVE, MAX_LENGTH);
+    let pc = json_f64_array(input, JSON_FIELDS.policy_chosen, logp, "log-probs")?;
+    let pr = json_f64_array(input, JSON_FIELDS.policy_rejected, logp, "log-probs")?;
+    let rc = json_f64_array(input, JSON_FIELDS.reference_chosen, logp, "log-probs")?;
+    let rr = json_f64_array(input, JSON_FIELDS.reference_rejected, logp, "log-probs")?;
+    let lc = json_f64_array(input, JSON_FIELDS.chosen_lengths, length, "completion lengths")?;
+    let lr = json_f64_array(input, JSON_FIELDS.rejected_lengths, length, "completion lengths")?;
     let params = json_params(input)?;
     let x = PairLogps {
         policy_chosen: &pc,
@@ -1426,7 +1515,9 @@ pub fn evaluate_trl_losses(input: &serde_json::Value) -> Result<serde_json::Valu
     check_pairs(&LossKind::TRL_DPO, &x, &JSON_FIELDS)?;
     let mut out = serde_json::Map::new();
     for kind in LossKind::TRL_DPO {
-        let r = mixed_loss_named(&LossMix::single(kind), &params, &x, &JSON_FIELDS)?;
+        let r = mixed_loss_named(&LossMix::single(kind), &params, &x, &JSON_FIELDS)
+            .map_err(in_params)?;
+        check_output_finite(kind, &r)?;
         out.insert(
             kind.name().to_string(),
             serde_json::json!({
@@ -1438,6 +1529,13 @@ pub fn evaluate_trl_losses(input: &serde_json::Value) -> Result<serde_json::Valu
         );
     }
     Ok(serde_json::Value::Object(out))
+}
+
+/// [`evaluate_trl_losses`] on the input's text, parsed strictly ([`json::parse_unique`]: a
+/// key given twice, e.g. two `params`, is an error with its line). The caller adds the file
+/// with [`LabError::in_file`].
+pub fn evaluate_trl_losses_json(text: &str) -> Result<serde_json::Value> {
+    evaluate_trl_losses(&json::parse_unique(text)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1810,8 +1908,9 @@ mod tests {
         let smoothed = LossParams { label_smoothing: 0.2, ..p };
         assert_eq!(eval(LossKind::Sigmoid, &smoothed, &b), sig);
         assert_ne!(eval(LossKind::Cdpo, &smoothed, &b).losses, sig.losses);
-        // sigmoid + 0·sft is sigmoid
-        let mix = mixed_loss(&LossMix::parse("sigmoid+0*sft").unwrap(), &p, &b.view()).unwrap();
+        // sigmoid + 0·sft is sigmoid (a spec refuses weight 0; a mix built in code may have it)
+        let zero_sft = LossMix { terms: vec![(LossKind::Sigmoid, 1.0), (LossKind::Sft, 0.0)] };
+        let mix = mixed_loss(&zero_sft, &p, &b.view()).unwrap();
         for i in 0..8 {
             assert!(close(mix.losses[i], sig.losses[i], 1e-15));
         }
@@ -1987,6 +2086,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("kto_loss"));
+    }
+
+    #[test]
+    fn loss_mix_weights_must_be_positive_finite_and_sane() {
+        for spec in ["0*sigmoid", "sigmoid+0*sft", "-0.5*sigmoid", "inf*sigmoid", "NaN*sigmoid"] {
+            let err = LossMix::parse(spec).unwrap_err().to_string();
+            assert!(err.contains("weight") && err.contains("(0, 1e6]"), "{spec}: {err}");
+        }
+        assert!(LossMix::parse("1e7*sigmoid").is_err());
+        assert_eq!(LossMix::parse("1e6*sigmoid").unwrap().terms, vec![(LossKind::Sigmoid, 1e6)]);
+    }
+
+    #[test]
+    fn discopop_stays_finite_for_a_very_negative_margin() {
+        // z = βΔ = −800: e^{−z} alone overflows, m·e^{−z} = e^{log σ(z/τ) − z} does not.
+        let b = Batch::one(-8000.0, 0.0, 0.0, 0.0, 1.0, 1.0);
+        let out = eval(LossKind::Discopop, &LossParams::default(), &b);
+        assert!(close(out.loss, 800.0, 1e-12), "{out:?}");
+        assert!(close(out.d_policy_chosen[0], -0.1, 1e-12), "{out:?}");
+    }
+
+    #[test]
+    fn params_beyond_their_range_are_rejected() {
+        let d = LossParams::default();
+        param_error_names(LossParams { beta: 1e30, ..d }, LossKind::Sigmoid, "beta");
+        param_error_names(LossParams { simpo_gamma: -1e7, ..d }, LossKind::Simpo, "simpo_gamma");
+        param_error_names(
+            LossParams { discopop_tau: 1e-300, ..d },
+            LossKind::Discopop,
+            "discopop_tau",
+        );
+        param_error_names(LossParams { cpo_alpha: 1e300, ..d }, LossKind::Cpo, "cpo_alpha");
+        param_error_names(
+            LossParams { kto_desirable_weight: 1e7, ..d },
+            LossKind::Kto,
+            "kto_desirable_weight",
+        );
     }
 
     fn param_error_names(p: LossParams, kind: LossKind, name: &str) {
@@ -2185,5 +2321,65 @@ mod tests {
         let mut input = cli_input();
         input["params"]["betta"] = serde_json::json!(0.1);
         assert!(evaluate_trl_losses(&input).unwrap_err().to_string().contains("betta"));
+    }
+
+    #[test]
+    fn cli_never_answers_null_for_extreme_inputs() {
+        let mut input = cli_input();
+        input["params"]["beta"] = serde_json::json!(1e30);
+        let err = evaluate_trl_losses(&input).unwrap_err().to_string();
+        assert!(err.contains("field \"params.beta\"") && err.contains("1e30"), "{err}");
+        for (field, value) in [("policy_chosen_logps", 1e300), ("reference_rejected_logps", -1e300)]
+        {
+            let mut input = cli_input();
+            input[field][2] = serde_json::json!(value);
+            let err = evaluate_trl_losses(&input).unwrap_err().to_string();
+            assert!(err.contains(&format!("field \"{field}\"")) && err.contains("[2]"), "{err}");
+        }
+        let mut input = cli_input();
+        input["chosen_lengths"][0] = serde_json::json!(1e300);
+        let err = evaluate_trl_losses(&input).unwrap_err().to_string();
+        assert!(err.contains("chosen_lengths[0]"), "{err}");
+        let mut input = cli_input();
+        input["params"]["discopop_tau"] = serde_json::json!(1e-300);
+        let err = evaluate_trl_losses(&input).unwrap_err().to_string();
+        assert!(err.contains("params.discopop_tau"), "{err}");
+        // the most extreme accepted input still gives finite numbers only
+        let mut input = cli_input();
+        input["params"]["beta"] = serde_json::json!(MAX_PARAM);
+        input["policy_chosen_logps"] = serde_json::json!([-MAX_ABS_LOGP, MAX_ABS_LOGP, 0.0]);
+        input["policy_rejected_logps"] = serde_json::json!([MAX_ABS_LOGP, -MAX_ABS_LOGP, 0.0]);
+        let out = evaluate_trl_losses(&input);
+        if let Ok(out) = &out {
+            assert!(!out.to_string().contains("null"), "{out}");
+        }
+    }
+
+    #[test]
+    fn a_non_finite_output_names_the_loss_and_entry() {
+        let out = LossOut {
+            losses: vec![1.0, f64::NAN],
+            loss: 0.5,
+            chosen_rewards: vec![0.0; 2],
+            rejected_rewards: vec![0.0; 2],
+            d_policy_chosen: vec![],
+            d_policy_rejected: vec![],
+            d_reference_chosen: vec![],
+            d_reference_rejected: vec![],
+        };
+        let err = check_output_finite(LossKind::Ipo, &out).unwrap_err().to_string();
+        assert!(err.starts_with("field \"ipo\": losses[1] would be NaN"), "{err}");
+    }
+
+    #[test]
+    fn cli_json_refuses_a_repeated_key() {
+        let text = "{\"policy_chosen_logps\": [-1], \"policy_rejected_logps\": [-2],\n\
+                    \"reference_chosen_logps\": [-1], \"reference_rejected_logps\": [-2],\n\
+                    \"chosen_lengths\": [1], \"rejected_lengths\": [1],\n\
+                    \"params\": {\"beta\": 0.1},\n\"params\": {\"beta\": 0.5}}";
+        let err = evaluate_trl_losses_json(text).unwrap_err().in_file("in.json").to_string();
+        assert!(err.starts_with("in.json, line 5: duplicate key \"params\""), "{err}");
+        let ok = text.replace(",\n\"params\": {\"beta\": 0.5}", "");
+        assert_eq!(evaluate_trl_losses_json(&ok).unwrap().as_object().unwrap().len(), 15);
     }
 }

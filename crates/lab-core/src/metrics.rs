@@ -1,6 +1,6 @@
 //! The instruments: what a training run reports besides its loss. One metric, one function,
 //! one citation; plain `f64` in, `f64` out, so the CPU and GPU sessions, the CLI and the page
-//! all compute them the same way. Definitions follow `shared/reference/losses-and-metrics.md`.
+//! all compute them the same way. Definitions are documented in `docs/losses-and-metrics.md`.
 //!
 //! Notation, per pair: `lw, ll` policy log-probs of the chosen / rejected completion (summed
 //! over completion tokens), `rw, rl` the same under the frozen reference, `ρ = l − r`.

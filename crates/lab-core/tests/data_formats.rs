@@ -373,3 +373,33 @@ fn records_serialize_through_serde_as_their_jsonl_object() {
     );
     assert!(bad.unwrap_err().to_string().contains("alpha"));
 }
+
+#[test]
+fn a_key_given_twice_on_a_line_is_an_error_not_a_silent_choice() {
+    let err = err_of(concat!(
+        "{\"prompt\": \"Q?\", \"chosen\": \" a\", \"rejected\": \" b\"}\n",
+        "{\"prompt\": \"Q?\", \"chosen\": \" a\", \"rejected\": \" b\", \"chosen\": \" c\"}\n"
+    ));
+    assert!(
+        err.starts_with("line 2: malformed JSON at column")
+            && err.contains("duplicate key \"chosen\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_reads_are_bounded_and_report_bad_utf8_by_line() {
+    let err = read_jsonl_file(std::path::Path::new("/dev/zero")).unwrap_err().to_string();
+    assert!(err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+    let dir = std::env::temp_dir().join(format!("alignlab-data-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("latin1.jsonl");
+    let mut bytes = b"{\"prompt\": \"Q?\", \"chosen\": \" a\", \"rejected\": \" b\"}\n".to_vec();
+    bytes.extend_from_slice(
+        b"{\"prompt\": \"Caf\xe9\", \"chosen\": \" a\", \"rejected\": \" b\"}\n",
+    );
+    std::fs::write(&path, bytes).unwrap();
+    let err = read_jsonl_file(&path).unwrap_err().to_string();
+    assert!(err.contains("latin1.jsonl, line 2: not UTF-8") && err.contains("column 16"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -118,7 +118,7 @@ pub struct Scenario {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| LabError::io(path.display().to_string(), e))
+    lab_core::files::read_text(path, lab_core::exchange::MAX_IMPORT_BYTES as u64)
 }
 
 fn read_records(path: &Path) -> Result<Vec<Record>> {
@@ -141,10 +141,8 @@ impl Scenario {
         }
         let preset_path = dir.join("preset.json");
         let preset_name = preset_path.display().to_string();
-        let preset: Preset = serde_json::from_str(&read_text(&preset_path)?).map_err(|e| {
-            LabError::parse(format!("line {}, column {}: {e}", e.line(), e.column()))
-                .in_file(&preset_name)
-        })?;
+        let preset: Preset = lab_core::json::from_str_unique(&read_text(&preset_path)?)
+            .map_err(|e| e.in_file(&preset_name))?;
         preset.experiment.validate().map_err(|e| {
             LabError::parse(e.to_string()).in_file(&preset_name).in_field("experiment")
         })?;
