@@ -11,6 +11,7 @@ mod make_scenario;
 mod pretrain;
 mod progress;
 mod scenario;
+mod tokenize;
 
 use ending::Report;
 
@@ -52,6 +53,11 @@ enum Command {
     ExportMetrics(data_cmds::ExportMetricsArgs),
     /// Write a scenario's data files from the seeded generator, or check them (--check).
     MakeScenario(make_scenario::MakeScenarioArgs),
+    /// A text's token ids and pieces under a model's (or a tokenizer file's) tokenizer.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Train a byte-level BPE tokenizer on the pretraining corpus.
+    #[command(subcommand)]
+    Tokenizer(tokenize::TokenizerCommand),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         Command::ExportTrl(args) => data_cmds::export_trl(args).and_then(done),
         Command::ExportMetrics(args) => data_cmds::export_metrics(args).and_then(done),
         Command::MakeScenario(args) => make_scenario::make_scenario_cmd(args).and_then(done),
+        Command::Tokenize(args) => tokenize::tokenize(args).and_then(done),
+        Command::Tokenizer(command) => tokenize::tokenizer_cmd(command),
     };
     match result {
         Ok(report) => {

@@ -308,3 +308,39 @@ fn scenario_sweep_reports_every_cell_of_the_grid_and_its_pass_rate() {
     let experiment = report["experiment"].as_str().unwrap();
     assert!(experiment.contains("seed=3") && experiment.contains("lr=0.00001"), "{experiment}");
 }
+
+#[test]
+fn tokenize_prints_ids_and_pieces_and_tokenizer_train_keeps_answers_whole() {
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let gpt2 = assets.join("tokenizers/gpt2").display().to_string();
+    let (code, stdout, stderr) =
+        alignlab(&["tokenize", "--tokenizer", &gpt2, "--text", "Hello world"]);
+    assert_eq!(code, 0, "{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out["ids"], serde_json::json!([15496, 995])); // GPT-2's own ids
+    assert_eq!(out["pieces"], serde_json::json!(["Hello", "Ġworld"]));
+    let starter = assets.join("models/starter").display().to_string();
+    let (code, stdout, _) = alignlab(&["tokenize", "--model", &starter, "--text", "No"]);
+    assert_eq!(code, 0);
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((out["tokenizer"].as_str(), out["tokens"].as_u64()), (Some("character"), Some(2)));
+
+    let dir = scratch("tokenizer");
+    let trained = dir.join("tok").display().to_string();
+    let (code, stdout, stderr) =
+        alignlab(&["tokenizer", "train", "--out", &trained, "--vocab-size", "400"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["vocab_size"], 400);
+    for answer in report["required"].as_array().unwrap() {
+        assert_eq!(answer["ids"].as_array().unwrap().len(), 1, "{answer}");
+    }
+    let (code, stdout, _) = alignlab(&["tokenize", "--tokenizer", &trained, "--text", " Never"]);
+    assert_eq!(code, 0);
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out["pieces"], serde_json::json!(["ĠNever"]));
+    // written once: a second run needs --force
+    let (code, _, stderr) = alignlab(&["tokenizer", "train", "--out", &trained]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("already exists"), "{stderr}");
+}

@@ -350,11 +350,66 @@ pub fn read_safetensors(path: &Path, cfg: &GptConfig) -> Result<Vec<f32>> {
     Ok(params)
 }
 
+/// Check that a model directory's tokenizer is the one alignlab reads it with, before any
+/// weight is read: its `tokenizer.json` must be our character tokenizer's description and
+/// the config's vocabulary its 96 ids (a directory without `tokenizer.json` is taken as
+/// ours when the vocabulary is 96). A Hugging Face BPE tokenizer (`tokenizer.json` with
+/// `model.type` "BPE", or GPT-2's `vocab.json`) is refused by name rather than read with
+/// the wrong tokenizer.
+pub fn check_tokenizer(dir: &Path, cfg: &GptConfig) -> Result<()> {
+    let path = dir.join("tokenizer.json");
+    let name = files::display_name(&path);
+    let refuse = |what: String| Err(LabError::parse(what).in_file(&name));
+    if !path.exists() {
+        if dir.join("vocab.json").exists() {
+            let vocab = files::display_name(&dir.join("vocab.json"));
+            return Err(LabError::parse(format!(
+                "a GPT-2 BPE vocabulary ({} tokens in config.json); alignlab models read its \
+                 character tokenizer so far",
+                cfg.vocab
+            ))
+            .in_file(&vocab));
+        }
+        if cfg.vocab != tokenizer::VOCAB_SIZE {
+            return refuse(format!(
+                "missing: config.json's vocabulary of {} tokens is not the character \
+                 tokenizer's {}, so no tokenizer alignlab has can read this model",
+                cfg.vocab,
+                tokenizer::VOCAB_SIZE
+            ));
+        }
+        return Ok(());
+    }
+    let text = files::read_text(&path, crate::bpe::MAX_TOKENIZER_BYTES)?;
+    let value = json::parse_unique(&text).map_err(|e| e.in_file(&name))?;
+    let kind = value.get("type").and_then(|t| t.as_str());
+    let model_type = value.pointer("/model/type").and_then(|t| t.as_str());
+    match (kind, model_type) {
+        (Some("alignlab-char"), _) if cfg.vocab == tokenizer::VOCAB_SIZE => Ok(()),
+        (Some("alignlab-char"), _) => refuse(format!(
+            "the character tokenizer has {} ids but config.json's vocab_size is {}",
+            tokenizer::VOCAB_SIZE,
+            cfg.vocab
+        )),
+        (_, Some("BPE")) => {
+            let tokens =
+                value.pointer("/model/vocab").and_then(|v| v.as_object()).map_or(0, |v| v.len());
+            refuse(format!(
+                "a byte-level BPE tokenizer ({tokens} tokens; config.json says {}); alignlab \
+                 models read its character tokenizer so far",
+                cfg.vocab
+            ))
+        }
+        _ => refuse("not a tokenizer alignlab knows (expected its character tokenizer)".into()),
+    }
+}
+
 /// Load a model directory written by [`save_dir`] (or any HF GPT-2 directory whose
 /// vocabulary is ours): [`read_config`] on `config.json`, then [`read_safetensors`] on
 /// `model.safetensors`.
 pub fn load_dir(dir: &Path) -> Result<(GptConfig, Vec<f32>)> {
     let cfg = read_config(&dir.join("config.json"))?;
+    check_tokenizer(dir, &cfg)?;
     let params = read_safetensors(&dir.join("model.safetensors"), &cfg)?;
     Ok((cfg, params))
 }
@@ -362,6 +417,36 @@ pub fn load_dir(dir: &Path) -> Result<(GptConfig, Vec<f32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_is_read_only_with_its_own_tokenizer() {
+        let dir = std::env::temp_dir().join(format!("alignlab-tok-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ours = GptConfig { vocab: 96, ctx: 8, d_model: 8, n_layer: 1, n_head: 1 };
+        let gpt2 = GptConfig { vocab: 50257, ..ours };
+        // no tokenizer.json: ours when the vocabulary is 96
+        assert!(check_tokenizer(&dir, &ours).is_ok());
+        let err = check_tokenizer(&dir, &gpt2).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json") && err.contains("50257"), "{err}");
+        // our description: only with vocab 96
+        let ours_json = crate::tokenizer::description_json().to_string();
+        std::fs::write(dir.join("tokenizer.json"), ours_json).unwrap();
+        assert!(check_tokenizer(&dir, &ours).is_ok());
+        let err = check_tokenizer(&dir, &gpt2).unwrap_err().to_string();
+        assert!(err.contains("vocab_size is 50257"), "{err}");
+        // GPT-2's own BPE tokenizer.json is refused by name, never read as characters
+        let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/tokenizers/gpt2");
+        let bpe = crate::bpe::Bpe::from_gpt2_files(
+            &assets.join("vocab.json"),
+            &assets.join("merges.txt"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("tokenizer.json"), bpe.to_tokenizer_json()).unwrap();
+        let err = check_tokenizer(&dir, &gpt2).unwrap_err().to_string();
+        assert!(err.contains("byte-level BPE tokenizer (50257 tokens"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn round_trips_f32_exactly_and_f16_closely() {

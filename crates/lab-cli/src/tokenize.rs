@@ -1,0 +1,139 @@
+//! `alignlab tokenize` (a text's token ids and pieces under a model's or a file's tokenizer)
+//! and `alignlab tokenizer train` (a byte-level BPE tokenizer trained on the pretraining
+//! corpus, written as a Hugging Face `tokenizer.json`).
+
+use crate::ending::Report;
+use clap::{Args, Subcommand};
+use lab_core::bpe::Bpe;
+use lab_core::files::Outputs;
+use lab_core::{files, tokenizer, LabError, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// A model directory: its own tokenizer (the character tokenizer or a tokenizer.json).
+    #[arg(long, conflicts_with = "tokenizer", required_unless_present = "tokenizer")]
+    model: Option<PathBuf>,
+    /// A tokenizer.json, or a folder with tokenizer.json or GPT-2's vocab.json + merges.txt.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    text: String,
+}
+
+/// The tokenizers alignlab reads.
+enum Tokenizer {
+    Char,
+    Bpe(Bpe),
+}
+
+impl Tokenizer {
+    /// A folder's tokenizer: tokenizer.json (ours or a BPE one), or vocab.json + merges.txt.
+    fn of_folder(dir: &Path) -> Result<Tokenizer> {
+        let json = dir.join("tokenizer.json");
+        if json.exists() {
+            return Self::of_file(&json);
+        }
+        if dir.join("vocab.json").exists() {
+            return Ok(Tokenizer::Bpe(Bpe::from_gpt2_files(
+                &dir.join("vocab.json"),
+                &dir.join("merges.txt"),
+            )?));
+        }
+        Err(LabError::io(
+            dir.display().to_string(),
+            "has no tokenizer.json and no vocab.json + merges.txt",
+        ))
+    }
+
+    fn of_file(path: &Path) -> Result<Tokenizer> {
+        let name = files::display_name(path);
+        let text = files::read_text(path, lab_core::bpe::MAX_TOKENIZER_BYTES)?;
+        let value = lab_core::json::parse_unique(&text).map_err(|e| e.in_file(&name))?;
+        if value.get("type").and_then(Value::as_str) == Some("alignlab-char") {
+            return Ok(Tokenizer::Char);
+        }
+        Ok(Tokenizer::Bpe(Bpe::from_tokenizer_json_str(&text).map_err(|e| e.in_file(&name))?))
+    }
+
+    fn describe(&self, text: &str) -> Result<Value> {
+        let (kind, ids, pieces): (&str, Vec<u32>, Vec<String>) = match self {
+            Tokenizer::Char => {
+                let ids = tokenizer::encode(text)?;
+                let pieces = ids.iter().map(|&i| tokenizer::decode(&[i])).collect();
+                ("character", ids, pieces)
+            }
+            Tokenizer::Bpe(bpe) => {
+                let ids = bpe.encode(text);
+                let pieces =
+                    ids.iter().map(|&i| bpe.piece(i).unwrap_or_default().to_string()).collect();
+                ("byte-level BPE", ids, pieces)
+            }
+        };
+        Ok(json!({ "tokenizer": kind, "tokens": ids.len(), "ids": ids, "pieces": pieces }))
+    }
+}
+
+pub fn tokenize(args: TokenizeArgs) -> Result<Value> {
+    let tokenizer = match (&args.model, &args.tokenizer) {
+        (Some(dir), _) => Tokenizer::of_folder(dir)?,
+        (None, Some(path)) if path.is_dir() => Tokenizer::of_folder(path)?,
+        (None, Some(path)) => Tokenizer::of_file(path)?,
+        (None, None) => unreachable!("clap requires --model or --tokenizer"),
+    };
+    tokenizer.describe(&args.text)
+}
+
+#[derive(Subcommand)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE tokenizer on the pretraining corpus; writes tokenizer.json
+    /// and tokenizer_config.json into --out.
+    Train(TrainTokenizerArgs),
+}
+
+#[derive(Args)]
+pub struct TrainTokenizerArgs {
+    /// The folder to write (created; replaced only with --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Vocabulary size, the 256 byte symbols and <|endoftext|> included.
+    #[arg(long, default_value_t = 512)]
+    vocab_size: usize,
+    /// Strings that must be single tokens, comma-separated (the scenarios' answers).
+    #[arg(long, default_value = " Yes, No, Never, Sure, I")]
+    required: String,
+    /// The corpus seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn tokenizer_cmd(command: TokenizerCommand) -> Result<Report> {
+    let TokenizerCommand::Train(args) = command;
+    let corpus = lab_core::corpus::generate(args.seed);
+    let texts: Vec<&str> =
+        corpus.iter().flat_map(|e| [e.prompt.as_str(), e.completion.as_str()]).collect();
+    // " Yes, No" names " Yes" and " No": each entry keeps its leading space.
+    let required: Vec<String> = args
+        .required
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| if s.starts_with(' ') { s.to_string() } else { format!(" {s}") })
+        .collect();
+    let required_refs: Vec<&str> = required.iter().map(String::as_str).collect();
+    let bpe = Bpe::train(texts.iter().copied(), args.vocab_size, &required_refs)?;
+    let mut outputs = Outputs::new(args.force);
+    let staged = outputs.folder(&args.out, &["tokenizer.json", "tokenizer_config.json"])?;
+    bpe.save_dir(&staged).map_err(|e| outputs.named(e))?;
+    outputs.commit()?;
+    let single: Vec<Value> =
+        required.iter().map(|r| json!({ "text": r, "ids": bpe.encode(r) })).collect();
+    Ok(Report::done(json!({
+        "out": args.out.display().to_string(),
+        "vocab_size": bpe.vocab_size(),
+        "merges": bpe.merges().len(),
+        "required": single,
+    })))
+}
