@@ -150,20 +150,42 @@ impl UiState {
         let mut parts = entry.split(';');
         let loss = parts.next().unwrap_or("").trim();
         LossMix::parse(loss).map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))?;
-        let mut query = self.experiment.to_query();
-        query.push_str(&format!("&loss={}", escape(loss)));
+        // the main run's settings, each key once (the link form refuses a key given twice),
+        // with the entry's loss and overrides in place of the main run's
+        let mut settings: Vec<(String, String)> = self
+            .experiment
+            .to_query()
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut set = |key: &str, value: String| {
+            match settings.iter_mut().find(|(k, _)| k == key) {
+                Some(setting) => setting.1 = value,
+                None => settings.push((key.to_string(), value)),
+            };
+        };
+        set("loss", escape(loss));
+        let mut overridden: Vec<&str> = Vec::new();
         for part in parts.map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| {
                 LabError::param("compare", format!("{entry:?}: {part:?} is not key=value"))
             })?;
-            if matches!(key.trim(), "loss" | "scenario" | "compare") {
+            let key = key.trim();
+            if matches!(key, "loss" | "scenario" | "compare") {
                 return Err(LabError::param(
                     "compare",
                     format!("{entry:?}: {key} cannot differ between runs"),
                 ));
             }
-            query.push_str(&format!("&{}={}", key.trim(), escape(value.trim())));
+            if overridden.contains(&key) {
+                return Err(LabError::param("compare", format!("{entry:?}: {key} given twice")));
+            }
+            overridden.push(key);
+            set(key, escape(value.trim()));
         }
+        let query: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let query = query.join("&");
         ExperimentConfig::from_query(&query)
             .map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))
     }
@@ -213,6 +235,9 @@ mod tests {
         assert!(err.contains("at most 2"), "{err}");
         let err = UiState::from_query("compare=robust%3Bbeta%3D-1").unwrap_err().to_string();
         assert!(err.contains("beta"), "{err}");
+        let err =
+            UiState::from_query("compare=robust%3Bbeta%3D1%3Bbeta%3D2").unwrap_err().to_string();
+        assert!(err.contains("beta given twice"), "{err}");
     }
 
     #[test]
