@@ -25,7 +25,7 @@ pub struct TokenizeArgs {
 /// The tokenizers alignlab reads.
 enum Tokenizer {
     Char,
-    Bpe(Bpe),
+    Bpe(Box<Bpe>),
 }
 
 impl Tokenizer {
@@ -36,10 +36,8 @@ impl Tokenizer {
             return Self::of_file(&json);
         }
         if dir.join("vocab.json").exists() {
-            return Ok(Tokenizer::Bpe(Bpe::from_gpt2_files(
-                &dir.join("vocab.json"),
-                &dir.join("merges.txt"),
-            )?));
+            let bpe = Bpe::from_gpt2_files(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
+            return Ok(Tokenizer::Bpe(Box::new(bpe)));
         }
         Err(LabError::io(
             dir.display().to_string(),
@@ -54,7 +52,8 @@ impl Tokenizer {
         if value.get("type").and_then(Value::as_str) == Some("alignlab-char") {
             return Ok(Tokenizer::Char);
         }
-        Ok(Tokenizer::Bpe(Bpe::from_tokenizer_json_str(&text).map_err(|e| e.in_file(&name))?))
+        let bpe = Bpe::from_tokenizer_json_str(&text).map_err(|e| e.in_file(&name))?;
+        Ok(Tokenizer::Bpe(Box::new(bpe)))
     }
 
     fn describe(&self, text: &str) -> Result<Value> {
