@@ -1476,7 +1476,9 @@ fn check_output_finite(kind: LossKind, out: &LossOut) -> Result<()> {
     Ok(())
 }
 
-/// The `alignlab losses` CLI: evaluate every TRL DPO loss type (the 15) on JSON input with schema
+/// The `alignlab losses` CLI: evaluate every paired loss of the zoo (TRL's 15 DPO types, cDPO,
+/// SimPO, CPO, ORPO, DOVE) and, under TRL's trainer names, `cpo_trainer_simpo`,
+/// `cpo_trainer_sigmoid` and `orpo_odds_ratio` in TRL's conventions, on JSON input with schema
 /// `{"policy_chosen_logps": [...], "policy_rejected_logps": [...], "reference_chosen_logps": [...],
 /// "reference_rejected_logps": [...], "chosen_lengths": [...], "rejected_lengths": [...],
 /// "params": {"beta": 0.1, "label_smoothing": 0.1, "simpo_gamma": 0.5, "discopop_tau": 0.05}}`
@@ -1512,21 +1514,57 @@ pub fn evaluate_trl_losses(input: &serde_json::Value) -> Result<serde_json::Valu
         chosen_lengths: &lc,
         rejected_lengths: &lr,
     };
+    let paired: Vec<LossKind> =
+        LossKind::ALL.into_iter().filter(|k| k.data_shape() == DataShape::Paired).collect();
     check_pairs(&LossKind::TRL_DPO, &x, &JSON_FIELDS)?;
-    let mut out = serde_json::Map::new();
-    for kind in LossKind::TRL_DPO {
-        let r = mixed_loss_named(&LossMix::single(kind), &params, &x, &JSON_FIELDS)
+    let entry = |r: &LossOut| {
+        serde_json::json!({
+            "losses": r.losses,
+            "loss": r.loss,
+            "chosen_rewards": r.chosen_rewards,
+            "rejected_rewards": r.rejected_rewards,
+        })
+    };
+    let run = |kind: LossKind, params: &LossParams| -> Result<LossOut> {
+        let r = mixed_loss_named(&LossMix::single(kind), params, &x, &JSON_FIELDS)
             .map_err(in_params)?;
         check_output_finite(kind, &r)?;
-        out.insert(
-            kind.name().to_string(),
-            serde_json::json!({
-                "losses": r.losses,
-                "loss": r.loss,
-                "chosen_rewards": r.chosen_rewards,
-                "rejected_rewards": r.rejected_rewards,
-            }),
-        );
+        Ok(r)
+    };
+    let mut out = serde_json::Map::new();
+    // TRL's 15 DPO types must all evaluate: an input they cannot take is an error.
+    for kind in LossKind::TRL_DPO {
+        out.insert(kind.name().to_string(), entry(&run(kind, &params)?));
+    }
+    // The rest of the zoo, and TRL's other trainers under their names and conventions:
+    // CPOTrainer's preference term (`cpo_loss`: simpo, and sigmoid without the NLL it adds
+    // separately) and ORPOTrainer's odds-ratio term (`odds_ratio_loss`: β·log σ(log odds
+    // ratio), which the trainer subtracts from the NLL; ours is the whole NLL − that). These
+    // have their own conditions (ORPO needs log-probs < 0); one they do not meet is reported
+    // in its entry as {"error": …} while the others are still given.
+    let orpo_odds = || -> Result<serde_json::Value> {
+        let orpo = run(LossKind::Orpo, &params)?;
+        let nll = run(LossKind::Sft, &params)?.loss;
+        let odds: Vec<f64> = orpo.losses.iter().map(|l| nll - l).collect();
+        Ok(serde_json::json!({
+            "losses": odds,
+            "loss": nll - orpo.loss,
+            "chosen_rewards": orpo.chosen_rewards,
+            "rejected_rewards": orpo.rejected_rewards,
+        }))
+    };
+    let no_nll = LossParams { cpo_alpha: 0.0, ..params };
+    let mut extras: Vec<(String, Result<serde_json::Value>)> = paired
+        .into_iter()
+        .filter(|k| !LossKind::TRL_DPO.contains(k))
+        .map(|k| (k.name().to_string(), run(k, &params).map(|r| entry(&r))))
+        .collect();
+    extras.push(("cpo_trainer_simpo".into(), run(LossKind::Simpo, &params).map(|r| entry(&r))));
+    extras.push(("cpo_trainer_sigmoid".into(), run(LossKind::Cpo, &no_nll).map(|r| entry(&r))));
+    extras.push(("orpo_odds_ratio".into(), orpo_odds()));
+    for (name, result) in extras {
+        let value = result.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+        out.insert(name, value);
     }
     Ok(serde_json::Value::Object(out))
 }
@@ -2267,10 +2305,11 @@ mod tests {
     }
 
     #[test]
-    fn cli_evaluates_all_fifteen_trl_losses() {
+    fn cli_evaluates_every_paired_loss_and_trl_trainer_term() {
         let out = evaluate_trl_losses(&cli_input()).unwrap();
         let obj = out.as_object().unwrap();
-        assert_eq!(obj.len(), 15);
+        // 20 paired losses of the zoo (all but kto and plackett_luce) and 3 TRL trainer terms
+        assert_eq!(obj.len(), 23);
         for kind in LossKind::TRL_DPO {
             let entry = &obj[kind.name()];
             assert_eq!(entry["losses"].as_array().unwrap().len(), 3, "{kind}");
@@ -2372,6 +2411,17 @@ mod tests {
     }
 
     #[test]
+    fn a_loss_outside_trl_s_fifteen_that_cannot_take_the_input_says_so_in_its_entry() {
+        let mut input = cli_input();
+        input["policy_chosen_logps"][0] = 0.0.into(); // p = 1: ORPO's odds are infinite
+        let out = evaluate_trl_losses(&input).unwrap();
+        let err = out["orpo"]["error"].as_str().unwrap();
+        assert!(err.contains("orpo needs log-probs < 0"), "{err}");
+        assert!(out["orpo_odds_ratio"]["error"].is_string());
+        assert!(out["sigmoid"]["loss"].is_f64() && out["simpo"]["loss"].is_f64());
+    }
+
+    #[test]
     fn cli_json_refuses_a_repeated_key() {
         let text = "{\"policy_chosen_logps\": [-1], \"policy_rejected_logps\": [-2],\n\
                     \"reference_chosen_logps\": [-1], \"reference_rejected_logps\": [-2],\n\
@@ -2380,6 +2430,6 @@ mod tests {
         let err = evaluate_trl_losses_json(text).unwrap_err().in_file("in.json").to_string();
         assert!(err.starts_with("in.json, line 5: duplicate key \"params\""), "{err}");
         let ok = text.replace(",\n\"params\": {\"beta\": 0.5}", "");
-        assert_eq!(evaluate_trl_losses_json(&ok).unwrap().as_object().unwrap().len(), 15);
+        assert_eq!(evaluate_trl_losses_json(&ok).unwrap().as_object().unwrap().len(), 23);
     }
 }

@@ -261,3 +261,30 @@ fn simpo_cpo_orpo_match_trl_trainers() {
         );
     }
 }
+
+/// `alignlab losses` prints CPOTrainer's and ORPOTrainer's terms under TRL's names with TRL's
+/// numbers (ORPO to float32 precision, as above).
+#[test]
+fn the_losses_command_prints_trl_trainer_terms_with_trl_numbers() {
+    let fx = fixture();
+    for (c, case) in fx["cases"].as_array().unwrap().iter().enumerate() {
+        let ours = lab_core::loss::evaluate_trl_losses(&case["input"]).unwrap();
+        for (name, tol) in [
+            ("cpo_trainer_simpo", TOL_REL),
+            ("cpo_trainer_sigmoid", TOL_REL),
+            ("orpo_odds_ratio", 1e-6),
+        ] {
+            for field in ["losses", "chosen_rewards"] {
+                assert_close_tol(
+                    &format!("case {c} {name} {field}"),
+                    &floats(&ours[name][field]),
+                    &floats(&case["trl"][name][field]),
+                    tol,
+                );
+            }
+        }
+        for name in ["cdpo", "simpo", "cpo", "orpo", "dove"] {
+            assert!(ours[name]["loss"].is_f64(), "case {c}: no {name}");
+        }
+    }
+}
