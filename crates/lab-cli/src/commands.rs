@@ -215,6 +215,13 @@ pub fn train(args: TrainArgs) -> Result<Report> {
             }
             Err(err) => return Err(err),
         };
+        let metrics = serde_json::to_value(&record).expect("metrics serialize");
+        if let Some(bad) = non_finite_metric(&metrics) {
+            let cause = session.config().divergence_cause();
+            let why = format!("step {step}: the metric {bad} is not finite; {cause}");
+            stopped = Some((Ending::Diverged, why));
+            break;
+        }
         let params = session.engine().params();
         if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
             let cause = session.config().divergence_cause();
@@ -225,7 +232,7 @@ pub fn train(args: TrainArgs) -> Result<Report> {
         }
         good = params;
         steps_kept = record.step;
-        last = serde_json::to_value(&record).expect("metrics serialize");
+        last = metrics;
         writeln!(file, "{last}").map_err(|e| LabError::io(&out_name, e))?;
         progress.tick(u64::from(step), Some(("loss", record.loss)));
     }
@@ -267,6 +274,14 @@ pub fn train(args: TrainArgs) -> Result<Report> {
         "final": last,
     });
     Ok(Report { json, ending, message })
+}
+
+/// The name of a metric that is not a finite number (serde_json writes NaN and ±∞ as null).
+fn non_finite_metric(metrics: &Value) -> Option<String> {
+    let map = metrics.as_object()?;
+    map.iter()
+        .find(|(_, v)| v.is_null() || v.as_f64().is_some_and(|x| !x.is_finite()))
+        .map(|(k, _)| k.clone())
 }
 
 #[derive(Args)]

@@ -329,18 +329,21 @@ fn export_trl_checks_the_data_against_the_tokenizer_and_context_as_train_does() 
 fn a_diverged_run_keeps_its_last_good_step_and_says_why() {
     let dir = scratch("diverged");
     let data = write(&dir, "d.jsonl", PAIRS);
-    // lr 1e30: step 1 is finite, step 2's loss is not.
+    // lr 3e8: two steps stay finite; the third step's update gives non-finite log-probs
+    // (its eval metrics would be NaN, written by serde_json as null).
     let out = dir.join("a.jsonl").display().to_string();
-    let mut args = train_args(&data, &out, "3");
-    *args.last_mut().unwrap() = "1e30";
+    let mut args = train_args(&data, &out, "20");
+    *args.last_mut().unwrap() = "3e8";
     let (code, stdout, stderr) = alignlab(&args);
     assert_eq!(code, 2, "{stderr}");
     let summary: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["stopped"], "diverged");
-    assert_eq!(summary["steps"], 1);
-    assert!(stderr.contains("step 2") && stderr.contains("learning rate 1e30"), "{stderr}");
+    assert_eq!(summary["steps"], 2);
+    assert!(stderr.contains("step 3") && stderr.contains("learning rate 3e8"), "{stderr}");
     assert!(!stderr.contains("β"), "β is usual here: {stderr}");
-    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
+    let kept = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(kept.lines().count(), 2);
+    assert!(!kept.contains("null"), "{kept}");
     // The kept weights are finite: eval reads them (it refuses non-finite parameters).
     let model = dir.join("a.model").display().to_string();
     let (code, _, stderr) = alignlab(&["eval", "--model", &model, "--data", &data]);
