@@ -49,6 +49,8 @@ cp web/style.css web/worker.js "$out/"
 cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css "$out/vendor/"
 [ -d assets/models ] && cp -r assets/models "$out/assets/"
 [ -d assets/scenarios ] && cp -r assets/scenarios "$out/assets/"
+# The project's reference pages, linked from the page's footer.
+rm -rf "$out/docs" && cp -r docs "$out/docs"
 
 raw=$(stat -c %s "$out/pkg/lab_web_bg.wasm")
 gz=$(gzip -9 -c "$out/pkg/lab_web_bg.wasm" | wc -c)

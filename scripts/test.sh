@@ -47,3 +47,5 @@ bash scripts/build-web.sh
 node web/tests/browser.test.mjs
 # The data panel: annotate with the keyboard, reload/restart, import/export, the on-policy loop.
 node web/tests/data.test.mjs
+# A diverging run pauses with its cause and keeps its last good step; continue and reset.
+node web/tests/divergence.test.mjs

@@ -12,7 +12,13 @@
 //    policy; the run history survives a reload and exports as CSV; "Export to TRL" gives
 //    a script with the experiment's loss_type, β and learning rate, and the data.
 // 5. Ranking 3–5 responses with the keyboard is stored best first.
-// 6. A storage error (quota) is reported and the annotation stays on the page.
+// 6. A storage error (quota) is reported and the annotations stay on the page; the next
+//    change (or "save again") stores everything that was unsaved, as a reload shows.
+// 7. Two tabs on the same storage: judgements made in both, at once, are all kept; an undo
+//    or a clear in one tab shows in the other and is not undone by it; imports in both kept.
+// 8. 1,000 annotations survive a hard reload byte for byte.
+// 9. What an earlier version stored (one entry per part) is read, and split into one entry
+//    per item.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -281,22 +287,165 @@ await ready(page);
 check((await data(page)).annotations === 0, 'a confirmed "clear" empties the annotations, also after a reload');
 await context.close();
 
-// 6. A full storage quota is reported; the annotation stays on the page.
+// 6. A full quota: reported, kept on the page, stored by the next change or "save again".
+// The failure is injected: while window.__failWrites is set, putting an annotation throws
+// as a full quota does.
 context = await launch(path.join(scratch, 'quota'), () => {
   const put = IDBObjectStore.prototype.put;
   IDBObjectStore.prototype.put = function (value, key) {
-    if (String(key) === 'annotations.jsonl') throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+    if (window.__failWrites && String(key).startsWith('annotation/')) throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
     return put.call(this, value, key);
   };
 });
 page = await open(context);
 await page.click('button[name=queue-pairs]');
 await page.waitForFunction(() => window.__alabData.queue === 12, null, { timeout: 10000 });
-await keys(page, '1', 'Enter');
+await settled(page);
+const quotaPrompts = [];
+const judge = async (p, key) => {
+  const n = (await data(p)).annotations;
+  quotaPrompts.push(await p.textContent('[data-testid=annotate-prompt]'));
+  await keys(p, key, 'Enter');
+  await p.waitForFunction((k) => window.__alabData.annotations === k, n + 1, { timeout: 10000 });
+};
+await page.evaluate(() => { window.__failWrites = true; });
+await judge(page, '1');
+await judge(page, '2');
 await page.waitForSelector('[data-testid=storage-error]', { timeout: 10000 });
+await settled(page);
 message = await page.textContent('[data-testid=storage-error]');
 state = await data(page);
-check(/QuotaExceededError/.test(message) && /export/.test(message) && state.annotations === 1, 'a storage quota error is reported and the annotation is kept on the page', message);
+// two annotations put, two queued sets deleted: four writes unsaved
+check(/QuotaExceededError/.test(message) && /export/.test(message) && state.annotations === 2 && state.unsaved === 4, 'a storage quota error is reported and the annotations are kept on the page', `${state.unsaved} unsaved: ${message}`);
+await page.evaluate(() => { window.__failWrites = false; });
+await judge(page, '0');
+await page.waitForFunction(() => window.__alabData.unsaved === 0 && window.__alabData.pendingWrites === 0, null, { timeout: 10000 });
+check(await page.locator('[data-testid=storage-error]').count() === 0, 'the next successful commit clears the error');
+await page.reload();
+await ready(page);
+let stored = annotationLines((await download(page, 'button[name=export-annotations]')).text);
+state = await data(page);
+check(state.annotations === 3 && state.queue === 9 && stored.map((r) => r.prompt).join('|') === quotaPrompts.join('|'), 'after a reload the two unsaved annotations and the next one are all stored, in order', `${state.annotations} annotations, ${state.queue} waiting`);
+await page.evaluate(() => { window.__failWrites = true; });
+await judge(page, '1');
+await page.waitForSelector('[data-testid=storage-error]', { timeout: 10000 });
+await settled(page);
+await page.evaluate(() => { window.__failWrites = false; });
+await page.click('button[name=save-again]');
+await page.waitForFunction(() => window.__alabData.unsaved === 0 && window.__alabData.pendingWrites === 0, null, { timeout: 10000 });
+await page.reload();
+await ready(page);
+check((await data(page)).annotations === 4, '"save again" stores an annotation a full quota left unsaved', `${(await data(page)).annotations}`);
+await context.close();
+
+// 7. Two tabs of the lab on the same storage.
+context = await launch(path.join(scratch, 'tabs'));
+const tabA = await open(context);
+const tabB = await context.newPage();
+tabB.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()); });
+tabB.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
+tabB.on('dialog', (dialog) => dialog.accept());
+await tabB.goto(`${base}/`);
+await ready(tabB);
+const both = (fn, arg) => Promise.all([tabA, tabB].map((t) => t.waitForFunction(fn, arg, { timeout: 20000 })));
+await tabA.click('button[name=queue-pairs]');
+await both(() => window.__alabData.queue === 12);
+check(true, 'a queue made in one tab shows in the other');
+/** Judge the shown pair as A with a rationale naming it (the rationale field's Enter saves). */
+const annotate = async (tab, tag) => {
+  await tab.click('button[name=choose-a]');
+  await tab.fill('input[name=rationale]', tag);
+  await tab.press('input[name=rationale]', 'Enter');
+};
+const tags = async (tab) => annotationLines((await download(tab, 'button[name=export-annotations]')).text).map((r) => r.rationale).sort();
+// Five rounds of a judgement in each tab at the same moment.
+const made = [];
+for (let i = 0; i < 5; i++) {
+  await Promise.all([annotate(tabA, `a${i}`), annotate(tabB, `b${i}`)]);
+  made.push(`a${i}`, `b${i}`);
+}
+await both(() => window.__alabData.annotations === 10 && window.__alabData.pendingWrites === 0 && window.__alabData.unsaved === 0);
+let tagsA = await tags(tabA);
+let tagsB = await tags(tabB);
+check(JSON.stringify(tagsA) === JSON.stringify(made.sort()) && JSON.stringify(tagsB) === JSON.stringify(tagsA), 'judgements made in two tabs at once are all kept, and both tabs show all ten', tagsA.join(' '));
+// An undo in B takes back the newest; A shows it gone, and A's next judgement does not bring it back.
+const newest = annotationLines((await download(tabB, 'button[name=export-annotations]')).text).pop().rationale;
+await tabB.click('button[name=undo]');
+await both(() => window.__alabData.annotations === 9);
+await annotate(tabA, 'after-undo');
+await both(() => window.__alabData.annotations === 10 && window.__alabData.pendingWrites === 0);
+await tabB.reload();
+await ready(tabB);
+tagsB = await tags(tabB);
+tagsA = await tags(tabA);
+check(!tagsB.includes(newest) && tagsB.includes('after-undo') && tagsB.length === 10 && JSON.stringify(tagsA) === JSON.stringify(tagsB), 'an undo in one tab stays undone after a judgement in the other (and a reload)', `undid ${newest}; ${tagsB.join(' ')}`);
+// Imports in both tabs at once: both kept.
+const pair = (i) => `{"prompt": "User: Q${i}? Assistant:", "chosen": " Yes.", "rejected": " No."}\n`;
+await Promise.all([
+  tabA.setInputFiles('input[name=import]', { name: 'from-a.jsonl', mimeType: 'application/json', buffer: Buffer.from(pair(1)) }),
+  tabB.setInputFiles('input[name=import]', { name: 'from-b.jsonl', mimeType: 'application/json', buffer: Buffer.from(pair(2) + pair(3)) }),
+]);
+await both(() => window.__alabData.datasets.length === 2);
+const names = (await data(tabB)).datasets.map((d) => `${d.name}:${d.records}`).sort().join(' ');
+check(names === 'from-a.jsonl:1 from-b.jsonl:2', 'files imported in two tabs at once are both kept', names);
+// A clear in A empties B too, for good.
+await tabA.click('button[name=clear]');
+await both(() => window.__alabData.annotations === 0 && window.__alabData.pendingWrites === 0);
+await tabB.reload();
+await ready(tabB);
+check((await data(tabB)).annotations === 0 && (await data(tabB)).datasets.length === 2, 'a clear in one tab shows in the other and survives its reload');
+await context.close();
+
+// 8. 1,000 annotations (a dataset queued and labelled by the synthetic annotator) survive
+// a hard reload.
+context = await launch(path.join(scratch, 'thousand'));
+page = await open(context);
+const thousand = Array.from({ length: 1000 }, (_, i) => `{"prompt": "User: Is ${i} even? Assistant:", "chosen": " I love it.", "rejected": " I hate it, no. ${i}"}`).join('\n');
+await page.setInputFiles('input[name=import]', { name: 'thousand.jsonl', mimeType: 'application/json', buffer: Buffer.from(`${thousand}\n`) });
+await page.waitForFunction(() => window.__alabData.datasets.length === 1, null, { timeout: 20000 });
+await page.click('button[name=annotate-dataset]');
+await page.waitForFunction(() => window.__alabData.queue === 1000, null, { timeout: 20000 });
+await page.click('button[name=label-queue]');
+await page.waitForFunction(() => window.__alabData.annotations === 1000 && window.__alabData.queue === 0, null, { timeout: 20000 });
+await page.waitForFunction(() => window.__alabData.unsaved === 0 && window.__alabData.pendingWrites === 0, null, { timeout: 60000 });
+const before1000 = (await download(page, 'button[name=export-annotations]')).text;
+const cdp = await context.newCDPSession(page);
+await Promise.all([page.waitForEvent('load'), cdp.send('Page.reload', { ignoreCache: true })]);
+await ready(page);
+state = await data(page);
+const after1000 = (await download(page, 'button[name=export-annotations]')).text;
+check(state.annotations === 1000 && state.queue === 0 && after1000 === before1000 && annotationLines(after1000).length === 1000, '1,000 annotations survive a hard reload, byte for byte and in order', `${state.annotations} annotations, ${after1000.length} bytes`);
+await context.close();
+
+// 9. An earlier version's storage: one entry per part.
+context = await launch(path.join(scratch, 'legacy'));
+page = await open(context);
+const legacyLines = [0, 1, 2].map((i) => `{"prompt":"User: Old ${i}? Assistant:","chosen":" Yes.","rejected":" No.","rationale":"old ${i}"}`);
+await page.evaluate((lines) => new Promise((resolve, reject) => {
+  const request = indexedDB.open('alignlab', 1);
+  request.onsuccess = () => {
+    const tx = request.result.transaction('data', 'readwrite');
+    tx.objectStore('data').put(`${lines.join('\n')}\n`, 'annotations.jsonl');
+    tx.objectStore('data').put('[{"prompt":"User: Queued? Assistant:","responses":[" A."," B."],"origins":["policy","policy"]}]', 'queue.json');
+    tx.oncomplete = () => { request.result.close(); resolve(); };
+    tx.onabort = () => reject(tx.error);
+  };
+  request.onerror = () => reject(request.error);
+}), legacyLines);
+await page.reload();
+await ready(page);
+await settled(page);
+const legacyKeys = await page.evaluate(() => new Promise((resolve) => {
+  const request = indexedDB.open('alignlab', 1);
+  request.onsuccess = () => {
+    const keys = request.result.transaction('data').objectStore('data').getAllKeys();
+    keys.onsuccess = () => resolve(keys.result.map(String));
+  };
+}));
+const legacyOut = annotationLines((await download(page, 'button[name=export-annotations]')).text).map((r) => r.rationale).join();
+state = await data(page);
+check(state.annotations === 3 && state.queue === 1 && legacyOut === 'old 0,old 1,old 2', "an earlier version's annotations and queue are read, in order", legacyOut);
+check(legacyKeys.filter((k) => k.startsWith('annotation/')).length === 3 && legacyKeys.filter((k) => k.startsWith('queue/')).length === 1 && !legacyKeys.includes('annotations.jsonl') && !legacyKeys.includes('queue.json'), 'and stored again one entry per item, the old entries gone', legacyKeys.join(' '));
 await context.close();
 
 check(errors.length === 0, 'no console errors', errors.join(' | '));

@@ -1,10 +1,13 @@
 // Browser glue for the data panel: IndexedDB (one object store, one string per key),
-// downloads and reading a picked file. Nothing here interprets the data: the Rust side
-// parses, checks and decides; this file only moves strings in and out of the browser.
+// a BroadcastChannel that tells the other tabs which keys a commit changed, downloads and
+// reading a picked file. Nothing here interprets the data: the Rust side parses, checks,
+// merges and decides; this file only moves strings in and out of the browser.
 
 const DB_NAME = 'alignlab';
 const STORE = 'data';
+const CHANNEL = 'alignlab-data';
 let opening = null;
+let channel = null;
 
 function describe(err) {
   return err ? `${err.name || 'Error'}: ${err.message || err}` : 'unknown storage error';
@@ -23,31 +26,69 @@ function openDb() {
   return opening;
 }
 
-/** The string stored under `key`, or null. Rejects with a readable message. */
-export async function storeGet(key) {
+// One channel object for sending and receiving: a channel does not hear its own messages,
+// so a tab is not told of its own commits.
+function tabs() {
+  if (!channel && typeof BroadcastChannel !== 'undefined') channel = new BroadcastChannel(CHANNEL);
+  return channel;
+}
+
+/** Every entry whose key starts with one of `prefixesJson` (a JSON array of strings), read
+ *  in one transaction, as a JSON array of [key, value]. Rejects with a readable message. */
+export async function storeRead(prefixesJson) {
+  const prefixes = JSON.parse(prefixesJson);
   const db = await openDb();
   return new Promise((resolve, reject) => {
     try {
-      const request = db.transaction(STORE, 'readonly').objectStore(STORE).get(key);
-      request.onsuccess = () => resolve(request.result === undefined ? null : request.result);
-      request.onerror = () => reject(describe(request.error));
+      const tx = db.transaction(STORE, 'readonly');
+      const store = tx.objectStore(STORE);
+      const out = [];
+      for (const prefix of prefixes) {
+        const range = IDBKeyRange.bound(prefix, `${prefix}\uffff`);
+        const keys = store.getAllKeys(range);
+        const values = store.getAll(range);
+        // requests of a transaction complete in order: the keys are in by now
+        values.onsuccess = () => keys.result.forEach((key, i) => {
+          const value = values.result[i];
+          out.push([String(key), typeof value === 'string' ? value : JSON.stringify(value)]);
+        });
+      }
+      tx.oncomplete = () => resolve(JSON.stringify(out));
+      tx.onabort = () => reject(describe(tx.error));
     } catch (err) { reject(describe(err)); }
   });
 }
 
-/** Store `value` under `key`; resolves once the write is committed, rejects (e.g.
- *  "QuotaExceededError: ...") when it is not. */
-export async function storePut(key, value) {
+/** Commit `batchJson` (a JSON array of [key, value or null]: put, or delete) in one
+ *  transaction, durably; resolves once it is committed and the other tabs are told its
+ *  keys. Rejects (e.g. "QuotaExceededError: ...") with nothing written. */
+export async function storeWrite(batchJson) {
+  const batch = JSON.parse(batchJson);
   const db = await openDb();
-  return new Promise((resolve, reject) => {
+  await new Promise((resolve, reject) => {
+    let tx = null;
     try {
-      const tx = db.transaction(STORE, 'readwrite');
+      tx = db.transaction(STORE, 'readwrite', { durability: 'strict' });
       tx.oncomplete = () => resolve();
       tx.onabort = () => reject(describe(tx.error));
-      tx.onerror = () => reject(describe(tx.error));
-      tx.objectStore(STORE).put(value, key);
-    } catch (err) { reject(describe(err)); }
+      const store = tx.objectStore(STORE);
+      for (const [key, value] of batch) {
+        if (value === null) store.delete(key); else store.put(value, key);
+      }
+    } catch (err) {
+      // a put that throws (a full quota) must not leave the earlier ones to commit
+      try { if (tx) tx.abort(); } catch (_) { /* already finished */ }
+      reject(describe(err));
+    }
   });
+  const ch = tabs();
+  if (ch) ch.postMessage({ keys: batch.map(([key]) => key) });
+}
+
+/** Call `onKeys` with the keys (a JSON array) of every commit another tab makes. */
+export function storeListen(onKeys) {
+  const ch = tabs();
+  if (ch) ch.onmessage = (event) => onKeys(JSON.stringify((event.data && event.data.keys) || []));
 }
 
 /** Offer `text` as a download named `name`. */

@@ -3,14 +3,17 @@
 //! (TRL JSONL, run metrics as CSV/JSON, "Export to TRL"), everything kept in IndexedDB.
 //!
 //! A child module of `app` (it shares the page's `Store`). The data itself is a
-//! [`Workbench`]; this file wires it to keys, buttons and storage. Keys while a pair is
+//! [`Workbench`], held as this tab's [`Replica`] (one storage entry per item, merged with
+//! what other tabs commit); this file wires it to keys, buttons, IndexedDB and the channel
+//! on which tabs announce their commits. Keys while a pair is
 //! shown: `1`/`←` A, `2`/`→` B, `0`/`↓` tie, `Enter` save and next; while a ranking is
 //! shown: `1`–`5` pick a response, `↑`/`↓` move it, `Enter` save. Keys typed into a text
 //! field are left alone.
 
 use super::Store;
 use crate::protocol::{ToWorker, TrainingData};
-use crate::workbench::{Part, SavedRun, Workbench};
+use crate::replica::{Batch, Entries, Replica};
+use crate::workbench::{Part, Queued, SavedRun, Workbench};
 use lab_core::annotate::{CandidateSet, Choice, Reward, SyntheticAnnotator, RANK_MODE_MAX};
 use lab_core::data::{parse_jsonl, Record};
 use lab_core::exchange::{self, MAX_IMPORT_BYTES};
@@ -22,10 +25,12 @@ use wasm_bindgen_futures::JsFuture;
 
 #[wasm_bindgen(module = "/js/store.js")]
 extern "C" {
-    #[wasm_bindgen(js_name = storeGet)]
-    fn store_get(key: &str) -> js_sys::Promise;
-    #[wasm_bindgen(js_name = storePut)]
-    fn store_put(key: &str, value: &str) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = storeRead)]
+    fn store_read(prefixes_json: &str) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = storeWrite)]
+    fn store_write(batch_json: &str) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = storeListen)]
+    fn store_listen(on_keys: &Closure<dyn Fn(String)>);
     #[wasm_bindgen(js_name = downloadText)]
     fn download_text(name: &str, text: &str, mime: &str);
     #[wasm_bindgen(js_name = readPickedFile)]
@@ -55,18 +60,33 @@ fn js_text(err: JsValue) -> String {
     err.as_string().unwrap_or_else(|| format!("{err:?}"))
 }
 
+/// Every stored entry of `parts`, read in one transaction.
+async fn read_entries(parts: &[Part]) -> Result<Entries, String> {
+    let prefixes =
+        serde_json::to_string(&Replica::read_prefixes(parts)).expect("strings serialize");
+    let value = JsFuture::from(store_read(&prefixes)).await.map_err(js_text)?;
+    let pairs: Vec<(String, String)> =
+        serde_json::from_str(&value.as_string().unwrap_or_default()).map_err(|e| e.to_string())?;
+    Ok(pairs.into_iter().collect())
+}
+
 /// Everything the panel's handlers need, copied into each closure.
 #[derive(Clone, Copy)]
 struct Panel {
     store: Store,
-    bench: RwSignal<Workbench>,
+    /// This tab's copy of the stored workbench (see `Replica`).
+    replica: RwSignal<Replica>,
     /// Storage read at start (until then nothing is changed or saved).
     loaded: RwSignal<bool>,
-    /// Parts found unreadable at start: never saved over, so nothing stored is lost.
-    blocked: RwSignal<Vec<&'static str>>,
     message: RwSignal<Option<String>>,
     error: RwSignal<Option<String>>,
+    /// A commit that failed: what is unsaved stays on the page.
     storage_error: RwSignal<Option<String>>,
+    /// Stored entries that could not be read (left in storage untouched).
+    unreadable: RwSignal<Option<String>>,
+    /// The set on screen: the first queued when it was shown. It stays while the user
+    /// judges it, even if another tab takes it out of the queue meanwhile.
+    shown: RwSignal<Option<Queued>>,
     choice: RwSignal<Option<Choice>>,
     strength: RwSignal<f64>,
     rationale: RwSignal<String>,
@@ -75,126 +95,202 @@ struct Panel {
     picked: RwSignal<usize>,
     last_sample_steps: RwSignal<Option<u32>>,
     saves: RwSignal<u32>,
-    /// Writes started and not yet committed (or failed).
+    /// Commits started and not yet confirmed (or failed).
     pending: RwSignal<u32>,
+    /// A commit is under way; `write_again`: changes arrived meanwhile, commit them after it.
+    writing: StoredValue<bool>,
+    write_again: StoredValue<bool>,
+    /// A read is under way; `want`: the parts still to read.
+    reading: StoredValue<bool>,
+    want: StoredValue<Vec<Part>>,
     page_id: f64,
 }
 
 impl Panel {
-    /// Apply a change to the workbench; on success store the parts it touched.
-    fn change(&self, parts: &[Part], f: impl FnOnce(&mut Workbench) -> lab_core::Result<String>) {
+    /// The workbench as this tab sees it (tracked).
+    fn bench<R>(&self, f: impl FnOnce(&Workbench) -> R) -> R {
+        self.replica.with(|r| f(r.bench()))
+    }
+
+    fn bench_untracked<R>(&self, f: impl FnOnce(&Workbench) -> R) -> R {
+        self.replica.with_untracked(|r| f(r.bench()))
+    }
+
+    /// Apply a change to the workbench; on success commit it to storage.
+    fn change(&self, f: impl FnOnce(&mut Workbench) -> lab_core::Result<String>) {
         if !self.loaded.get_untracked() {
             self.error
                 .set(Some("still reading this browser's storage; try again in a moment".into()));
             return;
         }
-        let mut bench = self.bench.get_untracked();
-        match f(&mut bench) {
+        let now = js_sys::Date::now();
+        let changed = self.replica.try_maybe_update(|r| {
+            let out = r.change(now, f);
+            (out.is_ok(), out)
+        });
+        let Some(changed) = changed else { return };
+        match changed {
             Ok(message) => {
                 self.error.set(None);
                 self.message.set((!message.is_empty()).then_some(message));
-                self.bench.set(bench);
-                self.persist(parts);
+                self.flush();
             }
             Err(err) => self.error.set(Some(err.to_string())),
         }
     }
 
-    /// Write parts to IndexedDB; a failure (a full quota) is reported and the data stays
-    /// on the page, to be exported.
-    fn persist(&self, parts: &[Part]) {
-        let panel = *self;
-        for &part in parts {
-            let key = part.key();
-            if self.blocked.with_untracked(|b| b.contains(&key)) {
-                self.storage_error.set(Some(format!("{key} was unreadable at start and is not overwritten; this change is kept on the page only: export it")));
-                continue;
-            }
-            let text = self.bench.with_untracked(|b| b.part_text(part));
-            self.pending.update(|n| *n += 1);
-            spawn_local(async move {
-                let written = JsFuture::from(store_put(key, &text)).await;
-                panel.pending.update(|n| *n = n.saturating_sub(1));
-                match written {
-                    Ok(_) => {
-                        panel.saves.update(|n| *n += 1);
-                        if panel.storage_error.with_untracked(|e| e.as_ref().is_some_and(|m| m.contains(key))) {
-                            panel.storage_error.set(None);
-                        }
-                    }
-                    Err(err) => panel.storage_error.set(Some(format!(
-                        "Not saved in this browser ({key}: {}). Nothing is lost yet: it is still on this page; export it before closing the tab.",
-                        js_text(err)
-                    ))),
-                }
-            });
+    /// Commit every unsaved write in one transaction, one commit at a time (changes made
+    /// meanwhile go in the next). A failure (a full quota) is reported; the writes stay
+    /// unsaved, on the page, and go with the next commit.
+    fn flush(&self) {
+        if self.writing.get_value() {
+            self.write_again.set_value(true);
+            return;
         }
-    }
-
-    async fn load(&self) {
-        let mut bench = Workbench::default();
-        let mut problems = Vec::new();
-        let mut blocked = Vec::new();
-        for part in Part::ALL {
-            match JsFuture::from(store_get(part.key())).await {
-                Ok(value) => {
-                    if let Some(text) = value.as_string() {
-                        if let Err(err) = bench.restore_part(part, &text) {
-                            problems.push(err.to_string());
-                            blocked.push(part.key());
-                        }
+        let batch: Batch = self.replica.with_untracked(Replica::outbox);
+        if batch.is_empty() {
+            return;
+        }
+        self.writing.set_value(true);
+        self.pending.update(|n| *n += 1);
+        let panel = *self;
+        spawn_local(async move {
+            let json = serde_json::to_string(&batch).expect("strings serialize");
+            let written = JsFuture::from(store_write(&json)).await;
+            panel.writing.set_value(false);
+            match written {
+                Ok(_) => {
+                    panel.replica.update(|r| r.committed(&batch));
+                    panel.saves.update(|n| *n += 1);
+                    if panel.replica.with_untracked(Replica::unsaved) == 0 {
+                        panel.storage_error.set(None);
+                    }
+                    if panel.write_again.get_value() {
+                        panel.write_again.set_value(false);
+                        panel.flush();
                     }
                 }
                 Err(err) => {
-                    problems.push(format!("{}: {}", part.key(), js_text(err)));
-                    blocked.push(part.key());
+                    panel.write_again.set_value(false);
+                    let n = panel.replica.with_untracked(Replica::unsaved);
+                    panel.storage_error.set(Some(format!(
+                        "Not saved in this browser ({}). Nothing is lost yet: {n} unsaved changes are kept on this page and saved with your next change (or \"save again\"); export them if you close the tab.",
+                        js_text(err)
+                    )));
                 }
             }
-        }
-        self.bench.set(bench);
-        self.blocked.set(blocked);
-        if !problems.is_empty() {
-            self.storage_error.set(Some(format!(
-                "Some stored data could not be read and is left untouched: {}",
-                problems.join("; ")
-            )));
-        }
-        self.reset_item();
-        self.loaded.set(true);
+            panel.pending.update(|n| *n = n.saturating_sub(1));
+        });
     }
 
+    /// Read `parts` from storage (at start: all of them; later: what another tab changed)
+    /// and show them with this tab's unsaved changes on top. Reads run one at a time; one
+    /// that a commit of this tab overtook is repeated.
+    fn reload(&self, parts: &[Part]) {
+        self.want.update_value(|want| {
+            want.extend_from_slice(parts);
+            want.sort();
+            want.dedup();
+        });
+        if self.reading.get_value() {
+            return;
+        }
+        self.reading.set_value(true);
+        let panel = *self;
+        spawn_local(async move {
+            loop {
+                let parts = panel.want.try_update_value(std::mem::take).unwrap_or_default();
+                if parts.is_empty() {
+                    break;
+                }
+                let read_at = panel.replica.with_untracked(Replica::commits);
+                let problems = match read_entries(&parts).await {
+                    Ok(entries) => {
+                        let applied = panel
+                            .replica
+                            .try_update_untracked(|r| r.reloaded(&parts, entries, read_at))
+                            .flatten();
+                        let Some(problems) = applied else {
+                            panel.want.update_value(|want| want.extend_from_slice(&parts));
+                            continue;
+                        };
+                        panel.replica.notify();
+                        problems
+                    }
+                    Err(err) => vec![format!("could not read this browser's storage: {err}")],
+                };
+                if !problems.is_empty() {
+                    panel.unreadable.set(Some(format!(
+                        "Some stored data could not be read and is left untouched (what you make now is saved beside it): {}",
+                        problems.join("; ")
+                    )));
+                }
+                if !panel.loaded.get_untracked() {
+                    panel.loaded.set(true);
+                    panel.reset_item();
+                } else if !panel.judging() {
+                    panel.reset_item();
+                }
+                // a first read may have found entries of an earlier version to split up
+                panel.flush();
+            }
+            panel.reading.set_value(false);
+        });
+    }
+
+    /// Show the first queued set, nothing judged yet.
     fn reset_item(&self) {
+        let shown = self.bench_untracked(|b| b.queue.first().cloned());
+        let n = shown.as_ref().map(|q| q.set.responses.len().min(RANK_MODE_MAX)).unwrap_or(0);
+        self.shown.set(shown);
         self.choice.set(None);
         self.strength.set(DEFAULT_STRENGTH);
         self.rationale.set(String::new());
-        let n = self.bench.with_untracked(|b| {
-            b.queue.first().map(|s| s.responses.len().min(RANK_MODE_MAX)).unwrap_or(0)
-        });
         self.order.set((0..n).collect());
         self.picked.set(0);
     }
 
+    /// Whether the user has started judging the set on screen (a choice, a strength, a rationale
+    /// or a reordering): then another tab's changes do not replace it.
+    fn judging(&self) -> bool {
+        self.shown.with_untracked(Option::is_some)
+            && (self.choice.get_untracked().is_some()
+                || self.strength.get_untracked() != DEFAULT_STRENGTH
+                || !self.rationale.with_untracked(String::is_empty)
+                || self.order.with_untracked(|o| o.iter().enumerate().any(|(i, &k)| i != k)))
+    }
+
+    /// Whether the set on screen is no longer queued (another tab judged it).
+    fn shown_gone(&self) -> bool {
+        self.shown.with(|s| {
+            s.as_ref().is_some_and(|s| self.bench(|b| !b.queue.iter().any(|q| q.key == s.key)))
+        })
+    }
+
     /// Rank mode when the shown set has 3 or more responses.
     fn rank_mode(&self) -> bool {
-        self.bench.with(|b| b.queue.first().is_some_and(|s| s.responses.len() >= 3))
+        self.shown.with(|s| s.as_ref().is_some_and(|q| q.set.responses.len() >= 3))
     }
 
     /// Save the current judgement and show the next set.
     fn commit(&self) {
+        let Some(shown) = self.shown.get_untracked() else {
+            self.error
+                .set(Some("nothing to annotate: sample responses or queue a dataset first".into()));
+            return;
+        };
         let rationale = self.rationale.get_untracked();
         if self.rank_mode() {
             let order = self.order.get_untracked();
-            self.change(&[Part::Annotations, Part::Queue], |b| {
-                b.rank(&order, &rationale).map(|_| String::new())
-            });
+            self.change(|b| b.rank(&shown, &order, &rationale).map(|_| String::new()));
         } else {
             let Some(choice) = self.choice.get_untracked() else {
                 self.error.set(Some("choose A (1), B (2) or tie (0) first".into()));
                 return;
             };
             let strength = self.strength.get_untracked();
-            self.change(&[Part::Annotations, Part::Queue], |b| {
-                b.choose(0, 1, choice, strength, &rationale).map(|_| String::new())
+            self.change(|b| {
+                b.choose(&shown, 0, 1, choice, strength, &rationale).map(|_| String::new())
             });
         }
         if self.error.get_untracked().is_none() {
@@ -215,7 +311,7 @@ impl Panel {
 
     fn on_key(&self, ev: &web_sys::KeyboardEvent) {
         if !self.loaded.get_untracked()
-            || self.bench.with_untracked(|b| b.queue.is_empty())
+            || self.shown.with_untracked(Option::is_none)
             || ev.ctrl_key()
             || ev.meta_key()
             || ev.alt_key()
@@ -313,6 +409,7 @@ impl Panel {
         for (i, run) in runs.iter().enumerate().filter(|(_, r)| r.points.len() > 1) {
             let label = run.info.as_ref().map(|x| x.label.clone()).unwrap_or_default();
             saved.push(SavedRun {
+                key: String::new(),
                 id: format!("{generation}/{i}@{}", self.page_id),
                 label,
                 experiment: experiment.clone(),
@@ -321,7 +418,7 @@ impl Panel {
             });
         }
         if !saved.is_empty() {
-            self.change(&[Part::Runs], |b| {
+            self.change(|b| {
                 for run in saved {
                     b.save_run(run);
                 }
@@ -331,7 +428,8 @@ impl Panel {
     }
 
     fn expose(&self) {
-        let state = self.bench.with(|b| {
+        let state = self.replica.with(|r| {
+            let b = r.bench();
             serde_json::json!({
                 "loaded": self.loaded.get(),
                 "annotations": b.annotations.len(),
@@ -340,12 +438,14 @@ impl Panel {
                 "runs": b.runs.len(),
                 "error": self.error.get(),
                 "storageError": self.storage_error.get(),
+                "unreadable": self.unreadable.get(),
+                "unsaved": r.unsaved(),
                 "message": self.message.get(),
                 "saves": self.saves.get(),
                 "pendingWrites": self.pending.get(),
                 "lastSampleSteps": self.last_sample_steps.get(),
                 "training": self.store.data.training.with(|t| t.as_ref().map(|t| t.label.clone())),
-                "rankMode": b.queue.first().is_some_and(|s| s.responses.len() >= 3),
+                "rankMode": self.rank_mode(),
             })
         });
         expose_data(&state.to_string());
@@ -404,12 +504,17 @@ pub(super) fn DataPanel() -> impl IntoView {
     let store = expect_context::<Store>();
     let panel = Panel {
         store,
-        bench: RwSignal::new(Workbench::default()),
+        // a tab's part of the storage keys it makes: random, so two tabs never share it
+        replica: RwSignal::new(Replica::new(&format!(
+            "{:08x}",
+            (js_sys::Math::random() * f64::from(u32::MAX)) as u32
+        ))),
         loaded: RwSignal::new(false),
-        blocked: RwSignal::new(Vec::new()),
         message: RwSignal::new(None),
         error: RwSignal::new(None),
         storage_error: RwSignal::new(None),
+        unreadable: RwSignal::new(None),
+        shown: RwSignal::new(None),
         choice: RwSignal::new(None),
         strength: RwSignal::new(DEFAULT_STRENGTH),
         rationale: RwSignal::new(String::new()),
@@ -418,9 +523,20 @@ pub(super) fn DataPanel() -> impl IntoView {
         last_sample_steps: RwSignal::new(None),
         saves: RwSignal::new(0),
         pending: RwSignal::new(0),
+        writing: StoredValue::new(false),
+        write_again: StoredValue::new(false),
+        reading: StoredValue::new(false),
+        want: StoredValue::new(Vec::new()),
         page_id: js_sys::Date::now(),
     };
-    spawn_local(async move { panel.load().await });
+    panel.reload(&Part::ALL);
+    // Another tab committed: read the parts it changed.
+    let on_keys = Closure::<dyn Fn(String)>::new(move |json: String| {
+        let keys: Vec<String> = serde_json::from_str(&json).unwrap_or_default();
+        panel.reload(&Replica::parts_of(&keys));
+    });
+    store_listen(&on_keys);
+    on_keys.forget();
     let key_handle = window_event_listener(leptos::ev::keydown, move |ev| panel.on_key(&ev));
     on_cleanup(move || key_handle.remove());
     Effect::new(move |_| panel.expose());
@@ -430,12 +546,11 @@ pub(super) fn DataPanel() -> impl IntoView {
         if let Some((sets, steps)) = store.data.sampled.get() {
             store.data.sampled.set(None);
             panel.last_sample_steps.set(Some(steps));
-            let was_empty = panel.bench.with_untracked(|b| b.queue.is_empty());
-            panel.change(&[Part::Queue], |b| {
+            panel.change(|b| {
                 let n = b.enqueue(sets);
                 Ok(format!("{n} prompts with two or more different responses sampled (policy at step {steps}) and queued"))
             });
-            if was_empty {
+            if panel.shown.with_untracked(Option::is_none) {
                 panel.reset_item();
             }
         }
@@ -487,7 +602,7 @@ pub(super) fn DataPanel() -> impl IntoView {
     };
     let queue_training_pairs = move |_| {
         let pairs = store.pairs.get_untracked();
-        panel.change(&[Part::Queue], |b| {
+        panel.change(|b| {
             let sets = pairs.into_iter().map(|p| CandidateSet {
                 prompt: p.prompt,
                 responses: vec![p.chosen, p.rejected],
@@ -512,7 +627,7 @@ pub(super) fn DataPanel() -> impl IntoView {
             alpha_temperature.get_untracked(),
             sample_seed.get_untracked(),
         );
-        panel.change(&[Part::Annotations, Part::Queue], |b| {
+        panel.change(|b| {
             let annotator = SyntheticAnnotator {
                 reward: Reward::parse(&spec)?,
                 flip_rate: eps,
@@ -560,7 +675,7 @@ pub(super) fn DataPanel() -> impl IntoView {
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| format!("{name}: could not be read")),
                 )),
-                Some(text) => panel.change(&[Part::Datasets], |b| {
+                Some(text) => panel.change(|b| {
                     b.import(&name, text).map(|n| format!("{name}: {n} records imported"))
                 }),
             }
@@ -574,7 +689,7 @@ pub(super) fn DataPanel() -> impl IntoView {
             .training
             .get_untracked()
             .map(|t| t.jsonl)
-            .unwrap_or_else(|| panel.bench.with_untracked(|b| b.annotations_jsonl()));
+            .unwrap_or_else(|| panel.bench_untracked(|b| b.annotations_jsonl()));
         if data.is_empty() {
             panel.error.set(Some("Export to TRL writes the data you train on: annotate some pairs, or train on an imported dataset, first".into()));
             return;
@@ -599,11 +714,11 @@ pub(super) fn DataPanel() -> impl IntoView {
         move || if panel.choice.get() == Some(c) { "response picked" } else { "response" }
     };
     let annotate_view = move || {
-        let set = panel.bench.with(|b| b.queue.first().cloned());
-        let Some(set) = set else {
+        let Some(set) = panel.shown.get().map(|q| q.set) else {
             return view! { <p class="hint" data-testid="queue-empty">"Nothing to annotate: sample responses from the policy, or queue the training pairs."</p> }.into_any();
         };
-        let remaining = panel.bench.with(|b| b.queue.len());
+        let remaining = panel.bench(|b| b.queue.len());
+        let gone = panel.shown_gone().then(|| view! { <p class="hint" data-testid="judged-elsewhere">"Judged in another tab meanwhile: saving keeps your judgement beside that one; skip shows the next."</p> });
         if set.responses.len() >= 3 {
             let shown: Vec<(String, String)> = set
                 .responses
@@ -637,6 +752,7 @@ pub(super) fn DataPanel() -> impl IntoView {
                     <p class="prompt"><b>"Prompt: "</b><code>{set.prompt.clone()}</code><span class="remaining">{format!(" ({remaining} waiting)")}</span></p>
                     <p class="hint">"Rank best first: drag, or pick with 1–5 and move with ↑ ↓; Enter saves."</p>
                     <ol class="ranking" data-testid="ranking">{rows}</ol>
+                    {gone}
                 </div>
             }.into_any()
         } else {
@@ -661,6 +777,7 @@ pub(super) fn DataPanel() -> impl IntoView {
                                 on:input=move |ev| panel.strength.set(event_target_value(&ev).parse().unwrap_or(DEFAULT_STRENGTH))/>
                         </label>
                     </div>
+                    {gone}
                 </div>
             }.into_any()
         }
@@ -669,7 +786,12 @@ pub(super) fn DataPanel() -> impl IntoView {
     view! {
         <section class="panel data" data-testid="data-panel">
             <h2>"Data: annotate, sample, keep"</h2>
-            {move || panel.storage_error.get().map(|e| view! { <div class="error" role="alert" data-testid="storage-error">{e}</div> })}
+            {move || panel.storage_error.get().map(|e| view! {
+                <div class="error" role="alert" data-testid="storage-error">{e}" "
+                    <button name="save-again" on:click=move |_| panel.flush()>"save again"</button>
+                </div>
+            })}
+            {move || panel.unreadable.get().map(|e| view! { <div class="error" role="alert" data-testid="storage-unreadable">{e}</div> })}
             {move || panel.error.get().map(|e| view! { <div class="error" role="alert" data-testid="data-error">{e}</div> })}
             {move || panel.message.get().map(|m| view! { <div class="note" data-testid="data-message">{m}</div> })}
             <div class="row controls">
@@ -700,10 +822,10 @@ pub(super) fn DataPanel() -> impl IntoView {
                 <label class="field"><span>"α temperature τ"</span>
                     <input type="number" name="alpha-temperature" min="0" step="0.1" prop:value=move || alpha_temperature.get().to_string() on:change=move |ev| alpha_temperature.set(event_target_value(&ev).parse().unwrap_or(1.0))/>
                 </label>
-                <button name="label-queue" disabled=move || panel.bench.with(|b| b.queue.is_empty()) on:click=label_queue>"label everything queued"</button>
+                <button name="label-queue" disabled=move || panel.bench(|b| b.queue.is_empty()) on:click=label_queue>"label everything queued"</button>
             </div>
             {annotate_view}
-            {move || panel.bench.with(|b| !b.queue.is_empty()).then(|| view! {
+            {move || panel.shown.with(Option::is_some).then(|| view! {
                 <div class="row controls">
                     <label class="field wide"><span>"rationale (optional, one line; Enter saves)"</span>
                         <input type="text" name="rationale" prop:value=move || panel.rationale.get()
@@ -711,24 +833,29 @@ pub(super) fn DataPanel() -> impl IntoView {
                             on:keydown=move |ev: web_sys::KeyboardEvent| if ev.key() == "Enter" { ev.prevent_default(); panel.commit(); }/>
                     </label>
                     <button name="next" on:click=move |_| panel.commit()>"save and next (Enter)"</button>
-                    <button name="skip" on:click=move |_| { panel.change(&[Part::Queue], |b| { b.skip(); Ok(String::new()) }); panel.reset_item(); }>"skip"</button>
+                    <button name="skip" on:click=move |_| {
+                        // only a set still first in the queue moves to its end
+                        let first = panel.shown.with_untracked(|s| s.as_ref().map(|s| s.key.clone())) == panel.bench_untracked(|b| b.queue.first().map(|q| q.key.clone()));
+                        if first { panel.change(|b| { b.skip(); Ok(String::new()) }); }
+                        panel.reset_item();
+                    }>"skip"</button>
                 </div>
             })}
-            <h3>{move || format!("My annotations ({})", panel.bench.with(|b| b.annotations.len()))}</h3>
+            <h3>{move || format!("My annotations ({})", panel.bench(|b| b.annotations.len()))}</h3>
             <div class="row controls">
-                <button name="undo" disabled=move || panel.bench.with(|b| b.annotations.is_empty()) on:click=move |_| {
-                    panel.change(&[Part::Annotations, Part::Queue], |b| b.undo().map(|_| "last annotation taken back; it is shown again".to_string()).ok_or_else(|| lab_core::LabError::param("undo", "no annotation to undo")));
+                <button name="undo" disabled=move || panel.bench(|b| b.annotations.is_empty()) on:click=move |_| {
+                    panel.change(|b| b.undo().map(|_| "last annotation taken back; it is shown again".to_string()).ok_or_else(|| lab_core::LabError::param("undo", "no annotation to undo")));
                     panel.reset_item();
                 }>"undo last"</button>
-                <button name="clear" disabled=move || panel.bench.with(|b| b.annotations.is_empty()) on:click=move |_| {
-                    let n = panel.bench.with_untracked(|b| b.annotations.len());
+                <button name="clear" disabled=move || panel.bench(|b| b.annotations.is_empty()) on:click=move |_| {
+                    let n = panel.bench_untracked(|b| b.annotations.len());
                     if window().confirm_with_message(&format!("Delete all {n} annotations from this browser? Export them first if you want to keep them.")).unwrap_or(false) {
-                        panel.change(&[Part::Annotations], |b| { b.annotations.clear(); Ok(format!("{n} annotations cleared")) });
+                        panel.change(|b| { b.annotations.clear(); Ok(format!("{n} annotations cleared")) });
                     }
                 }>"clear…"</button>
-                <button name="export-annotations" disabled=move || panel.bench.with(|b| b.annotations.is_empty()) on:click=move |_| download("alignlab-annotations.jsonl", &panel.bench.with_untracked(|b| b.annotations_jsonl()))>"export JSONL"</button>
-                <button name="train-annotations" disabled=move || panel.bench.with(|b| b.annotations.is_empty()) || !panel.loaded.get() on:click=move |_| {
-                    let (n, jsonl) = panel.bench.with_untracked(|b| (b.annotations.len(), b.annotations_jsonl()));
+                <button name="export-annotations" disabled=move || panel.bench(|b| b.annotations.is_empty()) on:click=move |_| download("alignlab-annotations.jsonl", &panel.bench_untracked(|b| b.annotations_jsonl()))>"export JSONL"</button>
+                <button name="train-annotations" disabled=move || panel.bench(|b| b.annotations.is_empty()) || !panel.loaded.get() on:click=move |_| {
+                    let (n, jsonl) = panel.bench_untracked(|b| (b.annotations.len(), b.annotations_jsonl()));
                     panel.train_on(TrainingData { label: format!("my annotations ({n})"), jsonl });
                 }>"train on my annotations"</button>
                 <button name="export-trl" on:click=export_trl>"Export to TRL"</button>
@@ -738,7 +865,8 @@ pub(super) fn DataPanel() -> impl IntoView {
                 <table data-testid="annotations">
                     <thead><tr><th>"#"</th><th>"prompt"</th><th>"chosen"</th><th>"rejected"</th><th>"α"</th><th>"rationale"</th></tr></thead>
                     <tbody>
-                        {move || panel.bench.with(|b| b.annotations.iter().enumerate().rev().take(50).map(|(i, r)| {
+                        {move || panel.bench(|b| b.annotations.iter().enumerate().rev().take(50).map(|(i, a)| {
+                            let r = &a.record;
                             let (prompt, chosen, rejected, alpha) = record_summary(r);
                             let rationale = match r { Record::Pair(p) => p.rationale.clone(), Record::Ranked(x) => x.rationale.clone(), Record::Unpaired(_) => None }.unwrap_or_default();
                             view! { <tr><td>{i + 1}</td><td class="text">{short(&prompt, 60)}</td><td class="text">{chosen}</td><td class="text">{rejected}</td><td class="num">{alpha}</td><td class="text">{rationale}</td></tr> }
@@ -753,18 +881,22 @@ pub(super) fn DataPanel() -> impl IntoView {
                 </label>
             </div>
             <ul class="datasets" data-testid="datasets">
-                {move || panel.bench.with(|b| b.datasets.iter().enumerate().map(|(i, d)| {
+                {move || panel.bench(|b| b.datasets.iter().map(|d| {
                     let name = d.name.clone();
                     let label = format!("{} ({} records)", d.name, d.records);
+                    // by key, not position: another tab may add or remove datasets meanwhile
+                    let key = StoredValue::new(d.key.clone());
+                    let index = move |b: &Workbench| key.with_value(|k| b.datasets.iter().position(|d| &d.key == k));
+                    let dataset = move || panel.bench_untracked(|b| index(b).map(|i| b.datasets[i].clone()));
                     view! {
                         <li>
                             <span class="name">{label}</span>
                             <button name="train-dataset" on:click=move |_| {
-                                let d = panel.bench.with_untracked(|b| b.datasets.get(i).cloned());
-                                if let Some(d) = d { panel.train_on(TrainingData { label: d.name, jsonl: d.text }); }
+                                if let Some(d) = dataset() { panel.train_on(TrainingData { label: d.name, jsonl: d.text }); }
                             }>"train on it"</button>
                             <button name="annotate-dataset" on:click=move |_| {
-                                panel.change(&[Part::Queue], |b| {
+                                panel.change(|b| {
+                                    let i = index(b).ok_or_else(|| lab_core::LabError::param("dataset", "removed in another tab"))?;
                                     let sets: Vec<CandidateSet> = b.dataset_records(i)?.iter().map(|r| CandidateSet::from_record(r, "dataset")).collect();
                                     let n = b.enqueue(sets);
                                     Ok(format!("{n} records queued to annotate"))
@@ -772,11 +904,11 @@ pub(super) fn DataPanel() -> impl IntoView {
                                 panel.reset_item();
                             }>"annotate it"</button>
                             <button name="export-dataset" on:click=move |_| {
-                                if let Some(d) = panel.bench.with_untracked(|b| b.datasets.get(i).cloned()) { download(&d.name, &d.text); }
+                                if let Some(d) = dataset() { download(&d.name, &d.text); }
                             }>"export"</button>
                             <button name="remove-dataset" on:click=move |_| {
                                 if window().confirm_with_message(&format!("Remove {name} from this browser?")).unwrap_or(false) {
-                                    panel.change(&[Part::Datasets], |b| { b.datasets.remove(i); Ok(String::new()) });
+                                    panel.change(|b| { key.with_value(|k| b.datasets.retain(|d| &d.key != k)); Ok(String::new()) });
                                 }
                             }>"remove…"</button>
                         </li>
@@ -785,13 +917,13 @@ pub(super) fn DataPanel() -> impl IntoView {
             </ul>
             <h3>"Saved runs"</h3>
             <ul class="saved-runs" data-testid="saved-runs">
-                {move || panel.bench.with(|b| b.runs.iter().enumerate().rev().map(|(i, r)| {
+                {move || panel.bench(|b| b.runs.iter().enumerate().rev().map(|(i, r)| {
                     let label = format!("{} on {} · {} steps · {}", r.label, r.data, r.points.len().saturating_sub(1), short(&r.experiment, 70));
                     view! {
                         <li>
                             <span class="name">{label}</span>
-                            <button name="run-csv" on:click=move |_| { if let Some(r) = panel.bench.with_untracked(|b| b.runs.get(i).cloned()) { download(&format!("alignlab-run-{}.csv", i + 1), &r.csv()); } }>"CSV"</button>
-                            <button name="run-json" on:click=move |_| { if let Some(r) = panel.bench.with_untracked(|b| b.runs.get(i).cloned()) { download(&format!("alignlab-run-{}.json", i + 1), &r.json()); } }>"JSON"</button>
+                            <button name="run-csv" on:click=move |_| { if let Some(r) = panel.bench_untracked(|b| b.runs.get(i).cloned()) { download(&format!("alignlab-run-{}.csv", i + 1), &r.csv()); } }>"CSV"</button>
+                            <button name="run-json" on:click=move |_| { if let Some(r) = panel.bench_untracked(|b| b.runs.get(i).cloned()) { download(&format!("alignlab-run-{}.json", i + 1), &r.json()); } }>"JSON"</button>
                         </li>
                     }
                 }).collect_view())}

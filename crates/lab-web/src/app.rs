@@ -37,8 +37,19 @@ struct Store {
     ready_ms: RwSignal<Option<f64>>,
     /// The last reset sent; replies about older resets are ignored.
     generation: RwSignal<u32>,
+    /// A run diverged: training waits at its last good step for a continue or a reset.
+    diverged: RwSignal<Option<Diverged>>,
     /// The data panel's: what the runs train on, sampled candidates.
     data: annotate::DataSignals,
+}
+
+/// What the page shows of a diverged run (`FromWorker::Diverged`).
+#[derive(Debug, Clone, PartialEq)]
+struct Diverged {
+    run: usize,
+    step: u32,
+    kept: u32,
+    message: String,
 }
 
 fn now_ms() -> f64 {
@@ -62,6 +73,7 @@ impl Store {
             }
         }
         self.error.set(None);
+        self.diverged.set(None);
         write_url(&state);
         self.ui.set(state.clone());
         self.ready.set(false);
@@ -80,12 +92,32 @@ impl Store {
     }
 
     /// Change a setting; a change to the same value (a blur after a reset) restarts nothing.
+    /// After a divergence the change waits for "continue" (or "reset") instead of restarting.
     fn edit(&self, change: impl FnOnce(&mut UiState)) {
         let mut state = self.ui.get_untracked();
         change(&mut state);
-        if state != self.ui.get_untracked() {
-            self.apply(state, false, self.dropped.get_untracked());
+        if state == self.ui.get_untracked() {
+            return;
         }
+        if self.diverged.with_untracked(Option::is_some) {
+            match state.validate() {
+                Ok(()) => {
+                    self.error.set(None);
+                    write_url(&state);
+                    self.ui.set(state);
+                }
+                Err(err) => self.error.set(Some(err.to_string())),
+            }
+            return;
+        }
+        self.apply(state, false, self.dropped.get_untracked());
+    }
+
+    /// Go on from the last good step with the settings on the page.
+    fn resume(&self) {
+        let state = self.ui.get_untracked();
+        self.error.set(None);
+        bridge::send(&ToWorker::Continue { experiment: state.experiment, compare: state.compare });
     }
 
     fn receive(&self, msg: FromWorker) {
@@ -93,6 +125,10 @@ impl Store {
             FromWorker::Ready { generation, .. }
                 if generation != self.generation.get_untracked() => {}
             FromWorker::Stepped { generation, .. }
+                if generation != self.generation.get_untracked() => {}
+            FromWorker::Diverged { generation, .. }
+                if generation != self.generation.get_untracked() => {}
+            FromWorker::Continued { generation, .. }
                 if generation != self.generation.get_untracked() => {}
             FromWorker::Ready {
                 engine,
@@ -167,6 +203,27 @@ impl Store {
                     self.refresh_inspection();
                 }
             }
+            FromWorker::Diverged { run, step, kept, message, .. } => {
+                self.playing.set(false);
+                // the run is back at step `kept`: its later points described spoilt weights
+                self.runs.update(|runs| {
+                    if let Some(r) = runs.get_mut(run) {
+                        r.points.retain(|p| p.get("step").is_none_or(|&s| s <= f64::from(kept)));
+                        r.displaced_at = r.displaced_at.filter(|&at| at <= kept);
+                    }
+                });
+                self.diverged.set(Some(Diverged { run, step, kept, message }));
+            }
+            FromWorker::Continued { runs, table, .. } => {
+                self.diverged.set(None);
+                self.runs.update(|histories| {
+                    for (history, info) in histories.iter_mut().zip(runs) {
+                        history.info = Some(info);
+                    }
+                });
+                self.table.set(table);
+                self.playing.set(true);
+            }
             FromWorker::Inspected { prompt, candidates, .. } => {
                 self.inspected.set(Some((prompt, candidates)))
             }
@@ -204,6 +261,9 @@ impl Store {
             "lastStepMs": runs.first().map(|r| r.last_step_ms),
             "query": self.ui.get().to_query(),
             "error": self.error.get(),
+            "diverged": self.diverged.get().map(|d| serde_json::json!({
+                "run": d.run, "step": d.step, "kept": d.kept, "message": d.message,
+            })),
         });
         bridge::expose_state(&state.to_string());
     }
@@ -230,6 +290,7 @@ pub fn App() -> impl IntoView {
         first_step_ms: RwSignal::new(None),
         ready_ms: RwSignal::new(None),
         generation: RwSignal::new(0),
+        diverged: RwSignal::new(None),
         data: annotate::DataSignals::new(),
     };
     provide_context(store);
@@ -273,7 +334,13 @@ pub fn App() -> impl IntoView {
             <GeneratePanel/>
             <annotate::DataPanel/>
         </main>
-        <footer>"alignlab · definitions and sources: shared/reference/losses-and-metrics.md · the link reproduces the run"</footer>
+        <footer>
+            "alignlab · definitions and sources: "
+            <a href="docs/losses-and-metrics.md">"losses and instruments"</a>
+            " · "
+            <a href="docs/engine.md">"engines and kernels"</a>
+            " · the link reproduces the run"
+        </footer>
     }
 }
 
@@ -419,7 +486,7 @@ fn TrainPanel() -> impl IntoView {
                 }).collect_view()}
             </div>
             <div class="row controls">
-                <button name="play" disabled=move || !store.ready.get() on:click=move |_| {
+                <button name="play" disabled=move || !store.ready.get() || store.diverged.with(Option::is_some) on:click=move |_| {
                     if store.playing.get_untracked() {
                         bridge::send(&ToWorker::Pause);
                         store.refresh_inspection();
@@ -428,13 +495,22 @@ fn TrainPanel() -> impl IntoView {
                     }
                     store.playing.update(|p| *p = !*p);
                 }>{move || if store.playing.get() { "❚❚ pause" } else { "▶ play" }}</button>
-                <button name="step" disabled=move || !store.ready.get() || store.playing.get() on:click=move |_| {
+                <button name="step" disabled=move || !store.ready.get() || store.playing.get() || store.diverged.with(Option::is_some) on:click=move |_| {
                     bridge::send(&ToWorker::Step);
                     store.refresh_inspection();
                 }>"single step"</button>
                 <button name="reset" on:click=move |_| store.apply(ui.get_untracked(), false, store.dropped.get_untracked())>"reset"</button>
                 <span class="status" data-testid="status">{status}</span>
             </div>
+            {move || store.diverged.get().map(|d| view! {
+                <div class="error divergence" role="alert" data-testid="divergence">
+                    <p>{d.message}</p>
+                    <div class="row controls">
+                        <button name="continue" on:click=move |_| store.resume()>{format!("continue from step {} with the settings above", d.kept)}</button>
+                        <button name="reset-diverged" on:click=move |_| store.apply(ui.get_untracked(), false, store.dropped.get_untracked())>"reset"</button>
+                    </div>
+                </div>
+            })}
             {move || store.scenario.get().map(|s| view! {
                 <div class="scenario">
                     <h3>{s.title}</h3>

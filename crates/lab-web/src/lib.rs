@@ -7,7 +7,9 @@
 //! No model math lives here: the worker calls `lab-train` and `lab-core`, the page renders
 //! the numbers it is sent.
 
+pub mod divergence;
 pub mod protocol;
+pub mod replica;
 pub mod state;
 pub mod workbench;
 

@@ -31,6 +31,13 @@ pub enum ToWorker {
     Pause,
     /// One step of every run.
     Step,
+    /// Go on from where every run is (a diverged run: its last good step) with these
+    /// settings, and play: each run restarts its session from its weights, the reference
+    /// kept (so AdamW's moments start again). Same data and number of runs as the reset.
+    Continue {
+        experiment: ExperimentConfig,
+        compare: Vec<String>,
+    },
     /// Candidate responses to `prompt` under the reference and run `run`'s policy.
     Inspect {
         prompt: String,
@@ -176,6 +183,22 @@ pub enum FromWorker {
     Status {
         playing: bool,
         steps_done: u32,
+    },
+    /// Run `run`'s numbers stopped being finite at `step`: training paused, the run is back
+    /// at step `kept` (its weights; the page drops its points after it). `message` names
+    /// the step and the likely cause.
+    Diverged {
+        generation: u32,
+        run: usize,
+        step: u32,
+        kept: u32,
+        message: String,
+    },
+    /// The runs continue (after `ToWorker::Continue`), playing.
+    Continued {
+        generation: u32,
+        runs: Vec<RunInfo>,
+        table: Vec<PairRow>,
     },
     Inspected {
         prompt: String,

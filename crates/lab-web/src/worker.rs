@@ -9,7 +9,12 @@
 //! The loop handles every pending message, then, while playing, steps each run once and
 //! yields to the event loop (a zero timeout) so that pause, reset and inspect requests get
 //! through between steps.
+//!
+//! A run whose numbers stop being finite pauses everything at its last good step
+//! ([`crate::divergence`]); `Continue` restarts every run's session from its weights with
+//! the page's settings, `Reset` from the start.
 
+use crate::divergence::{checked_step, LastGood, Outcome};
 use crate::protocol::{
     Candidate, FromWorker, LossTerm, Metrics, PairRow, PairText, RunInfo, ScenarioInfo, ToWorker,
     TrainingData,
@@ -48,6 +53,11 @@ extern "C" {
 }
 
 const BUILTIN: &str = include_str!("builtin.jsonl");
+/// On the GPU engine a run's weights are copied (for going back after a divergence) before
+/// every this many steps, since each copy is one more readback of every weight per step
+/// (its cost in the browser not measured yet); the CPU engine copies before every step, a
+/// memcpy.
+const GPU_COPY_EVERY: u32 = 10;
 const MODEL_DIR: &str = "assets/models/starter";
 
 fn scope() -> DedicatedWorkerGlobalScope {
@@ -234,6 +244,27 @@ struct Run {
     session: Session<Box<dyn Engine>>,
     target_steps: u32,
     displaced_at: Option<u32>,
+    /// Steps done before this session started (a continued run).
+    offset: u32,
+    last_good: LastGood,
+    /// The step a diverged run went back to; it takes no step until a continue or reset.
+    diverged: Option<u32>,
+}
+
+impl Run {
+    /// The step the run is at, counted from the reset.
+    fn steps(&self) -> u32 {
+        self.diverged.unwrap_or(self.offset + self.session.steps_done())
+    }
+}
+
+/// How the page lists run `index` of `experiment` (the main run) and `compare`.
+fn run_info(index: usize, run_experiment: &ExperimentConfig, compare: &[String]) -> RunInfo {
+    RunInfo {
+        label: if index == 0 { run_experiment.loss.clone() } else { compare[index - 1].clone() },
+        loss: run_experiment.loss.clone(),
+        terms: loss_terms(&run_experiment.loss),
+    }
 }
 
 /// Everything the worker holds between messages.
@@ -408,14 +439,15 @@ impl Lab {
             );
             metrics.insert("step".into(), 0.0);
             start.push(metrics);
-            let label =
-                if index == 0 { run_experiment.loss.clone() } else { compare[index - 1].clone() };
-            infos.push(RunInfo {
-                label,
-                loss: run_experiment.loss.clone(),
-                terms: loss_terms(&run_experiment.loss),
+            infos.push(run_info(index, run_experiment, &compare));
+            runs.push(Run {
+                session,
+                target_steps: run_experiment.steps,
+                displaced_at: None,
+                offset: 0,
+                last_good: LastGood::new(self.copy_every(), 0, self.model.params.clone()),
+                diverged: None,
             });
-            runs.push(Run { session, target_steps: run_experiment.steps, displaced_at: None });
         }
         self.runs = runs;
         self.experiment = experiment.clone();
@@ -474,18 +506,34 @@ impl Lab {
             .collect()
     }
 
-    /// One step of every run that has steps left; false when none has.
+    /// One step of every run that has steps left; false when none has, or when one diverged
+    /// (then everything pauses and the page is told).
     async fn tick(&mut self) -> bool {
         let mut any = false;
         for index in 0..self.runs.len() {
             let run = &mut self.runs[index];
-            if run.session.steps_done() >= run.target_steps {
+            if run.diverged.is_some() || run.steps() >= run.target_steps {
                 continue;
             }
             any = true;
             let started = now_ms();
-            let record: StepRecord = match run.session.step_async().await {
-                Ok(record) => record,
+            let outcome =
+                checked_step(&mut run.session, &mut run.last_good, run.offset, index).await;
+            let record: StepRecord = match outcome {
+                Ok(Outcome::Stepped(record)) => record,
+                Ok(Outcome::Diverged(d)) => {
+                    run.diverged = Some(d.kept);
+                    run.displaced_at = run.displaced_at.filter(|&at| at <= d.kept);
+                    self.playing = false;
+                    post(&FromWorker::Diverged {
+                        generation: self.generation,
+                        run: index,
+                        step: d.step,
+                        kept: d.kept,
+                        message: d.message,
+                    });
+                    return false;
+                }
                 Err(err) => {
                     self.playing = false;
                     post(&FromWorker::Error { message: format!("run {}: {err}", index + 1) });
@@ -493,12 +541,19 @@ impl Lab {
                 }
             };
             let step_ms = now_ms() - started;
+            let step = run.offset + record.step;
             if run.displaced_at.is_none() && record.eval.logps_chosen_change < 0.0 {
-                run.displaced_at = Some(record.step);
+                run.displaced_at = Some(step);
             }
             let displaced_at = run.displaced_at;
-            let metrics =
+            let offset = f64::from(run.offset);
+            let mut metrics =
                 metrics_of(serde_json::to_value(&record).expect("step records serialize"));
+            // a continued run's session counts from its restart; the page counts from the reset
+            metrics.insert("step".into(), f64::from(step));
+            if let Some(eval_step) = metrics.get_mut("eval/step") {
+                *eval_step += offset;
+            }
             let table = if index == 0 { Some(self.table()) } else { None };
             post(&FromWorker::Stepped {
                 generation: self.generation,
@@ -512,10 +567,116 @@ impl Lab {
         any
     }
 
+    /// Copy the weights before every this many steps (see [`GPU_COPY_EVERY`]).
+    fn copy_every(&self) -> u32 {
+        if self.on_gpu {
+            GPU_COPY_EVERY
+        } else {
+            1
+        }
+    }
+
+    /// The message refusing to step while a run waits after diverging.
+    fn diverged_refusal(&self) -> Option<String> {
+        let index = self.runs.iter().position(|r| r.diverged.is_some())?;
+        Some(format!(
+            "run {} diverged and waits at step {}: continue (after changing a setting) or reset",
+            index + 1,
+            self.runs[index].steps()
+        ))
+    }
+
+    /// Every run goes on from its current step (a diverged one: its last good step) under
+    /// the new settings: a new session on the same data and reference, given the run's
+    /// weights. Nothing changes if a run cannot be rebuilt.
+    async fn resume(
+        &mut self,
+        experiment: ExperimentConfig,
+        compare: Vec<String>,
+    ) -> Result<FromWorker> {
+        self.playing = false;
+        let state = UiState {
+            experiment: experiment.clone(),
+            compare: compare.clone(),
+            ..UiState::default()
+        };
+        let experiments = state.experiments().map_err(|e| e.to_string())?;
+        if self.runs.is_empty() {
+            return Err("no runs to continue: reset first".into());
+        }
+        if experiments.len() != self.runs.len() {
+            return Err(format!(
+                "continuing keeps the {} runs on the page; adding or removing a compared run needs a reset",
+                self.runs.len()
+            ));
+        }
+        if experiment.scenario != self.experiment.scenario {
+            return Err("the scenario changed: reset to train on it".into());
+        }
+        let mut current = Vec::new();
+        for run in &self.runs {
+            let weights = run
+                .session
+                .engine()
+                .params_async()
+                .await
+                .map_err(|e| format!("reading the weights: {e}"))?;
+            current.push((run.steps(), run.displaced_at, weights));
+        }
+        let records: Vec<Record> = self.kept.iter().map(|&i| self.records[i].clone()).collect();
+        let mut built: Vec<Run> = Vec::new();
+        for (index, ((step, displaced_at, weights), run_experiment)) in
+            current.into_iter().zip(&experiments).enumerate()
+        {
+            match self.continued_run(step, weights, run_experiment, &records).await {
+                Ok(run) => built.push(Run { displaced_at, ..run }),
+                Err(err) => {
+                    self.spare.extend(built.into_iter().map(|r| r.session.into_engine()));
+                    return Err(format!("run {}: {err}", index + 1));
+                }
+            }
+        }
+        for run in std::mem::replace(&mut self.runs, built) {
+            self.spare.push(run.session.into_engine());
+        }
+        let infos = experiments.iter().enumerate().map(|(i, e)| run_info(i, e, &compare)).collect();
+        self.experiment = experiment;
+        self.playing = true;
+        Ok(FromWorker::Continued { generation: self.generation, runs: infos, table: self.table() })
+    }
+
+    /// A run of `run_experiment` at step `step`: a new session whose reference is the
+    /// starting model and whose policy holds `weights`, evaluated.
+    async fn continued_run(
+        &mut self,
+        step: u32,
+        weights: Vec<f32>,
+        run_experiment: &ExperimentConfig,
+        records: &[Record],
+    ) -> Result<Run> {
+        let config = SessionConfig::from_experiment(run_experiment).map_err(|e| e.to_string())?;
+        let engine = self.fresh_engine().await?;
+        let mut session =
+            Session::new_async(engine, records, config).await.map_err(|e| e.to_string())?;
+        session.engine_mut().set_params(&weights).map_err(|e| e.to_string())?;
+        session
+            .evaluate_async()
+            .await
+            .map_err(|e| format!("evaluating the weights of step {step}: {e}"))?;
+        Ok(Run {
+            session,
+            target_steps: run_experiment.steps,
+            displaced_at: None,
+            offset: step,
+            last_good: LastGood::new(self.copy_every(), step, weights),
+            diverged: None,
+        })
+    }
+
     fn status(&self) -> FromWorker {
         FromWorker::Status {
             playing: self.playing,
-            steps_done: self.runs.first().map(|r| r.session.steps_done()).unwrap_or(0),
+            steps_done: self.runs.first().map(Run::steps).unwrap_or(0),
         }
     }
 
@@ -640,7 +801,7 @@ impl Lab {
         seed: u64,
     ) -> Result<FromWorker> {
         let prompts: Vec<String> = prompts.iter().map(|p| chat_prompt(p)).collect();
-        let steps = self.runs.get(run).map(|r| r.session.steps_done()).unwrap_or(0);
+        let steps = self.runs.get(run).map(Run::steps).unwrap_or(0);
         // sampling runs on a CPU copy of the policy, whichever engine trains it (see `policy`)
         let mut policy = self.policy(run).await?;
         let mut models: Vec<(&str, &mut dyn Engine)> = Vec::new();
@@ -694,6 +855,11 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
         ToWorker::Reset { generation, experiment, compare, drop_records, apply_preset, data } => {
             lab.reset(generation, experiment, compare, drop_records, apply_preset, data).await
         }
+        ToWorker::Play | ToWorker::Step if lab.diverged_refusal().is_some() => {
+            lab.playing = false;
+            post(&lab.status());
+            Err(lab.diverged_refusal().expect("just checked"))
+        }
         ToWorker::Play => {
             lab.playing = !lab.runs.is_empty();
             Ok(lab.status())
@@ -707,6 +873,7 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
             lab.tick().await;
             Ok(lab.status())
         }
+        ToWorker::Continue { experiment, compare } => lab.resume(experiment, compare).await,
         ToWorker::Inspect { prompt, run } => lab.inspect(&prompt, run).await,
         ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => {
             lab.generate(&prompt, run, temperature, max_new_tokens, seed).await
