@@ -58,6 +58,8 @@ enum Command {
     /// Train a byte-level BPE tokenizer on the pretraining corpus.
     #[command(subcommand)]
     Tokenizer(tokenize::TokenizerCommand),
+    /// Write the pretraining corpus (JSONL of prompt and completion).
+    Corpus(tokenize::CorpusArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::MakeScenario(args) => make_scenario::make_scenario_cmd(args).and_then(done),
         Command::Tokenize(args) => tokenize::tokenize(args).and_then(done),
         Command::Tokenizer(command) => tokenize::tokenizer_cmd(command),
+        Command::Corpus(args) => tokenize::corpus_cmd(args).and_then(done),
     };
     match result {
         Ok(report) => {

@@ -1,6 +1,6 @@
-//! `alignlab tokenize` (a text's token ids and pieces under a model's or a file's tokenizer)
-//! and `alignlab tokenizer train` (a byte-level BPE tokenizer trained on the pretraining
-//! corpus, written as a Hugging Face `tokenizer.json`).
+//! `alignlab tokenize` (a text's token ids and pieces under a model's or a file's tokenizer),
+//! `alignlab tokenizer train` (a byte-level BPE tokenizer trained on the pretraining corpus,
+//! written as a Hugging Face `tokenizer.json`) and `alignlab corpus` (that corpus as JSONL).
 
 use crate::ending::Report;
 use clap::{Args, Subcommand};
@@ -135,4 +135,33 @@ pub fn tokenizer_cmd(command: TokenizerCommand) -> Result<Report> {
         "merges": bpe.merges().len(),
         "required": single,
     })))
+}
+
+#[derive(Args)]
+pub struct CorpusArgs {
+    /// Where the corpus goes: JSONL, one {"prompt","completion"} per example.
+    #[arg(long)]
+    out: PathBuf,
+    /// The corpus seed (the starter model's is 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    force: bool,
+}
+
+/// `alignlab corpus`: the pretraining corpus as a file, so anyone can check what the starter
+/// model (and the tokenizer) learned from.
+pub fn corpus_cmd(args: CorpusArgs) -> Result<Value> {
+    let corpus = lab_core::corpus::generate(args.seed);
+    let mut outputs = Outputs::new(args.force);
+    let staged = outputs.file(&args.out)?;
+    let text: String = corpus
+        .iter()
+        .map(|e| json!({ "prompt": e.prompt, "completion": e.completion }).to_string() + "\n")
+        .collect();
+    std::fs::write(&staged, &text).map_err(|e| LabError::io(args.out.display().to_string(), e))?;
+    outputs.commit()?;
+    Ok(
+        json!({ "out": args.out.display().to_string(), "examples": corpus.len(), "seed": args.seed }),
+    )
 }
