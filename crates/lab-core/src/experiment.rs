@@ -50,11 +50,13 @@ impl Default for ExperimentConfig {
     }
 }
 
-fn percent_encode(text: &str) -> String {
+/// The link codec, the one the page and the CLI share: every byte but letters, digits and
+/// `-_.~*,` as `%XX`. [`link_unescape`] reverses it.
+pub fn link_escape(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' | b',' => {
                 out.push(byte as char)
             }
             _ => out.push_str(&format!("%{byte:02X}")),
@@ -63,7 +65,10 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-fn percent_decode(text: &str, key: &str) -> Result<String> {
+/// A link value as text: `%XX` is the byte XX and `+` a space (as browsers' URLSearchParams
+/// write a space), so a literal plus is `%2B`. A bad escape or non-UTF-8 result is an error
+/// naming `key`.
+pub fn link_unescape(text: &str, key: &str) -> Result<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -149,11 +154,7 @@ impl ExperimentConfig {
         if let Some(scenario) = &self.scenario {
             pairs.push(("scenario", scenario.clone()));
         }
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={}", percent_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
+        pairs.iter().map(|(k, v)| format!("{k}={}", link_escape(v))).collect::<Vec<_>>().join("&")
     }
 
     /// Parse a query string (with or without the leading `?`); keys not given keep their
@@ -167,7 +168,7 @@ impl ExperimentConfig {
                 return Err(LabError::parse("given twice in the link; keep one").in_field(key));
             }
             seen.push(key);
-            let value = percent_decode(raw, key)?;
+            let value = link_unescape(raw, key)?;
             let number = |v: &str| -> Result<f64> {
                 match v.parse::<f64>() {
                     Ok(x) if x.is_finite() => Ok(x),
@@ -302,6 +303,17 @@ mod tests {
         assert!(err.contains("betta"), "{err}");
         let err = ExperimentConfig::from_query("loss=dpo").unwrap_err().to_string();
         assert!(err.contains("sigmoid"), "{err}");
+    }
+
+    #[test]
+    fn the_link_codec_round_trips_any_text_and_reads_plus_as_space() {
+        for text in ["sigmoid+0.5*sft", "a b,c;d=e&f%g", "é 😀 \u{0}", "", "+%2B"] {
+            assert_eq!(link_unescape(&link_escape(text), "k").unwrap(), text, "{text:?}");
+        }
+        assert_eq!(link_escape("sigmoid+0.5*sft"), "sigmoid%2B0.5*sft");
+        assert_eq!(link_unescape("a+b%2Bc", "k").unwrap(), "a b+c");
+        let err = link_unescape("%G1", "loss").unwrap_err().to_string();
+        assert!(err.contains("loss") && err.contains("bad percent escape"), "{err}");
     }
 
     #[test]

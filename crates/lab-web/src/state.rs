@@ -5,7 +5,7 @@
 //! its own: `compare`, the losses of the optional second and third runs, and `engine`
 //! (`auto`, `webgpu` or `cpu`). A shared link therefore reproduces every run on the page.
 
-use lab_core::experiment::ExperimentConfig;
+use lab_core::experiment::{link_escape, link_unescape, ExperimentConfig};
 use lab_core::loss::LossMix;
 use lab_core::{LabError, Result};
 use serde::{Deserialize, Serialize};
@@ -57,46 +57,13 @@ pub struct UiState {
 }
 
 /// `%XX`-escape everything but unreserved characters (the loss specs hold `+`).
-fn escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' | b',' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn unescape(text: &str) -> Result<String> {
-    let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let byte = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    LabError::parse(format!("bad percent escape in {text:?}")).in_field("compare")
-                })?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| LabError::parse("not UTF-8").in_field("compare"))
-}
-
 impl UiState {
     /// The query string (no `?`).
     pub fn to_query(&self) -> String {
         let mut query = self.experiment.to_query();
         if !self.compare.is_empty() {
             query.push_str("&compare=");
-            query.push_str(&escape(&self.compare.join(",")));
+            query.push_str(&link_escape(&self.compare.join(",")));
         }
         if self.engine != EngineChoice::Auto {
             query.push_str("&engine=");
@@ -113,7 +80,7 @@ impl UiState {
         for part in query.trim_start_matches('?').split('&').filter(|p| !p.is_empty()) {
             match part.split_once('=') {
                 Some(("compare", value)) => {
-                    compare = unescape(value)?
+                    compare = link_unescape(value, "compare")?
                         .split(',')
                         .map(str::trim)
                         .filter(|s| !s.is_empty())
@@ -165,7 +132,7 @@ impl UiState {
                 None => settings.push((key.to_string(), value)),
             };
         };
-        set("loss", escape(loss));
+        set("loss", link_escape(loss));
         let mut overridden: Vec<&str> = Vec::new();
         for part in parts.map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| {
@@ -182,7 +149,7 @@ impl UiState {
                 return Err(LabError::param("compare", format!("{entry:?}: {key} given twice")));
             }
             overridden.push(key);
-            set(key, escape(value.trim()));
+            set(key, link_escape(value.trim()));
         }
         let query: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let query = query.join("&");
