@@ -26,9 +26,9 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/alignlab-xdg}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 echo "== cargo fmt --check, cargo clippy (every warning an error)"
-for component in rustfmt clippy; do
-  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
-done
+# rustup's toolchains need the components added; a distribution's cargo brings its own.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release --locked -- -D warnings 2>&1
 

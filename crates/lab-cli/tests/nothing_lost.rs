@@ -366,34 +366,15 @@ fn a_diverged_run_keeps_its_last_good_step_and_says_why() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-/// Start a long run, wait for its first progress line, send `signal`, and check that it
-/// stops at a step boundary with complete metrics and loadable weights, exit 130.
+/// Start a long run, wait for three progress lines, send `signal`, and check that it stops
+/// at a step boundary with complete metrics and loadable weights, exit 130.
 fn stops_cleanly_on(signal: &str) {
     let dir = scratch(signal);
     let data = write(&dir, "d.jsonl", PAIRS);
     let out = dir.join("run.jsonl").display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alignlab"))
-        .args(train_args(&data, &out, "1000000"))
-        .env("ALIGNLAB_PROGRESS_SECONDS", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    for _ in 0..3 {
-        line.clear();
-        stderr.read_line(&mut line).unwrap();
-        let progress: Value = serde_json::from_str(&line).expect("a JSON progress line");
-        assert_eq!(progress["progress"]["task"], "train");
-    }
-    let sent = Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status();
-    assert!(sent.unwrap().success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let done = child.wait_with_output().unwrap();
-    assert_eq!(done.status.code(), Some(130), "{rest}");
-    let summary: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let (code, stdout, stderr) = signal_after(&train_args(&data, &out, "1000000"), 3, signal);
+    assert_eq!(code, Some(130), "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["stopped"], "interrupted");
     let steps = summary["steps"].as_u64().unwrap();
     assert!(steps >= 3, "{summary}");
@@ -403,7 +384,7 @@ fn stops_cleanly_on(signal: &str) {
         let record: Value = serde_json::from_str(line).expect("every line is a whole record");
         assert_eq!(record["step"], i as u64 + 1);
     }
-    assert!(rest.contains("interrupted") && rest.contains("run.model"), "{rest}");
+    assert!(stderr.contains("interrupted") && stderr.contains("run.model"), "{stderr}");
     let model = dir.join("run.model").display().to_string();
     let (code, _, stderr) = alignlab(&["eval", "--model", &model, "--data", &data]);
     assert_eq!(code, 0, "{stderr}");
@@ -446,8 +427,10 @@ fn runs_are_bounded_and_report_progress_off_stdout() {
     assert!(progress.iter().all(|p| p["progress"]["total"] == 5 && p["progress"]["loss"].is_f64()));
 }
 
-/// Start `args`, wait for `lines` lines on stderr, send SIGINT; (exit code, stdout).
-fn interrupt_after(args: &[&str], lines: usize) -> (Option<i32>, String) {
+/// Start `args` with a progress line per step, wait for `lines` JSON lines on stderr (so the
+/// run is in its loop), send `signal` (the shell's builtin `kill`);
+/// (exit code, stdout, the rest of stderr).
+fn signal_after(args: &[&str], lines: usize, signal: &str) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_alignlab"))
         .args(args)
         .env("ALIGNLAB_PROGRESS_SECONDS", "0")
@@ -460,20 +443,21 @@ fn interrupt_after(args: &[&str], lines: usize) -> (Option<i32>, String) {
     for _ in 0..lines {
         line.clear();
         stderr.read_line(&mut line).unwrap();
+        assert!(serde_json::from_str::<Value>(&line).is_ok(), "not a JSON line: {line}");
     }
-    let sent = Command::new("kill").args(["-INT".to_string(), child.id().to_string()]).status();
-    assert!(sent.unwrap().success());
+    let kill = format!("kill -{signal} {}", child.id());
+    assert!(Command::new("sh").args(["-c", &kill]).status().unwrap().success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let done = child.wait_with_output().unwrap();
-    (done.status.code(), String::from_utf8(done.stdout).unwrap())
+    (done.status.code(), String::from_utf8(done.stdout).unwrap(), rest)
 }
 
 #[test]
 fn ctrl_c_saves_what_pretrain_trained_and_leaves_sample_s_output_unwritten() {
     let dir = scratch("interrupt-others");
     let model = dir.join("pre").display().to_string();
-    let (code, stdout) = interrupt_after(
+    let (code, stdout, _) = signal_after(
         &[
             "pretrain",
             "--out",
@@ -492,6 +476,7 @@ fn ctrl_c_saves_what_pretrain_trained_and_leaves_sample_s_output_unwritten() {
             "1",
         ],
         2,
+        "INT",
     );
     assert_eq!(code, Some(130), "{stdout}");
     let summary: Value = serde_json::from_str(&stdout).unwrap();
@@ -503,9 +488,10 @@ fn ctrl_c_saves_what_pretrain_trained_and_leaves_sample_s_output_unwritten() {
     let prompts = write(&dir, "prompts.txt", &questions);
     let out = dir.join("samples.jsonl");
     let out_name = out.display().to_string();
-    let (code, stdout) = interrupt_after(
+    let (code, stdout, _) = signal_after(
         &["sample", "--model", &starter(), "--prompts", &prompts, "--out", &out_name],
         2,
+        "INT",
     );
     assert_eq!(code, Some(130), "{stdout}");
     assert!(!out.exists());
