@@ -17,6 +17,7 @@ use lab_core::data::parse_jsonl;
 use lab_core::engine::{AdamWConfig, Closeness, Engine, Rows, StepLoss, TokenBatch};
 use lab_core::loss::{DataShape, LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
+use lab_core::tokenizer::Tokenizer;
 use lab_cpu::CpuEngine;
 use lab_gpu::kernels::Kernel;
 use lab_gpu::timing::Method;
@@ -364,9 +365,10 @@ fn dpo_loss_curves_agree_over_20_steps() {
     };
     let params = init_params(&MICRO, 7);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
-    let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
+    let mut on_gpu = Session::new(gpu_engine, &Tokenizer::Char, &records, config.clone()).unwrap();
     let mut on_cpu =
-        Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+        Session::new(CpuEngine::new(MICRO, params).unwrap(), &Tokenizer::Char, &records, config)
+            .unwrap();
     assert_loss_curves_agree("dpo", &mut on_gpu, &mut on_cpu, 20);
 }
 
@@ -416,9 +418,15 @@ fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
         };
         let params = init_params(&MICRO, 9);
         let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
-        let mut on_gpu = Session::new(gpu_engine, &records, config.clone()).unwrap();
-        let mut on_cpu =
-            Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+        let mut on_gpu =
+            Session::new(gpu_engine, &Tokenizer::Char, &records, config.clone()).unwrap();
+        let mut on_cpu = Session::new(
+            CpuEngine::new(MICRO, params).unwrap(),
+            &Tokenizer::Char,
+            &records,
+            config,
+        )
+        .unwrap();
         let before = on_gpu.engine().sync_counts();
         assert_loss_curves_agree(&kind.to_string(), &mut on_gpu, &mut on_cpu, 10);
         // a step and an evaluation of the dataset each: one submission and one readback apiece
@@ -464,11 +472,18 @@ fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
     let params = init_params(&MICRO, 5);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
     let Some(gpu_sync_engine) = gpu(MICRO, params.clone()) else { return };
-    let mut on_gpu =
-        pollster::block_on(Session::new_async(gpu_engine, &records, config.clone())).unwrap();
-    let mut on_gpu_sync = Session::new(gpu_sync_engine, &records, config.clone()).unwrap();
+    let mut on_gpu = pollster::block_on(Session::new_async(
+        gpu_engine,
+        &Tokenizer::Char,
+        &records,
+        config.clone(),
+    ))
+    .unwrap();
+    let mut on_gpu_sync =
+        Session::new(gpu_sync_engine, &Tokenizer::Char, &records, config.clone()).unwrap();
     let mut on_cpu =
-        Session::new(CpuEngine::new(MICRO, params).unwrap(), &records, config).unwrap();
+        Session::new(CpuEngine::new(MICRO, params).unwrap(), &Tokenizer::Char, &records, config)
+            .unwrap();
     let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     assert_close("reference logps", &to_f32(on_gpu.row_logps().0), &to_f32(on_cpu.row_logps().0));
     let ches = |s: &[lab_train::PairStats]| s.iter().map(|p| p.ches as f32).collect::<Vec<f32>>();
@@ -789,9 +804,14 @@ fn queued_forwards_match_one_at_a_time() {
     let params = init_params(&MICRO, 11);
     let Some(awaited_engine) = gpu(MICRO, params.clone()) else { return };
     let Some(blocking_engine) = gpu(MICRO, params) else { return };
-    let mut awaited =
-        pollster::block_on(Session::new_async(awaited_engine, &records, config.clone())).unwrap();
-    let mut blocking = Session::new(blocking_engine, &records, config).unwrap();
+    let mut awaited = pollster::block_on(Session::new_async(
+        awaited_engine,
+        &Tokenizer::Char,
+        &records,
+        config.clone(),
+    ))
+    .unwrap();
+    let mut blocking = Session::new(blocking_engine, &Tokenizer::Char, &records, config).unwrap();
     for _ in 0..3 {
         let (a, b) = (pollster::block_on(awaited.step_async()).unwrap(), blocking.step().unwrap());
         assert_eq!(a.loss.to_bits(), b.loss.to_bits());

@@ -16,9 +16,14 @@ fn assets() -> PathBuf {
 fn run(name: &str) -> ScenarioReport {
     let assets = assets();
     let scenario = Scenario::load(&assets, name).unwrap();
-    let (cfg, params) = checkpoint::load_dir(&assets.join("models").join("starter")).unwrap();
-    let report =
-        run_scenario(&scenario, || CpuEngine::new(cfg, params.clone()), |_, _| {}).unwrap();
+    let model = checkpoint::load_dir(&assets.join("models").join("starter")).unwrap();
+    let report = run_scenario(
+        &scenario,
+        &model.tokenizer,
+        || CpuEngine::new(model.config, model.params.clone()),
+        |_, _| {},
+    )
+    .unwrap();
     eprintln!("{name}: {}", report.verdict.line);
     report
 }

@@ -5,6 +5,7 @@ use lab_core::config::{init_params, GptConfig};
 use lab_core::data::{parse_jsonl, Record};
 use lab_core::engine::AdamWConfig;
 use lab_core::loss::{DataShape, LossKind, LossMix, LossParams};
+use lab_core::tokenizer::Tokenizer;
 use lab_core::Engine;
 use lab_cpu::CpuEngine;
 use lab_train::{record_lines, Session, SessionConfig};
@@ -49,7 +50,7 @@ fn session(loss: LossMix, records: &[Record], lr: f32, seed: u64) -> Session<Cpu
         eval_every: 1,
         final_step: 0,
     };
-    Session::new(engine, records, config).unwrap()
+    Session::new(engine, &Tokenizer::Char, records, config).unwrap()
 }
 
 #[test]
@@ -163,10 +164,16 @@ fn data_errors_name_the_line_and_field_and_invalid_config_is_rejected() {
         eval_every: 1,
         final_step: 0,
     };
-    let err = Session::with_lines(engine, &records, Some(&record_lines(&text)), config.clone())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = Session::with_lines(
+        engine,
+        &Tokenizer::Char,
+        &records,
+        Some(&record_lines(&text)),
+        config.clone(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         err.contains("line 10") && err.contains("\"chosen\"") && err.contains("context"),
         "{err}"
@@ -174,12 +181,15 @@ fn data_errors_name_the_line_and_field_and_invalid_config_is_rejected() {
 
     let unpaired = parse_jsonl(&unpaired_jsonl()).unwrap();
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let err = Session::new(engine, &unpaired, config.clone()).err().unwrap().to_string();
+    let err = Session::new(engine, &Tokenizer::Char, &unpaired, config.clone())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("record 1") && err.contains("unpaired"), "{err}");
 
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
     let bad = SessionConfig { params: LossParams { beta: 0.0, ..LossParams::default() }, ..config };
-    let err = Session::new(engine, &records, bad).err().unwrap().to_string();
+    let err = Session::new(engine, &Tokenizer::Char, &records, bad).err().unwrap().to_string();
     assert!(err.contains("beta"), "{err}");
 }
 
@@ -190,9 +200,13 @@ fn async_session_equals_blocking_session_bit_for_bit() {
     let records = parse_jsonl(&pairs_jsonl()).unwrap();
     let mut blocking = session(LossMix::single(LossKind::Sigmoid), &records, 1e-2, 5);
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let mut awaited =
-        pollster::block_on(Session::new_async(engine, &records, blocking.config().clone()))
-            .unwrap();
+    let mut awaited = pollster::block_on(Session::new_async(
+        engine,
+        &Tokenizer::Char,
+        &records,
+        blocking.config().clone(),
+    ))
+    .unwrap();
     assert_eq!(
         serde_json::to_string(blocking.pairs()).unwrap(),
         serde_json::to_string(awaited.pairs()).unwrap()
@@ -225,6 +239,7 @@ fn eval_every_spaces_the_evaluations_and_changes_no_training_number() {
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
     let mut spaced = Session::new(
         engine,
+        &Tokenizer::Char,
         &records,
         SessionConfig { eval_every: 3, final_step: 7, ..every.config().clone() },
     )
@@ -253,8 +268,12 @@ fn eval_every_spaces_the_evaluations_and_changes_no_training_number() {
         .all(|(a, b)| a.to_bits() == b.to_bits()));
     // automatic: every step for a dataset this small (16 rows)
     let engine = CpuEngine::new(MICRO, init_params(&MICRO, 7)).unwrap();
-    let auto =
-        Session::new(engine, &records, SessionConfig { eval_every: 0, ..every.config().clone() })
-            .unwrap();
+    let auto = Session::new(
+        engine,
+        &Tokenizer::Char,
+        &records,
+        SessionConfig { eval_every: 0, ..every.config().clone() },
+    )
+    .unwrap();
     assert_eq!(auto.eval_every(), 1);
 }

@@ -4,12 +4,13 @@ use crate::ending::{Ending, Report};
 use crate::interrupt;
 use crate::progress::Progress;
 use clap::Args;
-use lab_core::checkpoint::{self, StorageDtype};
+use lab_core::checkpoint::{self, ModelFiles, StorageDtype};
 use lab_core::config::{init_params, GptConfig};
 use lab_core::data::{self, Record};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::files::{self, Outputs};
 use lab_core::loss::LossParams;
+use lab_core::tokenizer::Tokenizer;
 use lab_core::{Engine, LabError, Result};
 use lab_cpu::CpuEngine;
 use lab_train::{record_lines, Session, SessionConfig};
@@ -30,16 +31,20 @@ pub fn losses(args: LossesArgs) -> Result<Value> {
     lab_core::loss::evaluate_trl_losses_json(&text).map_err(|e| e.in_file(&name))
 }
 
-/// The files of a model folder, as `checkpoint::save_dir` writes them.
-pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
+/// The files of a model folder, as `checkpoint::save_dir` writes them (a BPE tokenizer
+/// adds `tokenizer_config.json`).
+pub const MODEL_FILES: [&str; 4] =
+    ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"];
 
 /// Where the starting weights come from.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A model directory (model.safetensors + config.json), e.g. assets/models/starter.
+    /// A model directory (model.safetensors + config.json + its tokenizer), e.g.
+    /// assets/models/starter.
     #[arg(long, conflicts_with = "config")]
     model: Option<PathBuf>,
-    /// Or a preset with GPT-2 random initialisation: tiny | medium.
+    /// Or a preset with GPT-2 random initialisation and the character tokenizer: tiny |
+    /// medium.
     #[arg(long)]
     config: Option<String>,
     /// Engine: cpu (the reference) or gpu (WebGPU through wgpu: Vulkan, Metal, DX12).
@@ -48,13 +53,14 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// (config, params) from --model or --config (seeded init; tiny by default).
-    fn load(&self, seed: u64) -> Result<(GptConfig, Vec<f32>)> {
+    /// The model from --model or --config (seeded init; tiny by default).
+    fn load(&self, seed: u64) -> Result<ModelFiles> {
         match (&self.model, &self.config) {
             (Some(dir), _) => checkpoint::load_dir(dir),
             (None, preset) => {
-                let cfg = GptConfig::preset(preset.as_deref().unwrap_or("tiny"))?;
-                Ok((cfg, init_params(&cfg, seed)))
+                let config = GptConfig::preset(preset.as_deref().unwrap_or("tiny"))?;
+                let params = init_params(&config, seed);
+                Ok(ModelFiles { config, params, tokenizer: Tokenizer::Char })
             }
         }
     }
@@ -159,17 +165,17 @@ impl TrainArgs {
     }
 }
 
-/// Build a session from an experiment; the weights come from `model`.
+/// Build a session from an experiment; the weights and the tokenizer come from `model`.
 pub fn session_for(
     experiment: &ExperimentConfig,
     model: &ModelArgs,
     records: &[Record],
     lines: Option<&[usize]>,
-) -> Result<Session<Box<dyn Engine>>> {
+) -> Result<(Session<Box<dyn Engine>>, Tokenizer)> {
     let config = SessionConfig::from_experiment(experiment)?;
-    let (cfg, params) = model.load(experiment.seed)?;
+    let ModelFiles { config: cfg, params, tokenizer } = model.load(experiment.seed)?;
     let engine = model.engine(cfg, params)?;
-    Session::with_lines(engine, records, lines, config)
+    Ok((Session::with_lines(engine, &tokenizer, records, lines, config)?, tokenizer))
 }
 
 /// Train, writing one metrics line per step and then the weights. Both are staged and put in
@@ -187,7 +193,7 @@ pub fn train(args: TrainArgs) -> Result<Report> {
     let metrics_path = outputs.file(&args.out)?;
     let weights_path = outputs.folder(&save_dir, &MODEL_FILES)?;
     let (records, lines, data_name) = read_data(&args.data)?;
-    let mut session = session_for(&experiment, &args.model, &records, Some(&lines))
+    let (mut session, tokenizer) = session_for(&experiment, &args.model, &records, Some(&lines))
         .map_err(|e| e.in_file(&data_name))?;
 
     interrupt::install();
@@ -240,8 +246,8 @@ pub fn train(args: TrainArgs) -> Result<Report> {
     file.flush().map_err(|e| LabError::io(&out_name, e))?;
     drop(file);
     let dtype = if args.f16 { StorageDtype::F16 } else { StorageDtype::F32 };
-    checkpoint::save_dir(&weights_path, session.engine().config(), &good, dtype)
-        .map_err(|e| outputs.named(e))?;
+    let model = ModelFiles { config: *session.engine().config(), params: good, tokenizer };
+    checkpoint::save_dir(&weights_path, &model, dtype).map_err(|e| outputs.named(e))?;
     outputs.commit()?;
     let (ending, message) = match stopped {
         Some((ending, why)) => {
@@ -306,17 +312,21 @@ pub fn eval(args: EvalArgs) -> Result<Value> {
         seed: args.seed,
         ..ExperimentConfig::default()
     };
-    let (policy_cfg, policy_params) = args.model.load(args.seed)?;
+    let policy = args.model.load(args.seed)?;
     let reference_model = ModelArgs {
         model: args.reference.clone().or(args.model.model.clone()),
         ..args.model.clone()
     };
-    let mut session = session_for(&experiment, &reference_model, &records, Some(&lines))
-        .map_err(|e| e.in_file(&data_name))?;
-    if *session.engine().config() != policy_cfg {
+    let (mut session, reference_tokenizer) =
+        session_for(&experiment, &reference_model, &records, Some(&lines))
+            .map_err(|e| e.in_file(&data_name))?;
+    if *session.engine().config() != policy.config {
         return Err(LabError::shape("the model and the reference have different configs"));
     }
-    session.engine_mut().set_params(&policy_params)?;
+    if reference_tokenizer != policy.tokenizer {
+        return Err(LabError::shape("the model and the reference have different tokenizers"));
+    }
+    session.engine_mut().set_params(&policy.params)?;
     let instruments = session.evaluate()?;
     let pairs: Vec<Value> = session
         .pairs()

@@ -16,6 +16,7 @@ use lab_core::exchange::{self, MetricsRow};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::files::{self, Outputs};
 use lab_core::sample::SampleConfig;
+use lab_core::tokenizer::Tokenizer;
 use lab_core::{checkpoint, Engine, LabError, Result};
 use lab_train::record_lines;
 use serde_json::{json, Value};
@@ -185,12 +186,18 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
         top_k: args.top_k,
         max_new_tokens: args.max_new_tokens,
     };
-    let open = |dir: &Path| -> Result<Box<dyn Engine>> {
-        let (cfg, params) = checkpoint::load_dir(dir)?;
-        open_engine(&args.engine, cfg, params)
+    let open = |dir: &Path| -> Result<(Box<dyn Engine>, Tokenizer)> {
+        let model = checkpoint::load_dir(dir)?;
+        Ok((open_engine(&args.engine, model.config, model.params)?, model.tokenizer))
     };
-    let mut policy = open(&args.model)?;
-    let mut reference = args.reference.as_deref().map(open).transpose()?;
+    let (mut policy, tokenizer) = open(&args.model)?;
+    let mut reference = match args.reference.as_deref().map(open).transpose()? {
+        Some((_, other)) if other != tokenizer => {
+            return Err(LabError::shape("the model and the reference have different tokenizers"))
+        }
+        Some((engine, _)) => Some(engine),
+        None => None,
+    };
     let mut models: Vec<(&str, &mut dyn Engine)> = vec![("policy", policy.as_mut())];
     if let Some(reference) = reference.as_mut() {
         models.push(("reference", reference.as_mut()));
@@ -205,8 +212,15 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
         progress.tick(done as u64, None);
         Ok(())
     };
-    let sampled =
-        sample_candidates(&mut models, &prompts, args.n, &config, args.seed, &mut on_prompt);
+    let sampled = sample_candidates(
+        &mut models,
+        &tokenizer,
+        &prompts,
+        args.n,
+        &config,
+        args.seed,
+        &mut on_prompt,
+    );
     progress.finish();
     if interrupt::requested() {
         let message = format!("interrupted; nothing written ({} is as it was)", args.out.display());
@@ -260,11 +274,12 @@ pub fn export_trl(args: ExportTrlArgs) -> Result<Value> {
     let records = exchange::import_jsonl(&name, &text)?;
     let lines = record_lines(&text);
     exchange::check_trl_dpo_data(&records).map_err(|e| at_record_line(e, &lines, &name))?;
-    let (cfg, _) = checkpoint::load_dir(&args.model)?;
+    let cfg = checkpoint::read_config(&args.model.join("config.json"))?;
+    let tokenizer = checkpoint::read_tokenizer(&args.model, &cfg)?;
     for (i, record) in records.iter().enumerate() {
         if let Record::Pair(pair) = record {
             pair.render()
-                .encode(cfg.ctx)
+                .encode(&tokenizer, cfg.ctx)
                 .map_err(|e| at_record_line(e.at_line(i + 1), &lines, &name))?;
         }
     }

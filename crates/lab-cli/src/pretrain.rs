@@ -5,9 +5,10 @@
 use crate::ending::{Ending, Report};
 use crate::interrupt;
 use clap::Args;
-use lab_core::checkpoint::{self, StorageDtype};
+use lab_core::checkpoint::{self, ModelFiles, StorageDtype};
 use lab_core::config::{init_params, GptConfig};
 use lab_core::files::Outputs;
+use lab_core::tokenizer::Tokenizer;
 use lab_core::{Engine, LabError, Result};
 use lab_cpu::CpuEngine;
 use lab_train::{pretrain, PretrainConfig};
@@ -38,6 +39,10 @@ pub struct PretrainArgs {
     n_head: usize,
     #[arg(long, default_value_t = 128)]
     ctx: usize,
+    /// The tokenizer: a tokenizer.json (e.g. from `alignlab tokenizer train`) or a folder
+    /// holding one; without it, the character tokenizer.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Store f32 instead of f16.
     #[arg(long)]
     f32: bool,
@@ -49,8 +54,12 @@ pub struct PretrainArgs {
 }
 
 pub fn pretrain_cmd(args: PretrainArgs) -> Result<Report> {
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Tokenizer::from_path(path)?,
+        None => Tokenizer::Char,
+    };
     let cfg = GptConfig {
-        vocab: lab_core::tokenizer::VOCAB_SIZE,
+        vocab: tokenizer.vocab_size(),
         ctx: args.ctx,
         d_model: args.d_model,
         n_layer: args.n_layer,
@@ -67,6 +76,9 @@ pub fn pretrain_cmd(args: PretrainArgs) -> Result<Report> {
     };
     config.validate()?;
     let mut outputs = Outputs::new(args.force);
+    if let Some(path) = &args.tokenizer {
+        outputs.input(path);
+    }
     let staged = outputs.folder(&args.out, &crate::commands::MODEL_FILES)?;
     interrupt::install();
     let corpus = lab_core::corpus::generate(args.seed);
@@ -74,6 +86,7 @@ pub fn pretrain_cmd(args: PretrainArgs) -> Result<Report> {
     let started = std::time::Instant::now();
     let summary = pretrain(
         &mut engine,
+        &tokenizer,
         &corpus,
         &config,
         |p| {
@@ -91,7 +104,8 @@ pub fn pretrain_cmd(args: PretrainArgs) -> Result<Report> {
         });
     }
     let dtype = if args.f32 { StorageDtype::F32 } else { StorageDtype::F16 };
-    checkpoint::save_dir(&staged, &cfg, &params, dtype).map_err(|e| outputs.named(e))?;
+    let model = ModelFiles { config: cfg, params, tokenizer };
+    checkpoint::save_dir(&staged, &model, dtype).map_err(|e| outputs.named(e))?;
     outputs.commit()?;
     let (ending, message) = if summary.steps < args.steps {
         let message = format!(
@@ -105,7 +119,8 @@ pub fn pretrain_cmd(args: PretrainArgs) -> Result<Report> {
     };
     let json = json!({
         "model": args.out.display().to_string(),
-        "config": cfg.to_hf_json(),
+        "config": cfg.to_hf_json(model.tokenizer.eot()),
+        "tokenizer": model.tokenizer.kind(),
         "parameters": cfg.layout().total,
         "engine": engine.name(),
         "seconds": started.elapsed().as_secs_f64(),

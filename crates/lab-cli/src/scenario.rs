@@ -54,13 +54,14 @@ pub fn scenario_cmd(args: ScenarioArgs) -> Result<Report> {
     let scenario = loaded.varied(args.seed, lr_factor)?;
     let model_dir =
         args.model.clone().unwrap_or_else(|| args.assets.join("models").join("starter"));
-    let (cfg, params) = checkpoint::load_dir(&model_dir)?;
+    let model = checkpoint::load_dir(&model_dir)?;
     let started = std::time::Instant::now();
     let verbose = args.verbose;
     let run = |scenario: &Scenario| {
         run_scenario(
             scenario,
-            || CpuEngine::new(cfg, params.clone()),
+            &model.tokenizer,
+            || CpuEngine::new(model.config, model.params.clone()),
             |label, record| {
                 if verbose {
                     eprintln!("{}", json!({"run": label, "metrics": record}));

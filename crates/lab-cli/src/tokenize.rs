@@ -6,9 +6,10 @@ use crate::ending::Report;
 use clap::{Args, Subcommand};
 use lab_core::bpe::Bpe;
 use lab_core::files::Outputs;
-use lab_core::{files, tokenizer, LabError, Result};
+use lab_core::tokenizer::Tokenizer;
+use lab_core::{checkpoint, LabError, Result};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
@@ -22,66 +23,23 @@ pub struct TokenizeArgs {
     text: String,
 }
 
-/// The tokenizers alignlab reads.
-enum Tokenizer {
-    Char,
-    Bpe(Box<Bpe>),
-}
-
-impl Tokenizer {
-    /// A folder's tokenizer: tokenizer.json (ours or a BPE one), or vocab.json + merges.txt.
-    fn of_folder(dir: &Path) -> Result<Tokenizer> {
-        let json = dir.join("tokenizer.json");
-        if json.exists() {
-            return Self::of_file(&json);
-        }
-        if dir.join("vocab.json").exists() {
-            let bpe = Bpe::from_gpt2_files(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
-            return Ok(Tokenizer::Bpe(Box::new(bpe)));
-        }
-        Err(LabError::io(
-            dir.display().to_string(),
-            "has no tokenizer.json and no vocab.json + merges.txt",
-        ))
-    }
-
-    fn of_file(path: &Path) -> Result<Tokenizer> {
-        let name = files::display_name(path);
-        let text = files::read_text(path, lab_core::bpe::MAX_TOKENIZER_BYTES)?;
-        let value = lab_core::json::parse_unique(&text).map_err(|e| e.in_file(&name))?;
-        if value.get("type").and_then(Value::as_str) == Some("alignlab-char") {
-            return Ok(Tokenizer::Char);
-        }
-        let bpe = Bpe::from_tokenizer_json_str(&text).map_err(|e| e.in_file(&name))?;
-        Ok(Tokenizer::Bpe(Box::new(bpe)))
-    }
-
-    fn describe(&self, text: &str) -> Result<Value> {
-        let (kind, ids, pieces): (&str, Vec<u32>, Vec<String>) = match self {
-            Tokenizer::Char => {
-                let ids = tokenizer::encode(text)?;
-                let pieces = ids.iter().map(|&i| tokenizer::decode(&[i])).collect();
-                ("character", ids, pieces)
-            }
-            Tokenizer::Bpe(bpe) => {
-                let ids = bpe.encode(text);
-                let pieces =
-                    ids.iter().map(|&i| bpe.piece(i).unwrap_or_default().to_string()).collect();
-                ("byte-level BPE", ids, pieces)
-            }
-        };
-        Ok(json!({ "tokenizer": kind, "tokens": ids.len(), "ids": ids, "pieces": pieces }))
-    }
+/// A text's ids and pieces (as Hugging Face's `convert_ids_to_tokens` shows them).
+fn describe(tokenizer: &Tokenizer, text: &str) -> Result<Value> {
+    let ids = tokenizer.encode(text)?;
+    let pieces: Vec<String> = ids.iter().map(|&i| tokenizer.piece(i)).collect();
+    Ok(json!({ "tokenizer": tokenizer.kind(), "tokens": ids.len(), "ids": ids, "pieces": pieces }))
 }
 
 pub fn tokenize(args: TokenizeArgs) -> Result<Value> {
     let tokenizer = match (&args.model, &args.tokenizer) {
-        (Some(dir), _) => Tokenizer::of_folder(dir)?,
-        (None, Some(path)) if path.is_dir() => Tokenizer::of_folder(path)?,
-        (None, Some(path)) => Tokenizer::of_file(path)?,
+        (Some(dir), _) => {
+            let cfg = checkpoint::read_config(&dir.join("config.json"))?;
+            checkpoint::read_tokenizer(dir, &cfg)?
+        }
+        (None, Some(path)) => Tokenizer::from_path(path)?,
         (None, None) => unreachable!("clap requires --model or --tokenizer"),
     };
-    tokenizer.describe(&args.text)
+    describe(&tokenizer, &args.text)
 }
 
 #[derive(Subcommand)]

@@ -345,6 +345,104 @@ fn tokenize_prints_ids_and_pieces_and_tokenizer_train_keeps_answers_whole() {
     assert!(stderr.contains("already exists"), "{stderr}");
 }
 
+/// A model with a trained BPE tokenizer, through every command that reads text: pretrained
+/// with `--tokenizer`, its tokenizer kept in the folder (HF layout), read back by
+/// `tokenize`, `train` (which saves it with the new weights) and `sample`; a folder whose
+/// vocabulary disagrees with its tokenizer is refused.
+#[test]
+fn a_bpe_model_keeps_its_tokenizer_through_pretrain_train_and_sample() {
+    let dir = scratch("bpe-model");
+    let tok = dir.join("tok").display().to_string();
+    let (code, _, stderr) = alignlab(&["tokenizer", "train", "--out", &tok, "--vocab-size", "400"]);
+    assert_eq!(code, 0, "{stderr}");
+    let model = dir.join("model").display().to_string();
+    let (code, stdout, stderr) = alignlab(&[
+        "pretrain",
+        "--out",
+        &model,
+        "--tokenizer",
+        &tok,
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "1",
+        "--d-model",
+        "16",
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--ctx",
+        "64",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["tokenizer"], "byte-level BPE");
+    assert_eq!(report["config"]["vocab_size"], 400);
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+    let model_dir = Path::new(&model);
+    assert_eq!(
+        read(&model_dir.join("tokenizer.json")),
+        read(&Path::new(&tok).join("tokenizer.json"))
+    );
+    assert!(model_dir.join("tokenizer_config.json").exists());
+
+    let (code, stdout, _) = alignlab(&["tokenize", "--model", &model, "--text", " Never"]);
+    assert_eq!(code, 0);
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out["pieces"], serde_json::json!(["ĠNever"]));
+
+    let data = write(&dir, "pairs.jsonl", PAIRS);
+    let trained = dir.join("trained").display().to_string();
+    let metrics = dir.join("metrics.jsonl").display().to_string();
+    let (code, _, stderr) = alignlab(&[
+        "train", "--model", &model, "--data", &data, "--steps", "2", "--out", &metrics, "--save",
+        &trained,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let trained_dir = Path::new(&trained);
+    assert_eq!(read(&trained_dir.join("tokenizer.json")), read(&model_dir.join("tokenizer.json")));
+    let prompts = write(&dir, "prompts.txt", "Is fire hot?\nCan a fish walk?\n");
+    let sampled = dir.join("sampled.jsonl").display().to_string();
+    let (code, _, stderr) = alignlab(&[
+        "sample",
+        "--model",
+        &trained,
+        "--reference",
+        &model,
+        "--prompts",
+        &prompts,
+        "--out",
+        &sampled,
+        "--n",
+        "4",
+    ]);
+    assert!(code == 0 || stderr.contains("no prompt got two distinct"), "{stderr}");
+
+    // the same weights with a config claiming the character tokenizer's 96 ids: refused
+    let config = trained_dir.join("config.json");
+    let text = read(&config).replace("\"vocab_size\": 400", "\"vocab_size\": 96");
+    std::fs::write(&config, text).unwrap();
+    let (code, _, stderr) = alignlab(&[
+        "train",
+        "--model",
+        &trained,
+        "--data",
+        &data,
+        "--steps",
+        "1",
+        "--out",
+        &dir.join("m2.jsonl").display().to_string(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("tokenizer.json") && stderr.contains("400 ids") && stderr.contains("96"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn corpus_writes_the_pretraining_corpus_as_jsonl_the_same_each_time() {
     let dir = scratch("corpus");

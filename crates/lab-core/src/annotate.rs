@@ -37,7 +37,7 @@ use crate::engine::Engine;
 use crate::error::{LabError, Result};
 use crate::rng::Rng;
 use crate::sample::{generate, SampleConfig};
-use crate::tokenizer;
+use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -137,6 +137,7 @@ impl CandidateSet {
 /// it returns stops the sampling).
 pub fn sample_candidates(
     models: &mut [(&str, &mut dyn Engine)],
+    tokenizer: &Tokenizer,
     prompts: &[String],
     n: usize,
     config: &SampleConfig,
@@ -160,13 +161,13 @@ pub fn sample_candidates(
         for (i, set) in sets.iter_mut().enumerate() {
             on_prompt(done, total)?;
             done += 1;
-            let mut ids = vec![tokenizer::EOT];
-            ids.extend(tokenizer::encode(&set.prompt).map_err(|e| {
+            let mut ids = vec![tokenizer.eot()];
+            ids.extend(tokenizer.encode(&set.prompt).map_err(|e| {
                 LabError::parse(format!("prompt {}: {e}", i + 1)).in_field("prompt")
             })?);
             for _ in 0..n {
-                let out = generate(&mut **engine, &ids, config, &mut rng)?;
-                set.push(tokenizer::decode(&out), origin);
+                let out = generate(&mut **engine, &ids, tokenizer.eot(), config, &mut rng)?;
+                set.push(tokenizer.decode(&out), origin);
             }
         }
     }

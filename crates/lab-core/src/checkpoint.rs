@@ -1,5 +1,5 @@
 //! Model checkpoints: `model.safetensors` with Hugging Face GPT-2 tensor names and layout,
-//! an HF-style `config.json`, and our `tokenizer.json`, so a trained policy can be opened
+//! an HF-style `config.json`, and the model's `tokenizer.json`, so a trained policy can be opened
 //! by `transformers.GPT2LMHeadModel.from_pretrained` as well as by alignlab.
 //!
 //! HF's GPT-2 stores its linear layers as `Conv1D` with weights (in, out); our flat layout
@@ -14,7 +14,8 @@
 
 use crate::config::{GptConfig, ParamLayout};
 use crate::error::{LabError, Result};
-use crate::{files, json, tokenizer};
+use crate::tokenizer::{self, Tokenizer};
+use crate::{files, json};
 use safetensors::tensor::{Dtype, Metadata, TensorView};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -278,41 +279,41 @@ pub fn from_safetensors(cfg: &GptConfig, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(params)
 }
 
-/// Write `model.safetensors`, `config.json` and `tokenizer.json` into `dir` (created if
-/// needed).
-pub fn save_dir(dir: &Path, cfg: &GptConfig, params: &[f32], dtype: StorageDtype) -> Result<()> {
+/// Write `model.safetensors`, `config.json` and the tokenizer's files into `dir` (created
+/// if needed).
+pub fn save_dir(dir: &Path, model: &ModelFiles, dtype: StorageDtype) -> Result<()> {
+    let ModelFiles { config: cfg, params, tokenizer } = model;
+    check_vocab(cfg, tokenizer)?;
     let bytes = to_safetensors(cfg, params, dtype)?;
     std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir.display().to_string(), e))?;
     let write = |name: &str, data: &[u8]| {
         let path = dir.join(name);
         std::fs::write(&path, data).map_err(|e| LabError::io(path.display().to_string(), e))
     };
-    let pretty =
-        |v: serde_json::Value| serde_json::to_vec_pretty(&v).expect("JSON values always serialize");
+    let config = serde_json::to_vec_pretty(&cfg.to_hf_json(tokenizer.eot()))
+        .expect("JSON values always serialize");
     write("model.safetensors", &bytes)?;
-    write("config.json", &pretty(cfg.to_hf_json()))?;
-    write("tokenizer.json", &pretty(crate::tokenizer::description_json()))
+    write("config.json", &config)?;
+    tokenizer.save_dir(dir)
+}
+
+/// What a model directory holds: the architecture, the weights in our flat layout, and the
+/// tokenizer the weights read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFiles {
+    pub config: GptConfig,
+    pub params: Vec<f32>,
+    pub tokenizer: Tokenizer,
 }
 
 /// Read and check a `config.json`: at most [`files::MAX_JSON_BYTES`], strict JSON (no
-/// repeated key), the GPT-2 fields within [`GptConfig::validate`]'s bounds, and a
-/// vocabulary that holds every id of our tokenizer. Errors name the file and the field.
+/// repeated key), the GPT-2 fields within [`GptConfig::validate`]'s bounds. Errors name
+/// the file and the field.
 pub fn read_config(path: &Path) -> Result<GptConfig> {
     let name = files::display_name(path);
     let text = files::read_text(path, files::MAX_JSON_BYTES)?;
     let value = json::parse_unique(&text).map_err(|e| e.in_file(&name))?;
-    let cfg = GptConfig::from_hf_json(&value).map_err(|e| e.in_file(&name))?;
-    if cfg.vocab < tokenizer::VOCAB_SIZE {
-        return Err(LabError::parse(format!(
-            "{} is smaller than the tokenizer's {} token ids; alignlab's models read its \
-             character tokenizer",
-            cfg.vocab,
-            tokenizer::VOCAB_SIZE
-        ))
-        .in_field("vocab_size")
-        .in_file(&name));
-    }
-    Ok(cfg)
+    GptConfig::from_hf_json(&value).map_err(|e| e.in_file(&name))
 }
 
 /// Read the weights `cfg` needs from a `model.safetensors` file. The file must be a
@@ -350,68 +351,59 @@ pub fn read_safetensors(path: &Path, cfg: &GptConfig) -> Result<Vec<f32>> {
     Ok(params)
 }
 
-/// Check that a model directory's tokenizer is the one alignlab reads it with, before any
-/// weight is read: its `tokenizer.json` must be our character tokenizer's description and
-/// the config's vocabulary its 96 ids (a directory without `tokenizer.json` is taken as
-/// ours when the vocabulary is 96). A Hugging Face BPE tokenizer (`tokenizer.json` with
-/// `model.type` "BPE", or GPT-2's `vocab.json`) is refused by name rather than read with
-/// the wrong tokenizer.
-pub fn check_tokenizer(dir: &Path, cfg: &GptConfig) -> Result<()> {
-    let path = dir.join("tokenizer.json");
-    let name = files::display_name(&path);
-    let refuse = |what: String| Err(LabError::parse(what).in_file(&name));
-    if !path.exists() {
-        if dir.join("vocab.json").exists() {
-            let vocab = files::display_name(&dir.join("vocab.json"));
-            return Err(LabError::parse(format!(
-                "a GPT-2 BPE vocabulary ({} tokens in config.json); alignlab models read its \
-                 character tokenizer so far",
-                cfg.vocab
-            ))
-            .in_file(&vocab));
+/// The tokenizer a model directory states, checked against its config before any weight
+/// is read:
+/// - `tokenizer.json` of alignlab's character tokenizer, or a Hugging Face byte-level BPE
+///   (`model.type` "BPE", GPT-2's pre-tokenizer and decoder);
+/// - without `tokenizer.json`, GPT-2's `vocab.json` + `merges.txt`;
+/// - with none of these, the character tokenizer when the vocabulary is its 96 ids
+///   (checkpoints from before tokenizers were stated).
+///
+/// The tokenizer's ids must be exactly the config's `vocab_size`: a model is never read
+/// with a tokenizer whose ids mean something else.
+pub fn read_tokenizer(dir: &Path, cfg: &GptConfig) -> Result<Tokenizer> {
+    let stated = ["tokenizer.json", "vocab.json", "merges.txt"];
+    if !stated.iter().any(|file| dir.join(file).exists()) {
+        if cfg.vocab == tokenizer::VOCAB_SIZE {
+            return Ok(Tokenizer::Char);
         }
-        if cfg.vocab != tokenizer::VOCAB_SIZE {
-            return refuse(format!(
-                "missing: config.json's vocabulary of {} tokens is not the character \
-                 tokenizer's {}, so no tokenizer alignlab has can read this model",
-                cfg.vocab,
-                tokenizer::VOCAB_SIZE
-            ));
-        }
-        return Ok(());
+        return Err(LabError::parse(format!(
+            "missing: config.json's vocabulary of {} tokens is not the character \
+             tokenizer's {}, and there is no vocab.json + merges.txt, so no tokenizer \
+             alignlab has can read this model",
+            cfg.vocab,
+            tokenizer::VOCAB_SIZE
+        ))
+        .in_file(&files::display_name(&dir.join("tokenizer.json"))));
     }
-    let text = files::read_text(&path, crate::bpe::MAX_TOKENIZER_BYTES)?;
-    let value = json::parse_unique(&text).map_err(|e| e.in_file(&name))?;
-    let kind = value.get("type").and_then(|t| t.as_str());
-    let model_type = value.pointer("/model/type").and_then(|t| t.as_str());
-    match (kind, model_type) {
-        (Some("alignlab-char"), _) if cfg.vocab == tokenizer::VOCAB_SIZE => Ok(()),
-        (Some("alignlab-char"), _) => refuse(format!(
-            "the character tokenizer has {} ids but config.json's vocab_size is {}",
-            tokenizer::VOCAB_SIZE,
-            cfg.vocab
-        )),
-        (_, Some("BPE")) => {
-            let tokens =
-                value.pointer("/model/vocab").and_then(|v| v.as_object()).map_or(0, |v| v.len());
-            refuse(format!(
-                "a byte-level BPE tokenizer ({tokens} tokens; config.json says {}); alignlab \
-                 models read its character tokenizer so far",
-                cfg.vocab
-            ))
-        }
-        _ => refuse("not a tokenizer alignlab knows (expected its character tokenizer)".into()),
-    }
+    let tokenizer = Tokenizer::from_path(dir)?;
+    let source = if dir.join("tokenizer.json").exists() { "tokenizer.json" } else { "vocab.json" };
+    check_vocab(cfg, &tokenizer).map_err(|e| e.in_file(&files::display_name(&dir.join(source))))?;
+    Ok(tokenizer)
 }
 
-/// Load a model directory written by [`save_dir`] (or any HF GPT-2 directory whose
-/// vocabulary is ours): [`read_config`] on `config.json`, then [`read_safetensors`] on
-/// `model.safetensors`.
-pub fn load_dir(dir: &Path) -> Result<(GptConfig, Vec<f32>)> {
-    let cfg = read_config(&dir.join("config.json"))?;
-    check_tokenizer(dir, &cfg)?;
-    let params = read_safetensors(&dir.join("model.safetensors"), &cfg)?;
-    Ok((cfg, params))
+/// The config's vocabulary must be the tokenizer's ids, one for one.
+fn check_vocab(cfg: &GptConfig, tokenizer: &Tokenizer) -> Result<()> {
+    if cfg.vocab == tokenizer.vocab_size() {
+        return Ok(());
+    }
+    Err(LabError::parse(format!(
+        "the {} tokenizer has {} ids but config.json's vocab_size is {}; a model is read \
+         only with the tokenizer it was trained with",
+        tokenizer.kind(),
+        tokenizer.vocab_size(),
+        cfg.vocab
+    )))
+}
+
+/// Load a model directory written by [`save_dir`] or laid out as a Hugging Face GPT-2
+/// checkpoint: [`read_config`] on `config.json`, [`read_tokenizer`], then
+/// [`read_safetensors`] on `model.safetensors`.
+pub fn load_dir(dir: &Path) -> Result<ModelFiles> {
+    let config = read_config(&dir.join("config.json"))?;
+    let tokenizer = read_tokenizer(dir, &config)?;
+    let params = read_safetensors(&dir.join("model.safetensors"), &config)?;
+    Ok(ModelFiles { config, params, tokenizer })
 }
 
 #[cfg(test)]
@@ -425,17 +417,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ours = GptConfig { vocab: 96, ctx: 8, d_model: 8, n_layer: 1, n_head: 1 };
         let gpt2 = GptConfig { vocab: 50257, ..ours };
-        // no tokenizer.json: ours when the vocabulary is 96
-        assert!(check_tokenizer(&dir, &ours).is_ok());
-        let err = check_tokenizer(&dir, &gpt2).unwrap_err().to_string();
+        // no tokenizer files: the character tokenizer when the vocabulary is 96
+        assert_eq!(read_tokenizer(&dir, &ours).unwrap(), Tokenizer::Char);
+        let err = read_tokenizer(&dir, &gpt2).unwrap_err().to_string();
         assert!(err.contains("tokenizer.json") && err.contains("50257"), "{err}");
         // our description: only with vocab 96
-        let ours_json = crate::tokenizer::description_json().to_string();
-        std::fs::write(dir.join("tokenizer.json"), ours_json).unwrap();
-        assert!(check_tokenizer(&dir, &ours).is_ok());
-        let err = check_tokenizer(&dir, &gpt2).unwrap_err().to_string();
-        assert!(err.contains("vocab_size is 50257"), "{err}");
-        // GPT-2's own BPE tokenizer.json is refused by name, never read as characters
+        Tokenizer::Char.save_dir(&dir).unwrap();
+        assert_eq!(read_tokenizer(&dir, &ours).unwrap(), Tokenizer::Char);
+        let err = read_tokenizer(&dir, &gpt2).unwrap_err().to_string();
+        assert!(err.contains("character tokenizer has 96 ids") && err.contains("50257"), "{err}");
+        // GPT-2's own tokenizer.json is read as BPE, and only with its 50257 ids
         let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/tokenizers/gpt2");
         let bpe = crate::bpe::Bpe::from_gpt2_files(
             &assets.join("vocab.json"),
@@ -443,8 +434,15 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("tokenizer.json"), bpe.to_tokenizer_json()).unwrap();
-        let err = check_tokenizer(&dir, &gpt2).unwrap_err().to_string();
-        assert!(err.contains("byte-level BPE tokenizer (50257 tokens"), "{err}");
+        let read = read_tokenizer(&dir, &gpt2).unwrap();
+        assert_eq!((read.kind(), read.vocab_size(), read.eot()), ("byte-level BPE", 50257, 50256));
+        let err = read_tokenizer(&dir, &ours).unwrap_err().to_string();
+        assert!(err.contains("BPE tokenizer has 50257 ids") && err.contains("is 96"), "{err}");
+        // vocab.json + merges.txt without tokenizer.json: the same tokenizer
+        std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+        std::fs::copy(assets.join("vocab.json"), dir.join("vocab.json")).unwrap();
+        std::fs::copy(assets.join("merges.txt"), dir.join("merges.txt")).unwrap();
+        assert_eq!(read_tokenizer(&dir, &gpt2).unwrap(), read);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -509,15 +507,16 @@ mod tests {
     fn a_saved_folder_loads_back() {
         let dir = scratch("saved");
         let params = crate::config::init_params(&SMALL, 1);
-        save_dir(&dir, &SMALL, &params, StorageDtype::F32).unwrap();
-        assert_eq!(load_dir(&dir).unwrap(), (SMALL, params));
+        let model = ModelFiles { config: SMALL, params, tokenizer: Tokenizer::Char };
+        save_dir(&dir, &model, StorageDtype::F32).unwrap();
+        assert_eq!(load_dir(&dir).unwrap(), model);
     }
 
     #[cfg(unix)]
     #[test]
     fn devices_are_refused_not_read_forever() {
         for file in ["config.json", "model.safetensors"] {
-            let dir = folder("device", &SMALL.to_hf_json(), &small_weights());
+            let dir = folder("device", &SMALL.to_hf_json(0), &small_weights());
             std::fs::remove_file(dir.join(file)).unwrap();
             std::os::unix::fs::symlink("/dev/zero", dir.join(file)).unwrap();
             let err = load_err(&dir);
@@ -527,7 +526,7 @@ mod tests {
 
     #[test]
     fn config_errors_name_config_json_and_the_field() {
-        let mut config = SMALL.to_hf_json();
+        let mut config = SMALL.to_hf_json(0);
         config["vocab_size"] = serde_json::json!(1_000_000_000u64);
         let dir = folder("config", &config, &small_weights());
         let err = load_err(&dir);
@@ -539,7 +538,7 @@ mod tests {
         config["vocab_size"] = serde_json::json!(10);
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let err = load_err(&dir);
-        assert!(err.contains("vocab_size") && err.contains("tokenizer's 96"), "{err}");
+        assert!(err.contains("vocabulary of 10") && err.contains("tokenizer's 96"), "{err}");
         std::fs::write(dir.join("config.json"), "{\"n_head\": 1, \"n_head\": 2}").unwrap();
         let err = load_err(&dir);
         assert!(err.starts_with(&format!("{path}, line 1: duplicate key")), "{err}");
@@ -547,7 +546,7 @@ mod tests {
 
     #[test]
     fn weight_errors_name_the_file_and_the_tensor() {
-        let mut config = SMALL.to_hf_json();
+        let mut config = SMALL.to_hf_json(0);
         config["n_positions"] = serde_json::json!(8);
         let dir = folder("shape", &config, &small_weights());
         let path = dir.join("model.safetensors").display().to_string();
@@ -557,7 +556,7 @@ mod tests {
         );
         // a config of 1000 layers against a file of one: the missing tensor, found from the
         // header alone
-        let mut config = SMALL.to_hf_json();
+        let mut config = SMALL.to_hf_json(0);
         config["n_layer"] = serde_json::json!(1000);
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         assert_eq!(load_err(&dir), format!("{path}: tensor \"h.1.ln_1.weight\" is missing"));
@@ -582,7 +581,7 @@ mod tests {
         for (bytes, want) in cases {
             let err = from_safetensors(&SMALL, &bytes).unwrap_err().to_string();
             assert!(err.contains(want), "{want}: {err}");
-            let dir = folder("length", &SMALL.to_hf_json(), &bytes);
+            let dir = folder("length", &SMALL.to_hf_json(0), &bytes);
             let err = load_err(&dir);
             assert!(err.contains("model.safetensors") && err.contains(want), "{want}: {err}");
         }
@@ -605,8 +604,8 @@ mod tests {
         ));
         let hf = safetensors::serialize(views.clone(), None).unwrap();
         assert_eq!(from_safetensors(&SMALL, &hf).unwrap(), crate::config::init_params(&SMALL, 1));
-        let dir = folder("hf", &SMALL.to_hf_json(), &hf);
-        assert_eq!(load_dir(&dir).unwrap().1, crate::config::init_params(&SMALL, 1));
+        let dir = folder("hf", &SMALL.to_hf_json(0), &hf);
+        assert_eq!(load_dir(&dir).unwrap().params, crate::config::init_params(&SMALL, 1));
         assert_ne!(params, crate::config::init_params(&SMALL, 1));
         // the same bytes declared as I32
         let ints: Vec<(String, TensorView)> = views

@@ -79,8 +79,9 @@ impl GptConfig {
         ParamLayout::new(self)
     }
 
-    /// HF `GPT2Config`-style `config.json`.
-    pub fn to_hf_json(&self) -> serde_json::Value {
+    /// HF `GPT2Config`-style `config.json`; `eot` is the tokenizer's `<|endoftext|>` id (BOS
+    /// and EOS, as GPT-2's).
+    pub fn to_hf_json(&self, eot: u32) -> serde_json::Value {
         serde_json::json!({
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
@@ -94,8 +95,8 @@ impl GptConfig {
             "activation_function": "gelu_new",
             "layer_norm_epsilon": 1e-5,
             "tie_word_embeddings": true,
-            "bos_token_id": crate::tokenizer::EOT,
-            "eos_token_id": crate::tokenizer::EOT,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
             "torch_dtype": "float32"
         })
     }
@@ -383,7 +384,7 @@ mod tests {
     #[test]
     fn hf_config_round_trips() {
         let cfg = GptConfig::MEDIUM;
-        assert_eq!(GptConfig::from_hf_json(&cfg.to_hf_json()).unwrap(), cfg);
+        assert_eq!(GptConfig::from_hf_json(&cfg.to_hf_json(0)).unwrap(), cfg);
         let err = GptConfig::from_hf_json(&serde_json::json!({"vocab_size": 96})).unwrap_err();
         assert!(err.to_string().contains("n_positions"), "{err}");
     }

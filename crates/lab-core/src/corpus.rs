@@ -404,7 +404,13 @@ mod tests {
         assert_ne!(a, generate(1));
         assert!(a.len() > 1500, "{}", a.len());
         for ex in &a {
-            let (tokens, _) = crate::data::encode_example(&ex.prompt, &ex.completion, 128).unwrap();
+            let (tokens, _) = crate::data::encode_example(
+                &crate::tokenizer::Tokenizer::Char,
+                &ex.prompt,
+                &ex.completion,
+                128,
+            )
+            .unwrap();
             assert!(tokens.len() <= 120, "{} tokens: {ex:?}", tokens.len());
         }
         let count = |answer: &str| a.iter().filter(|e| e.completion == answer).count();

@@ -45,17 +45,18 @@
 //! `"User: Is it? Assistant:"` and completion `" No."`. The generation prefix is used only
 //! when every completion of the record starts with an assistant message; otherwise no prefix
 //! is added and every completion message carries its own `" <Role>: "` label. The template
-//! adds no newline (the tokenizer has none); newlines inside a user's text are not altered
+//! adds no newline (the character tokenizer has none); newlines inside a user's text are not altered
 //! here and are reported by the tokenizer with their position.
 //!
 //! # Token rows
 //!
-//! [`encode_example`] builds `[EOT] + prompt + completion + [EOT]`; the first scored index is
+//! [`encode_example`] builds `[EOT] + prompt + completion + [EOT]` with the model's
+//! tokenizer, prompt and completion encoded apart (as TRL does); the first scored index is
 //! `1 + prompt tokens`, and the completion's scored tokens include the trailing EOT, so
-//! `|y| = completion chars + 1`.
+//! `|y| = completion tokens + 1`.
 
 use crate::error::{LabError, Result};
-use crate::tokenizer::{encode, EOT};
+use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -346,11 +347,13 @@ impl RankedExample {
 impl RenderedPair {
     /// Token rows for both sides: ((chosen tokens, first scored), (rejected tokens, first
     /// scored)), with errors naming "prompt", "chosen", "rejected_prompt" or "rejected".
-    pub fn encode(&self, ctx: usize) -> Result<(ScoredRow, ScoredRow)> {
-        let chosen = encode_labelled(&self.prompt, "prompt", &self.chosen, "chosen", ctx)?;
+    pub fn encode(&self, tokenizer: &Tokenizer, ctx: usize) -> Result<(ScoredRow, ScoredRow)> {
+        let chosen =
+            encode_labelled(tokenizer, &self.prompt, "prompt", &self.chosen, "chosen", ctx)?;
         let rejected_prompt_field =
             if self.rejected_prompt == self.prompt { "prompt" } else { "rejected_prompt" };
         let rejected = encode_labelled(
+            tokenizer,
             &self.rejected_prompt,
             rejected_prompt_field,
             &self.rejected,
@@ -368,17 +371,22 @@ impl RenderedPair {
 pub type ScoredRow = (Vec<u32>, usize);
 
 /// `[EOT] + prompt + completion + [EOT]` and the first scored index `1 + prompt tokens`.
-/// The scored tokens are the completion's characters plus the trailing EOT, so
-/// `|y| = completion chars + 1`. Errors: a prompt character outside the vocabulary (field
-/// "prompt"), a completion character outside it or an empty completion (no field: the
-/// caller adds "chosen"/"rejected"/... with `in_field` and the line with `at_line`), and a
-/// row longer than `ctx`.
-pub fn encode_example(prompt: &str, completion: &str, ctx: usize) -> Result<(Vec<u32>, usize)> {
-    let prompt_ids = encode(prompt).map_err(|e| e.in_field("prompt"))?;
+/// EOT is the tokenizer's `<|endoftext|>`. The scored tokens are the completion's tokens
+/// plus the trailing EOT, so `|y| = completion tokens + 1`. Errors: a prompt character
+/// outside the vocabulary (field "prompt"), a completion character outside it or an empty
+/// completion (no field: the caller adds "chosen"/"rejected"/... with `in_field` and the
+/// line with `at_line`), and a row longer than `ctx`.
+pub fn encode_example(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    completion: &str,
+    ctx: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let prompt_ids = tokenizer.encode(prompt).map_err(|e| e.in_field("prompt"))?;
     if completion.is_empty() {
         return Err(LabError::Tokenize { msg: "empty completion: nothing to score".to_string() });
     }
-    let completion_ids = encode(completion)?;
+    let completion_ids = tokenizer.encode(completion)?;
     if 1 + prompt_ids.len() >= ctx {
         return Err(LabError::Tokenize {
             msg: format!(
@@ -398,22 +406,24 @@ pub fn encode_example(prompt: &str, completion: &str, ctx: usize) -> Result<(Vec
             ),
         });
     }
+    let eot = tokenizer.eot();
     let mut tokens = Vec::with_capacity(total);
-    tokens.push(EOT);
+    tokens.push(eot);
     tokens.extend_from_slice(&prompt_ids);
     tokens.extend_from_slice(&completion_ids);
-    tokens.push(EOT);
+    tokens.push(eot);
     Ok((tokens, 1 + prompt_ids.len()))
 }
 
 fn encode_labelled(
+    tokenizer: &Tokenizer,
     prompt: &str,
     prompt_field: &str,
     completion: &str,
     completion_field: &str,
     ctx: usize,
 ) -> Result<(Vec<u32>, usize)> {
-    encode_example(prompt, completion, ctx).map_err(|e| match e {
+    encode_example(tokenizer, prompt, completion, ctx).map_err(|e| match e {
         LabError::Parse { file, line, field: Some(f), msg } if f == "prompt" => {
             LabError::Parse { file, line, field: Some(prompt_field.to_string()), msg }
         }
@@ -892,24 +902,53 @@ mod tests {
 
     #[test]
     fn encode_example_layout_and_lengths() {
-        let (tokens, first) = encode_example("Q?", " No", 16).unwrap();
+        let (tokens, first) = encode_example(&Tokenizer::Char, "Q?", " No", 16).unwrap();
+        const EOT: u32 = crate::tokenizer::EOT;
         assert_eq!(tokens, vec![EOT, 50, 32, 1, 47, 80, EOT]);
         assert_eq!(first, 3);
         assert_eq!(tokens.len() - first, " No".len() + 1);
         // Exactly ctx fits; one more does not.
-        assert!(encode_example("Q?", " No", 7).is_ok());
-        let err =
-            encode_example("Q?", " No", 6).unwrap_err().in_field("chosen").at_line(4).to_string();
+        assert!(encode_example(&Tokenizer::Char, "Q?", " No", 7).is_ok());
+        let err = encode_example(&Tokenizer::Char, "Q?", " No", 6)
+            .unwrap_err()
+            .in_field("chosen")
+            .at_line(4)
+            .to_string();
         assert!(
             err.contains("line 4") && err.contains("chosen") && err.contains("context of 6"),
             "{err}"
         );
-        let err = encode_example("Q\n?", " No", 16).unwrap_err().at_line(2).to_string();
+        let err =
+            encode_example(&Tokenizer::Char, "Q\n?", " No", 16).unwrap_err().at_line(2).to_string();
         assert!(
             err.contains("line 2") && err.contains("\"prompt\"") && err.contains("position 1"),
             "{err}"
         );
-        let err = encode_example("Q?", "", 16).unwrap_err().in_field("rejected").to_string();
+        let err = encode_example(&Tokenizer::Char, "Q?", "", 16)
+            .unwrap_err()
+            .in_field("rejected")
+            .to_string();
         assert!(err.contains("rejected") && err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn a_bpe_model_gets_its_own_end_token_and_prompt_and_completion_apart() {
+        let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/tokenizers/gpt2");
+        let bpe = crate::bpe::Bpe::from_gpt2_files(
+            &assets.join("vocab.json"),
+            &assets.join("merges.txt"),
+        )
+        .unwrap();
+        let gpt2 = Tokenizer::Bpe(std::sync::Arc::new(bpe));
+        let (tokens, first) = encode_example(&gpt2, "Is fire hot?", " Yes", 64).unwrap();
+        let prompt = gpt2.encode("Is fire hot?").unwrap();
+        let completion = gpt2.encode(" Yes").unwrap();
+        assert_eq!(completion.len(), 1, "{completion:?}");
+        assert_eq!(first, 1 + prompt.len());
+        assert_eq!((tokens[0], tokens[tokens.len() - 1]), (50256, 50256));
+        assert_eq!(&tokens[1..first], prompt.as_slice());
+        assert_eq!(&tokens[first..tokens.len() - 1], completion.as_slice());
+        // any text encodes with a byte-level BPE: no character is refused
+        assert!(encode_example(&gpt2, "Q\n?", " café", 64).is_ok());
     }
 }

@@ -39,11 +39,12 @@ pub struct TokenBatch {
 
 impl TokenBatch {
     /// Build a batch from rows of (tokens, first scored position); rows are right-padded
-    /// with `EOT` to the longest row.
+    /// to the longest row with id 0 (any id would do: padding is never scored and, being
+    /// after the row, never attended to).
     pub fn from_rows(rows: &[(Vec<u32>, usize)]) -> Result<TokenBatch> {
         let batch = rows.len();
         let seq_len = rows.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
-        let mut tokens = vec![crate::tokenizer::EOT; batch * seq_len];
+        let mut tokens = vec![0; batch * seq_len];
         let mut score_mask = vec![0.0; batch * seq_len];
         for (b, (row, first_scored)) in rows.iter().enumerate() {
             if *first_scored == 0 || *first_scored > row.len() {
@@ -87,10 +88,8 @@ impl TokenBatch {
         }
         if let Some(bad) = self.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
             return Err(LabError::shape(format!(
-                "token id {bad} is outside the model's vocabulary of {} (the tokenizer has {} \
-                 ids)",
-                cfg.vocab,
-                crate::tokenizer::VOCAB_SIZE
+                "token id {bad} is outside the model's vocabulary of {}",
+                cfg.vocab
             )));
         }
         Ok(())

@@ -3,7 +3,6 @@
 use crate::engine::{Engine, TokenBatch};
 use crate::error::{LabError, Result};
 use crate::rng::Rng;
-use crate::tokenizer::EOT;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleConfig {
@@ -48,11 +47,12 @@ pub fn sample_logits(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
     order[keep - 1] as u32
 }
 
-/// Continue `prompt` (token ids, BOS included) until EOT or `max_new_tokens` or the
-/// context is full. Returns the new tokens (EOT not included).
+/// Continue `prompt` (token ids, BOS included) until `eot` (the tokenizer's end token) or
+/// `max_new_tokens` or the context is full. Returns the new tokens (`eot` not included).
 pub fn generate(
     engine: &mut dyn Engine,
     prompt: &[u32],
+    eot: u32,
     cfg: &SampleConfig,
     rng: &mut Rng,
 ) -> Result<Vec<u32>> {
@@ -75,7 +75,7 @@ pub fn generate(
         let logits = engine.logits(&batch)?;
         let last = &logits[(tokens.len() - 1) * vocab..tokens.len() * vocab];
         let next = sample_logits(last, cfg, rng);
-        if next == EOT {
+        if next == eot {
             break;
         }
         tokens.push(next);

@@ -218,8 +218,20 @@ mod tests {
                 assert_eq!(crate::data::to_jsonl(&parsed), text, "{name}/{file}");
                 for (prompt, chosen, rejected, _) in pairs(&parsed) {
                     assert_ne!(chosen, rejected, "{name}/{file}: {prompt}");
-                    crate::data::encode_example(&prompt, &chosen, 128).unwrap();
-                    crate::data::encode_example(&prompt, &rejected, 128).unwrap();
+                    crate::data::encode_example(
+                        &crate::tokenizer::Tokenizer::Char,
+                        &prompt,
+                        &chosen,
+                        128,
+                    )
+                    .unwrap();
+                    crate::data::encode_example(
+                        &crate::tokenizer::Tokenizer::Char,
+                        &prompt,
+                        &rejected,
+                        128,
+                    )
+                    .unwrap();
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! byte-stably with extras kept, and every bad input names its line and field.
 
 use lab_core::data::*;
+use lab_core::tokenizer::Tokenizer;
 use serde_json::json;
 
 /// One line of each supported format (and the extensions), blank lines in between.
@@ -194,7 +195,7 @@ fn renders_messages_with_the_chat_template() {
 fn rendered_pairs_encode_into_engine_rows() {
     let records = parse_jsonl(ALL_FORMATS).unwrap();
     let r = pair(&records[2]).render();
-    let ((chosen, first_c), (rejected, first_r)) = r.encode(64).unwrap();
+    let ((chosen, first_c), (rejected, first_r)) = r.encode(&Tokenizer::Char, 64).unwrap();
     let prompt_len = "System: Be brief. User: Is it? Assistant:".len();
     assert_eq!(first_c, 1 + prompt_len);
     assert_eq!(first_r, first_c);
@@ -210,7 +211,7 @@ fn rendered_pairs_encode_into_engine_rows() {
     );
 
     // Too long for the context: the error names the side.
-    let err = r.encode(first_c + 5).unwrap_err().at_line(3).to_string();
+    let err = r.encode(&Tokenizer::Char, first_c + 5).unwrap_err().at_line(3).to_string();
     assert!(
         err.contains("line 3") && err.contains("\"rejected\"") && err.contains("context"),
         "{err}"
@@ -220,7 +221,7 @@ fn rendered_pairs_encode_into_engine_rows() {
         rejected_prompt: Some(Text::Plain("caf\u{e9}?".into())),
         ..PreferencePair::plain("Q?", " a", " b")
     };
-    let err = joint.render().encode(64).unwrap_err().to_string();
+    let err = joint.render().encode(&Tokenizer::Char, 64).unwrap_err().to_string();
     assert!(err.contains("\"rejected_prompt\"") && err.contains("U+00E9"), "{err}");
 }
 

@@ -6,6 +6,7 @@
 
 use lab_core::data::Record;
 use lab_core::loss::DataShape;
+use lab_core::tokenizer::Tokenizer;
 use lab_core::{LabError, Result};
 
 /// One tokenized sequence: `[EOT] + prompt + completion + [EOT]`.
@@ -82,16 +83,24 @@ fn locate(err: LabError, index: usize, lines: Option<&[usize]>) -> LabError {
     }
 }
 
-fn encode(prompt: &str, completion: &str, field: &str, ctx: usize) -> Result<EncodedRow> {
-    lab_core::data::encode_example(prompt, completion, ctx)
+fn encode(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    completion: &str,
+    field: &str,
+    ctx: usize,
+) -> Result<EncodedRow> {
+    lab_core::data::encode_example(tokenizer, prompt, completion, ctx)
         .map(EncodedRow::new)
         .map_err(|e| e.in_field(field))
 }
 
 impl Examples {
-    /// Tokenize `records` for a loss of the given data shape. Errors name the record
-    /// and the field: its line when `lines` (from [`record_lines`]) is given.
+    /// Tokenize `records` with the model's tokenizer for a loss of the given data shape.
+    /// Errors name the record and the field: its line when `lines` (from
+    /// [`record_lines`]) is given.
     pub fn encode(
+        tokenizer: &Tokenizer,
         records: &[Record],
         lines: Option<&[usize]>,
         shape: DataShape,
@@ -115,7 +124,7 @@ impl Examples {
                 (Record::Pair(pair), _) => {
                     let rendered = pair.render();
                     let (chosen, rejected) =
-                        rendered.encode(ctx).map_err(|e| at_record(e, index))?;
+                        rendered.encode(tokenizer, ctx).map_err(|e| at_record(e, index))?;
                     let (chosen, rejected) = (EncodedRow::new(chosen), EncodedRow::new(rejected));
                     match shape {
                         DataShape::Paired => paired.push(EncodedPair {
@@ -142,7 +151,7 @@ impl Examples {
                 }
                 (Record::Unpaired(example), DataShape::Unpaired) => {
                     let (prompt, completion) = example.render();
-                    let row = encode(&prompt, &completion, "completion", ctx)
+                    let row = encode(tokenizer, &prompt, &completion, "completion", ctx)
                         .map_err(|e| at_record(e, index))?;
                     unpaired.push(EncodedUnpaired { row, desirable: example.label, record: index });
                 }
@@ -151,7 +160,9 @@ impl Examples {
                     let rows = responses
                         .iter()
                         .enumerate()
-                        .map(|(k, r)| encode(&prompt, r, &format!("responses[{k}]"), ctx))
+                        .map(|(k, r)| {
+                            encode(tokenizer, &prompt, r, &format!("responses[{k}]"), ctx)
+                        })
                         .collect::<Result<Vec<_>>>()
                         .map_err(|e| at_record(e, index))?;
                     ranked.push(EncodedRanked { rows, record: index });

@@ -12,7 +12,7 @@ use lab_core::data::encode_example;
 use lab_core::engine::{AdamWConfig, Engine, TokenBatch};
 use lab_core::rng::Rng;
 use lab_core::sample::{generate, SampleConfig};
-use lab_core::tokenizer::{decode, encode, EOT};
+use lab_core::tokenizer::Tokenizer;
 use lab_core::{LabError, Result};
 use serde::Serialize;
 
@@ -80,11 +80,13 @@ pub struct PretrainSummary {
     pub probes: usize,
 }
 
-/// Train `engine` on `examples` (each scored from the token after the BOS). Calls
+/// Train `engine` on `examples` (encoded with `tokenizer`, each scored from the token after
+/// the BOS). Calls
 /// `on_progress` every `log_every` steps; stops early, between two steps, once `stop`
 /// returns true (the summary's `steps` says how many were done).
 pub fn pretrain<E: Engine>(
     engine: &mut E,
+    tokenizer: &Tokenizer,
     examples: &[Example],
     config: &PretrainConfig,
     mut on_progress: impl FnMut(&PretrainProgress),
@@ -99,7 +101,7 @@ pub fn pretrain<E: Engine>(
         .iter()
         .enumerate()
         .map(|(i, ex)| {
-            encode_example(&ex.prompt, &ex.completion, ctx)
+            encode_example(tokenizer, &ex.prompt, &ex.completion, ctx)
                 .map(|(tokens, _)| tokens)
                 .map_err(|e| LabError::parse(format!("corpus example {i}: {e}")))
         })
@@ -158,7 +160,7 @@ pub fn pretrain<E: Engine>(
     if window_steps > 0 {
         last_loss = window_loss / window_steps as f64;
     }
-    let (probe_accuracy, probes) = probe_accuracy(engine, examples)?;
+    let (probe_accuracy, probes) = probe_accuracy(engine, tokenizer, examples)?;
     Ok(PretrainSummary {
         steps: steps_done,
         examples: examples.len(),
@@ -171,7 +173,11 @@ pub fn pretrain<E: Engine>(
 
 /// Greedy answers to the questions that have one right answer (those appearing once in the
 /// corpus with a single completion), at most 200 of them.
-pub fn probe_accuracy<E: Engine>(engine: &mut E, examples: &[Example]) -> Result<(f64, usize)> {
+pub fn probe_accuracy<E: Engine>(
+    engine: &mut E,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+) -> Result<(f64, usize)> {
     let mut seen = std::collections::HashMap::<&str, Vec<&str>>::new();
     for ex in examples {
         seen.entry(ex.prompt.as_str()).or_default().push(ex.completion.as_str());
@@ -187,15 +193,16 @@ pub fn probe_accuracy<E: Engine>(engine: &mut E, examples: &[Example]) -> Result
     let mut right = 0;
     let mut rng = Rng::new(0);
     for (prompt, answer) in &probes {
-        let mut ids = vec![EOT];
-        ids.extend(encode(prompt)?);
+        let mut ids = vec![tokenizer.eot()];
+        ids.extend(tokenizer.encode(prompt)?);
         let got = generate(
             engine,
             &ids,
+            tokenizer.eot(),
             &SampleConfig { temperature: 0.0, top_k: 0, max_new_tokens: answer.len() + 2 },
             &mut rng,
         )?;
-        right += usize::from(decode(&got) == *answer);
+        right += usize::from(tokenizer.decode(&got) == *answer);
     }
     Ok((right as f64 / probes.len().max(1) as f64, probes.len()))
 }

@@ -19,6 +19,7 @@ use lab_core::data::{encode_example, parse_jsonl, Record};
 use lab_core::engine::{Engine, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossParams;
+use lab_core::tokenizer::Tokenizer;
 use lab_core::{LabError, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -196,13 +197,14 @@ impl Scenario {
 /// (its end token scored), without it a prefix of one.
 pub fn score_texts<E: Engine>(
     engine: &mut E,
+    tokenizer: &Tokenizer,
     items: &[(&str, &str)],
     eot: bool,
 ) -> Result<Vec<f64>> {
     let ctx = engine.config().ctx;
     let mut rows = Vec::with_capacity(items.len());
     for (prompt, text) in items {
-        let (mut tokens, first) = encode_example(prompt, text, ctx)?;
+        let (mut tokens, first) = encode_example(tokenizer, prompt, text, ctx)?;
         if !eot {
             tokens.pop();
         }
@@ -217,7 +219,11 @@ pub fn score_texts<E: Engine>(
 }
 
 /// (chosen, rejected) log-probs of rendered pairs.
-fn pair_logps<E: Engine>(engine: &mut E, records: &[Record]) -> Result<(Vec<f64>, Vec<f64>)> {
+fn pair_logps<E: Engine>(
+    engine: &mut E,
+    tokenizer: &Tokenizer,
+    records: &[Record],
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let mut items = Vec::new();
     let rendered: Vec<_> = records
         .iter()
@@ -227,7 +233,7 @@ fn pair_logps<E: Engine>(engine: &mut E, records: &[Record]) -> Result<(Vec<f64>
         items.push((r.prompt.as_str(), r.chosen.as_str()));
         items.push((r.rejected_prompt.as_str(), r.rejected.as_str()));
     }
-    let scores = score_texts(engine, &items, true)?;
+    let scores = score_texts(engine, tokenizer, &items, true)?;
     Ok((
         scores.iter().step_by(2).copied().collect(),
         scores.iter().skip(1).step_by(2).copied().collect(),
@@ -351,6 +357,7 @@ impl ScenarioReport {
 /// Train one run from a fresh starter engine.
 fn train_run<E: Engine>(
     scenario: &Scenario,
+    tokenizer: &Tokenizer,
     variant: &Variant,
     make_engine: &mut dyn FnMut() -> Result<E>,
     on_step: &mut dyn FnMut(&str, &StepRecord),
@@ -362,7 +369,7 @@ fn train_run<E: Engine>(
     experiment.lr = variant.lr.unwrap_or(experiment.lr);
     let config = SessionConfig::from_experiment(&experiment)?;
     let data_name = scenario.dir.join(&preset.data).display().to_string();
-    let mut session = Session::new(make_engine()?, &scenario.records, config.clone())
+    let mut session = Session::new(make_engine()?, tokenizer, &scenario.records, config.clone())
         .map_err(|e| e.in_file(&data_name))?;
     let mut pairs = scenario.records.len();
     if let Some(fraction) = variant.drop_top_ches {
@@ -381,18 +388,18 @@ fn train_run<E: Engine>(
             .map(|(_, r)| r.clone())
             .collect();
         pairs = kept.len();
-        session = Session::new(make_engine()?, &kept, config.clone())?;
+        session = Session::new(make_engine()?, tokenizer, &kept, config.clone())?;
     }
     let watch_items: Vec<(&str, &str)> = preset
         .watch
         .iter()
         .flat_map(|w| w.candidates.iter().map(move |c| (w.prompt.as_str(), c.as_str())))
         .collect();
-    let watch_ref = score_texts(session.engine_mut(), &watch_items, true)?;
+    let watch_ref = score_texts(session.engine_mut(), tokenizer, &watch_items, true)?;
     let heldout_ref = if scenario.heldout.is_empty() {
         None
     } else {
-        Some(pair_logps(session.engine_mut(), &scenario.heldout)?)
+        Some(pair_logps(session.engine_mut(), tokenizer, &scenario.heldout)?)
     };
     let refusal_items: Vec<(String, String)> = match &preset.phenomenon {
         Phenomenon::RefusalDrop { refusal_prefix, .. } => scenario
@@ -411,7 +418,7 @@ fn train_run<E: Engine>(
     let refusal_probability = |engine: &mut E| -> Result<f64> {
         let items: Vec<(&str, &str)> =
             refusal_items.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
-        Ok(score_texts(engine, &items, false)?.iter().map(|l| l.exp()).sum::<f64>()
+        Ok(score_texts(engine, tokenizer, &items, false)?.iter().map(|l| l.exp()).sum::<f64>()
             / items.len().max(1) as f64)
     };
     let refusal_start = if refusal_items.is_empty() {
@@ -426,7 +433,7 @@ fn train_run<E: Engine>(
         on_step(&variant.label, &record);
         last = Some(record);
     }
-    let watch_now = score_texts(session.engine_mut(), &watch_items, true)?;
+    let watch_now = score_texts(session.engine_mut(), tokenizer, &watch_items, true)?;
     let watched = watch_items
         .iter()
         .zip(watch_ref.iter().zip(&watch_now))
@@ -439,7 +446,7 @@ fn train_run<E: Engine>(
         .collect();
     let heldout = match heldout_ref {
         Some((rc, rr)) => {
-            let (pc, pr) = pair_logps(session.engine_mut(), &scenario.heldout)?;
+            let (pc, pr) = pair_logps(session.engine_mut(), tokenizer, &scenario.heldout)?;
             Some(Heldout {
                 reference_chosen: rc,
                 reference_rejected: rr,
@@ -472,10 +479,12 @@ fn train_run<E: Engine>(
     })
 }
 
-/// Run every run of a scenario from `make_engine()` (the starter model, fresh each time)
-/// and judge the phenomenon. `on_step` sees each step's metrics (label of the run first).
+/// Run every run of a scenario from `make_engine()` (the starter model, fresh each time,
+/// whose tokenizer is `tokenizer`) and judge the phenomenon. `on_step` sees each step's
+/// metrics (label of the run first).
 pub fn run_scenario<E: Engine>(
     scenario: &Scenario,
+    tokenizer: &Tokenizer,
     mut make_engine: impl FnMut() -> Result<E>,
     mut on_step: impl FnMut(&str, &StepRecord),
 ) -> Result<ScenarioReport> {
@@ -487,9 +496,9 @@ pub fn run_scenario<E: Engine>(
         lr: None,
         drop_top_ches: None,
     };
-    let mut runs = vec![train_run(scenario, &own, &mut make_engine, &mut on_step)?];
+    let mut runs = vec![train_run(scenario, tokenizer, &own, &mut make_engine, &mut on_step)?];
     for variant in &preset.variants {
-        runs.push(train_run(scenario, variant, &mut make_engine, &mut on_step)?);
+        runs.push(train_run(scenario, tokenizer, variant, &mut make_engine, &mut on_step)?);
     }
     let verdict = judge(&preset.phenomenon, &runs)?;
     Ok(ScenarioReport {

@@ -13,6 +13,7 @@ use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::{DataShape, LossMix, LossParams};
 use lab_core::metrics;
 use lab_core::rng::Rng;
+use lab_core::tokenizer::Tokenizer;
 use lab_core::{LabError, Result};
 use serde::Serialize;
 use std::future::Future;
@@ -368,29 +369,42 @@ async fn score_rows<E: Engine>(
 
 impl<E: Engine> Session<E> {
     /// Start a run: the engine's current weights become both the policy and the frozen
-    /// reference. Fails, changing nothing, if the config or the data is invalid.
-    pub fn new(engine: E, records: &[Record], config: SessionConfig) -> Result<Self> {
-        Self::with_lines(engine, records, None, config)
+    /// reference; `tokenizer` is the model's (it encodes the records). Fails, changing
+    /// nothing, if the config or the data is invalid.
+    pub fn new(
+        engine: E,
+        tokenizer: &Tokenizer,
+        records: &[Record],
+        config: SessionConfig,
+    ) -> Result<Self> {
+        Self::with_lines(engine, tokenizer, records, None, config)
     }
 
     /// As [`Session::new`], with the records' line numbers (from
     /// [`crate::examples::record_lines`]) so data errors name the line.
     pub fn with_lines(
         engine: E,
+        tokenizer: &Tokenizer,
         records: &[Record],
         lines: Option<&[usize]>,
         config: SessionConfig,
     ) -> Result<Self> {
-        complete_now(Self::start(engine, records, lines, config, Drive::Blocking))
+        complete_now(Self::start(engine, tokenizer, records, lines, config, Drive::Blocking))
     }
 
     /// [`Session::new`] on the engine's async calls (the browser's GPU engine).
-    pub async fn new_async(engine: E, records: &[Record], config: SessionConfig) -> Result<Self> {
-        Self::start(engine, records, None, config, Drive::Async).await
+    pub async fn new_async(
+        engine: E,
+        tokenizer: &Tokenizer,
+        records: &[Record],
+        config: SessionConfig,
+    ) -> Result<Self> {
+        Self::start(engine, tokenizer, records, None, config, Drive::Async).await
     }
 
     async fn start(
         mut engine: E,
+        tokenizer: &Tokenizer,
         records: &[Record],
         lines: Option<&[usize]>,
         config: SessionConfig,
@@ -398,7 +412,7 @@ impl<E: Engine> Session<E> {
     ) -> Result<Self> {
         let shape = config.validate()?;
         let ctx = engine.config().ctx;
-        let examples = Examples::encode(records, lines, shape, ctx)?;
+        let examples = Examples::encode(tokenizer, records, lines, shape, ctx)?;
         let mut rows = Vec::new();
         let mut groups = Vec::new();
         let mut push = |members: Vec<EncodedRow>, alpha: f64, desirable: bool, record: usize| {

@@ -155,6 +155,7 @@ mod tests {
     use lab_core::config::{init_params, GptConfig};
     use lab_core::data::parse_jsonl;
     use lab_core::experiment::ExperimentConfig;
+    use lab_core::tokenizer::Tokenizer;
     use lab_cpu::CpuEngine;
     use lab_train::SessionConfig;
     use std::future::Future;
@@ -175,8 +176,13 @@ mod tests {
         let engine = CpuEngine::new(cfg, init_params(&cfg, 0)).unwrap();
         let records = parse_jsonl(include_str!("builtin.jsonl")).unwrap();
         let experiment = ExperimentConfig::from_query(query).unwrap();
-        Session::new(engine, &records, SessionConfig::from_experiment(&experiment).unwrap())
-            .unwrap()
+        Session::new(
+            engine,
+            &Tokenizer::Char,
+            &records,
+            SessionConfig::from_experiment(&experiment).unwrap(),
+        )
+        .unwrap()
     }
 
     /// Step until the run diverges (or `limit` steps); the records before it.

@@ -29,7 +29,8 @@ use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossMix;
 use lab_core::rng::Rng;
 use lab_core::sample::{generate, SampleConfig};
-use lab_core::{checkpoint, tokenizer, LabError};
+use lab_core::tokenizer::Tokenizer;
+use lab_core::{checkpoint, LabError};
 use lab_cpu::CpuEngine;
 use lab_gpu::GpuEngine;
 use lab_train::scenario::{Preset, SCENARIOS};
@@ -95,11 +96,34 @@ async fn fetch_text(url: &str) -> Result<String> {
     String::from_utf8(fetch_bytes(url).await?).map_err(|_| format!("{url}: not UTF-8"))
 }
 
-/// The starting weights: the policy's start and, frozen, the reference.
+/// The starting weights: the policy's start and, frozen, the reference; and the tokenizer
+/// they read.
 struct Model {
     cfg: GptConfig,
     params: Vec<f32>,
+    tokenizer: Tokenizer,
     description: String,
+}
+
+/// The model folder's tokenizer, checked against its vocabulary as
+/// `checkpoint::read_tokenizer` checks a folder on disk: `tokenizer.json`, or the
+/// character tokenizer for a folder without one whose vocabulary is its 96 ids.
+async fn load_tokenizer(cfg: &GptConfig) -> Result<Tokenizer> {
+    let url = format!("{MODEL_DIR}/tokenizer.json");
+    let tokenizer = match fetch_text(&url).await {
+        Ok(text) => Tokenizer::from_tokenizer_json_str(&text).map_err(|e| format!("{url}: {e}"))?,
+        Err(_) if cfg.vocab == lab_core::tokenizer::VOCAB_SIZE => Tokenizer::Char,
+        Err(err) => return Err(err),
+    };
+    if tokenizer.vocab_size() != cfg.vocab {
+        return Err(format!(
+            "{url}: the {} tokenizer has {} ids but config.json's vocab_size is {}",
+            tokenizer.kind(),
+            tokenizer.vocab_size(),
+            cfg.vocab
+        ));
+    }
+    Ok(tokenizer)
 }
 
 async fn load_model() -> (Model, Option<String>) {
@@ -112,14 +136,17 @@ async fn load_model() -> (Model, Option<String>) {
         let bytes = fetch_bytes(&format!("{MODEL_DIR}/model.safetensors")).await?;
         let params = checkpoint::from_safetensors(&cfg, &bytes)
             .map_err(|e| format!("{MODEL_DIR}/model.safetensors: {e}"))?;
+        let tokenizer = load_tokenizer(&cfg).await?;
         let description = format!(
-            "starter model ({} layers, d_model {}, ctx {}, {} parameters)",
+            "starter model ({} layers, d_model {}, ctx {}, {} parameters, {} tokenizer of {} ids)",
             cfg.n_layer,
             cfg.d_model,
             cfg.ctx,
-            params.len()
+            params.len(),
+            tokenizer.kind(),
+            tokenizer.vocab_size()
         );
-        Ok(Model { cfg, params, description })
+        Ok(Model { cfg, params, tokenizer, description })
     }
     .await;
     match loaded {
@@ -128,7 +155,7 @@ async fn load_model() -> (Model, Option<String>) {
             let cfg = GptConfig::TINY;
             let params = init_params(&cfg, 0);
             let description = format!("random tiny model ({} parameters)", params.len());
-            (Model { cfg, params, description }, Some(format!("The starter model could not be loaded ({err}); training a randomly initialised tiny model.")))
+            (Model { cfg, params, tokenizer: Tokenizer::Char, description }, Some(format!("The starter model could not be loaded ({err}); training a randomly initialised tiny model.")))
         }
     }
 }
@@ -431,7 +458,7 @@ impl Lab {
             let config =
                 SessionConfig::from_experiment(run_experiment).map_err(|e| e.to_string())?;
             let engine = self.fresh_engine().await?;
-            let session = Session::new_async(engine, &kept_records, config)
+            let session = Session::new_async(engine, &self.model.tokenizer, &kept_records, config)
                 .await
                 .map_err(|e: LabError| format!("run {}: {e}", index + 1))?;
             let mut metrics = metrics_of(
@@ -656,8 +683,9 @@ impl Lab {
     ) -> Result<Run> {
         let config = SessionConfig::from_experiment(run_experiment).map_err(|e| e.to_string())?;
         let engine = self.fresh_engine().await?;
-        let mut session =
-            Session::new_async(engine, records, config).await.map_err(|e| e.to_string())?;
+        let mut session = Session::new_async(engine, &self.model.tokenizer, records, config)
+            .await
+            .map_err(|e| e.to_string())?;
         session.engine_mut().set_params(&weights).map_err(|e| e.to_string())?;
         session
             .evaluate_async()
@@ -703,22 +731,24 @@ impl Lab {
             }
         }
         let ctx = self.model.cfg.ctx;
-        let prompt_tokens = prompt_ids(prompt, ctx)?;
+        let tokenizer = &self.model.tokenizer;
+        let eot = tokenizer.eot();
+        let prompt_tokens = prompt_ids(tokenizer, prompt, ctx)?;
         let mut rng = Rng::new(self.experiment.seed);
         let sampling = SampleConfig { temperature: 1.0, top_k: 0, max_new_tokens: 32 };
         for _ in 0..2 {
-            let ids = generate(&mut self.reference, &prompt_tokens, &sampling, &mut rng)
+            let ids = generate(&mut self.reference, &prompt_tokens, eot, &sampling, &mut rng)
                 .map_err(|e| e.to_string())?;
-            add(tokenizer::decode(&ids), "sampled from the reference");
+            add(tokenizer.decode(&ids), "sampled from the reference");
         }
         let greedy = SampleConfig { temperature: 0.0, ..sampling };
-        let ids =
-            generate(&mut policy, &prompt_tokens, &greedy, &mut rng).map_err(|e| e.to_string())?;
-        add(tokenizer::decode(&ids), "greedy from the policy");
+        let ids = generate(&mut policy, &prompt_tokens, eot, &greedy, &mut rng)
+            .map_err(|e| e.to_string())?;
+        add(tokenizer.decode(&ids), "greedy from the policy");
 
         let rows: Vec<(Vec<u32>, usize)> = candidates
             .iter()
-            .map(|(c, _)| encode_example(prompt, c, ctx))
+            .map(|(c, _)| encode_example(tokenizer, prompt, c, ctx))
             .collect::<lab_core::Result<_>>()
             .map_err(|e| e.to_string())?;
         let batch = TokenBatch::from_rows(&rows).map_err(|e| e.to_string())?;
@@ -741,7 +771,7 @@ impl Lab {
                     policy_prob: p.exp(),
                     logp_change: p - r,
                     gained_most: false,
-                    tokens: positions.clone().map(|i| tokenizer::token_label(tokens[i])).collect(),
+                    tokens: positions.clone().map(|i| tokenizer.token_label(tokens[i])).collect(),
                     token_logp_change: positions
                         .map(|i| {
                             (policy.token_logps[b * t + i] - reference.token_logps[b * t + i])
@@ -772,17 +802,20 @@ impl Lab {
     ) -> Result<FromWorker> {
         let mut policy = self.policy(run).await?;
         let prompt = chat_prompt(prompt);
-        let tokens = prompt_ids(&prompt, self.model.cfg.ctx)?;
+        let tokenizer = &self.model.tokenizer;
+        let eot = tokenizer.eot();
+        let tokens = prompt_ids(tokenizer, &prompt, self.model.cfg.ctx)?;
         let config =
             SampleConfig { temperature, top_k: 0, max_new_tokens: max_new_tokens.clamp(1, 96) };
-        let policy_ids = generate(&mut policy, &tokens, &config, &mut Rng::new(seed))
+        let policy_ids = generate(&mut policy, &tokens, eot, &config, &mut Rng::new(seed))
             .map_err(|e| e.to_string())?;
-        let reference_ids = generate(&mut self.reference, &tokens, &config, &mut Rng::new(seed))
-            .map_err(|e| e.to_string())?;
+        let reference_ids =
+            generate(&mut self.reference, &tokens, eot, &config, &mut Rng::new(seed))
+                .map_err(|e| e.to_string())?;
         Ok(FromWorker::Generated {
             prompt,
-            policy: tokenizer::decode(&policy_ids),
-            reference: tokenizer::decode(&reference_ids),
+            policy: tokenizer.decode(&policy_ids),
+            reference: tokenizer.decode(&reference_ids),
         })
     }
 }
@@ -816,6 +849,7 @@ impl Lab {
         }
         let sets = lab_core::annotate::sample_candidates(
             &mut models,
+            &self.model.tokenizer,
             &prompts,
             n,
             config,
@@ -837,9 +871,9 @@ fn chat_prompt(text: &str) -> String {
     }
 }
 
-fn prompt_ids(prompt: &str, ctx: usize) -> Result<Vec<u32>> {
-    let mut ids = vec![tokenizer::EOT];
-    ids.extend(tokenizer::encode(prompt).map_err(|e| format!("prompt: {e}"))?);
+fn prompt_ids(tokenizer: &Tokenizer, prompt: &str, ctx: usize) -> Result<Vec<u32>> {
+    let mut ids = vec![tokenizer.eot()];
+    ids.extend(tokenizer.encode(prompt).map_err(|e| format!("prompt: {e}"))?);
     if ids.len() >= ctx {
         return Err(format!("the prompt is {} tokens; the model's context is {ctx}", ids.len()));
     }
