@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct LossesArgs {
-    /// JSON with policy/reference chosen/rejected log-probs, lengths and params.
+    /// JSON with policy/reference chosen/rejected log-probs, lengths and params (every
+    /// paired loss); or policy_logps, reference_logps and labels (kto); or lists of
+    /// policy_logps and reference_logps, best first (plackett_luce).
     #[arg(long)]
     input: PathBuf,
 }

@@ -1490,12 +1490,41 @@ fn check_output_finite(kind: LossKind, out: &LossOut) -> Result<()> {
 /// loss that would overflow is an error naming it, never a `null`.
 /// `exo_pair` takes ε from `label_smoothing` when that is > 0 (TRL's behaviour), else
 /// `params.exo_epsilon` (default 1e-3); `robust` needs `label_smoothing` < 0.5.
+///
+/// The zoo's two losses of other data shapes take their own input, told apart by its fields:
+/// - unpaired (`kto`): `{"policy_logps": [...], "reference_logps": [...], "labels": [true,
+///   false, ...], "params": {...}}`, one completion per entry and `labels` true for a
+///   desirable one (TRL's KTO field `label`), returning `{"kto": {"losses", "loss", "rewards",
+///   "kl"}}` (`kl` is z0, the reference point; see [`kto_loss`] for how ours differs from
+///   TRL's);
+/// - ranked (`plackett_luce`): `{"policy_logps": [[...], ...], "reference_logps": [[...],
+///   ...], "params": {...}}`, one list per prompt, best response first, returning
+///   `{"plackett_luce": {"losses", "loss", "rewards"}}`.
 pub fn evaluate_trl_losses(input: &serde_json::Value) -> Result<serde_json::Value> {
     if !input.is_object() {
         return Err(LabError::parse(format!(
             "expected a JSON object with the log-prob arrays, got {}",
             json::brief(input)
         )));
+    }
+    if input.get(JSON_FIELDS.policy_chosen).is_none() {
+        if input.get("labels").is_some() {
+            return evaluate_unpaired(input);
+        }
+        if input
+            .get("policy_logps")
+            .and_then(|v| v.as_array())
+            .is_some_and(|items| items.first().is_some_and(serde_json::Value::is_array))
+        {
+            return evaluate_ranked(input);
+        }
+        if input.get("policy_logps").is_some() {
+            return Err(LabError::parse(
+                "policy_logps without labels: give \"labels\" (true = desirable) for KTO, or \
+                 lists of log-probs (best first) for Plackett-Luce",
+            )
+            .in_field("labels"));
+        }
     }
     let logp = (-MAX_ABS_LOGP, MAX_ABS_LOGP);
     let length = (f64::MIN_POSITIVE, MAX_LENGTH);
@@ -1567,6 +1596,90 @@ pub fn evaluate_trl_losses(input: &serde_json::Value) -> Result<serde_json::Valu
         out.insert(name, value);
     }
     Ok(serde_json::Value::Object(out))
+}
+
+/// `kto` on unpaired input (see [`evaluate_trl_losses`]).
+fn evaluate_unpaired(input: &serde_json::Value) -> Result<serde_json::Value> {
+    let logp = (-MAX_ABS_LOGP, MAX_ABS_LOGP);
+    let policy = json_f64_array(input, "policy_logps", logp, "log-probs")?;
+    let reference = json_f64_array(input, "reference_logps", logp, "log-probs")?;
+    let labels = input.get("labels").and_then(|v| v.as_array()).ok_or_else(|| {
+        LabError::parse("expected an array of true/false (true = desirable)").in_field("labels")
+    })?;
+    let desirable = labels
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_bool().ok_or_else(|| {
+                LabError::parse(format!("labels[{i}] is {}, not true or false", json::brief(v)))
+                    .in_field("labels")
+            })
+        })
+        .collect::<Result<Vec<bool>>>()?;
+    let n = policy.len();
+    for (name, len) in [("reference_logps", reference.len()), ("labels", desirable.len())] {
+        if len != n {
+            return Err(LabError::parse(format!("has {len} entries but policy_logps has {n}"))
+                .in_field(name));
+        }
+    }
+    let params = json_params(input)?;
+    let x = UnpairedLogps {
+        policy: &policy,
+        reference: &reference,
+        lengths: &[],
+        desirable: &desirable,
+    };
+    let out = kto_loss(&params, &x).map_err(in_params)?;
+    Ok(serde_json::json!({ "kto": {
+        "losses": out.losses,
+        "loss": out.loss,
+        "rewards": out.rewards,
+        "kl": out.kl,
+    }}))
+}
+
+/// A list of lists of numbers (ranked log-probs), each within `(lo, hi)`; errors name the
+/// field and the entry.
+fn json_f64_lists(input: &serde_json::Value, field: &str) -> Result<Vec<Vec<f64>>> {
+    let value = input.get(field).ok_or_else(|| {
+        LabError::parse("missing field (a list of lists of log-probs is required)").in_field(field)
+    })?;
+    let lists = value.as_array().ok_or_else(|| {
+        LabError::parse(format!("expected a list of lists, got {}", json::brief(value)))
+            .in_field(field)
+    })?;
+    lists
+        .iter()
+        .enumerate()
+        .map(|(p, list)| {
+            let wrapped = serde_json::json!({ format!("{field}[{p}]"): list });
+            json_f64_array(
+                &wrapped,
+                &format!("{field}[{p}]"),
+                (-MAX_ABS_LOGP, MAX_ABS_LOGP),
+                "log-probs",
+            )
+            .map_err(|e| match e {
+                LabError::Parse { msg, .. } => LabError::parse(msg).in_field(field),
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// `plackett_luce` on ranked input (see [`evaluate_trl_losses`]).
+fn evaluate_ranked(input: &serde_json::Value) -> Result<serde_json::Value> {
+    let policy = json_f64_lists(input, "policy_logps")?;
+    let reference = json_f64_lists(input, "reference_logps")?;
+    let params = json_params(input)?;
+    let out = plackett_luce_loss(&params, &RankedLogps { policy: &policy, reference: &reference })
+        .map_err(in_params)?;
+    Ok(serde_json::json!({ "plackett_luce": {
+        "losses": out.losses,
+        "loss": out.loss,
+        "rewards": out.rewards,
+    }}))
 }
 
 /// [`evaluate_trl_losses`] on the input's text, parsed strictly ([`json::parse_unique`]: a
@@ -2431,5 +2544,50 @@ mod tests {
         assert!(err.starts_with("in.json, line 5: duplicate key \"params\""), "{err}");
         let ok = text.replace(",\n\"params\": {\"beta\": 0.5}", "");
         assert_eq!(evaluate_trl_losses_json(&ok).unwrap().as_object().unwrap().len(), 23);
+    }
+
+    #[test]
+    fn losses_cli_takes_unpaired_and_ranked_inputs_of_their_own_shape() {
+        // KTO: ρ = (0.5, −0.5), z0 = max(0, mean ρ) = 0, so both losses are 1 − σ(0.05)
+        let kto = evaluate_trl_losses_json(
+            r#"{"policy_logps": [-1.0, -2.0], "reference_logps": [-1.5, -1.5],
+                "labels": [true, false], "params": {"beta": 0.1}}"#,
+        )
+        .unwrap();
+        let want = 1.0 - sigmoid(0.05);
+        for i in 0..2 {
+            assert!((kto["kto"]["losses"][i].as_f64().unwrap() - want).abs() < 1e-15, "{kto}");
+        }
+        assert_eq!(kto["kto"]["kl"], 0.0);
+        assert_eq!(kto["kto"]["rewards"], serde_json::json!([0.05, -0.05]));
+        // Plackett–Luce with two responses is DPO's sigmoid loss
+        let ranked = evaluate_trl_losses_json(
+            r#"{"policy_logps": [[-5.0, -6.0], [-7.5, -7.0, -9.0]],
+                "reference_logps": [[-5.5, -5.8], [-7.0, -7.2, -8.0]], "params": {"beta": 0.1}}"#,
+        )
+        .unwrap();
+        let pair = evaluate_trl_losses_json(
+            r#"{"policy_chosen_logps": [-5.0], "policy_rejected_logps": [-6.0],
+                "reference_chosen_logps": [-5.5], "reference_rejected_logps": [-5.8],
+                "chosen_lengths": [1], "rejected_lengths": [1], "params": {"beta": 0.1}}"#,
+        )
+        .unwrap();
+        let (pl, dpo) = (
+            ranked["plackett_luce"]["losses"][0].as_f64().unwrap(),
+            pair["sigmoid"]["losses"][0].as_f64().unwrap(),
+        );
+        assert!((pl - dpo).abs() < 1e-12, "{pl} vs {dpo}");
+        assert_eq!(ranked["plackett_luce"]["rewards"][1].as_array().unwrap().len(), 3);
+        // errors name the field
+        let err = |text: &str| evaluate_trl_losses_json(text).unwrap_err().to_string();
+        let e = err(r#"{"policy_logps": [-1.0], "reference_logps": [-1.0], "labels": [1]}"#);
+        assert!(e.contains("\"labels\"") && e.contains("labels[0]"), "{e}");
+        let e =
+            err(r#"{"policy_logps": [-1.0], "reference_logps": [-1.0, -2.0], "labels": [true]}"#);
+        assert!(e.contains("\"reference_logps\"") && e.contains("has 2 entries"), "{e}");
+        let e = err(r#"{"policy_logps": [-1.0], "reference_logps": [-1.0]}"#);
+        assert!(e.contains("labels") && e.contains("Plackett-Luce"), "{e}");
+        let e = err(r#"{"policy_logps": [[-1.0, "x"]], "reference_logps": [[-1.0, -2.0]]}"#);
+        assert!(e.contains("\"policy_logps\"") && e.contains("policy_logps[0][1]"), "{e}");
     }
 }
