@@ -116,10 +116,12 @@ impl ExperimentConfig {
         Ok(mix)
     }
 
-    /// The query-string form (no leading `?`).
-    pub fn to_query(&self) -> String {
+    /// The settings of the link form as (key, value), values not yet escaped: the loss, β,
+    /// lr, batch size, steps and seed always, the other settings only where they differ
+    /// from their defaults, and the scenario when there is one.
+    pub fn link_pairs(&self) -> Vec<(&'static str, String)> {
         let defaults = LossParams::default();
-        let mut pairs: Vec<(&str, String)> = vec![
+        let mut pairs: Vec<(&'static str, String)> = vec![
             ("loss", self.loss.clone()),
             ("beta", self.params.beta.to_string()),
             ("lr", self.lr.to_string()),
@@ -154,6 +156,13 @@ impl ExperimentConfig {
         if let Some(scenario) = &self.scenario {
             pairs.push(("scenario", scenario.clone()));
         }
+        pairs
+    }
+
+    /// The link form: [`ExperimentConfig::link_pairs`] as `key=value` joined by `&`, each
+    /// value escaped with [`link_escape`].
+    pub fn to_query(&self) -> String {
+        let pairs = self.link_pairs();
         pairs.iter().map(|(k, v)| format!("{k}={}", link_escape(v))).collect::<Vec<_>>().join("&")
     }
 

@@ -52,6 +52,19 @@ pub struct Variant {
     pub drop_top_ches: Option<f64>,
 }
 
+impl Variant {
+    /// The experiment of this run: the preset's, with the loss, parameters and learning
+    /// rate the variant sets.
+    pub fn experiment(&self, base: &ExperimentConfig) -> ExperimentConfig {
+        ExperimentConfig {
+            loss: self.loss.clone().unwrap_or_else(|| base.loss.clone()),
+            params: self.params.unwrap_or(base.params),
+            lr: self.lr.unwrap_or(base.lr),
+            ..base.clone()
+        }
+    }
+}
+
 /// What the verdict asserts, with its thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -363,10 +376,7 @@ fn train_run<E: Engine>(
     on_step: &mut dyn FnMut(&str, &StepRecord),
 ) -> Result<RunReport> {
     let preset = &scenario.preset;
-    let mut experiment = preset.experiment.clone();
-    experiment.loss = variant.loss.clone().unwrap_or(experiment.loss);
-    experiment.params = variant.params.unwrap_or(experiment.params);
-    experiment.lr = variant.lr.unwrap_or(experiment.lr);
+    let experiment = variant.experiment(&preset.experiment);
     let config = SessionConfig::from_experiment(&experiment)?;
     let data_name = scenario.dir.join(&preset.data).display().to_string();
     let mut session = Session::new(make_engine()?, tokenizer, &scenario.records, config.clone())

@@ -8,6 +8,7 @@
 use lab_core::experiment::{link_escape, link_unescape, ExperimentConfig};
 use lab_core::loss::LossMix;
 use lab_core::{LabError, Result};
+use lab_train::scenario::Preset;
 use serde::{Deserialize, Serialize};
 
 /// At most this many runs are drawn side by side (the main run and two compared ones).
@@ -119,20 +120,15 @@ impl UiState {
         LossMix::parse(loss).map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))?;
         // the main run's settings, each key once (the link form refuses a key given twice),
         // with the entry's loss and overrides in place of the main run's
-        let mut settings: Vec<(String, String)> = self
-            .experiment
-            .to_query()
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut settings: Vec<(String, String)> =
+            self.experiment.link_pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         let mut set = |key: &str, value: String| {
             match settings.iter_mut().find(|(k, _)| k == key) {
                 Some(setting) => setting.1 = value,
                 None => settings.push((key.to_string(), value)),
             };
         };
-        set("loss", link_escape(loss));
+        set("loss", loss.to_string());
         let mut overridden: Vec<&str> = Vec::new();
         for part in parts.map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| {
@@ -149,9 +145,10 @@ impl UiState {
                 return Err(LabError::param("compare", format!("{entry:?}: {key} given twice")));
             }
             overridden.push(key);
-            set(key, link_escape(value.trim()));
+            set(key, value.trim().to_string());
         }
-        let query: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let query: Vec<String> =
+            settings.iter().map(|(k, v)| format!("{k}={}", link_escape(v))).collect();
         let query = query.join("&");
         ExperimentConfig::from_query(&query)
             .map_err(|e| LabError::param("compare", format!("{entry:?}: {e}")))
@@ -168,9 +165,58 @@ impl UiState {
     }
 }
 
+/// The compared runs a scenario's preset lists, as the page's `compare` entries: the loss
+/// of each variant with the settings it changes (variants that drop pairs are the pairs
+/// table's "retrain without them", not compared runs).
+pub fn preset_compare(preset: &Preset) -> Vec<String> {
+    let base = preset.experiment.link_pairs();
+    let mut out = Vec::new();
+    for variant in preset.variants.iter().filter(|v| v.drop_top_ches.is_none()) {
+        let experiment = variant.experiment(&preset.experiment);
+        let mut entry = experiment.loss.clone();
+        for (key, value) in experiment.link_pairs() {
+            if key != "loss" && !base.contains(&(key, value.clone())) {
+                entry.push_str(&format!(";{key}={value}"));
+            }
+        }
+        out.push(entry);
+    }
+    out.truncate(MAX_RUNS - 1);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each shipped scenario's compared runs, through the page's link and back, are the
+    /// runs `alignlab scenario` trains.
+    #[test]
+    fn a_scenario_s_compared_runs_are_the_runs_the_cli_trains() {
+        let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+        for name in lab_train::scenario::SCENARIOS {
+            let dir = assets.join("scenarios").join(name);
+            let preset: Preset =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("preset.json")).unwrap())
+                    .unwrap();
+            let state = UiState {
+                experiment: preset.experiment.clone(),
+                compare: preset_compare(&preset),
+                ..UiState::default()
+            };
+            let back = UiState::from_query(&state.to_query()).unwrap();
+            let runs = back.experiments().unwrap();
+            let want: Vec<ExperimentConfig> = preset
+                .variants
+                .iter()
+                .filter(|v| v.drop_top_ches.is_none())
+                .take(MAX_RUNS - 1)
+                .map(|v| v.experiment(&preset.experiment))
+                .collect();
+            assert_eq!(runs[0], preset.experiment, "{name}");
+            assert_eq!(&runs[1..], want.as_slice(), "{name}: {:?}", state.compare);
+        }
+    }
 
     #[test]
     fn round_trips_compared_runs_and_the_experiment() {

@@ -186,37 +186,6 @@ async fn load_scenario(name: &str) -> Result<LoadedScenario> {
     Ok(LoadedScenario { info, preset, records })
 }
 
-/// The compared runs a preset lists: the loss of each variant with the settings it
-/// changes (variants that drop pairs are the pairs table's "retrain without them").
-fn preset_compare(preset: &Preset) -> Vec<String> {
-    let base = UiState { experiment: preset.experiment.clone(), ..UiState::default() };
-    let base_query: HashMap<String, String> = base
-        .experiment
-        .to_query()
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut out = Vec::new();
-    for variant in preset.variants.iter().filter(|v| v.drop_top_ches.is_none()) {
-        let mut experiment = preset.experiment.clone();
-        experiment.loss = variant.loss.clone().unwrap_or(experiment.loss);
-        experiment.params = variant.params.unwrap_or(experiment.params);
-        experiment.lr = variant.lr.unwrap_or(experiment.lr);
-        let mut entry = experiment.loss.clone();
-        for part in experiment.to_query().split('&') {
-            if let Some((key, value)) = part.split_once('=') {
-                if key != "loss" && base_query.get(key).map(String::as_str) != Some(value) {
-                    entry.push_str(&format!(";{key}={}", value.replace("%2B", "+")));
-                }
-            }
-        }
-        out.push(entry);
-    }
-    out.truncate(crate::state::MAX_RUNS - 1);
-    out
-}
-
 fn loss_terms(spec: &str) -> Vec<LossTerm> {
     LossMix::parse(spec)
         .map(|mix| {
@@ -431,7 +400,7 @@ impl Lab {
             if let Some(s) = loaded {
                 experiment =
                     ExperimentConfig { scenario: scenario.clone(), ..s.preset.experiment.clone() };
-                compare = preset_compare(&s.preset);
+                compare = crate::state::preset_compare(&s.preset);
             }
         }
         let state = UiState {
