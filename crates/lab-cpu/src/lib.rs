@@ -1,13 +1,15 @@
 //! The reference engine: GPT-2 forward, backward and AdamW in plain f32 Rust on the CPU,
 //! llm.c style, parallel with rayon yet bit-for-bit reproducible.
 //!
-//! [`model`] holds the layers and the generic [`model::Gpt`] (also run in f64 by the
-//! gradient tests), [`adamw`] the optimizer; this file wires them to
-//! [`lab_core::Engine`].
+//! [`model`] holds the fast layers and the generic [`model::Gpt`] (also run in f64 by the
+//! gradient tests), [`reference`] the same model written plainly (one sequence, f64, plain
+//! loops), the twin the fast kernels are tested against, [`adamw`] the optimizer; this file
+//! wires them to [`lab_core::Engine`].
 
 pub mod adamw;
 pub mod float;
 pub mod model;
+pub mod reference;
 
 use lab_core::config::{init_params, GptConfig};
 use lab_core::engine::{AdamWConfig, Engine, ForwardOut, TokenBatch};
