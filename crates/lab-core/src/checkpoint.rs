@@ -25,6 +25,8 @@ pub enum StorageDtype {
     F32,
     /// Half the size; what the shipped starter model uses.
     F16,
+    /// bfloat16: f32's range with 8 bits of mantissa, as many hub checkpoints are stored.
+    Bf16,
 }
 
 /// One HF tensor: its name, where it comes from in the flat layout, its HF shape, and
@@ -78,6 +80,9 @@ fn encode_values(values: &[f32], dtype: StorageDtype) -> Vec<u8> {
         StorageDtype::F16 => {
             values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()
         }
+        StorageDtype::Bf16 => {
+            values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+        }
     }
 }
 
@@ -112,6 +117,7 @@ pub fn to_safetensors(cfg: &GptConfig, params: &[f32], dtype: StorageDtype) -> R
     let st_dtype = match dtype {
         StorageDtype::F32 => Dtype::F32,
         StorageDtype::F16 => Dtype::F16,
+        StorageDtype::Bf16 => Dtype::BF16,
     };
     let views = blobs
         .iter()
@@ -208,9 +214,10 @@ fn locate(cfg: &GptConfig, metadata: &Metadata) -> Result<Vec<Located>> {
             let dtype = match info.dtype {
                 Dtype::F32 => StorageDtype::F32,
                 Dtype::F16 => StorageDtype::F16,
+                Dtype::BF16 => StorageDtype::Bf16,
                 other => {
                     return Err(LabError::parse(format!(
-                        "tensor {:?} has dtype {other:?}; only F32 and F16 are supported",
+                        "tensor {:?} has dtype {other:?}; only F32, F16 and BF16 are supported",
                         t.name
                     )))
                 }
@@ -231,6 +238,10 @@ fn decode_into(params: &mut [f32], loc: &Located, bytes: &[u8]) {
         StorageDtype::F16 => {
             bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
         }
+        StorageDtype::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
     };
     let t = &loc.tensor;
     let dst = &mut params[t.offset..t.offset + values.len()];
@@ -256,7 +267,7 @@ fn check_finite(cfg: &GptConfig, params: &[f32]) -> Result<()> {
     Err(LabError::parse(format!("{name} holds {}; every weight must be finite", params[bad])))
 }
 
-/// Read flat parameters from safetensors bytes, accepting F32 or F16 and names with or
+/// Read flat parameters from safetensors bytes, accepting F32, F16 or BF16 and names with or
 /// without HF's `transformer.` prefix. The config is validated and every tensor it needs is
 /// found and checked (shape, dtype, the file's length) before the parameters are allocated.
 /// Errors are [`LabError::Parse`] naming the tensor; the caller adds the file.
@@ -460,6 +471,13 @@ mod tests {
         let worst =
             params.iter().zip(&half_back).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-3, "f16 round trip error {worst}");
+        // bf16 keeps 8 bits of mantissa: within 2⁻⁸ of each weight, relatively
+        let bf16_back =
+            from_safetensors(&cfg, &to_safetensors(&cfg, &params, StorageDtype::Bf16).unwrap())
+                .unwrap();
+        for (a, b) in params.iter().zip(&bf16_back) {
+            assert!((a - b).abs() <= a.abs() / 256.0, "bf16 round trip {a} -> {b}");
+        }
     }
 
     #[test]

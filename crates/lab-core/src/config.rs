@@ -111,6 +111,60 @@ impl GptConfig {
                 crate::json::brief(value)
             )));
         }
+        // What alignlab's GPT-2 is: an HF config that says otherwise describes another model.
+        let text = |name: &str| value.get(name).and_then(|v| v.as_str());
+        if let Some(kind) = value.get("model_type") {
+            if kind.as_str() != Some("gpt2") {
+                return Err(LabError::parse(format!(
+                    "{kind} is not a model alignlab runs (it runs GPT-2: \"gpt2\")"
+                ))
+                .in_field("model_type"));
+            }
+        }
+        if let Some(act) = text("activation_function") {
+            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
+                return Err(LabError::parse(format!(
+                    "{act:?}: alignlab's GPT-2 uses the tanh GELU (\"gelu_new\")"
+                ))
+                .in_field("activation_function"));
+            }
+        }
+        if value.get("tie_word_embeddings").and_then(|v| v.as_bool()) == Some(false) {
+            return Err(LabError::parse(
+                "false: alignlab's GPT-2 ties the LM head to the token embedding",
+            )
+            .in_field("tie_word_embeddings"));
+        }
+        let flag = |name: &str| value.get(name).and_then(|v| v.as_bool());
+        if flag("scale_attn_weights") == Some(false) {
+            return Err(LabError::parse(
+                "false: alignlab's GPT-2 scales attention by 1/√head size",
+            )
+            .in_field("scale_attn_weights"));
+        }
+        if flag("scale_attn_by_inverse_layer_idx") == Some(true) {
+            return Err(LabError::parse(
+                "true: alignlab's GPT-2 does not scale attention by the layer index",
+            )
+            .in_field("scale_attn_by_inverse_layer_idx"));
+        }
+        if let Some(inner) = value.get("n_inner").filter(|v| !v.is_null()) {
+            let n_embd = value.get("n_embd").and_then(|v| v.as_u64());
+            if inner.as_u64().zip(n_embd).is_none_or(|(i, c)| i != 4 * c) {
+                return Err(LabError::parse(format!(
+                    "{inner}: alignlab's GPT-2 has an MLP of 4 × n_embd"
+                ))
+                .in_field("n_inner"));
+            }
+        }
+        if let Some(eps) = value.get("layer_norm_epsilon").and_then(|v| v.as_f64()) {
+            if eps != 1e-5 {
+                return Err(LabError::parse(format!(
+                    "{eps}: alignlab's GPT-2 normalises with ε = 1e-5"
+                ))
+                .in_field("layer_norm_epsilon"));
+            }
+        }
         let field = |name: &str| -> Result<usize> {
             let Some(v) = value.get(name) else {
                 return Err(
@@ -387,5 +441,31 @@ mod tests {
         assert_eq!(GptConfig::from_hf_json(&cfg.to_hf_json(0)).unwrap(), cfg);
         let err = GptConfig::from_hf_json(&serde_json::json!({"vocab_size": 96})).unwrap_err();
         assert!(err.to_string().contains("n_positions"), "{err}");
+    }
+
+    /// A config describing a model other than alignlab's GPT-2 is refused naming the field,
+    /// never read as if it were one.
+    #[test]
+    fn a_config_of_another_model_is_refused_by_its_field() {
+        let base = GptConfig::TINY.to_hf_json(0);
+        for (field, value, says) in [
+            ("model_type", serde_json::json!("llama"), "\"llama\" is not a model"),
+            ("activation_function", serde_json::json!("relu"), "tanh GELU"),
+            ("tie_word_embeddings", serde_json::json!(false), "ties the LM head"),
+            ("n_inner", serde_json::json!(100), "4 × n_embd"),
+            ("layer_norm_epsilon", serde_json::json!(1e-6), "ε = 1e-5"),
+            ("scale_attn_weights", serde_json::json!(false), "1/√head size"),
+            ("scale_attn_by_inverse_layer_idx", serde_json::json!(true), "layer index"),
+        ] {
+            let mut config = base.clone();
+            config[field] = value;
+            let err = GptConfig::from_hf_json(&config).unwrap_err().to_string();
+            assert!(err.contains(&format!("\"{field}\"")) && err.contains(says), "{err}");
+        }
+        // what transformers writes for GPT-2 is accepted
+        let mut hf = base.clone();
+        hf["n_inner"] = serde_json::Value::Null;
+        hf["activation_function"] = serde_json::json!("gelu_new");
+        assert_eq!(GptConfig::from_hf_json(&hf).unwrap(), GptConfig::TINY);
     }
 }
