@@ -8,13 +8,23 @@
 
 use crate::kernels::{Kernel, Pipelines};
 use crate::setup::check_buffer_size;
+use crate::uniforms::{self, ShaderStruct};
 use lab_core::config::GptConfig;
 use lab_core::error::{LabError, Result};
 use wgpu::util::DeviceExt;
 
-/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 112
-/// bytes, and 256 is WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
+/// Bytes reserved per dispatch in the uniform buffer: more than any uniform struct, and
+/// WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
 const UNIFORM_STRIDE: u64 = 256;
+
+// every host struct fits a dispatch's slot
+const _: () = {
+    let mut i = 0;
+    while i < uniforms::ALL.len() {
+        assert!(uniforms::ALL[i].size as u64 <= UNIFORM_STRIDE);
+        i += 1;
+    }
+};
 
 /// The engine's buffers a plan's loss dispatch binds: loss.wgsl's uniform (written each
 /// training step) and its status word (which adamw.wgsl reads).
@@ -56,10 +66,10 @@ pub fn record_pass<'a>(
     }
 }
 
-/// A dispatch before its bind group exists: its uniform words and storage buffers.
+/// A dispatch before its bind group exists: its uniform's bytes and storage buffers.
 struct Spec {
     kernel: Kernel,
-    words: Vec<u32>,
+    uniform: Vec<u8>,
     buffers: Vec<(u32, wgpu::Buffer)>,
     groups: [u32; 3],
     flops: u64,
@@ -364,10 +374,6 @@ fn grad_slab_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
     cfg.n_layer * (linear + 2 * layer_norm) + layer_norm + 2 * slabs(v, c)
 }
 
-fn words(values: &[usize]) -> Vec<u32> {
-    values.iter().map(|&v| v as u32).collect()
-}
-
 /// Builds the dispatch lists, then their uniform buffer and bind groups in one go.
 struct Recorder<'a> {
     grid: Grid,
@@ -389,15 +395,31 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    fn push(
+    /// Record a launch of `kernel` with `uniform` (a struct of the kernel's shader) at
+    /// binding 0 and `buffers` at their slots.
+    fn push<U: ShaderStruct>(
         &mut self,
         kernel: Kernel,
-        words: Vec<u32>,
+        uniform: U,
         buffers: &[(u32, &wgpu::Buffer)],
         groups: [u32; 3],
     ) {
+        assert_eq!(
+            U::LAYOUT.shader,
+            kernel.entry().0,
+            "{} is not a uniform of {kernel:?}",
+            U::LAYOUT.rust_name
+        );
+        let uniform = bytemuck::bytes_of(&uniform).to_vec();
         let buffers = buffers.iter().map(|(slot, buf)| (*slot, (*buf).clone())).collect();
-        self.specs.push(Spec { kernel, words, buffers, groups, flops: 0, backward: self.backward });
+        self.specs.push(Spec {
+            kernel,
+            uniform,
+            buffers,
+            groups,
+            flops: 0,
+            backward: self.backward,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -426,10 +448,33 @@ impl Recorder<'_> {
         };
         let flags = flags | g.vector_loads(k_chunk, &batch);
         groups[2] = u32::try_from(z).ok().filter(|&z| z <= self.grid.max_per_dim).ok_or_else(|| LabError::Engine { msg: format!("{z} GEMM batches or splits exceed the limit max_compute_workgroups_per_dimension = {}", self.grid.max_per_dim) })?;
-        #[rustfmt::skip]
-        let mut w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
-            batch.inner, batch.a.0, batch.a.1, batch.b.0, batch.b.1, batch.c.0, batch.c.1, g.aux_off]);
-        w.push(g.scale.to_bits());
+        let uniform = uniforms::Gemm {
+            rows: g.rows as u32,
+            cols: g.cols as u32,
+            depth: g.depth as u32,
+            flags,
+            a_off: g.a_off as u32,
+            a_rs: g.a_rs as u32,
+            a_ks: g.a_ks as u32,
+            b_off: g.b_off as u32,
+            b_ks: g.b_ks as u32,
+            b_ss: g.b_ss as u32,
+            c_off: g.c_off as u32,
+            c_rs: g.c_rs as u32,
+            bias_off: g.bias_off as u32,
+            addend_off: g.addend_off as u32,
+            k_chunk: k_chunk as u32,
+            c_zs: g.c_zs as u32,
+            z_inner: batch.inner as u32,
+            a_zo: batch.a.0 as u32,
+            a_zi: batch.a.1 as u32,
+            b_zo: batch.b.0 as u32,
+            b_zi: batch.b.1 as u32,
+            c_zo: batch.c.0 as u32,
+            c_zi: batch.c.1 as u32,
+            aux_off: g.aux_off as u32,
+            scale: g.scale,
+        };
         if c == self.partial && g.batch.is_none() {
             // the split slabs must fit the scratch partial_floats sized
             let needed = g.c_off + (z - 1) * g.c_zs + (g.rows - 1) * g.c_rs + g.cols;
@@ -443,7 +488,7 @@ impl Recorder<'_> {
         let aux = aux.unwrap_or(self.dummy_rw);
         self.push(
             kernel,
-            w,
+            uniform,
             &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens), (7, aux)],
             groups,
         );
@@ -591,25 +636,23 @@ impl Recorder<'_> {
     ) -> Result<()> {
         let (bias_buf, bias_off) = bias.unwrap_or((self.dummy, 0));
         let (addend_buf, addend_off) = addend.unwrap_or((self.dummy, 0));
-        let w = words(&[
-            len,
-            splits,
-            len,
-            width,
-            dst.1,
-            dst.2,
-            flags as usize,
-            bias_off,
-            addend_off,
-            0,
-            0,
-            0,
-        ]);
+        let uniform = uniforms::SplitSum {
+            len: len as u32,
+            splits: splits as u32,
+            stride: len as u32,
+            width: width as u32,
+            dst_off: dst.1 as u32,
+            dst_rs: dst.2 as u32,
+            flags,
+            bias_off: bias_off as u32,
+            addend_off: addend_off as u32,
+            ..Default::default()
+        };
         let partial = self.partial;
         let groups = self.grid.cover(len, 64)?;
         self.push(
             Kernel::SplitSum,
-            w,
+            uniform,
             &[(4, partial), (5, dst.0), (6, bias_buf), (7, addend_buf)],
             groups,
         );
@@ -982,26 +1025,16 @@ impl Plan {
         let fused_softmax = t <= FUSED_SOFTMAX_MAX_T;
         // per-layer parameter offsets (layer-stacked tensors lead with L)
         let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
-        let ln_words =
-            |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| {
-                words(&[
-                    n,
-                    c,
-                    inp_off,
-                    out_off,
-                    stat_off,
-                    w_off,
-                    b_off,
-                    dout_off,
-                    dinp_off,
-                    LN_SPLIT_ROWS,
-                    0,
-                    accumulate,
-                    0,
-                    0,
-                    0,
-                    0,
-                ])
+        let ln_uniform =
+            |inp_off: usize, stat_off: usize, w_off: usize, b_off: usize| uniforms::LayerNorm {
+                n_rows: n as u32,
+                c: c as u32,
+                inp_off: inp_off as u32,
+                stat_off: stat_off as u32,
+                w_off: w_off as u32,
+                b_off: b_off as u32,
+                split_rows: LN_SPLIT_ROWS as u32,
+                ..Default::default()
             };
         // a LayerNorm forward of `inp` (its row offset 0) into `out` and the statistics at
         // layer l, first adding up `made`'s slabs into `inp` when its projection was split
@@ -1013,20 +1046,21 @@ impl Plan {
                           w_off: usize,
                           b_off: usize|
          -> Result<()> {
-            let mut w = ln_words(inp.1, out.1, stats.2, w_off, b_off, 0, 0, 0);
+            let mut uniform = uniforms::LayerNorm {
+                out_off: out.1 as u32,
+                ..ln_uniform(inp.1, stats.2, w_off, b_off)
+            };
             let (mut slabs, mut addend) = (dummy, dummy);
             if let Some(made) = made {
-                w[12..16].copy_from_slice(&words(&[
-                    made.slabs.splits,
-                    made.slabs.stride,
-                    made.bias_off,
-                    made.addend.1,
-                ]));
+                uniform.splits = made.slabs.splits as u32;
+                uniform.slab_stride = made.slabs.stride as u32;
+                uniform.gemm_b_off = made.bias_off as u32;
+                uniform.addend_off = made.addend.1 as u32;
                 (slabs, addend) = (rec.partial, made.addend.0);
             }
             rec.push(
                 Kernel::LayerNormForward,
-                w,
+                uniform,
                 &[
                     (1, inp.0),
                     (2, params),
@@ -1045,7 +1079,7 @@ impl Plan {
         // gather_grads reduces, routing dβ to its place
         let ln_params = |rec: &mut Recorder,
                          inp: &wgpu::Buffer,
-                         mut w: Vec<u32>,
+                         uniform: uniforms::LayerNorm,
                          mean: &wgpu::Buffer,
                          rstd: &wgpu::Buffer,
                          dw_off: usize,
@@ -1053,11 +1087,10 @@ impl Plan {
          -> Result<()> {
             let groups = rec.grid.tiles(c.div_ceil(64), ln_splits)?;
             let at = rec.grad_region(ln_splits * 2 * c)?;
-            w[10] = at as u32; // part_off
             let grad_slabs = rec.grad_slabs;
             rec.push(
                 Kernel::LayerNormBackwardParams,
-                w,
+                uniforms::LayerNorm { part_off: at as u32, ..uniform },
                 &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, grad_slabs)],
                 groups,
             );
@@ -1083,17 +1116,19 @@ impl Plan {
                            stats: (&wgpu::Buffer, &wgpu::Buffer, usize),
                            w_off: usize,
                            b_off: usize,
-                           accumulate: usize|
+                           accumulate: u32|
          -> Result<()> {
-            let mut w = ln_words(inp.1, 0, stats.2, w_off, b_off, 0, 0, accumulate);
+            let mut uniform =
+                uniforms::LayerNorm { accumulate, ..ln_uniform(inp.1, stats.2, w_off, b_off) };
             let mut slabs = dummy;
             if let Some(made) = made {
-                w[12..14].copy_from_slice(&words(&[made.splits, made.stride]));
+                uniform.splits = made.splits as u32;
+                uniform.slab_stride = made.stride as u32;
                 slabs = rec.partial;
             }
             rec.push(
                 Kernel::LayerNormBackwardDinp,
-                w.clone(),
+                uniform,
                 &[
                     (1, inp.0),
                     (2, params),
@@ -1105,24 +1140,33 @@ impl Plan {
                 ],
                 grid.cover(n, 1)?,
             );
-            ln_params(rec, inp.0, w, stats.0, stats.1, w_off, b_off)
+            ln_params(rec, inp.0, uniform, stats.0, stats.1, w_off, b_off)
         };
         // attention: per (b, h) products as batched GEMMs around the softmax kernels
         let softmax_groups = grid.cover(b * nh * t, 1)?;
-        let softmax_words = |l: usize| {
-            let mut w = words(&[b * nh * t, t, l * att_len]);
-            w.push(scale.to_bits());
-            w
+        let softmax_uniform = |l: usize| uniforms::Softmax {
+            rows: (b * nh * t) as u32,
+            t_len: t as u32,
+            att_off: (l * att_len) as u32,
+            scale,
         };
         // strides (per b, per h) of a head's slice of qkv, of a (B, T, C) tensor, of att
         let (qkv_z, btc_z, att_z) = ((t * 3 * c, hs), (t * c, hs), (nh * t * t, t * t));
         let batch = |a, b_, c_| Some(Batch { count: b * nh, inner: nh, a, b: b_, c: c_ });
 
         // ---------------- forward ----------------
-        let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wpe]);
+        let encoder = uniforms::Encoder {
+            n_rows: n as u32,
+            t_len: t as u32,
+            c: c as u32,
+            ctx: cfg.ctx as u32,
+            wte_off: lay.wte as u32,
+            wpe_off: lay.wpe as u32,
+            dwpe_off: lay.wpe as u32,
+        };
         rec.push(
             Kernel::EncoderForward,
-            enc_words.clone(),
+            encoder,
             &[(1, &tokens), (2, params), (3, &encoded)],
             grid.cover(nc, 64)?,
         );
@@ -1173,7 +1217,7 @@ impl Plan {
             };
             rec.gemm(scores, &qkv, &qkv, None, None, &att, None)?;
             if !fused_softmax {
-                rec.push(Kernel::SoftmaxForward, softmax_words(l), &[(1, &att)], softmax_groups);
+                rec.push(Kernel::SoftmaxForward, softmax_uniform(l), &[(1, &att)], softmax_groups);
             }
             let y = Gemm {
                 rows: t,
@@ -1242,16 +1286,16 @@ impl Plan {
             lay.lnfb,
         )?;
         rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None, None)?; // tied LM head
-        let head_words = words(&[b, t, v, 0]);
+        let head = uniforms::Logprob { b: b as u32, t_len: t as u32, v: v as u32, _pad: 0 };
         rec.push(
             Kernel::LogprobForward,
-            head_words.clone(),
+            head,
             &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)],
             grid.cover(n, 1)?,
         );
         rec.push(
             Kernel::SeqSums,
-            words(&[b, t, 0, 0]),
+            uniforms::SeqSums { b: b as u32, t_len: t as u32, ..Default::default() },
             &[(1, &mask), (2, &topk), (3, &out)],
             [b.div_ceil(64) as u32, 1, 1],
         );
@@ -1260,7 +1304,7 @@ impl Plan {
         rec.backward = true;
         rec.push(
             Kernel::LogprobBackward,
-            head_words,
+            head,
             &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)],
             grid.cover(n * v, 64)?,
         );
@@ -1344,7 +1388,7 @@ impl Plan {
             if !fused_softmax {
                 rec.push(
                     Kernel::SoftmaxBackward,
-                    softmax_words(l),
+                    softmax_uniform(l),
                     &[(2, &att), (3, &dpre)],
                     softmax_groups,
                 );
@@ -1427,7 +1471,7 @@ impl Plan {
         rec.weight_gradient(dwte, &tokens, &dres, (lay.wte, c, c), 0, true)?;
         rec.push(
             Kernel::EncoderBackwardWpe,
-            enc_words,
+            encoder,
             &[(4, &dres), (5, grads)],
             grid.cover(cfg.ctx * c, 64)?,
         );
@@ -1441,22 +1485,21 @@ impl Plan {
             });
         }
         let mut start = 0;
-        let mut table = Vec::with_capacity(rec.segments.len() * 12);
+        let mut table = Vec::with_capacity(rec.segments.len());
         for s in &rec.segments {
-            table.extend(words(&[
-                start,
-                s.splits,
-                s.len,
-                s.width,
-                s.main_cols,
-                s.main_off,
-                s.main_rs,
-                s.side_off,
-                s.side_rs,
-                s.src_off,
-                0,
-                0,
-            ]));
+            table.push(uniforms::Segment {
+                start: start as u32,
+                splits: s.splits as u32,
+                stride: s.len as u32,
+                width: s.width as u32,
+                main_cols: s.main_cols as u32,
+                main_off: s.main_off as u32,
+                main_rs: s.main_rs as u32,
+                side_off: s.side_off as u32,
+                side_rs: s.side_rs as u32,
+                src_off: s.src_off as u32,
+                ..Default::default()
+            });
             start += s.len;
         }
         let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -1464,10 +1507,14 @@ impl Plan {
             contents: bytemuck::cast_slice(&table),
             usage: wgpu::BufferUsages::STORAGE,
         });
-        let gather_words = words(&[rec.segments.len(), start, 0, 0]);
+        let gather = uniforms::Gather {
+            segments: rec.segments.len() as u32,
+            total: start as u32,
+            ..Default::default()
+        };
         rec.push(
             Kernel::GatherGrads,
-            gather_words,
+            gather,
             &[(4, &grad_slabs), (5, grads), (8, &table)],
             grid.cover(start, 64)?,
         );
@@ -1475,9 +1522,8 @@ impl Plan {
         // ---------------- uniforms and bind groups ----------------
         let mut blob = vec![0u8; rec.specs.len() * UNIFORM_STRIDE as usize];
         for (i, spec) in rec.specs.iter().enumerate() {
-            let bytes: &[u8] = bytemuck::cast_slice(&spec.words);
-            blob[i * UNIFORM_STRIDE as usize..i * UNIFORM_STRIDE as usize + bytes.len()]
-                .copy_from_slice(bytes);
+            let at = i * UNIFORM_STRIDE as usize;
+            blob[at..at + spec.uniform.len()].copy_from_slice(&spec.uniform);
         }
         let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("dispatch uniforms"),

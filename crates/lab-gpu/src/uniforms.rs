@@ -1,0 +1,267 @@
+//! The host's twin of every WGSL struct the engine writes for a kernel: one `#[repr(C)]`
+//! [`bytemuck::Pod`] struct per WGSL uniform struct (and reduce.wgsl's `Segment`, the one
+//! struct in a storage buffer), with the shader's field names in the shader's order, so
+//! a dispatch's parameters are set by name and uploaded as bytes.
+//!
+//! Each struct's [`Layout`] (field names, offsets, Rust types, size) is what the lab-gpu
+//! `shaders` test compares with naga's reflection of the shader, naming any field that
+//! differs; [`ALL`] lists them, and that test also fails on a uniform struct missing here.
+
+/// A host struct's place in the shaders and its fields as Rust lays them out.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// The shader file that declares the WGSL struct.
+    pub shader: &'static str,
+    /// The WGSL struct's name (several shaders call theirs `Dims`).
+    pub wgsl_name: &'static str,
+    /// The Rust struct's name.
+    pub rust_name: &'static str,
+    pub size: usize,
+    pub fields: &'static [Field],
+}
+
+/// One field of a host struct.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub offset: usize,
+    /// The Rust type as written: "u32", "f32", "[[u32; 4]; 2]".
+    pub ty: &'static str,
+}
+
+/// A host struct with a WGSL twin.
+pub trait ShaderStruct: bytemuck::Pod {
+    const LAYOUT: Layout;
+}
+
+/// Declares a host struct, its WGSL twin's file and name, and its [`Layout`]. Every field
+/// is public; `Default` is all zeros.
+macro_rules! shader_struct {
+    (
+        $(#[$meta:meta])*
+        $name:ident = $shader:literal $wgsl:ident {
+            $($(#[$field_meta:meta])* $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl ShaderStruct for $name {
+            const LAYOUT: Layout = Layout {
+                shader: $shader,
+                wgsl_name: stringify!($wgsl),
+                rust_name: stringify!($name),
+                size: std::mem::size_of::<$name>(),
+                fields: &[$(Field {
+                    name: stringify!($field),
+                    offset: std::mem::offset_of!($name, $field),
+                    ty: stringify!($ty),
+                },)*],
+            };
+        }
+    };
+}
+
+shader_struct! {
+    /// encoder.wgsl `Dims`: the embedding's forward and its position-table gradient.
+    Encoder = "encoder.wgsl" Dims {
+        n_rows: u32,
+        t_len: u32,
+        c: u32,
+        ctx: u32,
+        wte_off: u32,
+        wpe_off: u32,
+        dwpe_off: u32,
+    }
+}
+
+shader_struct! {
+    /// layernorm.wgsl `Dims`: one LayerNorm's forward or backward.
+    LayerNorm = "layernorm.wgsl" Dims {
+        n_rows: u32,
+        c: u32,
+        inp_off: u32,
+        out_off: u32,
+        stat_off: u32,
+        w_off: u32,
+        b_off: u32,
+        dout_off: u32,
+        dinp_off: u32,
+        split_rows: u32,
+        /// `backward_params`: where its slabs start in the gradient slab regions.
+        part_off: u32,
+        /// `backward_dinp`: 1 adds into dinp, 0 overwrites it.
+        accumulate: u32,
+        /// The split GEMM whose slabs make the input (forward) or dout (backward_dinp);
+        /// 0 reads the buffer as it is.
+        splits: u32,
+        slab_stride: u32,
+        gemm_b_off: u32,
+        addend_off: u32,
+    }
+}
+
+shader_struct! {
+    /// matmul.wgsl `Gemm`: one strided (batched or split) GEMM and its epilogue.
+    Gemm = "matmul.wgsl" Gemm {
+        rows: u32,
+        cols: u32,
+        depth: u32,
+        /// Bits of matmul.wgsl's flag constants.
+        flags: u32,
+        a_off: u32,
+        a_rs: u32,
+        a_ks: u32,
+        b_off: u32,
+        b_ks: u32,
+        b_ss: u32,
+        c_off: u32,
+        c_rs: u32,
+        bias_off: u32,
+        addend_off: u32,
+        k_chunk: u32,
+        c_zs: u32,
+        z_inner: u32,
+        a_zo: u32,
+        a_zi: u32,
+        b_zo: u32,
+        b_zi: u32,
+        c_zo: u32,
+        c_zi: u32,
+        aux_off: u32,
+        scale: f32,
+    }
+}
+
+shader_struct! {
+    /// attention.wgsl `Dims`: the unfused softmax and its backward.
+    Softmax = "attention.wgsl" Dims {
+        rows: u32,
+        t_len: u32,
+        att_off: u32,
+        scale: f32,
+    }
+}
+
+shader_struct! {
+    /// logprob.wgsl `Dims`: the LM head's log-probs and their gradient.
+    Logprob = "logprob.wgsl" Dims {
+        b: u32,
+        t_len: u32,
+        v: u32,
+        _pad: u32,
+    }
+}
+
+shader_struct! {
+    /// reduce.wgsl `Dims`: `seq_sums`.
+    SeqSums = "reduce.wgsl" Dims {
+        b: u32,
+        t_len: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+shader_struct! {
+    /// reduce.wgsl `Split`: `split_sum`.
+    SplitSum = "reduce.wgsl" Split {
+        len: u32,
+        splits: u32,
+        stride: u32,
+        width: u32,
+        dst_off: u32,
+        dst_rs: u32,
+        /// matmul.wgsl's BIAS and ADDEND bits.
+        flags: u32,
+        bias_off: u32,
+        addend_off: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+
+shader_struct! {
+    /// reduce.wgsl `Gather`: `gather_grads`.
+    Gather = "reduce.wgsl" Gather {
+        segments: u32,
+        total: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+shader_struct! {
+    /// reduce.wgsl `Segment`: one parameter gradient in `gather_grads`' table (a storage
+    /// buffer, one after another).
+    Segment = "reduce.wgsl" Segment {
+        start: u32,
+        splits: u32,
+        stride: u32,
+        width: u32,
+        main_cols: u32,
+        main_off: u32,
+        main_rs: u32,
+        side_off: u32,
+        side_rs: u32,
+        src_off: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+shader_struct! {
+    /// loss.wgsl `Loss`: the loss mix and its parameters, written each training step.
+    Loss = "loss.wgsl" Loss {
+        rows: u32,
+        terms: u32,
+        seq_off: u32,
+        _pad: u32,
+        /// The terms' kind codes, four to a vec4.
+        kinds: [[u32; 4]; 2],
+        weights: [[f32; 4]; 2],
+        beta: f32,
+        eps: f32,
+        simpo_gamma: f32,
+        discopop_tau: f32,
+        exo_shift: f32,
+        cpo_alpha: f32,
+        kto_desirable_weight: f32,
+        kto_undesirable_weight: f32,
+    }
+}
+
+shader_struct! {
+    /// adamw.wgsl `Hyper`: the step-dependent scalars of one AdamW update.
+    Hyper = "adamw.wgsl" Hyper {
+        n: u32,
+        beta1: f32,
+        beta2: f32,
+        one_minus_beta1: f32,
+        one_minus_beta2: f32,
+        eps: f32,
+        step_size: f32,
+        bias_correction2_sqrt: f32,
+        decay: f32,
+    }
+}
+
+/// Every host struct with a WGSL twin.
+pub const ALL: [Layout; 11] = [
+    Encoder::LAYOUT,
+    LayerNorm::LAYOUT,
+    Gemm::LAYOUT,
+    Softmax::LAYOUT,
+    Logprob::LAYOUT,
+    SeqSums::LAYOUT,
+    SplitSum::LAYOUT,
+    Gather::LAYOUT,
+    Segment::LAYOUT,
+    Loss::LAYOUT,
+    Hyper::LAYOUT,
+];
