@@ -8,7 +8,7 @@
 
 use crate::kernels::{Kernel, Pipelines};
 use crate::setup::check_buffer_size;
-use crate::uniforms::{self, ShaderStruct};
+use crate::uniforms::{self, GemmFlags, ShaderStruct};
 use lab_core::config::GptConfig;
 use lab_core::error::{LabError, Result};
 use wgpu::util::DeviceExt;
@@ -113,7 +113,7 @@ struct Gemm {
     rows: usize,
     cols: usize,
     depth: usize,
-    flags: u32,
+    flags: GemmFlags,
     a_off: usize,
     a_rs: usize,
     a_ks: usize,
@@ -142,7 +142,7 @@ impl Gemm {
     /// a 64-wide tile of its own (matmul.wgsl `folds_ones_column`): when it is column
     /// 64·k.
     fn folds_ones_column(&self) -> bool {
-        self.flags & ONES_COLUMN != 0 && (self.cols - 1).is_multiple_of(64)
+        self.flags.contains(GemmFlags::ONES_COLUMN) && (self.cols - 1).is_multiple_of(64)
     }
 
     /// matmul.wgsl's VEC_A / VEC_B: which operands can be read four floats at a time.
@@ -151,7 +151,7 @@ impl Gemm {
     /// and the other stride are multiples of 4 and so is the extent along that axis (a
     /// quad is then wholly inside the operand or wholly outside). Splits start at
     /// multiples of `k_chunk`.
-    fn vector_loads(&self, k_chunk: usize, batch: &Batch) -> u32 {
+    fn vector_loads(&self, k_chunk: usize, batch: &Batch) -> GemmFlags {
         let aligned = |values: &[usize]| values.iter().all(|v| v % 4 == 0);
         let along_k = aligned(&[self.depth, k_chunk]);
         let quads = |k_stride: usize, w_stride: usize, width: usize, offsets: &[usize]| {
@@ -162,19 +162,20 @@ impl Gemm {
                     _ => false,
                 }
         };
-        let mut flags = 0;
-        if self.flags & ONEHOT_A == 0
+        let mut flags = GemmFlags::NONE;
+        if !self.flags.contains(GemmFlags::ONEHOT_A)
             && quads(self.a_ks, self.a_rs, self.rows, &[self.a_off, batch.a.0, batch.a.1])
         {
-            flags |= VEC_A;
+            flags |= GemmFlags::VEC_A;
         }
         // the ones column is read element by element unless no tile reaches it (folded)
-        let ones_in_tiles = self.flags & ONES_COLUMN != 0 && !self.folds_ones_column();
-        let b_width = self.cols - (self.flags & ONES_COLUMN != 0) as usize;
+        let ones_column = self.flags.contains(GemmFlags::ONES_COLUMN);
+        let ones_in_tiles = ones_column && !self.folds_ones_column();
+        let b_width = self.cols - ones_column as usize;
         if !ones_in_tiles
             && quads(self.b_ks, self.b_ss, b_width, &[self.b_off, batch.b.0, batch.b.1])
         {
-            flags |= VEC_B;
+            flags |= GemmFlags::VEC_B;
         }
         flags
     }
@@ -224,17 +225,6 @@ struct Segment {
     src_off: usize,
 }
 
-const BIAS: u32 = 2;
-const ADDEND: u32 = 4;
-const ONES_COLUMN: u32 = 8;
-const ONEHOT_A: u32 = 16;
-const BATCHED: u32 = 32;
-const GELU_OUT: u32 = 64;
-const GELU_GRAD: u32 = 128;
-const SOFTMAX: u32 = 256;
-const SOFTMAX_GRAD: u32 = 512;
-const VEC_A: u32 = 1024;
-const VEC_B: u32 = 2048;
 /// Longest sequence whose attention rows fit one GEMM tile, so the softmax and its
 /// backward run in the epilogues of QKᵀ and dy·Vᵀ instead of kernels of their own.
 const FUSED_SOFTMAX_MAX_T: usize = 64;
@@ -443,7 +433,7 @@ impl Recorder<'_> {
         let mut groups = self.grid.tiles(col_tiles, g.rows.div_ceil(tile_rows))?;
         let batch = g.batch.unwrap_or(Batch { count: 1, inner: 1, ..Batch::default() });
         let (z, flags) = match g.batch {
-            Some(batch) => (batch.count, g.flags | BATCHED),
+            Some(batch) => (batch.count, g.flags | GemmFlags::BATCHED),
             None => (g.depth.div_ceil(k_chunk).max(1), g.flags),
         };
         let flags = flags | g.vector_loads(k_chunk, &batch);
@@ -452,7 +442,7 @@ impl Recorder<'_> {
             rows: g.rows as u32,
             cols: g.cols as u32,
             depth: g.depth as u32,
-            flags,
+            flags: flags.bits(),
             a_off: g.a_off as u32,
             a_rs: g.a_rs as u32,
             a_ks: g.a_ks as u32,
@@ -484,7 +474,7 @@ impl Recorder<'_> {
         }
         let (bias, addend) = (bias.unwrap_or(self.dummy), addend.unwrap_or(self.dummy));
         // the one-hot mode reads the token ids through `a`'s twin binding
-        let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
+        let tokens = if g.flags.contains(GemmFlags::ONEHOT_A) { a } else { self.dummy };
         let aux = aux.unwrap_or(self.dummy_rw);
         self.push(
             kernel,
@@ -581,7 +571,7 @@ impl Recorder<'_> {
         aux: Option<&wgpu::Buffer>,
     ) -> Result<()> {
         if let Some(slabs) = self.gemm_activation_slabs(g, a, b, bias, addend, c, aux)? {
-            let epilogue = g.flags & (BIAS | ADDEND);
+            let epilogue = g.flags & GemmFlags::SPLIT_SUM;
             self.split_sum(
                 slabs.stride,
                 slabs.splits,
@@ -617,20 +607,22 @@ impl Recorder<'_> {
         }
         let slab = g.rows * g.cols;
         let partial = self.partial;
-        let plain = Gemm { flags: 0, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
+        let plain =
+            Gemm { flags: GemmFlags::NONE, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
         self.gemm(plain, a, b, None, None, partial, None)?;
         Ok(Some(Slabs { splits, stride: slab }))
     }
 
     /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats (rows of `width`) in the
-    /// scratch, into `dst` = (buffer, offset, row stride); flags 2 bias, 4 addend.
+    /// scratch, into `dst` = (buffer, offset, row stride), adding the epilogue of `flags`
+    /// (BIAS, ADDEND).
     fn split_sum(
         &mut self,
         len: usize,
         splits: usize,
         width: usize,
         dst: (&wgpu::Buffer, usize, usize),
-        flags: u32,
+        flags: GemmFlags,
         bias: Option<(&wgpu::Buffer, usize)>,
         addend: Option<(&wgpu::Buffer, usize)>,
     ) -> Result<()> {
@@ -643,7 +635,7 @@ impl Recorder<'_> {
             width: width as u32,
             dst_off: dst.1 as u32,
             dst_rs: dst.2 as u32,
-            flags,
+            flags: flags.bits(),
             bias_off: bias_off as u32,
             addend_off: addend_off as u32,
             ..Default::default()
@@ -736,12 +728,15 @@ impl Recorder<'_> {
         addend_off: Option<usize>,
         gelu_off: Option<usize>,
     ) -> Gemm {
-        let mut flags = if gelu_off.is_some() { GELU_OUT } else { 0 };
+        let mut flags = GemmFlags::NONE;
+        if gelu_off.is_some() {
+            flags |= GemmFlags::GELU_OUT;
+        }
         if bias_off.is_some() {
-            flags |= BIAS;
+            flags |= GemmFlags::BIAS;
         }
         if addend_off.is_some() {
-            flags |= ADDEND;
+            flags |= GemmFlags::ADDEND;
         }
         Gemm {
             rows: self.n,
@@ -815,7 +810,7 @@ impl Recorder<'_> {
         gelu_input: Option<(&wgpu::Buffer, usize)>,
         defer: bool,
     ) -> Result<Option<Slabs>> {
-        let flags = if gelu_input.is_some() { GELU_GRAD } else { 0 };
+        let flags = if gelu_input.is_some() { GemmFlags::GELU_GRAD } else { GemmFlags::NONE };
         let dx = Gemm {
             rows: self.n,
             cols: ic,
@@ -860,7 +855,7 @@ impl Recorder<'_> {
         onto_last: bool,
     ) -> Result<()> {
         // the bias gradient is the ones column
-        let flags = if db_off.is_some() { ONES_COLUMN } else { 0 };
+        let flags = if db_off.is_some() { GemmFlags::ONES_COLUMN } else { GemmFlags::NONE };
         let cols = ic + db_off.is_some() as usize;
         let dw = Gemm {
             rows: oc,
@@ -1197,7 +1192,7 @@ impl Plan {
             )?;
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // att = Q·Kᵀ (raw scores), softmax in place, atty = att·V
-            let flags = if fused_softmax { SOFTMAX } else { 0 };
+            let flags = if fused_softmax { GemmFlags::SOFTMAX } else { GemmFlags::NONE };
             let scores = Gemm {
                 rows: t,
                 cols: t,
@@ -1367,7 +1362,7 @@ impl Plan {
             let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
             // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
             // dk = dpreᵀ·Q, dv = attᵀ·dy (datty, dpre and dqkv hold one layer)
-            let flags = if fused_softmax { SOFTMAX_GRAD } else { 0 };
+            let flags = if fused_softmax { GemmFlags::SOFTMAX_GRAD } else { GemmFlags::NONE };
             let datt = Gemm {
                 rows: t,
                 cols: t,
@@ -1463,7 +1458,7 @@ impl Plan {
             rows: v,
             cols: c,
             depth: n,
-            flags: ONEHOT_A,
+            flags: GemmFlags::ONEHOT_A,
             b_ks: c,
             b_ss: 1,
             ..Gemm::default()
@@ -1635,7 +1630,7 @@ mod tests {
     #[test]
     fn aligned_operands_are_read_four_floats_at_a_time() {
         let one = Batch { count: 1, inner: 1, ..Batch::default() };
-        let both = VEC_A | VEC_B;
+        let both = GemmFlags::VEC_A | GemmFlags::VEC_B;
         // medium (C = 256, B·T = 2048): forward x·Wᵀ (both along k), input gradient dy·W
         // (A along k, B along columns), [dW | db] (A along rows, B along columns, the ones
         // column folded), each at a layer's offsets
@@ -1668,7 +1663,7 @@ mod tests {
             rows: 768,
             cols: 257,
             depth: 2048,
-            flags: ONES_COLUMN,
+            flags: GemmFlags::ONES_COLUMN,
             a_rs: 1,
             a_ks: 768,
             b_off: 2048 * 256,
@@ -1703,31 +1698,47 @@ mod tests {
             both
         );
         // element by element where a quad could straddle an edge or an offset is odd
-        assert_eq!(Gemm { depth: 19, ..qk }.vector_loads(19, &one), 0, "odd depth along k");
-        assert_eq!(Gemm { a_off: 2, ..forward }.vector_loads(256, &one), VEC_B, "A's offset");
-        assert_eq!(forward.vector_loads(250, &one), 0, "a split not at a multiple of 4");
+        assert_eq!(
+            Gemm { depth: 19, ..qk }.vector_loads(19, &one),
+            GemmFlags::NONE,
+            "odd depth along k"
+        );
+        assert_eq!(
+            Gemm { a_off: 2, ..forward }.vector_loads(256, &one),
+            GemmFlags::VEC_B,
+            "A's offset"
+        );
+        assert_eq!(
+            forward.vector_loads(250, &one),
+            GemmFlags::NONE,
+            "a split not at a multiple of 4"
+        );
         assert_eq!(
             Gemm { rows: 48, cols: 49, ..dweight }.vector_loads(64, &one),
-            VEC_A,
+            GemmFlags::VEC_A,
             "B's ones column inside a tile"
         );
         assert_eq!(
             Gemm { rows: 50, ..dweight }.vector_loads(64, &one),
-            VEC_B,
+            GemmFlags::VEC_B,
             "A's rows not a multiple of 4"
         );
         let dwte = Gemm {
             rows: 96,
             cols: 256,
             depth: 2048,
-            flags: ONEHOT_A,
+            flags: GemmFlags::ONEHOT_A,
             b_ks: 256,
             b_ss: 1,
             ..Gemm::default()
         };
-        assert_eq!(dwte.vector_loads(128, &one), VEC_B, "the one-hot A is built, not read");
+        assert_eq!(
+            dwte.vector_loads(128, &one),
+            GemmFlags::VEC_B,
+            "the one-hot A is built, not read"
+        );
         let strided = Gemm { a_rs: 8, a_ks: 2, ..forward };
-        assert_eq!(strided.vector_loads(256, &one), VEC_B, "no unit stride in A");
+        assert_eq!(strided.vector_loads(256, &one), GemmFlags::VEC_B, "no unit stride in A");
     }
 
     #[test]

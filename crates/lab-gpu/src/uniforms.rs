@@ -111,7 +111,7 @@ shader_struct! {
         rows: u32,
         cols: u32,
         depth: u32,
-        /// Bits of matmul.wgsl's flag constants.
+        /// [`GemmFlags`] bits.
         flags: u32,
         a_off: u32,
         a_rs: u32,
@@ -134,6 +134,87 @@ shader_struct! {
         c_zi: u32,
         aux_off: u32,
         scale: f32,
+    }
+}
+
+/// Bits of matmul.wgsl's `Gemm.flags`: how the kernel reads its operands and which
+/// epilogues it runs. This is their one definition: the engine appends each to the shaders
+/// that use it as a WGSL constant of the same name ([`crate::kernels::source`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GemmFlags(u32);
+
+impl GemmFlags {
+    pub const NONE: GemmFlags = GemmFlags(0);
+    /// C += bias[bias_off + s].
+    pub const BIAS: GemmFlags = GemmFlags(1 << 1);
+    /// C += addend[addend_off + r·c_rs + s]: a residual add.
+    pub const ADDEND: GemmFlags = GemmFlags(1 << 2);
+    /// B's last column is ones: [dW | db] = dyᵀ·[x | 1] in one pass.
+    pub const ONES_COLUMN: GemmFlags = GemmFlags(1 << 3);
+    /// A is the one-hot matrix of the token ids at a_off: the embedding's gradient.
+    pub const ONEHOT_A: GemmFlags = GemmFlags(1 << 4);
+    /// Workgroup z is one of a batch of products (attention's per-(b, h) products), not a
+    /// split of the depth.
+    pub const BATCHED: GemmFlags = GemmFlags(1 << 5);
+    /// aux = GELU(C) as well: the fc forward.
+    pub const GELU_OUT: GemmFlags = GemmFlags(1 << 6);
+    /// C ·= GELU′(aux): the input gradient of fcproj.
+    pub const GELU_GRAD: GemmFlags = GemmFlags(1 << 7);
+    /// C = causal softmax of scale·C along rows (rows within one tile).
+    pub const SOFTMAX: GemmFlags = GemmFlags(1 << 8);
+    /// C = the softmax backward of C, the probabilities read through `addend`.
+    pub const SOFTMAX_GRAD: GemmFlags = GemmFlags(1 << 9);
+    /// A is read as aligned vec4s.
+    pub const VEC_A: GemmFlags = GemmFlags(1 << 10);
+    /// B is read as aligned vec4s.
+    pub const VEC_B: GemmFlags = GemmFlags(1 << 11);
+
+    /// Every flag, by its name in the shaders.
+    pub const NAMED: [(&'static str, GemmFlags); 11] = [
+        ("BIAS", GemmFlags::BIAS),
+        ("ADDEND", GemmFlags::ADDEND),
+        ("ONES_COLUMN", GemmFlags::ONES_COLUMN),
+        ("ONEHOT_A", GemmFlags::ONEHOT_A),
+        ("BATCHED", GemmFlags::BATCHED),
+        ("GELU_OUT", GemmFlags::GELU_OUT),
+        ("GELU_GRAD", GemmFlags::GELU_GRAD),
+        ("SOFTMAX", GemmFlags::SOFTMAX),
+        ("SOFTMAX_GRAD", GemmFlags::SOFTMAX_GRAD),
+        ("VEC_A", GemmFlags::VEC_A),
+        ("VEC_B", GemmFlags::VEC_B),
+    ];
+
+    /// The epilogue reduce.wgsl `split_sum` adds to a split GEMM's sum (`SplitSum.flags`).
+    pub const SPLIT_SUM: GemmFlags = GemmFlags(GemmFlags::BIAS.0 | GemmFlags::ADDEND.0);
+
+    /// The bits as the uniform holds them.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every flag of `other` is set.
+    pub const fn contains(self, other: GemmFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for GemmFlags {
+    type Output = GemmFlags;
+    fn bitor(self, other: GemmFlags) -> GemmFlags {
+        GemmFlags(self.0 | other.0)
+    }
+}
+
+impl std::ops::BitOrAssign for GemmFlags {
+    fn bitor_assign(&mut self, other: GemmFlags) {
+        self.0 |= other.0;
+    }
+}
+
+impl std::ops::BitAnd for GemmFlags {
+    type Output = GemmFlags;
+    fn bitand(self, other: GemmFlags) -> GemmFlags {
+        GemmFlags(self.0 & other.0)
     }
 }
 
@@ -176,7 +257,7 @@ shader_struct! {
         width: u32,
         dst_off: u32,
         dst_rs: u32,
-        /// matmul.wgsl's BIAS and ADDEND bits.
+        /// [`GemmFlags::SPLIT_SUM`] bits.
         flags: u32,
         bias_off: u32,
         addend_off: u32,
@@ -265,3 +346,22 @@ pub const ALL: [Layout; 11] = [
     Loss::LAYOUT,
     Hyper::LAYOUT,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_flags_are_distinct_single_bits_with_distinct_names() {
+        let mut seen = GemmFlags::NONE;
+        for (i, (name, flag)) in GemmFlags::NAMED.iter().enumerate() {
+            assert_eq!(flag.bits().count_ones(), 1, "{name}");
+            assert!(!seen.contains(*flag), "{name} reuses a bit");
+            seen |= *flag;
+            assert!(GemmFlags::NAMED[..i].iter().all(|(other, _)| other != name), "{name} twice");
+        }
+        assert_eq!(seen.bits(), 0b1111_1111_1110);
+        assert!(seen.contains(GemmFlags::SPLIT_SUM));
+        assert_eq!((GemmFlags::BIAS | GemmFlags::VEC_A) & GemmFlags::SPLIT_SUM, GemmFlags::BIAS);
+    }
+}

@@ -1,5 +1,6 @@
 //! Every WGSL file in `shaders/` compiles and validates with naga (the compiler wgpu uses),
-//! so a shader error fails CI with its file, line and column, before any adapter is needed.
+//! so a shader error fails CI with its file, line and column, before any adapter is needed;
+//! the host's structs and constants agree with the shaders'.
 
 use std::path::PathBuf;
 
@@ -27,8 +28,10 @@ fn every_shader_compiles_and_validates_with_naga() {
     );
     let mut failures = Vec::new();
     for path in &files {
-        let source = std::fs::read_to_string(path).unwrap();
-        let shown = format!("shaders/{}", path.file_name().unwrap().to_string_lossy());
+        let file = path.file_name().unwrap().to_string_lossy();
+        // as the engine compiles it: with the constants it shares with the host
+        let source = lab_gpu::kernels::source(&file, &std::fs::read_to_string(path).unwrap());
+        let shown = format!("shaders/{file}");
         let module = match naga::front::wgsl::parse_str(&source) {
             Ok(module) => module,
             Err(err) => {
@@ -100,9 +103,10 @@ fn every_shader_opens_with_its_header_and_is_embedded() {
     }
 }
 
-/// A shader file parsed by naga.
+/// A shader file as the engine compiles it, parsed by naga.
 fn parse(file: &str) -> naga::Module {
-    let source = std::fs::read_to_string(shader_dir().join(file)).unwrap();
+    let text = std::fs::read_to_string(shader_dir().join(file)).unwrap();
+    let source = lab_gpu::kernels::source(file, &text);
     naga::front::wgsl::parse_str(&source).unwrap_or_else(|err| panic!("{file}: {err}"))
 }
 
@@ -238,4 +242,36 @@ fn a_host_struct_that_drifts_from_its_shader_is_named_by_field() {
     let found = layout_mismatches(&module, &with(dropped, real.size - 4));
     assert!(found[0].contains("field 23 is `aux_off` in WGSL, `scale` on the host"), "{found:?}");
     assert!(found.iter().any(|f| f.contains("field `scale` is missing on the host")), "{found:?}");
+}
+
+#[test]
+fn shared_constants_are_the_hosts_and_the_shaders_use_them() {
+    use lab_gpu::kernels::shared_constants;
+    use lab_gpu::uniforms::GemmFlags;
+    assert_eq!(shared_constants("matmul.wgsl").len(), GemmFlags::NAMED.len());
+    assert_eq!(shared_constants("reduce.wgsl"), [("BIAS", 2), ("ADDEND", 4)]);
+    for path in shader_files() {
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let module = parse(&file);
+        for (name, value) in shared_constants(&file) {
+            // the file uses it (outside comments) and leaves its definition to the host
+            let code: Vec<&str> = text.lines().map(|l| l.split("//").next().unwrap()).collect();
+            let code = code.join("\n");
+            let uses = code.split(|ch: char| !(ch.is_alphanumeric() || ch == '_'));
+            assert!(uses.clone().any(|word| word == name), "{file} never uses {name}");
+            assert!(!code.contains(&format!("const {name}")), "{file} declares {name} itself");
+            // the module the engine compiles holds it with the host's value
+            let (_, constant) = module
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{file}: no constant {name}"));
+            assert_eq!(
+                module.global_expressions[constant.init],
+                naga::Expression::Literal(naga::Literal::U32(value)),
+                "{file}: {name}"
+            );
+        }
+    }
 }
