@@ -1,7 +1,7 @@
 //! The WGSL kernels (one op per file in `shaders/`, the single source, embedded at compile
 //! time) and their compute pipelines, built once per device.
 
-use crate::uniforms::GemmFlags;
+use crate::uniforms::{GemmFlags, LossCode};
 use lab_core::error::Result;
 use std::fmt::Write;
 
@@ -19,19 +19,23 @@ pub const SHADERS: [(&str, &str); 8] = [
 ];
 
 /// The constants `file` shares with the host, (name, value): the [`GemmFlags`] it reads
-/// (matmul.wgsl all of them, reduce.wgsl `split_sum`'s). Defined on the host only, they
-/// reach the shader through [`source`].
-pub fn shared_constants(file: &str) -> Vec<(&'static str, u32)> {
-    let used = match file {
+/// (matmul.wgsl all of them, reduce.wgsl `split_sum`'s) and loss.wgsl's [`LossCode`]s.
+/// Defined on the host only, they reach the shader through [`source`].
+pub fn shared_constants(file: &str) -> Vec<(String, u32)> {
+    let flags = match file {
         "matmul.wgsl" => GemmFlags::NAMED.iter().fold(GemmFlags::NONE, |all, &(_, f)| all | f),
         "reduce.wgsl" => GemmFlags::SPLIT_SUM,
         _ => GemmFlags::NONE,
     };
-    GemmFlags::NAMED
+    let mut constants: Vec<(String, u32)> = GemmFlags::NAMED
         .iter()
-        .filter(|&&(_, flag)| used.contains(flag))
-        .map(|&(name, flag)| (name, flag.bits()))
-        .collect()
+        .filter(|&&(_, flag)| flags.contains(flag))
+        .map(|&(name, flag)| (name.to_string(), flag.bits()))
+        .collect();
+    if file == "loss.wgsl" {
+        constants.extend(LossCode::ALL.map(|code| (code.wgsl_name(), code.bits())));
+    }
+    constants
 }
 
 /// The WGSL the engine compiles for `file` (whose text is `text`): the text, then its

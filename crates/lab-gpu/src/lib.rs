@@ -43,6 +43,7 @@ use plan::{record_pass, Dispatch, Grid, LossBuffers, Plan};
 use setup::{check_buffer_size, submit_and_read, submit_and_read_async, Faults};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use uniforms::LossCode;
 use wgpu::util::DeviceExt;
 
 /// Bytes of the buffer holding loss.wgsl's `Loss` uniform.
@@ -59,30 +60,30 @@ const _: () = assert!(
 /// mix takes the step in parts, its loss on the CPU.
 const LOSS_MAX_TERMS: usize = 8;
 
-/// loss.wgsl's code for a loss kind.
-fn loss_code(kind: LossKind) -> u32 {
+/// loss.wgsl's code for a loss kind (DoVE's gradient is the sigmoid loss's).
+fn loss_code(kind: LossKind) -> LossCode {
     match kind {
-        LossKind::Sigmoid | LossKind::Dove => 0,
-        LossKind::Hinge => 1,
-        LossKind::Ipo => 2,
-        LossKind::ExoPair => 3,
-        LossKind::NcaPair => 4,
-        LossKind::Robust => 5,
-        LossKind::BcoPair => 6,
-        LossKind::SppoHard => 7,
-        LossKind::Aot => 8,
-        LossKind::AotUnpaired => 9,
-        LossKind::ApoZero => 10,
-        LossKind::ApoDown => 11,
-        LossKind::Discopop => 12,
-        LossKind::Sft => 13,
-        LossKind::SigmoidNorm => 14,
-        LossKind::Cdpo => 15,
-        LossKind::Simpo => 16,
-        LossKind::Cpo => 17,
-        LossKind::Orpo => 18,
-        LossKind::Kto => 19,
-        LossKind::PlackettLuce => 20,
+        LossKind::Sigmoid | LossKind::Dove => LossCode::Sigmoid,
+        LossKind::Hinge => LossCode::Hinge,
+        LossKind::Ipo => LossCode::Ipo,
+        LossKind::ExoPair => LossCode::ExoPair,
+        LossKind::NcaPair => LossCode::NcaPair,
+        LossKind::Robust => LossCode::Robust,
+        LossKind::BcoPair => LossCode::BcoPair,
+        LossKind::SppoHard => LossCode::SppoHard,
+        LossKind::Aot => LossCode::Aot,
+        LossKind::AotUnpaired => LossCode::AotUnpaired,
+        LossKind::ApoZero => LossCode::ApoZero,
+        LossKind::ApoDown => LossCode::ApoDown,
+        LossKind::Discopop => LossCode::Discopop,
+        LossKind::Sft => LossCode::Sft,
+        LossKind::SigmoidNorm => LossCode::SigmoidNorm,
+        LossKind::Cdpo => LossCode::Cdpo,
+        LossKind::Simpo => LossCode::Simpo,
+        LossKind::Cpo => LossCode::Cpo,
+        LossKind::Orpo => LossCode::Orpo,
+        LossKind::Kto => LossCode::Kto,
+        LossKind::PlackettLuce => LossCode::PlackettLuce,
     }
 }
 
@@ -663,7 +664,7 @@ impl GpuEngine {
         let mut kinds = [0u32; LOSS_MAX_TERMS];
         let mut weights = [0f32; LOSS_MAX_TERMS];
         for (t, &(kind, weight)) in loss.mix.terms.iter().enumerate() {
-            kinds[t] = loss_code(kind);
+            kinds[t] = loss_code(kind).bits();
             weights[t] = weight as f32;
         }
         let p = loss.params;

@@ -303,7 +303,7 @@ shader_struct! {
         terms: u32,
         seq_off: u32,
         _pad: u32,
-        /// The terms' kind codes, four to a vec4.
+        /// The terms' [`LossCode`]s, four to a vec4.
         kinds: [[u32; 4]; 2],
         weights: [[f32; 4]; 2],
         beta: f32,
@@ -314,6 +314,78 @@ shader_struct! {
         cpo_alpha: f32,
         kto_desirable_weight: f32,
         kto_undesirable_weight: f32,
+    }
+}
+
+/// loss.wgsl's codes for the kinds of loss it evaluates (`Loss.kinds`). This is their one
+/// definition: the engine appends each to loss.wgsl as a WGSL constant named after the
+/// variant in capitals ([`LossCode::wgsl_name`]: `ExoPair` is `EXO_PAIR`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossCode {
+    Sigmoid = 0,
+    Hinge,
+    Ipo,
+    ExoPair,
+    NcaPair,
+    Robust,
+    BcoPair,
+    SppoHard,
+    Aot,
+    AotUnpaired,
+    ApoZero,
+    ApoDown,
+    Discopop,
+    Sft,
+    SigmoidNorm,
+    Cdpo,
+    Simpo,
+    Cpo,
+    Orpo,
+    Kto,
+    PlackettLuce,
+}
+
+impl LossCode {
+    pub const ALL: [LossCode; 21] = [
+        LossCode::Sigmoid,
+        LossCode::Hinge,
+        LossCode::Ipo,
+        LossCode::ExoPair,
+        LossCode::NcaPair,
+        LossCode::Robust,
+        LossCode::BcoPair,
+        LossCode::SppoHard,
+        LossCode::Aot,
+        LossCode::AotUnpaired,
+        LossCode::ApoZero,
+        LossCode::ApoDown,
+        LossCode::Discopop,
+        LossCode::Sft,
+        LossCode::SigmoidNorm,
+        LossCode::Cdpo,
+        LossCode::Simpo,
+        LossCode::Cpo,
+        LossCode::Orpo,
+        LossCode::Kto,
+        LossCode::PlackettLuce,
+    ];
+
+    /// The code as `Loss.kinds` holds it.
+    pub const fn bits(self) -> u32 {
+        self as u32
+    }
+
+    /// The constant's name in loss.wgsl: the variant's words in capitals, joined by `_`.
+    pub fn wgsl_name(self) -> String {
+        let mut name = String::new();
+        for (i, ch) in format!("{self:?}").chars().enumerate() {
+            if ch.is_uppercase() && i > 0 {
+                name.push('_');
+            }
+            name.push(ch.to_ascii_uppercase());
+        }
+        name
     }
 }
 
@@ -363,5 +435,15 @@ mod tests {
         assert_eq!(seen.bits(), 0b1111_1111_1110);
         assert!(seen.contains(GemmFlags::SPLIT_SUM));
         assert_eq!((GemmFlags::BIAS | GemmFlags::VEC_A) & GemmFlags::SPLIT_SUM, GemmFlags::BIAS);
+    }
+
+    #[test]
+    fn loss_codes_count_from_zero_with_their_wgsl_names() {
+        for (i, code) in LossCode::ALL.iter().enumerate() {
+            assert_eq!(code.bits(), i as u32, "{code:?}");
+        }
+        assert_eq!(LossCode::Sigmoid.wgsl_name(), "SIGMOID");
+        assert_eq!(LossCode::AotUnpaired.wgsl_name(), "AOT_UNPAIRED");
+        assert_eq!(LossCode::PlackettLuce.wgsl_name(), "PLACKETT_LUCE");
     }
 }

@@ -249,7 +249,12 @@ fn shared_constants_are_the_hosts_and_the_shaders_use_them() {
     use lab_gpu::kernels::shared_constants;
     use lab_gpu::uniforms::GemmFlags;
     assert_eq!(shared_constants("matmul.wgsl").len(), GemmFlags::NAMED.len());
-    assert_eq!(shared_constants("reduce.wgsl"), [("BIAS", 2), ("ADDEND", 4)]);
+    let reduce = shared_constants("reduce.wgsl");
+    assert_eq!(reduce, [("BIAS".to_string(), 2), ("ADDEND".to_string(), 4)]);
+    let loss = shared_constants("loss.wgsl");
+    assert_eq!(loss.len(), 21);
+    assert_eq!(loss[3], ("EXO_PAIR".to_string(), 3));
+    assert_eq!(loss[20], ("PLACKETT_LUCE".to_string(), 20));
     for path in shader_files() {
         let file = path.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -265,7 +270,7 @@ fn shared_constants_are_the_hosts_and_the_shaders_use_them() {
             let (_, constant) = module
                 .constants
                 .iter()
-                .find(|(_, c)| c.name.as_deref() == Some(name))
+                .find(|(_, c)| c.name.as_deref() == Some(name.as_str()))
                 .unwrap_or_else(|| panic!("{file}: no constant {name}"));
             assert_eq!(
                 module.global_expressions[constant.init],
