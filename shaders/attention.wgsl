@@ -7,8 +7,8 @@
 //             dk = dpreᵀ·Q, dv = attᵀ·dy
 // Reference twin: lab-cpu `attention_forward` / `attention_backward`.
 // Up to T = 64 a row of scores fits one GEMM tile, and both softmax passes run in the
-// epilogues of those GEMMs instead (matmul.wgsl flags 256/512); these kernels serve longer
-// sequences.
+// epilogues of those GEMMs instead (matmul.wgsl SOFTMAX, SOFTMAX_GRAD); these kernels
+// serve longer sequences.
 //
 // softmax_forward, for each row (b, h, t) of att (B, NH, T, T) at att_off:
 //   att[t2] = exp(s·scale − max) / Σ exp(s·scale − max) over t2 ≤ t, 0 for t2 > t

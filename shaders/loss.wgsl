@@ -64,28 +64,9 @@ struct Loss {
 
 var<workgroup> bad: atomic<u32>;
 
-// kind codes (lab-gpu `loss_code`)
-const SIGMOID: u32 = 0u;
-const HINGE: u32 = 1u;
-const IPO: u32 = 2u;
-const EXO_PAIR: u32 = 3u;
-const NCA_PAIR: u32 = 4u;
-const ROBUST: u32 = 5u;
-const BCO_PAIR: u32 = 6u;
-const SPPO_HARD: u32 = 7u;
-const AOT: u32 = 8u;
-const AOT_UNPAIRED: u32 = 9u;
-const APO_ZERO: u32 = 10u;
-const APO_DOWN: u32 = 11u;
-const DISCOPOP: u32 = 12u;
-const SFT: u32 = 13u;
-const SIGMOID_NORM: u32 = 14u;
-const CDPO: u32 = 15u;
-const SIMPO: u32 = 16u;
-const CPO: u32 = 17u;
-const ORPO: u32 = 18u;
-const KTO: u32 = 19u;
-const PLACKETT_LUCE: u32 = 20u;
+// The kind codes (SIGMOID, HINGE, …, PLACKETT_LUCE) are not declared in this file: they
+// are defined once, on the host (lab-gpu uniforms.rs `LossCode`), and lab-gpu appends them
+// to this source as WGSL constants when it compiles it (kernels.rs `source`).
 
 fn pairs() -> u32 { return l.rows / 2u; }
 fn seq(r: u32) -> f32 { return out[l.seq_off + r]; }

@@ -4,17 +4,17 @@
 // through different strides.
 // Reference twin: lab-cpu `matmul_forward` / `matmul_backward` (and `residual_forward`).
 //
-//   C[c_off + z·c_zs + r·c_rs + s] = addend[addend_off + r·c_rs + s]      (if flags & 4)
-//                                  + (bias[bias_off + s]                   (if flags & 2)
+//   C[c_off + z·c_zs + r·c_rs + s] = addend[addend_off + r·c_rs + s]      (if ADDEND)
+//                                  + (bias[bias_off + s]                   (if BIAS)
 //                                     + Σ_{k in split z} A[r, k] · B[k, s])
-//   A[r, k] = a[a_off + r·a_rs + k·a_ks], or (tokens[a_off + k] == r) as 0/1 (flags & 16:
+//   A[r, k] = a[a_off + r·a_rs + k·a_ks], or (tokens[a_off + k] == r) as 0/1 (ONEHOT_A:
 //             the one-hot matrix of the token ids, for the embedding's backward)
 //   B[k, s] = b[b_off + k·b_ks + s·b_ss], or 1 for the last column s = cols − 1
-//             (flags & 8: the ones column that turns dyᵀ·x into [dW | db] in one pass;
+//             (ONES_COLUMN: the ones column that turns dyᵀ·x into [dW | db] in one pass;
 //             when cols − 1 is a multiple of 64 that column would be a tile of its own,
 //             63/64 idle, so the host leaves it out of the grid and the last full tile adds
 //             it: its row sums of A, kept beside the tile's accumulators)
-//   for r < rows, s < cols. Batched (flags & 32): workgroup z is a batch of independent
+//   for r < rows, s < cols. Batched (BATCHED): workgroup z is a batch of independent
 //   products, z = zo·z_inner + zi, each operand offset by zo·(·)_zo + zi·(·)_zi: the
 //   per-(b, h) products of attention (zo = b, zi = h), read in place from qkv and att.
 //   Otherwise split z (workgroup z) sums k in [z·k_chunk, (z+1)·k_chunk):
@@ -23,18 +23,18 @@
 //   `gather_grads` (weight gradients) adds the slabs in order, so the result is
 //   reproducible (no atomics).
 //   Then, for the MLP's GELU (tanh approximation, GPT-2's `gelu_new`):
-//     flags & 64  (forward):  aux[aux_off + r·c_rs + s] = gelu(C[...]) as well
-//     flags & 128 (backward): C[...] ·= gelu′(aux[aux_off + r·c_rs + s])
+//     GELU_OUT  (forward):  aux[aux_off + r·c_rs + s] = gelu(C[...]) as well
+//     GELU_GRAD (backward): C[...] ·= gelu′(aux[aux_off + r·c_rs + s])
 //   with gelu(x) = ½ x (1 + tanh u), u = √(2/π) (x + 0.044715 x³), and
 //   gelu′(x) = ½ (1 + tanh u) + ½ x sech²u √(2/π) (1 + 3·0.044715 x²); tanh's argument
 //   is clamped to ±15 (±1 in f32 already; some backends evaluate tanh through exp and
 //   give NaN beyond). Reference twin: lab-cpu `gelu_forward` / `gelu_backward`.
 //   And for attention when a row of scores fits one tile (T ≤ 64; batched, cols = T):
-//     flags & 256: C = softmax over s ≤ r of scale·C, 0 for s > r (attention.wgsl
-//                  `softmax_forward`, fused into the QKᵀ product)
-//     flags & 512: C = P ⊙ (C − Σ_{s ≤ r} P ⊙ C) · scale, 0 for s > r, with the
-//                  probabilities P read through `addend` at addend_off + (the C index −
-//                  c_off) (attention.wgsl `softmax_backward`, fused into dy·Vᵀ)
+//     SOFTMAX:      C = softmax over s ≤ r of scale·C, 0 for s > r (attention.wgsl
+//                   `softmax_forward`, fused into the QKᵀ product)
+//     SOFTMAX_GRAD: C = P ⊙ (C − Σ_{s ≤ r} P ⊙ C) · scale, 0 for s > r, with the
+//                   probabilities P read through `addend` at addend_off + (the C index −
+//                   c_off) (attention.wgsl `softmax_backward`, fused into dy·Vᵀ)
 //   The row's max and sums are reduced across the 16 invocations holding it in workgroup
 //   memory; each saves a launch per layer and a pass over (B, NH, T, T).
 //
@@ -47,9 +47,9 @@
 //   3 bias     array<f32>  read          (cols) at bias_off; any buffer when unused
 //   4 addend   array<f32>  read          (rows, cols) at addend_off; any buffer when unused
 //   5 c        array<f32>  read_write    (splits, rows, cols) at c_off, strides (c_zs, c_rs)
-//   6 tokens   array<u32>  read          (depth) at a_off, for flags & 16; any buffer otherwise
-//   7 aux      array<f32>  read_write    (rows, cols) at aux_off: GELU's output (flags & 64) or
-//                                        input (flags & 128); any other buffer otherwise
+//   6 tokens   array<u32>  read          (depth) at a_off, for ONEHOT_A; any buffer otherwise
+//   7 aux      array<f32>  read_write    (rows, cols) at aux_off: GELU's output (GELU_OUT) or
+//                                        input (GELU_GRAD); any other buffer otherwise
 // Shapes as used by the model (N = B·T, IC/OC the layer's in/out channels):
 //   forward   A = x (N, IC), B = Wᵀ (IC, OC) read from W (OC, IC), C = y (N, OC)
 //   dinp      A = dy (N, OC), B = W (OC, IC), C = dx (N, IC)
@@ -67,7 +67,7 @@
 // inlines the call; in a loop each read paid its own clamp and address arithmetic.
 // Operand tiles are loaded in quads, four elements consecutive along the operand's
 // contiguous axis (k when its k stride is 1, else its rows or columns): one 16-byte load
-// per invocation and tile when the host marks the operand aligned (flags 1024 for A, 2048
+// per invocation and tile when the host marks the operand aligned (VEC_A for A, VEC_B
 // for B: unit stride along that axis, and every offset, the other stride and the extent
 // along it multiples of 4), else four checked element loads (the one-hot A, the ones
 // column, odd shapes). A quad along k is stored as four floats, one across rows or
@@ -84,6 +84,11 @@
 // multiplied by GELU's derivative, saving two launches per layer and a round trip of the
 // (B, T, 4C) activation through memory each (those GEMMs are never split, so the epilogue
 // sees whole sums).
+//
+// The flags (BIAS, ADDEND, ONES_COLUMN, ONEHOT_A, BATCHED, GELU_OUT, GELU_GRAD, SOFTMAX,
+// SOFTMAX_GRAD, VEC_A, VEC_B: bits of `Gemm.flags`) are not declared in this file: they
+// are defined once, on the host (lab-gpu uniforms.rs `GemmFlags`), and lab-gpu appends
+// them to this source as WGSL constants when it compiles it (kernels.rs `source`).
 
 struct Gemm {
     rows: u32,
@@ -102,7 +107,7 @@ struct Gemm {
     addend_off: u32,
     k_chunk: u32,
     c_zs: u32,
-    // batched mode (flags & 32): workgroup z is batch z = zo·z_inner + zi, and each operand
+    // batched mode (BATCHED): workgroup z is batch z = zo·z_inner + zi, and each operand
     // starts at off + zo·(·)_zo + zi·(·)_zi (attention's per-(b, h) products)
     z_inner: u32,
     a_zo: u32,
@@ -112,22 +117,11 @@ struct Gemm {
     c_zo: u32,
     c_zi: u32,
     aux_off: u32,
-    scale: f32, // softmax epilogues (flags & 768)
+    scale: f32, // softmax epilogues (SOFTMAX, SOFTMAX_GRAD)
 }
 
 const TILE: u32 = 64u;
 const KT: u32 = 16u;
-const BIAS: u32 = 2u;
-const ADDEND: u32 = 4u;
-const ONES_COLUMN: u32 = 8u;
-const ONEHOT_A: u32 = 16u;
-const BATCHED: u32 = 32u;
-const GELU_OUT: u32 = 64u;
-const GELU_GRAD: u32 = 128u;
-const SOFTMAX: u32 = 256u;
-const SOFTMAX_GRAD: u32 = 512u;
-const VEC_A: u32 = 1024u;
-const VEC_B: u32 = 2048u;
 const NEG_BIG: f32 = -3.4e38;
 const GELU_SCALE: f32 = 0.7978845608028654; // √(2/π)
 const GELU_CUBIC: f32 = 0.044715;
@@ -460,7 +454,7 @@ fn store_column(r: u32, s: u32, v: vec4<f32>) {
     }
 }
 
-// ---- the softmax epilogues' helpers (flags & 768) ----
+// ---- the softmax epilogues' helpers (SOFTMAX, SOFTMAX_GRAD) ----
 
 fn max4(v: vec4<f32>) -> f32 {
     return max(max(v.x, v.y), max(v.z, v.w));

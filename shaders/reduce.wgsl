@@ -25,11 +25,13 @@
 //   0 uniform  Split
 //   4 partial  array<f32>  (splits, len) with slab stride `stride`            read
 //   5 dst      array<f32>  the activation                                     read_write
-//   6 bias     array<f32>  the parameters (flags & 2); any buffer otherwise  read
-//   7 addend   array<f32>  (rows, dst_rs) (flags & 4); any buffer otherwise  read
+//   6 bias     array<f32>  the parameters (BIAS); any buffer otherwise       read
+//   7 addend   array<f32>  (rows, dst_rs) (ADDEND); any buffer otherwise     read
 // For m < len, row = m / width, col = m % width:
 //   dst[dst_off + row·dst_rs + col] = Σ_{z < splits, in order} partial[z·stride + m]
-//       (+ bias[bias_off + col] if flags & 2) (+ addend[addend_off + row·dst_rs + col] if flags & 4)
+//       (+ bias[bias_off + col] if BIAS) (+ addend[addend_off + row·dst_rs + col] if ADDEND)
+// with matmul.wgsl's BIAS and ADDEND bits in `flags`, appended to this source by lab-gpu
+// from their one definition (uniforms.rs `GemmFlags`).
 // (a depth-split forward GEMM gets its bias and residual epilogue here.) Workgroup 64,
 // one invocation per m (x + y·65535·64).
 //
@@ -112,9 +114,6 @@ struct Split {
     _pad1: u32,
     _pad2: u32,
 }
-
-const BIAS: u32 = 2u;
-const ADDEND: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> sp: Split;
 @group(0) @binding(4) var<storage, read> partial: array<f32>;

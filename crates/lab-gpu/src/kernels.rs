@@ -1,10 +1,12 @@
 //! The WGSL kernels (one op per file in `shaders/`, the single source, embedded at compile
 //! time) and their compute pipelines, built once per device.
 
+use crate::uniforms::{GemmFlags, LossCode};
 use lab_core::error::Result;
+use std::fmt::Write;
 
 /// Every shader file, by name, as embedded in the binary. The naga test compiles the files
-/// on disk; this list is what the engine runs.
+/// on disk (through [`source`]); this list is what the engine runs.
 pub const SHADERS: [(&str, &str); 8] = [
     ("encoder.wgsl", include_str!("../../../shaders/encoder.wgsl")),
     ("layernorm.wgsl", include_str!("../../../shaders/layernorm.wgsl")),
@@ -15,6 +17,42 @@ pub const SHADERS: [(&str, &str); 8] = [
     ("loss.wgsl", include_str!("../../../shaders/loss.wgsl")),
     ("adamw.wgsl", include_str!("../../../shaders/adamw.wgsl")),
 ];
+
+/// The constants `file` shares with the host, (name, value): the [`GemmFlags`] it reads
+/// (matmul.wgsl all of them, reduce.wgsl `split_sum`'s) and loss.wgsl's [`LossCode`]s.
+/// Defined on the host only, they reach the shader through [`source`].
+pub fn shared_constants(file: &str) -> Vec<(String, u32)> {
+    let flags = match file {
+        "matmul.wgsl" => GemmFlags::NAMED.iter().fold(GemmFlags::NONE, |all, &(_, f)| all | f),
+        "reduce.wgsl" => GemmFlags::SPLIT_SUM,
+        _ => GemmFlags::NONE,
+    };
+    let mut constants: Vec<(String, u32)> = GemmFlags::NAMED
+        .iter()
+        .filter(|&&(_, flag)| flags.contains(flag))
+        .map(|&(name, flag)| (name.to_string(), flag.bits()))
+        .collect();
+    if file == "loss.wgsl" {
+        constants.extend(LossCode::ALL.map(|code| (code.wgsl_name(), code.bits())));
+    }
+    constants
+}
+
+/// The WGSL the engine compiles for `file` (whose text is `text`): the text, then its
+/// [`shared_constants`] as `const` declarations. Appended, not prepended, so that an
+/// error's line number is the file's (WGSL's module-scope declarations may follow their
+/// uses).
+pub fn source(file: &str, text: &str) -> String {
+    let mut source = text.to_string();
+    let constants = shared_constants(file);
+    if !constants.is_empty() {
+        source.push_str("\n// Shared with the host (lab-gpu kernels.rs `shared_constants`).\n");
+    }
+    for (name, value) in constants {
+        writeln!(source, "const {name}: u32 = {value}u;").expect("writing to a String");
+    }
+    source
+}
 
 /// One entry point of one shader: the unit a dispatch runs and a timestamp names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,11 +166,11 @@ impl Pipelines {
     #[allow(unsafe_code)]
     pub fn new(device: &wgpu::Device, checks: ShaderChecks) -> Result<Pipelines> {
         let mut modules = Vec::new();
-        for (file, source) in SHADERS {
+        for (file, text) in SHADERS {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(file),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
+                source: wgpu::ShaderSource::Wgsl(source(file, text).into()),
             };
             let module = match checks {
                 ShaderChecks::Full => device.create_shader_module(desc),

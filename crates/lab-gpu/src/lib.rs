@@ -28,6 +28,7 @@ pub mod kernels;
 pub mod plan;
 pub mod setup;
 pub mod timing;
+pub mod uniforms;
 
 pub use kernels::ShaderChecks;
 use kernels::{Kernel, Pipelines};
@@ -42,39 +43,47 @@ use plan::{record_pass, Dispatch, Grid, LossBuffers, Plan};
 use setup::{check_buffer_size, submit_and_read, submit_and_read_async, Faults};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use uniforms::LossCode;
 use wgpu::util::DeviceExt;
 
-/// Bytes of loss.wgsl's `Loss` uniform (112 used).
+/// Bytes of the buffer holding loss.wgsl's `Loss` uniform.
 const LOSS_UNIFORM_BYTES: u64 = 128;
+/// Bytes of the buffer holding adamw.wgsl's `Hyper` uniform.
+const HYPER_UNIFORM_BYTES: u64 = 64;
+// each uniform fits its buffer
+const _: () = assert!(
+    std::mem::size_of::<uniforms::Loss>() as u64 <= LOSS_UNIFORM_BYTES
+        && std::mem::size_of::<uniforms::Hyper>() as u64 <= HYPER_UNIFORM_BYTES
+);
 
 /// The most terms a loss mix may have for loss.wgsl (its two vec4s of kinds); a longer
 /// mix takes the step in parts, its loss on the CPU.
 const LOSS_MAX_TERMS: usize = 8;
 
-/// loss.wgsl's code for a loss kind.
-fn loss_code(kind: LossKind) -> u32 {
+/// loss.wgsl's code for a loss kind (DoVE's gradient is the sigmoid loss's).
+fn loss_code(kind: LossKind) -> LossCode {
     match kind {
-        LossKind::Sigmoid | LossKind::Dove => 0,
-        LossKind::Hinge => 1,
-        LossKind::Ipo => 2,
-        LossKind::ExoPair => 3,
-        LossKind::NcaPair => 4,
-        LossKind::Robust => 5,
-        LossKind::BcoPair => 6,
-        LossKind::SppoHard => 7,
-        LossKind::Aot => 8,
-        LossKind::AotUnpaired => 9,
-        LossKind::ApoZero => 10,
-        LossKind::ApoDown => 11,
-        LossKind::Discopop => 12,
-        LossKind::Sft => 13,
-        LossKind::SigmoidNorm => 14,
-        LossKind::Cdpo => 15,
-        LossKind::Simpo => 16,
-        LossKind::Cpo => 17,
-        LossKind::Orpo => 18,
-        LossKind::Kto => 19,
-        LossKind::PlackettLuce => 20,
+        LossKind::Sigmoid | LossKind::Dove => LossCode::Sigmoid,
+        LossKind::Hinge => LossCode::Hinge,
+        LossKind::Ipo => LossCode::Ipo,
+        LossKind::ExoPair => LossCode::ExoPair,
+        LossKind::NcaPair => LossCode::NcaPair,
+        LossKind::Robust => LossCode::Robust,
+        LossKind::BcoPair => LossCode::BcoPair,
+        LossKind::SppoHard => LossCode::SppoHard,
+        LossKind::Aot => LossCode::Aot,
+        LossKind::AotUnpaired => LossCode::AotUnpaired,
+        LossKind::ApoZero => LossCode::ApoZero,
+        LossKind::ApoDown => LossCode::ApoDown,
+        LossKind::Discopop => LossCode::Discopop,
+        LossKind::Sft => LossCode::Sft,
+        LossKind::SigmoidNorm => LossCode::SigmoidNorm,
+        LossKind::Cdpo => LossCode::Cdpo,
+        LossKind::Simpo => LossCode::Simpo,
+        LossKind::Cpo => LossCode::Cpo,
+        LossKind::Orpo => LossCode::Orpo,
+        LossKind::Kto => LossCode::Kto,
+        LossKind::PlackettLuce => LossCode::PlackettLuce,
     }
 }
 
@@ -264,7 +273,7 @@ impl GpuEngine {
         });
         let hyper = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("adamw hyper"),
-            size: 64,
+            size: HYPER_UNIFORM_BYTES,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -655,26 +664,26 @@ impl GpuEngine {
         let mut kinds = [0u32; LOSS_MAX_TERMS];
         let mut weights = [0f32; LOSS_MAX_TERMS];
         for (t, &(kind, weight)) in loss.mix.terms.iter().enumerate() {
-            kinds[t] = loss_code(kind);
+            kinds[t] = loss_code(kind).bits();
             weights[t] = weight as f32;
         }
         let p = loss.params;
-        let exo_shift = p.exo_epsilon.ln() - (-p.exo_epsilon).ln_1p();
-        let mut uniform: Vec<u32> =
-            vec![b as u32, loss.mix.terms.len() as u32, (b * batch.seq_len) as u32, 0];
-        uniform.extend(kinds);
-        uniform.extend(weights.map(f32::to_bits));
-        let scalars = [
-            p.beta,
-            p.label_smoothing,
-            p.simpo_gamma,
-            p.discopop_tau,
-            exo_shift,
-            p.cpo_alpha,
-            p.kto_desirable_weight,
-            p.kto_undesirable_weight,
-        ];
-        uniform.extend(scalars.map(|v| (v as f32).to_bits()));
+        let uniform = uniforms::Loss {
+            rows: b as u32,
+            terms: loss.mix.terms.len() as u32,
+            seq_off: (b * batch.seq_len) as u32,
+            _pad: 0,
+            kinds: bytemuck::cast(kinds),
+            weights: bytemuck::cast(weights),
+            beta: p.beta as f32,
+            eps: p.label_smoothing as f32,
+            simpo_gamma: p.simpo_gamma as f32,
+            discopop_tau: p.discopop_tau as f32,
+            exo_shift: (p.exo_epsilon.ln() - (-p.exo_epsilon).ln_1p()) as f32,
+            cpo_alpha: p.cpo_alpha as f32,
+            kto_desirable_weight: p.kto_desirable_weight as f32,
+            kto_undesirable_weight: p.kto_undesirable_weight as f32,
+        };
         self.write_hyper(opt, step)?;
         let mut encoder = self.encoder("training step");
         let reference_out = match reference {
@@ -686,7 +695,7 @@ impl GpuEngine {
         };
         let i = self.forward_into(batch, &mut encoder)?;
         let plan = &self.plans[i];
-        self.queue.write_buffer(&self.loss.uniform, 0, bytemuck::cast_slice(&uniform));
+        self.queue.write_buffer(&self.loss.uniform, 0, bytemuck::bytes_of(&uniform));
         // [lengths | labels]: a desirable flag (KTO), a list's first and end row (Plackett–Luce)
         let mut rest: Vec<f32> = loss.lengths.iter().map(|&v| v as f32).collect();
         rest.resize(3 * b, 0.0);
@@ -917,7 +926,8 @@ impl GpuEngine {
         self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
         // a training step's launches; the loss gradient told of no rows, so that d_seq stays
         // as written and the status clear
-        self.queue.write_buffer(&self.loss.uniform, 0, &[0; 16]);
+        let no_rows = uniforms::Loss::default();
+        self.queue.write_buffer(&self.loss.uniform, 0, bytemuck::bytes_of(&no_rows));
         let dispatches: Vec<&Dispatch> = plan
             .forward
             .iter()
@@ -943,18 +953,18 @@ impl GpuEngine {
         // the same f32 arithmetic as lab-cpu's adamw_update
         let bias_correction1 = 1.0 - opt.beta1.powi(step as i32);
         let bias_correction2 = 1.0 - opt.beta2.powi(step as i32);
-        let hyper = [
-            f32::from_bits(self.cfg.layout().total as u32),
-            opt.beta1,
-            opt.beta2,
-            1.0 - opt.beta1,
-            1.0 - opt.beta2,
-            opt.eps,
-            opt.lr / bias_correction1,
-            bias_correction2.sqrt(),
-            1.0 - opt.lr * opt.weight_decay,
-        ];
-        self.queue.write_buffer(&self.hyper, 0, bytemuck::cast_slice(&hyper));
+        let hyper = uniforms::Hyper {
+            n: self.cfg.layout().total as u32,
+            beta1: opt.beta1,
+            beta2: opt.beta2,
+            one_minus_beta1: 1.0 - opt.beta1,
+            one_minus_beta2: 1.0 - opt.beta2,
+            eps: opt.eps,
+            step_size: opt.lr / bias_correction1,
+            bias_correction2_sqrt: bias_correction2.sqrt(),
+            decay: 1.0 - opt.lr * opt.weight_decay,
+        };
+        self.queue.write_buffer(&self.hyper, 0, bytemuck::bytes_of(&hyper));
         Ok(())
     }
 }

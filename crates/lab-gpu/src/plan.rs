@@ -8,13 +8,23 @@
 
 use crate::kernels::{Kernel, Pipelines};
 use crate::setup::check_buffer_size;
-use lab_core::config::GptConfig;
+use crate::uniforms::{self, GemmFlags, ShaderStruct};
+use lab_core::config::{GptConfig, ParamLayout};
 use lab_core::error::{LabError, Result};
 use wgpu::util::DeviceExt;
 
-/// Bytes reserved per dispatch in the uniform buffer: the largest uniform struct is 112
-/// bytes, and 256 is WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
+/// Bytes reserved per dispatch in the uniform buffer: more than any uniform struct, and
+/// WebGPU's upper bound on `min_uniform_buffer_offset_alignment`.
 const UNIFORM_STRIDE: u64 = 256;
+
+// every host struct fits a dispatch's slot
+const _: () = {
+    let mut i = 0;
+    while i < uniforms::ALL.len() {
+        assert!(uniforms::ALL[i].size as u64 <= UNIFORM_STRIDE);
+        i += 1;
+    }
+};
 
 /// The engine's buffers a plan's loss dispatch binds: loss.wgsl's uniform (written each
 /// training step) and its status word (which adamw.wgsl reads).
@@ -56,10 +66,10 @@ pub fn record_pass<'a>(
     }
 }
 
-/// A dispatch before its bind group exists: its uniform words and storage buffers.
+/// A dispatch before its bind group exists: its uniform's bytes and storage buffers.
 struct Spec {
     kernel: Kernel,
-    words: Vec<u32>,
+    uniform: Vec<u8>,
     buffers: Vec<(u32, wgpu::Buffer)>,
     groups: [u32; 3],
     flops: u64,
@@ -103,7 +113,7 @@ struct Gemm {
     rows: usize,
     cols: usize,
     depth: usize,
-    flags: u32,
+    flags: GemmFlags,
     a_off: usize,
     a_rs: usize,
     a_ks: usize,
@@ -132,7 +142,7 @@ impl Gemm {
     /// a 64-wide tile of its own (matmul.wgsl `folds_ones_column`): when it is column
     /// 64·k.
     fn folds_ones_column(&self) -> bool {
-        self.flags & ONES_COLUMN != 0 && (self.cols - 1).is_multiple_of(64)
+        self.flags.contains(GemmFlags::ONES_COLUMN) && (self.cols - 1).is_multiple_of(64)
     }
 
     /// matmul.wgsl's VEC_A / VEC_B: which operands can be read four floats at a time.
@@ -141,7 +151,7 @@ impl Gemm {
     /// and the other stride are multiples of 4 and so is the extent along that axis (a
     /// quad is then wholly inside the operand or wholly outside). Splits start at
     /// multiples of `k_chunk`.
-    fn vector_loads(&self, k_chunk: usize, batch: &Batch) -> u32 {
+    fn vector_loads(&self, k_chunk: usize, batch: &Batch) -> GemmFlags {
         let aligned = |values: &[usize]| values.iter().all(|v| v % 4 == 0);
         let along_k = aligned(&[self.depth, k_chunk]);
         let quads = |k_stride: usize, w_stride: usize, width: usize, offsets: &[usize]| {
@@ -152,19 +162,20 @@ impl Gemm {
                     _ => false,
                 }
         };
-        let mut flags = 0;
-        if self.flags & ONEHOT_A == 0
+        let mut flags = GemmFlags::NONE;
+        if !self.flags.contains(GemmFlags::ONEHOT_A)
             && quads(self.a_ks, self.a_rs, self.rows, &[self.a_off, batch.a.0, batch.a.1])
         {
-            flags |= VEC_A;
+            flags |= GemmFlags::VEC_A;
         }
         // the ones column is read element by element unless no tile reaches it (folded)
-        let ones_in_tiles = self.flags & ONES_COLUMN != 0 && !self.folds_ones_column();
-        let b_width = self.cols - (self.flags & ONES_COLUMN != 0) as usize;
+        let ones_column = self.flags.contains(GemmFlags::ONES_COLUMN);
+        let ones_in_tiles = ones_column && !self.folds_ones_column();
+        let b_width = self.cols - ones_column as usize;
         if !ones_in_tiles
             && quads(self.b_ks, self.b_ss, b_width, &[self.b_off, batch.b.0, batch.b.1])
         {
-            flags |= VEC_B;
+            flags |= GemmFlags::VEC_B;
         }
         flags
     }
@@ -214,17 +225,6 @@ struct Segment {
     src_off: usize,
 }
 
-const BIAS: u32 = 2;
-const ADDEND: u32 = 4;
-const ONES_COLUMN: u32 = 8;
-const ONEHOT_A: u32 = 16;
-const BATCHED: u32 = 32;
-const GELU_OUT: u32 = 64;
-const GELU_GRAD: u32 = 128;
-const SOFTMAX: u32 = 256;
-const SOFTMAX_GRAD: u32 = 512;
-const VEC_A: u32 = 1024;
-const VEC_B: u32 = 2048;
 /// Longest sequence whose attention rows fit one GEMM tile, so the softmax and its
 /// backward run in the epilogues of QKᵀ and dy·Vᵀ instead of kernels of their own.
 const FUSED_SOFTMAX_MAX_T: usize = 64;
@@ -364,40 +364,52 @@ fn grad_slab_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
     cfg.n_layer * (linear + 2 * layer_norm) + layer_norm + 2 * slabs(v, c)
 }
 
-fn words(values: &[usize]) -> Vec<u32> {
-    values.iter().map(|&v| v as u32).collect()
-}
-
-/// Builds the dispatch lists, then their uniform buffer and bind groups in one go.
+/// Records one plan's launches (kernel, uniform, buffers, grid), bound afterwards by
+/// [`bind`].
 struct Recorder<'a> {
     grid: Grid,
     params: &'a wgpu::Buffer,
+    grads: &'a wgpu::Buffer,
+    /// Stands in for an unused read-only binding.
     dummy: &'a wgpu::Buffer,
-    /// Stands in for the GEMM's unused read-write `aux` binding.
-    dummy_rw: &'a wgpu::Buffer,
-    /// Split-reduction scratch of the activation GEMMs (see [`partial_floats`]).
-    partial: &'a wgpu::Buffer,
-    /// The parameter gradients' slab regions (see [`grad_slab_floats`]), `grad_used`
-    /// floats of it handed out so far, and what `gather_grads` does with each region.
-    grad_slabs: &'a wgpu::Buffer,
+    act: &'a Activations,
+    shape: Shape,
+    /// Floats of `act.grad_slabs` handed out so far, and what `gather_grads` does with
+    /// each region.
     grad_used: usize,
     segments: Vec<Segment>,
-    n: usize,
     specs: Vec<Spec>,
+    /// Whether launches go to the backward's list.
     backward: bool,
     tiles: GemmTiles,
 }
 
 impl Recorder<'_> {
-    fn push(
+    /// Record a launch of `kernel` with `uniform` (a struct of the kernel's shader) at
+    /// binding 0 and `buffers` at their slots.
+    fn push<U: ShaderStruct>(
         &mut self,
         kernel: Kernel,
-        words: Vec<u32>,
+        uniform: U,
         buffers: &[(u32, &wgpu::Buffer)],
         groups: [u32; 3],
     ) {
+        assert_eq!(
+            U::LAYOUT.shader,
+            kernel.entry().0,
+            "{} is not a uniform of {kernel:?}",
+            U::LAYOUT.rust_name
+        );
+        let uniform = bytemuck::bytes_of(&uniform).to_vec();
         let buffers = buffers.iter().map(|(slot, buf)| (*slot, (*buf).clone())).collect();
-        self.specs.push(Spec { kernel, words, buffers, groups, flops: 0, backward: self.backward });
+        self.specs.push(Spec {
+            kernel,
+            uniform,
+            buffers,
+            groups,
+            flops: 0,
+            backward: self.backward,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -421,29 +433,53 @@ impl Recorder<'_> {
         let mut groups = self.grid.tiles(col_tiles, g.rows.div_ceil(tile_rows))?;
         let batch = g.batch.unwrap_or(Batch { count: 1, inner: 1, ..Batch::default() });
         let (z, flags) = match g.batch {
-            Some(batch) => (batch.count, g.flags | BATCHED),
+            Some(batch) => (batch.count, g.flags | GemmFlags::BATCHED),
             None => (g.depth.div_ceil(k_chunk).max(1), g.flags),
         };
         let flags = flags | g.vector_loads(k_chunk, &batch);
         groups[2] = u32::try_from(z).ok().filter(|&z| z <= self.grid.max_per_dim).ok_or_else(|| LabError::Engine { msg: format!("{z} GEMM batches or splits exceed the limit max_compute_workgroups_per_dimension = {}", self.grid.max_per_dim) })?;
-        #[rustfmt::skip]
-        let mut w = words(&[g.rows, g.cols, g.depth, flags as usize, g.a_off, g.a_rs, g.a_ks, g.b_off, g.b_ks, g.b_ss, g.c_off, g.c_rs, g.bias_off, g.addend_off, k_chunk, g.c_zs,
-            batch.inner, batch.a.0, batch.a.1, batch.b.0, batch.b.1, batch.c.0, batch.c.1, g.aux_off]);
-        w.push(g.scale.to_bits());
-        if c == self.partial && g.batch.is_none() {
+        let uniform = uniforms::Gemm {
+            rows: g.rows as u32,
+            cols: g.cols as u32,
+            depth: g.depth as u32,
+            flags: flags.bits(),
+            a_off: g.a_off as u32,
+            a_rs: g.a_rs as u32,
+            a_ks: g.a_ks as u32,
+            b_off: g.b_off as u32,
+            b_ks: g.b_ks as u32,
+            b_ss: g.b_ss as u32,
+            c_off: g.c_off as u32,
+            c_rs: g.c_rs as u32,
+            bias_off: g.bias_off as u32,
+            addend_off: g.addend_off as u32,
+            k_chunk: k_chunk as u32,
+            c_zs: g.c_zs as u32,
+            z_inner: batch.inner as u32,
+            a_zo: batch.a.0 as u32,
+            a_zi: batch.a.1 as u32,
+            b_zo: batch.b.0 as u32,
+            b_zi: batch.b.1 as u32,
+            c_zo: batch.c.0 as u32,
+            c_zi: batch.c.1 as u32,
+            aux_off: g.aux_off as u32,
+            scale: g.scale,
+        };
+        let act = self.act;
+        if c == &act.partial && g.batch.is_none() {
             // the split slabs must fit the scratch partial_floats sized
             let needed = g.c_off + (z - 1) * g.c_zs + (g.rows - 1) * g.c_rs + g.cols;
-            if needed * 4 > self.partial.size() as usize {
-                return Err(LabError::Engine { msg: format!("internal: a {}×{} GEMM in {z} splits needs {needed} floats of split scratch, {} allocated", g.rows, g.cols, self.partial.size() / 4) });
+            if needed * 4 > act.partial.size() as usize {
+                return Err(LabError::Engine { msg: format!("internal: a {}×{} GEMM in {z} splits needs {needed} floats of split scratch, {} allocated", g.rows, g.cols, act.partial.size() / 4) });
             }
         }
         let (bias, addend) = (bias.unwrap_or(self.dummy), addend.unwrap_or(self.dummy));
         // the one-hot mode reads the token ids through `a`'s twin binding
-        let tokens = if g.flags & ONEHOT_A != 0 { a } else { self.dummy };
-        let aux = aux.unwrap_or(self.dummy_rw);
+        let tokens = if g.flags.contains(GemmFlags::ONEHOT_A) { a } else { self.dummy };
+        let aux = aux.unwrap_or(&act.unused_aux);
         self.push(
             kernel,
-            w,
+            uniform,
             &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens), (7, aux)],
             groups,
         );
@@ -457,8 +493,8 @@ impl Recorder<'_> {
     fn grad_region(&mut self, floats: usize) -> Result<usize> {
         let at = self.grad_used;
         self.grad_used += floats;
-        if self.grad_used * 4 > self.grad_slabs.size() as usize {
-            return Err(LabError::Engine { msg: format!("internal: the parameter gradients' split slabs need more than the {} floats allocated", self.grad_slabs.size() / 4) });
+        if self.grad_used * 4 > self.act.grad_slabs.size() as usize {
+            return Err(LabError::Engine { msg: format!("internal: the parameter gradients' split slabs need more than the {} floats allocated", self.act.grad_slabs.size() / 4) });
         }
         Ok(at)
     }
@@ -481,7 +517,7 @@ impl Recorder<'_> {
             split_k(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
         let slab = g.rows * g.cols;
         let at = self.grad_region(splits * slab)?;
-        let grad_slabs = self.grad_slabs;
+        let grad_slabs = &self.act.grad_slabs;
         self.gemm(
             Gemm { c_off: at, c_rs: g.cols, k_chunk, c_zs: slab, ..g },
             a,
@@ -536,7 +572,7 @@ impl Recorder<'_> {
         aux: Option<&wgpu::Buffer>,
     ) -> Result<()> {
         if let Some(slabs) = self.gemm_activation_slabs(g, a, b, bias, addend, c, aux)? {
-            let epilogue = g.flags & (BIAS | ADDEND);
+            let epilogue = g.flags & GemmFlags::SPLIT_SUM;
             self.split_sum(
                 slabs.stride,
                 slabs.splits,
@@ -571,45 +607,45 @@ impl Recorder<'_> {
             return Ok(None);
         }
         let slab = g.rows * g.cols;
-        let partial = self.partial;
-        let plain = Gemm { flags: 0, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
+        let partial = &self.act.partial;
+        let plain =
+            Gemm { flags: GemmFlags::NONE, c_off: 0, c_rs: g.cols, k_chunk, c_zs: slab, ..g };
         self.gemm(plain, a, b, None, None, partial, None)?;
         Ok(Some(Slabs { splits, stride: slab }))
     }
 
     /// reduce.wgsl `split_sum` over `splits` slabs of `len` floats (rows of `width`) in the
-    /// scratch, into `dst` = (buffer, offset, row stride); flags 2 bias, 4 addend.
+    /// scratch, into `dst` = (buffer, offset, row stride), adding the epilogue of `flags`
+    /// (BIAS, ADDEND).
     fn split_sum(
         &mut self,
         len: usize,
         splits: usize,
         width: usize,
         dst: (&wgpu::Buffer, usize, usize),
-        flags: u32,
+        flags: GemmFlags,
         bias: Option<(&wgpu::Buffer, usize)>,
         addend: Option<(&wgpu::Buffer, usize)>,
     ) -> Result<()> {
         let (bias_buf, bias_off) = bias.unwrap_or((self.dummy, 0));
         let (addend_buf, addend_off) = addend.unwrap_or((self.dummy, 0));
-        let w = words(&[
-            len,
-            splits,
-            len,
-            width,
-            dst.1,
-            dst.2,
-            flags as usize,
-            bias_off,
-            addend_off,
-            0,
-            0,
-            0,
-        ]);
-        let partial = self.partial;
+        let uniform = uniforms::SplitSum {
+            len: len as u32,
+            splits: splits as u32,
+            stride: len as u32,
+            width: width as u32,
+            dst_off: dst.1 as u32,
+            dst_rs: dst.2 as u32,
+            flags: flags.bits(),
+            bias_off: bias_off as u32,
+            addend_off: addend_off as u32,
+            ..Default::default()
+        };
+        let partial = &self.act.partial;
         let groups = self.grid.cover(len, 64)?;
         self.push(
             Kernel::SplitSum,
-            w,
+            uniform,
             &[(4, partial), (5, dst.0), (6, bias_buf), (7, addend_buf)],
             groups,
         );
@@ -693,15 +729,18 @@ impl Recorder<'_> {
         addend_off: Option<usize>,
         gelu_off: Option<usize>,
     ) -> Gemm {
-        let mut flags = if gelu_off.is_some() { GELU_OUT } else { 0 };
+        let mut flags = GemmFlags::NONE;
+        if gelu_off.is_some() {
+            flags |= GemmFlags::GELU_OUT;
+        }
         if bias_off.is_some() {
-            flags |= BIAS;
+            flags |= GemmFlags::BIAS;
         }
         if addend_off.is_some() {
-            flags |= ADDEND;
+            flags |= GemmFlags::ADDEND;
         }
         Gemm {
-            rows: self.n,
+            rows: self.shape.n,
             cols: oc,
             depth: ic,
             flags,
@@ -772,9 +811,9 @@ impl Recorder<'_> {
         gelu_input: Option<(&wgpu::Buffer, usize)>,
         defer: bool,
     ) -> Result<Option<Slabs>> {
-        let flags = if gelu_input.is_some() { GELU_GRAD } else { 0 };
+        let flags = if gelu_input.is_some() { GemmFlags::GELU_GRAD } else { GemmFlags::NONE };
         let dx = Gemm {
-            rows: self.n,
+            rows: self.shape.n,
             cols: ic,
             depth: oc,
             flags,
@@ -817,12 +856,12 @@ impl Recorder<'_> {
         onto_last: bool,
     ) -> Result<()> {
         // the bias gradient is the ones column
-        let flags = if db_off.is_some() { ONES_COLUMN } else { 0 };
+        let flags = if db_off.is_some() { GemmFlags::ONES_COLUMN } else { GemmFlags::NONE };
         let cols = ic + db_off.is_some() as usize;
         let dw = Gemm {
             rows: oc,
             cols,
-            depth: self.n,
+            depth: self.shape.n,
             flags,
             a_rs: 1,
             a_ks: oc,
@@ -833,6 +872,907 @@ impl Recorder<'_> {
         };
         self.weight_gradient(dw, dout, inp.0, (dw_off, ic, ic), db_off.unwrap_or(0), onto_last)
     }
+}
+
+/// The sizes a plan records for: the model's and the batch's (N = B·T rows), and where the
+/// parameters lie.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    b: usize,
+    t: usize,
+    n: usize,
+    c: usize,
+    nh: usize,
+    hs: usize,
+    v: usize,
+    nl: usize,
+    ctx: usize,
+    /// Floats of one layer's attention probabilities (B, NH, T, T).
+    att_len: usize,
+    lay: ParamLayout,
+}
+
+impl Shape {
+    fn new(cfg: &GptConfig, b: usize, t: usize) -> Shape {
+        Shape {
+            b,
+            t,
+            n: b * t,
+            c: cfg.d_model,
+            nh: cfg.n_head,
+            hs: cfg.head_dim(),
+            v: cfg.vocab,
+            nl: cfg.n_layer,
+            ctx: cfg.ctx,
+            att_len: b * cfg.n_head * t * t,
+            lay: cfg.layout(),
+        }
+    }
+
+    /// Floats of one layer's (B, T, C) activation.
+    fn nc(&self) -> usize {
+        self.n * self.c
+    }
+
+    /// The attention scores' scale, 1/√hs.
+    fn scale(&self) -> f32 {
+        1.0 / (self.hs as f32).sqrt()
+    }
+
+    /// Whether the softmax and its backward run in the epilogues of QKᵀ and dy·Vᵀ.
+    fn fused_softmax(&self) -> bool {
+        self.t <= FUSED_SOFTMAX_MAX_T
+    }
+}
+
+/// Where layer l's copy of a layer-stacked parameter starts (the stack leads with L).
+fn layer(base: usize, per_layer: usize, l: usize) -> usize {
+    base + l * per_layer
+}
+
+/// The activation and scratch buffers of one batch shape. Names and shapes follow
+/// lab-cpu's `Activations`; layer-stacked buffers lead with L, the backward's scratch
+/// holds one layer at a time.
+struct Activations {
+    /// (B, T) u32
+    tokens: wgpu::Buffer,
+    /// (B, T)
+    mask: wgpu::Buffer,
+    /// (B)
+    d_seq: wgpu::Buffer,
+    /// (B, T, C)
+    encoded: wgpu::Buffer,
+    /// (L, B, T, C) and its statistics (L, B, T)
+    ln1: wgpu::Buffer,
+    ln1_mean: wgpu::Buffer,
+    ln1_rstd: wgpu::Buffer,
+    /// (L, B, T, 3C)
+    qkv: wgpu::Buffer,
+    /// (L, B, T, C)
+    atty: wgpu::Buffer,
+    /// (L, B, NH, T, T)
+    att: wgpu::Buffer,
+    /// (L, B, T, C)
+    residual2: wgpu::Buffer,
+    ln2: wgpu::Buffer,
+    ln2_mean: wgpu::Buffer,
+    ln2_rstd: wgpu::Buffer,
+    /// (L, B, T, 4C), before and after GELU
+    fch: wgpu::Buffer,
+    fch_gelu: wgpu::Buffer,
+    /// (L, B, T, C)
+    residual3: wgpu::Buffer,
+    /// (B, T, C) and its statistics (B, T)
+    lnf: wgpu::Buffer,
+    lnf_mean: wgpu::Buffer,
+    lnf_rstd: wgpu::Buffer,
+    /// (B, T, V)
+    logits: wgpu::Buffer,
+    /// (B, T)
+    lse: wgpu::Buffer,
+    /// (B, T, 2)
+    topk: wgpu::Buffer,
+    /// [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)]
+    out: wgpu::Buffer,
+    /// (B, T, C)
+    dres: wgpu::Buffer,
+    dln: wgpu::Buffer,
+    datty: wgpu::Buffer,
+    /// (B, T, 3C)
+    dqkv: wgpu::Buffer,
+    /// (B, T, 4C)
+    dfch: wgpu::Buffer,
+    /// (B, T, V)
+    dlogits: wgpu::Buffer,
+    /// (B, NH, T, T)
+    dpre: wgpu::Buffer,
+    /// Split-reduction scratch of the activation GEMMs (see [`partial_floats`]).
+    partial: wgpu::Buffer,
+    /// The parameter gradients' slab regions, `grad_floats` of them (see
+    /// [`grad_slab_floats`]).
+    grad_slabs: wgpu::Buffer,
+    grad_floats: usize,
+    /// Stands in for the GEMM's unused read-write `aux` binding.
+    unused_aux: wgpu::Buffer,
+    /// [reference (B) | lengths (B) | labels (2B)]
+    given: wgpu::Buffer,
+}
+
+impl Activations {
+    fn new(
+        device: &wgpu::Device,
+        cfg: &GptConfig,
+        s: &Shape,
+        tiles: GemmTiles,
+    ) -> Result<Activations> {
+        let limits = device.limits();
+        let (b, t, n, v, nl, nc) = (s.b, s.t, s.n, s.v, s.nl, s.nc());
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let make = |name: &str, floats: usize| -> Result<wgpu::Buffer> {
+            // a multiple of 16 bytes: matmul.wgsl reads its operands as vec4 arrays
+            let bytes = (floats.max(1).next_multiple_of(4) * 4) as u64;
+            check_buffer_size(&limits, &format!("activation {name} for a {b}x{t} batch"), bytes)?;
+            Ok(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(name),
+                size: bytes,
+                usage: storage,
+                mapped_at_creation: false,
+            }))
+        };
+        let grad_floats = grad_slab_floats(cfg, n, tiles);
+        Ok(Activations {
+            tokens: make("tokens", n)?,
+            mask: make("mask", n)?,
+            d_seq: make("d_seq", b)?,
+            encoded: make("encoded", nc)?,
+            ln1: make("ln1", nl * nc)?,
+            ln1_mean: make("ln1_mean", nl * n)?,
+            ln1_rstd: make("ln1_rstd", nl * n)?,
+            qkv: make("qkv", nl * 3 * nc)?,
+            atty: make("atty", nl * nc)?,
+            att: make("att", nl * s.att_len)?,
+            residual2: make("residual2", nl * nc)?,
+            ln2: make("ln2", nl * nc)?,
+            ln2_mean: make("ln2_mean", nl * n)?,
+            ln2_rstd: make("ln2_rstd", nl * n)?,
+            fch: make("fch", nl * 4 * nc)?,
+            fch_gelu: make("fch_gelu", nl * 4 * nc)?,
+            residual3: make("residual3", nl * nc)?,
+            lnf: make("lnf", nc)?,
+            lnf_mean: make("lnf_mean", n)?,
+            lnf_rstd: make("lnf_rstd", n)?,
+            logits: make("logits", n * v)?,
+            lse: make("lse", n)?,
+            topk: make("topk", 2 * n)?,
+            out: make("out", out_floats(b, t))?,
+            dres: make("dres", nc)?,
+            dln: make("dln", nc)?,
+            datty: make("datty", nc)?,
+            dqkv: make("dqkv", 3 * nc)?,
+            dfch: make("dfch", 4 * nc)?,
+            dlogits: make("dlogits", n * v)?,
+            dpre: make("dpre", s.att_len)?,
+            partial: make("split partials", partial_floats(cfg, n, tiles))?,
+            grad_slabs: make("gradient split slabs", grad_floats)?,
+            grad_floats,
+            unused_aux: make("unused aux", 1)?,
+            given: make("loss inputs", 4 * b)?,
+        })
+    }
+}
+
+/// Floats in a plan's `out` for a (B, T) batch.
+fn out_floats(b: usize, t: usize) -> usize {
+    b * t + 3 * b
+}
+
+/// The model's layers, in the order of lab-cpu's `Gpt::forward` / `Gpt::backward`.
+impl<'a> Recorder<'a> {
+    /// The fields every LayerNorm launch of this plan shares.
+    fn layer_norm_uniform(
+        &self,
+        inp_off: usize,
+        stat_off: usize,
+        w_off: usize,
+        b_off: usize,
+    ) -> uniforms::LayerNorm {
+        uniforms::LayerNorm {
+            n_rows: self.shape.n as u32,
+            c: self.shape.c as u32,
+            inp_off: inp_off as u32,
+            stat_off: stat_off as u32,
+            w_off: w_off as u32,
+            b_off: b_off as u32,
+            split_rows: LN_SPLIT_ROWS as u32,
+            ..Default::default()
+        }
+    }
+
+    /// A LayerNorm forward of `inp` into `out` and the statistics (mean, rstd, offset),
+    /// first adding up `made`'s slabs into `inp` when the projection that produced it was
+    /// split.
+    fn layer_norm_forward(
+        &mut self,
+        inp: (&wgpu::Buffer, usize),
+        made: Option<ResidualSlabs>,
+        out: (&wgpu::Buffer, usize),
+        stats: (&wgpu::Buffer, &wgpu::Buffer, usize),
+        w_off: usize,
+        b_off: usize,
+    ) -> Result<()> {
+        let (act, params) = (self.act, self.params);
+        let mut uniform = uniforms::LayerNorm {
+            out_off: out.1 as u32,
+            ..self.layer_norm_uniform(inp.1, stats.2, w_off, b_off)
+        };
+        let (mut slabs, mut addend) = (self.dummy, self.dummy);
+        if let Some(made) = made {
+            uniform.splits = made.slabs.splits as u32;
+            uniform.slab_stride = made.slabs.stride as u32;
+            uniform.gemm_b_off = made.bias_off as u32;
+            uniform.addend_off = made.addend.1 as u32;
+            (slabs, addend) = (&act.partial, made.addend.0);
+        }
+        let groups = self.grid.cover(self.shape.n, 1)?;
+        self.push(
+            Kernel::LayerNormForward,
+            uniform,
+            &[
+                (1, inp.0),
+                (2, params),
+                (3, out.0),
+                (4, stats.0),
+                (5, stats.1),
+                (11, slabs),
+                (12, addend),
+            ],
+            groups,
+        );
+        Ok(())
+    }
+
+    /// A LayerNorm backward (input `inp`, statistics (mean, rstd, offset), dout in dln),
+    /// adding its input gradient into dres (`accumulate` 1) or writing it there (0, the
+    /// final LayerNorm), then its parameters' gradient. `made`: dln is first added up
+    /// from the slabs of the split GEMM that produced it.
+    fn layer_norm_backward(
+        &mut self,
+        inp: (&wgpu::Buffer, usize),
+        made: Option<Slabs>,
+        stats: (&wgpu::Buffer, &wgpu::Buffer, usize),
+        w_off: usize,
+        b_off: usize,
+        accumulate: u32,
+    ) -> Result<()> {
+        let (act, params) = (self.act, self.params);
+        let mut uniform = uniforms::LayerNorm {
+            accumulate,
+            ..self.layer_norm_uniform(inp.1, stats.2, w_off, b_off)
+        };
+        let mut slabs = self.dummy;
+        if let Some(made) = made {
+            uniform.splits = made.splits as u32;
+            uniform.slab_stride = made.stride as u32;
+            slabs = &act.partial;
+        }
+        let groups = self.grid.cover(self.shape.n, 1)?;
+        self.push(
+            Kernel::LayerNormBackwardDinp,
+            uniform,
+            &[
+                (1, inp.0),
+                (2, params),
+                (6, &act.dln),
+                (7, stats.0),
+                (8, stats.1),
+                (9, &act.dres),
+                (11, slabs),
+            ],
+            groups,
+        );
+        self.layer_norm_params(inp.0, uniform, stats.0, stats.1, w_off, b_off)
+    }
+
+    /// A LayerNorm's [dγ | dβ]: per-split sums in a region of their own, which
+    /// `gather_grads` reduces, routing dβ to its place.
+    fn layer_norm_params(
+        &mut self,
+        inp: &wgpu::Buffer,
+        uniform: uniforms::LayerNorm,
+        mean: &wgpu::Buffer,
+        rstd: &wgpu::Buffer,
+        dw_off: usize,
+        db_off: usize,
+    ) -> Result<()> {
+        let (act, c) = (self.act, self.shape.c);
+        let splits = self.shape.n.div_ceil(LN_SPLIT_ROWS);
+        let groups = self.grid.tiles(c.div_ceil(64), splits)?;
+        let at = self.grad_region(splits * 2 * c)?;
+        self.push(
+            Kernel::LayerNormBackwardParams,
+            uniforms::LayerNorm { part_off: at as u32, ..uniform },
+            &[(1, inp), (6, &act.dln), (7, mean), (8, rstd), (10, &act.grad_slabs)],
+            groups,
+        );
+        let segment = Segment {
+            len: 2 * c,
+            splits,
+            width: 2 * c,
+            main_cols: c,
+            main_off: dw_off,
+            main_rs: 0,
+            side_off: db_off,
+            side_rs: 0,
+            src_off: at,
+        };
+        self.add_segment(segment, false)
+    }
+
+    /// Attention's per-(b, h) products as a batch: the strides (per b, per h) of A, B
+    /// and C.
+    fn heads(&self, a: (usize, usize), b: (usize, usize), c: (usize, usize)) -> Option<Batch> {
+        let nh = self.shape.nh;
+        Some(Batch { count: self.shape.b * nh, inner: nh, a, b, c })
+    }
+
+    /// The strides (per b, per h) of a head's slice of qkv, of a (B, T, C) tensor, of att.
+    fn head_strides(&self) -> ((usize, usize), (usize, usize), (usize, usize)) {
+        let Shape { t, c, nh, hs, .. } = self.shape;
+        ((t * 3 * c, hs), (t * c, hs), (nh * t * t, t * t))
+    }
+
+    /// attention.wgsl's softmax (or its backward) over layer l's scores.
+    fn softmax(
+        &mut self,
+        kernel: Kernel,
+        l: usize,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> Result<()> {
+        let Shape { b, t, nh, att_len, .. } = self.shape;
+        let uniform = uniforms::Softmax {
+            rows: (b * nh * t) as u32,
+            t_len: t as u32,
+            att_off: (l * att_len) as u32,
+            scale: self.shape.scale(),
+        };
+        let groups = self.grid.cover(b * nh * t, 1)?;
+        self.push(kernel, uniform, buffers, groups);
+        Ok(())
+    }
+
+    /// Layer l's attention, per (b, h) as batched GEMMs: att = Q·Kᵀ (raw scores), the
+    /// softmax in place, atty = att·V.
+    fn attention_forward(&mut self, l: usize) -> Result<()> {
+        let act = self.act;
+        let Shape { t, c, hs, att_len, .. } = self.shape;
+        let nc = self.shape.nc();
+        let (qkv_z, btc_z, att_z) = self.head_strides();
+        let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
+        let fused = self.shape.fused_softmax();
+        let scores = Gemm {
+            rows: t,
+            cols: t,
+            depth: hs,
+            flags: if fused { GemmFlags::SOFTMAX } else { GemmFlags::NONE },
+            a_off: q_off,
+            a_rs: 3 * c,
+            a_ks: 1,
+            b_off: k_off,
+            b_ks: 1,
+            b_ss: 3 * c,
+            c_off: l * att_len,
+            c_rs: t,
+            batch: self.heads(qkv_z, qkv_z, att_z),
+            scale: self.shape.scale(),
+            ..Gemm::default()
+        };
+        self.gemm(scores, &act.qkv, &act.qkv, None, None, &act.att, None)?;
+        if !fused {
+            self.softmax(Kernel::SoftmaxForward, l, &[(1, &act.att)])?;
+        }
+        let y = Gemm {
+            rows: t,
+            cols: hs,
+            depth: t,
+            a_off: l * att_len,
+            a_rs: t,
+            a_ks: 1,
+            b_off: v_off,
+            b_ks: 3 * c,
+            b_ss: 1,
+            c_off: l * nc,
+            c_rs: c,
+            batch: self.heads(att_z, qkv_z, btc_z),
+            ..Gemm::default()
+        };
+        self.gemm(y, &act.att, &act.qkv, None, None, &act.atty, None)
+    }
+
+    /// The backward of layer l's attention, from its output's gradient in datty: datt =
+    /// dy·Vᵀ into dpre, the softmax backward in place, then dq = dpre·K, dk = dpreᵀ·Q,
+    /// dv = attᵀ·dy into dqkv (datty, dpre and dqkv hold one layer).
+    fn attention_backward(&mut self, l: usize) -> Result<()> {
+        let act = self.act;
+        let Shape { t, c, hs, att_len, .. } = self.shape;
+        let nc = self.shape.nc();
+        let (qkv_z, btc_z, att_z) = self.head_strides();
+        let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
+        let fused = self.shape.fused_softmax();
+        let datt = Gemm {
+            rows: t,
+            cols: t,
+            depth: hs,
+            flags: if fused { GemmFlags::SOFTMAX_GRAD } else { GemmFlags::NONE },
+            a_rs: c,
+            a_ks: 1,
+            b_off: v_off,
+            b_ks: 1,
+            b_ss: 3 * c,
+            c_rs: t,
+            addend_off: l * att_len,
+            batch: self.heads(btc_z, qkv_z, att_z),
+            scale: self.shape.scale(),
+            ..Gemm::default()
+        };
+        self.gemm(datt, &act.datty, &act.qkv, None, Some(&act.att), &act.dpre, None)?;
+        if !fused {
+            self.softmax(Kernel::SoftmaxBackward, l, &[(2, &act.att), (3, &act.dpre)])?;
+        }
+        let dq = Gemm {
+            rows: t,
+            cols: hs,
+            depth: t,
+            a_rs: t,
+            a_ks: 1,
+            b_off: k_off,
+            b_ks: 3 * c,
+            b_ss: 1,
+            c_rs: 3 * c,
+            batch: self.heads(att_z, qkv_z, qkv_z),
+            ..Gemm::default()
+        };
+        self.gemm(dq, &act.dpre, &act.qkv, None, None, &act.dqkv, None)?;
+        let dk = Gemm {
+            rows: t,
+            cols: hs,
+            depth: t,
+            a_rs: 1,
+            a_ks: t,
+            b_off: q_off,
+            b_ks: 3 * c,
+            b_ss: 1,
+            c_off: c,
+            c_rs: 3 * c,
+            batch: self.heads(att_z, qkv_z, qkv_z),
+            ..Gemm::default()
+        };
+        self.gemm(dk, &act.dpre, &act.qkv, None, None, &act.dqkv, None)?;
+        let dv = Gemm {
+            rows: t,
+            cols: hs,
+            depth: t,
+            a_off: l * att_len,
+            a_rs: 1,
+            a_ks: t,
+            b_ks: c,
+            b_ss: 1,
+            c_off: 2 * c,
+            c_rs: 3 * c,
+            batch: self.heads(att_z, btc_z, qkv_z),
+            ..Gemm::default()
+        };
+        self.gemm(dv, &act.att, &act.datty, None, None, &act.dqkv, None)
+    }
+
+    /// Block l's input: the embedding's output for the first block, else the previous
+    /// block's residual3.
+    fn block_input(&self, l: usize) -> (&'a wgpu::Buffer, usize) {
+        let act = self.act;
+        if l == 0 {
+            (&act.encoded, 0)
+        } else {
+            (&act.residual3, (l - 1) * self.shape.nc())
+        }
+    }
+
+    /// The embedding's uniform (its forward and the position table's gradient).
+    fn encoder_uniform(&self) -> uniforms::Encoder {
+        let Shape { n, t, c, ctx, lay, .. } = self.shape;
+        uniforms::Encoder {
+            n_rows: n as u32,
+            t_len: t as u32,
+            c: c as u32,
+            ctx: ctx as u32,
+            wte_off: lay.wte as u32,
+            wpe_off: lay.wpe as u32,
+            dwpe_off: lay.wpe as u32,
+        }
+    }
+
+    /// The LM head's log-prob uniform (forward and backward).
+    fn logprob_uniform(&self) -> uniforms::Logprob {
+        let Shape { b, t, v, .. } = self.shape;
+        uniforms::Logprob { b: b as u32, t_len: t as u32, v: v as u32, _pad: 0 }
+    }
+
+    /// The forward: the embedding, the blocks, the final LayerNorm, the tied LM head, its
+    /// log-probs and their per-sequence sums.
+    fn forward(&mut self) -> Result<()> {
+        let (act, params) = (self.act, self.params);
+        let Shape { b, n, c, v, nl, lay, .. } = self.shape;
+        let nc = self.shape.nc();
+        let groups = self.grid.cover(nc, 64)?;
+        self.push(
+            Kernel::EncoderForward,
+            self.encoder_uniform(),
+            &[(1, &act.tokens), (2, params), (3, &act.encoded)],
+            groups,
+        );
+        // The projections back to the residual stream (attproj, fcproj) may be split along
+        // their depth; then the LayerNorm reading their output adds up the slabs (`made`).
+        let mut made = None;
+        for l in 0..nl {
+            made = self.block_forward(l, made)?;
+        }
+        let last = (nl - 1) * nc;
+        self.layer_norm_forward(
+            (&act.residual3, last),
+            made,
+            (&act.lnf, 0),
+            (&act.lnf_mean, &act.lnf_rstd, 0),
+            lay.lnfw,
+            lay.lnfb,
+        )?;
+        self.linear_forward((&act.lnf, 0), c, v, lay.wte, None, (&act.logits, 0), None, None)?;
+        let groups = self.grid.cover(n, 1)?;
+        self.push(
+            Kernel::LogprobForward,
+            self.logprob_uniform(),
+            &[
+                (1, &act.logits),
+                (2, &act.tokens),
+                (3, &act.mask),
+                (4, &act.lse),
+                (5, &act.out),
+                (6, &act.topk),
+            ],
+            groups,
+        );
+        self.push(
+            Kernel::SeqSums,
+            uniforms::SeqSums { b: b as u32, t_len: self.shape.t as u32, ..Default::default() },
+            &[(1, &act.mask), (2, &act.topk), (3, &act.out)],
+            [b.div_ceil(64) as u32, 1, 1],
+        );
+        Ok(())
+    }
+
+    /// Block l's forward: ln1, qkv, attention, attproj onto the block's input (residual2),
+    /// ln2, fc with GELU, fcproj onto residual2 (residual3). `made`: the slabs of the
+    /// projection that produced the block's input, when split; returns fcproj's.
+    fn block_forward(
+        &mut self,
+        l: usize,
+        made: Option<ResidualSlabs<'a>>,
+    ) -> Result<Option<ResidualSlabs<'a>>> {
+        let act = self.act;
+        let Shape { n, c, lay, .. } = self.shape;
+        let nc = self.shape.nc();
+        let residual = self.block_input(l);
+        self.layer_norm_forward(
+            residual,
+            made,
+            (&act.ln1, l * nc),
+            (&act.ln1_mean, &act.ln1_rstd, l * n),
+            layer(lay.ln1w, c, l),
+            layer(lay.ln1b, c, l),
+        )?;
+        self.linear_forward(
+            (&act.ln1, l * nc),
+            c,
+            3 * c,
+            layer(lay.qkvw, 3 * c * c, l),
+            Some(layer(lay.qkvb, 3 * c, l)),
+            (&act.qkv, l * 3 * nc),
+            None,
+            None,
+        )?;
+        self.attention_forward(l)?;
+        // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
+        let made = self.residual_projection(
+            (&act.atty, l * nc),
+            c,
+            c,
+            layer(lay.attprojw, c * c, l),
+            layer(lay.attprojb, c, l),
+            (&act.residual2, l * nc),
+            residual,
+        )?;
+        self.layer_norm_forward(
+            (&act.residual2, l * nc),
+            made,
+            (&act.ln2, l * nc),
+            (&act.ln2_mean, &act.ln2_rstd, l * n),
+            layer(lay.ln2w, c, l),
+            layer(lay.ln2b, c, l),
+        )?;
+        // fch = fc(ln2) and fch_gelu = GELU(fch) from one GEMM
+        self.linear_forward(
+            (&act.ln2, l * nc),
+            c,
+            4 * c,
+            layer(lay.fcw, 4 * c * c, l),
+            Some(layer(lay.fcb, 4 * c, l)),
+            (&act.fch, l * 4 * nc),
+            None,
+            Some((&act.fch_gelu, l * 4 * nc)),
+        )?;
+        self.residual_projection(
+            (&act.fch_gelu, l * 4 * nc),
+            4 * c,
+            c,
+            layer(lay.fcprojw, 4 * c * c, l),
+            layer(lay.fcprojb, c, l),
+            (&act.residual3, l * nc),
+            (&act.residual2, l * nc),
+        )
+    }
+
+    /// The backward, from the sequence log-probs' gradient in d_seq: the LM head, the final
+    /// LayerNorm, the blocks in reverse, the embedding, then every parameter gradient's
+    /// split sum in one launch.
+    fn backward(&mut self, device: &wgpu::Device) -> Result<()> {
+        self.backward = true;
+        let act = self.act;
+        let Shape { n, c, v, nl, lay, .. } = self.shape;
+        let groups = self.grid.cover(n * v, 64)?;
+        self.push(
+            Kernel::LogprobBackward,
+            self.logprob_uniform(),
+            &[
+                (1, &act.logits),
+                (2, &act.tokens),
+                (3, &act.mask),
+                (7, &act.lse),
+                (8, &act.d_seq),
+                (9, &act.dlogits),
+            ],
+            groups,
+        );
+        // dlnf; the LM head's share of dwte (dlogitsᵀ·lnf) is recorded at the end, beside
+        // the embedding's
+        let made = self.input_gradient(&act.dlogits, c, v, lay.wte, &act.dln, None, true)?;
+        self.layer_norm_backward(
+            (&act.residual3, (nl - 1) * self.shape.nc()),
+            made,
+            (&act.lnf_mean, &act.lnf_rstd, 0),
+            lay.lnfw,
+            lay.lnfb,
+            0,
+        )?;
+        // dres now holds d(residual3[L−1]); each block reads it as its branch outputs'
+        // gradient, and its LayerNorms add their input gradients into it.
+        for l in (0..nl).rev() {
+            self.block_backward(l)?;
+        }
+        self.embedding_backward()?;
+        self.gather_grads(device)
+    }
+
+    /// Block l's backward: the MLP's (fcproj with GELU′, fc, ln2), then attention's
+    /// (attproj, the heads, qkv, ln1), each LayerNorm adding its input gradient into dres.
+    fn block_backward(&mut self, l: usize) -> Result<()> {
+        let act = self.act;
+        let Shape { n, c, lay, .. } = self.shape;
+        let nc = self.shape.nc();
+        // dfch = (dres · W_fcproj) ⊙ GELU′(fch) from one GEMM
+        self.linear_backward(
+            &act.dres,
+            (&act.fch_gelu, l * 4 * nc),
+            4 * c,
+            c,
+            layer(lay.fcprojw, 4 * c * c, l),
+            Some(layer(lay.fcprojb, c, l)),
+            &act.dfch,
+            Some((&act.fch, l * 4 * nc)),
+        )?;
+        let made = self.linear_backward_to_layernorm(
+            &act.dfch,
+            (&act.ln2, l * nc),
+            c,
+            4 * c,
+            layer(lay.fcw, 4 * c * c, l),
+            Some(layer(lay.fcb, 4 * c, l)),
+            &act.dln,
+        )?;
+        self.layer_norm_backward(
+            (&act.residual2, l * nc),
+            made,
+            (&act.ln2_mean, &act.ln2_rstd, l * n),
+            layer(lay.ln2w, c, l),
+            layer(lay.ln2b, c, l),
+            1,
+        )?;
+        self.linear_backward(
+            &act.dres,
+            (&act.atty, l * nc),
+            c,
+            c,
+            layer(lay.attprojw, c * c, l),
+            Some(layer(lay.attprojb, c, l)),
+            &act.datty,
+            None,
+        )?;
+        self.attention_backward(l)?;
+        let made = self.linear_backward_to_layernorm(
+            &act.dqkv,
+            (&act.ln1, l * nc),
+            c,
+            3 * c,
+            layer(lay.qkvw, 3 * c * c, l),
+            Some(layer(lay.qkvb, 3 * c, l)),
+            &act.dln,
+        )?;
+        self.layer_norm_backward(
+            self.block_input(l),
+            made,
+            (&act.ln1_mean, &act.ln1_rstd, l * n),
+            layer(lay.ln1w, c, l),
+            layer(lay.ln1b, c, l),
+            1,
+        )
+    }
+
+    /// dwte = dlogitsᵀ·lnf + one-hot(tokens)ᵀ·dres (split-K GEMMs, the embedding's slabs
+    /// right after the LM head's), dwpe = Σ_b dres (written into the gradients).
+    fn embedding_backward(&mut self) -> Result<()> {
+        let act = self.act;
+        let Shape { n, c, v, ctx, lay, .. } = self.shape;
+        self.linear_weight_gradient(&act.dlogits, (&act.lnf, 0), c, v, lay.wte, None, false)?;
+        let dwte = Gemm {
+            rows: v,
+            cols: c,
+            depth: n,
+            flags: GemmFlags::ONEHOT_A,
+            b_ks: c,
+            b_ss: 1,
+            ..Gemm::default()
+        };
+        self.weight_gradient(dwte, &act.tokens, &act.dres, (lay.wte, c, c), 0, true)?;
+        let groups = self.grid.cover(ctx * c, 64)?;
+        self.push(
+            Kernel::EncoderBackwardWpe,
+            self.encoder_uniform(),
+            &[(4, &act.dres), (5, self.grads)],
+            groups,
+        );
+        Ok(())
+    }
+
+    /// Every parameter gradient's slabs, summed in one launch (reduce.wgsl
+    /// `gather_grads`, its table of segments made here).
+    fn gather_grads(&mut self, device: &wgpu::Device) -> Result<()> {
+        let act = self.act;
+        if self.grad_used != act.grad_floats {
+            return Err(LabError::Engine {
+                msg: format!(
+                    "internal: {} floats of gradient slabs allocated, {} used",
+                    act.grad_floats, self.grad_used
+                ),
+            });
+        }
+        let mut start = 0;
+        let mut table = Vec::with_capacity(self.segments.len());
+        for s in &self.segments {
+            table.push(uniforms::Segment {
+                start: start as u32,
+                splits: s.splits as u32,
+                stride: s.len as u32,
+                width: s.width as u32,
+                main_cols: s.main_cols as u32,
+                main_off: s.main_off as u32,
+                main_rs: s.main_rs as u32,
+                side_off: s.side_off as u32,
+                side_rs: s.side_rs as u32,
+                src_off: s.src_off as u32,
+                ..Default::default()
+            });
+            start += s.len;
+        }
+        let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("gradient segments"),
+            contents: bytemuck::cast_slice(&table),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let gather = uniforms::Gather {
+            segments: self.segments.len() as u32,
+            total: start as u32,
+            ..Default::default()
+        };
+        let groups = self.grid.cover(start, 64)?;
+        self.push(
+            Kernel::GatherGrads,
+            gather,
+            &[(4, &act.grad_slabs), (5, self.grads), (8, &table)],
+            groups,
+        );
+        Ok(())
+    }
+}
+
+/// The uniform buffer of `specs` (one [`UNIFORM_STRIDE`] slot each) and their bind groups:
+/// (the buffer, the forward's dispatches, the backward's).
+fn bind(
+    device: &wgpu::Device,
+    pipelines: &Pipelines,
+    specs: Vec<Spec>,
+) -> (wgpu::Buffer, Vec<Dispatch>, Vec<Dispatch>) {
+    let mut blob = vec![0u8; specs.len() * UNIFORM_STRIDE as usize];
+    for (i, spec) in specs.iter().enumerate() {
+        let at = i * UNIFORM_STRIDE as usize;
+        blob[at..at + spec.uniform.len()].copy_from_slice(&spec.uniform);
+    }
+    let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("dispatch uniforms"),
+        contents: &blob,
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let (mut forward, mut backward) = (Vec::new(), Vec::new());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &uniforms,
+                offset: i as u64 * UNIFORM_STRIDE,
+                size: wgpu::BufferSize::new(UNIFORM_STRIDE),
+            }),
+        }];
+        entries.extend(spec.buffers.iter().map(|(slot, buf)| wgpu::BindGroupEntry {
+            binding: *slot,
+            resource: buf.as_entire_binding(),
+        }));
+        let layout = pipelines.get(spec.kernel).get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(spec.kernel.entry().1),
+            layout: &layout,
+            entries: &entries,
+        });
+        let dispatch =
+            Dispatch { kernel: spec.kernel, bind_group, groups: spec.groups, flops: spec.flops };
+        if spec.backward {
+            backward.push(dispatch);
+        } else {
+            forward.push(dispatch);
+        }
+    }
+    (uniforms, forward, backward)
+}
+
+/// loss.wgsl's `kernel` into the plan's d_seq: its uniform is the engine's, written each
+/// step.
+fn loss_dispatch(
+    device: &wgpu::Device,
+    pipelines: &Pipelines,
+    kernel: Kernel,
+    loss: &LossBuffers,
+    act: &Activations,
+) -> Dispatch {
+    let layout = pipelines.get(kernel).get_bind_group_layout(0);
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("loss gradient"),
+        layout: &layout,
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: loss.uniform.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: act.out.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: act.given.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 3, resource: act.d_seq.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 4, resource: loss.status.as_entire_binding() },
+        ],
+    });
+    // one workgroup of 64 (loss.wgsl)
+    Dispatch { kernel, bind_group, groups: [1, 1, 1], flops: 0 }
 }
 
 /// Per-shape state: activations, scratch, and the recorded dispatches.
@@ -876,9 +1816,10 @@ pub struct Plan {
 impl Plan {
     /// Floats in `out`.
     pub fn out_len(&self) -> usize {
-        self.batch * self.seq_len + 3 * self.batch
+        out_floats(self.batch, self.seq_len)
     }
 
+    /// Allocate a (b, t) batch's buffers and record its forward and backward.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         device: &wgpu::Device,
@@ -892,61 +1833,26 @@ impl Plan {
         t: usize,
         tiles: GemmTiles,
     ) -> Result<Plan> {
-        let limits = device.limits();
-        let (c, nl, nh, v, hs) = (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.vocab, cfg.head_dim());
-        let n = b * t;
-        let (nc, att_len) = (n * c, b * nh * t * t);
-        let lay = cfg.layout();
-        let storage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC;
-        let make = |name: &str, floats: usize| -> Result<wgpu::Buffer> {
-            // a multiple of 16 bytes: matmul.wgsl reads its operands as vec4 arrays
-            let bytes = (floats.max(1).next_multiple_of(4) * 4) as u64;
-            check_buffer_size(&limits, &format!("activation {name} for a {b}x{t} batch"), bytes)?;
-            Ok(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(name),
-                size: bytes,
-                usage: storage,
-                mapped_at_creation: false,
-            }))
+        let shape = Shape::new(cfg, b, t);
+        let act = Activations::new(device, cfg, &shape, tiles)?;
+        let mut rec = Recorder {
+            grid: Grid { max_per_dim: device.limits().max_compute_workgroups_per_dimension },
+            params,
+            grads,
+            dummy,
+            act: &act,
+            shape,
+            grad_used: 0,
+            segments: Vec::new(),
+            specs: Vec::new(),
+            backward: false,
+            tiles,
         };
-        let tokens = make("tokens", n)?; // (B, T) u32
-        let mask = make("mask", n)?; // (B, T)
-        let d_seq = make("d_seq", b)?; // (B)
-        let encoded = make("encoded", nc)?; // (B, T, C)
-        let ln1 = make("ln1", nl * nc)?; // (L, B, T, C)
-        let ln1_mean = make("ln1_mean", nl * n)?; // (L, B, T)
-        let ln1_rstd = make("ln1_rstd", nl * n)?;
-        let qkv = make("qkv", nl * 3 * nc)?; // (L, B, T, 3C)
-        let atty = make("atty", nl * nc)?; // (L, B, T, C)
-        let att = make("att", nl * att_len)?; // (L, B, NH, T, T)
-        let residual2 = make("residual2", nl * nc)?; // (L, B, T, C)
-        let ln2 = make("ln2", nl * nc)?;
-        let ln2_mean = make("ln2_mean", nl * n)?;
-        let ln2_rstd = make("ln2_rstd", nl * n)?;
-        let fch = make("fch", nl * 4 * nc)?; // (L, B, T, 4C)
-        let fch_gelu = make("fch_gelu", nl * 4 * nc)?;
-        let residual3 = make("residual3", nl * nc)?; // (L, B, T, C)
-        let lnf = make("lnf", nc)?; // (B, T, C)
-        let lnf_mean = make("lnf_mean", n)?;
-        let lnf_rstd = make("lnf_rstd", n)?;
-        let logits = make("logits", n * v)?; // (B, T, V)
-        let lse = make("lse", n)?; // (B, T)
-        let topk = make("topk", 2 * n)?; // (B, T, 2)
-        let out_len = n + 3 * b;
-        let out = make("out", out_len)?;
-        // backward scratch, one layer at a time
-        let dres = make("dres", nc)?; // (B, T, C)
-        let dln = make("dln", nc)?;
-        let datty = make("datty", nc)?;
-        let dqkv = make("dqkv", 3 * nc)?; // (B, T, 3C)
-        let dfch = make("dfch", 4 * nc)?; // (B, T, 4C)
-        let dlogits = make("dlogits", n * v)?; // (B, T, V)
-        let dpre = make("dpre", att_len)?; // (B, NH, T, T)
-        let partial = make("split partials", partial_floats(cfg, n, tiles))?;
-        let grad_floats = grad_slab_floats(cfg, n, tiles);
-        let grad_slabs = make("gradient split slabs", grad_floats)?;
+        rec.forward()?;
+        rec.backward(device)?;
+        let (uniforms, forward, backward) = bind(device, pipelines, rec.specs);
+        let loss_single = loss_dispatch(device, pipelines, Kernel::LossGradient, loss, &act);
+        let loss_batch = loss_dispatch(device, pipelines, Kernel::LossGradientBatch, loss, &act);
         let map_read = |label: &str, floats: usize| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -955,601 +1861,25 @@ impl Plan {
                 mapped_at_creation: false,
             })
         };
-        let staging = map_read("out staging", out_len);
-        let step_staging = [
-            map_read("step staging 0", out_len + 1 + b),
-            map_read("step staging 1", out_len + 1 + b),
-        ];
-        let given = make("loss inputs", 4 * b)?;
-
-        let grid = Grid { max_per_dim: limits.max_compute_workgroups_per_dimension };
-        let dummy_rw = make("unused aux", 1)?;
-        let mut rec = Recorder {
-            grid,
-            params,
-            dummy,
-            dummy_rw: &dummy_rw,
-            partial: &partial,
-            grad_slabs: &grad_slabs,
-            grad_used: 0,
-            segments: Vec::new(),
-            n,
-            specs: Vec::new(),
-            backward: false,
-            tiles,
-        };
-        let scale = 1.0 / (hs as f32).sqrt();
-        let fused_softmax = t <= FUSED_SOFTMAX_MAX_T;
-        // per-layer parameter offsets (layer-stacked tensors lead with L)
-        let p = |base: usize, per_layer: usize, l: usize| base + l * per_layer;
-        let ln_words =
-            |inp_off, out_off, stat_off, w_off, b_off, dout_off, dinp_off, accumulate| {
-                words(&[
-                    n,
-                    c,
-                    inp_off,
-                    out_off,
-                    stat_off,
-                    w_off,
-                    b_off,
-                    dout_off,
-                    dinp_off,
-                    LN_SPLIT_ROWS,
-                    0,
-                    accumulate,
-                    0,
-                    0,
-                    0,
-                    0,
-                ])
-            };
-        // a LayerNorm forward of `inp` (its row offset 0) into `out` and the statistics at
-        // layer l, first adding up `made`'s slabs into `inp` when its projection was split
-        let ln_forward = |rec: &mut Recorder,
-                          inp: (&wgpu::Buffer, usize),
-                          made: Option<ResidualSlabs>,
-                          out: (&wgpu::Buffer, usize),
-                          stats: (&wgpu::Buffer, &wgpu::Buffer, usize),
-                          w_off: usize,
-                          b_off: usize|
-         -> Result<()> {
-            let mut w = ln_words(inp.1, out.1, stats.2, w_off, b_off, 0, 0, 0);
-            let (mut slabs, mut addend) = (dummy, dummy);
-            if let Some(made) = made {
-                w[12..16].copy_from_slice(&words(&[
-                    made.slabs.splits,
-                    made.slabs.stride,
-                    made.bias_off,
-                    made.addend.1,
-                ]));
-                (slabs, addend) = (rec.partial, made.addend.0);
-            }
-            rec.push(
-                Kernel::LayerNormForward,
-                w,
-                &[
-                    (1, inp.0),
-                    (2, params),
-                    (3, out.0),
-                    (4, stats.0),
-                    (5, stats.1),
-                    (11, slabs),
-                    (12, addend),
-                ],
-                grid.cover(n, 1)?,
-            );
-            Ok(())
-        };
-        let ln_splits = n.div_ceil(LN_SPLIT_ROWS);
-        // a LayerNorm's [dγ | dβ]: per-split sums in a region of their own, which
-        // gather_grads reduces, routing dβ to its place
-        let ln_params = |rec: &mut Recorder,
-                         inp: &wgpu::Buffer,
-                         mut w: Vec<u32>,
-                         mean: &wgpu::Buffer,
-                         rstd: &wgpu::Buffer,
-                         dw_off: usize,
-                         db_off: usize|
-         -> Result<()> {
-            let groups = rec.grid.tiles(c.div_ceil(64), ln_splits)?;
-            let at = rec.grad_region(ln_splits * 2 * c)?;
-            w[10] = at as u32; // part_off
-            let grad_slabs = rec.grad_slabs;
-            rec.push(
-                Kernel::LayerNormBackwardParams,
-                w,
-                &[(1, inp), (6, &dln), (7, mean), (8, rstd), (10, grad_slabs)],
-                groups,
-            );
-            let segment = Segment {
-                len: 2 * c,
-                splits: ln_splits,
-                width: 2 * c,
-                main_cols: c,
-                main_off: dw_off,
-                main_rs: 0,
-                side_off: db_off,
-                side_rs: 0,
-                src_off: at,
-            };
-            rec.add_segment(segment, false)
-        };
-        // a LayerNorm backward at layer stats.2 (input `inp`, dout in dln), adding (or, for
-        // the final one, writing) its input gradient into dres; `made`: dln is first added
-        // up from the slabs of the split GEMM that produced it
-        let ln_backward = |rec: &mut Recorder,
-                           inp: (&wgpu::Buffer, usize),
-                           made: Option<Slabs>,
-                           stats: (&wgpu::Buffer, &wgpu::Buffer, usize),
-                           w_off: usize,
-                           b_off: usize,
-                           accumulate: usize|
-         -> Result<()> {
-            let mut w = ln_words(inp.1, 0, stats.2, w_off, b_off, 0, 0, accumulate);
-            let mut slabs = dummy;
-            if let Some(made) = made {
-                w[12..14].copy_from_slice(&words(&[made.splits, made.stride]));
-                slabs = rec.partial;
-            }
-            rec.push(
-                Kernel::LayerNormBackwardDinp,
-                w.clone(),
-                &[
-                    (1, inp.0),
-                    (2, params),
-                    (6, &dln),
-                    (7, stats.0),
-                    (8, stats.1),
-                    (9, &dres),
-                    (11, slabs),
-                ],
-                grid.cover(n, 1)?,
-            );
-            ln_params(rec, inp.0, w, stats.0, stats.1, w_off, b_off)
-        };
-        // attention: per (b, h) products as batched GEMMs around the softmax kernels
-        let softmax_groups = grid.cover(b * nh * t, 1)?;
-        let softmax_words = |l: usize| {
-            let mut w = words(&[b * nh * t, t, l * att_len]);
-            w.push(scale.to_bits());
-            w
-        };
-        // strides (per b, per h) of a head's slice of qkv, of a (B, T, C) tensor, of att
-        let (qkv_z, btc_z, att_z) = ((t * 3 * c, hs), (t * c, hs), (nh * t * t, t * t));
-        let batch = |a, b_, c_| Some(Batch { count: b * nh, inner: nh, a, b: b_, c: c_ });
-
-        // ---------------- forward ----------------
-        let enc_words = words(&[n, t, c, cfg.ctx, lay.wte, lay.wpe, lay.wpe]);
-        rec.push(
-            Kernel::EncoderForward,
-            enc_words.clone(),
-            &[(1, &tokens), (2, params), (3, &encoded)],
-            grid.cover(nc, 64)?,
-        );
-        // The projections back to the residual stream (attproj, fcproj) may be split along
-        // their depth; then the LayerNorm reading their output adds up the slabs (`made`).
-        let mut made = None;
-        for l in 0..nl {
-            let (residual, res_off) =
-                if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
-            ln_forward(
-                &mut rec,
-                (residual, res_off),
-                made,
-                (&ln1, l * nc),
-                (&ln1_mean, &ln1_rstd, l * n),
-                p(lay.ln1w, c, l),
-                p(lay.ln1b, c, l),
-            )?;
-            rec.linear_forward(
-                (&ln1, l * nc),
-                c,
-                3 * c,
-                p(lay.qkvw, 3 * c * c, l),
-                Some(p(lay.qkvb, 3 * c, l)),
-                (&qkv, l * 3 * nc),
-                None,
-                None,
-            )?;
-            let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
-            // att = Q·Kᵀ (raw scores), softmax in place, atty = att·V
-            let flags = if fused_softmax { SOFTMAX } else { 0 };
-            let scores = Gemm {
-                rows: t,
-                cols: t,
-                depth: hs,
-                flags,
-                a_off: q_off,
-                a_rs: 3 * c,
-                a_ks: 1,
-                b_off: k_off,
-                b_ks: 1,
-                b_ss: 3 * c,
-                c_off: l * att_len,
-                c_rs: t,
-                batch: batch(qkv_z, qkv_z, att_z),
-                scale,
-                ..Gemm::default()
-            };
-            rec.gemm(scores, &qkv, &qkv, None, None, &att, None)?;
-            if !fused_softmax {
-                rec.push(Kernel::SoftmaxForward, softmax_words(l), &[(1, &att)], softmax_groups);
-            }
-            let y = Gemm {
-                rows: t,
-                cols: hs,
-                depth: t,
-                a_off: l * att_len,
-                a_rs: t,
-                a_ks: 1,
-                b_off: v_off,
-                b_ks: 3 * c,
-                b_ss: 1,
-                c_off: l * nc,
-                c_rs: c,
-                batch: batch(att_z, qkv_z, btc_z),
-                ..Gemm::default()
-            };
-            rec.gemm(y, &att, &qkv, None, None, &atty, None)?;
-            // residual2 = residual + attproj(atty): the residual add is the GEMM's epilogue
-            made = rec.residual_projection(
-                (&atty, l * nc),
-                c,
-                c,
-                p(lay.attprojw, c * c, l),
-                p(lay.attprojb, c, l),
-                (&residual2, l * nc),
-                (residual, res_off),
-            )?;
-            ln_forward(
-                &mut rec,
-                (&residual2, l * nc),
-                made,
-                (&ln2, l * nc),
-                (&ln2_mean, &ln2_rstd, l * n),
-                p(lay.ln2w, c, l),
-                p(lay.ln2b, c, l),
-            )?;
-            // fch = fc(ln2) and fch_gelu = GELU(fch) from one GEMM
-            rec.linear_forward(
-                (&ln2, l * nc),
-                c,
-                4 * c,
-                p(lay.fcw, 4 * c * c, l),
-                Some(p(lay.fcb, 4 * c, l)),
-                (&fch, l * 4 * nc),
-                None,
-                Some((&fch_gelu, l * 4 * nc)),
-            )?;
-            made = rec.residual_projection(
-                (&fch_gelu, l * 4 * nc),
-                4 * c,
-                c,
-                p(lay.fcprojw, 4 * c * c, l),
-                p(lay.fcprojb, c, l),
-                (&residual3, l * nc),
-                (&residual2, l * nc),
-            )?;
-        }
-        let last = (nl - 1) * nc;
-        ln_forward(
-            &mut rec,
-            (&residual3, last),
-            made,
-            (&lnf, 0),
-            (&lnf_mean, &lnf_rstd, 0),
-            lay.lnfw,
-            lay.lnfb,
-        )?;
-        rec.linear_forward((&lnf, 0), c, v, lay.wte, None, (&logits, 0), None, None)?; // tied LM head
-        let head_words = words(&[b, t, v, 0]);
-        rec.push(
-            Kernel::LogprobForward,
-            head_words.clone(),
-            &[(1, &logits), (2, &tokens), (3, &mask), (4, &lse), (5, &out), (6, &topk)],
-            grid.cover(n, 1)?,
-        );
-        rec.push(
-            Kernel::SeqSums,
-            words(&[b, t, 0, 0]),
-            &[(1, &mask), (2, &topk), (3, &out)],
-            [b.div_ceil(64) as u32, 1, 1],
-        );
-
-        // ---------------- backward ----------------
-        rec.backward = true;
-        rec.push(
-            Kernel::LogprobBackward,
-            head_words,
-            &[(1, &logits), (2, &tokens), (3, &mask), (7, &lse), (8, &d_seq), (9, &dlogits)],
-            grid.cover(n * v, 64)?,
-        );
-        // dlnf; the LM head's share of dwte (dlogitsᵀ·lnf) is recorded at the end, beside
-        // the embedding's
-        let made = rec.input_gradient(&dlogits, c, v, lay.wte, &dln, None, true)?;
-        ln_backward(
-            &mut rec,
-            (&residual3, last),
-            made,
-            (&lnf_mean, &lnf_rstd, 0),
-            lay.lnfw,
-            lay.lnfb,
-            0,
-        )?;
-        // dres now holds d(residual3[L−1]); each block reads it as its branch outputs'
-        // gradient, and its LayerNorms add their input gradients into it.
-        for l in (0..nl).rev() {
-            let (residual, res_off) =
-                if l == 0 { (&encoded, 0) } else { (&residual3, (l - 1) * nc) };
-            // dfch = (dres · W_fcproj) ⊙ GELU′(fch) from one GEMM
-            rec.linear_backward(
-                &dres,
-                (&fch_gelu, l * 4 * nc),
-                4 * c,
-                c,
-                p(lay.fcprojw, 4 * c * c, l),
-                Some(p(lay.fcprojb, c, l)),
-                &dfch,
-                Some((&fch, l * 4 * nc)),
-            )?;
-            let made = rec.linear_backward_to_layernorm(
-                &dfch,
-                (&ln2, l * nc),
-                c,
-                4 * c,
-                p(lay.fcw, 4 * c * c, l),
-                Some(p(lay.fcb, 4 * c, l)),
-                &dln,
-            )?;
-            ln_backward(
-                &mut rec,
-                (&residual2, l * nc),
-                made,
-                (&ln2_mean, &ln2_rstd, l * n),
-                p(lay.ln2w, c, l),
-                p(lay.ln2b, c, l),
-                1,
-            )?;
-            rec.linear_backward(
-                &dres,
-                (&atty, l * nc),
-                c,
-                c,
-                p(lay.attprojw, c * c, l),
-                Some(p(lay.attprojb, c, l)),
-                &datty,
-                None,
-            )?;
-            let (q_off, k_off, v_off) = (l * 3 * nc, l * 3 * nc + c, l * 3 * nc + 2 * c);
-            // datt = dy·Vᵀ into dpre, softmax backward in place, then dq = dpre·K,
-            // dk = dpreᵀ·Q, dv = attᵀ·dy (datty, dpre and dqkv hold one layer)
-            let flags = if fused_softmax { SOFTMAX_GRAD } else { 0 };
-            let datt = Gemm {
-                rows: t,
-                cols: t,
-                depth: hs,
-                flags,
-                a_rs: c,
-                a_ks: 1,
-                b_off: v_off,
-                b_ks: 1,
-                b_ss: 3 * c,
-                c_rs: t,
-                addend_off: l * att_len,
-                batch: batch(btc_z, qkv_z, att_z),
-                scale,
-                ..Gemm::default()
-            };
-            rec.gemm(datt, &datty, &qkv, None, Some(&att), &dpre, None)?;
-            if !fused_softmax {
-                rec.push(
-                    Kernel::SoftmaxBackward,
-                    softmax_words(l),
-                    &[(2, &att), (3, &dpre)],
-                    softmax_groups,
-                );
-            }
-            let dq = Gemm {
-                rows: t,
-                cols: hs,
-                depth: t,
-                a_rs: t,
-                a_ks: 1,
-                b_off: k_off,
-                b_ks: 3 * c,
-                b_ss: 1,
-                c_rs: 3 * c,
-                batch: batch(att_z, qkv_z, qkv_z),
-                ..Gemm::default()
-            };
-            rec.gemm(dq, &dpre, &qkv, None, None, &dqkv, None)?;
-            let dk = Gemm {
-                rows: t,
-                cols: hs,
-                depth: t,
-                a_rs: 1,
-                a_ks: t,
-                b_off: q_off,
-                b_ks: 3 * c,
-                b_ss: 1,
-                c_off: c,
-                c_rs: 3 * c,
-                batch: batch(att_z, qkv_z, qkv_z),
-                ..Gemm::default()
-            };
-            rec.gemm(dk, &dpre, &qkv, None, None, &dqkv, None)?;
-            let dv = Gemm {
-                rows: t,
-                cols: hs,
-                depth: t,
-                a_off: l * att_len,
-                a_rs: 1,
-                a_ks: t,
-                b_ks: c,
-                b_ss: 1,
-                c_off: 2 * c,
-                c_rs: 3 * c,
-                batch: batch(att_z, btc_z, qkv_z),
-                ..Gemm::default()
-            };
-            rec.gemm(dv, &att, &datty, None, None, &dqkv, None)?;
-            let made = rec.linear_backward_to_layernorm(
-                &dqkv,
-                (&ln1, l * nc),
-                c,
-                3 * c,
-                p(lay.qkvw, 3 * c * c, l),
-                Some(p(lay.qkvb, 3 * c, l)),
-                &dln,
-            )?;
-            ln_backward(
-                &mut rec,
-                (residual, res_off),
-                made,
-                (&ln1_mean, &ln1_rstd, l * n),
-                p(lay.ln1w, c, l),
-                p(lay.ln1b, c, l),
-                1,
-            )?;
-        }
-        // dwte = dlogitsᵀ·lnf + one-hot(tokens)ᵀ·dres (split-K GEMMs, the embedding's slabs
-        // right after the LM head's), dwpe = Σ_b dres
-        rec.linear_weight_gradient(&dlogits, (&lnf, 0), c, v, lay.wte, None, false)?;
-        let dwte = Gemm {
-            rows: v,
-            cols: c,
-            depth: n,
-            flags: ONEHOT_A,
-            b_ks: c,
-            b_ss: 1,
-            ..Gemm::default()
-        };
-        rec.weight_gradient(dwte, &tokens, &dres, (lay.wte, c, c), 0, true)?;
-        rec.push(
-            Kernel::EncoderBackwardWpe,
-            enc_words,
-            &[(4, &dres), (5, grads)],
-            grid.cover(cfg.ctx * c, 64)?,
-        );
-        // every parameter gradient's slabs, summed in one launch
-        if rec.grad_used != grad_floats {
-            return Err(LabError::Engine {
-                msg: format!(
-                    "internal: {grad_floats} floats of gradient slabs allocated, {} used",
-                    rec.grad_used
-                ),
-            });
-        }
-        let mut start = 0;
-        let mut table = Vec::with_capacity(rec.segments.len() * 12);
-        for s in &rec.segments {
-            table.extend(words(&[
-                start,
-                s.splits,
-                s.len,
-                s.width,
-                s.main_cols,
-                s.main_off,
-                s.main_rs,
-                s.side_off,
-                s.side_rs,
-                s.src_off,
-                0,
-                0,
-            ]));
-            start += s.len;
-        }
-        let table = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("gradient segments"),
-            contents: bytemuck::cast_slice(&table),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        let gather_words = words(&[rec.segments.len(), start, 0, 0]);
-        rec.push(
-            Kernel::GatherGrads,
-            gather_words,
-            &[(4, &grad_slabs), (5, grads), (8, &table)],
-            grid.cover(start, 64)?,
-        );
-
-        // ---------------- uniforms and bind groups ----------------
-        let mut blob = vec![0u8; rec.specs.len() * UNIFORM_STRIDE as usize];
-        for (i, spec) in rec.specs.iter().enumerate() {
-            let bytes: &[u8] = bytemuck::cast_slice(&spec.words);
-            blob[i * UNIFORM_STRIDE as usize..i * UNIFORM_STRIDE as usize + bytes.len()]
-                .copy_from_slice(bytes);
-        }
-        let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("dispatch uniforms"),
-            contents: &blob,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let (mut forward, mut backward) = (Vec::new(), Vec::new());
-        for (i, spec) in rec.specs.into_iter().enumerate() {
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &uniforms,
-                    offset: i as u64 * UNIFORM_STRIDE,
-                    size: wgpu::BufferSize::new(UNIFORM_STRIDE),
-                }),
-            }];
-            entries.extend(spec.buffers.iter().map(|(slot, buf)| wgpu::BindGroupEntry {
-                binding: *slot,
-                resource: buf.as_entire_binding(),
-            }));
-            let layout = pipelines.get(spec.kernel).get_bind_group_layout(0);
-            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(spec.kernel.entry().1),
-                layout: &layout,
-                entries: &entries,
-            });
-            let dispatch = Dispatch {
-                kernel: spec.kernel,
-                bind_group,
-                groups: spec.groups,
-                flops: spec.flops,
-            };
-            if spec.backward {
-                backward.push(dispatch);
-            } else {
-                forward.push(dispatch);
-            }
-        }
-        // the loss's gradient: its uniform is the engine's, written each step
-        let loss_dispatch = |kernel: Kernel| {
-            let layout = pipelines.get(kernel).get_bind_group_layout(0);
-            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("loss gradient"),
-                layout: &layout,
-                entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: loss.uniform.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 1, resource: out.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 2, resource: given.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 3, resource: d_seq.as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 4, resource: loss.status.as_entire_binding() },
-                ],
-            });
-            // one workgroup of 64 (loss.wgsl)
-            Dispatch { kernel, bind_group, groups: [1, 1, 1], flops: 0 }
-        };
-        let (loss, loss_batch) =
-            (loss_dispatch(Kernel::LossGradient), loss_dispatch(Kernel::LossGradientBatch));
+        let out_len = out_floats(b, t);
         Ok(Plan {
             batch: b,
             seq_len: t,
-            tokens,
-            mask,
-            d_seq,
-            out,
-            staging,
-            given,
-            loss,
+            tokens: act.tokens,
+            mask: act.mask,
+            d_seq: act.d_seq,
+            out: act.out,
+            staging: map_read("out staging", out_len),
+            given: act.given,
+            loss: loss_single,
             loss_batch,
-            step_staging,
+            step_staging: [
+                map_read("step staging 0", out_len + 1 + b),
+                map_read("step staging 1", out_len + 1 + b),
+            ],
             queued_staging: Vec::new(),
-            logits,
-            lnf,
+            logits: act.logits,
+            lnf: act.lnf,
             forward,
             backward,
             _uniforms: uniforms,
@@ -1589,7 +1919,7 @@ mod tests {
     #[test]
     fn aligned_operands_are_read_four_floats_at_a_time() {
         let one = Batch { count: 1, inner: 1, ..Batch::default() };
-        let both = VEC_A | VEC_B;
+        let both = GemmFlags::VEC_A | GemmFlags::VEC_B;
         // medium (C = 256, B·T = 2048): forward x·Wᵀ (both along k), input gradient dy·W
         // (A along k, B along columns), [dW | db] (A along rows, B along columns, the ones
         // column folded), each at a layer's offsets
@@ -1622,7 +1952,7 @@ mod tests {
             rows: 768,
             cols: 257,
             depth: 2048,
-            flags: ONES_COLUMN,
+            flags: GemmFlags::ONES_COLUMN,
             a_rs: 1,
             a_ks: 768,
             b_off: 2048 * 256,
@@ -1657,31 +1987,47 @@ mod tests {
             both
         );
         // element by element where a quad could straddle an edge or an offset is odd
-        assert_eq!(Gemm { depth: 19, ..qk }.vector_loads(19, &one), 0, "odd depth along k");
-        assert_eq!(Gemm { a_off: 2, ..forward }.vector_loads(256, &one), VEC_B, "A's offset");
-        assert_eq!(forward.vector_loads(250, &one), 0, "a split not at a multiple of 4");
+        assert_eq!(
+            Gemm { depth: 19, ..qk }.vector_loads(19, &one),
+            GemmFlags::NONE,
+            "odd depth along k"
+        );
+        assert_eq!(
+            Gemm { a_off: 2, ..forward }.vector_loads(256, &one),
+            GemmFlags::VEC_B,
+            "A's offset"
+        );
+        assert_eq!(
+            forward.vector_loads(250, &one),
+            GemmFlags::NONE,
+            "a split not at a multiple of 4"
+        );
         assert_eq!(
             Gemm { rows: 48, cols: 49, ..dweight }.vector_loads(64, &one),
-            VEC_A,
+            GemmFlags::VEC_A,
             "B's ones column inside a tile"
         );
         assert_eq!(
             Gemm { rows: 50, ..dweight }.vector_loads(64, &one),
-            VEC_B,
+            GemmFlags::VEC_B,
             "A's rows not a multiple of 4"
         );
         let dwte = Gemm {
             rows: 96,
             cols: 256,
             depth: 2048,
-            flags: ONEHOT_A,
+            flags: GemmFlags::ONEHOT_A,
             b_ks: 256,
             b_ss: 1,
             ..Gemm::default()
         };
-        assert_eq!(dwte.vector_loads(128, &one), VEC_B, "the one-hot A is built, not read");
+        assert_eq!(
+            dwte.vector_loads(128, &one),
+            GemmFlags::VEC_B,
+            "the one-hot A is built, not read"
+        );
         let strided = Gemm { a_rs: 8, a_ks: 2, ..forward };
-        assert_eq!(strided.vector_loads(256, &one), VEC_B, "no unit stride in A");
+        assert_eq!(strided.vector_loads(256, &one), GemmFlags::VEC_B, "no unit stride in A");
     }
 
     #[test]
