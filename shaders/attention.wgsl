@@ -5,7 +5,7 @@
 //             place)  →  y = att·V
 //   backward  dpre = dy·Vᵀ (datt)  →  softmax_backward (in place)  →  dq = dpre·K,
 //             dk = dpreᵀ·Q, dv = attᵀ·dy
-// Reference twin: lab-cpu `attention_forward` / `attention_backward`.
+// Reference twin: `lab_cpu::reference::attention_forward` / `attention_backward`.
 // Up to T = 64 a row of scores fits one GEMM tile, and both softmax passes run in the
 // epilogues of those GEMMs instead (matmul.wgsl SOFTMAX, SOFTMAX_GRAD); these kernels
 // serve longer sequences.

@@ -1,5 +1,6 @@
 // Embedding: token + learned position, forward and backward.
-// Reference twin: lab-cpu `encoder_forward` / `encoder_backward`.
+// Reference twin: the embedding sum of `lab_cpu::reference::forward` and the scatter-add
+// ending `reference::backward`.
 //
 // Bindings (group 0):
 //   0 uniform  Dims

@@ -1,5 +1,5 @@
 // LayerNorm over the last axis (eps 1e-5, biased variance), forward and backward.
-// Reference twin: lab-cpu `layernorm_forward` / `layernorm_backward`.
+// Reference twin: `lab_cpu::reference::layernorm_forward` / `layernorm_backward`.
 //
 // Bindings (group 0):
 //   0  uniform  Dims

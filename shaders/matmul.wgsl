@@ -2,7 +2,7 @@
 // backward: one strided GEMM kernel serves y = x·Wᵀ + b, dx = dy·W and dW = dyᵀ·x (with
 // db = dyᵀ·1 as an extra column), because each is C[r, s] = Σ_k A[r, k] · B[k, s] read
 // through different strides.
-// Reference twin: lab-cpu `matmul_forward` / `matmul_backward` (and `residual_forward`).
+// Reference twin: `lab_cpu::reference::matmul_forward` / `matmul_backward` (and the residual sums of `reference::forward`).
 //
 //   C[c_off + z·c_zs + r·c_rs + s] = addend[addend_off + r·c_rs + s]      (if ADDEND)
 //                                  + (bias[bias_off + s]                   (if BIAS)
@@ -28,7 +28,7 @@
 //   with gelu(x) = ½ x (1 + tanh u), u = √(2/π) (x + 0.044715 x³), and
 //   gelu′(x) = ½ (1 + tanh u) + ½ x sech²u √(2/π) (1 + 3·0.044715 x²); tanh's argument
 //   is clamped to ±15 (±1 in f32 already; some backends evaluate tanh through exp and
-//   give NaN beyond). Reference twin: lab-cpu `gelu_forward` / `gelu_backward`.
+//   give NaN beyond). Reference twin: `lab_cpu::reference::gelu_forward` / `gelu_backward`.
 //   And for attention when a row of scores fits one tile (T ≤ 64; batched, cols = T):
 //     SOFTMAX:      C = softmax over s ≤ r of scale·C, 0 for s > r (attention.wgsl
 //                   `softmax_forward`, fused into the QKᵀ product)
