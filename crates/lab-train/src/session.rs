@@ -912,7 +912,8 @@ impl<E: Engine> Session<E> {
         }
     }
 
-    /// Score the whole dataset with the current policy and update the instruments and the
+    /// Score the whole dataset with the current policy and update the instruments (the KLs
+    /// included: `eval/kl_sampled` when [`SessionConfig::kl_sampled_every`] is not 0) and the
     /// pairs table.
     pub fn evaluate(&mut self) -> Result<Instruments> {
         complete_now(self.run_evaluate(Drive::Blocking))
