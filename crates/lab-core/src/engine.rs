@@ -106,7 +106,8 @@ pub struct ForwardOut {
     /// (B) mean over scored positions of the top-10 entropy (bits) of the predicting
     /// distribution (Shi et al. 2024); 0 for rows with no scored token.
     pub topk_entropy: Vec<f32>,
-    /// (B) mean over scored positions of the top-10 probability mass.
+    /// (B) mean over scored positions of the top-10 probability mass (no instrument reports
+    /// it: on a 96-symbol vocabulary it stays near 1, see docs/losses-and-metrics.md).
     pub topk_mass: Vec<f32>,
 }
 

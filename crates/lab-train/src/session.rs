@@ -256,12 +256,10 @@ pub struct Instruments {
     /// otherwise, and always in the browser).
     #[serde(rename = "eval/kl_sampled", skip_serializing_if = "Option::is_none")]
     pub kl_sampled: Option<f64>,
-    /// Mean top-10 entropy (bits) over the preferred responses' positions (Shi et al. 2024).
+    /// Mean top-10 entropy (bits) over the preferred responses' positions (Shi et al. 2024:
+    /// falling warns of likelihood over-optimisation).
     #[serde(rename = "eval/topk_entropy")]
     pub topk_entropy: f64,
-    /// Mean top-10 probability mass over the same positions.
-    #[serde(rename = "eval/topk_mass")]
-    pub topk_mass: f64,
 }
 
 pub struct Session<E: Engine> {
@@ -303,7 +301,6 @@ struct KlMeter {
 struct Scores {
     seq_logps: Vec<f64>,
     topk_entropy: Vec<f64>,
-    topk_mass: Vec<f64>,
 }
 
 /// Which engine calls a session's shared async code makes.
@@ -405,12 +402,10 @@ fn chunk_batches(rows: &[EncodedRow]) -> Result<Vec<TokenBatch>> {
 
 /// The scores of every row from the forwards of its [`chunk_batches`].
 fn scores_of(outs: &[ForwardOut]) -> Scores {
-    let mut scores =
-        Scores { seq_logps: Vec::new(), topk_entropy: Vec::new(), topk_mass: Vec::new() };
+    let mut scores = Scores { seq_logps: Vec::new(), topk_entropy: Vec::new() };
     for out in outs {
         scores.seq_logps.extend(out.seq_logps.iter().map(|&v| v as f64));
         scores.topk_entropy.extend(out.topk_entropy.iter().map(|&v| v as f64));
-        scores.topk_mass.extend(out.topk_mass.iter().map(|&v| v as f64));
     }
     scores
 }
@@ -592,7 +587,6 @@ impl<E: Engine> Session<E> {
         session.last_instruments = session.instruments_from(&Scores {
             seq_logps: session.reference_logps.clone(),
             topk_entropy: reference.topk_entropy,
-            topk_mass: reference.topk_mass,
         });
         // the policy is the reference: both KLs are 0 by definition
         session.last_instruments.kl_sampled = session.kl.reference_params.as_ref().map(|_| 0.0);
@@ -976,7 +970,6 @@ impl<E: Engine> Session<E> {
             logps_chosen_change: change(&preferred),
             logps_rejected_change: change(&dispreferred),
             topk_entropy: at(&scores.topk_entropy, &preferred),
-            topk_mass: at(&scores.topk_mass, &preferred),
             ..Instruments::default()
         };
         if self.shape == DataShape::Paired {

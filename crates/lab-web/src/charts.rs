@@ -205,15 +205,13 @@ pub fn draw_all(runs: &[RunHistory]) {
     accuracy.draw(CHART_IDS[3]);
 
     let mut topk = ChartSpec::new(
-        "Top-10 entropy and probability mass (chosen responses)",
+        "Top-10 entropy (chosen responses; falling warns of over-optimisation)",
         "entropy (bits)",
         runs,
     );
-    topk.y2_label = "mass".into();
     for r in 0..n {
         let name = run_name(runs, r);
         topk.add(runs, r, "eval/topk_entropy", &format!("{name} entropy"), None, "y");
-        topk.add(runs, r, "eval/topk_mass", &format!("{name} mass"), Some(DASHED), "y2");
     }
     topk.draw(CHART_IDS[4]);
 }
