@@ -312,6 +312,50 @@ fn weights_after_three_adamw_steps_match_cpu() {
     assert_weights_close("after 3 steps", &cfg, &gpu.params(), &cpu.params(), opt.lr, 3);
 }
 
+/// `logits_async` reads what `logits` reads, and a detour through other weights with
+/// `set_params_keep_optimizer` (how a session scores the reference's samples) leaves AdamW's
+/// moments as they were: the next update is the same bit for bit. `set_params`, which resets
+/// them, changes it.
+#[test]
+fn logits_async_and_weight_swaps_that_keep_the_optimizer_state() {
+    let cfg = RAGGED;
+    let params = random_params(&cfg, 31);
+    let batch = random_batch(&cfg, 3, 19, 32);
+    let Some(mut gpu_engine) = gpu(cfg, params.clone()) else { return };
+    let blocking = gpu_engine.logits(&batch).unwrap();
+    let awaited = pollster::block_on(gpu_engine.logits_async(&batch)).unwrap();
+    assert_eq!(blocking.len(), batch.batch * batch.seq_len * cfg.vocab);
+    assert!(blocking.iter().zip(&awaited).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
+    let d_seq = [1.0, -0.5, 0.25];
+    let two_steps = |detour: &dyn Fn(&mut GpuEngine)| {
+        let mut engine = gpu(cfg, params.clone()).unwrap();
+        for step in 1..=2 {
+            engine.forward(&batch).unwrap();
+            engine.backward(&d_seq).unwrap();
+            engine.adamw_step(&opt, step).unwrap();
+            if step == 1 {
+                detour(&mut engine);
+            }
+        }
+        engine.params()
+    };
+    let plain = two_steps(&|_| {});
+    let swapped = two_steps(&|engine| {
+        let policy = engine.params();
+        engine.set_params_keep_optimizer(&random_params(&cfg, 33)).unwrap();
+        engine.forward(&batch).unwrap();
+        engine.set_params_keep_optimizer(&policy).unwrap();
+    });
+    let reset = two_steps(&|engine| {
+        let policy = engine.params();
+        engine.set_params(&policy).unwrap();
+    });
+    assert!(plain.iter().zip(&swapped).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let moved = plain.iter().zip(&reset).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert!(moved > plain.len() / 2, "a reset of the moments must change the update: {moved}");
+}
+
 /// Weights after `steps` AdamW steps: every tensor within the tolerance, except the key
 /// bias (see is_key_bias), held to AdamW's own bound of 2·lr a step.
 fn assert_weights_close(
@@ -362,6 +406,7 @@ fn dpo_loss_curves_agree_over_20_steps() {
         seed: 1,
         eval_every: 1,
         final_step: 0,
+        kl_sampled_every: 0,
     };
     let params = init_params(&MICRO, 7);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
@@ -415,6 +460,7 @@ fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
             seed: 3,
             eval_every: 1,
             final_step: 0,
+            kl_sampled_every: 0,
         };
         let params = init_params(&MICRO, 9);
         let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
@@ -429,11 +475,12 @@ fn kto_and_plackett_luce_loss_curves_agree_over_10_steps() {
         .unwrap();
         let before = on_gpu.engine().sync_counts();
         assert_loss_curves_agree(&kind.to_string(), &mut on_gpu, &mut on_cpu, 10);
-        // a step and an evaluation of the dataset each: one submission and one readback apiece
+        // a step, an evaluation of the dataset and the logits of eval/kl each: one submission
+        // and one readback apiece
         let after = on_gpu.engine().sync_counts();
         assert_eq!(
             (after.submissions - before.submissions, after.readbacks - before.readbacks),
-            (20, 20),
+            (30, 30),
             "{kind}"
         );
     }
@@ -468,6 +515,7 @@ fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
         seed: 2,
         eval_every: 1,
         final_step: 0,
+        kl_sampled_every: 0,
     };
     let params = init_params(&MICRO, 5);
     let Some(gpu_engine) = gpu(MICRO, params.clone()) else { return };
@@ -508,6 +556,10 @@ fn async_session_on_gpu_matches_sync_session_on_cpu_over_10_steps() {
         &to_f32(on_gpu.row_logps().1),
         &to_f32(on_cpu.row_logps().1),
     );
+    // eval/kl is a small number made of logit differences: held to 1e-3 of itself
+    let (gpu_kl, cpu_kl) = (on_gpu.instruments().kl, on_cpu.instruments().kl);
+    eprintln!("eval/kl after 10 steps: gpu {gpu_kl}, cpu {cpu_kl}");
+    assert!(cpu_kl > 0.0 && (gpu_kl - cpu_kl).abs() <= 1e-3 * cpu_kl, "{gpu_kl} vs {cpu_kl}");
     let spent = |after: lab_gpu::SyncCounts, before: lab_gpu::SyncCounts| {
         (after.submissions - before.submissions, after.readbacks - before.readbacks)
     };
@@ -800,6 +852,7 @@ fn queued_forwards_match_one_at_a_time() {
         seed: 5,
         eval_every: 1,
         final_step: 0,
+        kl_sampled_every: 0,
     };
     let params = init_params(&MICRO, 11);
     let Some(awaited_engine) = gpu(MICRO, params.clone()) else { return };

@@ -25,6 +25,13 @@ fn run(name: &str) -> ScenarioReport {
     )
     .unwrap();
     eprintln!("{name}: {}", report.verdict.line);
+    // every run reports how far it moved from the reference: both KLs at its final step
+    assert_eq!(report.verdict.kl.len(), report.runs.len());
+    for kl in &report.verdict.kl {
+        assert!(kl.kl > 0.0 && kl.kl.is_finite(), "{name}, {}: eval/kl {}", kl.run, kl.kl);
+        assert!(kl.kl_sampled.is_some_and(f64::is_finite), "{name}, {}: {kl:?}", kl.run);
+    }
+    assert!(report.verdict.line.contains("KL to the reference"), "{}", report.verdict.line);
     report
 }
 

@@ -49,6 +49,7 @@ fn session(loss: LossMix, records: &[Record], lr: f32, seed: u64) -> Session<Cpu
         seed,
         eval_every: 1,
         final_step: 0,
+        kl_sampled_every: 0,
     };
     Session::new(engine, &Tokenizer::Char, records, config).unwrap()
 }
@@ -163,6 +164,7 @@ fn data_errors_name_the_line_and_field_and_invalid_config_is_rejected() {
         seed: 0,
         eval_every: 1,
         final_step: 0,
+        kl_sampled_every: 0,
     };
     let err = Session::with_lines(
         engine,

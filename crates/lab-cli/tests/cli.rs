@@ -123,9 +123,16 @@ fn train_writes_one_metrics_line_per_step_and_a_loadable_model() {
         "eval/ranking_accuracy",
         "eval/idealized_ranking_accuracy",
         "eval/topk_entropy",
+        "eval/kl",
+        "eval/kl_sampled",
     ] {
         assert!(lines[11][key].is_number(), "missing {key}: {}", lines[11]);
     }
+    // the sampled KL at every 10th evaluation and the last step only
+    let sampled: Vec<usize> =
+        (0..12).filter(|&i| lines[i].get("eval/kl_sampled").is_some()).collect();
+    assert_eq!(sampled, [9, 11]);
+    assert!(lines[11]["eval/kl"].as_f64().unwrap() > lines[0]["eval/kl"].as_f64().unwrap());
     assert!(lines[11]["loss"].as_f64().unwrap() < lines[0]["loss"].as_f64().unwrap());
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("model/config.json")).unwrap())

@@ -106,7 +106,8 @@ pub struct ForwardOut {
     /// (B) mean over scored positions of the top-10 entropy (bits) of the predicting
     /// distribution (Shi et al. 2024); 0 for rows with no scored token.
     pub topk_entropy: Vec<f32>,
-    /// (B) mean over scored positions of the top-10 probability mass.
+    /// (B) mean over scored positions of the top-10 probability mass (no instrument reports
+    /// it: on a 96-symbol vocabulary it stays near 1, see docs/losses-and-metrics.md).
     pub topk_mass: Vec<f32>,
 }
 
@@ -396,6 +397,11 @@ pub trait Engine {
     fn params(&self) -> Vec<f32>;
     /// Replace the parameters and reset the optimizer state.
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
+    /// Replace the parameters and leave the optimizer state (AdamW's moments) as it is: a
+    /// session scores other weights in the middle of a run (the reference's, for
+    /// `eval/kl_sampled`) and then puts the policy back, and training continues as if
+    /// nothing happened.
+    fn set_params_keep_optimizer(&mut self, params: &[f32]) -> Result<()>;
 
     /// Forward pass; keeps the activations for a following `backward` on the same batch.
     fn forward(&mut self, batch: &TokenBatch) -> Result<ForwardOut>;
@@ -475,6 +481,10 @@ pub trait Engine {
     fn forward_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, ForwardOut> {
         Box::pin(std::future::ready(self.forward(batch)))
     }
+    /// [`Engine::logits`], awaitable.
+    fn logits_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
+        Box::pin(std::future::ready(self.logits(batch)))
+    }
     /// [`Engine::hidden_states`], awaitable.
     fn hidden_states_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
         Box::pin(std::future::ready(self.hidden_states(batch)))
@@ -499,6 +509,9 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     }
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
         (**self).set_params(params)
+    }
+    fn set_params_keep_optimizer(&mut self, params: &[f32]) -> Result<()> {
+        (**self).set_params_keep_optimizer(params)
     }
     fn forward(&mut self, batch: &TokenBatch) -> Result<ForwardOut> {
         (**self).forward(batch)
@@ -554,6 +567,9 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
         batches: &'a [TokenBatch],
     ) -> EngineFuture<'a, (ForwardOut, Vec<ForwardOut>)> {
         (**self).train_step_then_forwards_async(batch, loss, opt, step, batches)
+    }
+    fn logits_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
+        (**self).logits_async(batch)
     }
     fn hidden_states_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
         (**self).hidden_states_async(batch)

@@ -300,9 +300,54 @@ pub fn top_gainers(start: &[f64], now: &[f64], k: usize) -> Vec<CandidateGain> {
     gains
 }
 
+/// `log Σ_v e^{x_v}` of one logit row, in f64.
+fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+    max + logits.iter().map(|&x| (f64::from(x) - max).exp()).sum::<f64>().ln()
+}
+
+/// KL(π‖πref) of one next-token distribution, summed over the whole vocabulary:
+/// `Σ_v π(v)·(log π(v) − log πref(v))` with `π = softmax(policy)` and
+/// `πref = softmax(reference)`, both log-softmaxes taken in f64 from the engines' f32
+/// logits. Identical logits give exactly 0; a rounding below 0 is clamped to 0 (KL ≥ 0),
+/// a NaN stays NaN. The per-position term of `eval/kl`.
+pub fn kl_from_logits(policy: &[f32], reference: &[f32]) -> f64 {
+    check_lengths("kl_from_logits", &[policy.len(), reference.len()]);
+    let (lse_p, lse_r) = (log_sum_exp(policy), log_sum_exp(reference));
+    let kl: f64 = policy
+        .iter()
+        .zip(reference)
+        .map(|(&p, &r)| {
+            let (log_p, log_r) = (f64::from(p) - lse_p, f64::from(r) - lse_r);
+            log_p.exp() * (log_p - log_r)
+        })
+        .sum();
+    if kl < 0.0 {
+        0.0
+    } else {
+        kl
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kl_from_logits_matches_a_hand_computed_value() {
+        // π = (1/4, 3/4), πref = (1/2, 1/2):
+        // KL(π‖πref) = ¼·ln(½) + ¾·ln(3/2) = ¾·ln 3 − ln 2 ≈ 0.130812
+        let (policy, reference) = ([0.0, 3f32.ln()], [0.0f32, 0.0]);
+        let want = 0.75 * 3f64.ln() - 2f64.ln();
+        assert!((kl_from_logits(&policy, &reference) - want).abs() < 1e-7);
+        // the other direction is another number: ½·ln(4/3) ≈ 0.143841
+        assert!((kl_from_logits(&reference, &policy) - 0.5 * (4.0f64 / 3.0).ln()).abs() < 1e-7);
+        // logits are defined up to a constant per row
+        let shifted = [policy[0] + 5.0, policy[1] + 5.0];
+        assert!((kl_from_logits(&shifted, &[-3.0, -3.0]) - want).abs() < 1e-6);
+        assert_eq!(kl_from_logits(&[0.3, -1.2, 2.0], &[0.3, -1.2, 2.0]), 0.0);
+        assert!(kl_from_logits(&[f32::NAN, 0.0], &[0.0, 0.0]).is_nan());
+    }
 
     #[test]
     fn log_sigmoid_is_stable() {

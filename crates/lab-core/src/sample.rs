@@ -1,4 +1,5 @@
-//! Sampling from any engine: temperature and top-k over the last position's logits.
+//! Sampling from any engine: temperature and top-k over the last position's logits, one
+//! prompt at a time ([`generate`]) or a batch of prompts together ([`sample_batch`]).
 
 use crate::engine::{Engine, TokenBatch};
 use crate::error::{LabError, Result};
@@ -82,6 +83,61 @@ pub fn generate(
         out.push(next);
     }
     Ok(out)
+}
+
+/// Continue every prompt at once (token ids, BOS included): one forward of the unfinished
+/// rows per new token, each row's next token drawn from `rng` in prompt order, until a row
+/// samples `eot` (the tokenizer's end token), has `max_new_tokens` new tokens or fills the
+/// context. Returns each prompt's new tokens, ending with `eot` when the row sampled it
+/// (unlike [`generate`], which drops it: here the end is part of the sample, whose
+/// probability counts its stopping).
+pub fn sample_batch<E: Engine + ?Sized>(
+    engine: &mut E,
+    prompts: &[Vec<u32>],
+    eot: u32,
+    cfg: &SampleConfig,
+    rng: &mut Rng,
+) -> Result<Vec<Vec<u32>>> {
+    let ctx = engine.config().ctx;
+    let vocab = engine.config().vocab;
+    if let Some(bad) = prompts.iter().find(|p| p.is_empty() || p.len() >= ctx) {
+        return Err(LabError::Tokenize {
+            msg: format!("prompt of {} tokens must be 1..{} tokens long", bad.len(), ctx),
+        });
+    }
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let running = |i: usize, out: &[Vec<u32>]| {
+        let new = &out[i];
+        new.last() != Some(&eot)
+            && new.len() < cfg.max_new_tokens
+            && prompts[i].len() + new.len() < ctx
+    };
+    loop {
+        let rows: Vec<usize> = (0..prompts.len()).filter(|&i| running(i, &out)).collect();
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        let lens: Vec<usize> = rows.iter().map(|&i| prompts[i].len() + out[i].len()).collect();
+        let seq_len = lens.iter().copied().max().unwrap_or(0);
+        // right-padded; what follows a row's last token cannot change its logits
+        let mut tokens = vec![0; rows.len() * seq_len];
+        for (b, &i) in rows.iter().enumerate() {
+            let row = &mut tokens[b * seq_len..];
+            row[..prompts[i].len()].copy_from_slice(&prompts[i]);
+            row[prompts[i].len()..lens[b]].copy_from_slice(&out[i]);
+        }
+        let batch = TokenBatch {
+            batch: rows.len(),
+            seq_len,
+            tokens,
+            score_mask: vec![0.0; rows.len() * seq_len],
+        };
+        let logits = engine.logits(&batch)?;
+        for (b, &i) in rows.iter().enumerate() {
+            let at = (b * seq_len + lens[b] - 1) * vocab;
+            out[i].push(sample_logits(&logits[at..at + vocab], cfg, rng));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -80,10 +80,15 @@ impl Engine for CpuEngine {
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
-        check_len(&self.model.cfg, params.len())?;
-        self.model.params.copy_from_slice(params);
+        self.set_params_keep_optimizer(params)?;
         self.adam_m.fill(0.0);
         self.adam_v.fill(0.0);
+        Ok(())
+    }
+
+    fn set_params_keep_optimizer(&mut self, params: &[f32]) -> Result<()> {
+        check_len(&self.model.cfg, params.len())?;
+        self.model.params.copy_from_slice(params);
         self.model.invalidate();
         Ok(())
     }

@@ -257,3 +257,41 @@ fn errors_name_the_problem() {
     assert!(engine.set_params(&[0.0; 3]).is_err());
     assert!(CpuEngine::random(GptConfig { n_head: 3, ..MICRO }, 1).is_err());
 }
+
+/// `set_params_keep_optimizer` swaps weights without touching AdamW's moments: a detour
+/// through other weights and back leaves the next update bit for bit as it was, while
+/// `set_params` (which resets the moments) changes it.
+#[test]
+fn swapping_weights_in_and_out_keeps_the_optimizer_state() {
+    let mut rng = Rng::new(71);
+    let batch = micro_batch(&mut rng);
+    let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
+    let two_steps = |detour: &dyn Fn(&mut CpuEngine)| {
+        let mut engine = CpuEngine::new(MICRO, micro_params(72)).unwrap();
+        for step in 1..=2 {
+            engine.forward(&batch).unwrap();
+            engine.backward(&[1.0, -0.5, 0.25]).unwrap();
+            engine.adamw_step(&opt, step).unwrap();
+            if step == 1 {
+                detour(&mut engine);
+            }
+        }
+        engine.params()
+    };
+    let plain = two_steps(&|_| {});
+    let swapped = two_steps(&|engine| {
+        let policy = engine.params();
+        engine.set_params_keep_optimizer(&micro_params(73)).unwrap();
+        engine.forward(&batch).unwrap();
+        engine.set_params_keep_optimizer(&policy).unwrap();
+    });
+    let reset = two_steps(&|engine| {
+        let policy = engine.params();
+        engine.set_params(&policy).unwrap();
+    });
+    assert!(plain.iter().zip(&swapped).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let moved = plain.iter().zip(&reset).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert!(moved > plain.len() / 2, "a reset of the moments must change the update: {moved}");
+    let mut engine = CpuEngine::random(MICRO, 1).unwrap();
+    assert!(engine.set_params_keep_optimizer(&[0.0; 3]).is_err());
+}

@@ -18,7 +18,7 @@
 //! shape has been seen.
 //!
 //! Every readback has a synchronous form (the `Engine` calls, native only: they block on
-//! `device.poll`) and an awaitable one (`forward_async`, `train_step_async`,
+//! `device.poll`) and an awaitable one (`forward_async`, `train_step_async`, `logits_async`,
 //! `hidden_states_async`, `params_async`: the browser's only way), recorded and counted
 //! identically. The awaitable `forwards_async` and `train_step_then_forwards_async` submit
 //! all their work before they wait for any of it (an evaluation's chunks, a step and the
@@ -985,6 +985,16 @@ impl Engine for GpuEngine {
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        self.set_params_keep_optimizer(params)?;
+        let mut encoder = self.encoder("reset adamw");
+        encoder.clear_buffer(&self.adam_m, 0, None);
+        encoder.clear_buffer(&self.adam_v, 0, None);
+        self.count(false);
+        self.queue.submit([encoder.finish()]);
+        self.faults.check()
+    }
+
+    fn set_params_keep_optimizer(&mut self, params: &[f32]) -> Result<()> {
         let total = self.cfg.layout().total;
         if params.len() != total {
             return Err(LabError::shape(format!(
@@ -993,14 +1003,11 @@ impl Engine for GpuEngine {
                 self.cfg
             )));
         }
+        // a pending backward reads the old weights: submit it first
         self.flush();
         self.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(params));
-        let mut encoder = self.encoder("reset adamw");
-        encoder.clear_buffer(&self.adam_m, 0, None);
-        encoder.clear_buffer(&self.adam_v, 0, None);
-        self.count(false);
-        self.queue.submit([encoder.finish()]);
         self.last_forward = None;
+        self.prepared = None;
         self.faults.check()
     }
 
@@ -1163,6 +1170,14 @@ impl Engine for GpuEngine {
         Box::pin(async move {
             let readback = self.forward_readback(batch)?;
             Ok(Self::forward_out(batch.batch, batch.seq_len, self.read_async(readback).await?))
+        })
+    }
+
+    fn logits_async<'a>(&'a mut self, batch: &'a TokenBatch) -> EngineFuture<'a, Vec<f32>> {
+        Box::pin(async move {
+            let len = batch.batch * batch.seq_len * self.cfg.vocab;
+            let readback = self.activation_readback(batch, |p| &p.logits, len)?;
+            self.read_async(readback).await
         })
     }
 

@@ -19,4 +19,7 @@ pub use examples::{
     record_lines, EncodedPair, EncodedRanked, EncodedRow, EncodedUnpaired, Examples,
 };
 pub use pretrain::{pretrain, probe_accuracy, PretrainConfig, PretrainProgress, PretrainSummary};
-pub use session::{Instruments, PairStats, Session, SessionConfig, StepRecord};
+pub use session::{
+    Instruments, PairStats, Session, SessionConfig, StepRecord, KL_CACHE_FLOATS, KL_SAMPLED_EVERY,
+    KL_SAMPLE_MAX_TOKENS, KL_SAMPLE_PROMPTS,
+};

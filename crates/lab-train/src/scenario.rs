@@ -344,11 +344,36 @@ fn at_most(what: &str, value: f64, threshold: f64) -> Check {
     }
 }
 
+/// How far a run moved from the reference, at its last step (reported, never judged).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunKl {
+    pub run: String,
+    /// The final `eval/kl`, nats per token.
+    #[serde(rename = "eval/kl")]
+    pub kl: f64,
+    /// The final `eval/kl_sampled`, nats per sequence.
+    #[serde(rename = "eval/kl_sampled", skip_serializing_if = "Option::is_none")]
+    pub kl_sampled: Option<f64>,
+}
+
+impl RunKl {
+    fn of(run: &RunReport) -> RunKl {
+        let eval = run.last.as_ref().map(|r| &r.eval);
+        RunKl {
+            run: run.label.clone(),
+            kl: eval.map_or(0.0, |e| e.kl),
+            kl_sampled: eval.and_then(|e| e.kl_sampled),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub passed: bool,
+    /// The phenomenon's numbers, then each run's KL to the reference.
     pub line: String,
     pub checks: Vec<Check>,
+    pub kl: Vec<RunKl>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -683,10 +708,23 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
         }
     };
     let passed = checks.iter().all(|c| c.ok);
+    let kl: Vec<RunKl> = runs.iter().map(RunKl::of).collect();
+    let kl_text: Vec<String> = kl
+        .iter()
+        .map(|k| match k.kl_sampled {
+            Some(sampled) => format!("{} {:.3}/token ({sampled:.2}/sample)", k.run, k.kl),
+            None => format!("{} {:.3}/token", k.run, k.kl),
+        })
+        .collect();
     Ok(Verdict {
         passed,
-        line: format!("{}: {line}", if passed { "PASS" } else { "FAIL" }),
+        line: format!(
+            "{}: {line}; KL to the reference (nats): {}",
+            if passed { "PASS" } else { "FAIL" },
+            kl_text.join(", ")
+        ),
         checks,
+        kl,
     })
 }
 

@@ -13,6 +13,7 @@ use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::{DataShape, LossMix, LossParams};
 use lab_core::metrics;
 use lab_core::rng::Rng;
+use lab_core::sample::{sample_batch, SampleConfig};
 use lab_core::tokenizer::Tokenizer;
 use lab_core::{LabError, Result};
 use serde::Serialize;
@@ -25,6 +26,21 @@ use std::task::{Context, Poll, Waker};
 const EVAL_CHUNK_ROWS: usize = 64;
 /// Automatic evaluation spacing: about this many rows evaluated per step on average.
 const EVAL_ROWS_PER_STEP: usize = 256;
+/// The most reference logits a session keeps for `eval/kl` (4M f32, 16 MiB): the logits of
+/// every predicting position of the data when they fit, else of a fixed subset. The same
+/// bound caps the logits of one engine call while measuring it.
+pub const KL_CACHE_FLOATS: usize = 1 << 22;
+/// Seeds the subset of `eval/kl` and the prompts of `eval/kl_sampled`: fixed, so that every
+/// run on the same data measures the same positions and samples the same prompts.
+const KL_SEED: u64 = 0x6b6c_6d65_7465_7200;
+/// Prompts sampled, as one batch, for `eval/kl_sampled`.
+pub const KL_SAMPLE_PROMPTS: usize = 16;
+/// New tokens at most in a sample for `eval/kl_sampled` (fewer when EOT comes first or the
+/// context is full).
+pub const KL_SAMPLE_MAX_TOKENS: usize = 32;
+/// `eval/kl_sampled` is estimated at every this many evaluations (and at the final step) of
+/// a run from an experiment: sampling costs about as much as a few training steps.
+pub const KL_SAMPLED_EVERY: u32 = 10;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -40,6 +56,10 @@ pub struct SessionConfig {
     pub eval_every: u32,
     /// A step that is always evaluated, the run's last (0: none).
     pub final_step: u32,
+    /// Estimate `eval/kl_sampled` at every this many evaluations and at `final_step`, and at
+    /// each [`Session::evaluate`] (0: never). Blocking sessions only: the async calls (the
+    /// browser) leave it out.
+    pub kl_sampled_every: u32,
 }
 
 impl SessionConfig {
@@ -59,6 +79,7 @@ impl SessionConfig {
             seed: experiment.seed,
             eval_every: experiment.eval_every,
             final_step: experiment.steps,
+            kl_sampled_every: KL_SAMPLED_EVERY,
         })
     }
 
@@ -224,12 +245,21 @@ pub struct Instruments {
     /// (likelihood displacement, Razin et al. 2024).
     #[serde(rename = "eval/displaced_fraction", skip_serializing_if = "Option::is_none")]
     pub displaced_fraction: Option<f64>,
-    /// Mean top-10 entropy (bits) over the preferred responses' positions (Shi et al. 2024).
+    /// Exact per-token KL(πθ‖πref) over the whole vocabulary, teacher-forced on the data's
+    /// responses: the mean over the predicting positions of the rows [`KL_CACHE_FLOATS`]
+    /// allows (all of them on small data), nats per token. 0 at step 0.
+    #[serde(rename = "eval/kl")]
+    pub kl: f64,
+    /// Sequence-level KL estimate: the mean of log πθ(y|x) − log πref(y|x) over samples
+    /// y ~ πθ of [`KL_SAMPLE_PROMPTS`] fixed prompts, nats per sequence. Only where
+    /// [`SessionConfig::kl_sampled_every`] asks for it, on a blocking session (absent
+    /// otherwise, and always in the browser).
+    #[serde(rename = "eval/kl_sampled", skip_serializing_if = "Option::is_none")]
+    pub kl_sampled: Option<f64>,
+    /// Mean top-10 entropy (bits) over the preferred responses' positions (Shi et al. 2024:
+    /// falling warns of likelihood over-optimisation).
     #[serde(rename = "eval/topk_entropy")]
     pub topk_entropy: f64,
-    /// Mean top-10 probability mass over the same positions.
-    #[serde(rename = "eval/topk_mass")]
-    pub topk_mass: f64,
 }
 
 pub struct Session<E: Engine> {
@@ -243,6 +273,7 @@ pub struct Session<E: Engine> {
     /// Per row: log πθ at the last evaluation.
     policy_logps: Vec<f64>,
     pair_stats: Vec<PairStats>,
+    kl: KlMeter,
     rng: Rng,
     order: Vec<usize>,
     cursor: usize,
@@ -250,11 +281,26 @@ pub struct Session<E: Engine> {
     last_instruments: Instruments,
 }
 
+/// What the policy is compared with for `eval/kl` and `eval/kl_sampled`.
+struct KlMeter {
+    /// (row, n): `eval/kl` covers the first n predicting positions of each of these rows (see
+    /// [`kl_positions`]), in row order.
+    positions: Vec<(usize, usize)>,
+    /// The reference's logits at those positions, V a position, in the same order.
+    reference_logits: Vec<f32>,
+    /// The prompts sampled for `eval/kl_sampled` (BOS included).
+    prompts: Vec<Vec<u32>>,
+    /// The tokenizer's end token, which ends a sample.
+    eot: u32,
+    /// The reference weights, swapped in to score the samples (blocking sessions that
+    /// estimate `eval/kl_sampled` only).
+    reference_params: Option<Vec<f32>>,
+}
+
 /// Per-row results of a forward pass over many rows.
 struct Scores {
     seq_logps: Vec<f64>,
     topk_entropy: Vec<f64>,
-    topk_mass: Vec<f64>,
 }
 
 /// Which engine calls a session's shared async code makes.
@@ -314,6 +360,13 @@ impl Drive {
         }
     }
 
+    async fn logits<E: Engine>(self, engine: &mut E, batch: &TokenBatch) -> Result<Vec<f32>> {
+        match self {
+            Drive::Blocking => engine.logits(batch),
+            Drive::Async => engine.logits_async(batch).await,
+        }
+    }
+
     async fn hidden_states<E: Engine>(
         self,
         engine: &mut E,
@@ -349,14 +402,73 @@ fn chunk_batches(rows: &[EncodedRow]) -> Result<Vec<TokenBatch>> {
 
 /// The scores of every row from the forwards of its [`chunk_batches`].
 fn scores_of(outs: &[ForwardOut]) -> Scores {
-    let mut scores =
-        Scores { seq_logps: Vec::new(), topk_entropy: Vec::new(), topk_mass: Vec::new() };
+    let mut scores = Scores { seq_logps: Vec::new(), topk_entropy: Vec::new() };
     for out in outs {
         scores.seq_logps.extend(out.seq_logps.iter().map(|&v| v as f64));
         scores.topk_entropy.extend(out.topk_entropy.iter().map(|&v| v as f64));
-        scores.topk_mass.extend(out.topk_mass.iter().map(|&v| v as f64));
     }
     scores
+}
+
+/// The positions `eval/kl` covers, as (row, n): the first n positions predicting a
+/// completion token of the row (positions `first_scored − 1 ..`, whose logits give the
+/// log-probs of `seq_logps`). All of them when their logits fit in `cap` floats; otherwise
+/// rows in a fixed pseudo-random order until the cap is reached, the last one cut short.
+fn kl_positions(rows: &[EncodedRow], vocab: usize, cap: usize) -> Vec<(usize, usize)> {
+    let mut left = cap / vocab.max(1);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    if rows.iter().map(EncodedRow::completion_len).sum::<usize>() > left {
+        Rng::new(KL_SEED).shuffle(&mut order);
+    }
+    let mut picked = Vec::new();
+    for r in order {
+        let n = rows[r].completion_len().min(left);
+        if n == 0 {
+            break;
+        }
+        picked.push((r, n));
+        left -= n;
+    }
+    picked.sort_unstable();
+    picked
+}
+
+/// The logits at `positions` ([`kl_positions`]), V a position, in their order; engine calls
+/// of at most [`EVAL_CHUNK_ROWS`] rows and about [`KL_CACHE_FLOATS`] logits.
+async fn logits_at<E: Engine>(
+    engine: &mut E,
+    rows: &[EncodedRow],
+    positions: &[(usize, usize)],
+    drive: Drive,
+) -> Result<Vec<f32>> {
+    let (vocab, ctx) = (engine.config().vocab, engine.config().ctx);
+    let per_call = (KL_CACHE_FLOATS / (ctx * vocab).max(1)).clamp(1, EVAL_CHUNK_ROWS);
+    let mut out = Vec::with_capacity(positions.iter().map(|&(_, n)| n * vocab).sum());
+    for chunk in positions.chunks(per_call) {
+        let batch = batch_of(&chunk.iter().map(|&(r, _)| &rows[r]).collect::<Vec<_>>())?;
+        let logits = drive.logits(engine, &batch).await?; // (B, T, V)
+        for (b, &(r, n)) in chunk.iter().enumerate() {
+            let first = b * batch.seq_len + rows[r].first_scored - 1;
+            out.extend_from_slice(&logits[first * vocab..(first + n) * vocab]);
+        }
+    }
+    Ok(out)
+}
+
+/// Up to [`KL_SAMPLE_PROMPTS`] distinct prompts of the data (each group's), a fixed
+/// pseudo-random choice.
+fn kl_prompts(rows: &[EncodedRow], groups: &[Group]) -> Vec<Vec<u32>> {
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
+    for group in groups {
+        let row = &rows[group.rows.start];
+        let prompt = &row.tokens[..row.first_scored];
+        if !prompts.iter().any(|p| p == prompt) {
+            prompts.push(prompt.to_vec());
+        }
+    }
+    Rng::new(KL_SEED).shuffle(&mut prompts);
+    prompts.truncate(KL_SAMPLE_PROMPTS);
+    prompts
 }
 
 async fn score_rows<E: Engine>(
@@ -445,6 +557,16 @@ impl<E: Engine> Session<E> {
         } else {
             Vec::new()
         };
+        let vocab = engine.config().vocab;
+        let positions = kl_positions(&rows, vocab, KL_CACHE_FLOATS);
+        let kl = KlMeter {
+            reference_logits: logits_at(&mut engine, &rows, &positions, drive).await?,
+            positions,
+            prompts: kl_prompts(&rows, &groups),
+            eot: tokenizer.eot(),
+            reference_params: (drive == Drive::Blocking && config.kl_sampled_every > 0)
+                .then(|| engine.params()),
+        };
         let rng = Rng::new(config.seed);
         let mut session = Session {
             engine,
@@ -456,6 +578,7 @@ impl<E: Engine> Session<E> {
             policy_logps: reference.seq_logps.clone(),
             reference_logps: reference.seq_logps,
             pair_stats,
+            kl,
             rng,
             steps_done: 0,
             config,
@@ -464,8 +587,9 @@ impl<E: Engine> Session<E> {
         session.last_instruments = session.instruments_from(&Scores {
             seq_logps: session.reference_logps.clone(),
             topk_entropy: reference.topk_entropy,
-            topk_mass: reference.topk_mass,
         });
+        // the policy is the reference: both KLs are 0 by definition
+        session.last_instruments.kl_sampled = session.kl.reference_params.as_ref().map(|_| 0.0);
         Ok(session)
     }
 
@@ -701,10 +825,71 @@ impl<E: Engine> Session<E> {
         };
         self.steps_done += 1;
         record.eval = match evaluation {
-            Some(scores) => self.take_scores(scores),
+            Some(scores) => {
+                let kl = self.exact_kl(drive).await?;
+                let every = self.config.kl_sampled_every;
+                let sample = drive == Drive::Blocking
+                    && every > 0
+                    && (step == self.config.final_step
+                        || step.is_multiple_of(self.eval_every().saturating_mul(every)));
+                let kl_sampled = if sample { self.sampled_kl()? } else { None };
+                self.take_scores(scores, kl, kl_sampled)
+            }
             None => self.last_instruments.clone(),
         };
         Ok(record)
+    }
+
+    /// `eval/kl`: the mean over the covered positions of KL(πθ‖πref) over the vocabulary,
+    /// from the policy's logits now and the reference's kept at the start.
+    async fn exact_kl(&mut self, drive: Drive) -> Result<f64> {
+        let policy = logits_at(&mut self.engine, &self.rows, &self.kl.positions, drive).await?;
+        let vocab = self.engine.config().vocab;
+        let per_position: Vec<f64> = policy
+            .chunks(vocab)
+            .zip(self.kl.reference_logits.chunks(vocab))
+            .map(|(p, r)| metrics::kl_from_logits(p, r))
+            .collect();
+        Ok(metrics::mean(&per_position))
+    }
+
+    /// `eval/kl_sampled` (blocking): sample every prompt from the policy as one batch
+    /// (temperature 1, the same random stream each time, so that successive estimates
+    /// differ by what the policy did, not by fresh noise), score the samples under the
+    /// policy, swap the reference weights in to score them again, and put the policy back,
+    /// its optimizer state untouched. None when the session keeps no reference weights.
+    fn sampled_kl(&mut self) -> Result<Option<f64>> {
+        let Some(reference) = &self.kl.reference_params else {
+            return Ok(None);
+        };
+        let cfg = SampleConfig { temperature: 1.0, top_k: 0, max_new_tokens: KL_SAMPLE_MAX_TOKENS };
+        let mut rng = Rng::new(self.config.seed ^ KL_SEED);
+        let samples =
+            sample_batch(&mut self.engine, &self.kl.prompts, self.kl.eot, &cfg, &mut rng)?;
+        let rows: Vec<(Vec<u32>, usize)> = self
+            .kl
+            .prompts
+            .iter()
+            .zip(samples)
+            .map(|(prompt, sample)| ([prompt.as_slice(), &sample].concat(), prompt.len()))
+            .collect();
+        let batch = TokenBatch::from_rows(&rows)?;
+        let policy = self.engine.forward(&batch)?.seq_logps;
+        let current = self.engine.params();
+        if current.len() != reference.len() {
+            return Err(LabError::Engine {
+                msg: format!("read {} policy weights, expected {}", current.len(), reference.len()),
+            });
+        }
+        self.engine.set_params_keep_optimizer(reference)?;
+        let scored = self.engine.forward(&batch);
+        self.engine.set_params_keep_optimizer(&current)?;
+        let log_ratios: Vec<f64> = policy
+            .iter()
+            .zip(scored?.seq_logps)
+            .map(|(&p, r)| f64::from(p) - f64::from(r))
+            .collect();
+        Ok(Some(metrics::mean(&log_ratios)))
     }
 
     fn batch_of_rows(&self, rows: &[usize]) -> Result<TokenBatch> {
@@ -721,7 +906,8 @@ impl<E: Engine> Session<E> {
         }
     }
 
-    /// Score the whole dataset with the current policy and update the instruments and the
+    /// Score the whole dataset with the current policy and update the instruments (the KLs
+    /// included: `eval/kl_sampled` when [`SessionConfig::kl_sampled_every`] is not 0) and the
     /// pairs table.
     pub fn evaluate(&mut self) -> Result<Instruments> {
         complete_now(self.run_evaluate(Drive::Blocking))
@@ -734,11 +920,17 @@ impl<E: Engine> Session<E> {
 
     async fn run_evaluate(&mut self, drive: Drive) -> Result<Instruments> {
         let scores = score_rows(&mut self.engine, &self.rows, drive).await?;
-        Ok(self.take_scores(scores))
+        let kl = self.exact_kl(drive).await?;
+        let kl_sampled = match drive {
+            Drive::Blocking if self.config.kl_sampled_every > 0 => self.sampled_kl()?,
+            _ => None,
+        };
+        Ok(self.take_scores(scores, kl, kl_sampled))
     }
 
-    /// The pairs table and the instruments from an evaluation's scores of every row.
-    fn take_scores(&mut self, scores: Scores) -> Instruments {
+    /// The pairs table and the instruments from an evaluation's scores of every row and
+    /// its KLs.
+    fn take_scores(&mut self, scores: Scores, kl: f64, kl_sampled: Option<f64>) -> Instruments {
         self.policy_logps = scores.seq_logps.clone();
         let beta = self.config.params.beta;
         for (stats, group) in self.pair_stats.iter_mut().zip(&self.groups) {
@@ -749,7 +941,7 @@ impl<E: Engine> Session<E> {
                     - (stats.policy_rejected - stats.reference_rejected));
         }
         self.last_instruments =
-            Instruments { step: self.steps_done, ..self.instruments_from(&scores) };
+            Instruments { step: self.steps_done, kl, kl_sampled, ..self.instruments_from(&scores) };
         self.last_instruments.clone()
     }
 
@@ -778,7 +970,6 @@ impl<E: Engine> Session<E> {
             logps_chosen_change: change(&preferred),
             logps_rejected_change: change(&dispreferred),
             topk_entropy: at(&scores.topk_entropy, &preferred),
-            topk_mass: at(&scores.topk_mass, &preferred),
             ..Instruments::default()
         };
         if self.shape == DataShape::Paired {
@@ -825,6 +1016,24 @@ mod tests {
 
     fn config(query: &str) -> SessionConfig {
         SessionConfig::from_experiment(&ExperimentConfig::from_query(query).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn kl_covers_every_position_that_fits_and_a_fixed_subset_beyond() {
+        // completion lengths 3, 5, 2, 4 (first scored at 2, rows of 5, 7, 4, 6 tokens)
+        let rows: Vec<EncodedRow> = [5, 7, 4, 6]
+            .into_iter()
+            .map(|len| EncodedRow { tokens: vec![0; len], first_scored: 2 })
+            .collect();
+        let v = 10;
+        assert_eq!(kl_positions(&rows, v, 140), [(0, 3), (1, 5), (2, 2), (3, 4)]);
+        let capped = kl_positions(&rows, v, 95);
+        assert_eq!(capped.iter().map(|&(_, n)| n).sum::<usize>(), 9, "{capped:?}");
+        assert!(capped.windows(2).all(|w| w[0].0 < w[1].0), "in row order: {capped:?}");
+        let cut = capped.iter().filter(|&&(r, n)| n < rows[r].completion_len()).count();
+        assert!(cut <= 1, "only the last row taken is cut short: {capped:?}");
+        assert_eq!(kl_positions(&rows, v, 95), capped, "the same subset every time");
+        assert_eq!(kl_positions(&rows, v, 5), [], "no room for one position");
     }
 
     #[test]

@@ -134,8 +134,13 @@ pub fn draw_all(runs: &[RunHistory]) {
     }
     rewards.draw(CHART_IDS[1]);
 
-    let mut displacement =
-        ChartSpec::new("log π(y) − log π_ref(y), mean over the data", "nats", runs);
+    // the log-prob changes and how far the policy has moved from the reference, on one view
+    let mut displacement = ChartSpec::new(
+        "log π(y) − log π_ref(y), mean over the data, and KL(π‖π_ref)",
+        "nats",
+        runs,
+    );
+    displacement.y2_label = "KL (nats/token)".into();
     for r in 0..n {
         let name = run_name(runs, r);
         displacement.add(
@@ -154,6 +159,7 @@ pub fn draw_all(runs: &[RunHistory]) {
             Some(DASHED),
             "y",
         );
+        displacement.add(runs, r, "eval/kl", &format!("{name} KL"), Some(DOTTED), "y2");
         if let Some(step) = runs[r].displaced_at {
             displacement.marks.push(Mark {
                 x: step as f64,
@@ -199,15 +205,13 @@ pub fn draw_all(runs: &[RunHistory]) {
     accuracy.draw(CHART_IDS[3]);
 
     let mut topk = ChartSpec::new(
-        "Top-10 entropy and probability mass (chosen responses)",
+        "Top-10 entropy (chosen responses; falling warns of over-optimisation)",
         "entropy (bits)",
         runs,
     );
-    topk.y2_label = "mass".into();
     for r in 0..n {
         let name = run_name(runs, r);
         topk.add(runs, r, "eval/topk_entropy", &format!("{name} entropy"), None, "y");
-        topk.add(runs, r, "eval/topk_mass", &format!("{name} mass"), Some(DASHED), "y2");
     }
     topk.draw(CHART_IDS[4]);
 }
