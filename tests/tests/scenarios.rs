@@ -55,125 +55,70 @@ fn every_scenario_loads_with_its_explanation() {
         assert!(!scenario.records.is_empty());
     }
     let err = Scenario::load(&assets(), "no-such-scenario").unwrap_err().to_string();
-    assert!(err.contains("no-never"), "{err}");
+    assert!(err.contains("3d-properties"), "{err}");
 }
 
 /// The committed data files are what `alignlab make-scenario <name>` (seed 0) writes, byte
-/// for byte, and a preset names a held-out file exactly when the generator makes one.
+/// for byte.
 #[test]
 fn every_scenario_data_file_is_what_the_generator_writes() {
     for name in SCENARIOS {
         let dir = assets().join("scenarios").join(name);
-        let generated = scenario_data::generate(name, 0).unwrap();
-        for (file, text) in generated.files() {
+        for (file, text) in scenario_data::generate(name, 0).unwrap().files() {
             let on_disk = std::fs::read_to_string(dir.join(file)).unwrap();
             assert!(on_disk == text, "{name}/{file} differs from the generator's output: run `alignlab make-scenario {name} --force`");
         }
-        let scenario = Scenario::load(&assets(), name).unwrap();
-        assert_eq!(scenario.preset.data, "data.jsonl", "{name}");
-        assert_eq!(
-            scenario.preset.heldout.as_deref(),
-            generated.heldout.as_ref().map(|_| "heldout.jsonl"),
-            "{name}"
-        );
+        assert_eq!(Scenario::load(&assets(), name).unwrap().preset.data, "data.jsonl", "{name}");
     }
 }
 
-#[test]
-fn no_never_prefers_no_and_yes_takes_the_mass() {
-    let report = run("no-never");
-    assert_checks(&report);
-    let p = |completion: &str| {
-        let w = report.runs[0].watched.iter().find(|w| w.completion == completion).unwrap();
-        (w.reference_logp.exp(), w.policy_logp.exp())
-    };
-    let ((no_ref, no_now), (never_ref, never_now), (yes_ref, yes_now)) =
-        (p(" No"), p(" Never"), p(" Yes"));
-    // Preset (lr 5e-6, 600 steps, batch 1, seed 0), one prompt: p(No) 0.76 -> 0.43,
-    // p(Never) 0.23 -> ~0, p(Yes) 0.014 -> 0.50.
-    assert!(never_now < 0.01 * never_ref, "DPO's own goal: Never {never_ref} -> {never_now}");
-    assert!(no_now < no_ref, "the preferred answer is displaced: No {no_ref} -> {no_now}");
-    assert!(yes_now >= 2.0 * yes_ref, "Yes at least doubles: {yes_ref} -> {yes_now}");
+fn last(report: &ScenarioReport, run: &str, key: &str) -> f64 {
+    serde_json::to_value(report.run(run).unwrap().last.as_ref().unwrap()).unwrap()[key]
+        .as_f64()
+        .unwrap()
 }
 
 #[test]
-fn three_d_properties_rejected_falls_chosen_follows_nll_damps() {
+fn three_d_properties_rejected_falls_chosen_follows_mass_disperses_nll_damps() {
     let report = run("3d-properties");
     assert_checks(&report);
-    let value = |run: &str, key: &str| {
-        serde_json::to_value(report.run(run).unwrap().last.as_ref().unwrap()).unwrap()[key]
-            .as_f64()
-            .unwrap()
-    };
-    // DPO: the rejected log-prob drops by ≥ 10 nats and the chosen one falls too.
-    assert!(value("sigmoid", "eval/logps_rejected_change") <= -10.0);
-    assert!(value("sigmoid", "eval/logps_chosen_change") < 0.0);
+    // DPO: the rejected log-prob drops by ≥ 5 nats and the chosen one falls too.
+    assert!(last(&report, "sigmoid", "eval/logps_rejected_change") <= -5.0);
+    assert!(last(&report, "sigmoid", "eval/logps_chosen_change") < 0.0);
+    // The pairs' two answers lose ≥ 0.5 of their probability to responses never trained on.
+    let pairs = &report.run("sigmoid").unwrap().pairs;
+    assert!(pairs.outside_mass_end - pairs.outside_mass_start >= 0.5, "{pairs:?}");
     // DPO + NLL (RPO): the chosen log-prob ends ≥ 1 nat higher than under plain DPO.
     assert!(
-        value("rpo", "eval/logps_chosen_change") - value("sigmoid", "eval/logps_chosen_change")
+        last(&report, "rpo", "eval/logps_chosen_change")
+            - last(&report, "sigmoid", "eval/logps_chosen_change")
             >= 1.0
     );
+    // No collapse: the anchors (answers no pair involves) lose at most 1 nat on average.
+    for run in &report.runs {
+        assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
+    }
 }
 
 #[test]
-fn noisy_labels_robust_keeps_higher_heldout_ranking_accuracy() {
-    let report = run("noisy-labels");
-    assert_checks(&report);
-    let held =
-        |label: &str| report.run(label).unwrap().heldout.as_ref().unwrap().ranking_accuracy();
-    // 25% flipped labels, preset (β 0.5, lr 1e-4, 60 steps, seed 0): held-out R 0.50 ->
-    // sigmoid 0.88, robust 1.00; robust's exceeds sigmoid's by ≥ 0.1.
-    assert!(
-        held("robust") - held("sigmoid") >= 0.1,
-        "robust {} vs sigmoid {}",
-        held("robust"),
-        held("sigmoid")
-    );
-}
-
-#[test]
-fn ranking_accuracy_stays_low_while_reward_accuracy_climbs() {
+fn ranking_accuracy_lags_reward_accuracy_and_only_easy_pairs_flip() {
     let report = run("ranking-accuracy");
     assert_checks(&report);
-    let last = serde_json::to_value(report.runs[0].last.as_ref().unwrap()).unwrap();
-    let start = &report.runs[0].start;
-    // Reward accuracy ≥ 0.9, R rises by ≤ 0.15, R* − R ≥ 0.5.
-    assert!(last["eval/reward_accuracy"].as_f64().unwrap() >= 0.9);
-    assert!(
-        last["eval/ranking_accuracy"].as_f64().unwrap()
-            - start["eval/ranking_accuracy"].as_f64().unwrap()
-            <= 0.15
-    );
-    assert!(last["eval/alignment_gap"].as_f64().unwrap() >= 0.5);
-}
-
-#[test]
-fn refusals_fall_with_all_pairs_and_less_without_high_ches_pairs() {
-    let report = run("refusals");
-    assert_checks(&report);
-    let refusal = |label: &str| report.run(label).unwrap().refusal_probability.unwrap();
-    let (before, after) = refusal("sigmoid");
-    let (_, filtered) = refusal("without high-CHES pairs");
-    // Preset seed 0 (lr 5e-4, β 0.5): 0.88 → 0.24 with all pairs, → 0.54 without the high-CHES half.
-    assert!(before - after >= 0.1, "refusal probability {before} -> {after}");
-    assert!(filtered - after >= 0.05, "filtered {filtered} vs all pairs {after}");
-}
-
-#[test]
-fn length_dpo_prefers_length_normalized_losses_much_less() {
-    let report = run("length");
-    assert_checks(&report);
-    let shift =
-        |label: &str| report.run(label).unwrap().heldout.as_ref().unwrap().mean_margin_shift();
-    // Preset seed 0 (lr 2e-4, 30 steps): held-out log π(long) − log π(short) moves
-    // sigmoid +26.4, simpo +0.7, sigmoid_norm +9.0 nats; DPO ≥ 2 nats and ≥ 2× each normalised loss.
-    assert!(shift("sigmoid") >= 2.0, "sigmoid shift {}", shift("sigmoid"));
-    for label in ["simpo", "sigmoid_norm"] {
-        assert!(
-            shift("sigmoid") >= 2.0 * shift(label),
-            "sigmoid {} vs {label} {}",
-            shift("sigmoid"),
-            shift(label)
-        );
-    }
+    let run = &report.runs[0];
+    let pairs = &run.pairs;
+    let (start, end) = (pairs.trajectory[0], *pairs.trajectory.last().unwrap());
+    // Reward accuracy reaches 0.9 while R has not moved (≤ +0.05) ...
+    let reached = pairs.trajectory.iter().find(|m| m.reward_accuracy >= 0.9).unwrap();
+    assert!(reached.ranking_accuracy - start.ranking_accuracy <= 0.05, "{reached:?}");
+    assert!(last(&report, "sigmoid", "eval/reward_accuracy") >= 0.9);
+    // ... half of the ≥ 4 easy pairs are ranked right at some step, and ≤ 10% of the ≥ 10
+    // hard pairs at the end.
+    assert!(pairs.easy >= 4 && pairs.hard >= 10, "{pairs:?}");
+    assert!(pairs.trajectory.iter().any(|m| 2 * m.easy_ranked_right >= pairs.easy));
+    assert!(end.hard_ranked_right as f64 <= 0.1 * pairs.hard as f64, "{end:?}");
+    // The data states no α: every pair takes the assumed 0.75, and the report says so.
+    assert_eq!(pairs.alpha_given, 0);
+    assert!(report.verdict.line.contains("0.75 assumed"), "{}", report.verdict.line);
+    assert_eq!(pairs.idealized.len(), 5);
+    assert!(run.anchor_change >= -1.0, "{}", run.anchor_change);
 }

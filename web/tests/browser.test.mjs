@@ -205,16 +205,16 @@ const runs = await reopened.evaluate(() => document.querySelectorAll('.run-doc')
 check(runs === 1, 'the compared run is back', `${runs} compared run(s)`);
 
 // A scenario from the picker brings its preset (experiment and compared runs) into the link.
-await fallback.selectOption('select[name=scenario]', 'noisy-labels');
-await fallback.waitForFunction(() => window.__alab.ready && window.__alab.query.includes('scenario=noisy-labels'), null, { timeout: 60000 });
+await fallback.selectOption('select[name=scenario]', '3d-properties');
+await fallback.waitForFunction(() => window.__alab.ready && window.__alab.query.includes('scenario=3d-properties'), null, { timeout: 60000 });
 const scenarioQuery = await fallback.evaluate(() => window.__alab.query);
-check(/compare=robust/.test(scenarioQuery), 'a scenario applies its preset and compared run', scenarioQuery);
+check(/compare=sigmoid%2B1\*sft/.test(scenarioQuery), 'a scenario applies its preset and compared run', scenarioQuery);
 await fallback.click('button[name=step]');
 await fallback.waitForFunction(() => window.__alab.steps.length === 2 && window.__alab.steps.every((s) => s >= 1), null, { timeout: 60000 });
 const heading = await fallback.textContent('.scenario h3');
 check(heading.length > 0, 'the scenario says what it shows', heading);
 const pairsShown = await fallback.locator('[data-testid=pairs] tbody tr').count();
-check(pairsShown === 32, 'the pairs table lists every training pair', `${pairsShown} rows`);
+check(pairsShown === 48, 'the pairs table lists every training pair', `${pairsShown} rows`);
 await plain.close();
 
 check(errors.length === 0, 'no console errors', errors.join(' | '));

@@ -1,4 +1,4 @@
-//! `alignlab make-scenario <name|all>`: write a scenario's `data.jsonl` (and `heldout.jsonl`)
+//! `alignlab make-scenario <name|all>`: write a scenario's `data.jsonl`
 //! from the seeded generator `lab_core::scenario_data`, or with `--check` verify that the
 //! files on disk are exactly what it writes (an error names the first differing line).
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct MakeScenarioArgs {
-    /// no-never | refusals | ranking-accuracy | noisy-labels | 3d-properties | length | all
+    /// 3d-properties | ranking-accuracy | all
     name: String,
     /// The directory the files go to; default: <assets>/scenarios/<name>.
     #[arg(long)]

@@ -40,9 +40,14 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 128)]
     ctx: usize,
     /// The tokenizer: a tokenizer.json (e.g. from `alignlab tokenizer train`) or a folder
-    /// holding one; without it, the character tokenizer.
-    #[arg(long)]
+    /// holding one; without it (and without --vocab-size), the character tokenizer.
+    #[arg(long, conflicts_with = "vocab_size")]
     tokenizer: Option<PathBuf>,
+    /// Train a byte-level BPE of this many tokens on the corpus first (as `alignlab
+    /// tokenizer train --vocab-size N --seed <seed>` does, the scenarios' answers single
+    /// tokens) and pretrain with it.
+    #[arg(long)]
+    vocab_size: Option<usize>,
     /// Store f32 instead of f16.
     #[arg(long)]
     f32: bool,
@@ -54,9 +59,15 @@ pub struct PretrainArgs {
 }
 
 pub fn pretrain_cmd(args: PretrainArgs) -> Result<Report> {
-    let tokenizer = match &args.tokenizer {
-        Some(path) => Tokenizer::from_path(path)?,
-        None => Tokenizer::Char,
+    let tokenizer = match (&args.tokenizer, args.vocab_size) {
+        (Some(path), _) => Tokenizer::from_path(path)?,
+        (None, Some(vocab)) => {
+            let answers = crate::tokenize::SINGLE_TOKEN_ANSWERS;
+            Tokenizer::Bpe(std::sync::Arc::new(
+                crate::tokenize::train_corpus_bpe(args.seed, vocab, answers)?.0,
+            ))
+        }
+        (None, None) => Tokenizer::Char,
     };
     let cfg = GptConfig {
         vocab: tokenizer.vocab_size(),

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ScenarioArgs {
-    /// no-never | refusals | ranking-accuracy | noisy-labels | 3d-properties | length
+    /// 3d-properties | ranking-accuracy
     name: String,
     /// The assets directory (scenarios/ and models/starter/).
     #[arg(long, default_value = "assets")]

@@ -58,7 +58,7 @@ pub struct TrainTokenizerArgs {
     #[arg(long, default_value_t = 512)]
     vocab_size: usize,
     /// Strings that must be single tokens, comma-separated (the scenarios' answers).
-    #[arg(long, default_value = " Yes, No, Never, Sure, I")]
+    #[arg(long, default_value = SINGLE_TOKEN_ANSWERS)]
     required: String,
     /// The corpus seed.
     #[arg(long, default_value_t = 0)]
@@ -67,20 +67,32 @@ pub struct TrainTokenizerArgs {
     force: bool,
 }
 
-pub fn tokenizer_cmd(command: TokenizerCommand) -> Result<Report> {
-    let TokenizerCommand::Train(args) = command;
-    let corpus = lab_core::corpus::generate(args.seed);
+/// The scenarios' answers, which a trained tokenizer keeps as single tokens.
+pub const SINGLE_TOKEN_ANSWERS: &str = " Yes, No, Never, Sure, I";
+
+/// A byte-level BPE of `vocab_size` trained on the pretraining corpus of `seed`, with the
+/// comma-separated `required` strings as single tokens (each keeps a leading space).
+pub fn train_corpus_bpe(
+    seed: u64,
+    vocab_size: usize,
+    required: &str,
+) -> Result<(Bpe, Vec<String>)> {
+    let corpus = lab_core::corpus::generate(seed);
     let texts: Vec<&str> =
         corpus.iter().flat_map(|e| [e.prompt.as_str(), e.completion.as_str()]).collect();
     // " Yes, No" names " Yes" and " No": each entry keeps its leading space.
-    let required: Vec<String> = args
-        .required
+    let required: Vec<String> = required
         .split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|s| if s.starts_with(' ') { s.to_string() } else { format!(" {s}") })
         .collect();
     let required_refs: Vec<&str> = required.iter().map(String::as_str).collect();
-    let bpe = Bpe::train(texts.iter().copied(), args.vocab_size, &required_refs)?;
+    Ok((Bpe::train(texts.iter().copied(), vocab_size, &required_refs)?, required))
+}
+
+pub fn tokenizer_cmd(command: TokenizerCommand) -> Result<Report> {
+    let TokenizerCommand::Train(args) = command;
+    let (bpe, required) = train_corpus_bpe(args.seed, args.vocab_size, &args.required)?;
     let mut outputs = Outputs::new(args.force);
     let staged = outputs.folder(&args.out, &["tokenizer.json", "tokenizer_config.json"])?;
     bpe.save_dir(&staged).map_err(|e| outputs.named(e))?;

@@ -276,11 +276,12 @@ fn gpu_bench_gives_the_same_loss_with_the_loss_on_either_side() {
 
 #[test]
 fn scenario_sweep_reports_every_cell_of_the_grid_and_its_pass_rate() {
-    // The no-never scenario cut to 2 steps: the grid's shape, its learning rates and the
-    // pass count, not the phenomenon, are under test.
+    // The ranking-accuracy scenario cut to 2 steps: the grid's shape, its learning rates and
+    // the pass count, not the phenomenon, are under test.
     let dir = scratch("sweep");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/scenarios/no-never");
-    let scenario = dir.join("scenarios/no-never");
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/scenarios/ranking-accuracy");
+    let scenario = dir.join("scenarios/ranking-accuracy");
     std::fs::create_dir_all(&scenario).unwrap();
     for file in ["data.jsonl", "README.md"] {
         std::fs::copy(shipped.join(file), scenario.join(file)).unwrap();
@@ -288,10 +289,11 @@ fn scenario_sweep_reports_every_cell_of_the_grid_and_its_pass_rate() {
     let preset = std::fs::read_to_string(shipped.join("preset.json")).unwrap();
     let mut preset: Value = serde_json::from_str(&preset).unwrap();
     preset["experiment"]["steps"] = 2.into();
+    let preset_lr = preset["experiment"]["lr"].as_f64().unwrap();
     std::fs::write(scenario.join("preset.json"), preset.to_string()).unwrap();
     let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/starter");
     let (assets, model) = (dir.display().to_string(), starter.display().to_string());
-    let base = ["scenario", "no-never", "--assets", &assets, "--model", &model];
+    let base = ["scenario", "ranking-accuracy", "--assets", &assets, "--model", &model];
 
     let (code, stdout, stderr) = alignlab(&[&base[..], &["--sweep"]].concat());
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stderr}"));
@@ -305,7 +307,7 @@ fn scenario_sweep_reports_every_cell_of_the_grid_and_its_pass_rate() {
         let factor = [1.0 / 3.0, 1.0, 3.0][i / 5];
         assert_eq!(cell["seed"], (i % 5) as u64);
         let lr = cell["lr"].as_f64().unwrap();
-        assert!((lr - 5e-6 * factor).abs() < 1e-15, "cell {i}: lr {lr}");
+        assert!((lr - preset_lr * factor).abs() < 1e-15, "cell {i}: lr {lr}");
     }
 
     // --seed and --lr override one run; the report's experiment says so.
@@ -327,10 +329,13 @@ fn tokenize_prints_ids_and_pieces_and_tokenizer_train_keeps_answers_whole() {
     assert_eq!(out["ids"], serde_json::json!([15496, 995])); // GPT-2's own ids
     assert_eq!(out["pieces"], serde_json::json!(["Hello", "Ġworld"]));
     let starter = assets.join("models/starter").display().to_string();
-    let (code, stdout, _) = alignlab(&["tokenize", "--model", &starter, "--text", "No"]);
+    let (code, stdout, _) = alignlab(&["tokenize", "--model", &starter, "--text", " No"]);
     assert_eq!(code, 0);
     let out: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!((out["tokenizer"].as_str(), out["tokens"].as_u64()), (Some("character"), Some(2)));
+    assert_eq!(
+        (out["tokenizer"].as_str(), out["tokens"].as_u64()),
+        (Some("byte-level BPE"), Some(1))
+    );
 
     let dir = scratch("tokenizer");
     let trained = dir.join("tok").display().to_string();

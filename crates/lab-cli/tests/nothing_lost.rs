@@ -217,7 +217,7 @@ fn a_full_disk_leaves_every_command_s_earlier_outputs_as_they_were() {
     write(&scenario, "data.jsonl", "old scenario\n");
     write(&scenario, "heldout.jsonl", "old held-out\n");
     let scenario = scenario.display().to_string();
-    let make = ["make-scenario", "length", "--out", &scenario, "--force"];
+    let make = ["make-scenario", "3d-properties", "--out", &scenario, "--force"];
     assert_full_disk_changes_nothing(&dir, 2000, &make);
 }
 
@@ -299,13 +299,19 @@ fn inputs_are_read_once_bounded_and_only_from_files_or_standard_input() {
 #[test]
 fn export_trl_checks_the_data_against_the_tokenizer_and_context_as_train_does() {
     let dir = scratch("export-checks");
-    let long = "x".repeat(300);
-    for (i, (text, words)) in [
-        ("I 😀 it.", "vocabulary"),
-        ("Caf\u{e9}.", "vocabulary"),
-        ("two\\nlines", "vocabulary"),
-        ("nul\\u0000", "vocabulary"),
-        (long.as_str(), "context"),
+    // A character-level model (the starter's BPE reads any text): what it cannot encode.
+    let char_model = dir.join("char").display().to_string();
+    let pretrain = ["pretrain", "--out", &char_model, "--steps", "1", "--d-model", "8"];
+    let (code, _, stderr) =
+        alignlab(&[&pretrain[..], &["--n-layer", "1", "--n-head", "1"]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let (long, starter) = ("x y ".repeat(300), starter());
+    for (i, (model, text, words)) in [
+        (&char_model, "I 😀 it.", "vocabulary"),
+        (&char_model, "Caf\u{e9}.", "vocabulary"),
+        (&char_model, "two\\nlines", "vocabulary"),
+        (&char_model, "nul\\u0000", "vocabulary"),
+        (&starter, long.as_str(), "context"),
     ]
     .into_iter()
     .enumerate()
@@ -314,7 +320,7 @@ fn export_trl_checks_the_data_against_the_tokenizer_and_context_as_train_does() 
         let data = write(&dir, "d.jsonl", &(PAIRS.to_string() + &line));
         let out = dir.join(format!("out{i}")).display().to_string();
         let (code, _, stderr) =
-            alignlab(&["export-trl", "--model", &starter(), "--data", &data, "--out", &out]);
+            alignlab(&["export-trl", "--model", model, "--data", &data, "--out", &out]);
         assert_eq!(code, 2, "{text}: {stderr}");
         assert!(
             stderr.contains("d.jsonl") && stderr.contains("line 3") && stderr.contains("chosen"),
@@ -532,7 +538,9 @@ fn absurd_checkpoints_are_refused_before_anything_is_allocated() {
     // A device where the weights should be: refused, not read until memory runs out.
     let model = dir.join("zero");
     std::fs::create_dir(&model).unwrap();
-    std::fs::copy(shipped.join("config.json"), model.join("config.json")).unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(shipped.join(file), model.join(file)).unwrap();
+    }
     std::os::unix::fs::symlink("/dev/zero", model.join("model.safetensors")).unwrap();
     let (model, out) = (model.display().to_string(), dir.join("o.jsonl").display().to_string());
     let mut args = train_args(&data, &out, "1");

@@ -67,6 +67,9 @@ pub const RANKED_MIN: usize = 2;
 pub const RANKED_MAX: usize = 8;
 /// The roles a message may have.
 pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+/// The annotator agreement α taken for a pair that does not state one: the value Chen et
+/// al. 2024's code uses when rater fractions are missing. Reports say when it was assumed.
+pub const ASSUMED_ALPHA: f64 = 0.75;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,9 +284,9 @@ impl PreferencePair {
         }
     }
 
-    /// The annotator agreement α, 1.0 when not given.
+    /// The annotator agreement α, [`ASSUMED_ALPHA`] when not given.
     pub fn alpha_or_default(&self) -> f64 {
-        self.alpha.unwrap_or(1.0)
+        self.alpha.unwrap_or(ASSUMED_ALPHA)
     }
 
     /// The prompt after implicit-prompt extraction, and the two completions.

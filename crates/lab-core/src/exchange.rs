@@ -239,8 +239,10 @@ pub fn check_trl_dpo_data(records: &[Record]) -> Result<()> {
     Ok(())
 }
 
-/// The Python script of "Export to TRL": it rebuilds alignlab's character tokenizer and
-/// chat template for Hugging Face, loads the model directory (alignlab checkpoints are
+/// The Python script of "Export to TRL": it opens the model folder's own tokenizer (a
+/// byte-level BPE `tokenizer.json`, with `AutoTokenizer`) or, for a folder without one,
+/// rebuilds alignlab's character tokenizer, sets alignlab's chat template, loads the model
+/// directory (alignlab checkpoints are
 /// `GPT2LMHeadModel` directories) and `data_file` (TRL JSONL), and trains with
 /// `trl.DPOTrainer` under [`trl_dpo_args`] — the same loss_type, β, learning rate, batch
 /// size, steps and seed, at a constant learning rate (as alignlab's AdamW runs).
@@ -262,10 +264,11 @@ the data is TRL JSONL as alignlab writes it. alignlab's own fields (alpha, ratio
 flipped, ...) travel along as extra columns; DPOTrainer does not read them.
 """
 import argparse
+import os
 
 from datasets import load_dataset
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 from trl import DPOConfig, DPOTrainer
 
 EOT = "<|endoftext|>"
@@ -289,6 +292,17 @@ def char_tokenizer():
     return hf
 
 
+def model_tokenizer(model_dir):
+    """The model folder's tokenizer: its tokenizer.json (byte-level BPE) if it has one, else
+    alignlab's character tokenizer (the folder's vocabulary is then 96)."""
+    if not os.path.exists(os.path.join(model_dir, "tokenizer.json")):
+        return char_tokenizer()
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    hf.bos_token = hf.eos_token = hf.pad_token = EOT
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="alignlab model directory (model.safetensors + config.json)")
@@ -296,7 +310,7 @@ def main():
     parser.add_argument("--out", default="trained", help="where the trained model goes")
     cli = parser.parse_args()
 
-    tokenizer = char_tokenizer()
+    tokenizer = model_tokenizer(cli.model)
     model = GPT2LMHeadModel.from_pretrained(cli.model)
     dataset = load_dataset("json", data_files=cli.data, split="train")
     if "prompt" in dataset.column_names and isinstance(dataset[0]["prompt"], str):

@@ -284,7 +284,7 @@ mod tests {
             lr: 5e-4,
             seed: 42,
             steps: 30,
-            scenario: Some("no-never".into()),
+            scenario: Some("3d-properties".into()),
             eval_every: 5,
             ..Default::default()
         };

@@ -51,7 +51,7 @@ fn every_format_parses_into_the_right_kind() {
 
     let plain = pair(&records[0]);
     assert_eq!(plain.prompt, Some(Text::Plain("Is the sky green?".into())));
-    assert_eq!(plain.alpha_or_default(), 1.0);
+    assert_eq!(plain.alpha_or_default(), lab_core::data::ASSUMED_ALPHA);
     assert!(plain.extra.is_empty());
 
     assert_eq!(pair(&records[1]).prompt, None, "implicit prompt stays implicit");

@@ -171,13 +171,9 @@ pub fn pretrain<E: Engine>(
     })
 }
 
-/// Greedy answers to the questions that have one right answer (those appearing once in the
-/// corpus with a single completion), at most 200 of them.
-pub fn probe_accuracy<E: Engine>(
-    engine: &mut E,
-    tokenizer: &Tokenizer,
-    examples: &[Example],
-) -> Result<(f64, usize)> {
+/// The questions the corpus answers one way only (every occurrence has the same
+/// completion), as (prompt, answer), sorted, thinned evenly to at most `max`.
+pub fn fixed_answer_questions(examples: &[Example], max: usize) -> Vec<(&str, &str)> {
     let mut seen = std::collections::HashMap::<&str, Vec<&str>>::new();
     for ex in examples {
         seen.entry(ex.prompt.as_str()).or_default().push(ex.completion.as_str());
@@ -188,8 +184,18 @@ pub fn probe_accuracy<E: Engine>(
         .map(|(p, c)| (*p, c[0]))
         .collect();
     probes.sort();
-    let stride = (probes.len() / 200).max(1);
-    let probes: Vec<(&str, &str)> = probes.into_iter().step_by(stride).collect();
+    let stride = probes.len().div_ceil(max.max(1)).max(1);
+    probes.into_iter().step_by(stride).collect()
+}
+
+/// Greedy answers to the fixed-answer questions ([`fixed_answer_questions`]), at most 200
+/// of them: the fraction exactly right, and how many were asked.
+pub fn probe_accuracy<E: Engine>(
+    engine: &mut E,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+) -> Result<(f64, usize)> {
+    let probes = fixed_answer_questions(examples, 200);
     let mut right = 0;
     let mut rng = Rng::new(0);
     for (prompt, answer) in &probes {

@@ -6,19 +6,22 @@
 //!   written by `lab_core::scenario_data` (`alignlab make-scenario`);
 //! - `preset.json`: [`Preset`]: title, paper, the experiment (loss, β, lr, steps, seed,
 //!   batch size: `lab_core::experiment::ExperimentConfig`), the runs to compare, the
-//!   candidate responses to watch, an optional held-out file, and the phenomenon with the
-//!   thresholds its verdict asserts;
+//!   candidate responses to watch, and the phenomenon with the thresholds its verdict
+//!   asserts;
 //! - `README.md`: one paragraph saying what happens and which paper it comes from.
 //!
 //! [`run_scenario`] trains every run of the preset from the same starting weights (the
-//! starter model, which is also the frozen reference) and checks the phenomenon; the CLI
+//! starter model, which is also the frozen reference) and checks the phenomenon, and in
+//! every run that the anchors (answers no pair involves) did not collapse; the CLI
 //! (`alignlab scenario`) and the acceptance tests (`tests/tests/scenarios.rs`) both call it.
 
-use crate::session::{Session, SessionConfig, StepRecord};
+use crate::pretrain::fixed_answer_questions;
+use crate::session::{PairStats, Session, SessionConfig, StepRecord};
 use lab_core::data::{encode_example, parse_jsonl, Record};
 use lab_core::engine::{Engine, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossParams;
+use lab_core::metrics;
 use lab_core::tokenizer::Tokenizer;
 use lab_core::{LabError, Result};
 use serde::{Deserialize, Serialize};
@@ -46,10 +49,6 @@ pub struct Variant {
     pub params: Option<LossParams>,
     #[serde(default)]
     pub lr: Option<f64>,
-    /// Train without this fraction of the pairs, those with the highest CHES at the start
-    /// (Razin et al. 2024's mitigation).
-    #[serde(default)]
-    pub drop_top_ches: Option<f64>,
 }
 
 impl Variant {
@@ -65,40 +64,62 @@ impl Variant {
     }
 }
 
-/// What the verdict asserts, with its thresholds.
+/// What the verdict asserts, with its thresholds. Every run is also checked against
+/// collapse: the mean log-prob of the anchors (answers the phenomenon does not involve)
+/// may fall by at most `max_anchor_drop` nats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Phenomenon {
-    /// Likelihood displacement onto an unseen response (Razin et al. 2024): on `watch[0]`,
-    /// p(`gainer`) grows at least `min_gain_ratio`-fold while p(`preferred`) falls.
-    Displacement { preferred: String, gainer: String, min_gain_ratio: f64 },
-    /// Refusals unlearned (Razin et al. 2024): the mean probability that a held-out prompt's
-    /// answer starts with `refusal_prefix` falls by at least `min_drop`; the variant that
-    /// drops high-CHES pairs keeps it at least `min_mitigation` higher.
-    RefusalDrop { refusal_prefix: String, min_drop: f64, min_mitigation: f64 },
-    /// Ranking accuracy stays low (Chen et al. 2024): reward accuracy ≥
-    /// `min_reward_accuracy`, R rises by at most `max_ranking_gain`, R* − R ≥ `min_gap`, and
-    /// no hard pair is ranked right: a pair whose DPO loss would have to fall below
-    /// `hard_flip_threshold` to flip (its flip threshold, Chen et al. thm. 4.1, is smaller).
-    RankingStaysLow {
+    /// Ranking accuracy lags reward accuracy (Chen et al. 2024). On the training pairs:
+    /// reward accuracy reaches `min_reward_accuracy`, and when it first does, ranking
+    /// accuracy R has risen by at most `max_ranking_gain`. Pairs flip in the order of their
+    /// flip thresholds (thm. 4.1: a pair is ranked right iff its DPO loss is below its
+    /// threshold): at some evaluation at least `min_easy_ranked_right` (a fraction) of the
+    /// easy pairs (ranked wrong at the start, threshold ≥ `easy_flip_threshold`; at least
+    /// `min_easy`) are ranked right (the control: R can move), while at the end at most
+    /// `max_hard_ranked_right` of the hard ones (threshold < `hard_flip_threshold`; at
+    /// least `min_hard`) are.
+    RankingLags {
         min_reward_accuracy: f64,
         max_ranking_gain: f64,
-        min_gap: f64,
         hard_flip_threshold: f64,
+        min_hard: usize,
+        max_hard_ranked_right: f64,
+        easy_flip_threshold: f64,
+        min_easy: usize,
+        min_easy_ranked_right: f64,
+        max_anchor_drop: f64,
     },
-    /// Noisy labels (Chowdhury et al. 2024): the variant `robust` reaches a held-out ranking
-    /// accuracy at least `min_margin` above the preset's own run.
-    RobustBeatsNoisy { robust: String, min_margin: f64 },
-    /// 3D properties (Yan et al. 2024): in the preset's run the rejected log-prob falls by at
-    /// least `min_rejected_drop` nats and the chosen one falls too; the variant `damped`
-    /// (DPO + NLL) keeps the chosen log-prob at least `min_damping` nats higher.
-    ThreeD { damped: String, min_rejected_drop: f64, min_damping: f64 },
-    /// Length exploitation (Meng et al. 2024; Dubois et al. 2024): on held-out pairs of a
-    /// long and a short answer with the same content, the preset's run raises
-    /// log π(long) − log π(short) by at least `min_dpo_shift` nats, at least `min_ratio`
-    /// times as much as each of the `normalized` variants.
-    LengthExploitation { normalized: Vec<String>, min_dpo_shift: f64, min_ratio: f64 },
+    /// 3D properties (Yan et al. 2024): in the preset's run the rejected log-prob falls by
+    /// at least `min_rejected_drop` nats, the chosen one falls too (drastic drop, degraded
+    /// chosen likelihood), and the probability of every response other than the pair's two
+    /// grows by at least `min_dispersion` (dispersion onto unseen responses); the variant
+    /// `damped` (DPO + NLL) keeps the chosen log-prob at least `min_damping` nats higher.
+    ThreeD {
+        damped: String,
+        min_rejected_drop: f64,
+        min_dispersion: f64,
+        min_damping: f64,
+        max_anchor_drop: f64,
+    },
 }
+
+impl Phenomenon {
+    fn max_anchor_drop(&self) -> f64 {
+        match self {
+            Phenomenon::RankingLags { max_anchor_drop, .. }
+            | Phenomenon::ThreeD { max_anchor_drop, .. } => *max_anchor_drop,
+        }
+    }
+}
+
+/// How many anchors each run scores: fixed-answer questions of the pretraining corpus
+/// (`lab_train::pretrain::fixed_answer_questions`), which no scenario trains on.
+pub const ANCHORS: usize = 32;
+
+/// The β values over which the idealized ranking accuracy R* is reported (min, median,
+/// max), as Chen et al. 2024 report it over a range rather than at the training β.
+pub const IDEALIZED_BETAS: [f64; 5] = [0.01, 0.03, 0.1, 0.3, 1.0];
 
 /// `preset.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,9 +130,6 @@ pub struct Preset {
     pub paper: String,
     /// The training data, relative to the scenario directory.
     pub data: String,
-    /// Held-out pairs (or, for refusals, held-out prompts as pairs), relative to the directory.
-    #[serde(default)]
-    pub heldout: Option<String>,
     pub experiment: ExperimentConfig,
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -128,7 +146,6 @@ pub struct Scenario {
     pub preset: Preset,
     pub explanation: String,
     pub records: Vec<Record>,
-    pub heldout: Vec<Record>,
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -171,12 +188,8 @@ impl Scenario {
             })?;
         }
         let records = read_records(&dir.join(&preset.data))?;
-        let heldout = match &preset.heldout {
-            Some(file) => read_records(&dir.join(file))?,
-            None => Vec::new(),
-        };
         let explanation = read_text(&dir.join("README.md"))?;
-        Ok(Scenario { name: name.to_string(), dir, preset, explanation, records, heldout })
+        Ok(Scenario { name: name.to_string(), dir, preset, explanation, records })
     }
 }
 
@@ -231,28 +244,6 @@ pub fn score_texts<E: Engine>(
     Ok(out)
 }
 
-/// (chosen, rejected) log-probs of rendered pairs.
-fn pair_logps<E: Engine>(
-    engine: &mut E,
-    tokenizer: &Tokenizer,
-    records: &[Record],
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let mut items = Vec::new();
-    let rendered: Vec<_> = records
-        .iter()
-        .filter_map(|r| if let Record::Pair(p) = r { Some(p.render()) } else { None })
-        .collect();
-    for r in &rendered {
-        items.push((r.prompt.as_str(), r.chosen.as_str()));
-        items.push((r.rejected_prompt.as_str(), r.rejected.as_str()));
-    }
-    let scores = score_texts(engine, tokenizer, &items, true)?;
-    Ok((
-        scores.iter().step_by(2).copied().collect(),
-        scores.iter().skip(1).step_by(2).copied().collect(),
-    ))
-}
-
 /// Watched candidates of one prompt, with their log-probs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WatchedCandidate {
@@ -262,35 +253,42 @@ pub struct WatchedCandidate {
     pub policy_logp: f64,
 }
 
-/// Held-out pairs under the reference and the policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
-pub struct Heldout {
-    pub reference_chosen: Vec<f64>,
-    pub reference_rejected: Vec<f64>,
-    pub policy_chosen: Vec<f64>,
-    pub policy_rejected: Vec<f64>,
+/// The training pairs at the end of a run, as Chen et al. 2024 count them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairCounts {
+    pub pairs: usize,
+    /// Mean CHES of the pairs under the starting model (Razin et al. 2024).
+    pub ches_mean: f64,
+    /// Pairs whose `alpha` the data states; the others take `lab_core::data::ASSUMED_ALPHA`.
+    pub alpha_given: usize,
+    /// Ranking accuracy of the reference and of the policy.
+    pub ranking_start: f64,
+    pub ranking_end: f64,
+    /// Pairs whose flip threshold is below the phenomenon's hard threshold.
+    pub hard: usize,
+    /// Pairs ranked wrong at the start whose flip threshold is at least the phenomenon's
+    /// easy threshold.
+    pub easy: usize,
+    /// Every evaluation of the run, in order.
+    #[serde(skip)]
+    pub trajectory: Vec<Moment>,
+    /// R* at each of [`IDEALIZED_BETAS`].
+    pub idealized: Vec<(f64, f64)>,
+    /// Mean over the pairs of the probability of every response but the pair's two,
+    /// 1 − π(yw|x) − π(yl|x), under the reference and the policy (dispersion).
+    pub outside_mass_start: f64,
+    pub outside_mass_end: f64,
 }
 
-impl Heldout {
-    /// Ranking accuracy R of the policy on the held-out pairs.
-    pub fn ranking_accuracy(&self) -> f64 {
-        lab_core::metrics::ranking_accuracy(&self.policy_chosen, &self.policy_rejected)
-    }
-    /// Ranking accuracy of the reference.
-    pub fn reference_ranking_accuracy(&self) -> f64 {
-        lab_core::metrics::ranking_accuracy(&self.reference_chosen, &self.reference_rejected)
-    }
-    /// Mean change of log π(chosen) − log π(rejected) since the start, nats.
-    pub fn mean_margin_shift(&self) -> f64 {
-        let n = self.policy_chosen.len();
-        (0..n)
-            .map(|i| {
-                (self.policy_chosen[i] - self.policy_rejected[i])
-                    - (self.reference_chosen[i] - self.reference_rejected[i])
-            })
-            .sum::<f64>()
-            / n.max(1) as f64
-    }
+/// The pairs at one evaluation of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Moment {
+    pub step: u32,
+    pub reward_accuracy: f64,
+    pub ranking_accuracy: f64,
+    /// Hard and easy pairs ranked right (see [`PairCounts`]).
+    pub hard_ranked_right: usize,
+    pub easy_ranked_right: usize,
 }
 
 /// One training run of a scenario.
@@ -299,21 +297,14 @@ pub struct RunReport {
     pub label: String,
     pub loss: String,
     pub steps: u32,
-    /// Pairs trained on (fewer than the data when high-CHES pairs were dropped).
-    pub pairs: usize,
     /// The step-0 instruments and the last step's metrics.
     pub start: Value,
     #[serde(rename = "final")]
     pub last: Option<StepRecord>,
     pub watched: Vec<WatchedCandidate>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heldout: Option<Heldout>,
-    /// Held-out prompts: mean probability that the answer starts with the refusal prefix.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refusal_probability: Option<(f64, f64)>,
-    /// Training pairs: which were ranked right at the end, with their flip thresholds.
-    #[serde(skip)]
-    pub flip: Vec<(f64, bool)>,
+    /// Mean change of the anchors' log-probs since the start (nats; collapse shows here).
+    pub anchor_change: f64,
+    pub pairs: PairCounts,
 }
 
 /// One numeric check of a verdict.
@@ -392,11 +383,25 @@ impl ScenarioReport {
     }
 }
 
+/// Mean over the pairs of 1 − π(yw|x) − π(yl|x) from (chosen, rejected) log-probs.
+fn outside_mass(chosen: &[f64], rejected: &[f64]) -> f64 {
+    let n = chosen.len().max(1) as f64;
+    chosen.iter().zip(rejected).map(|(c, r)| 1.0 - c.exp() - r.exp()).sum::<f64>() / n
+}
+
+/// The middle value of a non-empty list.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
 /// Train one run from a fresh starter engine.
 fn train_run<E: Engine>(
     scenario: &Scenario,
     tokenizer: &Tokenizer,
     variant: &Variant,
+    anchors: &[(&str, &str)],
     make_engine: &mut dyn FnMut() -> Result<E>,
     on_step: &mut dyn FnMut(&str, &StepRecord),
 ) -> Result<RunReport> {
@@ -404,68 +409,52 @@ fn train_run<E: Engine>(
     let experiment = variant.experiment(&preset.experiment);
     let config = SessionConfig::from_experiment(&experiment)?;
     let data_name = scenario.dir.join(&preset.data).display().to_string();
-    let mut session = Session::new(make_engine()?, tokenizer, &scenario.records, config.clone())
+    let records = &scenario.records;
+    let mut session = Session::new(make_engine()?, tokenizer, records, config)
         .map_err(|e| e.in_file(&data_name))?;
-    let mut pairs = scenario.records.len();
-    if let Some(fraction) = variant.drop_top_ches {
-        // Razin et al.'s mitigation: CHES from the starting model, highest first out.
-        let mut by_ches: Vec<(f64, usize)> =
-            session.pairs().iter().map(|p| (p.ches, p.record)).collect();
-        by_ches.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let drop = ((fraction * by_ches.len() as f64).round() as usize)
-            .min(by_ches.len().saturating_sub(1));
-        let dropped: Vec<usize> = by_ches[..drop].iter().map(|(_, r)| *r).collect();
-        let kept: Vec<Record> = scenario
-            .records
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !dropped.contains(i))
-            .map(|(_, r)| r.clone())
-            .collect();
-        pairs = kept.len();
-        session = Session::new(make_engine()?, tokenizer, &kept, config.clone())?;
-    }
+    let ches_mean = metrics::mean(&session.pairs().iter().map(|p| p.ches).collect::<Vec<_>>());
     let watch_items: Vec<(&str, &str)> = preset
         .watch
         .iter()
         .flat_map(|w| w.candidates.iter().map(move |c| (w.prompt.as_str(), c.as_str())))
         .collect();
     let watch_ref = score_texts(session.engine_mut(), tokenizer, &watch_items, true)?;
-    let heldout_ref = if scenario.heldout.is_empty() {
-        None
-    } else {
-        Some(pair_logps(session.engine_mut(), tokenizer, &scenario.heldout)?)
-    };
-    let refusal_items: Vec<(String, String)> = match &preset.phenomenon {
-        Phenomenon::RefusalDrop { refusal_prefix, .. } => scenario
-            .heldout
-            .iter()
-            .filter_map(|r| {
-                if let Record::Pair(p) = r {
-                    Some((p.render().prompt, refusal_prefix.clone()))
-                } else {
-                    None
-                }
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let refusal_probability = |engine: &mut E| -> Result<f64> {
-        let items: Vec<(&str, &str)> =
-            refusal_items.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
-        Ok(score_texts(engine, tokenizer, &items, false)?.iter().map(|l| l.exp()).sum::<f64>()
-            / items.len().max(1) as f64)
-    };
-    let refusal_start = if refusal_items.is_empty() {
-        None
-    } else {
-        Some(refusal_probability(session.engine_mut())?)
-    };
+    let anchor_ref = score_texts(session.engine_mut(), tokenizer, anchors, true)?;
     let start = serde_json::to_value(session.instruments()).expect("instruments serialize");
+    let (hard_threshold, easy_threshold) = match &preset.phenomenon {
+        Phenomenon::RankingLags { hard_flip_threshold, easy_flip_threshold, .. } => {
+            (*hard_flip_threshold, *easy_flip_threshold)
+        }
+        Phenomenon::ThreeD { .. } => (0.0, f64::INFINITY),
+    };
+    let pick = |keep: &dyn Fn(&PairStats) -> bool| -> Vec<usize> {
+        (0..session.pairs().len()).filter(|&i| keep(&session.pairs()[i])).collect()
+    };
+    let hard = pick(&|p| p.flip_threshold < hard_threshold);
+    let easy =
+        pick(&|p| p.reference_chosen < p.reference_rejected && p.flip_threshold >= easy_threshold);
+    let moment = |session: &Session<E>, step: u32| {
+        let stats = session.pairs();
+        let right = |set: &[usize]| {
+            set.iter().filter(|&&i| stats[i].policy_chosen >= stats[i].policy_rejected).count()
+        };
+        let eval = session.instruments();
+        Moment {
+            step,
+            reward_accuracy: eval.reward_accuracy.unwrap_or(f64::NAN),
+            ranking_accuracy: eval.ranking_accuracy.unwrap_or(f64::NAN),
+            hard_ranked_right: right(&hard),
+            easy_ranked_right: right(&easy),
+        }
+    };
+    let mut trajectory = vec![moment(&session, 0)];
     let mut last = None;
     for _ in 0..experiment.steps {
         let record = session.step()?;
         on_step(&variant.label, &record);
+        if record.eval.step == record.step {
+            trajectory.push(moment(&session, record.step));
+        }
         last = Some(record);
     }
     let watch_now = score_texts(session.engine_mut(), tokenizer, &watch_items, true)?;
@@ -479,38 +468,42 @@ fn train_run<E: Engine>(
             policy_logp: *n,
         })
         .collect();
-    let heldout = match heldout_ref {
-        Some((rc, rr)) => {
-            let (pc, pr) = pair_logps(session.engine_mut(), tokenizer, &scenario.heldout)?;
-            Some(Heldout {
-                reference_chosen: rc,
-                reference_rejected: rr,
-                policy_chosen: pc,
-                policy_rejected: pr,
-            })
-        }
-        None => None,
+    let anchor_now = score_texts(session.engine_mut(), tokenizer, anchors, true)?;
+    let anchor_change = anchor_now.iter().zip(&anchor_ref).map(|(n, r)| n - r).sum::<f64>()
+        / anchors.len().max(1) as f64;
+    let stats = session.pairs();
+    let column = |f: fn(&PairStats) -> f64| stats.iter().map(f).collect::<Vec<f64>>();
+    let (rc, rr) = (column(|p| p.reference_chosen), column(|p| p.reference_rejected));
+    let (pc, pr) = (column(|p| p.policy_chosen), column(|p| p.policy_rejected));
+    let alpha = column(|p| p.alpha);
+    let pairs = PairCounts {
+        pairs: stats.len(),
+        ches_mean,
+        alpha_given: records
+            .iter()
+            .filter(|r| matches!(r, Record::Pair(p) if p.alpha.is_some()))
+            .count(),
+        ranking_start: metrics::ranking_accuracy(&rc, &rr),
+        ranking_end: metrics::ranking_accuracy(&pc, &pr),
+        hard: hard.len(),
+        easy: easy.len(),
+        trajectory,
+        idealized: IDEALIZED_BETAS
+            .iter()
+            .map(|&beta| (beta, metrics::idealized_ranking_accuracy(&rc, &rr, &alpha, beta)))
+            .collect(),
+        outside_mass_start: outside_mass(&rc, &rr),
+        outside_mass_end: outside_mass(&pc, &pr),
     };
-    let refusal_probability = match refusal_start {
-        Some(before) => Some((before, refusal_probability(session.engine_mut())?)),
-        None => None,
-    };
-    let flip = session
-        .pairs()
-        .iter()
-        .map(|p| (p.flip_threshold, p.policy_chosen >= p.policy_rejected))
-        .collect();
     Ok(RunReport {
         label: variant.label.clone(),
         loss: experiment.loss,
         steps: experiment.steps,
-        pairs,
         start,
         last,
         watched,
-        heldout,
-        refusal_probability,
-        flip,
+        anchor_change,
+        pairs,
     })
 }
 
@@ -524,16 +517,19 @@ pub fn run_scenario<E: Engine>(
     mut on_step: impl FnMut(&str, &StepRecord),
 ) -> Result<ScenarioReport> {
     let preset = &scenario.preset;
-    let own = Variant {
-        label: preset.experiment.loss.clone(),
-        loss: None,
-        params: None,
-        lr: None,
-        drop_top_ches: None,
-    };
-    let mut runs = vec![train_run(scenario, tokenizer, &own, &mut make_engine, &mut on_step)?];
-    for variant in &preset.variants {
-        runs.push(train_run(scenario, tokenizer, variant, &mut make_engine, &mut on_step)?);
+    let corpus = lab_core::corpus::generate(0);
+    let anchors = fixed_answer_questions(&corpus, ANCHORS);
+    let own = Variant { label: preset.experiment.loss.clone(), loss: None, params: None, lr: None };
+    let mut runs = Vec::new();
+    for variant in std::iter::once(&own).chain(&preset.variants) {
+        runs.push(train_run(
+            scenario,
+            tokenizer,
+            variant,
+            &anchors,
+            &mut make_engine,
+            &mut on_step,
+        )?);
     }
     let verdict = judge(&preset.phenomenon, &runs)?;
     Ok(ScenarioReport {
@@ -552,161 +548,138 @@ fn run_named<'a>(runs: &'a [RunReport], label: &str) -> Result<&'a RunReport> {
     })
 }
 
-fn watched_logp(run: &RunReport, completion: &str) -> Result<(f64, f64)> {
-    let w = run.watched.iter().find(|w| w.completion == completion).ok_or_else(|| {
-        LabError::param("phenomenon", format!("{completion:?} is not a watched candidate"))
-    })?;
-    Ok((w.reference_logp, w.policy_logp))
-}
-
 fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
     let main = &runs[0];
-    let instruments = |run: &RunReport, key: &str| -> f64 {
+    let metric = |run: &RunReport, key: &str| -> f64 {
         run.last
             .as_ref()
             .and_then(|r| serde_json::to_value(r).ok())
             .and_then(|v| v.get(key).and_then(|x| x.as_f64()))
             .unwrap_or(f64::NAN)
     };
-    let (checks, line) = match phenomenon {
-        Phenomenon::Displacement { preferred, gainer, min_gain_ratio } => {
-            let (pref_ref, pref_now) = watched_logp(main, preferred)?;
-            let (gain_ref, gain_now) = watched_logp(main, gainer)?;
-            let ratio = (gain_now - gain_ref).exp();
+    let (mut checks, line) = match phenomenon {
+        Phenomenon::RankingLags {
+            min_reward_accuracy,
+            max_ranking_gain,
+            hard_flip_threshold,
+            min_hard,
+            max_hard_ranked_right,
+            easy_flip_threshold,
+            min_easy,
+            min_easy_ranked_right,
+            ..
+        } => {
+            let reward = metric(main, "eval/reward_accuracy");
+            let p = &main.pairs;
+            let start = p.trajectory[0];
+            let reward_reached =
+                p.trajectory.iter().find(|m| m.reward_accuracy >= *min_reward_accuracy);
+            let gain_then =
+                reward_reached.map_or(f64::NAN, |m| m.ranking_accuracy - start.ranking_accuracy);
+            let easy_fraction = |m: &Moment| m.easy_ranked_right as f64 / p.easy.max(1) as f64;
+            let easy_best = p.trajectory.iter().map(easy_fraction).fold(0.0, f64::max);
+            let easy_reached =
+                p.trajectory.iter().find(|m| easy_fraction(m) >= *min_easy_ranked_right);
+            let end = p.trajectory.last().copied().unwrap_or(start);
+            let hard_end = end.hard_ranked_right as f64 / p.hard.max(1) as f64;
+            let ideal: Vec<f64> = p.idealized.iter().map(|(_, r)| *r).collect();
+            let (lo, mid, hi) = (
+                ideal.iter().copied().fold(f64::INFINITY, f64::min),
+                median(&ideal),
+                ideal.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            );
+            let alpha_note = if p.alpha_given == p.pairs {
+                "α from the data".to_string()
+            } else {
+                format!(
+                    "α from the data for {} of {} pairs, {} assumed for the rest",
+                    p.alpha_given,
+                    p.pairs,
+                    lab_core::data::ASSUMED_ALPHA
+                )
+            };
+            let when =
+                |m: Option<&Moment>| m.map_or("never".to_string(), |m| format!("step {}", m.step));
             let line = format!(
-                "p({}) went {:.3} -> {:.3} ({ratio:.1}x) while p({}) went {:.3} -> {:.3}",
-                gainer.trim(),
-                gain_ref.exp(),
-                gain_now.exp(),
-                preferred.trim(),
-                pref_ref.exp(),
-                pref_now.exp()
+                "reward accuracy reached {min_reward_accuracy} at {} with ranking accuracy \
+                 {:+.2} since the start; {} of {} easy pairs (flip threshold >= \
+                 {easy_flip_threshold}) ranked right at {} with {} of {} hard ones (< \
+                 {hard_flip_threshold}); at the end reward accuracy {reward:.2}, ranking accuracy {:.2} -> \
+                 {:.2}, easy {}/{}, hard {}/{}; idealized R* min/median/max \
+                 {lo:.2}/{mid:.2}/{hi:.2} over β {:?} ({alpha_note})",
+                when(reward_reached),
+                gain_then,
+                easy_reached.map_or(0, |m| m.easy_ranked_right),
+                p.easy,
+                when(easy_reached),
+                easy_reached.map_or(0, |m| m.hard_ranked_right),
+                p.hard,
+                start.ranking_accuracy,
+                end.ranking_accuracy,
+                end.easy_ranked_right,
+                p.easy,
+                end.hard_ranked_right,
+                p.hard,
+                IDEALIZED_BETAS
             );
             (
                 vec![
-                    at_least(&format!("p({gainer}) now / at start"), ratio, *min_gain_ratio),
-                    at_most(&format!("log p({preferred}) change"), pref_now - pref_ref, 0.0),
-                ],
-                line,
-            )
-        }
-        Phenomenon::RefusalDrop { min_drop, min_mitigation, .. } => {
-            let (before, after) = main.refusal_probability.unwrap_or((f64::NAN, f64::NAN));
-            let filtered =
-                runs.get(1).and_then(|r| r.refusal_probability).map(|(_, a)| a).unwrap_or(f64::NAN);
-            let line = format!("held-out refusal probability {before:.2} -> {after:.2} with all pairs, -> {filtered:.2} without the high-CHES pairs");
-            (
-                vec![
-                    at_least("refusal probability drop (all pairs)", before - after, *min_drop),
+                    at_least("reward accuracy", reward, *min_reward_accuracy),
+                    at_most(
+                        "ranking accuracy gain when reward accuracy first reached its threshold",
+                        gain_then,
+                        *max_ranking_gain,
+                    ),
+                    at_least("hard pairs", p.hard as f64, *min_hard as f64),
+                    at_least("easy pairs", p.easy as f64, *min_easy as f64),
                     at_least(
-                        "filtered minus unfiltered refusal probability",
-                        filtered - after,
-                        *min_mitigation,
+                        "largest fraction of easy pairs ranked right",
+                        easy_best,
+                        *min_easy_ranked_right,
+                    ),
+                    at_most(
+                        "fraction of hard pairs ranked right at the end",
+                        hard_end,
+                        *max_hard_ranked_right,
                     ),
                 ],
                 line,
             )
         }
-        Phenomenon::RankingStaysLow {
-            min_reward_accuracy,
-            max_ranking_gain,
-            min_gap,
-            hard_flip_threshold,
-        } => {
-            let r_start = main
-                .start
-                .get("eval/ranking_accuracy")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(f64::NAN);
-            let (reward, ranking, gap) = (
-                instruments(main, "eval/reward_accuracy"),
-                instruments(main, "eval/ranking_accuracy"),
-                instruments(main, "eval/alignment_gap"),
-            );
-            let large: Vec<&(f64, bool)> =
-                main.flip.iter().filter(|(t, _)| *t < *hard_flip_threshold).collect();
-            let flipped = large.iter().filter(|(_, right)| *right).count() as f64;
-            let line = format!("reward accuracy {reward:.2}, ranking accuracy {r_start:.2} -> {ranking:.2}, R* - R = {gap:.2}; {flipped} of {} hard pairs (flip threshold < {hard_flip_threshold}) flipped", large.len());
-            (
-                vec![
-                    at_least("reward accuracy", reward, *min_reward_accuracy),
-                    at_most("ranking accuracy gain", ranking - r_start, *max_ranking_gain),
-                    at_least("alignment gap R* - R", gap, *min_gap),
-                    at_least("hard pairs", large.len() as f64, 1.0),
-                    at_most("of them ranked right", flipped, 0.0),
-                ],
-                line,
-            )
-        }
-        Phenomenon::RobustBeatsNoisy { robust, min_margin } => {
-            let other = run_named(runs, robust)?;
-            let held = |r: &RunReport| {
-                r.heldout.as_ref().map(Heldout::ranking_accuracy).unwrap_or(f64::NAN)
-            };
-            let start =
-                main.heldout.as_ref().map(Heldout::reference_ranking_accuracy).unwrap_or(f64::NAN);
-            let line = format!(
-                "held-out ranking accuracy: reference {start:.2}, {} {:.2}, {} {:.2}",
-                main.label,
-                held(main),
-                other.label,
-                held(other)
-            );
-            (
-                vec![at_least(
-                    &format!("held-out R of {} minus {}", other.label, main.label),
-                    held(other) - held(main),
-                    *min_margin,
-                )],
-                line,
-            )
-        }
-        Phenomenon::ThreeD { damped, min_rejected_drop, min_damping } => {
+        Phenomenon::ThreeD { damped, min_rejected_drop, min_dispersion, min_damping, .. } => {
             let other = run_named(runs, damped)?;
-            let (chosen, rejected) = (
-                instruments(main, "eval/logps_chosen_change"),
-                instruments(main, "eval/logps_rejected_change"),
+            let change = |run: &RunReport| {
+                (metric(run, "eval/logps_chosen_change"), metric(run, "eval/logps_rejected_change"))
+            };
+            let ((chosen, rejected), (chosen_d, rejected_d)) = (change(main), change(other));
+            let p = &main.pairs;
+            let line = format!(
+                "{}: rejected {rejected:+.1}, chosen {chosen:+.1} nats, mass outside the pairs \
+                 {:.2} -> {:.2}; {}: rejected {rejected_d:+.1}, chosen {chosen_d:+.1} nats",
+                main.label, p.outside_mass_start, p.outside_mass_end, other.label
             );
-            let (chosen_d, rejected_d) = (
-                instruments(other, "eval/logps_chosen_change"),
-                instruments(other, "eval/logps_rejected_change"),
-            );
-            let line = format!("{}: rejected {rejected:+.1}, chosen {chosen:+.1} nats; {}: rejected {rejected_d:+.1}, chosen {chosen_d:+.1} nats", main.label, other.label);
             (
                 vec![
                     at_most("rejected log-prob change", rejected, -min_rejected_drop),
                     at_most("chosen log-prob change", chosen, 0.0),
+                    at_least(
+                        "mass outside the pairs, gain",
+                        p.outside_mass_end - p.outside_mass_start,
+                        *min_dispersion,
+                    ),
                     at_least("chosen change, damped minus plain", chosen_d - chosen, *min_damping),
                 ],
                 line,
             )
         }
-        Phenomenon::LengthExploitation { normalized, min_dpo_shift, min_ratio } => {
-            let shift = |r: &RunReport| {
-                r.heldout.as_ref().map(Heldout::mean_margin_shift).unwrap_or(f64::NAN)
-            };
-            let dpo = shift(main);
-            let mut checks = vec![at_least(
-                &format!("{}: held-out long-minus-short shift (nats)", main.label),
-                dpo,
-                *min_dpo_shift,
-            )];
-            let mut parts = vec![format!("{} {dpo:+.1}", main.label)];
-            for label in normalized {
-                let other = shift(run_named(runs, label)?);
-                parts.push(format!("{label} {other:+.1}"));
-                checks.push(at_least(
-                    &format!("{} shift / {label} shift", main.label),
-                    dpo / other.max(1e-9),
-                    *min_ratio,
-                ));
-            }
-            (
-                checks,
-                format!("held-out log p(long) - log p(short) moved: {} nats", parts.join(", ")),
-            )
-        }
     };
+    for run in runs {
+        checks.push(at_least(
+            &format!("{}: anchor answers' log-prob change (nats)", run.label),
+            run.anchor_change,
+            -phenomenon.max_anchor_drop(),
+        ));
+    }
     let passed = checks.iter().all(|c| c.ok);
     let kl: Vec<RunKl> = runs.iter().map(RunKl::of).collect();
     let kl_text: Vec<String> = kl
@@ -716,11 +689,14 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
             None => format!("{} {:.3}/token", k.run, k.kl),
         })
         .collect();
+    let anchors: Vec<String> =
+        runs.iter().map(|r| format!("{} {:+.2}", r.label, r.anchor_change)).collect();
     Ok(Verdict {
         passed,
         line: format!(
-            "{}: {line}; KL to the reference (nats): {}",
+            "{}: {line}; anchors' log-prob change (nats): {}; KL to the reference (nats): {}",
             if passed { "PASS" } else { "FAIL" },
+            anchors.join(", "),
             kl_text.join(", ")
         ),
         checks,

@@ -166,12 +166,11 @@ impl UiState {
 }
 
 /// The compared runs a scenario's preset lists, as the page's `compare` entries: the loss
-/// of each variant with the settings it changes (variants that drop pairs are the pairs
-/// table's "retrain without them", not compared runs).
+/// of each variant with the settings it changes.
 pub fn preset_compare(preset: &Preset) -> Vec<String> {
     let base = preset.experiment.link_pairs();
     let mut out = Vec::new();
-    for variant in preset.variants.iter().filter(|v| v.drop_top_ches.is_none()) {
+    for variant in &preset.variants {
         let experiment = variant.experiment(&preset.experiment);
         let mut entry = experiment.loss.clone();
         for (key, value) in experiment.link_pairs() {
@@ -209,7 +208,6 @@ mod tests {
             let want: Vec<ExperimentConfig> = preset
                 .variants
                 .iter()
-                .filter(|v| v.drop_top_ches.is_none())
                 .take(MAX_RUNS - 1)
                 .map(|v| v.experiment(&preset.experiment))
                 .collect();
@@ -224,7 +222,7 @@ mod tests {
             UiState { compare: vec!["ipo".into(), "sigmoid+0.5*sft".into()], ..Default::default() };
         state.experiment.params.beta = 0.3;
         state.experiment.seed = 7;
-        state.experiment.scenario = Some("no-never".into());
+        state.experiment.scenario = Some("3d-properties".into());
         let query = state.to_query();
         assert!(query.contains("compare=ipo,sigmoid%2B0.5*sft"), "{query}");
         assert_eq!(UiState::from_query(&format!("?{query}")).unwrap(), state);
