@@ -122,3 +122,21 @@ fn ranking_accuracy_lags_reward_accuracy_and_only_easy_pairs_flip() {
     assert_eq!(pairs.idealized.len(), 5);
     assert!(run.anchor_change >= -1.0, "{}", run.anchor_change);
 }
+
+#[test]
+fn noisy_labels_dpo_stops_at_the_noise_cap_and_rdpo_moves_past_it() {
+    let report = run("noisy-labels");
+    assert_checks(&report);
+    let margin = |label: &str| report.run(label).unwrap().true_margin;
+    let cap = 3f64.ln(); // a quarter of the labels flipped: ln((1 − ε)/ε)
+    assert_eq!(report.runs[0].flip_rate, 0.25);
+    // DPO ends near its optimum ln 3, cDPO below it; rDPO past it, up to the clean labels.
+    assert!(margin("sigmoid") <= 1.2 * cap, "{}", margin("sigmoid"));
+    assert!(margin("cdpo") < margin("sigmoid"), "{}", margin("cdpo"));
+    assert!(margin("robust") >= 1.4 * cap, "{}", margin("robust"));
+    assert!(margin("robust") <= margin("clean labels"));
+    assert_eq!(report.run("clean labels").unwrap().flip_rate, 0.0);
+    for run in &report.runs {
+        assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
+    }
+}

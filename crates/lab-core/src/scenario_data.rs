@@ -7,9 +7,10 @@
 //! | scenario | training pairs | held-out pairs | seed decides |
 //! |---|---|---|---|
 //! | `3d-properties` | all 24 sentiment topics × 2 questions, positive preferred | none | nothing |
+//! | `noisy-labels` | all 24 sentiment topics × 2 questions, positive preferred, each pair four times with one copy's label flipped (`"flipped": true`) | none | nothing |
 //! | `ranking-accuracy` | per thing: polite over curt "Yes", polite over curt "No", every fourth thing a plain "Yes" over "No"; every other personal question: its second most common answer over its most common | none | the property each "No" question asks about |
 //!
-//! `no-never`, `refusals`, `noisy-labels` and `length` were withdrawn until they can be run
+//! `no-never`, `refusals` and `length` were withdrawn until they can be run
 //! as controlled experiments; the README says why.
 
 use crate::corpus::{self, ACTS, SENTIMENT_QUESTIONS, THINGS, TOPICS};
@@ -18,7 +19,12 @@ use crate::error::{LabError, Result};
 use crate::rng::Rng;
 
 /// The scenarios shipped in `assets/scenarios/`, in teaching order.
-pub const SCENARIOS: [&str; 2] = ["3d-properties", "ranking-accuracy"];
+pub const SCENARIOS: [&str; 3] = ["3d-properties", "ranking-accuracy", "noisy-labels"];
+
+/// Copies of each pair in `noisy-labels`, and how many of them have the label flipped:
+/// Chowdhury et al.'s flip rate ε = 1/4, exactly, for every pair.
+const NOISY_COPIES: usize = 4;
+const NOISY_FLIPPED: usize = 1;
 
 /// One scenario's generated files.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +53,7 @@ pub fn generate(name: &str, seed: u64) -> Result<ScenarioData> {
     let data = match name {
         "ranking-accuracy" => ranking_accuracy(&mut rng),
         "3d-properties" => three_d_properties(),
+        "noisy-labels" => noisy_labels(),
         _ => {
             return Err(LabError::param(
                 "scenario",
@@ -102,6 +109,27 @@ fn three_d_properties() -> ScenarioData {
     ScenarioData { data: sentiment_pairs(&topics) }
 }
 
+/// Every sentiment pair (positive preferred) four times, one copy with its label flipped
+/// (`"flipped": true`): the annotators disagree a quarter of the time on every pair, so the
+/// noisy data's own preference probability is 3/4.
+fn noisy_labels() -> ScenarioData {
+    let topics: Vec<&str> = TOPICS.iter().map(|(topic, _)| *topic).collect();
+    let mut data = Vec::new();
+    for record in sentiment_pairs(&topics) {
+        for copy in 0..NOISY_COPIES {
+            let mut record = record.clone();
+            if copy < NOISY_FLIPPED {
+                if let Record::Pair(p) = &mut record {
+                    std::mem::swap(&mut p.chosen, &mut p.rejected);
+                    p.extra.insert("flipped".to_string(), serde_json::Value::Bool(true));
+                }
+            }
+            data.push(record);
+        }
+    }
+    ScenarioData { data }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +180,9 @@ mod tests {
 
     #[test]
     fn the_seed_moves_only_what_it_should() {
-        assert_eq!(generate("3d-properties", 0).unwrap(), generate("3d-properties", 7).unwrap());
+        for name in ["3d-properties", "noisy-labels"] {
+            assert_eq!(generate(name, 0).unwrap(), generate(name, 7).unwrap(), "{name}");
+        }
         assert_ne!(
             generate("ranking-accuracy", 0).unwrap(),
             generate("ranking-accuracy", 7).unwrap()
@@ -170,6 +200,23 @@ mod tests {
             2 * THINGS.len() + THINGS.len().div_ceil(4) + ACTS.len().div_ceil(2)
         );
         assert_eq!(counts("3d-properties"), 48);
+        assert_eq!(counts("noisy-labels"), 48 * 4);
+
+        // noisy-labels: every pair four times, exactly one copy flipped (its statements swapped)
+        let noisy = generate("noisy-labels", 3).unwrap();
+        for copies in noisy.data.chunks(4) {
+            let flipped: Vec<bool> = copies
+                .iter()
+                .map(|r| match r {
+                    Record::Pair(p) => p.extra.get("flipped").is_some(),
+                    other => panic!("not a pair: {other:?}"),
+                })
+                .collect();
+            assert_eq!(flipped, [true, false, false, false]);
+            let texts = pairs(copies);
+            assert_eq!((&texts[0].1, &texts[0].2), (&texts[1].2, &texts[1].1));
+            assert!(texts[1].1.starts_with(" I love"), "{}", texts[1].1);
+        }
 
         // ranking-accuracy: every "No" question asks about a property the thing lacks.
         for (prompt, chosen, _) in pairs(&generate("ranking-accuracy", 3).unwrap().data) {

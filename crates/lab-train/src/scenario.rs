@@ -49,6 +49,11 @@ pub struct Variant {
     pub params: Option<LossParams>,
     #[serde(default)]
     pub lr: Option<f64>,
+    /// Train on the data with every `"flipped": true` label flipped back (the clean-label
+    /// control of a noisy-label scenario). Such a run trains on other data than the page's
+    /// compared runs, so the page does not offer it.
+    #[serde(default)]
+    pub clean_labels: bool,
 }
 
 impl Variant {
@@ -102,13 +107,30 @@ pub enum Phenomenon {
         min_damping: f64,
         max_anchor_drop: f64,
     },
+    /// Noisy labels (Chowdhury et al. 2024). A fraction ε of every pair's copies have their
+    /// label flipped, so DPO's optimum caps the reward margin β·(ρw − ρl) at the noisy
+    /// data's own log-odds ln((1 − ε)/ε), while rDPO (the variant `robust`, its ε the
+    /// data's) is unbiased for the clean objective, whose optimum has no cap. On the true
+    /// labels (the mean β·margin, flipped copies counted the right way round): the preset's
+    /// run ends at most `max_noisy_over_cap` times the cap, `robust` at least
+    /// `min_robust_over_cap` times it, and no higher than the run on the clean labels (the
+    /// variant `clean`: the control that rDPO moves toward clean-label training, not past
+    /// it).
+    RobustBeatsNoisy {
+        robust: String,
+        clean: String,
+        max_noisy_over_cap: f64,
+        min_robust_over_cap: f64,
+        max_anchor_drop: f64,
+    },
 }
 
 impl Phenomenon {
     fn max_anchor_drop(&self) -> f64 {
         match self {
             Phenomenon::RankingLags { max_anchor_drop, .. }
-            | Phenomenon::ThreeD { max_anchor_drop, .. } => *max_anchor_drop,
+            | Phenomenon::ThreeD { max_anchor_drop, .. }
+            | Phenomenon::RobustBeatsNoisy { max_anchor_drop, .. } => *max_anchor_drop,
         }
     }
 }
@@ -304,11 +326,17 @@ pub struct RunReport {
     pub watched: Vec<WatchedCandidate>,
     /// Mean change of the anchors' log-probs since the start (nats; collapse shows here).
     pub anchor_change: f64,
+    /// Mean β·(ρw − ρl) over the pairs at the end, on the true labels: a pair marked
+    /// `"flipped": true` counts with its sign reversed (unless the run trained on the clean
+    /// labels).
+    pub true_margin: f64,
+    /// Fraction of the run's pairs marked `"flipped": true`.
+    pub flip_rate: f64,
     pub pairs: PairCounts,
 }
 
 /// One numeric check of a verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     pub what: String,
     pub value: f64,
@@ -396,6 +424,27 @@ fn median(values: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
+/// Whether a record is marked `"flipped": true` (its label is the wrong way round).
+fn is_flipped(record: &Record) -> bool {
+    matches!(record, Record::Pair(p) if p.extra.get("flipped") == Some(&Value::Bool(true)))
+}
+
+/// The records with every flipped pair put the right way round and unmarked.
+fn clean_labels(records: &[Record]) -> Vec<Record> {
+    records
+        .iter()
+        .map(|record| match record {
+            Record::Pair(p) if is_flipped(record) => {
+                let mut p = p.clone();
+                std::mem::swap(&mut p.chosen, &mut p.rejected);
+                p.extra.remove("flipped");
+                Record::Pair(p)
+            }
+            other => other.clone(),
+        })
+        .collect()
+}
+
 /// Train one run from a fresh starter engine.
 fn train_run<E: Engine>(
     scenario: &Scenario,
@@ -409,8 +458,12 @@ fn train_run<E: Engine>(
     let experiment = variant.experiment(&preset.experiment);
     let config = SessionConfig::from_experiment(&experiment)?;
     let data_name = scenario.dir.join(&preset.data).display().to_string();
-    let records = &scenario.records;
-    let mut session = Session::new(make_engine()?, tokenizer, records, config)
+    let records = if variant.clean_labels {
+        clean_labels(&scenario.records)
+    } else {
+        scenario.records.clone()
+    };
+    let mut session = Session::new(make_engine()?, tokenizer, &records, config)
         .map_err(|e| e.in_file(&data_name))?;
     let ches_mean = metrics::mean(&session.pairs().iter().map(|p| p.ches).collect::<Vec<_>>());
     let watch_items: Vec<(&str, &str)> = preset
@@ -425,7 +478,7 @@ fn train_run<E: Engine>(
         Phenomenon::RankingLags { hard_flip_threshold, easy_flip_threshold, .. } => {
             (*hard_flip_threshold, *easy_flip_threshold)
         }
-        Phenomenon::ThreeD { .. } => (0.0, f64::INFINITY),
+        Phenomenon::ThreeD { .. } | Phenomenon::RobustBeatsNoisy { .. } => (0.0, f64::INFINITY),
     };
     let pick = |keep: &dyn Fn(&PairStats) -> bool| -> Vec<usize> {
         (0..session.pairs().len()).filter(|&i| keep(&session.pairs()[i])).collect()
@@ -495,6 +548,12 @@ fn train_run<E: Engine>(
         outside_mass_start: outside_mass(&rc, &rr),
         outside_mass_end: outside_mass(&pc, &pr),
     };
+    let true_margin = metrics::mean(
+        &stats
+            .iter()
+            .map(|p| if is_flipped(&records[p.record]) { -p.margin } else { p.margin })
+            .collect::<Vec<f64>>(),
+    );
     Ok(RunReport {
         label: variant.label.clone(),
         loss: experiment.loss,
@@ -503,6 +562,9 @@ fn train_run<E: Engine>(
         last,
         watched,
         anchor_change,
+        true_margin,
+        flip_rate: records.iter().filter(|r| is_flipped(r)).count() as f64
+            / records.len().max(1) as f64,
         pairs,
     })
 }
@@ -519,7 +581,13 @@ pub fn run_scenario<E: Engine>(
     let preset = &scenario.preset;
     let corpus = lab_core::corpus::generate(0);
     let anchors = fixed_answer_questions(&corpus, ANCHORS);
-    let own = Variant { label: preset.experiment.loss.clone(), loss: None, params: None, lr: None };
+    let own = Variant {
+        label: preset.experiment.loss.clone(),
+        loss: None,
+        params: None,
+        lr: None,
+        clean_labels: false,
+    };
     let mut runs = Vec::new();
     for variant in std::iter::once(&own).chain(&preset.variants) {
         runs.push(train_run(
@@ -668,6 +736,45 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
                         *min_dispersion,
                     ),
                     at_least("chosen change, damped minus plain", chosen_d - chosen, *min_damping),
+                ],
+                line,
+            )
+        }
+        Phenomenon::RobustBeatsNoisy {
+            robust,
+            clean,
+            max_noisy_over_cap,
+            min_robust_over_cap,
+            ..
+        } => {
+            let (robust_run, clean_run) = (run_named(runs, robust)?, run_named(runs, clean)?);
+            let epsilon = main.flip_rate;
+            let cap = ((1.0 - epsilon) / epsilon).ln();
+            let margins: Vec<String> =
+                runs.iter().map(|r| format!("{} {:.2}", r.label, r.true_margin)).collect();
+            let line = format!(
+                "reward margin on the true labels: {}; {:.0}% of the labels flipped, so DPO's \
+                 optimum is ln((1 - ε)/ε) = {cap:.2}",
+                margins.join(", "),
+                100.0 * epsilon
+            );
+            (
+                vec![
+                    at_most(
+                        &format!("{} margin / ln((1 - ε)/ε)", main.label),
+                        main.true_margin / cap,
+                        *max_noisy_over_cap,
+                    ),
+                    at_least(
+                        &format!("{robust} margin / ln((1 - ε)/ε)"),
+                        robust_run.true_margin / cap,
+                        *min_robust_over_cap,
+                    ),
+                    at_most(
+                        &format!("{robust} margin minus {clean} margin"),
+                        robust_run.true_margin - clean_run.true_margin,
+                        0.0,
+                    ),
                 ],
                 line,
             )

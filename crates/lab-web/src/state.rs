@@ -166,11 +166,12 @@ impl UiState {
 }
 
 /// The compared runs a scenario's preset lists, as the page's `compare` entries: the loss
-/// of each variant with the settings it changes.
+/// of each variant with the settings it changes (a variant trained on the clean labels
+/// trains on other data, so it is not a compared run).
 pub fn preset_compare(preset: &Preset) -> Vec<String> {
     let base = preset.experiment.link_pairs();
     let mut out = Vec::new();
-    for variant in &preset.variants {
+    for variant in preset.variants.iter().filter(|v| !v.clean_labels) {
         let experiment = variant.experiment(&preset.experiment);
         let mut entry = experiment.loss.clone();
         for (key, value) in experiment.link_pairs() {
@@ -208,6 +209,7 @@ mod tests {
             let want: Vec<ExperimentConfig> = preset
                 .variants
                 .iter()
+                .filter(|v| !v.clean_labels)
                 .take(MAX_RUNS - 1)
                 .map(|v| v.experiment(&preset.experiment))
                 .collect();
