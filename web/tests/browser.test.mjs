@@ -215,6 +215,16 @@ const heading = await fallback.textContent('.scenario h3');
 check(heading.length > 0, 'the scenario says what it shows', heading);
 const pairsShown = await fallback.locator('[data-testid=pairs] tbody tr').count();
 check(pairsShown === 48, 'the pairs table lists every training pair', `${pairsShown} rows`);
+
+// A scenario's verdict, as `alignlab scenario` gives it: each check against its threshold.
+await fallback.selectOption('select[name=scenario]', 'ranking-accuracy');
+await fallback.waitForFunction(() => window.__alab.ready && window.__alab.query.includes('scenario=ranking-accuracy'), null, { timeout: 60000 });
+await fallback.click('button[name=verdict]');
+await fallback.waitForSelector('[data-testid=verdict]', { timeout: 300000 });
+const verdictLine = await fallback.textContent('[data-testid=verdict] p');
+const verdictRows = await fallback.locator('[data-testid=verdict] tbody tr').count();
+const verdictFailed = await fallback.locator('[data-testid=verdict] tbody tr.failed').count();
+check(verdictLine.startsWith('PASS') && verdictRows >= 7 && verdictFailed === 0, "a scenario's verdict shows each check against its threshold", `${verdictRows} checks, ${verdictFailed} failed: ${verdictLine.slice(0, 120)}`);
 await plain.close();
 
 check(errors.length === 0, 'no console errors', errors.join(' | '));

@@ -9,7 +9,7 @@ use crate::charts::{self, RunHistory, CHART_IDS, RUN_COLORS};
 use crate::protocol::{Candidate, FromWorker, PairRow, PairText, ScenarioInfo, ToWorker};
 use crate::state::{UiState, MAX_RUNS};
 use lab_core::loss::{LossKind, LossMix};
-use lab_train::scenario::SCENARIOS;
+use lab_train::scenario::{Check, SCENARIOS};
 use leptos::prelude::*;
 use std::collections::BTreeSet;
 
@@ -41,6 +41,22 @@ struct Store {
     diverged: RwSignal<Option<Diverged>>,
     /// The data panel's: what the runs train on, sampled candidates.
     data: annotate::DataSignals,
+    /// The scenario's verdict: none asked, running, or the worker's answer.
+    verdict: RwSignal<VerdictState>,
+}
+
+/// The verdict panel of a scenario.
+#[derive(Debug, Clone, PartialEq, Default)]
+enum VerdictState {
+    #[default]
+    None,
+    Running(String),
+    Done {
+        scenario: String,
+        passed: bool,
+        line: String,
+        checks: Vec<Check>,
+    },
 }
 
 /// What the page shows of a diverged run (`FromWorker::Diverged`).
@@ -231,8 +247,14 @@ impl Store {
                 self.generated.set(Some((prompt, policy, reference)))
             }
             FromWorker::Sampled { sets, steps, .. } => self.data.sampled.set(Some((sets, steps))),
+            FromWorker::Verdict { scenario, passed, line, checks } => {
+                self.verdict.set(VerdictState::Done { scenario, passed, line, checks })
+            }
             FromWorker::Error { message } => {
                 self.playing.set(false);
+                if matches!(self.verdict.get_untracked(), VerdictState::Running(_)) {
+                    self.verdict.set(VerdictState::None);
+                }
                 self.error.set(Some(message));
             }
         }
@@ -292,6 +314,7 @@ pub fn App() -> impl IntoView {
         generation: RwSignal::new(0),
         diverged: RwSignal::new(None),
         data: annotate::DataSignals::new(),
+        verdict: RwSignal::new(VerdictState::None),
     };
     provide_context(store);
 
@@ -511,14 +534,56 @@ fn TrainPanel() -> impl IntoView {
                     </div>
                 </div>
             })}
-            {move || store.scenario.get().map(|s| view! {
-                <div class="scenario">
-                    <h3>{s.title}</h3>
-                    <p class="paper">{s.paper}</p>
-                    <p>{s.explanation.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join(" ")}</p>
-                </div>
+            {move || store.scenario.get().map(|s| {
+                let name = s.name.clone();
+                let run_verdict = move |_| {
+                    store.verdict.set(VerdictState::Running(name.clone()));
+                    bridge::send(&ToWorker::Verdict { scenario: name.clone() });
+                };
+                let this = s.name.clone();
+                view! {
+                    <div class="scenario">
+                        <h3>{s.title}</h3>
+                        <p class="paper">{s.paper}</p>
+                        <p>{s.explanation.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join(" ")}</p>
+                        <button name="verdict" on:click=run_verdict>"check the verdict (trains every run of the preset on the CPU, as alignlab scenario does)"</button>
+                        {move || verdict_view(&this, store.verdict.get())}
+                    </div>
+                }
             })}
         </section>
+    }
+}
+
+/// The verdict of scenario `name`: its checks, each value against its threshold.
+fn verdict_view(name: &str, state: VerdictState) -> Option<AnyView> {
+    match state {
+        VerdictState::Running(of) if of == name => Some(
+            view! { <p class="verdict" role="status" aria-live="polite">"training every run of the preset… (about a minute)"</p> }
+                .into_any(),
+        ),
+        VerdictState::Done { scenario, passed, line, checks } if scenario == name => Some(
+            view! {
+                <div class="verdict" data-testid="verdict" role="status" aria-live="polite">
+                    <p><strong>{if passed { "PASS" } else { "FAIL" }}</strong>" "{line}</p>
+                    <table>
+                        <thead><tr><th>"check"</th><th>"value"</th><th>"must be"</th><th>"ok"</th></tr></thead>
+                        <tbody>
+                            {checks.into_iter().map(|c| view! {
+                                <tr class=if c.ok { "ok" } else { "failed" }>
+                                    <td>{c.what}</td>
+                                    <td>{format!("{:.3}", c.value)}</td>
+                                    <td>{c.must_be}</td>
+                                    <td>{if c.ok { "yes" } else { "no" }}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                </div>
+            }
+            .into_any(),
+        ),
+        _ => None,
     }
 }
 

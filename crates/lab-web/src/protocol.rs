@@ -51,6 +51,11 @@ pub enum ToWorker {
         max_new_tokens: usize,
         seed: u64,
     },
+    /// The scenario's verdict as `alignlab scenario` gives it: every run of its preset
+    /// trained on the CPU engine from the starting weights, then its checks.
+    Verdict {
+        scenario: String,
+    },
     /// Candidate responses to annotate: `n` per prompt from run `run`'s policy and/or the reference.
     Sample {
         prompts: Vec<String>,
@@ -215,6 +220,13 @@ pub enum FromWorker {
         sets: Vec<lab_core::annotate::CandidateSet>,
         run: usize,
         steps: u32,
+    },
+    /// A scenario's verdict: each check with its value and threshold.
+    Verdict {
+        scenario: String,
+        passed: bool,
+        line: String,
+        checks: Vec<lab_train::scenario::Check>,
     },
     Error {
         message: String,

@@ -33,7 +33,7 @@ use lab_core::tokenizer::Tokenizer;
 use lab_core::{checkpoint, LabError};
 use lab_cpu::CpuEngine;
 use lab_gpu::GpuEngine;
-use lab_train::scenario::{Preset, SCENARIOS};
+use lab_train::scenario::{run_scenario, Preset, Scenario, SCENARIOS};
 use lab_train::{Session, SessionConfig, StepRecord};
 use std::collections::HashMap;
 use wasm_bindgen::prelude::*;
@@ -356,6 +356,38 @@ impl Lab {
                     .map_err(|e| e.to_string())?,
             ))
         }
+    }
+
+    /// A scenario's verdict, as `alignlab scenario NAME` computes it: every run of the
+    /// preset trained on the CPU engine from the starting weights (blocking: the worker
+    /// answers the next message when it is done), then the checks.
+    async fn verdict(&mut self, name: &str) -> Result<FromWorker> {
+        if !self.scenarios.contains_key(name) {
+            let loaded = load_scenario(name).await?;
+            self.scenarios.insert(name.to_string(), loaded);
+        }
+        let loaded = &self.scenarios[name];
+        let scenario = Scenario {
+            name: name.to_string(),
+            dir: format!("assets/scenarios/{name}").into(),
+            preset: loaded.preset.clone(),
+            explanation: loaded.info.explanation.clone(),
+            records: loaded.records.clone(),
+        };
+        let (cfg, params) = (self.model.cfg, &self.model.params);
+        let report = run_scenario(
+            &scenario,
+            &self.model.tokenizer,
+            || CpuEngine::new(cfg, params.clone()),
+            |_, _| {},
+        )
+        .map_err(|e| format!("the verdict of {name}: {e}"))?;
+        Ok(FromWorker::Verdict {
+            scenario: name.to_string(),
+            passed: report.verdict.passed,
+            line: report.verdict.line,
+            checks: report.verdict.checks,
+        })
     }
 
     /// Run `run`'s current policy as a CPU engine: sampling needs one forward per token,
@@ -878,6 +910,7 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
         }
         ToWorker::Continue { experiment, compare } => lab.resume(experiment, compare).await,
         ToWorker::Inspect { prompt, run } => lab.inspect(&prompt, run).await,
+        ToWorker::Verdict { scenario } => lab.verdict(&scenario).await,
         ToWorker::Generate { prompt, run, temperature, max_new_tokens, seed } => {
             lab.generate(&prompt, run, temperature, max_new_tokens, seed).await
         }
