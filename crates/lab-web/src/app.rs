@@ -565,7 +565,7 @@ fn verdict_view(name: &str, state: VerdictState) -> Option<AnyView> {
         VerdictState::Done { scenario, passed, line, checks } if scenario == name => Some(
             view! {
                 <div class="verdict" data-testid="verdict" role="status" aria-live="polite">
-                    <p><strong>{if passed { "PASS" } else { "FAIL" }}</strong>" "{line}</p>
+                    <p><strong>{if passed { "PASS" } else { "FAIL" }}</strong>": "{line.split_once(": ").map_or(line.clone(), |(_, rest)| rest.to_string())}</p>
                     <table>
                         <thead><tr><th>"check"</th><th>"value"</th><th>"must be"</th><th>"ok"</th></tr></thead>
                         <tbody>
