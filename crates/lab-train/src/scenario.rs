@@ -279,19 +279,14 @@ pub struct WatchedCandidate {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PairCounts {
     pub pairs: usize,
-    /// Mean CHES of the pairs under the starting model (Razin et al. 2024).
-    pub ches_mean: f64,
     /// Pairs whose `alpha` the data states; the others take `lab_core::data::ASSUMED_ALPHA`.
     pub alpha_given: usize,
-    /// Ranking accuracy of the reference and of the policy.
-    pub ranking_start: f64,
-    pub ranking_end: f64,
     /// Pairs whose flip threshold is below the phenomenon's hard threshold.
     pub hard: usize,
     /// Pairs ranked wrong at the start whose flip threshold is at least the phenomenon's
     /// easy threshold.
     pub easy: usize,
-    /// Every evaluation of the run, in order.
+    /// Every evaluation of the run, in order (the first is the reference's).
     #[serde(skip)]
     pub trajectory: Vec<Moment>,
     /// R* at each of [`IDEALIZED_BETAS`].
@@ -465,7 +460,6 @@ fn train_run<E: Engine>(
     };
     let mut session = Session::new(make_engine()?, tokenizer, &records, config)
         .map_err(|e| e.in_file(&data_name))?;
-    let ches_mean = metrics::mean(&session.pairs().iter().map(|p| p.ches).collect::<Vec<_>>());
     let watch_items: Vec<(&str, &str)> = preset
         .watch
         .iter()
@@ -531,13 +525,10 @@ fn train_run<E: Engine>(
     let alpha = column(|p| p.alpha);
     let pairs = PairCounts {
         pairs: stats.len(),
-        ches_mean,
         alpha_given: records
             .iter()
             .filter(|r| matches!(r, Record::Pair(p) if p.alpha.is_some()))
             .count(),
-        ranking_start: metrics::ranking_accuracy(&rc, &rr),
-        ranking_end: metrics::ranking_accuracy(&pc, &pr),
         hard: hard.len(),
         easy: easy.len(),
         trajectory,
