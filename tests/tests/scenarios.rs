@@ -6,7 +6,7 @@
 use lab_core::checkpoint;
 use lab_core::scenario_data;
 use lab_cpu::CpuEngine;
-use lab_train::scenario::{run_scenario, Scenario, ScenarioReport, SCENARIOS};
+use lab_train::scenario::{judge, run_scenario, Scenario, ScenarioReport, SCENARIOS};
 use std::path::PathBuf;
 
 fn assets() -> PathBuf {
@@ -98,6 +98,23 @@ fn three_d_properties_rejected_falls_chosen_follows_mass_disperses_nll_damps() {
     for run in &report.runs {
         assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
     }
+    // The page trains every run but the clean-label control: its live verdict leaves out the
+    // two checks that need it, says so, and does not pass.
+    let phenomenon = &Scenario::load(&assets(), "noisy-labels").unwrap().preset.phenomenon;
+    let page_runs: Vec<_> =
+        report.runs.iter().filter(|r| r.label != "clean labels").cloned().collect();
+    let partial = judge(phenomenon, &page_runs);
+    assert_eq!(partial.missing, ["clean labels"]);
+    assert!(!partial.passed && partial.line.contains("not trained here: clean labels"));
+    let kept: Vec<_> = report
+        .verdict
+        .checks
+        .iter()
+        .filter(|c| !c.what.contains("clean labels"))
+        .cloned()
+        .collect();
+    assert_eq!(partial.checks, kept);
+    assert_eq!(kept.len(), report.verdict.checks.len() - 2);
 }
 
 #[test]
@@ -145,4 +162,21 @@ fn noisy_labels_dpo_stops_at_the_noise_cap_and_rdpo_moves_past_it() {
     for run in &report.runs {
         assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
     }
+    // The page trains every run but the clean-label control: its live verdict leaves out the
+    // two checks that need it, says so, and does not pass.
+    let phenomenon = &Scenario::load(&assets(), "noisy-labels").unwrap().preset.phenomenon;
+    let page_runs: Vec<_> =
+        report.runs.iter().filter(|r| r.label != "clean labels").cloned().collect();
+    let partial = judge(phenomenon, &page_runs);
+    assert_eq!(partial.missing, ["clean labels"]);
+    assert!(!partial.passed && partial.line.contains("not trained here: clean labels"));
+    let kept: Vec<_> = report
+        .verdict
+        .checks
+        .iter()
+        .filter(|c| !c.what.contains("clean labels"))
+        .cloned()
+        .collect();
+    assert_eq!(partial.checks, kept);
+    assert_eq!(kept.len(), report.verdict.checks.len() - 2);
 }

@@ -133,6 +133,17 @@ impl Phenomenon {
             | Phenomenon::RobustBeatsNoisy { max_anchor_drop, .. } => *max_anchor_drop,
         }
     }
+
+    /// The labels of the variants the phenomenon compares the preset's run with.
+    fn compared(&self) -> Vec<&str> {
+        match self {
+            Phenomenon::RankingLags { .. } => Vec::new(),
+            Phenomenon::ThreeD { damped, .. } => vec![damped.as_str()],
+            Phenomenon::RobustBeatsNoisy { robust, clean, .. } => {
+                vec![robust.as_str(), clean.as_str()]
+            }
+        }
+    }
 }
 
 /// How many anchors each run scores: fixed-answer questions of the pretraining corpus
@@ -158,6 +169,20 @@ pub struct Preset {
     #[serde(default)]
     pub watch: Vec<Watch>,
     pub phenomenon: Phenomenon,
+}
+
+impl Preset {
+    /// Every run of the preset: its own (labelled with its loss), then the variants.
+    pub fn runs(&self) -> Vec<Variant> {
+        let own = Variant {
+            label: self.experiment.loss.clone(),
+            loss: None,
+            params: None,
+            lr: None,
+            clean_labels: false,
+        };
+        std::iter::once(own).chain(self.variants.iter().cloned()).collect()
+    }
 }
 
 /// A scenario read from disk.
@@ -209,6 +234,13 @@ impl Scenario {
                     .in_field("variants")
             })?;
         }
+        for label in preset.phenomenon.compared() {
+            if !preset.variants.iter().any(|v| v.label == label) {
+                return Err(LabError::parse(format!("no variant labelled {label:?}"))
+                    .in_file(&preset_name)
+                    .in_field("phenomenon"));
+            }
+        }
         let records = read_records(&dir.join(&preset.data))?;
         let explanation = read_text(&dir.join("README.md"))?;
         Ok(Scenario { name: name.to_string(), dir, preset, explanation, records })
@@ -241,15 +273,14 @@ impl Scenario {
     }
 }
 
-/// Summed log-probs of rows `(prompt, text)`; with `eot` the text is a full completion
+/// Rows `(prompt, text)` as batches of at most 64; with `eot` the text is a full completion
 /// (its end token scored), without it a prefix of one.
-pub fn score_texts<E: Engine>(
-    engine: &mut E,
+fn text_batches(
     tokenizer: &Tokenizer,
     items: &[(&str, &str)],
     eot: bool,
-) -> Result<Vec<f64>> {
-    let ctx = engine.config().ctx;
+    ctx: usize,
+) -> Result<Vec<TokenBatch>> {
     let mut rows = Vec::with_capacity(items.len());
     for (prompt, text) in items {
         let (mut tokens, first) = encode_example(tokenizer, prompt, text, ctx)?;
@@ -258,12 +289,34 @@ pub fn score_texts<E: Engine>(
         }
         rows.push((tokens, first));
     }
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(64) {
-        let result = engine.forward(&TokenBatch::from_rows(chunk)?)?;
-        out.extend(result.seq_logps.iter().map(|&v| v as f64));
-    }
-    Ok(out)
+    rows.chunks(64).map(TokenBatch::from_rows).collect()
+}
+
+fn summed(outs: &[lab_core::engine::ForwardOut]) -> Vec<f64> {
+    outs.iter().flat_map(|out| out.seq_logps.iter().map(|&v| v as f64)).collect()
+}
+
+/// Summed log-probs of rows `(prompt, text)` (see [`text_batches`] for `eot`).
+pub fn score_texts<E: Engine + ?Sized>(
+    engine: &mut E,
+    tokenizer: &Tokenizer,
+    items: &[(&str, &str)],
+    eot: bool,
+) -> Result<Vec<f64>> {
+    let batches = text_batches(tokenizer, items, eot, engine.config().ctx)?;
+    let outs = batches.iter().map(|batch| engine.forward(batch)).collect::<Result<Vec<_>>>()?;
+    Ok(summed(&outs))
+}
+
+/// [`score_texts`] on the engine's async calls (the browser's GPU engine).
+pub async fn score_texts_async<E: Engine + ?Sized>(
+    engine: &mut E,
+    tokenizer: &Tokenizer,
+    items: &[(&str, &str)],
+    eot: bool,
+) -> Result<Vec<f64>> {
+    let batches = text_batches(tokenizer, items, eot, engine.config().ctx)?;
+    Ok(summed(&engine.forwards_async(&batches).await?))
 }
 
 /// Watched candidates of one prompt, with their log-probs.
@@ -388,6 +441,8 @@ pub struct Verdict {
     pub line: String,
     pub checks: Vec<Check>,
     pub kl: Vec<RunKl>,
+    /// Runs the phenomenon compares with that were not trained (their checks left out).
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -440,12 +495,196 @@ fn clean_labels(records: &[Record]) -> Vec<Record> {
         .collect()
 }
 
+/// The watched candidates of a preset, as (prompt, completion) rows.
+pub fn watch_items(preset: &Preset) -> Vec<(String, String)> {
+    preset
+        .watch
+        .iter()
+        .flat_map(|w| w.candidates.iter().map(move |c| (w.prompt.clone(), c.clone())))
+        .collect()
+}
+
+/// The anchors every run is checked on: [`ANCHORS`] fixed-answer questions of the
+/// pretraining corpus, as (prompt, answer) rows.
+pub fn anchors() -> Vec<(String, String)> {
+    let corpus = lab_core::corpus::generate(0);
+    fixed_answer_questions(&corpus, ANCHORS)
+        .into_iter()
+        .map(|(q, a)| (q.to_string(), a.to_string()))
+        .collect()
+}
+
+/// Owned rows as the `(&str, &str)` rows [`score_texts`] takes.
+pub fn borrowed(items: &[(String, String)]) -> Vec<(&str, &str)> {
+    items.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect()
+}
+
+/// What a scenario run keeps while it trains so that it can be reported, and judged, at any
+/// step: the reference's scores of the watched candidates and the anchors, the hard and
+/// easy pairs, and the evaluations so far. The caller steps the session and scores the texts
+/// ([`score_texts`], or its async twin in the browser), so one watch serves both.
+pub struct RunWatch {
+    label: String,
+    loss: String,
+    steps: u32,
+    watch_items: Vec<(String, String)>,
+    watch_ref: Vec<f64>,
+    anchor_ref: Vec<f64>,
+    start: Value,
+    hard: Vec<usize>,
+    easy: Vec<usize>,
+    alpha_given: usize,
+    /// Per record: marked `"flipped": true` (its label the wrong way round).
+    flipped: Vec<bool>,
+    trajectory: Vec<Moment>,
+    last: Option<StepRecord>,
+}
+
+impl RunWatch {
+    /// Start watching `session` (at step 0, the reference) training `records` as `variant`
+    /// of `preset`; `watch_ref` and `anchor_ref` are the reference's scores of
+    /// [`watch_items`] and [`anchors`].
+    pub fn begin<E: Engine>(
+        session: &Session<E>,
+        preset: &Preset,
+        variant: &Variant,
+        records: &[Record],
+        watch_ref: Vec<f64>,
+        anchor_ref: Vec<f64>,
+    ) -> RunWatch {
+        let experiment = variant.experiment(&preset.experiment);
+        let (hard_threshold, easy_threshold) = match &preset.phenomenon {
+            Phenomenon::RankingLags { hard_flip_threshold, easy_flip_threshold, .. } => {
+                (*hard_flip_threshold, *easy_flip_threshold)
+            }
+            Phenomenon::ThreeD { .. } | Phenomenon::RobustBeatsNoisy { .. } => (0.0, f64::INFINITY),
+        };
+        let stats = session.pairs();
+        let pick = |keep: &dyn Fn(&PairStats) -> bool| -> Vec<usize> {
+            (0..stats.len()).filter(|&i| keep(&stats[i])).collect()
+        };
+        let hard = pick(&|p| p.flip_threshold < hard_threshold);
+        let easy = pick(&|p| {
+            p.reference_chosen < p.reference_rejected && p.flip_threshold >= easy_threshold
+        });
+        let mut watch = RunWatch {
+            label: variant.label.clone(),
+            loss: experiment.loss,
+            steps: experiment.steps,
+            watch_items: watch_items(preset),
+            watch_ref,
+            anchor_ref,
+            start: serde_json::to_value(session.instruments()).expect("instruments serialize"),
+            hard,
+            easy,
+            alpha_given: records
+                .iter()
+                .filter(|r| matches!(r, Record::Pair(p) if p.alpha.is_some()))
+                .count(),
+            flipped: records.iter().map(is_flipped).collect(),
+            trajectory: Vec::new(),
+            last: None,
+        };
+        watch.trajectory.push(watch.moment(session, 0));
+        watch
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn moment<E: Engine>(&self, session: &Session<E>, step: u32) -> Moment {
+        let stats = session.pairs();
+        let right = |set: &[usize]| {
+            set.iter().filter(|&&i| stats[i].policy_chosen >= stats[i].policy_rejected).count()
+        };
+        let eval = session.instruments();
+        Moment {
+            step,
+            reward_accuracy: eval.reward_accuracy.unwrap_or(f64::NAN),
+            ranking_accuracy: eval.ranking_accuracy.unwrap_or(f64::NAN),
+            hard_ranked_right: right(&self.hard),
+            easy_ranked_right: right(&self.easy),
+        }
+    }
+
+    /// Note a step the session took (`record` is what it returned).
+    pub fn observe<E: Engine>(&mut self, session: &Session<E>, record: &StepRecord) {
+        if record.eval.step == record.step {
+            self.trajectory.push(self.moment(session, record.step));
+        }
+        self.last = Some(record.clone());
+    }
+
+    /// The run as it stands; `watch_now` and `anchor_now` are the policy's scores of the
+    /// same texts as at the start.
+    pub fn report<E: Engine>(
+        &self,
+        session: &Session<E>,
+        watch_now: &[f64],
+        anchor_now: &[f64],
+    ) -> RunReport {
+        let watched = self
+            .watch_items
+            .iter()
+            .zip(self.watch_ref.iter().zip(watch_now))
+            .map(|((p, c), (r, n))| WatchedCandidate {
+                prompt: p.clone(),
+                completion: c.clone(),
+                reference_logp: *r,
+                policy_logp: *n,
+            })
+            .collect();
+        let anchor_change =
+            anchor_now.iter().zip(&self.anchor_ref).map(|(n, r)| n - r).sum::<f64>()
+                / self.anchor_ref.len().max(1) as f64;
+        let stats = session.pairs();
+        let column = |f: fn(&PairStats) -> f64| stats.iter().map(f).collect::<Vec<f64>>();
+        let (rc, rr) = (column(|p| p.reference_chosen), column(|p| p.reference_rejected));
+        let (pc, pr) = (column(|p| p.policy_chosen), column(|p| p.policy_rejected));
+        let alpha = column(|p| p.alpha);
+        let pairs = PairCounts {
+            pairs: stats.len(),
+            alpha_given: self.alpha_given,
+            hard: self.hard.len(),
+            easy: self.easy.len(),
+            trajectory: self.trajectory.clone(),
+            idealized: IDEALIZED_BETAS
+                .iter()
+                .map(|&beta| (beta, metrics::idealized_ranking_accuracy(&rc, &rr, &alpha, beta)))
+                .collect(),
+            outside_mass_start: outside_mass(&rc, &rr),
+            outside_mass_end: outside_mass(&pc, &pr),
+        };
+        let flipped = |record: usize| self.flipped.get(record).copied().unwrap_or(false);
+        let true_margin = metrics::mean(
+            &stats
+                .iter()
+                .map(|p| if flipped(p.record) { -p.margin } else { p.margin })
+                .collect::<Vec<f64>>(),
+        );
+        RunReport {
+            label: self.label.clone(),
+            loss: self.loss.clone(),
+            steps: self.steps,
+            start: self.start.clone(),
+            last: self.last.clone(),
+            watched,
+            anchor_change,
+            true_margin,
+            flip_rate: self.flipped.iter().filter(|&&f| f).count() as f64
+                / self.flipped.len().max(1) as f64,
+            pairs,
+        }
+    }
+}
+
 /// Train one run from a fresh starter engine.
 fn train_run<E: Engine>(
     scenario: &Scenario,
     tokenizer: &Tokenizer,
     variant: &Variant,
-    anchors: &[(&str, &str)],
+    anchors: &[(String, String)],
     make_engine: &mut dyn FnMut() -> Result<E>,
     on_step: &mut dyn FnMut(&str, &StepRecord),
 ) -> Result<RunReport> {
@@ -460,104 +699,22 @@ fn train_run<E: Engine>(
     };
     let mut session = Session::new(make_engine()?, tokenizer, &records, config)
         .map_err(|e| e.in_file(&data_name))?;
-    let watch_items: Vec<(&str, &str)> = preset
-        .watch
-        .iter()
-        .flat_map(|w| w.candidates.iter().map(move |c| (w.prompt.as_str(), c.as_str())))
-        .collect();
-    let watch_ref = score_texts(session.engine_mut(), tokenizer, &watch_items, true)?;
-    let anchor_ref = score_texts(session.engine_mut(), tokenizer, anchors, true)?;
-    let start = serde_json::to_value(session.instruments()).expect("instruments serialize");
-    let (hard_threshold, easy_threshold) = match &preset.phenomenon {
-        Phenomenon::RankingLags { hard_flip_threshold, easy_flip_threshold, .. } => {
-            (*hard_flip_threshold, *easy_flip_threshold)
-        }
-        Phenomenon::ThreeD { .. } | Phenomenon::RobustBeatsNoisy { .. } => (0.0, f64::INFINITY),
+    let (watch_rows, anchor_rows) = (watch_items(preset), borrowed(anchors));
+    let score = |session: &mut Session<E>| -> Result<(Vec<f64>, Vec<f64>)> {
+        Ok((
+            score_texts(session.engine_mut(), tokenizer, &borrowed(&watch_rows), true)?,
+            score_texts(session.engine_mut(), tokenizer, &anchor_rows, true)?,
+        ))
     };
-    let pick = |keep: &dyn Fn(&PairStats) -> bool| -> Vec<usize> {
-        (0..session.pairs().len()).filter(|&i| keep(&session.pairs()[i])).collect()
-    };
-    let hard = pick(&|p| p.flip_threshold < hard_threshold);
-    let easy =
-        pick(&|p| p.reference_chosen < p.reference_rejected && p.flip_threshold >= easy_threshold);
-    let moment = |session: &Session<E>, step: u32| {
-        let stats = session.pairs();
-        let right = |set: &[usize]| {
-            set.iter().filter(|&&i| stats[i].policy_chosen >= stats[i].policy_rejected).count()
-        };
-        let eval = session.instruments();
-        Moment {
-            step,
-            reward_accuracy: eval.reward_accuracy.unwrap_or(f64::NAN),
-            ranking_accuracy: eval.ranking_accuracy.unwrap_or(f64::NAN),
-            hard_ranked_right: right(&hard),
-            easy_ranked_right: right(&easy),
-        }
-    };
-    let mut trajectory = vec![moment(&session, 0)];
-    let mut last = None;
+    let (watch_ref, anchor_ref) = score(&mut session)?;
+    let mut watch = RunWatch::begin(&session, preset, variant, &records, watch_ref, anchor_ref);
     for _ in 0..experiment.steps {
         let record = session.step()?;
         on_step(&variant.label, &record);
-        if record.eval.step == record.step {
-            trajectory.push(moment(&session, record.step));
-        }
-        last = Some(record);
+        watch.observe(&session, &record);
     }
-    let watch_now = score_texts(session.engine_mut(), tokenizer, &watch_items, true)?;
-    let watched = watch_items
-        .iter()
-        .zip(watch_ref.iter().zip(&watch_now))
-        .map(|((p, c), (r, n))| WatchedCandidate {
-            prompt: p.to_string(),
-            completion: c.to_string(),
-            reference_logp: *r,
-            policy_logp: *n,
-        })
-        .collect();
-    let anchor_now = score_texts(session.engine_mut(), tokenizer, anchors, true)?;
-    let anchor_change = anchor_now.iter().zip(&anchor_ref).map(|(n, r)| n - r).sum::<f64>()
-        / anchors.len().max(1) as f64;
-    let stats = session.pairs();
-    let column = |f: fn(&PairStats) -> f64| stats.iter().map(f).collect::<Vec<f64>>();
-    let (rc, rr) = (column(|p| p.reference_chosen), column(|p| p.reference_rejected));
-    let (pc, pr) = (column(|p| p.policy_chosen), column(|p| p.policy_rejected));
-    let alpha = column(|p| p.alpha);
-    let pairs = PairCounts {
-        pairs: stats.len(),
-        alpha_given: records
-            .iter()
-            .filter(|r| matches!(r, Record::Pair(p) if p.alpha.is_some()))
-            .count(),
-        hard: hard.len(),
-        easy: easy.len(),
-        trajectory,
-        idealized: IDEALIZED_BETAS
-            .iter()
-            .map(|&beta| (beta, metrics::idealized_ranking_accuracy(&rc, &rr, &alpha, beta)))
-            .collect(),
-        outside_mass_start: outside_mass(&rc, &rr),
-        outside_mass_end: outside_mass(&pc, &pr),
-    };
-    let true_margin = metrics::mean(
-        &stats
-            .iter()
-            .map(|p| if is_flipped(&records[p.record]) { -p.margin } else { p.margin })
-            .collect::<Vec<f64>>(),
-    );
-    Ok(RunReport {
-        label: variant.label.clone(),
-        loss: experiment.loss,
-        steps: experiment.steps,
-        start,
-        last,
-        watched,
-        anchor_change,
-        true_margin,
-        flip_rate: records.iter().filter(|r| is_flipped(r)).count() as f64
-            / records.len().max(1) as f64,
-        pairs,
-    })
+    let (watch_now, anchor_now) = score(&mut session)?;
+    Ok(watch.report(&session, &watch_now, &anchor_now))
 }
 
 /// Run every run of a scenario from `make_engine()` (the starter model, fresh each time,
@@ -570,27 +727,19 @@ pub fn run_scenario<E: Engine>(
     mut on_step: impl FnMut(&str, &StepRecord),
 ) -> Result<ScenarioReport> {
     let preset = &scenario.preset;
-    let corpus = lab_core::corpus::generate(0);
-    let anchors = fixed_answer_questions(&corpus, ANCHORS);
-    let own = Variant {
-        label: preset.experiment.loss.clone(),
-        loss: None,
-        params: None,
-        lr: None,
-        clean_labels: false,
-    };
+    let anchors = anchors();
     let mut runs = Vec::new();
-    for variant in std::iter::once(&own).chain(&preset.variants) {
+    for variant in preset.runs() {
         runs.push(train_run(
             scenario,
             tokenizer,
-            variant,
+            &variant,
             &anchors,
             &mut make_engine,
             &mut on_step,
         )?);
     }
-    let verdict = judge(&preset.phenomenon, &runs)?;
+    let verdict = judge(&preset.phenomenon, &runs);
     Ok(ScenarioReport {
         scenario: scenario.name.clone(),
         title: preset.title.clone(),
@@ -601,21 +750,24 @@ pub fn run_scenario<E: Engine>(
     })
 }
 
-fn run_named<'a>(runs: &'a [RunReport], label: &str) -> Result<&'a RunReport> {
-    runs.iter().find(|r| r.label == label).ok_or_else(|| {
-        LabError::param("phenomenon", format!("no variant labelled {label:?} in the preset"))
-    })
+fn run_named<'a>(runs: &'a [RunReport], label: &str) -> Option<&'a RunReport> {
+    runs.iter().find(|r| r.label == label)
 }
 
-fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
+/// The verdict on `runs` (the preset's own first). A run the phenomenon compares with
+/// that is not among them (the page does not train the clean-label control) is listed in
+/// `missing`, and its checks are left out; such a verdict does not pass.
+pub fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Verdict {
     let main = &runs[0];
-    let metric = |run: &RunReport, key: &str| -> f64 {
-        run.last
-            .as_ref()
-            .and_then(|r| serde_json::to_value(r).ok())
-            .and_then(|v| v.get(key).and_then(|x| x.as_f64()))
-            .unwrap_or(f64::NAN)
+    let mut missing = Vec::new();
+    let mut named = |label: &str| {
+        let run = run_named(runs, label);
+        if run.is_none() {
+            missing.push(label.to_string());
+        }
+        run
     };
+    let eval = |run: &RunReport| run.last.as_ref().map(|r| r.eval.clone()).unwrap_or_default();
     let (mut checks, line) = match phenomenon {
         Phenomenon::RankingLags {
             min_reward_accuracy,
@@ -628,7 +780,7 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
             min_easy_ranked_right,
             ..
         } => {
-            let reward = metric(main, "eval/reward_accuracy");
+            let reward = eval(main).reward_accuracy.unwrap_or(f64::NAN);
             let p = &main.pairs;
             let start = p.trajectory[0];
             let reward_reached =
@@ -706,30 +858,39 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
             )
         }
         Phenomenon::ThreeD { damped, min_rejected_drop, min_dispersion, min_damping, .. } => {
-            let other = run_named(runs, damped)?;
             let change = |run: &RunReport| {
-                (metric(run, "eval/logps_chosen_change"), metric(run, "eval/logps_rejected_change"))
+                let e = eval(run);
+                (e.logps_chosen_change, e.logps_rejected_change)
             };
-            let ((chosen, rejected), (chosen_d, rejected_d)) = (change(main), change(other));
+            let (chosen, rejected) = change(main);
             let p = &main.pairs;
-            let line = format!(
+            let mut line = format!(
                 "{}: rejected {rejected:+.1}, chosen {chosen:+.1} nats, mass outside the pairs \
-                 {:.2} -> {:.2}; {}: rejected {rejected_d:+.1}, chosen {chosen_d:+.1} nats",
-                main.label, p.outside_mass_start, p.outside_mass_end, other.label
+                 {:.2} -> {:.2}",
+                main.label, p.outside_mass_start, p.outside_mass_end
             );
-            (
-                vec![
-                    at_most("rejected log-prob change", rejected, -min_rejected_drop),
-                    at_most("chosen log-prob change", chosen, 0.0),
-                    at_least(
-                        "mass outside the pairs, gain",
-                        p.outside_mass_end - p.outside_mass_start,
-                        *min_dispersion,
-                    ),
-                    at_least("chosen change, damped minus plain", chosen_d - chosen, *min_damping),
-                ],
-                line,
-            )
+            let mut checks = vec![
+                at_most("rejected log-prob change", rejected, -min_rejected_drop),
+                at_most("chosen log-prob change", chosen, 0.0),
+                at_least(
+                    "mass outside the pairs, gain",
+                    p.outside_mass_end - p.outside_mass_start,
+                    *min_dispersion,
+                ),
+            ];
+            if let Some(other) = named(damped) {
+                let (chosen_d, rejected_d) = change(other);
+                line.push_str(&format!(
+                    "; {}: rejected {rejected_d:+.1}, chosen {chosen_d:+.1} nats",
+                    other.label
+                ));
+                checks.push(at_least(
+                    "chosen change, damped minus plain",
+                    chosen_d - chosen,
+                    *min_damping,
+                ));
+            }
+            (checks, line)
         }
         Phenomenon::RobustBeatsNoisy {
             robust,
@@ -738,7 +899,6 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
             min_robust_over_cap,
             ..
         } => {
-            let (robust_run, clean_run) = (run_named(runs, robust)?, run_named(runs, clean)?);
             let epsilon = main.flip_rate;
             let cap = ((1.0 - epsilon) / epsilon).ln();
             let margins: Vec<String> =
@@ -749,26 +909,27 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
                 margins.join(", "),
                 100.0 * epsilon
             );
-            (
-                vec![
-                    at_most(
-                        &format!("{} margin / ln((1 - ε)/ε)", main.label),
-                        main.true_margin / cap,
-                        *max_noisy_over_cap,
-                    ),
-                    at_least(
-                        &format!("{robust} margin / ln((1 - ε)/ε)"),
-                        robust_run.true_margin / cap,
-                        *min_robust_over_cap,
-                    ),
-                    at_most(
-                        &format!("{robust} margin minus {clean} margin"),
-                        robust_run.true_margin - clean_run.true_margin,
-                        0.0,
-                    ),
-                ],
-                line,
-            )
+            let mut checks = vec![at_most(
+                &format!("{} margin / ln((1 - ε)/ε)", main.label),
+                main.true_margin / cap,
+                *max_noisy_over_cap,
+            )];
+            let robust_run = named(robust);
+            if let Some(run) = robust_run {
+                checks.push(at_least(
+                    &format!("{robust} margin / ln((1 - ε)/ε)"),
+                    run.true_margin / cap,
+                    *min_robust_over_cap,
+                ));
+            }
+            if let (Some(run), Some(clean_run)) = (robust_run, named(clean)) {
+                checks.push(at_most(
+                    &format!("{robust} margin minus {clean} margin"),
+                    run.true_margin - clean_run.true_margin,
+                    0.0,
+                ));
+            }
+            (checks, line)
         }
     };
     for run in runs {
@@ -778,7 +939,7 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
             -phenomenon.max_anchor_drop(),
         ));
     }
-    let passed = checks.iter().all(|c| c.ok);
+    let passed = missing.is_empty() && checks.iter().all(|c| c.ok);
     let kl: Vec<RunKl> = runs.iter().map(RunKl::of).collect();
     let kl_text: Vec<String> = kl
         .iter()
@@ -789,17 +950,23 @@ fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Result<Verdict> {
         .collect();
     let anchors: Vec<String> =
         runs.iter().map(|r| format!("{} {:+.2}", r.label, r.anchor_change)).collect();
-    Ok(Verdict {
+    let not_here = if missing.is_empty() {
+        String::new()
+    } else {
+        format!("; not trained here: {}", missing.join(", "))
+    };
+    Verdict {
         passed,
         line: format!(
-            "{}: {line}; anchors' log-prob change (nats): {}; KL to the reference (nats): {}",
+            "{}: {line}; anchors' log-prob change (nats): {}; KL to the reference (nats): {}{not_here}",
             if passed { "PASS" } else { "FAIL" },
             anchors.join(", "),
             kl_text.join(", ")
         ),
         checks,
         kl,
-    })
+        missing,
+    }
 }
 
 /// The report as the CLI prints it.
