@@ -216,6 +216,18 @@ check(heading.length > 0, 'the scenario says what it shows', heading);
 const pairsShown = await fallback.locator('[data-testid=pairs] tbody tr').count();
 check(pairsShown === 48, 'the pairs table lists every training pair', `${pairsShown} rows`);
 
+// The verdict's checks follow the page's own runs: some fail at the start, and by the end
+// of the preset's 250 steps every one holds (the same checks as `alignlab scenario`).
+await fallback.waitForSelector('[data-testid=live-verdict] tbody tr', { timeout: 60000 });
+const liveRows = await fallback.locator('[data-testid=live-verdict] tbody tr').count();
+const liveFailedAtStart = await fallback.locator('[data-testid=live-verdict] tbody tr.failed').count();
+await fallback.click('button[name=play]');
+await fallback.waitForFunction(() => window.__alab.steps.every((s) => s >= 250) && !window.__alab.playing, null, { timeout: 300000 });
+await fallback.waitForFunction(() => /at step 250/.test(document.querySelector('[data-testid=live-verdict] strong')?.textContent ?? ''), null, { timeout: 60000 });
+const liveSummary = await fallback.textContent('[data-testid=live-verdict] strong');
+const liveFailedAtEnd = await fallback.locator('[data-testid=live-verdict] tbody tr.failed').count();
+check(liveRows >= 6 && liveFailedAtStart >= 2 && liveSummary === 'PASS at step 250' && liveFailedAtEnd === 0, "the verdict's checks turn from red to green as the scenario trains", `${liveRows} checks, ${liveFailedAtStart} failing at the start; ${liveSummary}, ${liveFailedAtEnd} failing`);
+
 // A scenario's verdict, as `alignlab scenario` gives it: each check against its threshold.
 await fallback.selectOption('select[name=scenario]', 'ranking-accuracy');
 await fallback.waitForFunction(() => window.__alab.ready && window.__alab.query.includes('scenario=ranking-accuracy'), null, { timeout: 60000 });

@@ -43,6 +43,18 @@ struct Store {
     data: annotate::DataSignals,
     /// The scenario's verdict: none asked, running, or the worker's answer.
     verdict: RwSignal<VerdictState>,
+    /// The scenario's checks on the page's own runs, at their latest evaluation.
+    live: RwSignal<Option<LiveChecks>>,
+}
+
+/// The checks of a scenario's verdict on the runs the page trains (`FromWorker::LiveVerdict`).
+#[derive(Debug, Clone, PartialEq)]
+struct LiveChecks {
+    scenario: String,
+    step: u32,
+    passed: bool,
+    checks: Vec<Check>,
+    missing: Vec<String>,
 }
 
 /// The verdict panel of a scenario.
@@ -146,6 +158,8 @@ impl Store {
                 if generation != self.generation.get_untracked() => {}
             FromWorker::Continued { generation, .. }
                 if generation != self.generation.get_untracked() => {}
+            FromWorker::LiveVerdict { generation, .. }
+                if generation != self.generation.get_untracked() => {}
             FromWorker::Ready {
                 engine,
                 engine_note,
@@ -187,6 +201,7 @@ impl Store {
                 self.table.set(table);
                 self.dropped.set(dropped);
                 self.inspected.set(None);
+                self.live.set(None);
                 self.ready.set(true);
                 if let Some(prompt) = first_prompt {
                     bridge::send(&ToWorker::Inspect { prompt, run: 0 });
@@ -232,6 +247,8 @@ impl Store {
             }
             FromWorker::Continued { runs, table, .. } => {
                 self.diverged.set(None);
+                // continued runs have left the preset's settings
+                self.live.set(None);
                 self.runs.update(|histories| {
                     for (history, info) in histories.iter_mut().zip(runs) {
                         history.info = Some(info);
@@ -249,6 +266,9 @@ impl Store {
             FromWorker::Sampled { sets, steps, .. } => self.data.sampled.set(Some((sets, steps))),
             FromWorker::Verdict { scenario, passed, line, checks } => {
                 self.verdict.set(VerdictState::Done { scenario, passed, line, checks })
+            }
+            FromWorker::LiveVerdict { scenario, step, passed, checks, missing, .. } => {
+                self.live.set(Some(LiveChecks { scenario, step, passed, checks, missing }))
             }
             FromWorker::Error { message } => {
                 self.playing.set(false);
@@ -315,6 +335,7 @@ pub fn App() -> impl IntoView {
         diverged: RwSignal::new(None),
         data: annotate::DataSignals::new(),
         verdict: RwSignal::new(VerdictState::None),
+        live: RwSignal::new(None),
     };
     provide_context(store);
 
@@ -541,11 +562,14 @@ fn TrainPanel() -> impl IntoView {
                     bridge::send(&ToWorker::Verdict { scenario: name.clone() });
                 };
                 let this = s.name.clone();
+                let here = s.name.clone();
+                let steps = move || store.ui.with(|u| u.experiment.steps);
                 view! {
                     <div class="scenario">
                         <h3>{s.title}</h3>
                         <p class="paper">{s.paper}</p>
                         <p>{s.explanation.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join(" ")}</p>
+                        {move || live_view(&here, store.live.get(), steps())}
                         <button name="verdict" on:click=run_verdict>"check the verdict (trains every run of the preset on the CPU, as alignlab scenario does)"</button>
                         {move || verdict_view(&this, store.verdict.get())}
                     </div>
@@ -553,6 +577,53 @@ fn TrainPanel() -> impl IntoView {
             })}
         </section>
     }
+}
+
+/// A verdict's checks, each value against its threshold, green when it holds.
+fn checks_table(checks: Vec<Check>) -> impl IntoView {
+    view! {
+        <table>
+            <thead><tr><th>"check"</th><th>"value"</th><th>"must be"</th><th>"ok"</th></tr></thead>
+            <tbody>
+                {checks.into_iter().map(|c| view! {
+                    <tr class=if c.ok { "ok" } else { "failed" }>
+                        <td>{c.what}</td>
+                        <td>{format!("{:.3}", c.value)}</td>
+                        <td>{c.must_be}</td>
+                        <td>{if c.ok { "yes" } else { "no" }}</td>
+                    </tr>
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+}
+
+/// The verdict's checks on the page's runs of scenario `name` as they train (`steps` is
+/// the runs' length): how many hold now, and at the end whether the verdict passes.
+fn live_view(name: &str, live: Option<LiveChecks>, steps: u32) -> Option<AnyView> {
+    let live = live.filter(|l| l.scenario == name)?;
+    let holding = live.checks.iter().filter(|c| c.ok).count();
+    let summary = if live.step >= steps && live.missing.is_empty() {
+        format!("{} at step {}", if live.passed { "PASS" } else { "FAIL" }, live.step)
+    } else {
+        format!("step {} of {steps}: {holding} of {} checks hold", live.step, live.checks.len())
+    };
+    let missing = (!live.missing.is_empty()).then(|| {
+        format!(
+            "Not trained here: {} (its checks are in the full verdict below).",
+            live.missing.join(", ")
+        )
+    });
+    Some(
+        view! {
+            <div class="verdict live" data-testid="live-verdict">
+                <p>"The verdict's checks on these runs, as they train — "<strong>{summary}</strong></p>
+                {checks_table(live.checks)}
+                {missing.map(|m| view! { <p class="note">{m}</p> })}
+            </div>
+        }
+        .into_any(),
+    )
 }
 
 /// The verdict of scenario `name`: its checks, each value against its threshold.
@@ -566,19 +637,7 @@ fn verdict_view(name: &str, state: VerdictState) -> Option<AnyView> {
             view! {
                 <div class="verdict" data-testid="verdict" role="status" aria-live="polite">
                     <p><strong>{if passed { "PASS" } else { "FAIL" }}</strong>": "{line.split_once(": ").map_or(line.clone(), |(_, rest)| rest.to_string())}</p>
-                    <table>
-                        <thead><tr><th>"check"</th><th>"value"</th><th>"must be"</th><th>"ok"</th></tr></thead>
-                        <tbody>
-                            {checks.into_iter().map(|c| view! {
-                                <tr class=if c.ok { "ok" } else { "failed" }>
-                                    <td>{c.what}</td>
-                                    <td>{format!("{:.3}", c.value)}</td>
-                                    <td>{c.must_be}</td>
-                                    <td>{if c.ok { "yes" } else { "no" }}</td>
-                                </tr>
-                            }).collect_view()}
-                        </tbody>
-                    </table>
+                    {checks_table(checks)}
                 </div>
             }
             .into_any(),

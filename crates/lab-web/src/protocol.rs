@@ -228,6 +228,18 @@ pub enum FromWorker {
         line: String,
         checks: Vec<lab_train::scenario::Check>,
     },
+    /// A scenario's checks on the page's own runs as they stand at `step` (sent after each
+    /// evaluation while the runs are the preset's); `missing` names the compared runs the
+    /// page does not train, whose checks only the full verdict has.
+    LiveVerdict {
+        generation: u32,
+        scenario: String,
+        step: u32,
+        passed: bool,
+        line: String,
+        checks: Vec<lab_train::scenario::Check>,
+        missing: Vec<String>,
+    },
     Error {
         message: String,
     },

@@ -8,7 +8,7 @@
 use lab_core::experiment::{link_escape, link_unescape, ExperimentConfig};
 use lab_core::loss::LossMix;
 use lab_core::{LabError, Result};
-use lab_train::scenario::Preset;
+use lab_train::scenario::{Preset, Variant};
 use serde::{Deserialize, Serialize};
 
 /// At most this many runs are drawn side by side (the main run and two compared ones).
@@ -185,6 +185,25 @@ pub fn preset_compare(preset: &Preset) -> Vec<String> {
     out
 }
 
+/// The preset's runs that the page's runs are, in order, if they are: the scenario's own
+/// data, every pair kept, the preset's compared runs, and the preset's settings but for
+/// the seed and the learning rate (the robustness sweep varies those two).
+pub fn preset_runs(
+    preset: &Preset,
+    experiment: &ExperimentConfig,
+    compare: &[String],
+    own_data: bool,
+) -> Option<Vec<Variant>> {
+    let free =
+        |e: &ExperimentConfig| ExperimentConfig { scenario: None, seed: 0, lr: 0.0, ..e.clone() };
+    let same = own_data
+        && free(experiment) == free(&preset.experiment)
+        && compare == preset_compare(preset).as_slice();
+    same.then(|| {
+        preset.runs().into_iter().filter(|v| !v.clean_labels).take(1 + compare.len()).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +234,45 @@ mod tests {
                 .collect();
             assert_eq!(runs[0], preset.experiment, "{name}");
             assert_eq!(&runs[1..], want.as_slice(), "{name}: {:?}", state.compare);
+        }
+    }
+
+    /// The page judges its runs live only while they are the preset's: through the link,
+    /// with another seed or learning rate, but not with another β, other compared runs,
+    /// dropped pairs or other data.
+    #[test]
+    fn the_page_s_runs_are_the_preset_s_only_with_its_settings() {
+        let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+        for name in lab_train::scenario::SCENARIOS {
+            let dir = assets.join("scenarios").join(name);
+            let preset: Preset =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("preset.json")).unwrap())
+                    .unwrap();
+            let state = UiState {
+                experiment: ExperimentConfig {
+                    scenario: Some(name.to_string()),
+                    ..preset.experiment.clone()
+                },
+                compare: preset_compare(&preset),
+                ..UiState::default()
+            };
+            let back = UiState::from_query(&state.to_query()).unwrap();
+            let runs = preset_runs(&preset, &back.experiment, &back.compare, true).unwrap();
+            let labels: Vec<&str> = runs.iter().map(|v| v.label.as_str()).collect();
+            let want: Vec<String> =
+                preset.runs().into_iter().filter(|v| !v.clean_labels).map(|v| v.label).collect();
+            assert_eq!(labels, want, "{name}");
+            let mut moved = back.experiment.clone();
+            (moved.seed, moved.lr) = (4, moved.lr * 3.0);
+            assert!(preset_runs(&preset, &moved, &back.compare, true).is_some(), "{name}");
+            assert!(preset_runs(&preset, &back.experiment, &back.compare, false).is_none());
+            let mut other = back.experiment.clone();
+            other.params.beta *= 2.0;
+            assert!(preset_runs(&preset, &other, &back.compare, true).is_none(), "{name}");
+            let fewer = &back.compare[..back.compare.len().saturating_sub(1)];
+            if fewer.len() < back.compare.len() {
+                assert!(preset_runs(&preset, &back.experiment, fewer, true).is_none(), "{name}");
+            }
         }
     }
 

@@ -33,7 +33,10 @@ use lab_core::tokenizer::Tokenizer;
 use lab_core::{checkpoint, LabError};
 use lab_cpu::CpuEngine;
 use lab_gpu::GpuEngine;
-use lab_train::scenario::{run_scenario, Preset, Scenario, SCENARIOS};
+use lab_train::scenario::{
+    anchors, borrowed, judge, run_scenario, score_texts_async, watch_items, Phenomenon, Preset,
+    RunWatch, Scenario, Variant, SCENARIOS,
+};
 use lab_train::{Session, SessionConfig, StepRecord};
 use std::collections::HashMap;
 use wasm_bindgen::prelude::*;
@@ -284,6 +287,17 @@ struct Lab {
     /// The reset these runs belong to.
     generation: u32,
     playing: bool,
+    /// The scenario's checks on these runs, while they are the preset's.
+    live: Option<Live>,
+}
+
+/// What keeps a scenario's verdict current on the page's runs: one [`RunWatch`] per run.
+struct Live {
+    scenario: String,
+    phenomenon: Phenomenon,
+    watch_rows: Vec<(String, String)>,
+    anchor_rows: Vec<(String, String)>,
+    watches: Vec<RunWatch>,
 }
 
 impl Lab {
@@ -336,6 +350,7 @@ impl Lab {
             runs: Vec::new(),
             generation: 0,
             playing: false,
+            live: None,
         }
     }
 
@@ -413,6 +428,7 @@ impl Lab {
         data: Option<TrainingData>,
     ) -> Result<FromWorker> {
         self.playing = false;
+        self.live = None;
         for run in self.runs.drain(..) {
             self.spare.push(run.session.into_engine());
         }
@@ -479,6 +495,14 @@ impl Lab {
         }
         self.runs = runs;
         self.experiment = experiment.clone();
+        if let Some((name, s)) = scenario.as_ref().and_then(|n| Some((n, self.scenarios.get(n)?))) {
+            let own_data = data.is_none() && drop_records.is_empty();
+            if let Some(variants) =
+                crate::state::preset_runs(&s.preset, &experiment, &compare, own_data)
+            {
+                self.live = Some(self.watch(name, &s.preset.clone(), &variants).await?);
+            }
+        }
         let mut prompts: Vec<String> = Vec::new();
         let pairs: Vec<PairText> = self.records.iter().map(pair_text).collect();
         for p in &pairs {
@@ -569,6 +593,9 @@ impl Lab {
                 }
             };
             let step_ms = now_ms() - started;
+            if let Some(live) = &mut self.live {
+                live.watches[index].observe(&run.session, &record);
+            }
             let step = run.offset + record.step;
             if run.displaced_at.is_none() && record.eval.logps_chosen_change < 0.0 {
                 run.displaced_at = Some(step);
@@ -592,7 +619,89 @@ impl Lab {
                 table,
             });
         }
+        if any {
+            self.post_live_verdict().await;
+        }
         any
+    }
+
+    /// Start watching the runs (at step 0) as `variants` of scenario `name`.
+    async fn watch(&mut self, name: &str, preset: &Preset, variants: &[Variant]) -> Result<Live> {
+        let watch_rows = watch_items(preset);
+        let anchor_rows = anchors();
+        let first = self.runs.first_mut().ok_or("no runs")?.session.engine_mut();
+        // every run starts from the same weights, so the reference's scores are shared
+        let tokenizer = &self.model.tokenizer;
+        let watch_ref = score_texts_async(first, tokenizer, &borrowed(&watch_rows), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let anchor_ref = score_texts_async(first, tokenizer, &borrowed(&anchor_rows), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let records: Vec<Record> = self.kept.iter().map(|&i| self.records[i].clone()).collect();
+        let watches = self
+            .runs
+            .iter()
+            .zip(variants)
+            .map(|(run, variant)| {
+                RunWatch::begin(
+                    &run.session,
+                    preset,
+                    variant,
+                    &records,
+                    watch_ref.clone(),
+                    anchor_ref.clone(),
+                )
+            })
+            .collect();
+        Ok(Live {
+            scenario: name.to_string(),
+            phenomenon: preset.phenomenon.clone(),
+            watch_rows,
+            anchor_rows,
+            watches,
+        })
+    }
+
+    /// The scenario's checks on the runs as they stand, posted when every run has just been
+    /// evaluated (the checks read the evaluations).
+    async fn post_live_verdict(&mut self) {
+        let Some(live) = &self.live else { return };
+        let evaluated =
+            self.runs.iter().all(|r| r.session.instruments().step == r.session.steps_done());
+        if !evaluated || self.runs.iter().any(|r| r.diverged.is_some()) {
+            return;
+        }
+        let tokenizer = &self.model.tokenizer;
+        let (watch_rows, anchor_rows) = (borrowed(&live.watch_rows), borrowed(&live.anchor_rows));
+        let mut reports = Vec::new();
+        for (run, watch) in self.runs.iter_mut().zip(&live.watches) {
+            let engine = run.session.engine_mut();
+            let scored = async {
+                let watch_now = score_texts_async(engine, tokenizer, &watch_rows, true).await?;
+                let anchor_now = score_texts_async(engine, tokenizer, &anchor_rows, true).await?;
+                Ok::<_, LabError>((watch_now, anchor_now))
+            };
+            match scored.await {
+                Ok((watch_now, anchor_now)) => {
+                    reports.push(watch.report(&run.session, &watch_now, &anchor_now))
+                }
+                Err(err) => {
+                    post(&FromWorker::Error { message: format!("the live verdict: {err}") });
+                    return;
+                }
+            }
+        }
+        let verdict = judge(&live.phenomenon, &reports);
+        post(&FromWorker::LiveVerdict {
+            generation: self.generation,
+            scenario: live.scenario.clone(),
+            step: self.runs[0].steps(),
+            passed: verdict.passed,
+            line: verdict.line,
+            checks: verdict.checks,
+            missing: verdict.missing,
+        });
     }
 
     /// Copy the weights before every this many steps (see [`GPU_COPY_EVERY`]).
@@ -641,6 +750,8 @@ impl Lab {
         if experiment.scenario != self.experiment.scenario {
             return Err("the scenario changed: reset to train on it".into());
         }
+        // continued runs have left the preset's: the verdict's checks no longer apply
+        self.live = None;
         let mut current = Vec::new();
         for run in &self.runs {
             let weights = run
@@ -888,7 +999,15 @@ async fn handle(lab: &mut Option<Lab>, msg: ToWorker) {
     let lab = lab.as_mut().expect("just created");
     let reply = match msg {
         ToWorker::Reset { generation, experiment, compare, drop_records, apply_preset, data } => {
-            lab.reset(generation, experiment, compare, drop_records, apply_preset, data).await
+            let ready =
+                lab.reset(generation, experiment, compare, drop_records, apply_preset, data).await;
+            if let Ok(ready) = ready {
+                // the checks at step 0 follow the runs they describe
+                post(&ready);
+                lab.post_live_verdict().await;
+                return;
+            }
+            ready
         }
         ToWorker::Play | ToWorker::Step if lab.diverged_refusal().is_some() => {
             lab.playing = false;
