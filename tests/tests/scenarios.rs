@@ -98,23 +98,6 @@ fn three_d_properties_rejected_falls_chosen_follows_mass_disperses_nll_damps() {
     for run in &report.runs {
         assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
     }
-    // The page trains every run but the clean-label control: its live verdict leaves out the
-    // two checks that need it, says so, and does not pass.
-    let phenomenon = &Scenario::load(&assets(), "noisy-labels").unwrap().preset.phenomenon;
-    let page_runs: Vec<_> =
-        report.runs.iter().filter(|r| r.label != "clean labels").cloned().collect();
-    let partial = judge(phenomenon, &page_runs);
-    assert_eq!(partial.missing, ["clean labels"]);
-    assert!(!partial.passed && partial.line.contains("not trained here: clean labels"));
-    let kept: Vec<_> = report
-        .verdict
-        .checks
-        .iter()
-        .filter(|c| !c.what.contains("clean labels"))
-        .cloned()
-        .collect();
-    assert_eq!(partial.checks, kept);
-    assert_eq!(kept.len(), report.verdict.checks.len() - 2);
 }
 
 #[test]
@@ -179,4 +162,26 @@ fn noisy_labels_dpo_stops_at_the_noise_cap_and_rdpo_moves_past_it() {
         .collect();
     assert_eq!(partial.checks, kept);
     assert_eq!(kept.len(), report.verdict.checks.len() - 2);
+}
+
+#[test]
+fn over_optimisation_gold_reward_rises_then_falls_for_every_loss() {
+    let report = run("over-optimisation");
+    assert_checks(&report);
+    assert_eq!(report.runs.len(), 3);
+    for run in &report.runs {
+        let path: Vec<(f64, f64)> = run
+            .pairs
+            .trajectory
+            .iter()
+            .map(|m| (m.kl, m.gold.expect("every evaluation samples the gold reward")))
+            .collect();
+        let (start, end) = (path[0], path[path.len() - 1]);
+        let peak = path.iter().copied().fold(start, |a, b| if b.1 > a.1 { b } else { a });
+        // the gold reward climbs well above the reference's, then gives most of it back at
+        // a far larger KL, while the anchors hold
+        assert!(peak.1 - start.1 >= 0.5 && peak.1 - end.1 >= 0.5, "{}: {path:?}", run.label);
+        assert!(end.0 > 2.0 * peak.0, "{}: {path:?}", run.label);
+        assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
+    }
 }

@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `3d-properties` | all 24 sentiment topics × 2 questions, positive preferred | none | nothing |
 //! | `noisy-labels` | all 24 sentiment topics × 2 questions, positive preferred, each pair four times with one copy's label flipped (`"flipped": true`) | none | nothing |
+//! | `over-optimisation` | the same pairs as `3d-properties` | none | nothing |
 //! | `ranking-accuracy` | per thing: polite over curt "Yes", polite over curt "No", every fourth thing a plain "Yes" over "No"; every other personal question: its second most common answer over its most common | none | the property each "No" question asks about |
 //!
 //! `no-never`, `refusals` and `length` were withdrawn until they can be run
@@ -19,7 +20,8 @@ use crate::error::{LabError, Result};
 use crate::rng::Rng;
 
 /// The scenarios shipped in `assets/scenarios/`, in teaching order.
-pub const SCENARIOS: [&str; 3] = ["3d-properties", "ranking-accuracy", "noisy-labels"];
+pub const SCENARIOS: [&str; 4] =
+    ["3d-properties", "ranking-accuracy", "noisy-labels", "over-optimisation"];
 
 /// Copies of each pair in `noisy-labels`, and how many of them have the label flipped:
 /// Chowdhury et al.'s flip rate ε = 1/4, exactly, for every pair.
@@ -54,6 +56,7 @@ pub fn generate(name: &str, seed: u64) -> Result<ScenarioData> {
         "ranking-accuracy" => ranking_accuracy(&mut rng),
         "3d-properties" => three_d_properties(),
         "noisy-labels" => noisy_labels(),
+        "over-optimisation" => three_d_properties(),
         _ => {
             return Err(LabError::param(
                 "scenario",
@@ -201,6 +204,10 @@ mod tests {
         );
         assert_eq!(counts("3d-properties"), 48);
         assert_eq!(counts("noisy-labels"), 48 * 4);
+        assert_eq!(
+            generate("over-optimisation", 3).unwrap(),
+            generate("3d-properties", 0).unwrap()
+        );
 
         // noisy-labels: every pair four times, exactly one copy flipped (its statements swapped)
         let noisy = generate("noisy-labels", 3).unwrap();

@@ -17,11 +17,14 @@
 
 use crate::pretrain::fixed_answer_questions;
 use crate::session::{PairStats, Session, SessionConfig, StepRecord};
+use lab_core::annotate::Reward;
 use lab_core::data::{encode_example, parse_jsonl, Record};
 use lab_core::engine::{Engine, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::LossParams;
 use lab_core::metrics;
+use lab_core::rng::Rng;
+use lab_core::sample::{sample_batch, SampleConfig};
 use lab_core::tokenizer::Tokenizer;
 use lab_core::{LabError, Result};
 use serde::{Deserialize, Serialize};
@@ -123,6 +126,23 @@ pub enum Phenomenon {
         min_robust_over_cap: f64,
         max_anchor_drop: f64,
     },
+    /// Over-optimisation (Gao et al. 2023; Rafailov et al. 2024 for direct alignment
+    /// algorithms): the gold reward — the synthetic annotator's reward `gold` (the rule the
+    /// data's labels follow) averaged over `samples_per_prompt` samples of the policy for
+    /// every prompt of the data — first rises as the policy moves away from the reference,
+    /// then falls as it moves further. In every run: the peak is at least `min_rise` above
+    /// the reference's gold reward, and the last evaluation at least `min_fall` below the
+    /// peak, at a larger KL (and, as everywhere, the anchors do not collapse: the fall is
+    /// on the trained prompts, not everywhere). Each run's gold reward at the KLs `matched_kl` (nats per
+    /// token, interpolated) is reported, so the losses are compared at matched KL.
+    OverOptimisation {
+        gold: String,
+        samples_per_prompt: usize,
+        min_rise: f64,
+        min_fall: f64,
+        matched_kl: Vec<f64>,
+        max_anchor_drop: f64,
+    },
 }
 
 impl Phenomenon {
@@ -130,14 +150,15 @@ impl Phenomenon {
         match self {
             Phenomenon::RankingLags { max_anchor_drop, .. }
             | Phenomenon::ThreeD { max_anchor_drop, .. }
-            | Phenomenon::RobustBeatsNoisy { max_anchor_drop, .. } => *max_anchor_drop,
+            | Phenomenon::RobustBeatsNoisy { max_anchor_drop, .. }
+            | Phenomenon::OverOptimisation { max_anchor_drop, .. } => *max_anchor_drop,
         }
     }
 
     /// The labels of the variants the phenomenon compares the preset's run with.
     fn compared(&self) -> Vec<&str> {
         match self {
-            Phenomenon::RankingLags { .. } => Vec::new(),
+            Phenomenon::RankingLags { .. } | Phenomenon::OverOptimisation { .. } => Vec::new(),
             Phenomenon::ThreeD { damped, .. } => vec![damped.as_str()],
             Phenomenon::RobustBeatsNoisy { robust, clean, .. } => {
                 vec![robust.as_str(), clean.as_str()]
@@ -340,7 +361,6 @@ pub struct PairCounts {
     /// easy threshold.
     pub easy: usize,
     /// Every evaluation of the run, in order (the first is the reference's).
-    #[serde(skip)]
     pub trajectory: Vec<Moment>,
     /// R* at each of [`IDEALIZED_BETAS`].
     pub idealized: Vec<(f64, f64)>,
@@ -359,6 +379,12 @@ pub struct Moment {
     /// Hard and easy pairs ranked right (see [`PairCounts`]).
     pub hard_ranked_right: usize,
     pub easy_ranked_right: usize,
+    /// `eval/kl`: nats per token from the reference.
+    pub kl: f64,
+    /// The gold reward of the policy's samples, where the phenomenon asks for it
+    /// ([`Phenomenon::OverOptimisation`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gold: Option<f64>,
 }
 
 /// One training run of a scenario.
@@ -467,6 +493,17 @@ fn outside_mass(chosen: &[f64], rejected: &[f64]) -> f64 {
     chosen.iter().zip(rejected).map(|(c, r)| 1.0 - c.exp() - r.exp()).sum::<f64>() / n
 }
 
+/// The gold reward where the path (evaluations in order) first reaches KL `kl`, linearly
+/// interpolated between the two evaluations around it; None if it never does.
+fn gold_at_kl(path: &[&Moment], kl: f64) -> Option<f64> {
+    path.windows(2).find_map(|w| {
+        let (a, b) = (w[0], w[1]);
+        let (ga, gb) = (a.gold?, b.gold?);
+        (a.kl <= kl && kl <= b.kl && b.kl > a.kl)
+            .then(|| ga + (gb - ga) * (kl - a.kl) / (b.kl - a.kl))
+    })
+}
+
 /// The middle value of a non-empty list.
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -557,7 +594,7 @@ impl RunWatch {
             Phenomenon::RankingLags { hard_flip_threshold, easy_flip_threshold, .. } => {
                 (*hard_flip_threshold, *easy_flip_threshold)
             }
-            Phenomenon::ThreeD { .. } | Phenomenon::RobustBeatsNoisy { .. } => (0.0, f64::INFINITY),
+            _ => (0.0, f64::INFINITY),
         };
         let stats = session.pairs();
         let pick = |keep: &dyn Fn(&PairStats) -> bool| -> Vec<usize> {
@@ -605,6 +642,15 @@ impl RunWatch {
             ranking_accuracy: eval.ranking_accuracy.unwrap_or(f64::NAN),
             hard_ranked_right: right(&self.hard),
             easy_ranked_right: right(&self.easy),
+            kl: eval.kl,
+            gold: None,
+        }
+    }
+
+    /// Note the gold reward of the policy's samples at the evaluation just observed.
+    pub fn note_gold(&mut self, gold: f64) {
+        if let Some(moment) = self.trajectory.last_mut() {
+            moment.gold = Some(gold);
         }
     }
 
@@ -679,6 +725,86 @@ impl RunWatch {
     }
 }
 
+/// New tokens at most in a sample scored for the gold reward.
+pub const GOLD_MAX_TOKENS: usize = 32;
+/// The random stream of the gold-reward samples, the same at every evaluation, so that
+/// successive values differ by what the policy did rather than by fresh noise.
+const GOLD_SEED: u64 = 0x601d;
+
+/// How a run's gold reward is measured ([`Phenomenon::OverOptimisation`]): the reward, and
+/// the prompts sampled, each `per_prompt` times.
+pub struct GoldProbe {
+    reward: Reward,
+    per_prompt: usize,
+    /// The distinct prompts of the pairs, encoded for sampling (end token first, as the
+    /// examples are).
+    prompts: Vec<Vec<u32>>,
+}
+
+impl GoldProbe {
+    /// The probe the phenomenon asks for, if any, on the prompts of `records`.
+    pub fn of(
+        phenomenon: &Phenomenon,
+        tokenizer: &Tokenizer,
+        records: &[Record],
+        ctx: usize,
+    ) -> Result<Option<GoldProbe>> {
+        let Phenomenon::OverOptimisation { gold, samples_per_prompt, .. } = phenomenon else {
+            return Ok(None);
+        };
+        let reward = Reward::parse(gold).map_err(|e| e.in_field("phenomenon.gold"))?;
+        let mut texts: Vec<String> = Vec::new();
+        for record in records {
+            if let Record::Pair(p) = record {
+                let prompt = p.render().prompt;
+                if !texts.contains(&prompt) {
+                    texts.push(prompt);
+                }
+            }
+        }
+        let prompts = texts
+            .iter()
+            .map(|text| {
+                let mut ids = vec![tokenizer.eot()];
+                ids.extend(tokenizer.encode(text)?);
+                if ids.len() + GOLD_MAX_TOKENS > ctx {
+                    let msg = format!("prompt {text:?} leaves no room to sample");
+                    return Err(LabError::param("gold", msg));
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(GoldProbe { reward, per_prompt: *samples_per_prompt, prompts }))
+    }
+
+    /// The gold reward of the policy `engine` holds: the reward of its samples
+    /// (temperature 1, at most [`GOLD_MAX_TOKENS`] new tokens, the same random stream
+    /// every time), averaged.
+    pub fn measure<E: Engine + ?Sized>(
+        &self,
+        engine: &mut E,
+        tokenizer: &Tokenizer,
+    ) -> Result<f64> {
+        let rows: Vec<Vec<u32>> = self
+            .prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), self.per_prompt))
+            .collect();
+        let cfg = SampleConfig { temperature: 1.0, top_k: 0, max_new_tokens: GOLD_MAX_TOKENS };
+        let mut rng = Rng::new(GOLD_SEED);
+        let eot = tokenizer.eot();
+        let samples = sample_batch(engine, &rows, eot, &cfg, &mut rng)?;
+        let scores: Vec<f64> = samples
+            .iter()
+            .map(|new| {
+                let text: Vec<u32> = new.iter().copied().filter(|&t| t != eot).collect();
+                self.reward.score(&tokenizer.decode(&text))
+            })
+            .collect();
+        Ok(metrics::mean(&scores))
+    }
+}
+
 /// Train one run from a fresh starter engine.
 fn train_run<E: Engine>(
     scenario: &Scenario,
@@ -708,10 +834,22 @@ fn train_run<E: Engine>(
     };
     let (watch_ref, anchor_ref) = score(&mut session)?;
     let mut watch = RunWatch::begin(&session, preset, variant, &records, watch_ref, anchor_ref);
+    let ctx = session.engine().config().ctx;
+    let gold = GoldProbe::of(&preset.phenomenon, tokenizer, &records, ctx)?;
+    let note_gold = |session: &mut Session<E>, watch: &mut RunWatch| -> Result<()> {
+        if let Some(probe) = &gold {
+            watch.note_gold(probe.measure(session.engine_mut(), tokenizer)?);
+        }
+        Ok(())
+    };
+    note_gold(&mut session, &mut watch)?;
     for _ in 0..experiment.steps {
         let record = session.step()?;
         on_step(&variant.label, &record);
         watch.observe(&session, &record);
+        if record.eval.step == record.step {
+            note_gold(&mut session, &mut watch)?;
+        }
     }
     let (watch_now, anchor_now) = score(&mut session)?;
     Ok(watch.report(&session, &watch_now, &anchor_now))
@@ -930,6 +1068,60 @@ pub fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Verdict {
                 ));
             }
             (checks, line)
+        }
+        Phenomenon::OverOptimisation { min_rise, min_fall, matched_kl, .. } => {
+            let mut checks = Vec::new();
+            let mut parts = Vec::new();
+            for run in runs {
+                let path: Vec<&Moment> =
+                    run.pairs.trajectory.iter().filter(|m| m.gold.is_some()).collect();
+                let gold = |m: &Moment| m.gold.unwrap_or(f64::NAN);
+                let (Some(first), Some(last)) = (path.first(), path.last()) else {
+                    // never measured: fail rather than pass on no evidence
+                    let what = format!("{}: evaluations with a gold reward", run.label);
+                    checks.push(at_least(&what, 0.0, 2.0));
+                    continue;
+                };
+                let peak = path.iter().copied().max_by(|a, b| gold(a).total_cmp(&gold(b)));
+                let peak = peak.unwrap_or(first);
+                let at_kl: Vec<String> = matched_kl
+                    .iter()
+                    .map(|&kl| gold_at_kl(&path, kl).map_or("-".into(), |g| format!("{g:.2}")))
+                    .collect();
+                parts.push(format!(
+                    "{}: gold {:.2} -> peak {:.2} at step {} (KL {:.2}/token) -> {:.2} at step \
+                     {} (KL {:.2}); at KL {:?}: {}",
+                    run.label,
+                    gold(first),
+                    gold(peak),
+                    peak.step,
+                    peak.kl,
+                    gold(last),
+                    last.step,
+                    last.kl,
+                    matched_kl,
+                    at_kl.join("/")
+                ));
+                let name = &run.label;
+                checks.extend([
+                    at_least(
+                        &format!("{name}: gold reward, peak minus start"),
+                        gold(peak) - gold(first),
+                        *min_rise,
+                    ),
+                    at_least(
+                        &format!("{name}: gold reward, peak minus end"),
+                        gold(peak) - gold(last),
+                        *min_fall,
+                    ),
+                    at_least(
+                        &format!("{name}: KL at the end minus KL at the peak"),
+                        last.kl - peak.kl,
+                        0.0,
+                    ),
+                ]);
+            }
+            (checks, parts.join("; "))
         }
     };
     for run in runs {

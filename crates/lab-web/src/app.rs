@@ -53,6 +53,7 @@ struct LiveChecks {
     scenario: String,
     step: u32,
     passed: bool,
+    line: String,
     checks: Vec<Check>,
     missing: Vec<String>,
 }
@@ -267,8 +268,8 @@ impl Store {
             FromWorker::Verdict { scenario, passed, line, checks } => {
                 self.verdict.set(VerdictState::Done { scenario, passed, line, checks })
             }
-            FromWorker::LiveVerdict { scenario, step, passed, checks, missing, .. } => {
-                self.live.set(Some(LiveChecks { scenario, step, passed, checks, missing }))
+            FromWorker::LiveVerdict { scenario, step, passed, line, checks, missing, .. } => {
+                self.live.set(Some(LiveChecks { scenario, step, passed, line, checks, missing }))
             }
             FromWorker::Error { message } => {
                 self.playing.set(false);
@@ -618,6 +619,7 @@ fn live_view(name: &str, live: Option<LiveChecks>, steps: u32) -> Option<AnyView
         view! {
             <div class="verdict live" data-testid="live-verdict">
                 <p>"The verdict's checks on these runs, as they train — "<strong>{summary}</strong></p>
+                <p class="note">{live.line.split_once(": ").map_or(live.line.clone(), |(_, rest)| rest.to_string())}</p>
                 {checks_table(live.checks)}
                 {missing.map(|m| view! { <p class="note">{m}</p> })}
             </div>

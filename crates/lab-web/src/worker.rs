@@ -34,8 +34,8 @@ use lab_core::{checkpoint, LabError};
 use lab_cpu::CpuEngine;
 use lab_gpu::GpuEngine;
 use lab_train::scenario::{
-    anchors, borrowed, judge, run_scenario, score_texts_async, watch_items, Phenomenon, Preset,
-    RunWatch, Scenario, Variant, SCENARIOS,
+    anchors, borrowed, judge, run_scenario, score_texts_async, watch_items, GoldProbe, Phenomenon,
+    Preset, RunWatch, Scenario, Variant, SCENARIOS,
 };
 use lab_train::{Session, SessionConfig, StepRecord};
 use std::collections::HashMap;
@@ -298,6 +298,9 @@ struct Live {
     watch_rows: Vec<(String, String)>,
     anchor_rows: Vec<(String, String)>,
     watches: Vec<RunWatch>,
+    /// The gold reward's sampler, where the phenomenon needs one (on a CPU copy of each
+    /// policy: sampling is one forward per token).
+    gold: Option<GoldProbe>,
 }
 
 impl Lab {
@@ -654,7 +657,11 @@ impl Lab {
                 )
             })
             .collect();
+        let ctx = self.model.cfg.ctx;
+        let gold = GoldProbe::of(&preset.phenomenon, tokenizer, &records, ctx)
+            .map_err(|e| e.to_string())?;
         Ok(Live {
+            gold,
             scenario: name.to_string(),
             phenomenon: preset.phenomenon.clone(),
             watch_rows,
@@ -672,6 +679,29 @@ impl Lab {
         if !evaluated || self.runs.iter().any(|r| r.diverged.is_some()) {
             return;
         }
+        if let Some(probe) = &live.gold {
+            let mut golds = Vec::new();
+            for index in 0..self.runs.len() {
+                let measured = match self.policy(index).await {
+                    Ok(mut policy) => {
+                        probe.measure(&mut policy, &self.model.tokenizer).map_err(|e| e.to_string())
+                    }
+                    Err(err) => Err(err),
+                };
+                match measured {
+                    Ok(gold) => golds.push(gold),
+                    Err(err) => {
+                        post(&FromWorker::Error { message: format!("the gold reward: {err}") });
+                        return;
+                    }
+                }
+            }
+            let Some(live) = &mut self.live else { return };
+            for (watch, gold) in live.watches.iter_mut().zip(golds) {
+                watch.note_gold(gold);
+            }
+        }
+        let Some(live) = &self.live else { return };
         let tokenizer = &self.model.tokenizer;
         let (watch_rows, anchor_rows) = (borrowed(&live.watch_rows), borrowed(&live.anchor_rows));
         let mut reports = Vec::new();
