@@ -237,6 +237,16 @@ const verdictLine = await fallback.textContent('[data-testid=verdict] p');
 const verdictRows = await fallback.locator('[data-testid=verdict] tbody tr').count();
 const verdictFailed = await fallback.locator('[data-testid=verdict] tbody tr.failed').count();
 check(verdictLine.startsWith('PASS') && verdictRows >= 7 && verdictFailed === 0, "a scenario's verdict shows each check against its threshold", `${verdictRows} checks, ${verdictFailed} failed: ${verdictLine.slice(0, 120)}`);
+
+// A scenario with a gold reward samples it live: at step 0 each run's gold reward is the
+// reference's, -0.25 as `alignlab scenario over-optimisation` reports, on its own chart.
+await fallback.selectOption('select[name=scenario]', 'over-optimisation');
+await fallback.waitForFunction(() => window.__alab.ready && window.__alab.query.includes('scenario=over-optimisation'), null, { timeout: 60000 });
+await fallback.waitForFunction(() => (window.__alabCharts?.['chart-gold']?.data?.length ?? 0) === 7, null, { timeout: 120000 });
+const goldChart = await fallback.evaluate(() => window.__alabCharts['chart-gold']);
+const goldAtStart = [1, 3, 5].map((c) => goldChart.data[c][0]);
+const goldVisible = await fallback.isVisible('#chart-gold');
+check(goldVisible && goldAtStart.every((g) => Math.abs(g + 0.25) < 1e-9), "a scenario's gold reward is charted live from step 0", `${goldAtStart.join(', ')}; visible ${goldVisible}`);
 await plain.close();
 
 check(errors.length === 0, 'no console errors', errors.join(' | '));

@@ -268,7 +268,19 @@ impl Store {
             FromWorker::Verdict { scenario, passed, line, checks } => {
                 self.verdict.set(VerdictState::Done { scenario, passed, line, checks })
             }
-            FromWorker::LiveVerdict { scenario, step, passed, line, checks, missing, .. } => {
+            FromWorker::LiveVerdict {
+                scenario, step, passed, line, checks, missing, gold, ..
+            } => {
+                if gold.iter().any(Option::is_some) {
+                    self.runs.update(|runs| {
+                        for (run, value) in runs.iter_mut().zip(gold) {
+                            let point = run.points.get_mut(step as usize);
+                            if let (Some(point), Some(value)) = (point, value) {
+                                point.insert(charts::GOLD.into(), value);
+                            }
+                        }
+                    });
+                }
                 self.live.set(Some(LiveChecks { scenario, step, passed, line, checks, missing }))
             }
             FromWorker::Error { message } => {
@@ -372,6 +384,7 @@ pub fn App() -> impl IntoView {
                 <h2>"Instruments"</h2>
                 <div class="chart-grid">
                     {CHART_IDS.iter().map(|id| view! { <div class="chart" id=*id></div> }).collect_view()}
+                    <div class="chart" id=charts::GOLD_CHART_ID hidden=move || !store.runs.with(|r| charts::has_gold(r))></div>
                 </div>
             </section>
             <PairsTable/>

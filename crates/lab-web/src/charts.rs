@@ -109,6 +109,17 @@ fn run_name(runs: &[RunHistory], run: usize) -> String {
     }
 }
 
+/// The gold reward of the policy's samples (`lab_train::scenario::GoldProbe`), which the
+/// page records at each evaluation of a scenario that measures one.
+pub const GOLD: &str = "eval/gold";
+/// The gold-reward chart, shown only where a run has a gold reward.
+pub const GOLD_CHART_ID: &str = "chart-gold";
+
+/// Whether any run has a gold reward.
+pub fn has_gold(runs: &[RunHistory]) -> bool {
+    runs.iter().any(|r| r.points.iter().any(|p| p.contains_key(GOLD)))
+}
+
 /// Chart element ids, in page order.
 pub const CHART_IDS: [&str; 5] =
     ["chart-loss", "chart-rewards", "chart-displacement", "chart-accuracy", "chart-topk"];
@@ -214,4 +225,19 @@ pub fn draw_all(runs: &[RunHistory]) {
         topk.add(runs, r, "eval/topk_entropy", &format!("{name} entropy"), None, "y");
     }
     topk.draw(CHART_IDS[4]);
+
+    if has_gold(runs) {
+        let mut gold = ChartSpec::new(
+            "Gold reward of the policy's samples, and KL(π‖π_ref): rises, then falls",
+            "gold reward",
+            runs,
+        );
+        gold.y2_label = "KL (nats/token)".into();
+        for r in 0..n {
+            let name = run_name(runs, r);
+            gold.add(runs, r, GOLD, &format!("{name} gold"), None, "y");
+            gold.add(runs, r, "eval/kl", &format!("{name} KL"), Some(DOTTED), "y2");
+        }
+        gold.draw(GOLD_CHART_ID);
+    }
 }

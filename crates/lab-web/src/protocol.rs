@@ -239,6 +239,8 @@ pub enum FromWorker {
         line: String,
         checks: Vec<lab_train::scenario::Check>,
         missing: Vec<String>,
+        /// Per run, its gold reward at `step`, where the phenomenon measures one.
+        gold: Vec<Option<f64>>,
     },
     Error {
         message: String,

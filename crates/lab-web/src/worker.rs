@@ -723,7 +723,9 @@ impl Lab {
             }
         }
         let verdict = judge(&live.phenomenon, &reports);
+        let gold = reports.iter().map(|r| r.pairs.trajectory.last().and_then(|m| m.gold)).collect();
         post(&FromWorker::LiveVerdict {
+            gold,
             generation: self.generation,
             scenario: live.scenario.clone(),
             step: self.runs[0].steps(),
