@@ -183,5 +183,13 @@ fn over_optimisation_gold_reward_rises_then_falls_for_every_loss() {
         assert!(peak.1 - start.1 >= 0.5 && peak.1 - end.1 >= 0.5, "{}: {path:?}", run.label);
         assert!(end.0 > 2.0 * peak.0, "{}: {path:?}", run.label);
         assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
+        // Shi et al.'s gauge points the other way here: top-10 entropy rises as gold falls
+        let entropy_start = run.start["eval/topk_entropy"].as_f64().unwrap();
+        let entropy_end = last(&report, &run.label, "eval/topk_entropy");
+        assert!(
+            entropy_end > 2.0 * entropy_start,
+            "{}: {entropy_start} -> {entropy_end}",
+            run.label
+        );
     }
 }
