@@ -208,16 +208,23 @@ pub fn preset_runs(
 mod tests {
     use super::*;
 
+    /// Each shipped scenario's name and preset.
+    fn shipped_presets() -> Vec<(&'static str, Preset)> {
+        let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+        lab_train::scenario::SCENARIOS
+            .iter()
+            .map(|&name| {
+                let path = assets.join("scenarios").join(name).join("preset.json");
+                (name, serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
+            })
+            .collect()
+    }
+
     /// Each shipped scenario's compared runs, through the page's link and back, are the
     /// runs `alignlab scenario` trains.
     #[test]
     fn a_scenario_s_compared_runs_are_the_runs_the_cli_trains() {
-        let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
-        for name in lab_train::scenario::SCENARIOS {
-            let dir = assets.join("scenarios").join(name);
-            let preset: Preset =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("preset.json")).unwrap())
-                    .unwrap();
+        for (name, preset) in shipped_presets() {
             let state = UiState {
                 experiment: preset.experiment.clone(),
                 compare: preset_compare(&preset),
@@ -242,12 +249,7 @@ mod tests {
     /// dropped pairs or other data.
     #[test]
     fn the_page_s_runs_are_the_preset_s_only_with_its_settings() {
-        let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
-        for name in lab_train::scenario::SCENARIOS {
-            let dir = assets.join("scenarios").join(name);
-            let preset: Preset =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("preset.json")).unwrap())
-                    .unwrap();
+        for (name, preset) in shipped_presets() {
             let state = UiState {
                 experiment: ExperimentConfig {
                     scenario: Some(name.to_string()),
