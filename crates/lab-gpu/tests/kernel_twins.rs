@@ -1,0 +1,399 @@
+//! Kernels alone against their reference twins (`lab_cpu::reference`), llm.c's `dev/cuda`
+//! way: each launch gets its own buffers, ragged shapes (rows and channels that are not
+//! multiples of a workgroup) and non-zero offsets, so a mismatch names the kernel rather
+//! than the whole model (`tests/tests/gpu_parity.rs` checks the model).
+//!
+//! On a machine without a GPU adapter the tests fail unless ALIGNLAB_SKIP_GPU=1, as the
+//! parity tests do; Mesa's lavapipe is enough.
+
+use lab_cpu::reference;
+use lab_gpu::kernels::{Kernel, Pipelines};
+use lab_gpu::setup::{self, Faults};
+use lab_gpu::uniforms::{self, GemmFlags, ShaderStruct};
+use lab_gpu::ShaderChecks;
+use wgpu::util::DeviceExt;
+
+/// Agreement asked of f32 kernels against the f64 twin: |gpu − twin| ≤ REL·max|twin| + ABS.
+const REL: f64 = 1e-5;
+const ABS: f64 = 1e-6;
+/// Room for one uniform struct (every one fits: the engine's own slot size).
+const UNIFORM_BYTES: usize = 256;
+
+/// A device with every kernel compiled.
+struct Rig {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    faults: Faults,
+    pipelines: Pipelines,
+}
+
+impl Rig {
+    fn open() -> Option<Rig> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = match pollster::block_on(
+            instance.request_adapter(&wgpu::RequestAdapterOptions::default()),
+        ) {
+            Ok(adapter) => adapter,
+            Err(err) if std::env::var("ALIGNLAB_SKIP_GPU").is_ok_and(|v| v == "1") => {
+                eprintln!("SKIPPED (ALIGNLAB_SKIP_GPU=1): {}", setup::no_adapter_message(&err));
+                return None;
+            }
+            Err(err) => panic!("{}", setup::no_adapter_message(&err)),
+        };
+        let (device, queue) = pollster::block_on(setup::open_device(&adapter)).unwrap();
+        let faults = Faults::install(&device);
+        let pipelines = Pipelines::new(&device, ShaderChecks::Full).unwrap();
+        Some(Rig { device, queue, faults, pipelines })
+    }
+
+    /// A storage buffer holding `data`.
+    fn buffer(&self, data: &[f32]) -> wgpu::Buffer {
+        let contents = if data.is_empty() { &[0.0f32][..] } else { data };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(contents),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// A one-float buffer for a binding the launch does not use (each binding its own: a
+    /// buffer may not be bound read-only and read-write in one dispatch).
+    fn unused(&self) -> wgpu::Buffer {
+        self.buffer(&[0.0])
+    }
+
+    /// One launch of `kernel` with `uniform` at binding 0 and `buffers` at theirs.
+    fn launch<U: ShaderStruct>(
+        &self,
+        kernel: Kernel,
+        uniform: U,
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: [u32; 3],
+    ) {
+        assert_eq!(U::LAYOUT.shader, kernel.entry().0);
+        let mut bytes = bytemuck::bytes_of(&uniform).to_vec();
+        bytes.resize(UNIFORM_BYTES, 0);
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries =
+            vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        entries.extend(buffers.iter().map(|(slot, buffer)| wgpu::BindGroupEntry {
+            binding: *slot,
+            resource: buffer.as_entire_binding(),
+        }));
+        let pipeline = self.pipelines.get(kernel);
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry().1),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// The contents of `buffer`.
+    fn read(&self, buffer: &wgpu::Buffer) -> Vec<f64> {
+        let size = buffer.size();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        let len = size as usize / 4;
+        let values: Vec<f32> =
+            setup::submit_and_read(&self.device, &self.queue, &self.faults, encoder, &staging, len)
+                .unwrap();
+        values.into_iter().map(f64::from).collect()
+    }
+}
+
+/// Deterministic values in [−scale, scale) (a small LCG; the tests need spread, not quality).
+fn values(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn f32s(values: &[f64]) -> Vec<f32> {
+    values.iter().map(|&v| v as f32).collect()
+}
+
+/// `values` after `offset` leading values (which a kernel must neither read nor write).
+fn padded(offset: usize, values: &[f64]) -> Vec<f32> {
+    let mut out = vec![f32::NAN; offset];
+    out.extend(f32s(values));
+    out
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let tol = REL * scale + ABS;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "{what}[{i}]: gpu {g} vs twin {w} (tol {tol:e})");
+    }
+}
+
+/// Rows × channels: one row, fewer channels than a workgroup, a channel count that is not a
+/// multiple of 64, the starter's 80, and more rows than fit in one dispatch row of 64.
+const LN_SHAPES: [(usize, usize); 5] = [(1, 3), (7, 5), (5, 130), (13, 80), (70, 64)];
+
+#[test]
+fn layernorm_forward_matches_its_twin_on_ragged_shapes() {
+    let Some(rig) = Rig::open() else { return };
+    for (n, c) in LN_SHAPES {
+        let x = values(n * c, 1, 3.0);
+        let (w, b) = (values(c, 2, 1.5), values(c, 3, 0.5));
+        let (want, stats) = reference::layernorm_forward(&x, &w, &b, c);
+        // offsets everywhere, so a kernel that ignores one reads NaN padding or the
+        // weight where it wants the bias
+        let (inp_off, out_off, stat_off, w_off) = (3, 5, 2, 7);
+        let b_off = w_off + c + 1;
+        let mut params = padded(w_off, &w);
+        params.push(f32::NAN);
+        params.extend(f32s(&b));
+        let inp = rig.buffer(&padded(inp_off, &x));
+        let out = rig.buffer(&vec![0.0; out_off + n * c]);
+        let (mean, rstd) =
+            (rig.buffer(&vec![0.0; stat_off + n]), rig.buffer(&vec![0.0; stat_off + n]));
+        let params = rig.buffer(&params);
+        let uniform = uniforms::LayerNorm {
+            n_rows: n as u32,
+            c: c as u32,
+            inp_off: inp_off as u32,
+            out_off: out_off as u32,
+            stat_off: stat_off as u32,
+            w_off: w_off as u32,
+            b_off: b_off as u32,
+            ..Default::default()
+        };
+        rig.launch(
+            Kernel::LayerNormForward,
+            uniform,
+            &[
+                (1, &inp),
+                (2, &params),
+                (3, &out),
+                (4, &mean),
+                (5, &rstd),
+                (11, &rig.unused()),
+                (12, &rig.unused()),
+            ],
+            [n as u32, 1, 1],
+        );
+        let shape = format!("layernorm forward, {n}×{c}");
+        assert_close(&shape, &rig.read(&out)[out_off..], &want);
+        assert_close(&format!("{shape}: mean"), &rig.read(&mean)[stat_off..], &stats.mean);
+        assert_close(&format!("{shape}: rstd"), &rig.read(&rstd)[stat_off..], &stats.rstd);
+        assert!(
+            rig.read(&out)[..out_off].iter().all(|&v| v == 0.0),
+            "{shape}: wrote before out_off"
+        );
+    }
+}
+
+#[test]
+fn layernorm_backward_dinp_matches_its_twin_overwriting_and_accumulating() {
+    let Some(rig) = Rig::open() else { return };
+    for (n, c) in LN_SHAPES {
+        let x = values(n * c, 4, 2.0);
+        let (w, b) = (values(c, 5, 1.5), values(c, 6, 0.5));
+        let dout = values(n * c, 7, 1.0);
+        let (_, stats) = reference::layernorm_forward(&x, &w, &b, c);
+        let (mut dw, mut db) = (vec![0.0; c], vec![0.0; c]);
+        let dx = reference::layernorm_backward(&dout, &x, &w, &stats, &mut dw, &mut db, c);
+        let (inp_off, dout_off, dinp_off, stat_off, w_off) = (2, 3, 4, 1, 5);
+        let params = rig.buffer(&padded(w_off, &w));
+        let inp = rig.buffer(&padded(inp_off, &x));
+        let dout_buf = rig.buffer(&padded(dout_off, &dout));
+        let (mean, rstd) = (
+            rig.buffer(&padded(stat_off, &stats.mean)),
+            rig.buffer(&padded(stat_off, &stats.rstd)),
+        );
+        for accumulate in [0u32, 1] {
+            // accumulate adds into what is there (the residual stream's gradient)
+            let before = values(n * c, 8, 0.25);
+            let dinp = rig.buffer(&padded(dinp_off, &before));
+            let uniform = uniforms::LayerNorm {
+                n_rows: n as u32,
+                c: c as u32,
+                inp_off: inp_off as u32,
+                stat_off: stat_off as u32,
+                w_off: w_off as u32,
+                dout_off: dout_off as u32,
+                dinp_off: dinp_off as u32,
+                accumulate,
+                ..Default::default()
+            };
+            rig.launch(
+                Kernel::LayerNormBackwardDinp,
+                uniform,
+                &[
+                    (1, &inp),
+                    (2, &params),
+                    (6, &dout_buf),
+                    (7, &mean),
+                    (8, &rstd),
+                    (9, &dinp),
+                    (11, &rig.unused()),
+                ],
+                [n as u32, 1, 1],
+            );
+            let want: Vec<f64> = if accumulate == 1 {
+                dx.iter().zip(&before).map(|(d, b)| d + b).collect()
+            } else {
+                dx.clone()
+            };
+            let what = format!("layernorm backward_dinp, {n}×{c}, accumulate {accumulate}");
+            assert_close(&what, &rig.read(&dinp)[dinp_off..], &want);
+        }
+    }
+}
+
+/// Rows × depth × columns: under one tile, ragged on every side, and over two tiles of 64
+/// (or one of the wide kernel's 128 rows) with a partial last one.
+const GEMM_SHAPES: [(usize, usize, usize); 4] =
+    [(1, 3, 5), (7, 13, 65), (70, 80, 96), (130, 33, 129)];
+
+/// One GEMM launch on either kernel (`Gemm`: 64-row tiles, `GemmWide`: 128), depth unsplit,
+/// its grid as the engine sizes it.
+fn gemm_groups(kernel: Kernel, rows: usize, cols: usize) -> [u32; 3] {
+    let tile_rows = if kernel == Kernel::GemmWide { 128 } else { 64 };
+    [cols.div_ceil(64) as u32, rows.div_ceil(tile_rows) as u32, 1]
+}
+
+#[test]
+fn gemm_forward_with_bias_and_residual_matches_its_twin() {
+    let Some(rig) = Rig::open() else { return };
+    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
+        for (n, ic, oc) in GEMM_SHAPES {
+            // y = x·Wᵀ + b + residual, the projection layers' forward
+            let (x, w, b) =
+                (values(n * ic, 11, 1.0), values(oc * ic, 12, 0.5), values(oc, 13, 0.5));
+            let residual = values(n * oc, 14, 1.0);
+            let want: Vec<f64> = reference::matmul_forward(&x, &w, Some(&b), ic, oc)
+                .iter()
+                .zip(&residual)
+                .map(|(y, r)| y + r)
+                .collect();
+            let (a_off, b_off, bias_off, addend_off, c_off) = (2, 3, 1, 4, 5);
+            let (a, bw) = (rig.buffer(&padded(a_off, &x)), rig.buffer(&padded(b_off, &w)));
+            let (bias, addend) =
+                (rig.buffer(&padded(bias_off, &b)), rig.buffer(&padded(addend_off, &residual)));
+            let c = rig.buffer(&vec![0.0; c_off + n * oc]);
+            let uniform = uniforms::Gemm {
+                rows: n as u32,
+                cols: oc as u32,
+                depth: ic as u32,
+                flags: (GemmFlags::BIAS | GemmFlags::ADDEND).bits(),
+                a_off: a_off as u32,
+                a_rs: ic as u32,
+                a_ks: 1,
+                // B[k, s] = W[s, k]
+                b_off: b_off as u32,
+                b_ks: 1,
+                b_ss: ic as u32,
+                c_off: c_off as u32,
+                c_rs: oc as u32,
+                bias_off: bias_off as u32,
+                addend_off: addend_off as u32,
+                k_chunk: ic as u32,
+                z_inner: 1,
+                scale: 1.0,
+                ..Default::default()
+            };
+            rig.launch(
+                kernel,
+                uniform,
+                &[
+                    (1, &a),
+                    (2, &bw),
+                    (3, &bias),
+                    (4, &addend),
+                    (5, &c),
+                    (6, &rig.unused()),
+                    (7, &rig.unused()),
+                ],
+                gemm_groups(kernel, n, oc),
+            );
+            assert_close(
+                &format!("{} forward, {n}×{ic}→{oc}", kernel.name()),
+                &rig.read(&c)[c_off..],
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_input_gradient_matches_its_twin() {
+    let Some(rig) = Rig::open() else { return };
+    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
+        for (n, ic, oc) in GEMM_SHAPES {
+            // dx = dy·W, depth = the layer's output channels
+            let (x, w, dy) =
+                (values(n * ic, 15, 1.0), values(oc * ic, 16, 0.5), values(n * oc, 17, 1.0));
+            let mut dw = vec![0.0; oc * ic];
+            let want = reference::matmul_backward(&dy, &x, &w, &mut dw, None, ic, oc);
+            let (a_off, b_off, c_off) = (1, 2, 3);
+            let (a, bw) = (rig.buffer(&padded(a_off, &dy)), rig.buffer(&padded(b_off, &w)));
+            let c = rig.buffer(&vec![0.0; c_off + n * ic]);
+            let uniform = uniforms::Gemm {
+                rows: n as u32,
+                cols: ic as u32,
+                depth: oc as u32,
+                a_off: a_off as u32,
+                a_rs: oc as u32,
+                a_ks: 1,
+                // B[k, s] = W[k, s]
+                b_off: b_off as u32,
+                b_ks: ic as u32,
+                b_ss: 1,
+                c_off: c_off as u32,
+                c_rs: ic as u32,
+                k_chunk: oc as u32,
+                z_inner: 1,
+                scale: 1.0,
+                ..Default::default()
+            };
+            rig.launch(
+                kernel,
+                uniform,
+                &[
+                    (1, &a),
+                    (2, &bw),
+                    (3, &rig.unused()),
+                    (4, &rig.unused()),
+                    (5, &c),
+                    (6, &rig.unused()),
+                    (7, &rig.unused()),
+                ],
+                gemm_groups(kernel, n, ic),
+            );
+            assert_close(
+                &format!("{} dx, {n}×{oc}→{ic}", kernel.name()),
+                &rig.read(&c)[c_off..],
+                &want,
+            );
+        }
+    }
+}
