@@ -4,7 +4,7 @@
 //
 // Bindings (group 0):
 //   0 uniform  Dims
-//   1 tokens   array<u32>  (B, T)                                     read
+//   1 tokens   array<u32>  (B, T)                                     read        [forward]
 //   2 params   array<f32>  flat; wte (V, C) at wte_off, wpe (ctx, C)  read        [forward]
 //   3 out      array<f32>  (B, T, C)                                  read_write  [forward]
 //   4 dout     array<f32>  (B, T, C)                                  read        [backward]

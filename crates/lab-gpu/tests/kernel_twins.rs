@@ -6,6 +6,7 @@
 //! On a machine without a GPU adapter the tests fail unless ALIGNLAB_SKIP_GPU=1, as the
 //! parity tests do; Mesa's lavapipe is enough.
 
+use lab_core::engine::AdamWConfig;
 use lab_cpu::reference;
 use lab_gpu::kernels::{Kernel, Pipelines};
 use lab_gpu::setup::{self, Faults};
@@ -395,5 +396,205 @@ fn gemm_input_gradient_matches_its_twin() {
                 &want,
             );
         }
+    }
+}
+
+/// A 2-D grid of `x` workgroups per row covering `invocations` at 64 each: the kernels that
+/// rebuild their index as gid.x + gid.y·(nwg.x·64) must read the same either way.
+fn rows_of(x: u32, invocations: usize) -> [u32; 3] {
+    [x, (invocations.div_ceil(64) as u32).div_ceil(x), 1]
+}
+
+#[test]
+fn encoder_forward_and_position_gradient_match_their_twin() {
+    let Some(rig) = Rig::open() else { return };
+    // (B, T, C, V, ctx): T below ctx, C not a multiple of 64, more rows than one grid row
+    for (b, t, c, v, ctx) in [(1, 1, 3, 5, 2), (3, 7, 10, 11, 9), (4, 33, 80, 50, 40)] {
+        let tokens: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 3) % v) as u32).collect();
+        let (wte, wpe) = (values(v * c, 21, 1.0), values(ctx * c, 22, 1.0));
+        let (wte_off, dwpe_off) = (3, 2);
+        let wpe_off = wte_off + v * c + 1;
+        let mut params = padded(wte_off, &wte);
+        params.push(f32::NAN);
+        params.extend(f32s(&wpe));
+        // the embedding sum of reference::forward
+        let want: Vec<f64> = (0..b * t * c)
+            .map(|i| wte[tokens[i / c] as usize * c + i % c] + wpe[(i / c % t) * c + i % c])
+            .collect();
+        let tokens_buf = rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&tokens),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let (params, out) = (rig.buffer(&params), rig.buffer(&vec![0.0; b * t * c]));
+        let uniform = uniforms::Encoder {
+            n_rows: (b * t) as u32,
+            t_len: t as u32,
+            c: c as u32,
+            ctx: ctx as u32,
+            wte_off: wte_off as u32,
+            wpe_off: wpe_off as u32,
+            dwpe_off: dwpe_off as u32,
+        };
+        rig.launch(
+            Kernel::EncoderForward,
+            uniform,
+            &[(1, &tokens_buf), (2, &params), (3, &out)],
+            rows_of(2, b * t * c),
+        );
+        let shape = format!("encoder, B {b} T {t} C {c}");
+        assert_close(&format!("{shape}: forward"), &rig.read(&out), &want);
+
+        // dwpe[t, :] = Σ_b dout[b, t, :] for t < T and 0 up to ctx, as reference::backward
+        // scatters it
+        let dout = values(b * t * c, 23, 1.0);
+        let mut want = vec![0.0; ctx * c];
+        for (i, d) in dout.iter().enumerate() {
+            want[(i / c % t) * c + i % c] += d;
+        }
+        let (dout, grads) = (rig.buffer(&f32s(&dout)), rig.buffer(&vec![7.0; dwpe_off + ctx * c]));
+        rig.launch(
+            Kernel::EncoderBackwardWpe,
+            uniform,
+            &[(4, &dout), (5, &grads)],
+            rows_of(2, ctx * c),
+        );
+        let grads = rig.read(&grads);
+        assert_close(&format!("{shape}: dwpe"), &grads[dwpe_off..], &want);
+        assert!(grads[..dwpe_off].iter().all(|&g| g == 7.0), "{shape}: wrote before dwpe_off");
+    }
+}
+
+#[test]
+fn adamw_matches_its_twin_and_skips_a_flagged_step() {
+    let Some(rig) = Rig::open() else { return };
+    let opt = AdamWConfig { lr: 1e-3, weight_decay: 0.1, ..AdamWConfig::default() };
+    for n in [1, 63, 65, 70_001] {
+        let mut params = f32s(&values(n, 31, 1.0));
+        let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let (p_buf, m_buf, v_buf) = (rig.buffer(&params), rig.buffer(&m), rig.buffer(&v));
+        let status = |flag: u32| {
+            rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::bytes_of(&flag),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        for step in 1..=3u32 {
+            let grads = f32s(&values(n, 31 + u64::from(step), 0.1));
+            lab_cpu::adamw::adamw_update(&mut params, &grads, &mut m, &mut v, &opt, step);
+            let (bc1, bc2) = (1.0 - opt.beta1.powi(step as i32), 1.0 - opt.beta2.powi(step as i32));
+            let uniform = uniforms::Hyper {
+                n: n as u32,
+                beta1: opt.beta1,
+                beta2: opt.beta2,
+                one_minus_beta1: 1.0 - opt.beta1,
+                one_minus_beta2: 1.0 - opt.beta2,
+                eps: opt.eps,
+                step_size: opt.lr / bc1,
+                bias_correction2_sqrt: bc2.sqrt(),
+                decay: 1.0 - opt.lr * opt.weight_decay,
+            };
+            let grads = rig.buffer(&grads);
+            let buffers = [(1, &grads), (2, &p_buf), (3, &m_buf), (4, &v_buf)];
+            let ok = status(0);
+            let mut bound = buffers.to_vec();
+            bound.push((5, &ok));
+            rig.launch(Kernel::AdamW, uniform, &bound, rows_of(3, n));
+            // a step whose loss was not finite (status ≠ 0) changes nothing
+            let flagged = status(1);
+            bound.pop();
+            bound.push((5, &flagged));
+            rig.launch(Kernel::AdamW, uniform, &bound, rows_of(3, n));
+            let what = format!("adamw, {n} parameters, step {step}");
+            let as_f64 = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+            assert_close(&format!("{what}: params"), &rig.read(&p_buf), &as_f64(&params));
+            assert_close(&format!("{what}: m"), &rig.read(&m_buf), &as_f64(&m));
+            assert_close(&format!("{what}: v"), &rig.read(&v_buf), &as_f64(&v));
+        }
+    }
+}
+
+#[test]
+fn logprob_forward_and_backward_match_their_twin() {
+    let Some(rig) = Rig::open() else { return };
+    // (B, T, V): fewer logits than a workgroup, the starter's 768, a ragged 1000
+    for (b, t, v) in [(1, 3, 5), (2, 9, 768), (3, 6, 1000)] {
+        let logits = values(b * t * v, 41, 4.0);
+        let tokens: Vec<u32> = (0..b * t).map(|i| ((i * 13 + 5) % v) as u32).collect();
+        // the prompt's first positions unscored, one scored position weighted 0.5
+        let mask: Vec<f64> = (0..b * t)
+            .map(|i| match i % t {
+                0 | 1 => 0.0,
+                2 => 0.5,
+                _ => 1.0,
+            })
+            .collect();
+        let mut lse = vec![0.0; b * t];
+        let head = lab_cpu::model::logprob_forward(&mut lse, &logits, &tokens, &mask, t, v);
+        let tokens_buf = rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&tokens),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let (logits_buf, mask_buf) = (rig.buffer(&f32s(&logits)), rig.buffer(&f32s(&mask)));
+        let lse_buf = rig.buffer(&vec![0.0; b * t]);
+        let out = rig.buffer(&vec![0.0; b * t + b]);
+        let topk = rig.buffer(&vec![0.0; 2 * b * t]);
+        let uniform = uniforms::Logprob { b: b as u32, t_len: t as u32, v: v as u32, _pad: 0 };
+        rig.launch(
+            Kernel::LogprobForward,
+            uniform,
+            &[
+                (1, &logits_buf),
+                (2, &tokens_buf),
+                (3, &mask_buf),
+                (4, &lse_buf),
+                (5, &out),
+                (6, &topk),
+            ],
+            [(b * t) as u32, 1, 1],
+        );
+        let shape = format!("logprob, B {b} T {t} V {v}");
+        let scored: Vec<usize> = (0..b * t).filter(|&i| mask[i] > 0.0).collect();
+        let (got_lse, got_out, got_topk) = (rig.read(&lse_buf), rig.read(&out), rig.read(&topk));
+        // lse at each scored position's predictor t − 1; log-probs and top-10 at t
+        let pick = |xs: &[f64], at: &dyn Fn(usize) -> usize| -> Vec<f64> {
+            scored.iter().map(|&i| xs[at(i)]).collect()
+        };
+        assert_close(
+            &format!("{shape}: lse"),
+            &pick(&got_lse, &|i| i - 1),
+            &pick(&lse, &|i| i - 1),
+        );
+        assert_close(&format!("{shape}: token log-probs"), &got_out[..b * t], &head.token_logps);
+        let (mut entropy, mut mass) = (Vec::new(), Vec::new());
+        for &i in &scored {
+            let row = &logits[(i - 1) * v..i * v];
+            let (e, m) = lab_cpu::model::topk_entropy_mass(row, lse[i - 1]);
+            entropy.push(e);
+            mass.push(m);
+        }
+        assert_close(&format!("{shape}: top-10 entropy"), &pick(&got_topk, &|i| 2 * i), &entropy);
+        assert_close(&format!("{shape}: top-10 mass"), &pick(&got_topk, &|i| 2 * i + 1), &mass);
+
+        let d_seq = values(b, 42, 1.0);
+        let mut want = vec![0.0; b * t * v];
+        lab_cpu::model::logprob_backward(&mut want, &logits, &lse, &tokens, &mask, &d_seq, t, v);
+        let (d_seq, dlogits) = (rig.buffer(&f32s(&d_seq)), rig.buffer(&vec![9.0; b * t * v]));
+        rig.launch(
+            Kernel::LogprobBackward,
+            uniform,
+            &[
+                (1, &logits_buf),
+                (2, &tokens_buf),
+                (3, &mask_buf),
+                (7, &lse_buf),
+                (8, &d_seq),
+                (9, &dlogits),
+            ],
+            rows_of(5, b * t * v),
+        );
+        assert_close(&format!("{shape}: dlogits"), &rig.read(&dlogits), &want);
     }
 }
