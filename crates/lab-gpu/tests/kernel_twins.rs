@@ -598,3 +598,161 @@ fn logprob_forward_and_backward_match_their_twin() {
         assert_close(&format!("{shape}: dlogits"), &rig.read(&dlogits), &want);
     }
 }
+
+#[test]
+fn seq_sums_match_the_cpu_row_sums() {
+    let Some(rig) = Rig::open() else { return };
+    for (b, t) in [(1, 1), (3, 7), (70, 5)] {
+        let token_logps = values(b * t, 51, 3.0);
+        let topk = values(2 * b * t, 52, 1.0);
+        // the first row is unscored (its means are 0); position 0 of a row has no predictor,
+        // so its mask is ignored (set here to catch a kernel that reads it)
+        let mask: Vec<f64> = (0..b * t)
+            .map(|i| if i % t == 0 || (i >= t && i % 3 != 0) { 1.0 } else { 0.0 })
+            .collect();
+        let mut want = token_logps.clone();
+        for row in 0..b {
+            let scored: Vec<usize> =
+                (row * t + 1..(row + 1) * t).filter(|&i| mask[i] > 0.0).collect();
+            let mean = |k: usize| {
+                let n = scored.len().max(1) as f64;
+                scored.iter().map(|&i| topk[2 * i + k]).sum::<f64>() / n
+            };
+            want.push(scored.iter().map(|&i| mask[i] * token_logps[i]).sum());
+            want.push(mean(0));
+            want.push(mean(1));
+        }
+        // out = [token log-probs | seq | entropy | mass], the last three blocks per row
+        let mut want_laid = want[..b * t].to_vec();
+        for k in 0..3 {
+            want_laid.extend((0..b).map(|row| want[b * t + 3 * row + k]));
+        }
+        let mut out = f32s(&token_logps);
+        out.extend(vec![0.0; 3 * b]);
+        let out = rig.buffer(&out);
+        let (mask, topk) = (rig.buffer(&f32s(&mask)), rig.buffer(&f32s(&topk)));
+        let uniform = uniforms::SeqSums { b: b as u32, t_len: t as u32, _pad0: 0, _pad1: 0 };
+        // one invocation per row, gid.x only
+        let groups = [b.div_ceil(64) as u32, 1, 1];
+        rig.launch(Kernel::SeqSums, uniform, &[(1, &mask), (2, &topk), (3, &out)], groups);
+        assert_close(&format!("seq_sums, B {b} T {t}"), &rig.read(&out), &want_laid);
+    }
+}
+
+#[test]
+fn split_sum_adds_the_slabs_in_order_with_bias_and_residual() {
+    let Some(rig) = Rig::open() else { return };
+    for (rows, width, splits, flags) in
+        [(1, 3, 1, GemmFlags::NONE), (5, 70, 3, GemmFlags::BIAS), (33, 80, 4, GemmFlags::SPLIT_SUM)]
+    {
+        let len = rows * width;
+        let (stride, dst_rs) = (len + 5, width + 2);
+        let (dst_off, bias_off, addend_off) = (3, 2, 1);
+        let partial = values(splits * stride, 61, 1.0);
+        let (bias, addend) = (values(width, 62, 1.0), values(addend_off + rows * dst_rs, 63, 1.0));
+        let mut dst = vec![5.0; dst_off + rows * dst_rs];
+        let mut want = dst.clone();
+        for m in 0..len {
+            let (row, col) = (m / width, m % width);
+            let mut sum = (0..splits).map(|z| partial[z * stride + m]).fold(0.0, |a, v| a + v);
+            if flags.contains(GemmFlags::BIAS) {
+                sum += bias[col];
+            }
+            if flags.contains(GemmFlags::ADDEND) {
+                sum += addend[addend_off + row * dst_rs + col];
+            }
+            want[dst_off + row * dst_rs + col] = sum;
+        }
+        let buffers = (
+            rig.buffer(&f32s(&partial)),
+            rig.buffer(&f32s(&std::mem::take(&mut dst))),
+            rig.buffer(&padded(bias_off, &bias)),
+            rig.buffer(&f32s(&addend)),
+        );
+        let uniform = uniforms::SplitSum {
+            len: len as u32,
+            splits: splits as u32,
+            stride: stride as u32,
+            width: width as u32,
+            dst_off: dst_off as u32,
+            dst_rs: dst_rs as u32,
+            flags: flags.bits(),
+            bias_off: bias_off as u32,
+            addend_off: addend_off as u32,
+            ..Default::default()
+        };
+        rig.launch(
+            Kernel::SplitSum,
+            uniform,
+            &[(4, &buffers.0), (5, &buffers.1), (6, &buffers.2), (7, &buffers.3)],
+            rows_of(2, len),
+        );
+        // untouched between rows (dst_rs > width) and before dst_off
+        assert_close(
+            &format!("split_sum, {rows}×{width} in {splits}"),
+            &rig.read(&buffers.1),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn gather_grads_routes_every_segment_s_slab_sums() {
+    let Some(rig) = Rig::open() else { return };
+    // (rows, width, main_cols, splits): a weight alone, a weight with its bias as the last
+    // column (routed to the side), a LayerNorm's [dγ | dβ] as one row, and a one-split one
+    let shapes = [(3, 5, 5, 2), (7, 70, 69, 3), (1, 160, 80, 5), (2, 3, 3, 1)];
+    let (partial_len, dst_len) = (4000, 3000);
+    let partial = values(partial_len, 71, 1.0);
+    let mut want = vec![-1.0; dst_len];
+    let (mut table, mut start, mut src, mut dst_at) = (Vec::new(), 0usize, 0usize, 0usize);
+    for (rows, width, main_cols, splits) in shapes {
+        let len = rows * width;
+        let stride = len + 3;
+        let side_cols = width - main_cols;
+        let (main_off, main_rs) = (dst_at + 1, main_cols + 1);
+        let (side_off, side_rs) = (main_off + rows * main_rs + 2, side_cols.max(1));
+        for j in 0..len {
+            let (row, col) = (j / width, j % width);
+            let sum = (0..splits).map(|z| partial[src + z * stride + j]).fold(0.0, |a, v| a + v);
+            let at = if col < main_cols {
+                main_off + row * main_rs + col
+            } else {
+                side_off + row * side_rs + col - main_cols
+            };
+            want[at] = sum;
+        }
+        table.push(uniforms::Segment {
+            start: start as u32,
+            splits: splits as u32,
+            stride: stride as u32,
+            width: width as u32,
+            main_cols: main_cols as u32,
+            main_off: main_off as u32,
+            main_rs: main_rs as u32,
+            side_off: side_off as u32,
+            side_rs: side_rs as u32,
+            src_off: src as u32,
+            ..Default::default()
+        });
+        start += len;
+        src += splits * stride;
+        dst_at = side_off + rows * side_rs + 1;
+    }
+    assert!(src <= partial_len && dst_at <= dst_len);
+    let table_buf = rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&table),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let (partial, dst) = (rig.buffer(&f32s(&partial)), rig.buffer(&vec![-1.0; dst_len]));
+    let uniform =
+        uniforms::Gather { segments: table.len() as u32, total: start as u32, _pad0: 0, _pad1: 0 };
+    rig.launch(
+        Kernel::GatherGrads,
+        uniform,
+        &[(4, &partial), (5, &dst), (8, &table_buf)],
+        rows_of(3, start),
+    );
+    assert_close("gather_grads", &rig.read(&dst), &want);
+}
