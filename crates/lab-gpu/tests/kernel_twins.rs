@@ -60,6 +60,14 @@ impl Rig {
         })
     }
 
+    /// An input buffer holding `data`, zero-padded to a whole vec4 (matmul.wgsl may bind
+    /// its operands as arrays of vec4).
+    fn operand(&self, data: &[f32]) -> wgpu::Buffer {
+        let mut data = data.to_vec();
+        data.resize(data.len().next_multiple_of(4), 0.0);
+        self.buffer(&data)
+    }
+
     /// A one-float buffer for a binding the launch does not use (each binding its own: a
     /// buffer may not be bound read-only and read-write in one dispatch).
     fn unused(&self) -> wgpu::Buffer {
@@ -755,4 +763,174 @@ fn gather_grads_routes_every_segment_s_slab_sums() {
         rows_of(3, start),
     );
     assert_close("gather_grads", &rig.read(&dst), &want);
+}
+
+#[test]
+fn attention_softmax_forward_and_backward_match_their_twin() {
+    let Some(rig) = Rig::open() else { return };
+    // (B·NH, T): these kernels serve T > 64 (shorter rows run in the GEMM epilogues), and
+    // must still be right below it
+    for (heads, t) in [(1, 1), (3, 5), (2, 70), (2, 130)] {
+        let rows = heads * t;
+        let scale = 0.35;
+        let att_off = 3;
+        let scores = values(rows * t, 81, 4.0);
+        // attention_forward's softmax: causal, scaled, max-shifted
+        let mut att = vec![0.0; rows * t];
+        for r in 0..rows {
+            let q = r % t;
+            let row = &scores[r * t..r * t + q + 1];
+            let max = row.iter().map(|s| s * scale).fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|s| (s * scale - max).exp()).sum();
+            for (t2, s) in row.iter().enumerate() {
+                att[r * t + t2] = (s * scale - max).exp() / sum;
+            }
+        }
+        let uniform = uniforms::Softmax {
+            rows: rows as u32,
+            t_len: t as u32,
+            att_off: att_off as u32,
+            scale: scale as f32,
+        };
+        let att_buf = rig.buffer(&padded(att_off, &scores));
+        rig.launch(Kernel::SoftmaxForward, uniform, &[(1, &att_buf)], [rows as u32, 1, 1]);
+        let shape = format!("attention softmax, {heads} heads × T {t}");
+        assert_close(&format!("{shape}: forward"), &rig.read(&att_buf)[att_off..], &att);
+
+        // attention_backward through the softmax: datt in, dscores out (in place)
+        let datt = values(rows * t, 82, 1.0);
+        let mut want = vec![0.0; rows * t];
+        for r in 0..rows {
+            let q = r % t;
+            let dot: f64 = (0..=q).map(|t2| att[r * t + t2] * datt[r * t + t2]).sum();
+            for t2 in 0..=q {
+                want[r * t + t2] = att[r * t + t2] * (datt[r * t + t2] - dot) * scale;
+            }
+        }
+        let dpre = rig.buffer(&f32s(&datt));
+        rig.launch(
+            Kernel::SoftmaxBackward,
+            uniform,
+            &[(2, &att_buf), (3, &dpre)],
+            [rows as u32, 1, 1],
+        );
+        assert_close(&format!("{shape}: backward"), &rig.read(&dpre), &want);
+    }
+}
+
+#[test]
+fn gemm_split_k_slabs_and_gelu_epilogues_match_their_twin() {
+    let Some(rig) = Rig::open() else { return };
+    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
+        for (n, ic, oc) in GEMM_SHAPES {
+            let (x, w, b) =
+                (values(n * ic, 91, 1.0), values(oc * ic, 92, 0.5), values(oc, 93, 0.5));
+            let pre = reference::matmul_forward(&x, &w, Some(&b), ic, oc);
+            let shape = format!("{}, {n}×{ic}→{oc}", kernel.name());
+            let linear =
+                |flags: GemmFlags, k_chunk: usize, c_zs: usize, aux_off: usize| uniforms::Gemm {
+                    rows: n as u32,
+                    cols: oc as u32,
+                    depth: ic as u32,
+                    flags: flags.bits(),
+                    a_rs: ic as u32,
+                    a_ks: 1,
+                    b_ks: 1,
+                    b_ss: ic as u32,
+                    c_rs: oc as u32,
+                    k_chunk: k_chunk as u32,
+                    c_zs: c_zs as u32,
+                    z_inner: 1,
+                    aux_off: aux_off as u32,
+                    scale: 1.0,
+                    ..Default::default()
+                };
+            let (a, bw, bias) =
+                (rig.operand(&f32s(&x)), rig.operand(&f32s(&w)), rig.operand(&f32s(&b)));
+
+            // the fc layer's forward: C = x·Wᵀ + b and aux = GELU(C), GPT-2's gelu_new
+            let aux_off = 2;
+            let (c, aux) =
+                (rig.buffer(&vec![0.0; n * oc]), rig.buffer(&vec![0.0; aux_off + n * oc]));
+            rig.launch(
+                kernel,
+                linear(GemmFlags::BIAS | GemmFlags::GELU_OUT, ic, 0, aux_off),
+                &[
+                    (1, &a),
+                    (2, &bw),
+                    (3, &bias),
+                    (4, &rig.unused()),
+                    (5, &c),
+                    (6, &rig.unused()),
+                    (7, &aux),
+                ],
+                gemm_groups(kernel, n, oc),
+            );
+            assert_close(&format!("{shape}: GELU_OUT pre-activation"), &rig.read(&c), &pre);
+            let gelu = reference::gelu_forward(&pre);
+            assert_close(&format!("{shape}: GELU_OUT"), &rig.read(&aux)[aux_off..], &gelu);
+
+            // its backward: C = dy·W ·= gelu′(pre), the input gradient through the GELU
+            let dy = values(n * oc, 94, 1.0);
+            let want = reference::gelu_backward(&dy, &pre);
+            let eye: Vec<f64> =
+                (0..oc * oc).map(|i| f64::from(u8::from(i / oc == i % oc))).collect();
+            let (dy_buf, eye_buf) = (rig.operand(&f32s(&dy)), rig.operand(&f32s(&eye)));
+            let pre_buf = rig.buffer(&f32s(&pre));
+            let c = rig.buffer(&vec![0.0; n * oc]);
+            let uniform = uniforms::Gemm {
+                depth: oc as u32,
+                a_rs: oc as u32,
+                b_ks: oc as u32,
+                b_ss: 1,
+                k_chunk: oc as u32,
+                aux_off: 0,
+                ..linear(GemmFlags::GELU_GRAD, oc, 0, 0)
+            };
+            // dy·I, so the product is dy itself and the epilogue is what is checked
+            rig.launch(
+                kernel,
+                uniform,
+                &[
+                    (1, &dy_buf),
+                    (2, &eye_buf),
+                    (3, &rig.unused()),
+                    (4, &rig.unused()),
+                    (5, &c),
+                    (6, &rig.unused()),
+                    (7, &pre_buf),
+                ],
+                gemm_groups(kernel, n, oc),
+            );
+            assert_close(&format!("{shape}: GELU_GRAD"), &rig.read(&c), &want);
+
+            // split-K: workgroup layer z sums depth [z·k_chunk, (z+1)·k_chunk) into slab z,
+            // c_zs apart; the slabs add up to the product
+            let k_chunk = 16;
+            let splits = ic.div_ceil(k_chunk);
+            let c_zs = n * oc + 7;
+            let slabs = rig.buffer(&vec![0.0; splits * c_zs]);
+            let mut groups = gemm_groups(kernel, n, oc);
+            groups[2] = splits as u32;
+            rig.launch(
+                kernel,
+                linear(GemmFlags::NONE, k_chunk, c_zs, 0),
+                &[
+                    (1, &a),
+                    (2, &bw),
+                    (3, &rig.unused()),
+                    (4, &rig.unused()),
+                    (5, &slabs),
+                    (6, &rig.unused()),
+                    (7, &rig.unused()),
+                ],
+                groups,
+            );
+            let slabs = rig.read(&slabs);
+            let summed: Vec<f64> =
+                (0..n * oc).map(|m| (0..splits).map(|z| slabs[z * c_zs + m]).sum()).collect();
+            let want = reference::matmul_forward(&x, &w, None, ic, oc);
+            assert_close(&format!("{shape}: {splits} split-K slabs"), &summed, &want);
+        }
+    }
 }
