@@ -68,10 +68,10 @@ impl Rig {
         self.buffer(&data)
     }
 
-    /// A one-float buffer for a binding the launch does not use (each binding its own: a
+    /// A one-vec4 buffer for a binding the launch does not use (each binding its own: a
     /// buffer may not be bound read-only and read-write in one dispatch).
     fn unused(&self) -> wgpu::Buffer {
-        self.buffer(&[0.0])
+        self.buffer(&[0.0; 4])
     }
 
     /// One launch of `kernel` with `uniform` at binding 0 and `buffers` at theirs.
@@ -931,6 +931,266 @@ fn gemm_split_k_slabs_and_gelu_epilogues_match_their_twin() {
                 (0..n * oc).map(|m| (0..splits).map(|z| slabs[z * c_zs + m]).sum()).collect();
             let want = reference::matmul_forward(&x, &w, None, ic, oc);
             assert_close(&format!("{shape}: {splits} split-K slabs"), &summed, &want);
+        }
+    }
+}
+
+/// Column tiles of a GEMM with a ones column: one that would open a tile of its own (cols −
+/// 1 a multiple of 64) is folded into the last full tile, so the grid leaves it out.
+fn ones_column_tiles(cols: usize) -> usize {
+    if (cols - 1).is_multiple_of(64) {
+        (cols - 1) / 64
+    } else {
+        cols.div_ceil(64)
+    }
+}
+
+#[test]
+fn gemm_weight_gradient_with_ones_column_and_one_hot_embedding_gradient_match_their_twin() {
+    let Some(rig) = Rig::open() else { return };
+    // (N, IC, OC): IC 64 and 128 make the ones column fold into the last full tile
+    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
+        for (n, ic, oc) in [(5, 3, 7), (70, 64, 10), (33, 128, 65), (130, 80, 3)] {
+            let (x, w, dy) =
+                (values(n * ic, 101, 1.0), values(oc * ic, 102, 0.5), values(n * oc, 103, 1.0));
+            let (mut dw, mut db) = (vec![0.0; oc * ic], vec![0.0; oc]);
+            reference::matmul_backward(&dy, &x, &w, &mut dw, Some(&mut db), ic, oc);
+            let want: Vec<f64> = (0..oc)
+                .flat_map(|o| dw[o * ic..(o + 1) * ic].iter().copied().chain([db[o]]))
+                .collect();
+            let cols = ic + 1;
+            // A = dyᵀ (OC, N) read from dy; B = [x | 1] (N, IC + 1); C = [dW | db]
+            let uniform = uniforms::Gemm {
+                rows: oc as u32,
+                cols: cols as u32,
+                depth: n as u32,
+                flags: GemmFlags::ONES_COLUMN.bits(),
+                a_rs: 1,
+                a_ks: oc as u32,
+                b_ks: ic as u32,
+                b_ss: 1,
+                c_rs: cols as u32,
+                k_chunk: n as u32,
+                z_inner: 1,
+                scale: 1.0,
+                ..Default::default()
+            };
+            let (a, b) = (rig.operand(&f32s(&dy)), rig.operand(&f32s(&x)));
+            let c = rig.buffer(&vec![0.0; oc * cols]);
+            let tile_rows = if kernel == Kernel::GemmWide { 128 } else { 64 };
+            rig.launch(
+                kernel,
+                uniform,
+                &[
+                    (1, &a),
+                    (2, &b),
+                    (3, &rig.unused()),
+                    (4, &rig.unused()),
+                    (5, &c),
+                    (6, &rig.unused()),
+                    (7, &rig.unused()),
+                ],
+                [ones_column_tiles(cols) as u32, oc.div_ceil(tile_rows) as u32, 1],
+            );
+            let shape = format!("{}, N {n} IC {ic} OC {oc}", kernel.name());
+            assert_close(&format!("{shape}: [dW | db]"), &rig.read(&c), &want);
+        }
+        // dwte = one-hot(tokens)ᵀ · dres: the scatter-add of reference::backward
+        for (n, v, c) in [(5, 7, 3), (70, 50, 80), (130, 65, 64)] {
+            let tokens: Vec<u32> = (0..n).map(|i| ((i * 11 + 2) % v) as u32).collect();
+            let dres = values(n * c, 104, 1.0);
+            let mut want = vec![0.0; v * c];
+            for (t, &tok) in tokens.iter().enumerate() {
+                for ch in 0..c {
+                    want[tok as usize * c + ch] += dres[t * c + ch];
+                }
+            }
+            let a_off = 1;
+            let mut ids = vec![u32::MAX; a_off];
+            ids.extend(&tokens);
+            let tokens_buf = rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&ids),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            let uniform = uniforms::Gemm {
+                rows: v as u32,
+                cols: c as u32,
+                depth: n as u32,
+                flags: GemmFlags::ONEHOT_A.bits(),
+                a_off: a_off as u32,
+                b_ks: c as u32,
+                b_ss: 1,
+                c_rs: c as u32,
+                k_chunk: n as u32,
+                z_inner: 1,
+                scale: 1.0,
+                ..Default::default()
+            };
+            let (b, out) = (rig.operand(&f32s(&dres)), rig.buffer(&vec![0.0; v * c]));
+            rig.launch(
+                kernel,
+                uniform,
+                &[
+                    (1, &rig.unused()),
+                    (2, &b),
+                    (3, &rig.unused()),
+                    (4, &rig.unused()),
+                    (5, &out),
+                    (6, &tokens_buf),
+                    (7, &rig.unused()),
+                ],
+                gemm_groups(kernel, v, c),
+            );
+            assert_close(
+                &format!("{}, one-hot dwte, N {n} V {v} C {c}", kernel.name()),
+                &rig.read(&out),
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn layernorm_parameter_gradient_splits_add_up_to_the_twin_s() {
+    let Some(rig) = Rig::open() else { return };
+    for (n, c, split_rows) in [(1, 3, 4), (13, 80, 4), (70, 130, 16)] {
+        let x = values(n * c, 111, 2.0);
+        let (w, b) = (values(c, 112, 1.5), values(c, 113, 0.5));
+        let dout = values(n * c, 114, 1.0);
+        let (_, stats) = reference::layernorm_forward(&x, &w, &b, c);
+        let (mut dw, mut db) = (vec![0.0; c], vec![0.0; c]);
+        reference::layernorm_backward(&dout, &x, &w, &stats, &mut dw, &mut db, c);
+        let splits = n.div_ceil(split_rows);
+        let part_off = 2;
+        let partial = rig.buffer(&vec![0.0; part_off + splits * 2 * c]);
+        let (inp, dout_buf) = (rig.buffer(&f32s(&x)), rig.buffer(&f32s(&dout)));
+        let (mean, rstd) = (rig.buffer(&f32s(&stats.mean)), rig.buffer(&f32s(&stats.rstd)));
+        let uniform = uniforms::LayerNorm {
+            n_rows: n as u32,
+            c: c as u32,
+            split_rows: split_rows as u32,
+            part_off: part_off as u32,
+            ..Default::default()
+        };
+        rig.launch(
+            Kernel::LayerNormBackwardParams,
+            uniform,
+            &[(1, &inp), (6, &dout_buf), (7, &mean), (8, &rstd), (10, &partial)],
+            [c.div_ceil(64) as u32, splits as u32, 1],
+        );
+        let partial = rig.read(&partial);
+        let sum =
+            |k: usize| -> f64 { (0..splits).map(|z| partial[part_off + z * 2 * c + k]).sum() };
+        let shape = format!("layernorm backward_params, {n}×{c} in splits of {split_rows}");
+        assert_close(&format!("{shape}: dweight"), &(0..c).map(sum).collect::<Vec<_>>(), &dw);
+        assert_close(&format!("{shape}: dbias"), &(c..2 * c).map(sum).collect::<Vec<_>>(), &db);
+    }
+}
+
+#[test]
+fn batched_attention_products_with_the_fused_softmax_match_their_twin() {
+    let Some(rig) = Rig::open() else { return };
+    // (B, NH, T, C): the fused softmax serves rows of up to one tile (T ≤ 64). Batched
+    // products run on the 64-row kernel only (plan.rs `GemmTiles::tile_rows`).
+    for kernel in [Kernel::Gemm] {
+        for (b, nh, t, c) in [(1, 1, 1, 4), (2, 2, 5, 8), (2, 4, 64, 80)] {
+            let hs = c / nh;
+            let qkv = values(b * t * 3 * c, 121, 1.0);
+            let (mut want_att, mut want_out) = (Vec::new(), Vec::new());
+            for seq in qkv.chunks(t * 3 * c) {
+                let (out, att) = reference::attention_forward(seq, c, nh);
+                want_out.extend(out);
+                want_att.extend(att);
+            }
+            let qkv_buf = rig.operand(&f32s(&qkv));
+            let z = (b * nh) as u32;
+            // att[b, h] = softmax(scale · Q Kᵀ), causal, Q and K read in place from qkv
+            let scores = uniforms::Gemm {
+                rows: t as u32,
+                cols: t as u32,
+                depth: hs as u32,
+                flags: (GemmFlags::BATCHED | GemmFlags::SOFTMAX).bits(),
+                a_rs: (3 * c) as u32,
+                a_ks: 1,
+                b_off: c as u32,
+                b_ks: 1,
+                b_ss: (3 * c) as u32,
+                c_rs: t as u32,
+                k_chunk: hs as u32,
+                z_inner: nh as u32,
+                a_zo: (t * 3 * c) as u32,
+                a_zi: hs as u32,
+                b_zo: (t * 3 * c) as u32,
+                b_zi: hs as u32,
+                c_zo: (nh * t * t) as u32,
+                c_zi: (t * t) as u32,
+                scale: 1.0 / (hs as f32).sqrt(),
+                ..Default::default()
+            };
+            let att = rig.buffer(&vec![0.0; b * nh * t * t]);
+            let mut groups = gemm_groups(kernel, t, t);
+            groups[2] = z;
+            let spare = || rig.unused();
+            rig.launch(
+                kernel,
+                scores,
+                &[
+                    (1, &qkv_buf),
+                    (2, &qkv_buf),
+                    (3, &spare()),
+                    (4, &spare()),
+                    (5, &att),
+                    (6, &spare()),
+                    (7, &spare()),
+                ],
+                groups,
+            );
+            let shape = format!("{}, B {b} NH {nh} T {t} C {c}", kernel.name());
+            assert_close(&format!("{shape}: att"), &rig.read(&att), &want_att);
+
+            // y[b, :, h] = att[b, h] · V, V read in place, written into its head's columns
+            let values_product = uniforms::Gemm {
+                rows: t as u32,
+                cols: hs as u32,
+                depth: t as u32,
+                flags: GemmFlags::BATCHED.bits(),
+                a_rs: t as u32,
+                a_ks: 1,
+                b_off: (2 * c) as u32,
+                b_ks: (3 * c) as u32,
+                b_ss: 1,
+                c_rs: c as u32,
+                k_chunk: t as u32,
+                z_inner: nh as u32,
+                a_zo: (nh * t * t) as u32,
+                a_zi: (t * t) as u32,
+                b_zo: (t * 3 * c) as u32,
+                b_zi: hs as u32,
+                c_zo: (t * c) as u32,
+                c_zi: hs as u32,
+                scale: 1.0,
+                ..Default::default()
+            };
+            let att_in = rig.operand(&f32s(&want_att));
+            let out = rig.buffer(&vec![0.0; b * t * c]);
+            let mut groups = gemm_groups(kernel, t, hs);
+            groups[2] = z;
+            rig.launch(
+                kernel,
+                values_product,
+                &[
+                    (1, &att_in),
+                    (2, &qkv_buf),
+                    (3, &spare()),
+                    (4, &spare()),
+                    (5, &out),
+                    (6, &spare()),
+                    (7, &spare()),
+                ],
+                groups,
+            );
+            assert_close(&format!("{shape}: att·V"), &rig.read(&out), &want_out);
         }
     }
 }
