@@ -102,6 +102,66 @@ fn reads_batch(kind: LossKind) -> bool {
     )
 }
 
+/// loss.wgsl's entry point for `loss`: `gradient` for mixes of the closed-form paired
+/// kinds, `gradient_batch` when a term reads the whole batch.
+pub fn loss_kernel(loss: &StepLoss) -> Kernel {
+    if loss.mix.terms.iter().any(|&(kind, _)| reads_batch(kind)) {
+        Kernel::LossGradientBatch
+    } else {
+        Kernel::LossGradient
+    }
+}
+
+/// loss.wgsl's inputs for `loss` on a batch of `b` rows whose policy sequence log-probs
+/// sit at `seq_off` of the forward's outputs: its uniform, and the part of `given` after
+/// the reference's log-probs, [lengths (B) | labels (B) | labels (B)]: a desirable flag
+/// (KTO), or a list's first and end row (Plackett–Luce).
+pub fn loss_inputs(loss: &StepLoss, b: usize, seq_off: usize) -> (uniforms::Loss, Vec<f32>) {
+    let mut kinds = [0u32; LOSS_MAX_TERMS];
+    let mut weights = [0f32; LOSS_MAX_TERMS];
+    for (t, &(kind, weight)) in loss.mix.terms.iter().enumerate() {
+        kinds[t] = loss_code(kind).bits();
+        weights[t] = weight as f32;
+    }
+    let p = loss.params;
+    let uniform = uniforms::Loss {
+        rows: b as u32,
+        terms: loss.mix.terms.len() as u32,
+        seq_off: seq_off as u32,
+        _pad: 0,
+        kinds: bytemuck::cast(kinds),
+        weights: bytemuck::cast(weights),
+        beta: p.beta as f32,
+        eps: p.label_smoothing as f32,
+        simpo_gamma: p.simpo_gamma as f32,
+        discopop_tau: p.discopop_tau as f32,
+        exo_shift: (p.exo_epsilon.ln() - (-p.exo_epsilon).ln_1p()) as f32,
+        cpo_alpha: p.cpo_alpha as f32,
+        kto_desirable_weight: p.kto_desirable_weight as f32,
+        kto_undesirable_weight: p.kto_undesirable_weight as f32,
+    };
+    let mut rest: Vec<f32> = loss.lengths.iter().map(|&v| v as f32).collect();
+    rest.resize(3 * b, 0.0);
+    match loss.rows {
+        Rows::Pairs => {}
+        Rows::Unpaired(desirable) => {
+            for (r, &d) in desirable.iter().enumerate() {
+                rest[b + r] = f32::from(u8::from(d));
+            }
+        }
+        Rows::Ranked(sizes) => {
+            let mut start = 0;
+            for &k in sizes {
+                for r in start..start + k {
+                    (rest[b + r], rest[2 * b + r]) = (start as f32, (start + k) as f32);
+                }
+                start += k;
+            }
+        }
+    }
+    (uniform, rest)
+}
+
 /// Whether loss.wgsl evaluates `loss` (else the step runs in parts, the loss on the CPU).
 fn on_device(loss: &StepLoss) -> bool {
     loss.mix.terms.len() <= LOSS_MAX_TERMS
@@ -661,29 +721,7 @@ impl GpuEngine {
             }
         }
         let b = batch.batch;
-        let mut kinds = [0u32; LOSS_MAX_TERMS];
-        let mut weights = [0f32; LOSS_MAX_TERMS];
-        for (t, &(kind, weight)) in loss.mix.terms.iter().enumerate() {
-            kinds[t] = loss_code(kind).bits();
-            weights[t] = weight as f32;
-        }
-        let p = loss.params;
-        let uniform = uniforms::Loss {
-            rows: b as u32,
-            terms: loss.mix.terms.len() as u32,
-            seq_off: (b * batch.seq_len) as u32,
-            _pad: 0,
-            kinds: bytemuck::cast(kinds),
-            weights: bytemuck::cast(weights),
-            beta: p.beta as f32,
-            eps: p.label_smoothing as f32,
-            simpo_gamma: p.simpo_gamma as f32,
-            discopop_tau: p.discopop_tau as f32,
-            exo_shift: (p.exo_epsilon.ln() - (-p.exo_epsilon).ln_1p()) as f32,
-            cpo_alpha: p.cpo_alpha as f32,
-            kto_desirable_weight: p.kto_desirable_weight as f32,
-            kto_undesirable_weight: p.kto_undesirable_weight as f32,
-        };
+        let (uniform, rest) = loss_inputs(loss, b, b * batch.seq_len);
         self.write_hyper(opt, step)?;
         let mut encoder = self.encoder("training step");
         let reference_out = match reference {
@@ -696,26 +734,6 @@ impl GpuEngine {
         let i = self.forward_into(batch, &mut encoder)?;
         let plan = &self.plans[i];
         self.queue.write_buffer(&self.loss.uniform, 0, bytemuck::bytes_of(&uniform));
-        // [lengths | labels]: a desirable flag (KTO), a list's first and end row (Plackett–Luce)
-        let mut rest: Vec<f32> = loss.lengths.iter().map(|&v| v as f32).collect();
-        rest.resize(3 * b, 0.0);
-        match loss.rows {
-            Rows::Pairs => {}
-            Rows::Unpaired(desirable) => {
-                for (r, &d) in desirable.iter().enumerate() {
-                    rest[b + r] = f32::from(u8::from(d));
-                }
-            }
-            Rows::Ranked(sizes) => {
-                let mut start = 0;
-                for &k in sizes {
-                    for r in start..start + k {
-                        (rest[b + r], rest[2 * b + r]) = (start as f32, (start + k) as f32);
-                    }
-                    start += k;
-                }
-            }
-        }
         self.queue.write_buffer(&plan.given, (b * 4) as u64, bytemuck::cast_slice(&rest));
         match &reference_out {
             // the reference's sequence log-probs follow its (B, T) token log-probs
@@ -731,10 +749,9 @@ impl GpuEngine {
                 self.queue.write_buffer(&plan.given, 0, bytemuck::cast_slice(&given));
             }
         }
-        let gradient = if loss.mix.terms.iter().any(|&(kind, _)| reads_batch(kind)) {
-            &plan.loss_batch
-        } else {
-            &plan.loss
+        let gradient = match loss_kernel(loss) {
+            Kernel::LossGradientBatch => &plan.loss_batch,
+            _ => &plan.loss,
         };
         record_pass(
             &mut encoder,

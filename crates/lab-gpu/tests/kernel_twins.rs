@@ -6,7 +6,8 @@
 //! On a machine without a GPU adapter the tests fail unless ALIGNLAB_SKIP_GPU=1, as the
 //! parity tests do; Mesa's lavapipe is enough.
 
-use lab_core::engine::AdamWConfig;
+use lab_core::engine::{AdamWConfig, Rows, StepLoss};
+use lab_core::loss::{DataShape, LossKind, LossMix, LossParams};
 use lab_cpu::reference;
 use lab_gpu::kernels::{Kernel, Pipelines};
 use lab_gpu::setup::{self, Faults};
@@ -1191,6 +1192,133 @@ fn batched_attention_products_with_the_fused_softmax_match_their_twin() {
                 groups,
             );
             assert_close(&format!("{shape}: att·V"), &rig.read(&out), &want_out);
+
+            // backward: dpre[b, h] = P ⊙ (dy Vᵀ − rowsum(P ⊙ dy Vᵀ)) · scale, P read
+            // through the addend binding (the softmax backward fused into dy·Vᵀ)
+            let dy = values(b * t * c, 122, 1.0);
+            let mut want = vec![0.0; b * nh * t * t];
+            for (z, block) in want.chunks_mut(t * t).enumerate() {
+                let (bi, h) = (z / nh, z % nh);
+                let at = |row: usize, col: usize| want_att[z * t * t + row * t + col];
+                for row in 0..t {
+                    let da: Vec<f64> = (0..=row)
+                        .map(|t2| {
+                            (0..hs)
+                                .map(|d| {
+                                    dy[(bi * t + row) * c + h * hs + d]
+                                        * qkv[(bi * t + t2) * 3 * c + 2 * c + h * hs + d]
+                                })
+                                .sum()
+                        })
+                        .collect();
+                    let dot: f64 = (0..=row).map(|t2| at(row, t2) * da[t2]).sum();
+                    for t2 in 0..=row {
+                        block[row * t + t2] = at(row, t2) * (da[t2] - dot) / (hs as f64).sqrt();
+                    }
+                }
+            }
+            let grad = uniforms::Gemm {
+                rows: t as u32,
+                cols: t as u32,
+                depth: hs as u32,
+                flags: (GemmFlags::BATCHED | GemmFlags::SOFTMAX_GRAD).bits(),
+                a_rs: c as u32,
+                a_ks: 1,
+                b_off: (2 * c) as u32,
+                b_ks: 1,
+                b_ss: (3 * c) as u32,
+                c_rs: t as u32,
+                k_chunk: hs as u32,
+                z_inner: nh as u32,
+                a_zo: (t * c) as u32,
+                a_zi: hs as u32,
+                b_zo: (t * 3 * c) as u32,
+                b_zi: hs as u32,
+                c_zo: (nh * t * t) as u32,
+                c_zi: (t * t) as u32,
+                scale: 1.0 / (hs as f32).sqrt(),
+                ..Default::default()
+            };
+            let (dy_buf, probs) = (rig.operand(&f32s(&dy)), rig.buffer(&f32s(&want_att)));
+            let dpre = rig.buffer(&vec![0.0; b * nh * t * t]);
+            let mut groups = gemm_groups(kernel, t, t);
+            groups[2] = z;
+            rig.launch(
+                kernel,
+                grad,
+                &[
+                    (1, &dy_buf),
+                    (2, &qkv_buf),
+                    (3, &spare()),
+                    (4, &probs),
+                    (5, &dpre),
+                    (6, &spare()),
+                    (7, &spare()),
+                ],
+                groups,
+            );
+            assert_close(&format!("{shape}: SOFTMAX_GRAD"), &rig.read(&dpre), &want);
         }
+    }
+}
+
+#[test]
+fn loss_gradient_matches_lab_core_for_every_kind_and_two_mixes() {
+    let Some(rig) = Rig::open() else { return };
+    let b = 12;
+    let policy: Vec<f32> = f32s(&values(b, 131, 5.0)).iter().map(|v| v - 20.0).collect();
+    let reference: Vec<f64> =
+        policy.iter().zip(values(b, 132, 1.0)).map(|(&p, n)| f64::from(p) + n).collect();
+    let lengths: Vec<f64> = (0..b).map(|r| (3 + r % 5) as f64).collect();
+    let params = LossParams { label_smoothing: 0.1, ..LossParams::default() };
+    let desirable = [true, false, false, true, true, false, true, false, false, false, true, true];
+    let sizes = [3, 2, 4, 3];
+    let rows_of = |kind: LossKind| match kind.data_shape() {
+        DataShape::Paired => Rows::Pairs,
+        DataShape::Unpaired => Rows::Unpaired(&desirable),
+        DataShape::Ranked => Rows::Ranked(&sizes),
+    };
+    let mut mixes: Vec<(LossMix, Rows)> =
+        LossKind::ALL.iter().map(|&k| (LossMix::single(k), rows_of(k))).collect();
+    mixes.push((LossMix::parse("sigmoid+0.5*hinge+0.25*ipo").unwrap(), Rows::Pairs));
+    mixes.push((LossMix::parse("sigmoid+0.5*sft+0.25*ipo").unwrap(), Rows::Pairs));
+    // the forward's outputs with the sequence log-probs after (B, T) token log-probs
+    let seq_off = 7;
+    let mut out = vec![f32::NAN; seq_off];
+    out.extend(&policy);
+    let out = rig.buffer(&out);
+    for (mix, rows) in &mixes {
+        let loss = StepLoss {
+            mix,
+            params: &params,
+            rows: *rows,
+            reference: &reference,
+            lengths: &lengths,
+        };
+        let (_, want) = loss.gradient(&policy, 1).unwrap();
+        let (uniform, rest) = lab_gpu::loss_inputs(&loss, b, seq_off);
+        let mut given: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
+        given.extend(rest);
+        let (given, d_seq) = (rig.buffer(&given), rig.buffer(&vec![f32::NAN; b]));
+        let status = rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::bytes_of(&7u32),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        });
+        rig.launch(
+            lab_gpu::loss_kernel(&loss),
+            uniform,
+            &[(1, &out), (2, &given), (3, &d_seq), (4, &status)],
+            [1, 1, 1],
+        );
+        let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+        assert_close(&format!("loss.wgsl, {}", mix.name()), &rig.read(&d_seq), &want);
+        // the u32 word read as f32 bits: 0 is 0.0, any flag a non-zero denormal
+        assert_eq!(
+            rig.read(&status)[0],
+            0.0,
+            "{}: a finite gradient clears the status",
+            mix.name()
+        );
     }
 }
