@@ -16,13 +16,15 @@
 #
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
 # NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
+# The carried libraries are unpacked into .gl/root and found through LD_LIBRARY_PATH: nothing
+# outside the tree is written (rehearsed on lavapipe with the loader taken from .gl/root).
 # CONFIGS and STEPS (default "tiny medium", 200) shorten a rehearsal here on lavapipe:
 #   CONFIGS=tiny STEPS=2 VARIANTS=auto:1:off:gpu bash scripts/gpu-bench.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-run}" in
   prepare)
-    grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo '/.gl/' >> .git/info/exclude
+    # .gl/ is in .gitignore
     mkdir -p .gl /tmp/amd64/partial
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
     # the Vulkan loader and the GL dispatch libraries the NVIDIA ICD links against
@@ -31,10 +33,12 @@ case "${1:-run}" in
     strip target/release/alignlab
     ;;
   run)
-    # unpack even where a loader exists: the NVIDIA ICD also needs libGLdispatch (glvnd)
+    # the carried libraries stay inside the tree (.gl/root), found through LD_LIBRARY_PATH;
+    # unpacked even where a loader exists: the NVIDIA ICD also needs libGLdispatch (glvnd)
     if ls .gl/*.deb >/dev/null 2>&1; then
-      for f in .gl/*.deb; do dpkg -x "$f" /; done
-      ldconfig
+      mkdir -p .gl/root
+      for f in .gl/*.deb; do dpkg -x "$f" .gl/root; done
+      export LD_LIBRARY_PATH="$PWD/.gl/root/usr/lib/x86_64-linux-gnu:$PWD/.gl/root/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     fi
     export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg}; mkdir -p "$XDG_RUNTIME_DIR"; chmod 700 "$XDG_RUNTIME_DIR"
     nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
