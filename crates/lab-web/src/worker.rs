@@ -15,6 +15,7 @@
 //! the page's settings, `Reset` from the start.
 
 use crate::divergence::{checked_step, LastGood, Outcome};
+use crate::live::Live;
 use crate::protocol::{
     Candidate, FromWorker, LossTerm, Metrics, PairRow, PairText, RunInfo, ScenarioInfo, ToWorker,
     TrainingData,
@@ -33,10 +34,7 @@ use lab_core::tokenizer::Tokenizer;
 use lab_core::{checkpoint, LabError};
 use lab_cpu::CpuEngine;
 use lab_gpu::GpuEngine;
-use lab_train::scenario::{
-    anchors, borrowed, judge, run_scenario, score_texts_async, watch_items, GoldProbe, Phenomenon,
-    Preset, RunWatch, Scenario, Variant, SCENARIOS,
-};
+use lab_train::scenario::{run_scenario, Preset, Scenario, Variant, SCENARIOS};
 use lab_train::{Session, SessionConfig, StepRecord};
 use std::collections::HashMap;
 use wasm_bindgen::prelude::*;
@@ -289,18 +287,6 @@ struct Lab {
     playing: bool,
     /// The scenario's checks on these runs, while they are the preset's.
     live: Option<Live>,
-}
-
-/// What keeps a scenario's verdict current on the page's runs: one [`RunWatch`] per run.
-struct Live {
-    scenario: String,
-    phenomenon: Phenomenon,
-    watch_rows: Vec<(String, String)>,
-    anchor_rows: Vec<(String, String)>,
-    watches: Vec<RunWatch>,
-    /// The gold reward's sampler, where the phenomenon needs one (on a CPU copy of each
-    /// policy: sampling is one forward per token).
-    gold: Option<GoldProbe>,
 }
 
 impl Lab {
@@ -597,7 +583,7 @@ impl Lab {
             };
             let step_ms = now_ms() - started;
             if let Some(live) = &mut self.live {
-                live.watches[index].observe(&run.session, &record);
+                live.observe(index, &run.session, &record);
             }
             let step = run.offset + record.step;
             if run.displaced_at.is_none() && record.eval.logps_chosen_change < 0.0 {
@@ -630,48 +616,16 @@ impl Lab {
 
     /// Start watching the runs (at step 0) as `variants` of scenario `name`.
     async fn watch(&mut self, name: &str, preset: &Preset, variants: &[Variant]) -> Result<Live> {
-        let watch_rows = watch_items(preset);
-        let anchor_rows = anchors();
-        let first = self.runs.first_mut().ok_or("no runs")?.session.engine_mut();
-        // every run starts from the same weights, so the reference's scores are shared
-        let tokenizer = &self.model.tokenizer;
-        let watch_ref = score_texts_async(first, tokenizer, &borrowed(&watch_rows), true)
-            .await
-            .map_err(|e| e.to_string())?;
-        let anchor_ref = score_texts_async(first, tokenizer, &borrowed(&anchor_rows), true)
-            .await
-            .map_err(|e| e.to_string())?;
         let records: Vec<Record> = self.kept.iter().map(|&i| self.records[i].clone()).collect();
-        let watches = self
-            .runs
-            .iter()
-            .zip(variants)
-            .map(|(run, variant)| {
-                RunWatch::begin(
-                    &run.session,
-                    preset,
-                    variant,
-                    &records,
-                    watch_ref.clone(),
-                    anchor_ref.clone(),
-                )
-            })
-            .collect();
-        let ctx = self.model.cfg.ctx;
-        let gold = GoldProbe::of(&preset.phenomenon, tokenizer, &records, ctx)
-            .map_err(|e| e.to_string())?;
-        Ok(Live {
-            gold,
-            scenario: name.to_string(),
-            phenomenon: preset.phenomenon.clone(),
-            watch_rows,
-            anchor_rows,
-            watches,
-        })
+        let mut sessions: Vec<_> = self.runs.iter_mut().map(|r| &mut r.session).collect();
+        Live::start(name, preset, variants, &records, &self.model.tokenizer, &mut sessions)
+            .await
+            .map_err(|e| format!("the live verdict of {name}: {e}"))
     }
 
     /// The scenario's checks on the runs as they stand, posted when every run has just been
-    /// evaluated (the checks read the evaluations).
+    /// evaluated (the checks read the evaluations); the gold reward, where there is one,
+    /// measured on a CPU copy of each policy (sampling is one forward per token).
     async fn post_live_verdict(&mut self) {
         let Some(live) = &self.live else { return };
         let evaluated =
@@ -679,7 +633,7 @@ impl Lab {
         if !evaluated || self.runs.iter().any(|r| r.diverged.is_some()) {
             return;
         }
-        if let Some(probe) = &live.gold {
+        if let Some(probe) = live.gold_probe() {
             let mut golds = Vec::new();
             for index in 0..self.runs.len() {
                 let measured = match self.policy(index).await {
@@ -696,34 +650,19 @@ impl Lab {
                     }
                 }
             }
-            let Some(live) = &mut self.live else { return };
-            for (watch, gold) in live.watches.iter_mut().zip(golds) {
-                watch.note_gold(gold);
+            if let Some(live) = &mut self.live {
+                live.note_gold(&golds);
             }
         }
         let Some(live) = &self.live else { return };
-        let tokenizer = &self.model.tokenizer;
-        let (watch_rows, anchor_rows) = (borrowed(&live.watch_rows), borrowed(&live.anchor_rows));
-        let mut reports = Vec::new();
-        for (run, watch) in self.runs.iter_mut().zip(&live.watches) {
-            let engine = run.session.engine_mut();
-            let scored = async {
-                let watch_now = score_texts_async(engine, tokenizer, &watch_rows, true).await?;
-                let anchor_now = score_texts_async(engine, tokenizer, &anchor_rows, true).await?;
-                Ok::<_, LabError>((watch_now, anchor_now))
-            };
-            match scored.await {
-                Ok((watch_now, anchor_now)) => {
-                    reports.push(watch.report(&run.session, &watch_now, &anchor_now))
-                }
-                Err(err) => {
-                    post(&FromWorker::Error { message: format!("the live verdict: {err}") });
-                    return;
-                }
+        let mut sessions: Vec<_> = self.runs.iter_mut().map(|r| &mut r.session).collect();
+        let (verdict, gold) = match live.verdict(&mut sessions, &self.model.tokenizer).await {
+            Ok(out) => out,
+            Err(err) => {
+                post(&FromWorker::Error { message: format!("the live verdict: {err}") });
+                return;
             }
-        }
-        let verdict = judge(&live.phenomenon, &reports);
-        let gold = reports.iter().map(|r| r.pairs.trajectory.last().and_then(|m| m.gold)).collect();
+        };
         post(&FromWorker::LiveVerdict {
             gold,
             generation: self.generation,
