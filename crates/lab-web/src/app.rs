@@ -6,7 +6,7 @@ mod annotate;
 
 use crate::bridge;
 use crate::charts::{self, RunHistory, CHART_IDS, RUN_COLORS};
-use crate::protocol::{Candidate, FromWorker, PairRow, PairText, ScenarioInfo, ToWorker};
+use crate::protocol::{Candidate, FromWorker, Metric, PairRow, PairText, ScenarioInfo, ToWorker};
 use crate::state::{UiState, MAX_RUNS};
 use lab_core::loss::{LossKind, LossMix};
 use lab_train::scenario::{Check, SCENARIOS};
@@ -276,7 +276,7 @@ impl Store {
                         for (run, value) in runs.iter_mut().zip(gold) {
                             let point = run.points.get_mut(step as usize);
                             if let (Some(point), Some(value)) = (point, value) {
-                                point.insert(charts::GOLD.into(), value);
+                                point.insert(Metric::Gold.key().into(), value);
                             }
                         }
                     });

@@ -2,7 +2,7 @@
 //! sent, drawn by uPlot through `js/glue.js`. Nothing here computes a metric; it only picks
 //! which recorded metric goes in which series.
 
-use crate::protocol::{Metrics, RunInfo};
+use crate::protocol::{Metric, Metrics, RunInfo};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -71,12 +71,12 @@ impl ChartSpec {
         }
     }
 
-    /// Add `key` of run `run` as a series.
+    /// Add `metric` of run `run` as a series.
     fn add(
         &mut self,
         runs: &[RunHistory],
         run: usize,
-        key: &str,
+        metric: Metric,
         label: &str,
         dash: Option<[f64; 2]>,
         scale: &'static str,
@@ -84,7 +84,9 @@ impl ChartSpec {
         let steps = self.data[0].len();
         let points = &runs[run].points;
         let column = (0..steps)
-            .map(|s| points.get(s).and_then(|m| m.get(key)).copied().filter(|v| v.is_finite()))
+            .map(|s| {
+                points.get(s).and_then(|m| m.get(metric.key())).copied().filter(|v| v.is_finite())
+            })
             .collect();
         self.series.push(Series {
             label: label.into(),
@@ -109,15 +111,12 @@ fn run_name(runs: &[RunHistory], run: usize) -> String {
     }
 }
 
-/// The gold reward of the policy's samples (`lab_train::scenario::GoldProbe`), which the
-/// page records at each evaluation of a scenario that measures one.
-pub const GOLD: &str = "eval/gold";
 /// The gold-reward chart, shown only where a run has a gold reward.
 pub const GOLD_CHART_ID: &str = "chart-gold";
 
 /// Whether any run has a gold reward.
 pub fn has_gold(runs: &[RunHistory]) -> bool {
-    runs.iter().any(|r| r.points.iter().any(|p| p.contains_key(GOLD)))
+    runs.iter().any(|r| r.points.iter().any(|p| p.contains_key(Metric::Gold.key())))
 }
 
 /// Chart element ids, in page order.
@@ -132,16 +131,23 @@ pub fn draw_all(runs: &[RunHistory]) {
 
     let mut loss = ChartSpec::new("Loss", "loss", runs);
     for r in 0..n {
-        loss.add(runs, r, "loss", &run_name(runs, r), None, "y");
+        loss.add(runs, r, Metric::Loss, &run_name(runs, r), None, "y");
     }
     loss.draw(CHART_IDS[0]);
 
     let mut rewards = ChartSpec::new("Rewards (batch, before the update)", "β·log-ratio", runs);
     for r in 0..n {
         let name = run_name(runs, r);
-        rewards.add(runs, r, "rewards/chosen", &format!("{name} chosen"), None, "y");
-        rewards.add(runs, r, "rewards/rejected", &format!("{name} rejected"), Some(DASHED), "y");
-        rewards.add(runs, r, "rewards/margins", &format!("{name} margin"), Some(DOTTED), "y");
+        rewards.add(runs, r, Metric::RewardsChosen, &format!("{name} chosen"), None, "y");
+        rewards.add(
+            runs,
+            r,
+            Metric::RewardsRejected,
+            &format!("{name} rejected"),
+            Some(DASHED),
+            "y",
+        );
+        rewards.add(runs, r, Metric::RewardsMargins, &format!("{name} margin"), Some(DOTTED), "y");
     }
     rewards.draw(CHART_IDS[1]);
 
@@ -157,7 +163,7 @@ pub fn draw_all(runs: &[RunHistory]) {
         displacement.add(
             runs,
             r,
-            "eval/logps_chosen_change",
+            Metric::LogpsChosenChange,
             &format!("{name} log π(yw)"),
             None,
             "y",
@@ -165,12 +171,12 @@ pub fn draw_all(runs: &[RunHistory]) {
         displacement.add(
             runs,
             r,
-            "eval/logps_rejected_change",
+            Metric::LogpsRejectedChange,
             &format!("{name} log π(yl)"),
             Some(DASHED),
             "y",
         );
-        displacement.add(runs, r, "eval/kl", &format!("{name} KL"), Some(DOTTED), "y2");
+        displacement.add(runs, r, Metric::Kl, &format!("{name} KL"), Some(DOTTED), "y2");
         if let Some(step) = runs[r].displaced_at {
             displacement.marks.push(Mark {
                 x: step as f64,
@@ -187,17 +193,17 @@ pub fn draw_all(runs: &[RunHistory]) {
         "fraction of pairs",
         runs,
     );
-    accuracy.add(runs, 0, "eval/idealized_ranking_accuracy", "R* (idealized)", Some(DOTTED), "y");
+    accuracy.add(runs, 0, Metric::IdealizedRankingAccuracy, "R* (idealized)", Some(DOTTED), "y");
     if let Some(s) = accuracy.series.last_mut() {
         s.color = "#6b7280".into();
     }
     for r in 0..n {
         let name = run_name(runs, r);
-        accuracy.add(runs, r, "eval/ranking_accuracy", &format!("{name} R"), None, "y");
+        accuracy.add(runs, r, Metric::RankingAccuracy, &format!("{name} R"), None, "y");
         accuracy.add(
             runs,
             r,
-            "eval/ranking_accuracy_normalized",
+            Metric::RankingAccuracyNormalized,
             &format!("{name} R̃"),
             Some(DOTTED),
             "y",
@@ -205,7 +211,7 @@ pub fn draw_all(runs: &[RunHistory]) {
         accuracy.add(
             runs,
             r,
-            "eval/reward_accuracy",
+            Metric::RewardAccuracy,
             &format!("{name} reward acc."),
             Some(DASHED),
             "y",
@@ -222,7 +228,7 @@ pub fn draw_all(runs: &[RunHistory]) {
     );
     for r in 0..n {
         let name = run_name(runs, r);
-        topk.add(runs, r, "eval/topk_entropy", &format!("{name} entropy"), None, "y");
+        topk.add(runs, r, Metric::TopkEntropy, &format!("{name} entropy"), None, "y");
     }
     topk.draw(CHART_IDS[4]);
 
@@ -235,8 +241,8 @@ pub fn draw_all(runs: &[RunHistory]) {
         gold.y2_label = "KL (nats/token)".into();
         for r in 0..n {
             let name = run_name(runs, r);
-            gold.add(runs, r, GOLD, &format!("{name} gold"), None, "y");
-            gold.add(runs, r, "eval/kl", &format!("{name} KL"), Some(DOTTED), "y2");
+            gold.add(runs, r, Metric::Gold, &format!("{name} gold"), None, "y");
+            gold.add(runs, r, Metric::Kl, &format!("{name} KL"), Some(DOTTED), "y2");
         }
         gold.draw(GOLD_CHART_ID);
     }

@@ -132,6 +132,65 @@ pub struct PairRow {
 /// `eval/ranking_accuracy`, ...); step 0 holds the instruments of the reference itself.
 pub type Metrics = BTreeMap<String, f64>;
 
+/// A metric the page charts, by the name the worker sends it under: `StepRecord`'s
+/// serialized names, and `eval/gold`, which the page records from the live verdict. The
+/// charts name metrics only through this, so a misspelt key is a compile error, and a test
+/// checks every key against a serialized `StepRecord`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Loss,
+    RewardsChosen,
+    RewardsRejected,
+    RewardsMargins,
+    LogpsChosenChange,
+    LogpsRejectedChange,
+    Kl,
+    IdealizedRankingAccuracy,
+    RankingAccuracy,
+    RankingAccuracyNormalized,
+    RewardAccuracy,
+    TopkEntropy,
+    /// The gold reward of the policy's samples (`lab_train::scenario::GoldProbe`).
+    Gold,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 13] = [
+        Metric::Loss,
+        Metric::RewardsChosen,
+        Metric::RewardsRejected,
+        Metric::RewardsMargins,
+        Metric::LogpsChosenChange,
+        Metric::LogpsRejectedChange,
+        Metric::Kl,
+        Metric::IdealizedRankingAccuracy,
+        Metric::RankingAccuracy,
+        Metric::RankingAccuracyNormalized,
+        Metric::RewardAccuracy,
+        Metric::TopkEntropy,
+        Metric::Gold,
+    ];
+
+    /// Its key in [`Metrics`].
+    pub const fn key(self) -> &'static str {
+        match self {
+            Metric::Loss => "loss",
+            Metric::RewardsChosen => "rewards/chosen",
+            Metric::RewardsRejected => "rewards/rejected",
+            Metric::RewardsMargins => "rewards/margins",
+            Metric::LogpsChosenChange => "eval/logps_chosen_change",
+            Metric::LogpsRejectedChange => "eval/logps_rejected_change",
+            Metric::Kl => "eval/kl",
+            Metric::IdealizedRankingAccuracy => "eval/idealized_ranking_accuracy",
+            Metric::RankingAccuracy => "eval/ranking_accuracy",
+            Metric::RankingAccuracyNormalized => "eval/ranking_accuracy_normalized",
+            Metric::RewardAccuracy => "eval/reward_accuracy",
+            Metric::TopkEntropy => "eval/topk_entropy",
+            Metric::Gold => "eval/gold",
+        }
+    }
+}
+
 /// A candidate response of the displacement view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -245,4 +304,41 @@ pub enum FromWorker {
     Error {
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab_train::{Instruments, StepRecord};
+
+    /// Every charted key is one the worker sends (a serialized `StepRecord` with every
+    /// optional instrument present), but `eval/gold`, which only the live verdict brings.
+    #[test]
+    fn every_charted_metric_is_a_key_the_worker_sends() {
+        let record = StepRecord {
+            step: 1,
+            loss: 0.5,
+            rewards_chosen: 0.0,
+            rewards_rejected: 0.0,
+            rewards_margins: 0.0,
+            rewards_accuracies: 0.0,
+            logps_chosen: 0.0,
+            logps_rejected: 0.0,
+            eval: Instruments {
+                ranking_accuracy: Some(0.0),
+                ranking_accuracy_normalized: Some(0.0),
+                idealized_ranking_accuracy: Some(0.0),
+                alignment_gap: Some(0.0),
+                reward_accuracy: Some(0.0),
+                displaced_fraction: Some(0.0),
+                kl_sampled: Some(0.0),
+                ..Instruments::default()
+            },
+        };
+        let sent = serde_json::to_value(&record).unwrap();
+        for metric in Metric::ALL {
+            let present = sent.get(metric.key()).is_some();
+            assert_eq!(present, metric != Metric::Gold, "{metric:?} ({})", metric.key());
+        }
+    }
 }
