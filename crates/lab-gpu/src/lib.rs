@@ -102,6 +102,24 @@ fn reads_batch(kind: LossKind) -> bool {
     )
 }
 
+/// adamw.wgsl's uniform for update `step` (from 1) of `n` parameters: the step-dependent
+/// scalars in the same f32 arithmetic as lab-cpu's `adamw_update`.
+pub fn adamw_hyper(opt: &AdamWConfig, step: u32, n: usize) -> uniforms::Hyper {
+    let bias_correction1 = 1.0 - opt.beta1.powi(step as i32);
+    let bias_correction2 = 1.0 - opt.beta2.powi(step as i32);
+    uniforms::Hyper {
+        n: n as u32,
+        beta1: opt.beta1,
+        beta2: opt.beta2,
+        one_minus_beta1: 1.0 - opt.beta1,
+        one_minus_beta2: 1.0 - opt.beta2,
+        eps: opt.eps,
+        step_size: opt.lr / bias_correction1,
+        bias_correction2_sqrt: bias_correction2.sqrt(),
+        decay: 1.0 - opt.lr * opt.weight_decay,
+    }
+}
+
 /// loss.wgsl's entry point for `loss`: `gradient` for mixes of the closed-form paired
 /// kinds, `gradient_batch` when a term reads the whole batch.
 pub fn loss_kernel(loss: &StepLoss) -> Kernel {
@@ -967,20 +985,7 @@ impl GpuEngine {
         if step == 0 {
             return Err(LabError::param("step", "AdamW steps count from 1"));
         }
-        // the same f32 arithmetic as lab-cpu's adamw_update
-        let bias_correction1 = 1.0 - opt.beta1.powi(step as i32);
-        let bias_correction2 = 1.0 - opt.beta2.powi(step as i32);
-        let hyper = uniforms::Hyper {
-            n: self.cfg.layout().total as u32,
-            beta1: opt.beta1,
-            beta2: opt.beta2,
-            one_minus_beta1: 1.0 - opt.beta1,
-            one_minus_beta2: 1.0 - opt.beta2,
-            eps: opt.eps,
-            step_size: opt.lr / bias_correction1,
-            bias_correction2_sqrt: bias_correction2.sqrt(),
-            decay: 1.0 - opt.lr * opt.weight_decay,
-        };
+        let hyper = adamw_hyper(opt, step, self.cfg.layout().total);
         self.queue.write_buffer(&self.hyper, 0, bytemuck::bytes_of(&hyper));
         Ok(())
     }

@@ -113,6 +113,25 @@ impl Rig {
         self.queue.submit([encoder.finish()]);
     }
 
+    /// One matmul.wgsl launch with its seven bindings in order — a, b, bias, addend, c,
+    /// tokens, aux — `None` where the launch does not use one.
+    fn gemm(
+        &self,
+        kernel: Kernel,
+        uniform: uniforms::Gemm,
+        bound: [Option<&wgpu::Buffer>; 7],
+        groups: [u32; 3],
+    ) {
+        let spare: Vec<wgpu::Buffer> = (0..7).map(|_| self.unused()).collect();
+        let buffers: Vec<(u32, &wgpu::Buffer)> = bound
+            .iter()
+            .zip(&spare)
+            .enumerate()
+            .map(|(i, (given, spare))| (i as u32 + 1, given.unwrap_or(spare)))
+            .collect();
+        self.launch(kernel, uniform, &buffers, groups);
+    }
+
     /// The contents of `buffer`.
     fn read(&self, buffer: &wgpu::Buffer) -> Vec<f64> {
         let size = buffer.size();
@@ -291,6 +310,25 @@ fn gemm_groups(kernel: Kernel, rows: usize, cols: usize) -> [u32; 3] {
     [cols.div_ceil(64) as u32, rows.div_ceil(tile_rows) as u32, 1]
 }
 
+/// A linear layer's forward as matmul.wgsl reads it: A = x (N, IC), B = Wᵀ read from
+/// W (OC, IC), C = y (N, OC), depth unsplit, no epilogue; callers add offsets and flags.
+fn projection(n: usize, ic: usize, oc: usize) -> uniforms::Gemm {
+    uniforms::Gemm {
+        rows: n as u32,
+        cols: oc as u32,
+        depth: ic as u32,
+        a_rs: ic as u32,
+        a_ks: 1,
+        b_ks: 1,
+        b_ss: ic as u32,
+        c_rs: oc as u32,
+        k_chunk: ic as u32,
+        z_inner: 1,
+        scale: 1.0,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn gemm_forward_with_bias_and_residual_matches_its_twin() {
     let Some(rig) = Rig::open() else { return };
@@ -311,38 +349,18 @@ fn gemm_forward_with_bias_and_residual_matches_its_twin() {
                 (rig.buffer(&padded(bias_off, &b)), rig.buffer(&padded(addend_off, &residual)));
             let c = rig.buffer(&vec![0.0; c_off + n * oc]);
             let uniform = uniforms::Gemm {
-                rows: n as u32,
-                cols: oc as u32,
-                depth: ic as u32,
                 flags: (GemmFlags::BIAS | GemmFlags::ADDEND).bits(),
                 a_off: a_off as u32,
-                a_rs: ic as u32,
-                a_ks: 1,
-                // B[k, s] = W[s, k]
                 b_off: b_off as u32,
-                b_ks: 1,
-                b_ss: ic as u32,
                 c_off: c_off as u32,
-                c_rs: oc as u32,
                 bias_off: bias_off as u32,
                 addend_off: addend_off as u32,
-                k_chunk: ic as u32,
-                z_inner: 1,
-                scale: 1.0,
-                ..Default::default()
+                ..projection(n, ic, oc)
             };
-            rig.launch(
+            rig.gemm(
                 kernel,
                 uniform,
-                &[
-                    (1, &a),
-                    (2, &bw),
-                    (3, &bias),
-                    (4, &addend),
-                    (5, &c),
-                    (6, &rig.unused()),
-                    (7, &rig.unused()),
-                ],
+                [Some(&a), Some(&bw), Some(&bias), Some(&addend), Some(&c), None, None],
                 gemm_groups(kernel, n, oc),
             );
             assert_close(
@@ -385,18 +403,10 @@ fn gemm_input_gradient_matches_its_twin() {
                 scale: 1.0,
                 ..Default::default()
             };
-            rig.launch(
+            rig.gemm(
                 kernel,
                 uniform,
-                &[
-                    (1, &a),
-                    (2, &bw),
-                    (3, &rig.unused()),
-                    (4, &rig.unused()),
-                    (5, &c),
-                    (6, &rig.unused()),
-                    (7, &rig.unused()),
-                ],
+                [Some(&a), Some(&bw), None, None, Some(&c), None, None],
                 gemm_groups(kernel, n, ic),
             );
             assert_close(
@@ -492,18 +502,8 @@ fn adamw_matches_its_twin_and_skips_a_flagged_step() {
         for step in 1..=3u32 {
             let grads = f32s(&values(n, 31 + u64::from(step), 0.1));
             lab_cpu::adamw::adamw_update(&mut params, &grads, &mut m, &mut v, &opt, step);
-            let (bc1, bc2) = (1.0 - opt.beta1.powi(step as i32), 1.0 - opt.beta2.powi(step as i32));
-            let uniform = uniforms::Hyper {
-                n: n as u32,
-                beta1: opt.beta1,
-                beta2: opt.beta2,
-                one_minus_beta1: 1.0 - opt.beta1,
-                one_minus_beta2: 1.0 - opt.beta2,
-                eps: opt.eps,
-                step_size: opt.lr / bc1,
-                bias_correction2_sqrt: bc2.sqrt(),
-                decay: 1.0 - opt.lr * opt.weight_decay,
-            };
+            // the engine's own uniform for this step
+            let uniform = lab_gpu::adamw_hyper(&opt, step, n);
             let grads = rig.buffer(&grads);
             let buffers = [(1, &grads), (2, &p_buf), (3, &m_buf), (4, &v_buf)];
             let ok = status(0);
@@ -830,21 +830,11 @@ fn gemm_split_k_slabs_and_gelu_epilogues_match_their_twin() {
             let shape = format!("{}, {n}×{ic}→{oc}", kernel.name());
             let linear =
                 |flags: GemmFlags, k_chunk: usize, c_zs: usize, aux_off: usize| uniforms::Gemm {
-                    rows: n as u32,
-                    cols: oc as u32,
-                    depth: ic as u32,
                     flags: flags.bits(),
-                    a_rs: ic as u32,
-                    a_ks: 1,
-                    b_ks: 1,
-                    b_ss: ic as u32,
-                    c_rs: oc as u32,
                     k_chunk: k_chunk as u32,
                     c_zs: c_zs as u32,
-                    z_inner: 1,
                     aux_off: aux_off as u32,
-                    scale: 1.0,
-                    ..Default::default()
+                    ..projection(n, ic, oc)
                 };
             let (a, bw, bias) =
                 (rig.operand(&f32s(&x)), rig.operand(&f32s(&w)), rig.operand(&f32s(&b)));
@@ -853,20 +843,9 @@ fn gemm_split_k_slabs_and_gelu_epilogues_match_their_twin() {
             let aux_off = 2;
             let (c, aux) =
                 (rig.buffer(&vec![0.0; n * oc]), rig.buffer(&vec![0.0; aux_off + n * oc]));
-            rig.launch(
-                kernel,
-                linear(GemmFlags::BIAS | GemmFlags::GELU_OUT, ic, 0, aux_off),
-                &[
-                    (1, &a),
-                    (2, &bw),
-                    (3, &bias),
-                    (4, &rig.unused()),
-                    (5, &c),
-                    (6, &rig.unused()),
-                    (7, &aux),
-                ],
-                gemm_groups(kernel, n, oc),
-            );
+            let uniform = linear(GemmFlags::BIAS | GemmFlags::GELU_OUT, ic, 0, aux_off);
+            let bound = [Some(&a), Some(&bw), Some(&bias), None, Some(&c), None, Some(&aux)];
+            rig.gemm(kernel, uniform, bound, gemm_groups(kernel, n, oc));
             assert_close(&format!("{shape}: GELU_OUT pre-activation"), &rig.read(&c), &pre);
             let gelu = reference::gelu_forward(&pre);
             assert_close(&format!("{shape}: GELU_OUT"), &rig.read(&aux)[aux_off..], &gelu);
@@ -889,18 +868,10 @@ fn gemm_split_k_slabs_and_gelu_epilogues_match_their_twin() {
                 ..linear(GemmFlags::GELU_GRAD, oc, 0, 0)
             };
             // dy·I, so the product is dy itself and the epilogue is what is checked
-            rig.launch(
+            rig.gemm(
                 kernel,
                 uniform,
-                &[
-                    (1, &dy_buf),
-                    (2, &eye_buf),
-                    (3, &rig.unused()),
-                    (4, &rig.unused()),
-                    (5, &c),
-                    (6, &rig.unused()),
-                    (7, &pre_buf),
-                ],
+                [Some(&dy_buf), Some(&eye_buf), None, None, Some(&c), None, Some(&pre_buf)],
                 gemm_groups(kernel, n, oc),
             );
             assert_close(&format!("{shape}: GELU_GRAD"), &rig.read(&c), &want);
@@ -913,20 +884,8 @@ fn gemm_split_k_slabs_and_gelu_epilogues_match_their_twin() {
             let slabs = rig.buffer(&vec![0.0; splits * c_zs]);
             let mut groups = gemm_groups(kernel, n, oc);
             groups[2] = splits as u32;
-            rig.launch(
-                kernel,
-                linear(GemmFlags::NONE, k_chunk, c_zs, 0),
-                &[
-                    (1, &a),
-                    (2, &bw),
-                    (3, &rig.unused()),
-                    (4, &rig.unused()),
-                    (5, &slabs),
-                    (6, &rig.unused()),
-                    (7, &rig.unused()),
-                ],
-                groups,
-            );
+            let bound = [Some(&a), Some(&bw), None, None, Some(&slabs), None, None];
+            rig.gemm(kernel, linear(GemmFlags::NONE, k_chunk, c_zs, 0), bound, groups);
             let slabs = rig.read(&slabs);
             let summed: Vec<f64> =
                 (0..n * oc).map(|m| (0..splits).map(|z| slabs[z * c_zs + m]).sum()).collect();
@@ -979,18 +938,10 @@ fn gemm_weight_gradient_with_ones_column_and_one_hot_embedding_gradient_match_th
             let (a, b) = (rig.operand(&f32s(&dy)), rig.operand(&f32s(&x)));
             let c = rig.buffer(&vec![0.0; oc * cols]);
             let tile_rows = if kernel == Kernel::GemmWide { 128 } else { 64 };
-            rig.launch(
+            rig.gemm(
                 kernel,
                 uniform,
-                &[
-                    (1, &a),
-                    (2, &b),
-                    (3, &rig.unused()),
-                    (4, &rig.unused()),
-                    (5, &c),
-                    (6, &rig.unused()),
-                    (7, &rig.unused()),
-                ],
+                [Some(&a), Some(&b), None, None, Some(&c), None, None],
                 [ones_column_tiles(cols) as u32, oc.div_ceil(tile_rows) as u32, 1],
             );
             let shape = format!("{}, N {n} IC {ic} OC {oc}", kernel.name());
@@ -1029,18 +980,10 @@ fn gemm_weight_gradient_with_ones_column_and_one_hot_embedding_gradient_match_th
                 ..Default::default()
             };
             let (b, out) = (rig.operand(&f32s(&dres)), rig.buffer(&vec![0.0; v * c]));
-            rig.launch(
+            rig.gemm(
                 kernel,
                 uniform,
-                &[
-                    (1, &rig.unused()),
-                    (2, &b),
-                    (3, &rig.unused()),
-                    (4, &rig.unused()),
-                    (5, &out),
-                    (6, &tokens_buf),
-                    (7, &rig.unused()),
-                ],
+                [None, Some(&b), None, None, Some(&out), Some(&tokens_buf), None],
                 gemm_groups(kernel, v, c),
             );
             assert_close(
@@ -1132,19 +1075,10 @@ fn batched_attention_products_with_the_fused_softmax_match_their_twin() {
             let att = rig.buffer(&vec![0.0; b * nh * t * t]);
             let mut groups = gemm_groups(kernel, t, t);
             groups[2] = z;
-            let spare = || rig.unused();
-            rig.launch(
+            rig.gemm(
                 kernel,
                 scores,
-                &[
-                    (1, &qkv_buf),
-                    (2, &qkv_buf),
-                    (3, &spare()),
-                    (4, &spare()),
-                    (5, &att),
-                    (6, &spare()),
-                    (7, &spare()),
-                ],
+                [Some(&qkv_buf), Some(&qkv_buf), None, None, Some(&att), None, None],
                 groups,
             );
             let shape = format!("{}, B {b} NH {nh} T {t} C {c}", kernel.name());
@@ -1177,18 +1111,10 @@ fn batched_attention_products_with_the_fused_softmax_match_their_twin() {
             let out = rig.buffer(&vec![0.0; b * t * c]);
             let mut groups = gemm_groups(kernel, t, hs);
             groups[2] = z;
-            rig.launch(
+            rig.gemm(
                 kernel,
                 values_product,
-                &[
-                    (1, &att_in),
-                    (2, &qkv_buf),
-                    (3, &spare()),
-                    (4, &spare()),
-                    (5, &out),
-                    (6, &spare()),
-                    (7, &spare()),
-                ],
+                [Some(&att_in), Some(&qkv_buf), None, None, Some(&out), None, None],
                 groups,
             );
             assert_close(&format!("{shape}: att·V"), &rig.read(&out), &want_out);
@@ -1243,18 +1169,10 @@ fn batched_attention_products_with_the_fused_softmax_match_their_twin() {
             let dpre = rig.buffer(&vec![0.0; b * nh * t * t]);
             let mut groups = gemm_groups(kernel, t, t);
             groups[2] = z;
-            rig.launch(
+            rig.gemm(
                 kernel,
                 grad,
-                &[
-                    (1, &dy_buf),
-                    (2, &qkv_buf),
-                    (3, &spare()),
-                    (4, &probs),
-                    (5, &dpre),
-                    (6, &spare()),
-                    (7, &spare()),
-                ],
+                [Some(&dy_buf), Some(&qkv_buf), None, Some(&probs), Some(&dpre), None, None],
                 groups,
             );
             assert_close(&format!("{shape}: SOFTMAX_GRAD"), &rig.read(&dpre), &want);
