@@ -27,6 +27,17 @@ use std::pin::Pin;
 /// and not `Send`, because WebGPU handles in the browser are not.
 pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
 
+/// Poll `future` once: its output if it is ready, else None. The CPU engine's async calls
+/// (and a blocking session's) never wait, so one poll completes them; this is how native
+/// code runs them without an executor.
+pub fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+    use std::task::{Context, Poll, Waker};
+    match std::pin::pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenBatch {
     pub batch: usize,

@@ -8,6 +8,7 @@
 
 use lab_core::engine::{AdamWConfig, Rows, StepLoss};
 use lab_core::loss::{DataShape, LossKind, LossMix, LossParams};
+use lab_core::rng::Rng;
 use lab_cpu::reference;
 use lab_gpu::kernels::{Kernel, Pipelines};
 use lab_gpu::setup::{self, Faults};
@@ -151,15 +152,10 @@ impl Rig {
     }
 }
 
-/// Deterministic values in [−scale, scale) (a small LCG; the tests need spread, not quality).
+/// Deterministic values in [−scale, scale), seeded.
 fn values(n: usize, seed: u64, scale: f64) -> Vec<f64> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| (rng.uniform_f64() * 2.0 - 1.0) * scale).collect()
 }
 
 fn f32s(values: &[f64]) -> Vec<f32> {

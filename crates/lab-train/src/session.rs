@@ -8,7 +8,7 @@
 
 use crate::examples::{EncodedRow, Examples};
 use lab_core::data::Record;
-use lab_core::engine::{AdamWConfig, Engine, ForwardOut, Rows, StepLoss, TokenBatch};
+use lab_core::engine::{poll_once, AdamWConfig, Engine, ForwardOut, Rows, StepLoss, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::loss::{DataShape, LossMix, LossParams};
 use lab_core::metrics;
@@ -19,8 +19,6 @@ use lab_core::{LabError, Result};
 use serde::Serialize;
 use std::future::Future;
 use std::ops::Range;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 /// Rows per engine call when evaluating the whole dataset.
 const EVAL_CHUNK_ROWS: usize = 64;
@@ -381,10 +379,7 @@ impl Drive {
 
 /// Run a [`Drive::Blocking`] future: it never waits, so one poll completes it.
 fn complete_now<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
-    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => Err(LabError::Engine { msg: "a blocking session call had to wait (a bug: blocking calls never await anything pending)".into() }),
-    }
+    poll_once(future).unwrap_or_else(|| Err(LabError::Engine { msg: "a blocking session call had to wait (a bug: blocking calls never await anything pending)".into() }))
 }
 
 fn batch_of(rows: &[&EncodedRow]) -> Result<TokenBatch> {

@@ -159,15 +159,10 @@ mod tests {
     use lab_cpu::CpuEngine;
     use lab_train::SessionConfig;
     use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
 
     /// Run a future of the CPU engine: it never waits, so one poll completes it.
     fn now<T>(future: impl Future<Output = T>) -> T {
-        match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(out) => out,
-            Poll::Pending => panic!("the CPU engine never waits"),
-        }
+        lab_core::engine::poll_once(future).expect("the CPU engine never waits")
     }
 
     fn session(query: &str) -> Session<CpuEngine> {

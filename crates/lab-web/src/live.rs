@@ -117,15 +117,10 @@ mod tests {
     use lab_train::scenario::{run_scenario, Scenario};
     use lab_train::SessionConfig;
     use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
 
     /// Run a future of the CPU engine's calls, which never wait.
     fn now<T>(future: impl Future<Output = T>) -> T {
-        match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(out) => out,
-            Poll::Pending => panic!("the CPU engine's async calls never wait"),
-        }
+        lab_core::engine::poll_once(future).expect("the CPU engine's async calls never wait")
     }
 
     /// The page's live verdict at a scenario's last step is `alignlab scenario`'s verdict,
