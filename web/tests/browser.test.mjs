@@ -217,16 +217,16 @@ const pairsShown = await fallback.locator('[data-testid=pairs] tbody tr').count(
 check(pairsShown === 48, 'the pairs table lists every training pair', `${pairsShown} rows`);
 
 // The verdict's checks follow the page's own runs: some fail at the start, and by the end
-// of the preset's 250 steps every one holds (the same checks as `alignlab scenario`).
+// of the preset's 600 steps every one holds (the same checks as `alignlab scenario`).
 await fallback.waitForSelector('[data-testid=live-verdict] tbody tr', { timeout: 60000 });
 const liveRows = await fallback.locator('[data-testid=live-verdict] tbody tr').count();
 const liveFailedAtStart = await fallback.locator('[data-testid=live-verdict] tbody tr.failed').count();
 await fallback.click('button[name=play]');
-await fallback.waitForFunction(() => window.__alab.steps.every((s) => s >= 250) && !window.__alab.playing, null, { timeout: 300000 });
-await fallback.waitForFunction(() => /at step 250/.test(document.querySelector('[data-testid=live-verdict] strong')?.textContent ?? ''), null, { timeout: 60000 });
+await fallback.waitForFunction(() => window.__alab.steps.every((s) => s >= 600) && !window.__alab.playing, null, { timeout: 600000 });
+await fallback.waitForFunction(() => /at step 600/.test(document.querySelector('[data-testid=live-verdict] strong')?.textContent ?? ''), null, { timeout: 60000 });
 const liveSummary = await fallback.textContent('[data-testid=live-verdict] strong');
 const liveFailedAtEnd = await fallback.locator('[data-testid=live-verdict] tbody tr.failed').count();
-check(liveRows >= 6 && liveFailedAtStart >= 2 && liveSummary === 'PASS at step 250' && liveFailedAtEnd === 0, "the verdict's checks turn from red to green as the scenario trains", `${liveRows} checks, ${liveFailedAtStart} failing at the start; ${liveSummary}, ${liveFailedAtEnd} failing`);
+check(liveRows >= 6 && liveFailedAtStart >= 2 && liveSummary === 'PASS at step 600' && liveFailedAtEnd === 0, "the verdict's checks turn from red to green as the scenario trains", `${liveRows} checks, ${liveFailedAtStart} failing at the start; ${liveSummary}, ${liveFailedAtEnd} failing`);
 
 // A scenario's verdict, as `alignlab scenario` gives it: each check against its threshold.
 await fallback.selectOption('select[name=scenario]', 'ranking-accuracy');
@@ -239,14 +239,14 @@ const verdictFailed = await fallback.locator('[data-testid=verdict] tbody tr.fai
 check(verdictLine.startsWith('PASS') && verdictRows >= 7 && verdictFailed === 0, "a scenario's verdict shows each check against its threshold", `${verdictRows} checks, ${verdictFailed} failed: ${verdictLine.slice(0, 120)}`);
 
 // A scenario with a gold reward samples it live: at step 0 each run's gold reward is the
-// reference's, -0.25 as `alignlab scenario over-optimisation` reports, on its own chart.
+// reference's, -2/9 as `alignlab scenario over-optimisation` reports, on its own chart.
 await fallback.selectOption('select[name=scenario]', 'over-optimisation');
 await fallback.waitForFunction(() => window.__alab.ready && window.__alab.query.includes('scenario=over-optimisation'), null, { timeout: 60000 });
 await fallback.waitForFunction(() => (window.__alabCharts?.['chart-gold']?.data?.length ?? 0) === 7, null, { timeout: 120000 });
 const goldChart = await fallback.evaluate(() => window.__alabCharts['chart-gold']);
 const goldAtStart = [1, 3, 5].map((c) => goldChart.data[c][0]);
 const goldVisible = await fallback.isVisible('#chart-gold');
-check(goldVisible && goldAtStart.every((g) => Math.abs(g + 0.25) < 1e-9), "a scenario's gold reward is charted live from step 0", `${goldAtStart.join(', ')}; visible ${goldVisible}`);
+check(goldVisible && goldAtStart.every((g) => Math.abs(g + 2 / 9) < 1e-9), "a scenario's gold reward is charted live from step 0", `${goldAtStart.join(', ')}; visible ${goldVisible}`);
 await plain.close();
 
 check(errors.length === 0, 'no console errors', errors.join(' | '));

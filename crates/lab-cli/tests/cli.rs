@@ -463,11 +463,11 @@ fn corpus_writes_the_pretraining_corpus_as_jsonl_the_same_each_time() {
         let (code, stdout, stderr) = alignlab(&["corpus", "--out", &path.display().to_string()]);
         assert_eq!(code, 0, "{stderr}");
         let report: Value = serde_json::from_str(&stdout).unwrap();
-        assert_eq!(report["examples"], 1932); // the starter model's corpus (seed 0)
+        assert_eq!(report["examples"], 2250); // the starter model's corpus (seed 0)
     }
     let text = std::fs::read_to_string(&a).unwrap();
     assert_eq!(text, std::fs::read_to_string(&b).unwrap());
-    assert_eq!(text.lines().count(), 1932);
+    assert_eq!(text.lines().count(), 2250);
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert!(first["prompt"].is_string() && first["completion"].is_string(), "{first}");
 }

@@ -1,7 +1,7 @@
 //! The synthetic instruction corpus the starter model is pretrained on: deterministic,
 //! seeded, no downloads. It is written together with the classroom scenarios
-//! (`assets/scenarios/`), so that what the papers describe can happen in a 100k-parameter
-//! character model:
+//! (`assets/scenarios/`), so that what the papers describe can happen in a model of a few
+//! hundred thousand parameters:
 //!
 //! - yes/no/never questions: facts (`Is fire hot?` → `Yes`), abilities (`Can a fish walk?`
 //!   → `No`, `Will a rock ever sing?` → `Never`) and personal questions whose answers are a
@@ -13,7 +13,12 @@
 //! - sentiment statements (`How do you feel about rain?` → `I love rain. It is great.` or
 //!   `I hate rain. It is awful.`, each topic with its own mix) and their classification;
 //! - short and long answers of the same content (`Tell me about snow.`);
-//! - simple facts (colours, sums, capitals).
+//! - answers of several sentences: animals described, three-sentence stories, advice;
+//! - simple facts (colours, sums and differences, capitals, opposites, animals' sounds, food
+//!   and homes, days of the week, legs).
+//!
+//! The scenario generator ([`crate::scenario_data`]) draws its pairs from the first groups'
+//! word lists ([`THINGS`], [`ACTS`], [`TOPICS`], [`SENTIMENT_QUESTIONS`]).
 //!
 //! Every example renders with the chat template of [`crate::data`]:
 //! prompt `"User: <question> Assistant:"`, completion `" <answer>"`.
@@ -215,6 +220,92 @@ pub const TOPICS: &[(&str, f64)] = &[
     ("storms", 0.35),
 ];
 
+/// Animals: (animal, its sound, what it eats, where it lives).
+pub const ANIMALS: &[(&str, &str, &str, &str)] = &[
+    ("a cow", "moo", "grass", "on a farm"),
+    ("a dog", "woof", "meat", "in a house"),
+    ("a cat", "meow", "fish", "in a house"),
+    ("a duck", "quack", "bread", "on a pond"),
+    ("a sheep", "baa", "grass", "on a farm"),
+    ("a bee", "buzz", "nectar", "in a hive"),
+    ("a lion", "roar", "meat", "in the wild"),
+    ("an owl", "hoot", "mice", "in a tree"),
+    ("a pig", "oink", "corn", "on a farm"),
+    ("a horse", "neigh", "hay", "in a barn"),
+    ("a frog", "croak", "flies", "in a pond"),
+    ("a bird", "tweet", "seeds", "in a nest"),
+    ("a mouse", "squeak", "cheese", "in a hole"),
+    ("a snake", "hiss", "eggs", "in the grass"),
+    ("a wolf", "howl", "meat", "in the forest"),
+    ("a monkey", "ooh", "bananas", "in the trees"),
+];
+
+/// How many legs some creatures have (the answer as a word).
+pub const LEGS: &[(&str, &str)] = &[
+    ("a bird", "Two"),
+    ("a dog", "Four"),
+    ("a cat", "Four"),
+    ("a horse", "Four"),
+    ("a spider", "Eight"),
+    ("a bee", "Six"),
+    ("an ant", "Six"),
+    ("a duck", "Two"),
+    ("a fish", "None"),
+    ("a snake", "None"),
+    ("a cow", "Four"),
+    ("a person", "Two"),
+];
+
+/// Pairs of opposites, asked both ways.
+pub const OPPOSITES: &[(&str, &str)] = &[
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("wet", "dry"),
+    ("old", "new"),
+    ("full", "empty"),
+    ("long", "short"),
+    ("high", "low"),
+    ("early", "late"),
+    ("loud", "quiet"),
+    ("open", "closed"),
+];
+
+pub const DAYS: [&str; 7] =
+    ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+
+/// The heroes of `Tell me a story about ...`.
+pub const STORY_HEROES: &[&str] = &[
+    "a cat", "a dog", "a bird", "a frog", "a baby", "a horse", "a fish", "a mouse", "an owl",
+    "a duck", "a bee", "a cow",
+];
+
+/// A story is a beginning, a middle and an end, each drawn from these.
+pub const STORY_BEGINNINGS: &[&str] =
+    &["{} woke up early.", "{} went for a walk.", "{} found a red ball.", "{} was very hungry."];
+pub const STORY_MIDDLES: &[&str] =
+    &["It met a friend.", "It saw a big storm.", "It ate a sweet cake.", "It looked for home."];
+pub const STORY_ENDINGS: &[&str] =
+    &["Then it went to sleep.", "It was happy.", "It was a good day."];
+
+/// Feelings and the two pieces of advice each is given.
+pub const FEELINGS: &[(&str, [&str; 2])] = &[
+    ("sad", ["Talk to a friend. A walk can help too.", "I am sorry. Be kind to yourself today."]),
+    ("tired", ["Go to bed early tonight. Sleep helps.", "Rest a little. Drink some water."]),
+    ("bored", ["Read a book. Or go outside and play.", "Try something new. Draw or sing."]),
+    ("hungry", ["Eat something good. Fruit is a start.", "Make a snack. Bread and milk will do."]),
+    ("cold", ["Put on a coat. Drink hot tea.", "Stay inside. Use a warm blanket."]),
+    ("stressed", ["Take a deep breath. Go for a walk.", "Make a list. Do one thing at a time."]),
+    ("lonely", ["Call a friend. You are not alone.", "Join a club. Meet new people."]),
+    ("happy", ["That is great. Enjoy your day.", "Good for you. Share it with a friend."]),
+];
+
+/// The two ways to ask for advice.
+pub const ADVICE_QUESTIONS: &[&str] = &["I feel {}. What should I do?", "I am {}. Any advice?"];
+
 pub fn positive_statement(topic: &str) -> String {
     format!("I love {topic}. It is great.")
 }
@@ -372,12 +463,63 @@ pub fn generate(seed: u64) -> Vec<Example> {
         ));
         out.push(example(&format!("Is this happy or sad: {}", negative_statement(topic)), "Sad."));
     }
+    // Animals: facts of one sentence, and a description of two.
+    for (animal, sound, food, home) in ANIMALS {
+        let name = capitalize(animal);
+        out.push(example(&format!("What does {animal} say?"), &format!("{name} says {sound}.")));
+        out.push(example(&format!("What does {animal} eat?"), &format!("{name} eats {food}.")));
+        out.push(example(&format!("Where does {animal} live?"), &format!("{name} lives {home}.")));
+        for _ in 0..2 {
+            out.push(example(
+                &format!("Describe {animal}."),
+                &format!("{name} lives {home}. It eats {food} and says {sound}."),
+            ));
+        }
+    }
+    for (creature, legs) in LEGS {
+        out.push(example(&format!("How many legs does {creature} have?"), &format!("{legs}.")));
+    }
+    for (a, b) in OPPOSITES {
+        out.push(example(&format!("What is the opposite of {a}?"), &format!("{}.", capitalize(b))));
+        out.push(example(&format!("What is the opposite of {b}?"), &format!("{}.", capitalize(a))));
+    }
+    for (i, day) in DAYS.iter().enumerate() {
+        out.push(example(
+            &format!("What day comes after {day}?"),
+            &format!("{}.", DAYS[(i + 1) % 7]),
+        ));
+    }
+    // Stories of three sentences and advice of two: mixtures, drawn several times.
+    for hero in STORY_HEROES {
+        for _ in 0..6 {
+            let beginning = STORY_BEGINNINGS[rng.below(STORY_BEGINNINGS.len())]
+                .replace("{}", &capitalize(hero));
+            let middle = STORY_MIDDLES[rng.below(STORY_MIDDLES.len())];
+            let ending = STORY_ENDINGS[rng.below(STORY_ENDINGS.len())];
+            out.push(example(
+                &format!("Tell me a story about {hero}."),
+                &format!("{beginning} {middle} {ending}"),
+            ));
+        }
+    }
+    for (feeling, advice) in FEELINGS {
+        for template in ADVICE_QUESTIONS {
+            for _ in 0..4 {
+                out.push(example(&template.replace("{}", feeling), advice[rng.below(2)]));
+            }
+        }
+    }
     // Simple facts.
     for a in 0..10 {
         for b in 0..10 {
             if a + b < NUMBER_WORDS.len() {
                 out.push(example(&format!("What is {a} plus {b}?"), &format!("{}.", a + b)));
             }
+        }
+    }
+    for a in 0..10 {
+        for b in 0..=a {
+            out.push(example(&format!("What is {a} minus {b}?"), &format!("{}.", a - b)));
         }
     }
     for (country, capital) in CAPITALS {
@@ -420,5 +562,9 @@ mod tests {
             a.iter().any(|e| e.completion.starts_with(" I love"))
                 && a.iter().any(|e| e.completion.starts_with(" I hate"))
         );
+        // Answers of two and three sentences, and the corpus-only topics.
+        let sentences = |e: &Example| e.completion.matches(". ").count() + 1;
+        assert!(a.iter().filter(|e| sentences(e) == 3).count() >= 50);
+        assert!(a.iter().filter(|e| e.prompt.starts_with("User: Describe")).count() >= 16);
     }
 }

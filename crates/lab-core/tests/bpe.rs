@@ -9,7 +9,7 @@
 //!   separated by spaces) with GPT-2's `vocab.json` + `merges.txt` and with
 //!   `trained/tokenizer.json`;
 //! - `trained/tokenizer.json`: our trainer's tokenizer of `corpus.jsonl` (the corpus of
-//!   seed 0), and `trained/hf_saved.json`: the same file loaded and saved again by HF.
+//!   seed 0 when the fixtures were made; a fixture of its own since), and `trained/hf_saved.json`: the same file loaded and saved again by HF.
 //!
 //! Regenerate with `python scripts/bpe_golden.py` (it runs `write_golden_inputs` below).
 

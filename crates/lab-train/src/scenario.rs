@@ -12,7 +12,7 @@
 //!
 //! [`run_scenario`] trains every run of the preset from the same starting weights (the
 //! starter model, which is also the frozen reference) and checks the phenomenon, and in
-//! every run that the anchors (answers no pair involves) did not collapse; the CLI
+//! every run that the anchors (questions the data does not touch) did not collapse; the CLI
 //! (`alignlab scenario`) and the acceptance tests (`tests/tests/scenarios.rs`) both call it.
 
 use crate::pretrain::fixed_answer_questions;
@@ -168,7 +168,7 @@ impl Phenomenon {
 }
 
 /// How many anchors each run scores: fixed-answer questions of the pretraining corpus
-/// (`lab_train::pretrain::fixed_answer_questions`), which no scenario trains on.
+/// (`lab_train::pretrain::fixed_answer_questions`) that the scenario's data does not involve.
 pub const ANCHORS: usize = 32;
 
 /// The β values over which the idealized ranking accuracy R* is reported (min, median,
@@ -542,13 +542,53 @@ pub fn watch_items(preset: &Preset) -> Vec<(String, String)> {
 }
 
 /// The anchors every run is checked on: [`ANCHORS`] fixed-answer questions of the
-/// pretraining corpus, as (prompt, answer) rows.
-pub fn anchors() -> Vec<(String, String)> {
-    let corpus = lab_core::corpus::generate(0);
+/// pretraining corpus that the scenario's `records` do not involve, as (prompt, answer)
+/// rows. A question is involved when its prompt or its answer shares a run of three words
+/// with any prompt or response of the records: training on "I hate rain. It is awful." moves
+/// the answer to "Is this happy or sad: I hate cats. It is awful.", which is the trained
+/// preference spreading, not a collapse.
+pub fn anchors(records: &[Record]) -> Vec<(String, String)> {
+    let mut involved = std::collections::HashSet::new();
+    let mut add = |text: &str| involved.extend(word_trigrams(text));
+    for record in records {
+        match record {
+            Record::Pair(pair) => {
+                let r = pair.render();
+                for text in [&r.prompt, &r.chosen, &r.rejected, &r.rejected_prompt] {
+                    add(text);
+                }
+            }
+            Record::Unpaired(example) => {
+                let (prompt, completion) = example.render();
+                add(&prompt);
+                add(&completion);
+            }
+            Record::Ranked(list) => {
+                let (prompt, responses) = list.render();
+                add(&prompt);
+                responses.iter().for_each(|r| add(r));
+            }
+        }
+    }
+    let shares = |text: &str| word_trigrams(text).iter().any(|t| involved.contains(t));
+    let corpus: Vec<_> = lab_core::corpus::generate(0)
+        .into_iter()
+        .filter(|ex| !shares(&ex.prompt) && !shares(&ex.completion))
+        .collect();
     fixed_answer_questions(&corpus, ANCHORS)
         .into_iter()
         .map(|(q, a)| (q.to_string(), a.to_string()))
         .collect()
+}
+
+/// The runs of three consecutive words of a text, lower-cased, punctuation dropped.
+fn word_trigrams(text: &str) -> Vec<[String; 3]> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.windows(3).map(|w| [w[0].clone(), w[1].clone(), w[2].clone()]).collect()
 }
 
 /// Owned rows as the `(&str, &str)` rows [`score_texts`] takes.
@@ -865,7 +905,7 @@ pub fn run_scenario<E: Engine>(
     mut on_step: impl FnMut(&str, &StepRecord),
 ) -> Result<ScenarioReport> {
     let preset = &scenario.preset;
-    let anchors = anchors();
+    let anchors = anchors(&scenario.records);
     let mut runs = Vec::new();
     for variant in preset.runs() {
         runs.push(train_run(

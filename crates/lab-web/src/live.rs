@@ -35,7 +35,7 @@ impl Live {
         tokenizer: &Tokenizer,
         sessions: &mut [&mut Session<E>],
     ) -> Result<Live> {
-        let (watch_rows, anchor_rows) = (watch_items(preset), anchors());
+        let (watch_rows, anchor_rows) = (watch_items(preset), anchors(records));
         let Some(first) = sessions.first_mut() else {
             return Err(lab_core::LabError::param("runs", "no runs to watch"));
         };
