@@ -74,7 +74,8 @@ fn hf_tensors(cfg: &GptConfig) -> Vec<HfTensor> {
     out
 }
 
-fn encode_values(values: &[f32], dtype: StorageDtype) -> Vec<u8> {
+/// Values as little-endian bytes of `dtype`.
+pub(crate) fn encode_values(values: &[f32], dtype: StorageDtype) -> Vec<u8> {
     match dtype {
         StorageDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         StorageDtype::F16 => {
@@ -228,10 +229,9 @@ fn locate(cfg: &GptConfig, metadata: &Metadata) -> Result<Vec<Located>> {
         .collect()
 }
 
-/// Decode one tensor's bytes into its place in the flat parameters, undoing HF's Conv1D
-/// transpose.
-fn decode_into(params: &mut [f32], loc: &Located, bytes: &[u8]) {
-    let values: Vec<f32> = match loc.dtype {
+/// Little-endian bytes of `dtype` as f32 values.
+pub(crate) fn decode_values(bytes: &[u8], dtype: StorageDtype) -> Vec<f32> {
+    match dtype {
         StorageDtype::F32 => {
             bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
         }
@@ -242,7 +242,13 @@ fn decode_into(params: &mut [f32], loc: &Located, bytes: &[u8]) {
             .chunks_exact(2)
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-    };
+    }
+}
+
+/// Decode one tensor's bytes into its place in the flat parameters, undoing HF's Conv1D
+/// transpose.
+fn decode_into(params: &mut [f32], loc: &Located, bytes: &[u8]) {
+    let values = decode_values(bytes, loc.dtype);
     let t = &loc.tensor;
     let dst = &mut params[t.offset..t.offset + values.len()];
     if t.transposed {

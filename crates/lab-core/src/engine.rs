@@ -132,6 +132,32 @@ pub struct AdamWConfig {
     pub weight_decay: f32,
 }
 
+impl AdamWConfig {
+    /// One in-place AdamW update of `params` from `grads` with the moments `m` and `v`
+    /// (`step` counts from 1): decoupled decay p ← p·(1 − lr·wd), then
+    /// p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε), torch's single-tensor
+    /// arithmetic. Serial; the CPU engine runs it on chunks in parallel.
+    pub fn update(
+        &self,
+        params: &mut [f32],
+        grads: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        step: u32,
+    ) {
+        let bias_correction1 = 1.0 - self.beta1.powi(step as i32);
+        let bias_correction2_sqrt = (1.0 - self.beta2.powi(step as i32)).sqrt();
+        let step_size = self.lr / bias_correction1;
+        let decay = 1.0 - self.lr * self.weight_decay;
+        for i in 0..params.len() {
+            m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * grads[i];
+            v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * grads[i] * grads[i];
+            let denom = v[i].sqrt() / bias_correction2_sqrt + self.eps;
+            params[i] = params[i] * decay - step_size * (m[i] / denom);
+        }
+    }
+}
+
 impl Default for AdamWConfig {
     /// TRL/transformers defaults (weight decay 0), learning rate to be set by the caller.
     fn default() -> Self {

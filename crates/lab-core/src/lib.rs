@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod experiment;
 pub mod files;
 pub mod json;
+pub mod lora;
 pub mod loss;
 pub mod metrics;
 pub mod rng;

@@ -11,6 +11,7 @@
 //! evaluated after it. Runs are bit-for-bit deterministic for a given seed.
 
 mod examples;
+pub mod lora;
 mod pretrain;
 pub mod scenario;
 mod session;
