@@ -9,10 +9,12 @@ use lab_core::config::{init_params, GptConfig};
 use lab_core::data::{self, Record};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::files::{self, Outputs};
+use lab_core::lora::LoraConfig;
 use lab_core::loss::LossParams;
 use lab_core::tokenizer::Tokenizer;
 use lab_core::{Engine, LabError, Result};
 use lab_cpu::CpuEngine;
+use lab_train::lora::LoraEngine;
 use lab_train::{record_lines, Session, SessionConfig};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -138,12 +140,41 @@ pub struct TrainArgs {
     /// Store the saved weights as f16.
     #[arg(long)]
     f16: bool,
+    /// Train LoRA adapters of this rank on the frozen model instead of every weight; --save
+    /// then gets PEFT's adapter_model.safetensors and adapter_config.json.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA's α (the adapters' scale is α / r); PEFT's default.
+    #[arg(long, default_value_t = 8.0, requires = "lora_rank")]
+    lora_alpha: f64,
+    /// The adapted layers, PEFT's names: c_attn, c_proj, c_fc (or a path such as mlp.c_proj).
+    #[arg(long, value_delimiter = ',', default_value = "c_attn", requires = "lora_rank")]
+    lora_targets: Vec<String>,
     /// Replace --out and the weights folder if they exist.
     #[arg(long)]
     force: bool,
 }
 
+/// The files of an adapter folder, as PEFT's `save_pretrained` writes them.
+pub const ADAPTER_FILES: [&str; 2] = ["adapter_model.safetensors", "adapter_config.json"];
+
 impl TrainArgs {
+    fn lora(&self) -> Result<Option<LoraConfig>> {
+        let Some(rank) = self.lora_rank else { return Ok(None) };
+        let targets: Vec<&str> = self.lora_targets.iter().map(String::as_str).collect();
+        LoraConfig::new(rank, self.lora_alpha, &targets).map(Some).map_err(|e| match e {
+            LabError::InvalidParam { name, msg } => {
+                let flag = match name.as_str() {
+                    "r" => "lora_rank",
+                    "lora_alpha" => "lora_alpha",
+                    _ => "lora_targets",
+                };
+                LabError::param(flag, msg)
+            }
+            other => other,
+        })
+    }
+
     fn experiment(&self) -> ExperimentConfig {
         let params = LossParams {
             beta: self.beta,
@@ -180,37 +211,31 @@ pub fn session_for(
     Ok((Session::with_lines(engine, &tokenizer, records, lines, config)?, tokenizer))
 }
 
-/// Train, writing one metrics line per step and then the weights. Both are staged and put in
-/// place together at the end; a run stopped by divergence or Ctrl-C keeps the steps whose
-/// weights are finite, and those weights.
-pub fn train(args: TrainArgs) -> Result<Report> {
-    let experiment = args.experiment();
-    experiment.validate()?;
-    let save_dir = args.save.clone().unwrap_or_else(|| args.out.with_extension("model"));
-    let mut outputs = Outputs::new(args.force);
-    outputs.input(&args.data);
-    if let Some(model) = &args.model.model {
-        outputs.input(model);
-    }
-    let metrics_path = outputs.file(&args.out)?;
-    let weights_path = outputs.folder(&save_dir, &MODEL_FILES)?;
-    let (records, lines, data_name) = read_data(&args.data)?;
-    let (mut session, tokenizer) = session_for(&experiment, &args.model, &records, Some(&lines))
-        .map_err(|e| e.in_file(&data_name))?;
+/// What a training loop kept: the last good step's metrics and weights (or adapters), and
+/// why it stopped early, if it did.
+struct Trained {
+    kept: Vec<f32>,
+    steps_kept: u32,
+    last: Value,
+    stopped: Option<(Ending, String)>,
+}
 
-    interrupt::install();
-    let out_name = args.out.display().to_string();
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&metrics_path).map_err(|e| LabError::io(&out_name, e))?,
-    );
-    let mut progress = Progress::new("train", "steps", u64::from(args.steps));
-    let mut good = session.engine().params();
-    let mut last = Value::Null;
-    let mut steps_kept = 0;
-    let mut stopped: Option<(Ending, String)> = None;
-    for step in 1..=args.steps {
+/// Step `session` up to `steps` times, one metrics line each into `file`; `keep` reads what
+/// is saved (the weights, or the adapters) and must stay finite.
+fn train_steps<E: Engine>(
+    session: &mut Session<E>,
+    steps: u32,
+    file: &mut impl Write,
+    out_name: &str,
+    keep: impl Fn(&E) -> Vec<f32>,
+) -> Result<Trained> {
+    let mut progress = Progress::new("train", "steps", u64::from(steps));
+    let mut trained =
+        Trained { kept: keep(session.engine()), steps_kept: 0, last: Value::Null, stopped: None };
+    for step in 1..=steps {
         if interrupt::requested() {
-            stopped = Some((Ending::Interrupted, format!("interrupted before step {step}")));
+            trained.stopped =
+                Some((Ending::Interrupted, format!("interrupted before step {step}")));
             break;
         }
         let record = match session.step() {
@@ -218,7 +243,7 @@ pub fn train(args: TrainArgs) -> Result<Report> {
             Err(LabError::NotFinite { step }) => {
                 let cause = session.config().divergence_cause();
                 let why = format!("step {step}: the loss or its gradient is not finite; {cause}");
-                stopped = Some((Ending::Diverged, why));
+                trained.stopped = Some((Ending::Diverged, why));
                 break;
             }
             Err(err) => return Err(err),
@@ -227,39 +252,97 @@ pub fn train(args: TrainArgs) -> Result<Report> {
         if let Some(bad) = non_finite_metric(&metrics) {
             let cause = session.config().divergence_cause();
             let why = format!("step {step}: the metric {bad} is not finite; {cause}");
-            stopped = Some((Ending::Diverged, why));
+            trained.stopped = Some((Ending::Diverged, why));
             break;
         }
-        let params = session.engine().params();
+        let params = keep(session.engine());
         if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
             let cause = session.config().divergence_cause();
             let why =
                 format!("step {step}: parameter {bad} is not finite after the update; {cause}");
-            stopped = Some((Ending::Diverged, why));
+            trained.stopped = Some((Ending::Diverged, why));
             break;
         }
-        good = params;
-        steps_kept = record.step;
-        last = metrics;
-        writeln!(file, "{last}").map_err(|e| LabError::io(&out_name, e))?;
+        trained.kept = params;
+        trained.steps_kept = record.step;
+        trained.last = metrics;
+        writeln!(file, "{}", trained.last).map_err(|e| LabError::io(out_name, e))?;
         progress.tick(u64::from(step), Some(("loss", record.loss)));
     }
     progress.finish();
+    Ok(trained)
+}
+
+/// Train, writing one metrics line per step and then the weights (with `--lora-rank`, the
+/// adapters, as PEFT saves them). Both are staged and put in place together at the end; a
+/// run stopped by divergence or Ctrl-C keeps the steps whose weights are finite, and those
+/// weights.
+pub fn train(args: TrainArgs) -> Result<Report> {
+    let experiment = args.experiment();
+    experiment.validate()?;
+    let lora = args.lora()?;
+    let save_dir = args.save.clone().unwrap_or_else(|| args.out.with_extension("model"));
+    let mut outputs = Outputs::new(args.force);
+    outputs.input(&args.data);
+    if let Some(model) = &args.model.model {
+        outputs.input(model);
+    }
+    let metrics_path = outputs.file(&args.out)?;
+    let saved_files: &[&str] = if lora.is_some() { &ADAPTER_FILES } else { &MODEL_FILES };
+    let weights_path = outputs.folder(&save_dir, saved_files)?;
+    let (records, lines, data_name) = read_data(&args.data)?;
+    let config = SessionConfig::from_experiment(&experiment)?;
+    let ModelFiles { config: cfg, params, tokenizer } = args.model.load(experiment.seed)?;
+    let engine = args.model.engine(cfg, params)?;
+
+    interrupt::install();
+    let out_name = args.out.display().to_string();
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&metrics_path).map_err(|e| LabError::io(&out_name, e))?,
+    );
+    let (engine_name, trained) = match &lora {
+        None => {
+            let mut session =
+                Session::with_lines(engine, &tokenizer, &records, Some(&lines), config)
+                    .map_err(|e| e.in_file(&data_name))?;
+            let trained =
+                train_steps(&mut session, args.steps, &mut file, &out_name, |e| e.params())?;
+            let dtype = if args.f16 { StorageDtype::F16 } else { StorageDtype::F32 };
+            let model = ModelFiles { config: cfg, params: trained.kept.clone(), tokenizer };
+            checkpoint::save_dir(&weights_path, &model, dtype).map_err(|e| outputs.named(e))?;
+            (session.engine().name(), trained)
+        }
+        Some(lora) => {
+            let engine = LoraEngine::new(engine, lora.clone(), lora.init(&cfg, experiment.seed))?;
+            let mut session =
+                Session::with_lines(engine, &tokenizer, &records, Some(&lines), config)
+                    .map_err(|e| e.in_file(&data_name))?;
+            let trained = train_steps(&mut session, args.steps, &mut file, &out_name, |e| {
+                e.adapters().to_vec()
+            })?;
+            let base = args.model.model.as_ref().map_or_else(
+                || format!("random init, seed {}", experiment.seed),
+                |dir| dir.display().to_string(),
+            );
+            lora.save_dir(&weights_path, &cfg, &trained.kept, &base)
+                .map_err(|e| outputs.named(e))?;
+            (session.engine().name(), trained)
+        }
+    };
     file.flush().map_err(|e| LabError::io(&out_name, e))?;
     drop(file);
-    let dtype = if args.f16 { StorageDtype::F16 } else { StorageDtype::F32 };
-    let model = ModelFiles { config: *session.engine().config(), params: good, tokenizer };
-    checkpoint::save_dir(&weights_path, &model, dtype).map_err(|e| outputs.named(e))?;
     outputs.commit()?;
+    let Trained { steps_kept, last, stopped, .. } = trained;
     let (ending, message) = match stopped {
         Some((ending, why)) => {
             let model = save_dir.display();
+            let what = if lora.is_some() { "adapters" } else { "weights" };
             let kept = if steps_kept == 0 {
                 format!(
-                    "no step finished; {out_name} is empty and {model} holds the starting weights"
+                    "no step finished; {out_name} is empty and {model} holds the starting {what}"
                 )
             } else {
-                format!("kept the metrics of steps 1 to {steps_kept} in {out_name} and the weights after step {steps_kept} in {model}")
+                format!("kept the metrics of steps 1 to {steps_kept} in {out_name} and the {what} after step {steps_kept} in {model}")
             };
             (ending, Some(format!("{why}; {kept}")))
         }
@@ -275,7 +358,7 @@ pub fn train(args: TrainArgs) -> Result<Report> {
         "steps_asked": args.steps,
         "stopped": stopped_as,
         "message": message,
-        "engine": session.engine().name(),
+        "engine": engine_name,
         "experiment": experiment.to_query(),
         "metrics": out_name,
         "model": save_dir.display().to_string(),

@@ -471,3 +471,54 @@ fn corpus_writes_the_pretraining_corpus_as_jsonl_the_same_each_time() {
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert!(first["prompt"].is_string() && first["completion"].is_string(), "{first}");
 }
+
+/// `train --lora-rank` trains adapters on the frozen starter and saves them as PEFT does;
+/// a bad target is refused by its flag and writes nothing.
+#[test]
+fn train_with_lora_saves_peft_adapters_and_leaves_the_base_alone() {
+    let dir = scratch("train-lora");
+    let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/starter");
+    let data = starter.join("../../scenarios/3d-properties/data.jsonl").display().to_string();
+    let starter = starter.display().to_string();
+    let out = dir.join("metrics.jsonl").display().to_string();
+    let adapters = dir.join("adapters");
+    let saved = adapters.display().to_string();
+    let args = |targets: &'static str| {
+        let mut args = vec!["train", "--model", &starter, "--data", &data, "--lr", "2e-3"];
+        args.extend(["--batch-size", "8", "--steps", "10", "--lora-rank", "4"]);
+        args.extend(["--lora-targets", targets, "--out", &out, "--save", &saved]);
+        args
+    };
+    let (code, _, stderr) = alignlab(&args("c_attn,q_proj"));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("lora_targets") && stderr.contains("q_proj"), "{stderr}");
+    assert!(!Path::new(&out).exists() && !adapters.exists());
+
+    let (code, stdout, stderr) = alignlab(&args("c_attn,mlp.c_proj"));
+    assert_eq!(code, 0, "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(summary["engine"].as_str().unwrap().contains("LoRA (r 4"), "{summary}");
+    let mut files: Vec<String> = std::fs::read_dir(&adapters)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["adapter_config.json", "adapter_model.safetensors"]);
+    let config_text = std::fs::read_to_string(adapters.join("adapter_config.json")).unwrap();
+    let config: Value = serde_json::from_str(&config_text).unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["target_modules"], serde_json::json!(["c_attn", "mlp.c_proj"]));
+    assert_eq!(config["base_model_name_or_path"], starter.as_str());
+    // the adapters read back; B has moved off PEFT's zero init
+    let lora = lab_core::lora::LoraConfig::from_adapter_config(&config_text).unwrap();
+    let model = lab_core::checkpoint::load_dir(Path::new(&starter)).unwrap();
+    let bytes = std::fs::read(adapters.join("adapter_model.safetensors")).unwrap();
+    let trained = lora.adapters_from_safetensors(&model.config, &bytes).unwrap();
+    let b_moved = lora
+        .tensors(&model.config)
+        .iter()
+        .filter(|t| t.side == lab_core::lora::Side::B)
+        .all(|t| trained[t.offset..t.offset + t.shape.0 * t.shape.1].iter().any(|&x| x != 0.0));
+    assert!(b_moved);
+}

@@ -21,6 +21,7 @@ use crate::rng::Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
+use std::path::Path;
 
 /// One of GPT-2's four linear layers, by its module path inside a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,6 +391,27 @@ impl LoraConfig {
             out[t.offset..t.offset + values.len()].copy_from_slice(&values);
         }
         Ok(out)
+    }
+
+    /// Write `adapter_model.safetensors` and `adapter_config.json` into `dir` (which exists),
+    /// as PEFT's `save_pretrained` does.
+    pub fn save_dir(
+        &self,
+        dir: &Path,
+        cfg: &GptConfig,
+        adapters: &[f32],
+        base: &str,
+    ) -> Result<()> {
+        let bytes = self.adapters_to_safetensors(cfg, adapters)?;
+        for (name, contents) in [
+            ("adapter_model.safetensors", bytes),
+            ("adapter_config.json", self.adapter_config_json(base).into_bytes()),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, contents)
+                .map_err(|e| LabError::io(path.display().to_string(), e))?;
+        }
+        Ok(())
     }
 
     /// `adapter_config.json` as PEFT writes it for a GPT-2 (`fan_in_fan_out`: its layers are
