@@ -566,19 +566,32 @@ mod tests {
         let seq = forward(&cfg, &params, &tokens, &mask);
         let mut grads = vec![0.0; params.len()];
         backward(&cfg, &params, &seq, &mask, 1.0, &mut grads);
+        assert_central_differences("param", &mut params, &grads, |p| {
+            forward(&cfg, p, &tokens, &mask).seq_logp
+        });
+    }
+
+    /// Every entry of `analytic` against the central difference of `f` in that coordinate
+    /// of `values` (h 1e-6; tolerance 1e-7 + 1e-6 relative).
+    fn assert_central_differences(
+        what: &str,
+        values: &mut [f64],
+        analytic: &[f64],
+        f: impl Fn(&[f64]) -> f64,
+    ) {
         let h = 1e-6;
-        for i in 0..params.len() {
-            let x0 = params[i];
-            params[i] = x0 + h;
-            let up = forward(&cfg, &params, &tokens, &mask).seq_logp;
-            params[i] = x0 - h;
-            let down = forward(&cfg, &params, &tokens, &mask).seq_logp;
-            params[i] = x0;
+        for i in 0..values.len() {
+            let x0 = values[i];
+            values[i] = x0 + h;
+            let up = f(values);
+            values[i] = x0 - h;
+            let down = f(values);
+            values[i] = x0;
             let numeric = (up - down) / (2.0 * h);
             assert!(
-                (grads[i] - numeric).abs() <= 1e-7 + 1e-6 * numeric.abs(),
-                "param {i}: analytic {} numeric {numeric}",
-                grads[i]
+                (analytic[i] - numeric).abs() <= 1e-7 + 1e-6 * numeric.abs(),
+                "{what} {i}: analytic {} numeric {numeric}",
+                analytic[i]
             );
         }
     }
@@ -720,23 +733,8 @@ mod tests {
         let mut grads = vec![0.0; base.len()];
         backward(&cfg, &merged, &seq, &mask, 1.0, &mut grads);
         let analytic = lora.project_grads(&cfg, &adapters, &grads).unwrap();
-        let logp = |adapters: &[f64]| {
-            forward(&cfg, &lora.merged(&cfg, &base, adapters).unwrap(), &tokens, &mask).seq_logp
-        };
-        let h = 1e-6;
-        for i in 0..adapters.len() {
-            let x0 = adapters[i];
-            adapters[i] = x0 + h;
-            let up = logp(&adapters);
-            adapters[i] = x0 - h;
-            let down = logp(&adapters);
-            adapters[i] = x0;
-            let numeric = (up - down) / (2.0 * h);
-            assert!(
-                (analytic[i] - numeric).abs() <= 1e-7 + 1e-6 * numeric.abs(),
-                "adapter {i}: analytic {} numeric {numeric}",
-                analytic[i]
-            );
-        }
+        assert_central_differences("adapter", &mut adapters, &analytic, |a| {
+            forward(&cfg, &lora.merged(&cfg, &base, a).unwrap(), &tokens, &mask).seq_logp
+        });
     }
 }
