@@ -54,13 +54,25 @@ pub struct ModelArgs {
     /// Engine: cpu (the reference) or gpu (WebGPU through wgpu: Vulkan, Metal, DX12).
     #[arg(long, default_value = "cpu")]
     engine: String,
+    /// LoRA adapters applied to --model: a folder with PEFT's adapter_config.json and
+    /// adapter_model.safetensors (e.g. from `train --lora-rank`). `eval`'s default reference
+    /// stays the model without them.
+    #[arg(long, requires = "model")]
+    adapters: Option<PathBuf>,
 }
 
 impl ModelArgs {
     /// The model from --model or --config (seeded init; tiny by default).
     fn load(&self, seed: u64) -> Result<ModelFiles> {
         match (&self.model, &self.config) {
-            (Some(dir), _) => checkpoint::load_dir(dir),
+            (Some(dir), _) => {
+                let mut model = checkpoint::load_dir(dir)?;
+                if let Some(adapters) = &self.adapters {
+                    let (lora, values) = LoraConfig::load_dir(adapters, &model.config)?;
+                    model.params = lora.merged(&model.config, &model.params, &values)?;
+                }
+                Ok(model)
+            }
             (None, preset) => {
                 let config = GptConfig::preset(preset.as_deref().unwrap_or("tiny"))?;
                 let params = init_params(&config, seed);
@@ -400,6 +412,7 @@ pub fn eval(args: EvalArgs) -> Result<Value> {
     let policy = args.model.load(args.seed)?;
     let reference_model = ModelArgs {
         model: args.reference.clone().or(args.model.model.clone()),
+        adapters: None,
         ..args.model.clone()
     };
     let (mut session, reference_tokenizer) =

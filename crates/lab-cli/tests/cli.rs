@@ -473,7 +473,7 @@ fn corpus_writes_the_pretraining_corpus_as_jsonl_the_same_each_time() {
 }
 
 /// `train --lora-rank` trains adapters on the frozen starter and saves them as PEFT does;
-/// a bad target is refused by its flag and writes nothing.
+/// a bad target is refused by its flag and writes nothing; `eval --adapters` reads them.
 #[test]
 fn train_with_lora_saves_peft_adapters_and_leaves_the_base_alone() {
     let dir = scratch("train-lora");
@@ -521,4 +521,19 @@ fn train_with_lora_saves_peft_adapters_and_leaves_the_base_alone() {
         .filter(|t| t.side == lab_core::lora::Side::B)
         .all(|t| trained[t.offset..t.offset + t.shape.0 * t.shape.1].iter().any(|&x| x != 0.0));
     assert!(b_moved);
+
+    // `eval --adapters` scores the adapted model against the starter itself (the adapters
+    // off): DPO has pushed the rejected answers down
+    let (code, stdout, stderr) =
+        alignlab(&["eval", "--model", &starter, "--adapters", &saved, "--data", &data]);
+    assert_eq!(code, 0, "{stderr}");
+    let eval: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(eval["instruments"]["eval/logps_rejected_change"].as_f64().unwrap() < -1.0, "{eval}");
+    // an adapter folder of another kind is refused, naming the file and the field
+    std::fs::write(adapters.join("adapter_config.json"), config_text.replace("LORA", "IA3"))
+        .unwrap();
+    let (code, _, stderr) =
+        alignlab(&["eval", "--model", &starter, "--adapters", &saved, "--data", &data]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("adapter_config.json") && stderr.contains("peft_type"), "{stderr}");
 }

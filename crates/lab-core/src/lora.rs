@@ -17,6 +17,7 @@
 use crate::checkpoint::{decode_values, encode_values, StorageDtype};
 use crate::config::GptConfig;
 use crate::error::{LabError, Result};
+use crate::files;
 use crate::rng::Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -414,6 +415,23 @@ impl LoraConfig {
         Ok(())
     }
 
+    /// Read a folder as PEFT's `save_pretrained` writes it: `adapter_config.json` (at most
+    /// [`files::MAX_JSON_BYTES`]) and `adapter_model.safetensors` (no larger than its tensors
+    /// in f32 and a header need); errors name the file.
+    pub fn load_dir(dir: &Path, cfg: &GptConfig) -> Result<(LoraConfig, Vec<f32>)> {
+        let config_path = dir.join("adapter_config.json");
+        let config_name = config_path.display().to_string();
+        let text = files::read_text(&config_path, files::MAX_JSON_BYTES)?;
+        let config = LoraConfig::from_adapter_config(&text).map_err(|e| e.in_file(&config_name))?;
+        let weights_path = dir.join("adapter_model.safetensors");
+        let weights_name = weights_path.display().to_string();
+        let limit = 4 * config.param_count(cfg) as u64 + 1_000_000;
+        let bytes = files::read_bounded(&weights_path, limit)?;
+        let adapters =
+            config.adapters_from_safetensors(cfg, &bytes).map_err(|e| e.in_file(&weights_name))?;
+        Ok((config, adapters))
+    }
+
     /// `adapter_config.json` as PEFT writes it for a GPT-2 (`fan_in_fan_out`: its layers are
     /// `Conv1D`), with `base` as `base_model_name_or_path`.
     pub fn adapter_config_json(&self, base: &str) -> String {
@@ -453,7 +471,8 @@ impl LoraConfig {
         match field("peft_type").and_then(Value::as_str) {
             Some("LORA") => {}
             other => {
-                return Err(err("peft_type", format!("{other:?}: only LORA adapters open here")))
+                let found = other.map_or("missing".to_string(), |t| format!("{t:?}"));
+                return Err(err("peft_type", format!("{found}: only LORA adapters open here")));
             }
         }
         let rank = field("r")
