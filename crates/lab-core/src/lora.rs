@@ -246,23 +246,22 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// (A, B) slices of `adapters` for each adapted layer, with the base weight's offset.
-    fn pairs<'a, T>(
-        &self,
-        cfg: &GptConfig,
-        adapters: &'a [T],
-    ) -> Vec<(usize, LoraModule, &'a [T], &'a [T])> {
-        let tensors = self.tensors(cfg);
-        let slice = |t: &AdapterTensor| &adapters[t.offset..t.offset + t.shape.0 * t.shape.1];
-        tensors
+    /// Each adapted layer: its module, where its base weight starts in the model's
+    /// parameters, and where its A and B start in the adapters.
+    fn adapted(&self, cfg: &GptConfig) -> Vec<(LoraModule, usize, usize, usize)> {
+        let layout = cfg.layout().tensors(cfg);
+        let base_offset = |module: LoraModule, layer: usize| {
+            let (o, i) = module.shape(cfg.d_model);
+            let (_, offset, _) = layout
+                .iter()
+                .find(|(name, _, _)| *name == module.base_tensor())
+                .expect("every adapted layer has a base weight");
+            offset + layer * o * i
+        };
+        self.tensors(cfg)
             .chunks(2)
             .map(|ab| {
-                (
-                    base_offset(cfg, ab[0].module, ab[0].layer),
-                    ab[0].module,
-                    slice(&ab[0]),
-                    slice(&ab[1]),
-                )
+                (ab[0].module, base_offset(ab[0].module, ab[0].layer), ab[0].offset, ab[1].offset)
             })
             .collect()
     }
@@ -272,8 +271,9 @@ impl LoraConfig {
         self.check_len(cfg, adapters)?;
         let (r, s) = (self.rank, self.scale());
         let mut out = base.to_vec();
-        for (offset, module, a, b) in self.pairs(cfg, adapters) {
+        for (module, offset, da, db) in self.adapted(cfg) {
             let (oc, ic) = module.shape(cfg.d_model);
+            let (a, b) = (&adapters[da..da + r * ic], &adapters[db..db + oc * r]);
             for o in 0..oc {
                 for i in 0..ic {
                     let delta: f64 =
@@ -298,12 +298,10 @@ impl LoraConfig {
         self.check_len(cfg, adapters)?;
         let (r, s) = (self.rank, self.scale());
         let mut out = vec![T::from_f64(0.0); adapters.len()];
-        let tensors = self.tensors(cfg);
-        for (pair, ab) in self.pairs(cfg, adapters).into_iter().zip(tensors.chunks(2)) {
-            let (offset, module, a, b) = pair;
+        for (module, offset, da, db) in self.adapted(cfg) {
             let (oc, ic) = module.shape(cfg.d_model);
+            let (a, b) = (&adapters[da..da + r * ic], &adapters[db..db + oc * r]);
             let g = &grads[offset..offset + oc * ic];
-            let (da, db) = (ab[0].offset, ab[1].offset);
             for k in 0..r {
                 for i in 0..ic {
                     let sum: f64 =
@@ -520,18 +518,6 @@ impl LoraConfig {
     }
 }
 
-/// Where a layer's base weight starts in the model's flat parameters.
-fn base_offset(cfg: &GptConfig, module: LoraModule, layer: usize) -> usize {
-    let (o, i) = module.shape(cfg.d_model);
-    let (_, offset, _) = cfg
-        .layout()
-        .tensors(cfg)
-        .into_iter()
-        .find(|(name, _, _)| *name == module.base_tensor())
-        .expect("every adapted layer has a base weight");
-    offset + layer * o * i
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,7 +608,7 @@ mod tests {
         let (a1, b1) = (&t[2], &t[3]);
         adapters[b1.offset + 5 * 2 + 1] = 0.5;
         let merged = config.merged(&cfg, &base, &adapters).unwrap();
-        let w = base_offset(&cfg, LoraModule::Fc, 1);
+        let (_, w, _, _) = config.adapted(&cfg)[1];
         for i in 0..8 {
             let want = base[w + 5 * 8 + i] + 2.0 * 0.5 * adapters[a1.offset + 8 + i];
             assert!((merged[w + 5 * 8 + i] - want).abs() < 1e-6);

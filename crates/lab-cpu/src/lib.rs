@@ -7,6 +7,8 @@
 //! wires them to [`lab_core::Engine`].
 
 pub mod adamw;
+#[cfg(test)]
+mod central_differences;
 pub mod float;
 pub mod model;
 pub mod reference;

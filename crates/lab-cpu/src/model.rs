@@ -2048,6 +2048,7 @@ mod tests {
     //! Every layer's backward against central finite differences of its forward, in f64,
     //! on shapes that exercise both the kernel's full tiles and its ragged edges.
     use super::*;
+    use crate::central_differences::check;
     use lab_core::rng::Rng;
 
     #[test]
@@ -2079,41 +2080,12 @@ mod tests {
         }
     }
 
-    const H: f64 = 1e-6;
-    /// |analytic − numeric| ≤ ABS + REL·|numeric|: central differences in f64 with h = 1e-6
-    /// are good to ~1e-9 on these O(1) functions.
-    const ABS: f64 = 1e-7;
-    const REL: f64 = 1e-6;
-
     fn randn(rng: &mut Rng, len: usize, std: f64) -> Vec<f64> {
         (0..len).map(|_| std * rng.normal() as f64).collect()
     }
 
     fn dot(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-
-    /// Check `analytic` = ∂loss/∂x at every index of `x`.
-    fn check(name: &str, x: &mut [f64], analytic: &[f64], loss: &mut dyn FnMut(&[f64]) -> f64) {
-        assert_eq!(x.len(), analytic.len(), "{name}: gradient length");
-        let mut worst = 0.0f64;
-        for i in 0..x.len() {
-            let x0 = x[i];
-            x[i] = x0 + H;
-            let up = loss(x);
-            x[i] = x0 - H;
-            let down = loss(x);
-            x[i] = x0;
-            let numeric = (up - down) / (2.0 * H);
-            let err = (analytic[i] - numeric).abs();
-            assert!(
-                err <= ABS + REL * numeric.abs(),
-                "{name}[{i}]: analytic {} numeric {numeric} (err {err:e})",
-                analytic[i]
-            );
-            worst = worst.max(err);
-        }
-        eprintln!("{name}: max abs diff {worst:e} over {} entries", x.len());
     }
 
     #[test]

@@ -489,6 +489,7 @@ fn add(into: &mut [f64], values: &[f64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::central_differences::check;
     use crate::model::Gpt;
     use lab_core::rng::Rng;
 
@@ -566,34 +567,7 @@ mod tests {
         let seq = forward(&cfg, &params, &tokens, &mask);
         let mut grads = vec![0.0; params.len()];
         backward(&cfg, &params, &seq, &mask, 1.0, &mut grads);
-        assert_central_differences("param", &mut params, &grads, |p| {
-            forward(&cfg, p, &tokens, &mask).seq_logp
-        });
-    }
-
-    /// Every entry of `analytic` against the central difference of `f` in that coordinate
-    /// of `values` (h 1e-6; tolerance 1e-7 + 1e-6 relative).
-    fn assert_central_differences(
-        what: &str,
-        values: &mut [f64],
-        analytic: &[f64],
-        f: impl Fn(&[f64]) -> f64,
-    ) {
-        let h = 1e-6;
-        for i in 0..values.len() {
-            let x0 = values[i];
-            values[i] = x0 + h;
-            let up = f(values);
-            values[i] = x0 - h;
-            let down = f(values);
-            values[i] = x0;
-            let numeric = (up - down) / (2.0 * h);
-            assert!(
-                (analytic[i] - numeric).abs() <= 1e-7 + 1e-6 * numeric.abs(),
-                "{what} {i}: analytic {} numeric {numeric}",
-                analytic[i]
-            );
-        }
+        check("param", &mut params, &grads, &mut |p| forward(&cfg, p, &tokens, &mask).seq_logp);
     }
 
     fn randn(rng: &mut Rng, len: usize) -> Vec<f64> {
@@ -733,7 +707,7 @@ mod tests {
         let mut grads = vec![0.0; base.len()];
         backward(&cfg, &merged, &seq, &mask, 1.0, &mut grads);
         let analytic = lora.project_grads(&cfg, &adapters, &grads).unwrap();
-        assert_central_differences("adapter", &mut adapters, &analytic, |a| {
+        check("adapter", &mut adapters, &analytic, &mut |a| {
             forward(&cfg, &lora.merged(&cfg, &base, a).unwrap(), &tokens, &mask).seq_logp
         });
     }
