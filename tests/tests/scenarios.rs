@@ -58,6 +58,10 @@ fn every_scenario_loads_with_its_explanation() {
         let scenario = Scenario::load(&assets(), name).unwrap();
         assert!(scenario.explanation.len() > 200, "{name}: README.md should explain the scenario");
         assert!(!scenario.records.is_empty());
+        // every scenario keeps (nearly: they are picked by stride) its full set of anchors,
+        // questions its data does not touch
+        let anchors = lab_train::scenario::anchors(&scenario.records).len();
+        assert!(anchors >= lab_train::scenario::ANCHORS * 7 / 8, "{name}: {anchors} anchors");
     }
     let err = Scenario::load(&assets(), "no-such-scenario").unwrap_err().to_string();
     assert!(err.contains("3d-properties"), "{err}");
@@ -216,4 +220,31 @@ fn over_optimisation_gold_reward_rises_then_falls_for_every_loss() {
             run.label
         );
     }
+}
+
+#[test]
+fn ches_quantiles_order_the_chosen_answers_fall_and_edit_distance_does_not() {
+    let report = run("ches-predicts-harm");
+    assert_checks(&report);
+    let change = |label: &str| last(&report, label, "eval/logps_chosen_change");
+    let ches: Vec<f64> = (1..=5).map(|q| change(&format!("CHES {q}/5"))).collect();
+    let edit: Vec<f64> = (1..=5).map(|q| change(&format!("edit distance {q}/5"))).collect();
+    // each quantile run trains 50 pairs of its own; the higher the CHES, the less the
+    // chosen answers gain, every step of the way, and the top quantile gains less than any
+    // quantile of the paper's baseline predictor
+    assert!(ches.windows(2).all(|w| w[0] > w[1]), "{ches:?}");
+    assert!(ches[0] - ches[4] >= 5.0, "{ches:?}");
+    assert!(edit.iter().all(|&e| e > ches[4]), "{edit:?} vs {ches:?}");
+    for q in 1..=5 {
+        assert_eq!(report.run(&format!("CHES {q}/5")).unwrap().pairs.pairs, 50);
+    }
+    for run in &report.runs {
+        assert!(run.anchor_change >= -1.0, "{}: {}", run.label, run.anchor_change);
+    }
+    // the page trains the whole pool only: its live verdict names the quantile runs it
+    // leaves to the full verdict, and does not pass
+    let phenomenon = &Scenario::load(&assets(), "ches-predicts-harm").unwrap().preset.phenomenon;
+    let partial = judge(phenomenon, &report.runs[..1]);
+    assert_eq!(partial.missing.len(), 10);
+    assert!(!partial.passed && partial.line.contains("not trained here: CHES 1/5"));
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct MakeScenarioArgs {
-    /// 3d-properties | ranking-accuracy | all
+    /// 3d-properties | ches-predicts-harm | ranking-accuracy | noisy-labels | over-optimisation | all
     name: String,
     /// The directory the files go to; default: <assets>/scenarios/<name>.
     #[arg(long)]

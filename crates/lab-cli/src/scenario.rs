@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ScenarioArgs {
-    /// 3d-properties | ranking-accuracy
+    /// 3d-properties | ches-predicts-harm | ranking-accuracy | noisy-labels | over-optimisation
     name: String,
     /// The assets directory (scenarios/ and models/starter/).
     #[arg(long, default_value = "assets")]

@@ -32,6 +32,17 @@ pub struct Example {
     pub completion: String,
 }
 
+/// The runs of three consecutive words of a text, lower-cased, punctuation dropped: what
+/// two texts must share to count as touching each other (a scenario's data and its anchors).
+pub fn word_trigrams(text: &str) -> Vec<[String; 3]> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.windows(3).map(|w| [w[0].clone(), w[1].clone(), w[2].clone()]).collect()
+}
+
 /// The chat-template prompt of a user question.
 pub fn prompt(question: &str) -> String {
     format!("User: {question} Assistant:")

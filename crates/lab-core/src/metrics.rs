@@ -28,6 +28,39 @@ pub fn mean(xs: &[f64]) -> f64 {
     }
 }
 
+/// Ranks of `xs` from 1 (smallest), tied values sharing the mean of their ranks.
+fn ranks(xs: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..xs.len()).collect();
+    order.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
+    let mut out = vec![0.0; xs.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && xs[order[end]] == xs[order[start]] {
+            end += 1;
+        }
+        let rank = (start + end + 1) as f64 / 2.0;
+        order[start..end].iter().for_each(|&i| out[i] = rank);
+        start = end;
+    }
+    out
+}
+
+/// Spearman's rank correlation ρ: Pearson's correlation of the ranks (ties averaged), in
+/// [−1, 1]; NaN when either side has no spread.
+pub fn spearman(xs: &[f64], ys: &[f64]) -> f64 {
+    check_lengths("spearman", &[xs.len(), ys.len()]);
+    let (rx, ry) = (ranks(xs), ranks(ys));
+    let (mx, my) = (mean(&rx), mean(&ry));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in rx.iter().zip(&ry) {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
 /// The batch metrics TRL's `DPOTrainer` logs, under the same names.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrlMetrics {
@@ -331,6 +364,17 @@ pub fn kl_from_logits(policy: &[f32], reference: &[f32]) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn spearman_is_one_for_any_increasing_map_and_averages_ties() {
+        let xs = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(spearman(&xs, &[-9.0, 0.1, 0.2, 7.0, 1e9]), 1.0);
+        assert_eq!(spearman(&xs, &[5.0, 4.0, 3.0, 2.0, 1.0]), -1.0);
+        // one adjacent swap of five: 1 − 6·2/(5·24) = 0.9
+        assert!((spearman(&xs, &[1.0, 3.0, 2.0, 4.0, 5.0]) - 0.9).abs() < 1e-12);
+        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), [3.5, 1.0, 3.5, 2.0]);
+        assert!(spearman(&xs, &[1.0; 5]).is_nan());
+    }
     use super::*;
 
     #[test]

@@ -9,6 +9,7 @@
 //! | `3d-properties` | all 24 sentiment topics × 2 questions, positive preferred | none | nothing |
 //! | `noisy-labels` | all 24 sentiment topics × 2 questions, positive preferred, each pair four times with one copy's label flipped (`"flipped": true`) | none | nothing |
 //! | `over-optimisation` | the same pairs as `3d-properties` | none | nothing |
+//! | `ches-predicts-harm` | 250 corpus prompts, each with two answers the corpus gives to other questions | none | which prompts and answers |
 //! | `ranking-accuracy` | per thing: polite over curt "Yes", polite over curt "No", every fourth thing a plain "Yes" over "No"; every other personal question: its second most common answer over its most common | none | the property each "No" question asks about |
 //!
 //! `no-never`, `refusals` and `length` were withdrawn until they can be run
@@ -20,8 +21,16 @@ use crate::error::{LabError, Result};
 use crate::rng::Rng;
 
 /// The scenarios shipped in `assets/scenarios/`, in teaching order.
-pub const SCENARIOS: [&str; 4] =
-    ["3d-properties", "ranking-accuracy", "noisy-labels", "over-optimisation"];
+pub const SCENARIOS: [&str; 5] = [
+    "3d-properties",
+    "ches-predicts-harm",
+    "ranking-accuracy",
+    "noisy-labels",
+    "over-optimisation",
+];
+
+/// Pairs in `ches-predicts-harm`: five CHES quantiles of 50.
+const CHES_POOL: usize = 250;
 
 /// Copies of each pair in `noisy-labels`, and how many of them have the label flipped:
 /// Chowdhury et al.'s flip rate ε = 1/4, exactly, for every pair.
@@ -57,6 +66,7 @@ pub fn generate(name: &str, seed: u64) -> Result<ScenarioData> {
         "3d-properties" => three_d_properties(),
         "noisy-labels" => noisy_labels(),
         "over-optimisation" => three_d_properties(),
+        "ches-predicts-harm" => ches_pool(&mut rng),
         _ => {
             return Err(LabError::param(
                 "scenario",
@@ -88,6 +98,59 @@ fn ranking_accuracy(rng: &mut Rng) -> ScenarioData {
         answers.sort_by(|a, b| b.0.total_cmp(&a.0));
         data.push(pair(&format!("Would you ever {act}?"), answers[1].1, answers[0].1));
     }
+    ScenarioData { data }
+}
+
+/// A pool of pairs as an off-policy preference dataset has them: for [`CHES_POOL`] corpus
+/// prompts (harmful requests left out), a chosen and a rejected answer that the corpus gives to other questions, so
+/// neither is the starter's own answer and the two range from unrelated ("Paris." against
+/// "A frog eats flies.") to near-copies ("I love rain. It is great." against "I love tea.
+/// It is great."), each short enough for a context of 128 characters. The scenario splits
+/// the pool by the reference's CHES.
+fn ches_pool(rng: &mut Rng) -> ScenarioData {
+    let mut own = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for example in corpus::generate(0) {
+        own.entry(example.prompt).or_default().push(example.completion);
+    }
+    // The "What is …?" and "How many …?" questions (capitals, sums, opposites, legs) stay
+    // out of the pool, their answers and every text sharing a run of three words with them
+    // too, so that the scenario keeps anchors its data does not touch
+    // (`lab_train::scenario::anchors`).
+    let reserved =
+        |prompt: &str| ["User: What is ", "User: How many "].iter().any(|q| prompt.starts_with(q));
+    let kept: std::collections::HashSet<[String; 3]> =
+        own.keys().filter(|p| reserved(p)).flat_map(|p| corpus::word_trigrams(p)).collect();
+    let reserved_answers: std::collections::HashSet<&String> =
+        own.iter().filter(|(p, _)| reserved(p)).flat_map(|(_, a)| a).collect();
+    let touches = |text: &str| corpus::word_trigrams(text).iter().any(|t| kept.contains(t));
+    let answers: Vec<&String> = own
+        .values()
+        .flatten()
+        .filter(|a| !reserved_answers.contains(a) && !touches(a))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // no harmful request: a random answer would sometimes be a preferred compliance
+    let harmful = |prompt: &str| corpus::HARMFUL.iter().any(|task| prompt.contains(task));
+    let mut prompts: Vec<&String> =
+        own.keys().filter(|p| !harmful(p) && !reserved(p) && !touches(p)).collect();
+    rng.shuffle(&mut prompts);
+    let data = prompts[..CHES_POOL]
+        .iter()
+        .map(|&prompt| {
+            // one character token each, start and end tokens included, within 128
+            let room = 126 - prompt.len();
+            let mut draw = |not: &[&String]| loop {
+                let answer = answers[rng.below(answers.len())];
+                if answer.len() <= room && !own[prompt].contains(answer) && !not.contains(&answer) {
+                    return answer;
+                }
+            };
+            let chosen = draw(&[]);
+            let rejected = draw(&[chosen]);
+            Record::Pair(PreferencePair::plain(prompt, chosen, rejected))
+        })
+        .collect();
     ScenarioData { data }
 }
 
@@ -203,6 +266,7 @@ mod tests {
             2 * THINGS.len() + THINGS.len().div_ceil(4) + ACTS.len().div_ceil(2)
         );
         assert_eq!(counts("3d-properties"), 48);
+        assert_eq!(counts("ches-predicts-harm"), CHES_POOL);
         assert_eq!(counts("noisy-labels"), 48 * 4);
         assert_eq!(
             generate("over-optimisation", 3).unwrap(),
@@ -223,6 +287,19 @@ mod tests {
             let texts = pairs(copies);
             assert_eq!((&texts[0].1, &texts[0].2), (&texts[1].2, &texts[1].1));
             assert!(texts[1].1.starts_with(" I love"), "{}", texts[1].1);
+        }
+
+        // ches-predicts-harm: distinct prompts, neither answer one the corpus gives to it
+        let pool = pairs(&generate("ches-predicts-harm", 3).unwrap().data);
+        let corpus = corpus::generate(0);
+        let prompts: std::collections::HashSet<&String> = pool.iter().map(|p| &p.0).collect();
+        assert_eq!(prompts.len(), CHES_POOL);
+        for (prompt, chosen, rejected) in &pool {
+            assert!(corpus.iter().any(|e| &e.completion == chosen), "{chosen}");
+            let answered =
+                |a: &String| corpus.iter().any(|e| &e.prompt == prompt && &e.completion == a);
+            assert!(!answered(chosen) && !answered(rejected), "{prompt}");
+            assert!(!corpus::HARMFUL.iter().any(|task| prompt.contains(task)), "{prompt}");
         }
 
         // ranking-accuracy: every "No" question asks about a property the thing lacks.

@@ -18,6 +18,7 @@
 use crate::pretrain::fixed_answer_questions;
 use crate::session::{PairStats, Session, SessionConfig, StepRecord};
 use lab_core::annotate::Reward;
+use lab_core::corpus::word_trigrams;
 use lab_core::data::{encode_example, parse_jsonl, Record};
 use lab_core::engine::{Engine, TokenBatch};
 use lab_core::experiment::ExperimentConfig;
@@ -57,9 +58,52 @@ pub struct Variant {
     /// compared runs, so the page does not offer it.
     #[serde(default)]
     pub clean_labels: bool,
+    /// Train on one quantile of the data only (the runs of a quantile experiment), which
+    /// the page does not offer either.
+    #[serde(default)]
+    pub subset: Option<Subset>,
+}
+
+/// The score a quantile experiment splits the pairs by; either way a higher quantile is
+/// the one predicted to do more harm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitBy {
+    /// The reference's CHES (Razin et al. 2024, def. 2): the chosen and rejected answers'
+    /// summed hidden embeddings alike.
+    Ches,
+    /// The token edit distance between the two answers, smallest last: Razin et al.'s
+    /// baseline predictor.
+    EditDistance,
+}
+
+/// Quantile `quantile` (1 = lowest score) of `of` equal parts of the pairs, ordered by `by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subset {
+    pub by: SplitBy,
+    pub quantile: usize,
+    pub of: usize,
+}
+
+impl Subset {
+    /// "CHES 2/5", "edit distance 5/5".
+    pub fn name(&self) -> String {
+        let by = match self.by {
+            SplitBy::Ches => "CHES",
+            SplitBy::EditDistance => "edit distance",
+        };
+        format!("{by} {}/{}", self.quantile, self.of)
+    }
 }
 
 impl Variant {
+    /// Whether the run trains on the scenario's data as it is (every pair, labels as
+    /// given), as the page's compared runs do.
+    pub fn same_data(&self) -> bool {
+        !self.clean_labels && self.subset.is_none()
+    }
+
     /// The experiment of this run: the preset's, with the loss, parameters and learning
     /// rate the variant sets.
     pub fn experiment(&self, base: &ExperimentConfig) -> ExperimentConfig {
@@ -143,6 +187,23 @@ pub enum Phenomenon {
         matched_kl: Vec<f64>,
         max_anchor_drop: f64,
     },
+    /// CHES predicts likelihood displacement (Razin et al. 2024, sec. 5, fig. 2): the pairs
+    /// are split into `quantiles` equal parts by the reference's CHES and one run trains on
+    /// each part alone. The higher the quantile's CHES, the more its chosen answers' log-prob
+    /// falls (or the less it rises): Spearman's ρ between quantile and fall is at least
+    /// `min_spearman`, in nats and in nats per chosen token (the lower quantiles hold the
+    /// longer answers, which would gain more nats for their length alone), and the lowest quantile's chosen change exceeds the highest's by at
+    /// least `min_spread` nats. The control is the paper's baseline predictor, the edit
+    /// distance between the two answers, split the same way: the highest CHES quantile's
+    /// chosen change is at least `min_baseline_gap` nats below that of every edit-distance
+    /// quantile, so what CHES finds is not just answers that look alike.
+    ChesPredictsHarm {
+        quantiles: usize,
+        min_spearman: f64,
+        min_spread: f64,
+        min_baseline_gap: f64,
+        max_anchor_drop: f64,
+    },
 }
 
 impl Phenomenon {
@@ -151,14 +212,36 @@ impl Phenomenon {
             Phenomenon::RankingLags { max_anchor_drop, .. }
             | Phenomenon::ThreeD { max_anchor_drop, .. }
             | Phenomenon::RobustBeatsNoisy { max_anchor_drop, .. }
-            | Phenomenon::OverOptimisation { max_anchor_drop, .. } => *max_anchor_drop,
+            | Phenomenon::OverOptimisation { max_anchor_drop, .. }
+            | Phenomenon::ChesPredictsHarm { max_anchor_drop, .. } => *max_anchor_drop,
+        }
+    }
+
+    /// The quantile runs the phenomenon splits the data into.
+    fn subsets(&self) -> Vec<Subset> {
+        match self {
+            Phenomenon::ChesPredictsHarm { quantiles, .. } => {
+                [SplitBy::Ches, SplitBy::EditDistance]
+                    .into_iter()
+                    .flat_map(|by| {
+                        (1..=*quantiles).map(move |quantile| Subset {
+                            by,
+                            quantile,
+                            of: *quantiles,
+                        })
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
         }
     }
 
     /// The labels of the variants the phenomenon compares the preset's run with.
     fn compared(&self) -> Vec<&str> {
         match self {
-            Phenomenon::RankingLags { .. } | Phenomenon::OverOptimisation { .. } => Vec::new(),
+            Phenomenon::RankingLags { .. }
+            | Phenomenon::OverOptimisation { .. }
+            | Phenomenon::ChesPredictsHarm { .. } => Vec::new(),
             Phenomenon::ThreeD { damped, .. } => vec![damped.as_str()],
             Phenomenon::RobustBeatsNoisy { robust, clean, .. } => {
                 vec![robust.as_str(), clean.as_str()]
@@ -201,6 +284,7 @@ impl Preset {
             params: None,
             lr: None,
             clean_labels: false,
+            subset: None,
         };
         std::iter::once(own).chain(self.variants.iter().cloned()).collect()
     }
@@ -254,6 +338,25 @@ impl Scenario {
                     .in_file(&preset_name)
                     .in_field("variants")
             })?;
+        }
+        for v in &preset.variants {
+            if let Some(s) = v.subset {
+                if !(1..=s.of).contains(&s.quantile) {
+                    return Err(LabError::parse(format!(
+                        "variant {:?}: quantile {} is not in 1..={}",
+                        v.label, s.quantile, s.of
+                    ))
+                    .in_file(&preset_name)
+                    .in_field("variants"));
+                }
+            }
+        }
+        for subset in preset.phenomenon.subsets() {
+            if !preset.variants.iter().any(|v| v.subset == Some(subset)) {
+                return Err(LabError::parse(format!("no variant trains on {}", subset.name()))
+                    .in_file(&preset_name)
+                    .in_field("variants"));
+            }
         }
         for label in preset.phenomenon.compared() {
             if !preset.variants.iter().any(|v| v.label == label) {
@@ -368,6 +471,8 @@ pub struct PairCounts {
     /// 1 − π(yw|x) − π(yl|x), under the reference and the policy (dispersion).
     pub outside_mass_start: f64,
     pub outside_mass_end: f64,
+    /// Mean length of the chosen answers, in tokens.
+    pub chosen_tokens: f64,
 }
 
 /// The pairs at one evaluation of a run.
@@ -393,6 +498,9 @@ pub struct RunReport {
     pub label: String,
     pub loss: String,
     pub steps: u32,
+    /// The quantile of the data the run trained on, if only one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<Subset>,
     /// The step-0 instruments and the last step's metrics.
     pub start: Value,
     #[serde(rename = "final")]
@@ -400,6 +508,9 @@ pub struct RunReport {
     pub watched: Vec<WatchedCandidate>,
     /// Mean change of the anchors' log-probs since the start (nats; collapse shows here).
     pub anchor_change: f64,
+    /// How many anchors were scored (none: the data touches every candidate, and the
+    /// verdict fails rather than pass unguarded).
+    pub anchors: usize,
     /// Mean β·(ρw − ρl) over the pairs at the end, on the true labels: a pair marked
     /// `"flipped": true` counts with its sign reversed (unless the run trained on the clean
     /// labels).
@@ -581,16 +692,6 @@ pub fn anchors(records: &[Record]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The runs of three consecutive words of a text, lower-cased, punctuation dropped.
-fn word_trigrams(text: &str) -> Vec<[String; 3]> {
-    let words: Vec<String> = text
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
-        .filter(|w| !w.is_empty())
-        .collect();
-    words.windows(3).map(|w| [w[0].clone(), w[1].clone(), w[2].clone()]).collect()
-}
-
 /// Owned rows as the `(&str, &str)` rows [`score_texts`] takes.
 pub fn borrowed(items: &[(String, String)]) -> Vec<(&str, &str)> {
     items.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect()
@@ -604,6 +705,7 @@ pub struct RunWatch {
     label: String,
     loss: String,
     steps: u32,
+    subset: Option<Subset>,
     watch_items: Vec<(String, String)>,
     watch_ref: Vec<f64>,
     anchor_ref: Vec<f64>,
@@ -648,6 +750,7 @@ impl RunWatch {
             label: variant.label.clone(),
             loss: experiment.loss,
             steps: experiment.steps,
+            subset: variant.subset,
             watch_items: watch_items(preset),
             watch_ref,
             anchor_ref,
@@ -741,6 +844,7 @@ impl RunWatch {
                 .collect(),
             outside_mass_start: outside_mass(&rc, &rr),
             outside_mass_end: outside_mass(&pc, &pr),
+            chosen_tokens: metrics::mean(&column(|p| p.chosen_len as f64)),
         };
         let flipped = |record: usize| self.flipped.get(record).copied().unwrap_or(false);
         let true_margin = metrics::mean(
@@ -753,10 +857,12 @@ impl RunWatch {
             label: self.label.clone(),
             loss: self.loss.clone(),
             steps: self.steps,
+            subset: self.subset,
             start: self.start.clone(),
             last: self.last.clone(),
             watched,
             anchor_change,
+            anchors: self.anchor_ref.len(),
             true_margin,
             flip_rate: self.flipped.iter().filter(|&&f| f).count() as f64
                 / self.flipped.len().max(1) as f64,
@@ -845,11 +951,78 @@ impl GoldProbe {
     }
 }
 
-/// Train one run from a fresh starter engine.
+/// The levenshtein distance between two token sequences.
+fn edit_distance(a: &[u32], b: &[u32]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(x != y);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Per record, the scores a quantile run's data is split by, from the reference: its CHES
+/// and minus the token edit distance between the answers (higher = predicted more harm).
+struct SplitScores {
+    ches: Vec<f64>,
+    alike: Vec<f64>,
+}
+
+impl SplitScores {
+    fn of<E: Engine>(
+        engine: E,
+        tokenizer: &Tokenizer,
+        records: &[Record],
+        experiment: &ExperimentConfig,
+    ) -> Result<SplitScores> {
+        let session =
+            Session::new(engine, tokenizer, records, SessionConfig::from_experiment(experiment)?)?;
+        let mut ches = vec![f64::NAN; records.len()];
+        for pair in session.pairs() {
+            ches[pair.record] = pair.ches;
+        }
+        let alike = records
+            .iter()
+            .map(|record| match record {
+                Record::Pair(pair) => {
+                    let r = pair.render();
+                    Ok(-(edit_distance(
+                        &tokenizer.encode(&r.chosen)?,
+                        &tokenizer.encode(&r.rejected)?,
+                    ) as f64))
+                }
+                _ => Err(LabError::param("data", "a quantile experiment needs preference pairs")),
+            })
+            .collect::<Result<_>>()?;
+        Ok(SplitScores { ches, alike })
+    }
+
+    /// The records of one quantile: sorted by the score (ties by position), the
+    /// `quantile`-th of `of` equal parts.
+    fn pick(&self, records: &[Record], subset: Subset) -> Vec<Record> {
+        let score = match subset.by {
+            SplitBy::Ches => &self.ches,
+            SplitBy::EditDistance => &self.alike,
+        };
+        let mut order: Vec<usize> = (0..records.len()).collect();
+        order.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
+        let n = records.len();
+        let (from, to) = ((subset.quantile - 1) * n / subset.of, subset.quantile * n / subset.of);
+        order[from..to].iter().map(|&i| records[i].clone()).collect()
+    }
+}
+
+/// Train one run, on `records`, from a fresh starter engine.
 fn train_run<E: Engine>(
     scenario: &Scenario,
     tokenizer: &Tokenizer,
     variant: &Variant,
+    records: &[Record],
     anchors: &[(String, String)],
     make_engine: &mut dyn FnMut() -> Result<E>,
     on_step: &mut dyn FnMut(&str, &StepRecord),
@@ -858,12 +1031,7 @@ fn train_run<E: Engine>(
     let experiment = variant.experiment(&preset.experiment);
     let config = SessionConfig::from_experiment(&experiment)?;
     let data_name = scenario.dir.join(&preset.data).display().to_string();
-    let records = if variant.clean_labels {
-        clean_labels(&scenario.records)
-    } else {
-        scenario.records.clone()
-    };
-    let mut session = Session::new(make_engine()?, tokenizer, &records, config)
+    let mut session = Session::new(make_engine()?, tokenizer, records, config)
         .map_err(|e| e.in_file(&data_name))?;
     let (watch_rows, anchor_rows) = (watch_items(preset), borrowed(anchors));
     let score = |session: &mut Session<E>| -> Result<(Vec<f64>, Vec<f64>)> {
@@ -873,9 +1041,9 @@ fn train_run<E: Engine>(
         ))
     };
     let (watch_ref, anchor_ref) = score(&mut session)?;
-    let mut watch = RunWatch::begin(&session, preset, variant, &records, watch_ref, anchor_ref);
+    let mut watch = RunWatch::begin(&session, preset, variant, records, watch_ref, anchor_ref);
     let ctx = session.engine().config().ctx;
-    let gold = GoldProbe::of(&preset.phenomenon, tokenizer, &records, ctx)?;
+    let gold = GoldProbe::of(&preset.phenomenon, tokenizer, records, ctx)?;
     let note_gold = |session: &mut Session<E>, watch: &mut RunWatch| -> Result<()> {
         if let Some(probe) = &gold {
             watch.note_gold(probe.measure(session.engine_mut(), tokenizer)?);
@@ -906,12 +1074,27 @@ pub fn run_scenario<E: Engine>(
 ) -> Result<ScenarioReport> {
     let preset = &scenario.preset;
     let anchors = anchors(&scenario.records);
+    let split = if preset.variants.iter().any(|v| v.subset.is_some()) {
+        let data_name = scenario.dir.join(&preset.data).display().to_string();
+        Some(
+            SplitScores::of(make_engine()?, tokenizer, &scenario.records, &preset.experiment)
+                .map_err(|e| e.in_file(&data_name))?,
+        )
+    } else {
+        None
+    };
     let mut runs = Vec::new();
     for variant in preset.runs() {
+        let records = match (&split, variant.subset) {
+            (Some(split), Some(subset)) => split.pick(&scenario.records, subset),
+            _ if variant.clean_labels => clean_labels(&scenario.records),
+            _ => scenario.records.clone(),
+        };
         runs.push(train_run(
             scenario,
             tokenizer,
             &variant,
+            &records,
             &anchors,
             &mut make_engine,
             &mut on_step,
@@ -1163,8 +1346,90 @@ pub fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Verdict {
             }
             (checks, parts.join("; "))
         }
+        Phenomenon::ChesPredictsHarm { min_spearman, min_spread, min_baseline_gap, .. } => {
+            // per split, each quantile's run (lowest first) and its chosen log-prob change
+            let mut quantile_runs = |by: SplitBy| -> Vec<&RunReport> {
+                phenomenon
+                    .subsets()
+                    .into_iter()
+                    .filter(|s| s.by == by)
+                    .filter_map(|subset| {
+                        let run = runs.iter().find(|r| r.subset == Some(subset));
+                        if run.is_none() {
+                            missing.push(subset.name());
+                        }
+                        run
+                    })
+                    .collect()
+            };
+            let (ches_runs, edit_runs) =
+                (quantile_runs(SplitBy::Ches), quantile_runs(SplitBy::EditDistance));
+            let change = |runs: &[&RunReport]| -> Vec<f64> {
+                runs.iter().map(|r| eval(r).logps_chosen_change).collect()
+            };
+            let (ches, edit) = (change(&ches_runs), change(&edit_runs));
+            // the lower quantiles hold the longer chosen answers, so the change per token too
+            let per_token: Vec<f64> = ches
+                .iter()
+                .zip(&ches_runs)
+                .map(|(c, r)| c / r.pairs.chosen_tokens.max(1.0))
+                .collect();
+            let tokens: Vec<String> =
+                ches_runs.iter().map(|r| format!("{:.1}", r.pairs.chosen_tokens)).collect();
+            let rho = |changes: &[f64]| {
+                let quantile: Vec<f64> = (1..=changes.len()).map(|q| q as f64).collect();
+                let fall: Vec<f64> = changes.iter().map(|c| -c).collect();
+                metrics::spearman(&quantile, &fall)
+            };
+            let list = |changes: &[f64]| {
+                changes.iter().map(|c| format!("{c:+.1}")).collect::<Vec<_>>().join(", ")
+            };
+            let line = format!(
+                "chosen log-prob change (nats) by CHES quantile, lowest first: {} (Spearman ρ \
+                 of quantile and fall {:.2}); by edit-distance quantile, most different \
+                 first: {} (ρ {:.2}); by CHES quantile, the chosen answers' mean tokens {} \
+                 and the change per token {} (ρ {:.2})",
+                list(&ches),
+                rho(&ches),
+                list(&edit),
+                rho(&edit),
+                tokens.join(", "),
+                per_token.iter().map(|c| format!("{c:+.2}")).collect::<Vec<_>>().join(", "),
+                rho(&per_token)
+            );
+            let mut checks = Vec::new();
+            if let (Some(&lowest), Some(&highest)) = (ches.first(), ches.last()) {
+                checks.push(at_least(
+                    "Spearman ρ of CHES quantile and the chosen log-prob's fall",
+                    rho(&ches),
+                    *min_spearman,
+                ));
+                checks.push(at_least(
+                    "Spearman ρ of CHES quantile and the chosen log-prob's fall per token",
+                    rho(&per_token),
+                    *min_spearman,
+                ));
+                checks.push(at_least(
+                    "chosen change, lowest CHES quantile minus highest",
+                    lowest - highest,
+                    *min_spread,
+                ));
+                if !edit.is_empty() {
+                    let edit_lowest = edit.iter().copied().fold(f64::INFINITY, f64::min);
+                    checks.push(at_least(
+                        "chosen change, lowest of the edit-distance quantiles minus highest CHES quantile",
+                        edit_lowest - highest,
+                        *min_baseline_gap,
+                    ));
+                }
+            }
+            (checks, line)
+        }
     };
     for run in runs {
+        if run.anchors == 0 {
+            checks.push(at_least(&format!("{}: anchors scored", run.label), 0.0, 1.0));
+        }
         checks.push(at_least(
             &format!("{}: anchor answers' log-prob change (nats)", run.label),
             run.anchor_change,
@@ -1204,4 +1469,71 @@ pub fn judge(phenomenon: &Phenomenon, runs: &[RunReport]) -> Verdict {
 /// The report as the CLI prints it.
 pub fn report_json(report: &ScenarioReport) -> Value {
     json!(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab_core::data::PreferencePair;
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        assert_eq!(edit_distance(&[1, 2, 3], &[1, 3]), 1);
+        assert_eq!(edit_distance(&[], &[4, 5]), 2);
+        let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<u32>>();
+        assert_eq!(edit_distance(&bytes("kitten"), &bytes("sitting")), 3);
+        assert_eq!(edit_distance(&bytes("flaw"), &bytes("lawn")), 2);
+    }
+
+    #[test]
+    fn quantiles_split_the_pairs_by_score_into_equal_disjoint_parts() {
+        let records: Vec<Record> = (0..10)
+            .map(|i| Record::Pair(PreferencePair::plain("Q", &format!(" a{i}"), " b")))
+            .collect();
+        // CHES descending with the index; ties in `alike` keep the records' order
+        let scores =
+            SplitScores { ches: (0..10).map(|i| -(i as f64)).collect(), alike: vec![0.0; 10] };
+        let chosen = |part: &[Record]| -> Vec<String> {
+            part.iter()
+                .map(|r| match r {
+                    Record::Pair(p) => p.render().chosen,
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        let by = |by, quantile| scores.pick(&records, Subset { by, quantile, of: 5 });
+        assert_eq!(chosen(&by(SplitBy::Ches, 1)), [" a9", " a8"]);
+        assert_eq!(chosen(&by(SplitBy::Ches, 5)), [" a1", " a0"]);
+        assert_eq!(chosen(&by(SplitBy::EditDistance, 2)), [" a2", " a3"]);
+        let all: usize = (1..=5).map(|q| by(SplitBy::Ches, q).len()).sum();
+        assert_eq!(all, 10);
+    }
+
+    #[test]
+    fn a_quantile_experiment_without_all_its_runs_is_refused_by_name() {
+        let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+        let shipped = assets.join("scenarios/ches-predicts-harm");
+        let dir = std::env::temp_dir().join(format!("alignlab-quantiles-{}", std::process::id()));
+        let scenario_dir = dir.join("scenarios/ches-predicts-harm");
+        std::fs::create_dir_all(&scenario_dir).unwrap();
+        for file in ["data.jsonl", "README.md"] {
+            std::fs::copy(shipped.join(file), scenario_dir.join(file)).unwrap();
+        }
+        let mut preset: Value =
+            serde_json::from_str(&std::fs::read_to_string(shipped.join("preset.json")).unwrap())
+                .unwrap();
+        let write = |preset: &Value| {
+            std::fs::write(scenario_dir.join("preset.json"), preset.to_string()).unwrap()
+        };
+        preset["variants"].as_array_mut().unwrap().remove(2);
+        write(&preset);
+        let err = Scenario::load(&dir, "ches-predicts-harm").unwrap_err().to_string();
+        assert!(err.contains("preset.json") && err.contains("variants"), "{err}");
+        assert!(err.contains("no variant trains on CHES 3/5"), "{err}");
+        preset["variants"][0]["subset"]["quantile"] = json!(6);
+        write(&preset);
+        let err = Scenario::load(&dir, "ches-predicts-harm").unwrap_err().to_string();
+        assert!(err.contains("quantile 6 is not in 1..=5"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -147,7 +147,7 @@ mod tests {
 
             let preset = &scenario.preset;
             let variants: Vec<Variant> =
-                preset.runs().into_iter().filter(|v| !v.clean_labels).collect();
+                preset.runs().into_iter().filter(|v| v.same_data()).collect();
             let mut sessions: Vec<Session<CpuEngine>> = variants
                 .iter()
                 .map(|v| {

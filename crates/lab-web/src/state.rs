@@ -171,7 +171,7 @@ impl UiState {
 pub fn preset_compare(preset: &Preset) -> Vec<String> {
     let base = preset.experiment.link_pairs();
     let mut out = Vec::new();
-    for variant in preset.variants.iter().filter(|v| !v.clean_labels) {
+    for variant in preset.variants.iter().filter(|v| v.same_data()) {
         let experiment = variant.experiment(&preset.experiment);
         let mut entry = experiment.loss.clone();
         for (key, value) in experiment.link_pairs() {
@@ -200,7 +200,7 @@ pub fn preset_runs(
         && free(experiment) == free(&preset.experiment)
         && compare == preset_compare(preset).as_slice();
     same.then(|| {
-        preset.runs().into_iter().filter(|v| !v.clean_labels).take(1 + compare.len()).collect()
+        preset.runs().into_iter().filter(|v| v.same_data()).take(1 + compare.len()).collect()
     })
 }
 
@@ -235,7 +235,7 @@ mod tests {
             let want: Vec<ExperimentConfig> = preset
                 .variants
                 .iter()
-                .filter(|v| !v.clean_labels)
+                .filter(|v| v.same_data())
                 .take(MAX_RUNS - 1)
                 .map(|v| v.experiment(&preset.experiment))
                 .collect();
@@ -262,7 +262,7 @@ mod tests {
             let runs = preset_runs(&preset, &back.experiment, &back.compare, true).unwrap();
             let labels: Vec<&str> = runs.iter().map(|v| v.label.as_str()).collect();
             let want: Vec<String> =
-                preset.runs().into_iter().filter(|v| !v.clean_labels).map(|v| v.label).collect();
+                preset.runs().into_iter().filter(|v| v.same_data()).map(|v| v.label).collect();
             assert_eq!(labels, want, "{name}");
             let mut moved = back.experiment.clone();
             (moved.seed, moved.lr) = (4, moved.lr * 3.0);
