@@ -1,7 +1,8 @@
 """The PyTorch side of `alignlab bench`: a plain PyTorch eager implementation of the same
-full DPO step (reference forward without grad, policy forward on 16 chosen + 16 rejected
-rows of 64 tokens with the prompt's 16 tokens masked, sigmoid DPO loss, backward, AdamW),
-on the same GPT-2 configs. Prints one JSON line like `alignlab bench`.
+DPO step (the reference's log-probs computed once without grad and cached, as the lab
+does; then per step the policy forward on 16 chosen + 16 rejected rows of 64 tokens with
+the prompt's 16 tokens masked, sigmoid DPO loss, backward, AdamW), on the same GPT-2
+configs. Prints one JSON line like `alignlab bench`.
 
     python3 scripts/bench_torch.py --config tiny --device cpu --steps 30
 """
@@ -92,9 +93,10 @@ def main():
     mask[:, PROMPT:] = 1.0
     beta = 0.1
 
+    with torch.no_grad():
+        ref = seq_logps(reference, tokens, mask)
+
     def step():
-        with torch.no_grad():
-            ref = seq_logps(reference, tokens, mask)
         pol = seq_logps(policy, tokens, mask)
         margin = (pol[:PAIRS] - ref[:PAIRS]) - (pol[PAIRS:] - ref[PAIRS:])
         loss = -F.logsigmoid(beta * margin).mean()

@@ -6,10 +6,10 @@
 #   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch; a JSON file each
 #                                       # in $OUT, one summary line each (steps/s, parity ok)
 #
-# `run` benches each variant in VARIANTS (gemm:devices:shader-checks:loss-on, default below:
-# the measured configuration first (two devices, the loss on the CPU), then a shared device,
-# the loss on the GPU with steps submitted ahead (the default), the 128×64 tiles, and
-# kernels without wgpu's runtime checks; see `alignlab bench --help`),
+# `run` benches each variant in VARIANTS (gemm:shader-checks, default below: the lab's
+# configuration first, then the 128×64 tiles and kernels without wgpu's runtime checks;
+# see `alignlab bench --help`); every variant times the step the lab runs (the reference's
+# log-probs cached, one submission a step),
 # then any other build put in .gl/bin/alignlab-NAME (default flags only), then PyTorch.
 # Each variant also checks its kernels on this GPU against the CPU engine (`--parity`: the
 # JSON's parity.ok), so a figure never comes from an engine that computes something else.
@@ -19,7 +19,7 @@
 # The carried libraries are unpacked into .gl/root and found through LD_LIBRARY_PATH: nothing
 # outside the tree is written (rehearsed on lavapipe with the loader taken from .gl/root).
 # CONFIGS and STEPS (default "tiny medium", 200) shorten a rehearsal here on lavapipe:
-#   CONFIGS=tiny STEPS=2 VARIANTS=auto:1:off:gpu bash scripts/gpu-bench.sh run
+#   CONFIGS=tiny STEPS=2 VARIANTS=auto:off bash scripts/gpu-bench.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-run}" in
@@ -50,14 +50,14 @@ case "${1:-run}" in
     note() { echo "$*" | tee -a "$summary"; }
     figures() { echo "$(grep -o '"steps_per_s": *[0-9.e+-]*' "$1" | head -1) $(grep -o '"ok": *[a-z]*' "$1" | head -1 | sed 's/"ok"/parity_ok/')"; }
     for config in ${CONFIGS:-tiny medium}; do
-      for variant in ${VARIANTS:-narrow:2:on:cpu narrow:1:on:cpu narrow:1:on:gpu auto:1:on:gpu wide:1:on:gpu narrow:1:off:gpu auto:1:off:gpu}; do
-        IFS=: read -r gemm devices checks loss <<< "$variant"
-        name=$config-$gemm-$devices-$checks-${loss:-gpu}
+      for variant in ${VARIANTS:-narrow:on auto:on wide:on narrow:off auto:off}; do
+        IFS=: read -r gemm checks <<< "$variant"
+        name=$config-$gemm-$checks
         # the JSON line and every launch's time into $OUT (the device tool brings that folder
         # back whole; its reply keeps only the output's tail); a variant that fails says so
         # and the run goes on: the device time is spent either way
-        if ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" --devices "$devices" \
-          --shader-checks "$checks" --loss-on "${loss:-gpu}" --profile-out "$out_dir/profile-$name.json" --parity > "$out_dir/bench-$name.json"; then
+        if ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" \
+          --shader-checks "$checks" --profile-out "$out_dir/profile-$name.json" --parity > "$out_dir/bench-$name.json"; then
           note "$config $variant $(figures "$out_dir/bench-$name.json")"
         else
           rc=$?; note "$config $variant failed with status $rc"

@@ -630,11 +630,10 @@ fn every_loss_gradient_on_the_gpu_matches_cpu() {
     );
 }
 
-/// The GPU's training step: one submission and one readback; submitted ahead (two in flight)
-/// it gives the same weights bit for bit; with a reference engine on the same device its
-/// forward replaces the given reference log-probs, again bit for bit.
+/// The GPU's training step: one submission and one readback; a mix past loss.wgsl's eight
+/// terms goes in parts and still trains like the CPU engine.
 #[test]
-fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
+fn a_train_step_is_one_submission_and_one_readback() {
     let cfg = RAGGED;
     let params = random_params(&cfg, 31);
     let Some(mut plain) = gpu(cfg, params.clone()) else { return };
@@ -642,10 +641,9 @@ fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
     let mix = LossMix::single(LossKind::Sigmoid);
     let loss_params = LossParams::default();
     let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
-    let reference_params = random_params(&cfg, 33);
-    let Some(mut reference_alone) = gpu(cfg, reference_params.clone()) else { return };
+    let Some(mut reference) = gpu(cfg, random_params(&cfg, 33)) else { return };
     let reference_logps: Vec<f64> =
-        reference_alone.forward(&batch).unwrap().seq_logps.iter().map(|&v| f64::from(v)).collect();
+        reference.forward(&batch).unwrap().seq_logps.iter().map(|&v| f64::from(v)).collect();
     let lengths: Vec<f64> = batch.scored_lengths().iter().map(|&n| n as f64).collect();
     let loss = StepLoss {
         mix: &mix,
@@ -655,38 +653,14 @@ fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
         lengths: &lengths,
     };
     let before = plain.sync_counts();
-    let mut plain_logps = Vec::new();
     for step in 1..=3 {
-        plain_logps.push(plain.train_step(&batch, &loss, &opt, step).unwrap().seq_logps);
+        plain.train_step(&batch, &loss, &opt, step).unwrap();
     }
     let after = plain.sync_counts();
     assert_eq!(
         (after.submissions - before.submissions, after.readbacks - before.readbacks),
         (3, 3),
         "one submission and one readback a step"
-    );
-
-    let Some(mut ahead) = gpu(cfg, params.clone()) else { return };
-    let first = ahead.train_step_submit(&batch, &loss, &opt, 1, None).unwrap();
-    let second = ahead.train_step_submit(&batch, &loss, &opt, 2, None).unwrap();
-    let (out1, used1) = ahead.train_step_finish(first).unwrap();
-    let third = ahead.train_step_submit(&batch, &loss, &opt, 3, None).unwrap();
-    let (out2, _) = ahead.train_step_finish(second).unwrap();
-    let (out3, _) = ahead.train_step_finish(third).unwrap();
-    assert_eq!(
-        [out1.seq_logps, out2.seq_logps, out3.seq_logps].to_vec(),
-        plain_logps,
-        "the steps' log-probs"
-    );
-    assert_eq!(
-        used1,
-        reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
-        "the reference the loss used comes back"
-    );
-    let plain_weights = plain.params();
-    assert!(
-        plain_weights.iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "weights differ when steps run ahead"
     );
 
     // a mix of more than eight terms is past loss.wgsl: the step runs in parts (two
@@ -714,32 +688,6 @@ fn a_train_step_is_one_submission_and_one_readback_and_can_run_ahead() {
         opt.lr,
         2,
     );
-
-    let Some(mut shared) = gpu(cfg, params) else { return };
-    let mut reference = shared.sibling(reference_params).unwrap();
-    let unread = vec![0.0; batch.batch];
-    let by_engine = StepLoss { reference: &unread, ..loss };
-    for step in 1..=3 {
-        let pending =
-            shared.train_step_submit(&batch, &by_engine, &opt, step, Some(&mut reference)).unwrap();
-        let (_, used) = shared.train_step_finish(pending).unwrap();
-        assert_eq!(
-            used,
-            reference_logps.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
-            "step {step}: the reference engine's log-probs"
-        );
-    }
-    assert!(
-        plain_weights.iter().zip(shared.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "weights differ with the reference by engine"
-    );
-    // an engine of its own device (even if wgpu's handles compare equal) is refused
-    let err = shared
-        .train_step_submit(&batch, &by_engine, &opt, 4, Some(&mut reference_alone))
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("the policy's device"), "{err}");
 }
 
 /// A step whose loss is not finite is an error naming the step, and changes nothing on
@@ -897,73 +845,6 @@ fn a_dpo_step_costs_two_submissions_and_one_readback() {
     let after = gpu.sync_counts();
     assert_eq!(after.readbacks - before.readbacks, 3, "one readback per step");
     assert_eq!(after.submissions - before.submissions, 6, "two submissions per step");
-}
-
-/// A backward recorded ahead (`prepare_backward`, while the forward runs) is the same work:
-/// the same weights bit for bit after three steps, in the same two submissions a step;
-/// a forward in between drops it, and a gradient readback before the update still works.
-#[test]
-fn a_prepared_backward_gives_the_same_weights_in_the_same_budget() {
-    let cfg = RAGGED;
-    let params = random_params(&cfg, 17);
-    let Some(mut plain) = gpu(cfg, params.clone()) else { return };
-    let Some(mut ahead) = gpu(cfg, params) else { return };
-    let batch = random_batch(&cfg, 4, 16, 18);
-    let other = random_batch(&cfg, 2, 12, 19);
-    let opt = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
-    for step in 1..=3 {
-        let d_seq: Vec<f32> =
-            plain.forward(&batch).unwrap().seq_logps.iter().map(|l| -l.signum()).collect();
-        plain.backward(&d_seq).unwrap();
-        plain.adamw_step(&opt, step).unwrap();
-        let before = ahead.sync_counts();
-        let pending = ahead.forward_submit(&batch).unwrap();
-        ahead.prepare_backward().unwrap();
-        assert!(ahead.backward_prepared());
-        let out = ahead.forward_finish(pending).unwrap();
-        assert_eq!(d_seq, out.seq_logps.iter().map(|l| -l.signum()).collect::<Vec<f32>>());
-        ahead.backward(&d_seq).unwrap();
-        assert!(!ahead.backward_prepared(), "the backward used it");
-        ahead.adamw_step(&opt, step).unwrap();
-        let after = ahead.sync_counts();
-        assert_eq!(
-            (after.submissions - before.submissions, after.readbacks - before.readbacks),
-            (2, 1),
-            "step {step}"
-        );
-    }
-    assert!(
-        plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "weights differ"
-    );
-    // prepared, then another forward: the backward is recorded afresh for that forward
-    ahead.forward(&batch).unwrap();
-    ahead.prepare_backward().unwrap();
-    plain.forward(&other).unwrap();
-    ahead.forward(&other).unwrap();
-    assert!(!ahead.backward_prepared(), "a forward drops it");
-    plain.backward(&[1.0, -1.0]).unwrap();
-    ahead.backward(&[1.0, -1.0]).unwrap();
-    assert!(
-        plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "gradients differ"
-    );
-    // prepared and used, gradients read before the update
-    ahead.forward(&batch).unwrap();
-    plain.forward(&batch).unwrap();
-    ahead.prepare_backward().unwrap();
-    ahead.backward(&[0.5, -0.5, 0.25, -0.25]).unwrap();
-    plain.backward(&[0.5, -0.5, 0.25, -0.25]).unwrap();
-    assert!(
-        plain.grads().iter().zip(ahead.grads()).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "gradients differ"
-    );
-    ahead.adamw_step(&opt, 4).unwrap();
-    plain.adamw_step(&opt, 4).unwrap();
-    assert!(
-        plain.params().iter().zip(ahead.params()).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "weights differ"
-    );
 }
 
 #[test]

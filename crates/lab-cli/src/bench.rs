@@ -1,13 +1,11 @@
 //! `alignlab bench`: full DPO steps on a synthetic batch, timed.
 //!
-//! The step is the one PyTorch users know: reference forward (no grad) and policy forward
-//! on 16 chosen + 16 rejected rows of 64 tokens (prompt 16 + response 48), the sigmoid DPO
-//! loss, backward, AdamW. On the GPU (`--loss-on gpu`, the default) the whole step is one
-//! submission on one device, the loss evaluated by loss.wgsl, and each step is submitted
-//! before the previous one's readback is waited for; with `--loss-on cpu` both forwards are
-//! in flight together, read back, and the loss computed on the CPU before the backward is
-//! submitted (one wait per step). Every step's loss is computed from its readback either
-//! way. Timings are a benchmark, never a test.
+//! The step is the one the lab runs (`Engine::train_step`, as `lab_train::Session::step`
+//! calls it): the reference's sequence log-probs computed once, before the first step, and
+//! cached; then per step the policy forward on 16 chosen + 16 rejected rows of 64 tokens
+//! (prompt 16 + response 48), the sigmoid DPO loss, backward, AdamW. On the GPU the whole
+//! step is one submission and one readback, the loss's gradient evaluated by loss.wgsl.
+//! Timings are a benchmark, never a test.
 
 use clap::Args;
 use lab_core::config::{init_params, GptConfig};
@@ -37,16 +35,6 @@ pub struct BenchArgs {
     /// (128×64 where the output has tiles to spare).
     #[arg(long, default_value = "narrow")]
     gemm: String,
-    /// GPU devices for the policy and the reference engine: 1 (shared: one queue) | 2 (one
-    /// each; only with --loss-on cpu).
-    #[arg(long, default_value_t = 1)]
-    devices: u32,
-    /// Where the GPU engine's step evaluates the loss: gpu (loss.wgsl; the reference forward,
-    /// policy forward, loss, backward and AdamW one submission, each step's readback waited
-    /// for once the next step is submitted) | cpu (both forwards read back, the loss on the
-    /// CPU, then the backward and AdamW: the lab's step before loss.wgsl).
-    #[arg(long, default_value = "gpu")]
-    loss_on: String,
     /// Write the GPU profile with every launch's time (kernel, workgroups, µs) to this
     /// file; stdout keeps the per-kernel totals.
     #[arg(long)]
@@ -89,74 +77,17 @@ fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
     TokenBatch::from_rows(&rows)
 }
 
-/// The two engines of a DPO step. With the loss on the CPU, both GPU forwards are
-/// submitted before either is read: one round trip per step instead of two, the same GPU
-/// work; the policy's backward is recorded while they run.
-enum Engines {
-    Cpu(Box<dyn Engine>, Box<dyn Engine>),
-    Gpu(Box<lab_gpu::GpuEngine>, Box<lab_gpu::GpuEngine>),
-}
-
-impl Engines {
-    fn open(
-        kind: &str,
-        cfg: GptConfig,
-        tiles: GemmTiles,
-        devices: u32,
-        checks: ShaderChecks,
-    ) -> Result<Engines> {
-        if kind == "gpu" {
-            let policy = open_gpu(cfg, tiles, checks)?;
-            let mut reference = match devices {
-                1 => policy.sibling(init_params(&cfg, 0))?,
-                2 => lab_gpu::GpuEngine::from_default_adapter_with_checks(
-                    cfg,
-                    init_params(&cfg, 0),
-                    checks,
-                )?,
-                other => {
-                    return Err(LabError::param("devices", format!("{other} (expected 1 or 2)")))
-                }
-            };
-            reference.set_gemm_tiles(tiles);
-            return Ok(Engines::Gpu(Box::new(policy), Box::new(reference)));
-        }
-        let open = || crate::commands::open_engine(kind, cfg, init_params(&cfg, 0));
-        Ok(Engines::Cpu(open()?, open()?))
+/// The engine benched: `kind` (cpu | gpu), from the bench's weights.
+fn open(
+    kind: &str,
+    cfg: GptConfig,
+    tiles: GemmTiles,
+    checks: ShaderChecks,
+) -> Result<Box<dyn Engine>> {
+    if kind == "gpu" {
+        return Ok(Box::new(open_gpu(cfg, tiles, checks)?));
     }
-
-    fn name(&self) -> String {
-        match self {
-            Engines::Cpu(policy, _) => policy.name(),
-            Engines::Gpu(policy, _) => policy.name(),
-        }
-    }
-
-    /// (policy, reference) sequence log-probs of the batch; the policy's forward is the one
-    /// its backward uses.
-    fn forwards(&mut self, batch: &TokenBatch) -> Result<(Vec<f32>, Vec<f32>)> {
-        match self {
-            Engines::Cpu(policy, reference) => {
-                let reference_logps = reference.forward(batch)?.seq_logps;
-                Ok((policy.forward(batch)?.seq_logps, reference_logps))
-            }
-            Engines::Gpu(policy, reference) => {
-                let reference_pending = reference.forward_submit(batch)?;
-                let policy_pending = policy.forward_submit(batch)?;
-                // the backward is recorded while the forwards run, not after the readback
-                policy.prepare_backward()?;
-                let reference_logps = reference.forward_finish(reference_pending)?.seq_logps;
-                Ok((policy.forward_finish(policy_pending)?.seq_logps, reference_logps))
-            }
-        }
-    }
-
-    fn policy(&mut self) -> &mut dyn Engine {
-        match self {
-            Engines::Cpu(policy, _) => policy.as_mut(),
-            Engines::Gpu(policy, _) => policy.as_mut(),
-        }
-    }
+    crate::commands::open_engine(kind, cfg, init_params(&cfg, 0))
 }
 
 fn open_gpu(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks) -> Result<lab_gpu::GpuEngine> {
@@ -204,57 +135,6 @@ fn to64(values: &[f32]) -> Vec<f64> {
     values.iter().map(|&x| f64::from(x)).collect()
 }
 
-/// One step with the loss on the CPU between the forwards and the backward.
-fn dpo_step(
-    engines: &mut Engines,
-    batch: &TokenBatch,
-    opt: &AdamWConfig,
-    step: u32,
-) -> Result<f64> {
-    let (policy_logps, reference_logps) = engines.forwards(batch)?;
-    let (bench_loss, reference) = (BenchLoss::new(), to64(&reference_logps));
-    let (loss, d_seq) = bench_loss.with(&reference).gradient(&policy_logps, step)?;
-    let policy = engines.policy();
-    policy.backward(&d_seq)?;
-    policy.adamw_step(opt, step)?;
-    Ok(loss)
-}
-
-/// `count` DPO steps from `first` with the loss on the GPU, the reference forward on the
-/// policy's device, each step one submission: step k + 1 is submitted before step k's
-/// readback is waited for, so the GPU runs step after step while the CPU computes each
-/// step's loss from its readback (as PyTorch's eager step queues its kernels without
-/// waiting). Returns the last step's loss.
-fn pipelined_steps(
-    policy: &mut lab_gpu::GpuEngine,
-    reference: &mut lab_gpu::GpuEngine,
-    batch: &TokenBatch,
-    opt: &AdamWConfig,
-    first: u32,
-    count: u32,
-) -> Result<f64> {
-    let bench_loss = BenchLoss::new();
-    // the reference log-probs come from `reference`'s forward in the same submission
-    let unread = vec![0.0; 2 * PAIRS];
-    let loss = bench_loss.with(&unread);
-    let finish = |policy: &lab_gpu::GpuEngine, pending| -> Result<f64> {
-        let (out, reference) = policy.train_step_finish(pending)?;
-        Ok(bench_loss.with(&to64(&reference)).paired(&to64(&out.seq_logps))?.loss)
-    };
-    let mut last = 0.0;
-    let mut in_flight = None;
-    for step in first..first + count {
-        let next = policy.train_step_submit(batch, &loss, opt, step, Some(reference))?;
-        if let Some(pending) = in_flight.replace(next) {
-            last = finish(policy, pending)?;
-        }
-    }
-    if let Some(pending) = in_flight {
-        last = finish(policy, pending)?;
-    }
-    Ok(last)
-}
-
 pub fn bench(args: BenchArgs) -> Result<Value> {
     let cfg = GptConfig::preset(&args.config)?;
     if args.steps == 0 {
@@ -265,19 +145,6 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     let mut outputs = lab_core::files::Outputs::new(args.force);
     let profile_staged = args.profile_out.as_deref().map(|p| outputs.file(p)).transpose()?;
     let checks = ShaderChecks::parse(&args.shader_checks)?;
-    let loss_on_gpu = match args.loss_on.as_str() {
-        "gpu" => args.engine == "gpu",
-        "cpu" => false,
-        other => {
-            return Err(LabError::param(
-                "loss-on",
-                format!("{other:?} (expected \"gpu\" or \"cpu\")"),
-            ))
-        }
-    };
-    if loss_on_gpu && args.devices != 1 {
-        return Err(LabError::param("devices", format!("--loss-on gpu runs the reference on the policy's device: --devices must be 1, got {}", args.devices)));
-    }
     if args.parity && args.engine != "gpu" {
         return Err(LabError::param(
             "parity",
@@ -287,12 +154,13 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
             ),
         ));
     }
-    let mut engines = Engines::open(&args.engine, cfg, tiles, args.devices, checks)?;
+    let mut engine = open(&args.engine, cfg, tiles, checks)?;
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
-    run_steps(&mut engines, loss_on_gpu, &batch, &opt, 1, 2)?;
+    let reference = reference_logps(engine.as_mut(), &batch)?;
+    run_steps(engine.as_mut(), &reference, &batch, &opt, 1, 2)?;
     let start = Instant::now();
-    let loss = run_steps(&mut engines, loss_on_gpu, &batch, &opt, 3, args.steps)?;
+    let loss = run_steps(engine.as_mut(), &reference, &batch, &opt, 3, args.steps)?;
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
     let mut profile = if args.engine == "gpu" {
@@ -300,11 +168,8 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     } else {
         Value::Null
     };
-    let parity = if args.parity {
-        parity(cfg, (tiles, args.devices, checks, loss_on_gpu), &batch, &opt)?
-    } else {
-        Value::Null
-    };
+    let parity =
+        if args.parity { parity(cfg, (tiles, checks), &batch, &opt)? } else { Value::Null };
     if let (Some(path), Some(staged)) = (&args.profile_out, &profile_staged) {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
         std::fs::write(staged, text).map_err(|e| LabError::io(path.display().to_string(), e))?;
@@ -317,11 +182,9 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
 
     Ok(json!({
         "engine": args.engine,
-        "adapter": engines.name(),
+        "adapter": engine.name(),
         "config": args.config,
         "gemm": if args.engine == "gpu" { json!(args.gemm) } else { Value::Null },
-        "devices": if args.engine == "gpu" { json!(args.devices) } else { Value::Null },
-        "loss_on": if args.engine == "gpu" { json!(args.loss_on) } else { Value::Null },
         "shader_checks": if args.engine == "gpu" { json!(args.shader_checks) } else { Value::Null },
         "batch_pairs": PAIRS,
         "seq_len": PROMPT_TOKENS + RESPONSE_TOKENS,
@@ -335,53 +198,59 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     }))
 }
 
-/// `count` DPO steps from `first` the way the bench times them; the last step's loss.
+/// The reference's sequence log-probs of the batch: a forward of the engine before its
+/// first step (the policy starts as the reference), as the session caches them.
+fn reference_logps(engine: &mut dyn Engine, batch: &TokenBatch) -> Result<Vec<f64>> {
+    Ok(engine.forward(batch)?.seq_logps.iter().map(|&x| f64::from(x)).collect())
+}
+
+/// `count` DPO steps from `first`, each `Engine::train_step` with the cached reference;
+/// the last step's loss, from that step's forward.
 fn run_steps(
-    engines: &mut Engines,
-    loss_on_gpu: bool,
+    engine: &mut dyn Engine,
+    reference: &[f64],
     batch: &TokenBatch,
     opt: &AdamWConfig,
     first: u32,
     count: u32,
 ) -> Result<f64> {
-    match (engines, loss_on_gpu) {
-        (Engines::Gpu(policy, reference), true) => {
-            pipelined_steps(policy, reference, batch, opt, first, count)
-        }
-        (engines, _) => (first..first + count)
-            .map(|step| dpo_step(engines, batch, opt, step))
-            .last()
-            .unwrap_or(Ok(0.0)),
+    let bench_loss = BenchLoss::new();
+    let loss = bench_loss.with(reference);
+    let mut last = 0.0;
+    for step in first..first + count {
+        let out = engine.train_step(batch, &loss, opt, step)?;
+        last = loss.paired(&to64(&out.seq_logps))?.loss;
     }
+    Ok(last)
 }
 
-/// `--parity`: fresh GPU engines as benched (`gpu`: tiles, devices, shader checks, loss on
-/// the GPU) and CPU engines from the bench's weights, compared on the bench's batch (see
+/// `--parity`: a fresh GPU engine as benched (`gpu`: tiles, shader checks) and a CPU engine
+/// from the bench's weights, compared on the bench's batch (see
 /// [`BenchArgs::parity`]). On the machine the numbers are measured on, this says the
 /// kernels timed there compute what the CPU engine computes.
 fn parity(
     cfg: GptConfig,
-    gpu: (GemmTiles, u32, ShaderChecks, bool),
+    gpu: (GemmTiles, ShaderChecks),
     batch: &TokenBatch,
     opt: &AdamWConfig,
 ) -> Result<Value> {
-    let (tiles, devices, checks, loss_on_gpu) = gpu;
-    let mut on_gpu = Engines::open("gpu", cfg, tiles, devices, checks)?;
-    let mut on_cpu = Engines::open("cpu", cfg, tiles, devices, checks)?;
+    let (tiles, checks) = gpu;
+    let mut on_gpu = open("gpu", cfg, tiles, checks)?;
+    let mut on_cpu = open("cpu", cfg, tiles, checks)?;
     let mut ok = true;
     let mut judge = |close: Closeness| {
         ok &= close.ok();
         json!({"max_abs_err": close.max_abs_err, "tol": close.tol})
     };
-    let (g, c) = (on_gpu.policy().forward(batch)?, on_cpu.policy().forward(batch)?);
+    let (g, c) = (on_gpu.forward(batch)?, on_cpu.forward(batch)?);
     let token_logps = judge(Closeness::of(&g.token_logps, &c.token_logps, PARITY_REL, PARITY_ABS));
     let seq_logps = judge(Closeness::of(&g.seq_logps, &c.seq_logps, PARITY_REL, PARITY_ABS));
     // every parameter tensor's gradient within its own tolerance; the report names the one
     // nearest its bound
     let d_seq = sample_d_seq(batch);
-    on_gpu.policy().backward(&d_seq)?;
-    on_cpu.policy().backward(&d_seq)?;
-    let (g, c) = (on_gpu.policy().grads(), on_cpu.policy().grads());
+    on_gpu.backward(&d_seq)?;
+    on_cpu.backward(&d_seq)?;
+    let (g, c) = (on_gpu.grads(), on_cpu.grads());
     let mut worst: Option<(&str, Closeness)> = None;
     for (name, offset, shape) in cfg.layout().tensors(&cfg) {
         let range = offset..offset + shape.iter().product::<usize>();
@@ -398,10 +267,14 @@ fn parity(
         }
         None => Value::Null,
     };
+    // the steps from fresh engines, the reference the CPU engine's log-probs
+    let mut on_gpu = open("gpu", cfg, tiles, checks)?;
+    let mut on_cpu = open("cpu", cfg, tiles, checks)?;
+    let reference = reference_logps(on_cpu.as_mut(), batch)?;
     let mut losses = (Vec::new(), Vec::new());
     for step in 1..=PARITY_STEPS {
-        losses.0.push(run_steps(&mut on_gpu, loss_on_gpu, batch, opt, step, 1)? as f32);
-        losses.1.push(run_steps(&mut on_cpu, false, batch, opt, step, 1)? as f32);
+        losses.0.push(run_steps(on_gpu.as_mut(), &reference, batch, opt, step, 1)? as f32);
+        losses.1.push(run_steps(on_cpu.as_mut(), &reference, batch, opt, step, 1)? as f32);
     }
     let loss_report = judge(Closeness::of(&losses.0, &losses.1, PARITY_REL, PARITY_ABS));
     Ok(json!({

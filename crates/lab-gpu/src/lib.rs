@@ -10,8 +10,7 @@
 //! zoo) is one queue submission and one GPU→CPU readback: the forward, loss.wgsl's gradient
 //! of the loss w.r.t. the sequence log-probs, the backward and AdamW, then one copy of the
 //! forward's outputs (the (B, T) token log-probs and the (B) sums, from which the CPU
-//! computes the loss and the metrics). [`GpuEngine::train_step_submit`] lets the next step
-//! be submitted before a step's readback is waited for. A step in parts (the calls one by
+//! computes the loss and the metrics). A step in parts (the calls one by
 //! one, or a mix of more than eight terms) costs two submissions and one readback:
 //! `forward` submits and reads back; `backward` records its pass without submitting, and
 //! `adamw_step` appends the optimizer pass and submits both. Nothing is allocated per step once a batch
@@ -185,9 +184,6 @@ fn on_device(loss: &StepLoss) -> bool {
     loss.mix.terms.len() <= LOSS_MAX_TERMS
 }
 
-/// The next engine's device key (see `GpuEngine::device_key`).
-static NEXT_DEVICE_KEY: AtomicU64 = AtomicU64::new(0);
-
 /// Batch shapes whose plans are kept (training alternates a few: the train batch, the
 /// evaluation batch, single-row sampling).
 const PLAN_CACHE: usize = 4;
@@ -211,8 +207,6 @@ pub struct GpuEngine {
     hyper: wgpu::Buffer,
     /// loss.wgsl's uniform (written each training step) and status word (read by AdamW).
     loss: LossBuffers,
-    /// Training steps so far: which of the plan's two step staging buffers is next.
-    device_steps: u64,
     adamw: Dispatch,
     /// Most recently used last.
     plans: Vec<Plan>,
@@ -221,27 +215,11 @@ pub struct GpuEngine {
     /// (B, T) of the forward a `backward` may use.
     last_forward: Option<(usize, usize)>,
     /// Backward pass recorded but not yet submitted (behind a lock so that `grads(&self)`
-    /// can submit it).
-    pending: Mutex<Option<Pending>>,
-    /// The backward of the last forward, recorded ahead by [`GpuEngine::prepare_backward`]
-    /// (its shape (B, T)); any forward drops it.
-    prepared: Option<((usize, usize), wgpu::CommandBuffer)>,
-    /// Which device this engine is on, shared only by its [`GpuEngine::sibling`]s (wgpu's
-    /// handles compare equal across instances, so they cannot tell).
-    device_key: u64,
-    /// The kernels' runtime checks (a sibling compiles its kernels the same way).
-    checks: ShaderChecks,
+    /// can submit it); AdamW is appended to it.
+    pending: Mutex<Option<wgpu::CommandEncoder>>,
     /// Queue submissions and GPU→CPU readbacks so far (see [`GpuEngine::sync_counts`]).
     submissions: AtomicU64,
     readbacks: AtomicU64,
-}
-
-/// Work recorded for the GPU but not yet submitted.
-enum Pending {
-    /// Still open: AdamW (or a readback) can be appended.
-    Recording(wgpu::CommandEncoder),
-    /// Finished ahead of time (a prepared backward): later work goes in its own buffer.
-    Finished(wgpu::CommandBuffer),
 }
 
 /// Recorded GPU work whose last command copies `len` floats into `staging`, ready to be
@@ -250,23 +228,6 @@ struct Readback {
     encoder: wgpu::CommandEncoder,
     staging: wgpu::Buffer,
     len: usize,
-}
-
-/// A forward submitted by [`GpuEngine::forward_submit`], not yet read.
-#[cfg(not(target_arch = "wasm32"))]
-pub struct PendingForward {
-    in_flight: setup::InFlight,
-    batch: usize,
-    seq_len: usize,
-}
-
-/// A training step submitted by [`GpuEngine::train_step_submit`], not yet read.
-#[cfg(not(target_arch = "wasm32"))]
-pub struct PendingStep {
-    in_flight: setup::InFlight,
-    batch: usize,
-    seq_len: usize,
-    step: u32,
 }
 
 /// How often the engine has synchronised with the GPU: a training step costs one submission
@@ -407,34 +368,14 @@ impl GpuEngine {
             dummy,
             hyper,
             loss,
-            device_steps: 0,
             adamw,
             plans: Vec::new(),
             tiles: GemmTiles::default(),
             last_forward: None,
             pending: Mutex::new(None),
-            prepared: None,
-            device_key: NEXT_DEVICE_KEY.fetch_add(1, Ordering::Relaxed),
-            checks,
             submissions: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
         })
-    }
-
-    /// Another engine of this configuration on this engine's device and queue, with
-    /// `params` and the same GEMM tiles and kernel checks: the reference whose forward a
-    /// [`GpuEngine::train_step_submit`] can record into the policy's step.
-    pub fn sibling(&self, params: Vec<f32>) -> Result<GpuEngine> {
-        let mut engine = GpuEngine::with_checks(
-            self.device.clone(),
-            self.queue.clone(),
-            self.cfg,
-            params,
-            self.checks,
-        )?;
-        engine.tiles = self.tiles;
-        engine.device_key = self.device_key;
-        Ok(engine)
     }
 
     /// Open the platform's best adapter and build an engine on it (async: the browser's way).
@@ -483,7 +424,6 @@ impl GpuEngine {
         self.flush();
         self.tiles = tiles;
         self.plans.clear();
-        self.prepared = None;
         self.last_forward = None;
     }
 
@@ -523,56 +463,27 @@ impl GpuEngine {
     }
 
     /// The recorded-but-unsubmitted backward, if any.
-    fn take_pending(&self) -> Option<Pending> {
+    fn take_pending(&self) -> Option<wgpu::CommandEncoder> {
         self.pending.lock().map(|mut p| p.take()).unwrap_or(None)
     }
 
-    fn set_pending(&self, work: Pending) {
+    fn set_pending(&self, encoder: wgpu::CommandEncoder) {
         if let Ok(mut pending) = self.pending.lock() {
-            *pending = Some(work);
+            *pending = Some(encoder);
         }
     }
 
     /// Submit recorded-but-unsubmitted passes.
     fn flush(&self) {
-        if let Some(work) = self.take_pending() {
+        if let Some(encoder) = self.take_pending() {
             self.count(false);
-            match work {
-                Pending::Recording(encoder) => self.queue.submit([encoder.finish()]),
-                Pending::Finished(buffer) => self.queue.submit([buffer]),
-            };
+            self.queue.submit([encoder.finish()]);
         }
     }
 
-    /// An encoder that continues the pending work if it is still open; finished pending
-    /// work is submitted first.
+    /// An encoder that continues the pending work, if any.
     fn continue_pending(&self, label: &str) -> wgpu::CommandEncoder {
-        match self.take_pending() {
-            Some(Pending::Recording(encoder)) => encoder,
-            Some(Pending::Finished(buffer)) => {
-                self.count(false);
-                self.queue.submit([buffer]);
-                self.encoder(label)
-            }
-            None => self.encoder(label),
-        }
-    }
-
-    /// Whether a backward recorded by [`GpuEngine::prepare_backward`] waits for its use.
-    pub fn backward_prepared(&self) -> bool {
-        self.prepared.is_some()
-    }
-
-    /// Record (and finish) the backward of the last forward now, while the GPU runs that
-    /// forward: the CPU work of recording ~17 launches a layer then stays off the step's
-    /// critical path, between the forward's readback and the backward's submission. The
-    /// next [`Engine::backward`] of the same forward submits it as it is.
-    pub fn prepare_backward(&mut self) -> Result<()> {
-        let plan = self.plan_of_last_forward()?;
-        let mut encoder = self.encoder("backward");
-        record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
-        self.prepared = Some(((plan.batch, plan.seq_len), encoder.finish()));
-        Ok(())
+        self.take_pending().unwrap_or_else(|| self.encoder(label))
     }
 
     /// A fresh MAP_READ buffer for `len` floats (parity tests and checkpoints, not the
@@ -669,7 +580,6 @@ impl GpuEngine {
         // the pending backward reads this shape's tokens: submit it before they change
         self.flush();
         self.last_forward = None;
-        self.prepared = None;
         let i = self.plan_index(batch.batch, batch.seq_len)?;
         let plan = &self.plans[i];
         self.queue.write_buffer(&plan.tokens, 0, bytemuck::cast_slice(&batch.tokens));
@@ -700,73 +610,29 @@ impl GpuEngine {
         Ok(self.readback(encoder, &out, staging, len))
     }
 
-    /// [`Engine::forward`] in two halves (native): submit now, read with
-    /// [`GpuEngine::forward_finish`] later, so that other GPU work (another engine's
-    /// forward) can be submitted in between instead of after a round trip. Same budget:
-    /// one submission, one readback.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_submit(&mut self, batch: &TokenBatch) -> Result<PendingForward> {
-        let r = self.forward_readback(batch)?;
-        let in_flight = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
-        Ok(PendingForward { in_flight, batch: batch.batch, seq_len: batch.seq_len })
-    }
-
-    /// Wait for a [`GpuEngine::forward_submit`] and return its outputs.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_finish(&self, pending: PendingForward) -> Result<ForwardOut> {
-        let out = setup::finish_read::<f32>(&self.device, &self.faults, pending.in_flight)?;
-        Ok(Self::forward_out(pending.batch, pending.seq_len, out))
-    }
-
-    /// Record a whole training step into one encoder (not submitted): the forward (and, given
-    /// `reference`, that sibling's forward of the same batch, its sequence log-probs copied
-    /// into the loss's inputs), loss.wgsl's gradient, the backward and AdamW in one pass,
-    /// and the copy of [out | loss status | reference] into the next step staging buffer.
-    /// `loss` must be [`on_device`].
+    /// Record a whole training step into one encoder (not submitted): the forward,
+    /// loss.wgsl's gradient (the reference log-probs given, as the session caches them), the
+    /// backward and AdamW in one pass, and the copy of [out | loss status] into the plan's
+    /// step staging buffer. `loss` must be [`on_device`].
     fn record_train_step(
         &mut self,
         batch: &TokenBatch,
         loss: &StepLoss,
         opt: &AdamWConfig,
         step: u32,
-        reference: Option<&mut GpuEngine>,
     ) -> Result<Readback> {
         loss.check(batch.batch)?;
         self.flush();
-        if let Some(r) = &reference {
-            if r.device_key != self.device_key {
-                return Err(LabError::Engine { msg: "a training step's reference engine must be on the policy's device: make it with GpuEngine::sibling".into() });
-            }
-        }
         let b = batch.batch;
         let (uniform, rest) = loss_inputs(loss, b, b * batch.seq_len);
         self.write_hyper(opt, step)?;
         let mut encoder = self.encoder("training step");
-        let reference_out = match reference {
-            Some(r) => {
-                let i = r.forward_into(batch, &mut encoder)?;
-                Some(r.plans[i].out.clone())
-            }
-            None => None,
-        };
         let i = self.forward_into(batch, &mut encoder)?;
         let plan = &self.plans[i];
         self.queue.write_buffer(&self.loss.uniform, 0, bytemuck::bytes_of(&uniform));
+        let given: Vec<f32> = loss.reference.iter().map(|&v| v as f32).collect();
+        self.queue.write_buffer(&plan.given, 0, bytemuck::cast_slice(&given));
         self.queue.write_buffer(&plan.given, (b * 4) as u64, bytemuck::cast_slice(&rest));
-        match &reference_out {
-            // the reference's sequence log-probs follow its (B, T) token log-probs
-            Some(out) => encoder.copy_buffer_to_buffer(
-                out,
-                (b * batch.seq_len * 4) as u64,
-                &plan.given,
-                0,
-                Some((b * 4) as u64),
-            ),
-            None => {
-                let given: Vec<f32> = loss.reference.iter().map(|&v| v as f32).collect();
-                self.queue.write_buffer(&plan.given, 0, bytemuck::cast_slice(&given));
-            }
-        }
         let gradient = match loss_kernel(loss) {
             Kernel::LossGradientBatch => &plan.loss_batch,
             _ => &plan.loss,
@@ -778,19 +644,11 @@ impl GpuEngine {
             std::iter::once(gradient).chain(&plan.backward).chain([&self.adamw]),
         );
         let len = plan.out_len();
-        let staging = plan.step_staging[(self.device_steps % 2) as usize].clone();
+        let staging = plan.step_staging.clone();
         encoder.copy_buffer_to_buffer(&plan.out, 0, &staging, 0, Some((len * 4) as u64));
         encoder.copy_buffer_to_buffer(&self.loss.status, 0, &staging, (len * 4) as u64, Some(4));
-        encoder.copy_buffer_to_buffer(
-            &plan.given,
-            0,
-            &staging,
-            ((len + 1) * 4) as u64,
-            Some((b * 4) as u64),
-        );
-        self.device_steps += 1;
         self.count(true);
-        Ok(Readback { encoder, staging, len: len + 1 + b })
+        Ok(Readback { encoder, staging, len: len + 1 })
     }
 
     /// Submit the forwards of `batches`, one submission each (a batch's tokens are written
@@ -847,58 +705,12 @@ impl GpuEngine {
         Ok(queued)
     }
 
-    /// A training step's readback, [out | loss status | reference], as the step's outputs and
-    /// the reference log-probs it used, or its error.
-    fn step_out(
-        batch: usize,
-        seq_len: usize,
-        mut out: Vec<f32>,
-        step: u32,
-    ) -> Result<(ForwardOut, Vec<f32>)> {
-        let reference = out.split_off(out.len() - batch);
+    /// A training step's readback, [out | loss status], as the step's outputs, or its error.
+    fn step_out(batch: usize, seq_len: usize, mut out: Vec<f32>, step: u32) -> Result<ForwardOut> {
         if out.pop().map(f32::to_bits) != Some(0) {
             return Err(not_finite(step));
         }
-        Ok((Self::forward_out(batch, seq_len, out), reference))
-    }
-
-    /// [`Engine::train_step`] in two halves (native): submit now, read with
-    /// [`GpuEngine::train_step_finish`] later, so that the next step can be submitted before
-    /// this one is read and the GPU never waits for the CPU between steps (PyTorch's eager
-    /// step does not wait either). With `reference`, a [`GpuEngine::sibling`] of this
-    /// engine, its forward of the batch (recorded into the same submission) gives the
-    /// reference log-probs and `loss.reference` is not read. At most two steps may be in
-    /// flight (two staging buffers). One submission and one readback a step. `loss` must
-    /// have at most eight terms.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn train_step_submit(
-        &mut self,
-        batch: &TokenBatch,
-        loss: &StepLoss,
-        opt: &AdamWConfig,
-        step: u32,
-        reference: Option<&mut GpuEngine>,
-    ) -> Result<PendingStep> {
-        if !on_device(loss) {
-            return Err(LabError::param(
-                "loss",
-                format!(
-                    "{} does not run on the GPU (at most {LOSS_MAX_TERMS} terms)",
-                    loss.mix.name()
-                ),
-            ));
-        }
-        let r = self.record_train_step(batch, loss, opt, step, reference)?;
-        let in_flight = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
-        Ok(PendingStep { in_flight, batch: batch.batch, seq_len: batch.seq_len, step })
-    }
-
-    /// Wait for a [`GpuEngine::train_step_submit`] and return its forward's outputs and
-    /// the (B) reference log-probs its loss used.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn train_step_finish(&self, pending: PendingStep) -> Result<(ForwardOut, Vec<f32>)> {
-        let out = setup::finish_read::<f32>(&self.device, &self.faults, pending.in_flight)?;
-        Self::step_out(pending.batch, pending.seq_len, out, pending.step)
+        Ok(Self::forward_out(batch, seq_len, out))
     }
 
     /// Split the plan's output buffer: [token_logp (B, T) | seq_logp (B) | topk_entropy (B) | topk_mass (B)].
@@ -1029,7 +841,6 @@ impl Engine for GpuEngine {
         self.flush();
         self.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(params));
         self.last_forward = None;
-        self.prepared = None;
         self.faults.check()
     }
 
@@ -1056,8 +867,6 @@ impl Engine for GpuEngine {
     /// needs its result) submits it, so backward + update cost one submission.
     fn backward(&mut self, d_seq_logps: &[f32]) -> Result<()> {
         self.flush();
-        // used here or never (a prepared backward serves one backward)
-        let prepared = self.prepared.take();
         let plan = self.plan_of_last_forward()?;
         if d_seq_logps.len() != plan.batch {
             return Err(LabError::shape(format!(
@@ -1067,17 +876,9 @@ impl Engine for GpuEngine {
             )));
         }
         self.queue.write_buffer(&plan.d_seq, 0, bytemuck::cast_slice(d_seq_logps));
-        let work = match prepared {
-            Some((shape, buffer)) if shape == (plan.batch, plan.seq_len) => {
-                Pending::Finished(buffer)
-            }
-            _ => {
-                let mut encoder = self.encoder("backward");
-                record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
-                Pending::Recording(encoder)
-            }
-        };
-        self.set_pending(work);
+        let mut encoder = self.encoder("backward");
+        record_pass(&mut encoder, &self.pipelines, "backward", &plan.backward);
+        self.set_pending(encoder);
         Ok(())
     }
 
@@ -1088,16 +889,12 @@ impl Engine for GpuEngine {
     fn adamw_step(&mut self, opt: &AdamWConfig, step: u32) -> Result<()> {
         self.write_hyper(opt, step)?;
         // backward and update in one submission
-        let (before, mut encoder) = match self.take_pending() {
-            Some(Pending::Recording(encoder)) => (None, encoder),
-            Some(Pending::Finished(buffer)) => (Some(buffer), self.encoder("adamw")),
-            None => (None, self.encoder("adamw")),
-        };
+        let mut encoder = self.continue_pending("adamw");
         // a step outside `train_step` has no loss status: clear a failed training step's
         encoder.clear_buffer(&self.loss.status, 0, None);
         record_pass(&mut encoder, &self.pipelines, "adamw", std::slice::from_ref(&self.adamw));
         self.count(false);
-        self.queue.submit(before.into_iter().chain([encoder.finish()]));
+        self.queue.submit([encoder.finish()]);
         self.faults.check()
     }
 
@@ -1113,9 +910,9 @@ impl Engine for GpuEngine {
         if !on_device(loss) {
             return lab_core::engine::train_step_in_parts(self, batch, loss, opt, step);
         }
-        let r = self.record_train_step(batch, loss, opt, step, None)?;
+        let r = self.record_train_step(batch, loss, opt, step)?;
         let out = self.read(r)?;
-        Ok(Self::step_out(batch.batch, batch.seq_len, out, step)?.0)
+        Self::step_out(batch.batch, batch.seq_len, out, step)
     }
 
     fn train_step_async<'a>(
@@ -1129,9 +926,9 @@ impl Engine for GpuEngine {
             return lab_core::engine::train_step_in_parts_async(self, batch, loss, opt, step);
         }
         Box::pin(async move {
-            let r = self.record_train_step(batch, loss, opt, step, None)?;
+            let r = self.record_train_step(batch, loss, opt, step)?;
             let out = self.read_async(r).await?;
-            Ok(Self::step_out(batch.batch, batch.seq_len, out, step)?.0)
+            Self::step_out(batch.batch, batch.seq_len, out, step)
         })
     }
 
@@ -1168,7 +965,7 @@ impl Engine for GpuEngine {
                 let out = self.train_step_async(batch, loss, opt, step).await?;
                 return Ok((out, self.forwards_async(batches).await?));
             }
-            let r = self.record_train_step(batch, loss, opt, step, None)?;
+            let r = self.record_train_step(batch, loss, opt, step)?;
             let stepped = setup::submit_for_read::<f32>(&self.queue, r.encoder, &r.staging, r.len);
             // a forward that fails to record leaves the step to be read (its staging buffer
             // must not stay mapped)
@@ -1183,7 +980,7 @@ impl Engine for GpuEngine {
                     setup::finish_read_async(&self.device, &self.faults, in_flight).await?,
                 ));
             }
-            let out = Self::step_out(batch.batch, batch.seq_len, step_out?, step)?.0;
+            let out = Self::step_out(batch.batch, batch.seq_len, step_out?, step)?;
             Ok((out, outs))
         })
     }

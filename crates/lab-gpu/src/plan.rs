@@ -1797,9 +1797,8 @@ pub struct Plan {
     /// forward and the backward of a training step.
     pub loss: Dispatch,
     pub loss_batch: Dispatch,
-    /// MAP_READ buffers for [out | loss status | reference (B)] of training steps, used in
-    /// turn so that one step's readback can wait while the next step is submitted.
-    pub step_staging: [wgpu::Buffer; 2],
+    /// MAP_READ buffer for a training step's [out | loss status].
+    pub step_staging: wgpu::Buffer,
     /// MAP_READ twins of `out` for forwards queued together (an evaluation's chunks of this
     /// shape, each read back after all are submitted), made on first need and kept.
     pub queued_staging: Vec<wgpu::Buffer>,
@@ -1873,10 +1872,7 @@ impl Plan {
             given: act.given,
             loss: loss_single,
             loss_batch,
-            step_staging: [
-                map_read("step staging 0", out_len + 1 + b),
-                map_read("step staging 1", out_len + 1 + b),
-            ],
+            step_staging: map_read("step staging", out_len + 1),
             queued_staging: Vec::new(),
             logits: act.logits,
             lnf: act.lnf,
