@@ -152,16 +152,10 @@ pub struct TrainArgs {
     /// Store the saved weights as f16.
     #[arg(long)]
     f16: bool,
-    /// Train LoRA adapters of this rank on the frozen model instead of every weight; --save
-    /// then gets PEFT's adapter_model.safetensors and adapter_config.json.
-    #[arg(long)]
-    lora_rank: Option<usize>,
-    /// LoRA's α (the adapters' scale is α / r); PEFT's default.
-    #[arg(long, default_value_t = 8.0, requires = "lora_rank")]
-    lora_alpha: f64,
-    /// The adapted layers, PEFT's names: c_attn, c_proj, c_fc (or a path such as mlp.c_proj).
-    #[arg(long, value_delimiter = ',', default_value = "c_attn", requires = "lora_rank")]
-    lora_targets: Vec<String>,
+    /// Train LoRA adapters on the frozen model instead of every weight; --save then gets
+    /// PEFT's adapter_model.safetensors and adapter_config.json.
+    #[command(flatten)]
+    lora: LoraArgs,
     /// Replace --out and the weights folder if they exist.
     #[arg(long)]
     force: bool,
@@ -170,8 +164,23 @@ pub struct TrainArgs {
 /// The files of an adapter folder, as PEFT's `save_pretrained` writes them.
 pub const ADAPTER_FILES: [&str; 2] = ["adapter_model.safetensors", "adapter_config.json"];
 
-impl TrainArgs {
-    fn lora(&self) -> Result<Option<LoraConfig>> {
+/// New LoRA adapters, as `train` and `export-trl` take them.
+#[derive(Args)]
+pub struct LoraArgs {
+    /// Train LoRA adapters of this rank on the frozen model instead of every weight.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA's α (the adapters' scale is α / r); PEFT's default.
+    #[arg(long, default_value_t = 8.0, requires = "lora_rank")]
+    pub lora_alpha: f64,
+    /// The adapted layers, PEFT's names: c_attn, c_proj, c_fc (or a path such as mlp.c_proj).
+    #[arg(long, value_delimiter = ',', default_value = "c_attn", requires = "lora_rank")]
+    pub lora_targets: Vec<String>,
+}
+
+impl LoraArgs {
+    /// The adapters' config, if --lora-rank asks for adapters; errors name the flag.
+    pub fn config(&self) -> Result<Option<LoraConfig>> {
         let Some(rank) = self.lora_rank else { return Ok(None) };
         let targets: Vec<&str> = self.lora_targets.iter().map(String::as_str).collect();
         LoraConfig::new(rank, self.lora_alpha, &targets).map(Some).map_err(|e| match e {
@@ -186,7 +195,9 @@ impl TrainArgs {
             other => other,
         })
     }
+}
 
+impl TrainArgs {
     fn experiment(&self) -> ExperimentConfig {
         let params = LossParams {
             beta: self.beta,
@@ -292,7 +303,7 @@ fn train_steps<E: Engine>(
 pub fn train(args: TrainArgs) -> Result<Report> {
     let experiment = args.experiment();
     experiment.validate()?;
-    let lora = args.lora()?;
+    let lora = args.lora.config()?;
     let save_dir = args.save.clone().unwrap_or_else(|| args.out.with_extension("model"));
     let mut outputs = Outputs::new(args.force);
     outputs.input(&args.data);

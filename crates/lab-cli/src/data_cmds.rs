@@ -252,23 +252,44 @@ pub struct ExportTrlArgs {
     #[arg(long, default_value = "assets/models/starter")]
     model: PathBuf,
     /// A folder for train_dpo.py and data.jsonl (created if missing; files in it are
-    /// replaced only with --force).
+    /// replaced only with --force), and adapters/ with --adapters.
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
     force: bool,
+    /// The script trains new LoRA adapters (PEFT's LoraConfig as DPOTrainer's peft_config).
+    #[command(flatten)]
+    lora: crate::commands::LoraArgs,
+    /// Or it continues from these adapters (a folder with PEFT's adapter_config.json and
+    /// adapter_model.safetensors, e.g. from `train --lora-rank`), copied into OUT/adapters/.
+    #[arg(long, conflicts_with = "lora_rank")]
+    adapters: Option<PathBuf>,
 }
 
 pub fn export_trl(args: ExportTrlArgs) -> Result<Value> {
     let experiment = ExperimentConfig::from_query(&args.experiment)?;
     let mut outputs = Outputs::new(args.force);
     outputs.input(&args.data).input(&args.model);
-    // Into an existing folder as two files, else as a new folder.
-    let (script_staged, data_staged) = if args.out.is_dir() {
-        (outputs.file(&args.out.join("train_dpo.py"))?, outputs.file(&args.out.join("data.jsonl"))?)
+    if let Some(adapters) = &args.adapters {
+        outputs.input(adapters);
+    }
+    // Into an existing folder as files (and an adapters folder), else as a new folder.
+    let (script_staged, data_staged, adapters_staged) = if args.out.is_dir() {
+        let adapters = match &args.adapters {
+            Some(_) => {
+                Some(outputs.folder(&args.out.join("adapters"), &crate::commands::ADAPTER_FILES)?)
+            }
+            None => None,
+        };
+        (
+            outputs.file(&args.out.join("train_dpo.py"))?,
+            outputs.file(&args.out.join("data.jsonl"))?,
+            adapters,
+        )
     } else {
         let folder = outputs.folder(&args.out, &[])?;
-        (folder.join("train_dpo.py"), folder.join("data.jsonl"))
+        let adapters = args.adapters.as_ref().map(|_| folder.join("adapters"));
+        (folder.join("train_dpo.py"), folder.join("data.jsonl"), adapters)
     };
     let (name, text) = read_limited(&args.data)?;
     let records = exchange::import_jsonl(&name, &text)?;
@@ -283,17 +304,42 @@ pub fn export_trl(args: ExportTrlArgs) -> Result<Value> {
                 .map_err(|e| at_record_line(e.at_line(i + 1), &lines, &name))?;
         }
     }
-    let script = exchange::trl_script(&experiment, "data.jsonl")?;
+    // the adapters must fit the model the script trains, as `train --adapters` checks them
+    let continued = match &args.adapters {
+        Some(dir) => Some(lab_core::lora::LoraConfig::load_dir(dir, &cfg)?.0),
+        None => None,
+    };
+    let lora_config = match continued {
+        Some(config) => Some(config),
+        None => args.lora.config()?,
+    };
+    let exported = lora_config.as_ref().map(|config| exchange::ExportedLora {
+        config,
+        adapters: args.adapters.as_ref().map(|_| "adapters"),
+    });
+    let script = exchange::trl_script(&experiment, "data.jsonl", exported.as_ref())?;
     // The data goes out exactly as read: the user's bytes, their fields and order.
     for (staged, text) in [(&data_staged, &text), (&script_staged, &script)] {
         std::fs::write(staged, text)
             .map_err(|e| outputs.named(LabError::io(staged.display().to_string(), e)))?;
+    }
+    if let (Some(from), Some(to)) = (&args.adapters, &adapters_staged) {
+        let copy = || -> std::io::Result<()> {
+            std::fs::create_dir_all(to)?;
+            for file in crate::commands::ADAPTER_FILES {
+                std::fs::copy(from.join(file), to.join(file))?;
+            }
+            Ok(())
+        };
+        copy().map_err(|e| outputs.named(LabError::io(to.display().to_string(), e)))?;
     }
     outputs.commit()?;
     Ok(json!({
         "script": args.out.join("train_dpo.py").display().to_string(),
         "data": args.out.join("data.jsonl").display().to_string(),
         "records": records.len(),
+        "adapters": args.adapters.as_ref().map(|_| args.out.join("adapters").display().to_string()),
+        "peft_config": lora_config.as_ref().map(|c| json!({"r": c.rank, "lora_alpha": c.alpha, "target_modules": c.targets})),
         "dpo_config": exchange::trl_dpo_args(&experiment)?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     }))
 }

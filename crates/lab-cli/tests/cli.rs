@@ -516,11 +516,42 @@ fn train_with_lora_saves_peft_adapters_and_leaves_the_base_alone() {
     assert_eq!(code, 0, "{stderr}");
     let eval: Value = serde_json::from_str(&stdout).unwrap();
     assert!(eval["instruments"]["eval/logps_rejected_change"].as_f64().unwrap() < -1.0, "{eval}");
-    // an adapter folder of another kind is refused, naming the file and the field
+    // "Export to TRL" continues from them: the script passes PEFT's LoraConfig and loads the
+    // adapters, copied beside it
+    let export = dir.join("trl").display().to_string();
+    let export_args = |extra: &[&'static str]| {
+        let mut args = vec!["export-trl", "--model", &starter, "--data", &data, "--out", &export];
+        args.extend(["--experiment", "steps=3", "--adapters", &saved]);
+        args.extend_from_slice(extra);
+        args
+    };
+    let (code, _, stderr) = alignlab(&export_args(&["--lora-rank", "2"]));
+    assert_eq!(code, 2, "new and continued adapters at once");
+    assert!(stderr.contains("--lora-rank") && !Path::new(&export).exists(), "{stderr}");
+    let (code, stdout, stderr) = alignlab(&export_args(&[]));
+    assert_eq!(code, 0, "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["peft_config"]["r"], 4, "{summary}");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        let copied = std::fs::read(dir.join("trl/adapters").join(file)).unwrap();
+        assert_eq!(copied, std::fs::read(adapters.join(file)).unwrap(), "{file}");
+    }
+    let script = std::fs::read_to_string(dir.join("trl/train_dpo.py")).unwrap();
+    for needle in ["peft_config = LoraConfig(r=4", "\"--adapters\", default=\"adapters\""] {
+        assert!(script.contains(needle), "missing {needle}");
+    }
+
+    // an adapter folder of another kind is refused, naming the file and the field, by
+    // every command that reads one
     std::fs::write(adapters.join("adapter_config.json"), config_text.replace("LORA", "IA3"))
         .unwrap();
     let (code, _, stderr) =
         alignlab(&["eval", "--model", &starter, "--adapters", &saved, "--data", &data]);
     assert_eq!(code, 2);
     assert!(stderr.contains("adapter_config.json") && stderr.contains("peft_type"), "{stderr}");
+    let export = dir.join("trl2").display().to_string();
+    let args = ["export-trl", "--model", &starter, "--data", &data, "--out", &export];
+    let (code, _, stderr) = alignlab(&[&args[..], &["--adapters", &saved]].concat());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("peft_type") && !Path::new(&export).exists(), "{stderr}");
 }

@@ -699,7 +699,7 @@ pub(super) fn DataPanel() -> impl IntoView {
             .and_then(|records| {
                 exchange::check_trl_dpo_data(&records).map_err(|e| e.in_file("alignlab-data.jsonl"))
             })
-            .and_then(|_| exchange::trl_script(&experiment, "alignlab-data.jsonl"));
+            .and_then(|_| exchange::trl_script(&experiment, "alignlab-data.jsonl", None));
         match result {
             Ok(script) => {
                 download("train_dpo.py", &script);
