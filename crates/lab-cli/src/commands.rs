@@ -68,8 +68,7 @@ impl ModelArgs {
             (Some(dir), _) => {
                 let mut model = checkpoint::load_dir(dir)?;
                 if let Some(adapters) = &self.adapters {
-                    let (lora, values) = LoraConfig::load_dir(adapters, &model.config)?;
-                    model.params = lora.merged(&model.config, &model.params, &values)?;
+                    model.params = LoraConfig::merge_dir(adapters, &model.config, &model.params)?;
                 }
                 Ok(model)
             }

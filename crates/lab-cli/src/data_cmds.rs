@@ -15,6 +15,7 @@ use lab_core::data::{to_jsonl, Record};
 use lab_core::exchange::{self, MetricsRow};
 use lab_core::experiment::ExperimentConfig;
 use lab_core::files::{self, Outputs};
+use lab_core::lora::LoraConfig;
 use lab_core::sample::SampleConfig;
 use lab_core::tokenizer::Tokenizer;
 use lab_core::{checkpoint, Engine, LabError, Result};
@@ -112,6 +113,10 @@ pub struct SampleArgs {
     /// The policy (a model directory).
     #[arg(long)]
     model: PathBuf,
+    /// LoRA adapters applied to the policy: a folder with PEFT's adapter_config.json and
+    /// adapter_model.safetensors (e.g. from `train --lora-rank`).
+    #[arg(long)]
+    adapters: Option<PathBuf>,
     /// Also sample from this reference model (a model directory).
     #[arg(long)]
     reference: Option<PathBuf>,
@@ -176,8 +181,8 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
 pub fn sample(args: SampleArgs) -> Result<Report> {
     let mut outputs = Outputs::new(args.force);
     outputs.input(&args.prompts).input(&args.model);
-    if let Some(reference) = &args.reference {
-        outputs.input(reference);
+    for input in [&args.reference, &args.adapters].into_iter().flatten() {
+        outputs.input(input);
     }
     let staged = outputs.file(&args.out)?;
     let prompts = read_prompts(&args.prompts)?;
@@ -186,12 +191,15 @@ pub fn sample(args: SampleArgs) -> Result<Report> {
         top_k: args.top_k,
         max_new_tokens: args.max_new_tokens,
     };
-    let open = |dir: &Path| -> Result<(Box<dyn Engine>, Tokenizer)> {
-        let model = checkpoint::load_dir(dir)?;
+    let open = |dir: &Path, adapters: Option<&Path>| -> Result<(Box<dyn Engine>, Tokenizer)> {
+        let mut model = checkpoint::load_dir(dir)?;
+        if let Some(adapters) = adapters {
+            model.params = LoraConfig::merge_dir(adapters, &model.config, &model.params)?;
+        }
         Ok((open_engine(&args.engine, model.config, model.params)?, model.tokenizer))
     };
-    let (mut policy, tokenizer) = open(&args.model)?;
-    let mut reference = match args.reference.as_deref().map(open).transpose()? {
+    let (mut policy, tokenizer) = open(&args.model, args.adapters.as_deref())?;
+    let mut reference = match args.reference.as_deref().map(|dir| open(dir, None)).transpose()? {
         Some((_, other)) if other != tokenizer => {
             return Err(LabError::shape("the model and the reference have different tokenizers"))
         }

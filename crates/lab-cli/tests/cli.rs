@@ -516,6 +516,37 @@ fn train_with_lora_saves_peft_adapters_and_leaves_the_base_alone() {
     assert_eq!(code, 0, "{stderr}");
     let eval: Value = serde_json::from_str(&stdout).unwrap();
     assert!(eval["instruments"]["eval/logps_rejected_change"].as_f64().unwrap() < -1.0, "{eval}");
+    // `sample --adapters` samples the adapted policy: greedy, where it and the starter
+    // differ, the policy now says the chosen answer and the starter the rejected one
+    let samples = dir.join("samples.jsonl");
+    let sample_out = samples.display().to_string();
+    let (code, stdout, stderr) = alignlab(&[
+        "sample",
+        "--model",
+        &starter,
+        "--adapters",
+        &saved,
+        "--reference",
+        &starter,
+        "--prompts",
+        &data,
+        "--n",
+        "1",
+        "--temperature",
+        "0",
+        "--out",
+        &sample_out,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lists: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(lists["lists"].as_u64().unwrap() >= 10, "{lists}");
+    for line in std::fs::read_to_string(&samples).unwrap().lines() {
+        let list: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(list["origins"], serde_json::json!(["policy", "reference"]), "{list}");
+        let said = |i: usize| list["responses"][i].as_str().unwrap().to_string();
+        assert!(said(0).starts_with(" I love") && said(1).starts_with(" I hate"), "{list}");
+    }
+
     // "Export to TRL" continues from them: the script passes PEFT's LoraConfig and loads the
     // adapters, copied beside it
     let export = dir.join("trl").display().to_string();

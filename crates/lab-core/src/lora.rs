@@ -430,6 +430,12 @@ impl LoraConfig {
         Ok((config, adapters))
     }
 
+    /// `base` with the adapters of folder `dir` ([`LoraConfig::load_dir`]) merged in.
+    pub fn merge_dir(dir: &Path, cfg: &GptConfig, base: &[f32]) -> Result<Vec<f32>> {
+        let (config, adapters) = LoraConfig::load_dir(dir, cfg)?;
+        config.merged(cfg, base, &adapters)
+    }
+
     /// `adapter_config.json` as PEFT writes it for a GPT-2 (`fan_in_fan_out`: its layers are
     /// `Conv1D`), with `base` as `base_model_name_or_path`.
     pub fn adapter_config_json(&self, base: &str) -> String {
