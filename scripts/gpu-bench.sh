@@ -6,20 +6,18 @@
 #   bash scripts/gpu-bench.sh run       # there: tiny and medium, ours then PyTorch; a JSON file each
 #                                       # in $OUT, one summary line each (steps/s, parity ok)
 #
-# `run` benches each variant in VARIANTS (gemm:shader-checks, default below: the lab's
-# configuration first, then the 128×64 tiles and kernels without wgpu's runtime checks;
-# see `alignlab bench --help`); every variant times the step the lab runs (the reference's
-# log-probs cached, one submission a step),
-# then any other build put in .gl/bin/alignlab-NAME (default flags only), then PyTorch.
-# Each variant also checks its kernels on this GPU against the CPU engine (`--parity`: the
-# JSON's parity.ok), so a figure never comes from an engine that computes something else.
+# `run` benches the step the lab runs (the reference's log-probs cached, one submission a
+# step; see `alignlab bench --help`), then any other build put in .gl/bin/alignlab-NAME,
+# then PyTorch. The bench also checks its kernels on this GPU against the CPU engine
+# (`--parity`: the JSON's parity.ok), so a figure never comes from an engine that computes
+# something else.
 #
 # `prepare` is for a machine like ours (Debian, cargo); `run` for a GPU machine that has the
 # NVIDIA Vulkan driver but maybe no loader and no Rust (carry .gl/ and target/release/alignlab).
 # The carried libraries are unpacked into .gl/root and found through LD_LIBRARY_PATH: nothing
 # outside the tree is written (rehearsed on lavapipe with the loader taken from .gl/root).
 # CONFIGS and STEPS (default "tiny medium", 200) shorten a rehearsal here on lavapipe:
-#   CONFIGS=tiny STEPS=2 VARIANTS=auto:off bash scripts/gpu-bench.sh run
+#   CONFIGS=tiny STEPS=2 bash scripts/gpu-bench.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-run}" in
@@ -50,19 +48,16 @@ case "${1:-run}" in
     note() { echo "$*" | tee -a "$summary"; }
     figures() { echo "$(grep -o '"steps_per_s": *[0-9.e+-]*' "$1" | head -1) $(grep -o '"ok": *[a-z]*' "$1" | head -1 | sed 's/"ok"/parity_ok/')"; }
     for config in ${CONFIGS:-tiny medium}; do
-      for variant in ${VARIANTS:-narrow:on auto:on wide:on narrow:off auto:off}; do
-        IFS=: read -r gemm checks <<< "$variant"
-        name=$config-$gemm-$checks
-        # the JSON line and every launch's time into $OUT (the device tool brings that folder
-        # back whole; its reply keeps only the output's tail); a variant that fails says so
-        # and the run goes on: the device time is spent either way
-        if ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" --gemm "$gemm" \
-          --shader-checks "$checks" --profile-out "$out_dir/profile-$name.json" --parity > "$out_dir/bench-$name.json"; then
-          note "$config $variant $(figures "$out_dir/bench-$name.json")"
-        else
-          rc=$?; note "$config $variant failed with status $rc"
-        fi
-      done
+      name=$config
+      # the JSON line and every launch's time into $OUT (the device tool brings that folder
+      # back whole; its reply keeps only the output's tail); a config that fails says so and
+      # the run goes on: the device time is spent either way
+      if ./target/release/alignlab bench --engine gpu --config "$config" --steps "${STEPS:-200}" \
+        --profile-out "$out_dir/profile-$name.json" --parity > "$out_dir/bench-$name.json"; then
+        note "$config $(figures "$out_dir/bench-$name.json")"
+      else
+        rc=$?; note "$config failed with status $rc"
+      fi
       # other builds carried in .gl/bin/ (e.g. an older commit, to attribute a change): as they are
       for other in .gl/bin/alignlab-*; do
         [ -x "$other" ] || continue

@@ -72,8 +72,6 @@
 // along it multiples of 4), else four checked element loads (the one-hot A, the ones
 // column, odd shapes). A quad along k is stored as four floats, one across rows or
 // columns as one vec4.
-// A second entry point, `gemm_wide` (at the end of this file), computes a 128×64 tile with
-// the same 256 invocations (8×4 each); the engine picks per GEMM (lab-gpu `GemmTiles`).
 //
 // Fusion: the residual add of each block (x + attproj(·), x + fcproj(·)) is the `addend`
 // epilogue of the projection GEMM, saving a kernel launch and a round trip of (B, T, C)
@@ -143,26 +141,20 @@ var<private> c_base: u32;
 // Tile rows are padded by one vec4 (pitch 17 vec4 = 68 floats): a warp storing quads that
 // run along k writes, per store, 8 consecutive rows at each of 4 k that are 4 tile rows
 // apart; unpadded those are 256 floats apart, one bank (a 4-way conflict), padded 272
-// (2-way; the 128×64 tiles' 8-deep quads are conflict-free). Reads stay broadcasts and
-// consecutive vec4.
+// (2-way). Reads stay broadcasts and consecutive vec4.
 const PITCH: u32 = 17u;
 var<workgroup> a_tile: array<array<vec4<f32>, PITCH>, KT>; // [k][r / 4]
-// [k][s / 4]; `gemm_wide` uses it as [buffer·KW + k][s / 4] (2 × KW = KT rows)
+// [k][s / 4]
 var<workgroup> b_tile: array<array<vec4<f32>, PITCH>, KT>;
 
-// This invocation's block of C (4×4 in `gemm`, 8×4 in `gemm_wide`: rows 4y.. and 64+4y..)
-// and, in the workgroups that fold the ones column, its rows' sums of A. Private
+// This invocation's 4×4 block of C and, in the workgroups that fold the ones column, its
+// rows' sums of A. Private
 // variables so that `mac` can update them; registers once the calls are inlined.
 var<private> acc0: vec4<f32>;
 var<private> acc1: vec4<f32>;
 var<private> acc2: vec4<f32>;
 var<private> acc3: vec4<f32>;
-var<private> acc4: vec4<f32>;
-var<private> acc5: vec4<f32>;
-var<private> acc6: vec4<f32>;
-var<private> acc7: vec4<f32>;
 var<private> sum_lo: vec4<f32>;
-var<private> sum_hi: vec4<f32>;
 
 fn element_a(r: u32, k: u32) -> f32 {
     if ((g.flags & ONEHOT_A) != 0u) {
@@ -509,126 +501,4 @@ fn across_row_sum(value: vec4<f32>, lid: vec3<u32>) -> vec4<f32> {
         total += b_tile[lid.y][x];
     }
     return total;
-}
-
-// ---- gemm_wide: a 128×64 tile per workgroup, for GEMMs with tiles to spare ----
-// Same product, flags and bindings as `gemm`; dispatch (⌈cols/64⌉, ⌈rows/128⌉, splits or
-// batches). Invocation (x, y) of the 16×16 workgroup owns rows 4y..4y+3 and 64+4y..64+4y+3
-// and columns 4x..4x+3: eight vec4 accumulators, so each k reads three vec4 from workgroup
-// memory for 32 multiply-adds (the 64×64 tile reads two for 16), and each tile's global
-// loads are amortised over twice the arithmetic. K advances 8 at a time through
-// double-buffered tiles (2 × (8×132 + 8×68) floats = 12.5 KiB, rows padded by one vec4 as
-// in `gemm`): the next tiles are stored into the other buffer while this one is read, one
-// barrier per step instead of two. The loop takes the two buffers in turn as calls with a
-// constant buffer (`wide_step`), so, as in `gemm`, every tile read is a fixed offset.
-// A tile is 256 quads (one per invocation), B 128 (the first 128 invocations).
-
-const WIDE_ROWS: u32 = 128u;
-const KW: u32 = 8u;
-
-const WIDE_PITCH: u32 = 33u; // vec4 per padded row of the A tile
-var<workgroup> wa: array<array<vec4<f32>, WIDE_PITCH>, KT>; // [buffer·KW + k][r / 4]
-
-fn put_wide_a(k: u32, w: u32, v: vec4<f32>) {
-    if (a_k_contiguous()) {
-        wa[k][w / 4u][w % 4u] = v.x;
-        wa[k + 1u][w / 4u][w % 4u] = v.y;
-        wa[k + 2u][w / 4u][w % 4u] = v.z;
-        wa[k + 3u][w / 4u][w % 4u] = v.w;
-    } else {
-        wa[k][w / 4u] = v;
-    }
-}
-
-// One k (row kk = buffer·KW + k of the tiles) of the 128×64 tile, kk constant.
-fn mac_wide(kk: u32, lid: vec3<u32>) {
-    let lo = wa[kk][lid.y];
-    let hi = wa[kk][lid.y + 16u];
-    let bv = b_tile[kk][lid.x];
-    acc0 += lo.x * bv;
-    acc1 += lo.y * bv;
-    acc2 += lo.z * bv;
-    acc3 += lo.w * bv;
-    acc4 += hi.x * bv;
-    acc5 += hi.y * bv;
-    acc6 += hi.z * bv;
-    acc7 += hi.w * bv;
-}
-
-// One 8-deep step of `gemm_wide` on tile buffer `buffer` (constant), k0 its first k: the
-// next tiles' loads go out first, land in the other buffer after the multiply-adds.
-fn wide_step(buffer: u32, k0: u32, k_end: u32, r0: u32, s0: u32, qa: vec2<u32>, qb: vec2<u32>, loads_b: bool, fold: bool, lid: vec3<u32>) {
-    let next = k0 + KW;
-    let more = next < k_end;
-    var pa = vec4<f32>(0.0);
-    var pb = vec4<f32>(0.0);
-    if (more) {
-        pa = fetch_a(r0 + qa.y, next + qa.x, k_end);
-        if (loads_b) {
-            pb = fetch_b(next + qb.x, s0 + qb.y, k_end);
-        }
-    }
-    let kk = buffer * KW;
-    mac_wide(kk, lid);
-    mac_wide(kk + 1u, lid);
-    mac_wide(kk + 2u, lid);
-    mac_wide(kk + 3u, lid);
-    mac_wide(kk + 4u, lid);
-    mac_wide(kk + 5u, lid);
-    mac_wide(kk + 6u, lid);
-    mac_wide(kk + 7u, lid);
-    if (fold) {
-        for (var k = 0u; k < KW; k += 1u) {
-            sum_lo += wa[kk + k][lid.y];
-            sum_hi += wa[kk + k][lid.y + 16u];
-        }
-    }
-    // the other buffer was last read before the previous barrier
-    if (more) {
-        let other = (1u - buffer) * KW;
-        put_wide_a(other + qa.x, qa.y, pa);
-        if (loads_b) {
-            put_b(other + qb.x, qb.y, pb);
-        }
-    }
-    workgroupBarrier();
-}
-
-@compute @workgroup_size(16, 16)
-fn gemm_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let r0 = wg.y * WIDE_ROWS;
-    let s0 = wg.x * TILE;
-    let range = begin(wg);
-    let k_begin = range.x;
-    let k_end = range.y;
-    let qa = quad_at(li, a_k_contiguous(), KW, WIDE_ROWS);
-    let qb = quad_at(li % 128u, b_k_contiguous(), KW, TILE);
-    let loads_b = li < 128u;
-    let fold = folds_ones_column(s0);
-    put_wide_a(qa.x, qa.y, fetch_a(r0 + qa.y, k_begin + qa.x, k_end));
-    if (loads_b) {
-        put_b(qb.x, qb.y, fetch_b(k_begin + qb.x, s0 + qb.y, k_end));
-    }
-    workgroupBarrier();
-    for (var k0 = k_begin; k0 < k_end; k0 += 2u * KW) {
-        wide_step(0u, k0, k_end, r0, s0, qa, qb, loads_b, fold, lid);
-        if (k0 + KW >= k_end) {
-            break;
-        }
-        wide_step(1u, k0 + KW, k_end, r0, s0, qa, qb, loads_b, fold, lid);
-    }
-    let r = r0 + 4u * lid.y;
-    let s = s0 + 4u * lid.x;
-    store_row(r, s, acc0);
-    store_row(r + 1u, s, acc1);
-    store_row(r + 2u, s, acc2);
-    store_row(r + 3u, s, acc3);
-    store_row(r + 64u, s, acc4);
-    store_row(r + 65u, s, acc5);
-    store_row(r + 66u, s, acc6);
-    store_row(r + 67u, s, acc7);
-    if (fold && lid.x == 15u) {
-        store_column(r, g.cols - 1u, sum_lo);
-        store_column(r + 64u, g.cols - 1u, sum_hi);
-    }
 }

@@ -13,7 +13,6 @@ use lab_core::engine::{AdamWConfig, Closeness, Engine, Rows, StepLoss, TokenBatc
 use lab_core::loss::{LossKind, LossMix, LossParams};
 use lab_core::rng::Rng;
 use lab_core::{LabError, Result};
-use lab_gpu::{GemmTiles, ShaderChecks};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -31,10 +30,6 @@ pub struct BenchArgs {
     /// Timed steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 30)]
     steps: u32,
-    /// GPU engine's GEMM tile: narrow (64×64) | wide (128×64 wherever it applies) | auto
-    /// (128×64 where the output has tiles to spare).
-    #[arg(long, default_value = "narrow")]
-    gemm: String,
     /// Write the GPU profile with every launch's time (kernel, workgroups, µs) to this
     /// file; stdout keeps the per-kernel totals.
     #[arg(long)]
@@ -42,11 +37,7 @@ pub struct BenchArgs {
     /// Replace --profile-out if it exists.
     #[arg(long)]
     force: bool,
-    /// wgpu's runtime checks in the GPU kernels: on (bounds checks, loop counters; the
-    /// browser's way) | off (native only; the kernels check their own ranges).
-    #[arg(long, default_value = "on")]
-    shader_checks: String,
-    /// Also check the GPU engine, as configured by the flags above, against the CPU engine
+    /// Also check the GPU engine against the CPU engine
     /// from the same weights on the bench's batch: the forward's log-probs, every parameter
     /// gradient, and three DPO steps' losses through the timed step, each within the GPU
     /// parity tests' tolerance (1e-4 × the largest CPU value + 1e-6). The JSON's `parity`
@@ -78,23 +69,8 @@ fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
 }
 
 /// The engine benched: `kind` (cpu | gpu), from the bench's weights.
-fn open(
-    kind: &str,
-    cfg: GptConfig,
-    tiles: GemmTiles,
-    checks: ShaderChecks,
-) -> Result<Box<dyn Engine>> {
-    if kind == "gpu" {
-        return Ok(Box::new(open_gpu(cfg, tiles, checks)?));
-    }
+fn open(kind: &str, cfg: GptConfig) -> Result<Box<dyn Engine>> {
     crate::commands::open_engine(kind, cfg, init_params(&cfg, 0))
-}
-
-fn open_gpu(cfg: GptConfig, tiles: GemmTiles, checks: ShaderChecks) -> Result<lab_gpu::GpuEngine> {
-    let mut engine =
-        lab_gpu::GpuEngine::from_default_adapter_with_checks(cfg, init_params(&cfg, 0), checks)?;
-    engine.set_gemm_tiles(tiles);
-    Ok(engine)
 }
 
 /// The bench's loss: sigmoid DPO with TRL's defaults on the synthetic batch's pairs.
@@ -140,11 +116,9 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     if args.steps == 0 {
         return Err(LabError::param("steps", "must be at least 1"));
     }
-    let tiles = GemmTiles::parse(&args.gemm)?;
     // Checked before the timing: a missing folder or an existing file (without --force).
     let mut outputs = lab_core::files::Outputs::new(args.force);
     let profile_staged = args.profile_out.as_deref().map(|p| outputs.file(p)).transpose()?;
-    let checks = ShaderChecks::parse(&args.shader_checks)?;
     if args.parity && args.engine != "gpu" {
         return Err(LabError::param(
             "parity",
@@ -154,7 +128,7 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
             ),
         ));
     }
-    let mut engine = open(&args.engine, cfg, tiles, checks)?;
+    let mut engine = open(&args.engine, cfg)?;
     let batch = synthetic_batch(&cfg, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
     let reference = reference_logps(engine.as_mut(), &batch)?;
@@ -163,13 +137,9 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
     let loss = run_steps(engine.as_mut(), &reference, &batch, &opt, 3, args.steps)?;
     let seconds = start.elapsed().as_secs_f64();
     let steps_per_s = args.steps as f64 / seconds;
-    let mut profile = if args.engine == "gpu" {
-        gpu_profile(cfg, tiles, checks, &batch, &opt)?
-    } else {
-        Value::Null
-    };
-    let parity =
-        if args.parity { parity(cfg, (tiles, checks), &batch, &opt)? } else { Value::Null };
+    let mut profile =
+        if args.engine == "gpu" { gpu_profile(cfg, &batch, &opt)? } else { Value::Null };
+    let parity = if args.parity { parity(cfg, &batch, &opt)? } else { Value::Null };
     if let (Some(path), Some(staged)) = (&args.profile_out, &profile_staged) {
         let text = serde_json::to_string_pretty(&profile).expect("the profile serializes") + "\n";
         std::fs::write(staged, text).map_err(|e| LabError::io(path.display().to_string(), e))?;
@@ -184,8 +154,6 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         "engine": args.engine,
         "adapter": engine.name(),
         "config": args.config,
-        "gemm": if args.engine == "gpu" { json!(args.gemm) } else { Value::Null },
-        "shader_checks": if args.engine == "gpu" { json!(args.shader_checks) } else { Value::Null },
         "batch_pairs": PAIRS,
         "seq_len": PROMPT_TOKENS + RESPONSE_TOKENS,
         "steps": args.steps,
@@ -224,19 +192,12 @@ fn run_steps(
     Ok(last)
 }
 
-/// `--parity`: a fresh GPU engine as benched (`gpu`: tiles, shader checks) and a CPU engine
-/// from the bench's weights, compared on the bench's batch (see
+/// `--parity`: a fresh GPU engine and a CPU engine from the bench's weights, compared on the bench's batch (see
 /// [`BenchArgs::parity`]). On the machine the numbers are measured on, this says the
 /// kernels timed there compute what the CPU engine computes.
-fn parity(
-    cfg: GptConfig,
-    gpu: (GemmTiles, ShaderChecks),
-    batch: &TokenBatch,
-    opt: &AdamWConfig,
-) -> Result<Value> {
-    let (tiles, checks) = gpu;
-    let mut on_gpu = open("gpu", cfg, tiles, checks)?;
-    let mut on_cpu = open("cpu", cfg, tiles, checks)?;
+fn parity(cfg: GptConfig, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+    let mut on_gpu = open("gpu", cfg)?;
+    let mut on_cpu = open("cpu", cfg)?;
     let mut ok = true;
     let mut judge = |close: Closeness| {
         ok &= close.ok();
@@ -268,8 +229,8 @@ fn parity(
         None => Value::Null,
     };
     // the steps from fresh engines, the reference the CPU engine's log-probs
-    let mut on_gpu = open("gpu", cfg, tiles, checks)?;
-    let mut on_cpu = open("cpu", cfg, tiles, checks)?;
+    let mut on_gpu = open("gpu", cfg)?;
+    let mut on_cpu = open("cpu", cfg)?;
     let reference = reference_logps(on_cpu.as_mut(), batch)?;
     let mut losses = (Vec::new(), Vec::new());
     for step in 1..=PARITY_STEPS {
@@ -290,14 +251,8 @@ fn parity(
 /// Where a GPU step's time goes: per-kernel GPU time from timestamp queries (inside one
 /// pass where the adapter allows, else a pass per launch: `method`), or null when the
 /// adapter has no TIMESTAMP_QUERY.
-fn gpu_profile(
-    cfg: GptConfig,
-    tiles: GemmTiles,
-    checks: ShaderChecks,
-    batch: &TokenBatch,
-    opt: &AdamWConfig,
-) -> Result<Value> {
-    let mut gpu = open_gpu(cfg, tiles, checks)?;
+fn gpu_profile(cfg: GptConfig, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value> {
+    let mut gpu = lab_gpu::GpuEngine::from_default_adapter(cfg, init_params(&cfg, 0))?;
     let d_seq = sample_d_seq(batch);
     // one whole training step first (every kernel the profile runs, the loss gradient
     // included), so no first use of a kernel (a driver compiling lazily) is timed

@@ -211,11 +211,6 @@ fn assert_bench_refuses(flags: &[&str], words: &[&str]) {
 }
 
 #[test]
-fn bench_names_a_bad_gemm_tiling() {
-    assert_bench_refuses(&["--engine", "cpu", "--gemm", "sideways"], &["gemm", "\"sideways\""]);
-}
-
-#[test]
 fn bench_parity_needs_the_gpu_engine() {
     assert_bench_refuses(&["--engine", "cpu", "--parity"], &["parity", "--engine gpu"]);
 }

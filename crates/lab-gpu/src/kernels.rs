@@ -63,7 +63,6 @@ pub enum Kernel {
     LayerNormBackwardDinp,
     LayerNormBackwardParams,
     Gemm,
-    GemmWide,
     SoftmaxForward,
     SoftmaxBackward,
     LogprobForward,
@@ -77,14 +76,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::EncoderForward,
         Kernel::EncoderBackwardWpe,
         Kernel::LayerNormForward,
         Kernel::LayerNormBackwardDinp,
         Kernel::LayerNormBackwardParams,
         Kernel::Gemm,
-        Kernel::GemmWide,
         Kernel::SoftmaxForward,
         Kernel::SoftmaxBackward,
         Kernel::LogprobForward,
@@ -106,7 +104,6 @@ impl Kernel {
             Kernel::LayerNormBackwardDinp => ("layernorm.wgsl", "backward_dinp"),
             Kernel::LayerNormBackwardParams => ("layernorm.wgsl", "backward_params"),
             Kernel::Gemm => ("matmul.wgsl", "gemm"),
-            Kernel::GemmWide => ("matmul.wgsl", "gemm_wide"),
             Kernel::SoftmaxForward => ("attention.wgsl", "softmax_forward"),
             Kernel::SoftmaxBackward => ("attention.wgsl", "softmax_backward"),
             Kernel::LogprobForward => ("logprob.wgsl", "forward"),
@@ -127,33 +124,6 @@ impl Kernel {
     }
 }
 
-/// Which runtime checks wgpu compiles into the kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ShaderChecks {
-    /// wgpu's defaults: bounds checks on every buffer and array access, a counter in every
-    /// loop (so no shader can hang the GPU), guarded integer division. The browser always
-    /// runs this way.
-    #[default]
-    Full,
-    /// None of them (native only): the GEMM's k loop loses its loop counter and its
-    /// workgroup-memory and buffer indices their clamps. Sound for these kernels — see
-    /// `Pipelines::new`.
-    Trusted,
-}
-
-impl ShaderChecks {
-    pub fn parse(name: &str) -> lab_core::error::Result<ShaderChecks> {
-        match name {
-            "on" => Ok(ShaderChecks::Full),
-            "off" => Ok(ShaderChecks::Trusted),
-            other => Err(lab_core::error::LabError::param(
-                "shader-checks",
-                format!("{other:?} (expected \"on\" or \"off\")"),
-            )),
-        }
-    }
-}
-
 /// The compute pipelines of every kernel on one device.
 #[derive(Debug)]
 pub struct Pipelines {
@@ -162,9 +132,9 @@ pub struct Pipelines {
 
 impl Pipelines {
     /// Compile every shader and build one pipeline per entry point (layouts derived from the
-    /// bindings each entry uses). A WGSL error comes back as an error naming the file.
-    #[allow(unsafe_code)]
-    pub fn new(device: &wgpu::Device, checks: ShaderChecks) -> Result<Pipelines> {
+    /// bindings each entry uses), with wgpu's runtime checks (bounds checks, loop counters:
+    /// the browser's way). A WGSL error comes back as an error naming the file.
+    pub fn new(device: &wgpu::Device) -> Result<Pipelines> {
         let mut modules = Vec::new();
         for (file, text) in SHADERS {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -172,18 +142,7 @@ impl Pipelines {
                 label: Some(file),
                 source: wgpu::ShaderSource::Wgsl(source(file, text).into()),
             };
-            let module = match checks {
-                ShaderChecks::Full => device.create_shader_module(desc),
-                // SAFETY: every loop of these kernels has a bound fixed by its uniforms (no
-                // infinite loop); every buffer access is guarded by an explicit range check
-                // against the uniforms the plan sized the buffers from (the parity tests run
-                // both ways), and workgroup arrays are indexed within their declared sizes;
-                // every integer divisor is a constant or a uniform that is at least 1.
-                ShaderChecks::Trusted => unsafe {
-                    device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                },
-            };
+            let module = device.create_shader_module(desc);
             check_scope(scope, file)?;
             modules.push((file, module));
         }

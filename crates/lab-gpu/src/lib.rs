@@ -29,7 +29,6 @@ pub mod setup;
 pub mod timing;
 pub mod uniforms;
 
-pub use kernels::ShaderChecks;
 use kernels::{Kernel, Pipelines};
 use lab_core::config::GptConfig;
 use lab_core::engine::{
@@ -37,7 +36,6 @@ use lab_core::engine::{
 };
 use lab_core::error::{LabError, Result};
 use lab_core::loss::LossKind;
-pub use plan::GemmTiles;
 use plan::{record_pass, Dispatch, Grid, LossBuffers, Plan};
 use setup::{check_buffer_size, submit_and_read, submit_and_read_async, Faults};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,8 +208,6 @@ pub struct GpuEngine {
     adamw: Dispatch,
     /// Most recently used last.
     plans: Vec<Plan>,
-    /// The GEMM tile the plans use.
-    tiles: GemmTiles,
     /// (B, T) of the forward a `backward` may use.
     last_forward: Option<(usize, usize)>,
     /// Backward pass recorded but not yet submitted (behind a lock so that `grads(&self)`
@@ -258,17 +254,6 @@ impl GpuEngine {
         cfg: GptConfig,
         params: Vec<f32>,
     ) -> Result<GpuEngine> {
-        GpuEngine::with_checks(device, queue, cfg, params, ShaderChecks::Full)
-    }
-
-    /// [`GpuEngine::new`] with the kernels compiled under `checks`.
-    pub fn with_checks(
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-        cfg: GptConfig,
-        params: Vec<f32>,
-        checks: ShaderChecks,
-    ) -> Result<GpuEngine> {
         cfg.validate()?;
         let total = cfg.layout().total;
         if params.len() != total {
@@ -281,7 +266,7 @@ impl GpuEngine {
         setup::check_limits(&limits, "this device")?;
         check_buffer_size(&limits, &format!("the {total} parameters"), (total * 4) as u64)?;
         let faults = Faults::install(&device);
-        let pipelines = Pipelines::new(&device, checks)?;
+        let pipelines = Pipelines::new(&device)?;
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
@@ -370,7 +355,6 @@ impl GpuEngine {
             loss,
             adamw,
             plans: Vec::new(),
-            tiles: GemmTiles::default(),
             last_forward: None,
             pending: Mutex::new(None),
             submissions: AtomicU64::new(0),
@@ -380,14 +364,6 @@ impl GpuEngine {
 
     /// Open the platform's best adapter and build an engine on it (async: the browser's way).
     pub async fn new_async(cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
-        GpuEngine::open_default(cfg, params, ShaderChecks::Full).await
-    }
-
-    async fn open_default(
-        cfg: GptConfig,
-        params: Vec<f32>,
-        checks: ShaderChecks,
-    ) -> Result<GpuEngine> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let options = wgpu::RequestAdapterOptions {
@@ -399,32 +375,13 @@ impl GpuEngine {
             .await
             .map_err(|err| LabError::Engine { msg: setup::no_adapter_message(&err) })?;
         let (device, queue) = setup::open_device(&adapter).await?;
-        GpuEngine::with_checks(device, queue, cfg, params, checks)
+        GpuEngine::new(device, queue, cfg, params)
     }
 
     /// [`GpuEngine::new_async`], blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_default_adapter(cfg: GptConfig, params: Vec<f32>) -> Result<GpuEngine> {
-        GpuEngine::from_default_adapter_with_checks(cfg, params, ShaderChecks::Full)
-    }
-
-    /// [`GpuEngine::from_default_adapter`] with the kernels compiled under `checks`.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn from_default_adapter_with_checks(
-        cfg: GptConfig,
-        params: Vec<f32>,
-        checks: ShaderChecks,
-    ) -> Result<GpuEngine> {
-        pollster::block_on(GpuEngine::open_default(cfg, params, checks))
-    }
-
-    /// Use `tiles` for the GEMMs from now on (plans are rebuilt; a forward must come before
-    /// the next backward).
-    pub fn set_gemm_tiles(&mut self, tiles: GemmTiles) {
-        self.flush();
-        self.tiles = tiles;
-        self.plans.clear();
-        self.last_forward = None;
+        pollster::block_on(GpuEngine::new_async(cfg, params))
     }
 
     /// The kernel launches (kernel, workgroups) of one step at `batch`'s shape, forward then
@@ -548,7 +505,6 @@ impl GpuEngine {
                 &self.loss,
                 b,
                 t,
-                self.tiles,
             )?;
             self.faults.check()?;
             self.plans.push(plan);

@@ -238,78 +238,18 @@ const MAX_SPLITS: usize = 32;
 /// Rows per split of a LayerNorm's parameter gradient.
 const LN_SPLIT_ROWS: usize = 64;
 
-/// Which GEMM tile the plan uses: matmul.wgsl `gemm` (64×64) or `gemm_wide` (128×64, the
-/// same 256 invocations doing twice the work each, with double-buffered tiles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GemmTiles {
-    /// 64×64 everywhere: the tile measured on the H100 (crates/lab-gpu/PERF.md).
-    #[default]
-    Narrow,
-    /// 128×64 for every GEMM that is not a batched attention product (tests, A/B runs).
-    Wide,
-    /// 128×64 where the output has tiles to spare (at least [`WIDE_MIN_TILES`] of them
-    /// without a split), 64×64 elsewhere.
-    Auto,
-}
-
-impl GemmTiles {
-    pub fn parse(name: &str) -> Result<GemmTiles> {
-        match name {
-            "narrow" => Ok(GemmTiles::Narrow),
-            "wide" => Ok(GemmTiles::Wide),
-            "auto" => Ok(GemmTiles::Auto),
-            other => Err(LabError::param(
-                "gemm",
-                format!(
-                    "unknown GEMM tiling {other:?} (expected \"narrow\", \"wide\" or \"auto\")"
-                ),
-            )),
-        }
-    }
-
-    /// Rows of C per workgroup for a (rows × cols) product: 128 (`gemm_wide`) or 64.
-    fn tile_rows(self, rows: usize, cols: usize, batched: bool) -> usize {
-        let wide = match self {
-            GemmTiles::Narrow => false,
-            GemmTiles::Wide => !batched,
-            GemmTiles::Auto => {
-                !batched && rows.div_ceil(WIDE_ROWS) * cols.div_ceil(64) >= WIDE_MIN_TILES
-            }
-        };
-        if wide {
-            WIDE_ROWS
-        } else {
-            64
-        }
-    }
-}
-
-/// Rows of C per `gemm_wide` workgroup.
-const WIDE_ROWS: usize = 128;
-/// [`GemmTiles::Auto`] takes the wide tile when the output has this many 128×64 tiles:
-/// about one per streaming multiprocessor of a large GPU (132 on an H100), so the wide
-/// tile's halved workgroup count still fills it. At B·T = 2048 and C = 256 that is the
-/// 3C- and 4C-wide products (qkv and fc forward, fcproj's input gradient).
-const WIDE_MIN_TILES: usize = 96;
-
 /// How a weight gradient's depth (the N = B·T rows) is split: (splits, rows per split).
 /// The (rows × cols) output of a weight gradient has only a few tiles, so without a split
 /// a handful of workgroups would walk all N rows in sequence.
-fn split_k(rows: usize, cols: usize, depth: usize, tile_rows: usize) -> (usize, usize) {
-    split_depth(rows, cols, depth, 16, tile_rows)
+fn split_k(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
+    split_depth(rows, cols, depth, 16)
 }
 
-/// About [`SPLIT_TARGET_GROUPS`] workgroups for a (rows × cols) output in tiles of
-/// (tile_rows × 64), each split at least `min_chunk` deep (a multiple of the GEMMs'
-/// 16-deep step): (splits, depth per split).
-fn split_depth(
-    rows: usize,
-    cols: usize,
-    depth: usize,
-    min_chunk: usize,
-    tile_rows: usize,
-) -> (usize, usize) {
-    let tiles = rows.div_ceil(tile_rows) * cols.div_ceil(64);
+/// About [`SPLIT_TARGET_GROUPS`] workgroups for a (rows × cols) output in 64×64 tiles,
+/// each split at least `min_chunk` deep (a multiple of the GEMMs' 16-deep step): (splits,
+/// depth per split).
+fn split_depth(rows: usize, cols: usize, depth: usize, min_chunk: usize) -> (usize, usize) {
+    let tiles = rows.div_ceil(64) * cols.div_ceil(64);
     let want = SPLIT_TARGET_GROUPS.div_ceil(tiles).clamp(1, MAX_SPLITS);
     let k_chunk = depth.div_ceil(want).next_multiple_of(16).max(min_chunk);
     (depth.div_ceil(k_chunk), k_chunk)
@@ -320,18 +260,16 @@ fn split_depth(
 /// workgroups per SM, at least 64 deep each. (At B·T = 2048 and C = 256, the projections
 /// back to C channels have only 128 64×64 tiles and a depth of up to 4C: one wave of
 /// workgroups each walking 1024 deep, latency-bound.)
-fn split_activation(rows: usize, cols: usize, depth: usize, tile_rows: usize) -> (usize, usize) {
-    if rows.div_ceil(tile_rows) * cols.div_ceil(64) >= SPLIT_TARGET_GROUPS * 64 / tile_rows
-        || depth < 128
-    {
+fn split_activation(rows: usize, cols: usize, depth: usize) -> (usize, usize) {
+    if rows.div_ceil(64) * cols.div_ceil(64) >= SPLIT_TARGET_GROUPS || depth < 128 {
         return (1, depth);
     }
-    split_depth(rows, cols, depth, 64, tile_rows)
+    split_depth(rows, cols, depth, 64)
 }
 
 /// Floats of split-reduction scratch a (B·T = n) plan needs for its depth-split activation
 /// GEMMs (one at a time, reduced right away by `split_sum`).
-fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
+fn partial_floats(cfg: &GptConfig, n: usize) -> usize {
     let (c, v) = (cfg.d_model, cfg.vocab);
     // (cols, depth) of the activation GEMMs (n rows): forward, then input gradients
     let activations =
@@ -339,7 +277,7 @@ fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
     activations
         .iter()
         .map(|&(cols, depth)| {
-            let (splits, _) = split_activation(n, cols, depth, tiles.tile_rows(n, cols, false));
+            let (splits, _) = split_activation(n, cols, depth);
             if splits > 1 {
                 splits * n * cols
             } else {
@@ -354,11 +292,9 @@ fn partial_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
 /// the end of the backward): per layer the four [dW | db] of qkv, attproj, fc, fcproj and
 /// two LayerNorms' [dγ | dβ]; the final LayerNorm's; wte's from the LM head and from the
 /// embedding.
-fn grad_slab_floats(cfg: &GptConfig, n: usize, tiles: GemmTiles) -> usize {
+fn grad_slab_floats(cfg: &GptConfig, n: usize) -> usize {
     let (c, v) = (cfg.d_model, cfg.vocab);
-    let slabs = |rows: usize, cols: usize| {
-        split_k(rows, cols, n, tiles.tile_rows(rows, cols, false)).0 * rows * cols
-    };
+    let slabs = |rows: usize, cols: usize| split_k(rows, cols, n).0 * rows * cols;
     let linear = slabs(3 * c, c + 1) + slabs(c, c + 1) + slabs(4 * c, c + 1) + slabs(c, 4 * c + 1);
     let layer_norm = n.div_ceil(LN_SPLIT_ROWS) * 2 * c;
     cfg.n_layer * (linear + 2 * layer_norm) + layer_norm + 2 * slabs(v, c)
@@ -381,7 +317,6 @@ struct Recorder<'a> {
     specs: Vec<Spec>,
     /// Whether launches go to the backward's list.
     backward: bool,
-    tiles: GemmTiles,
 }
 
 impl Recorder<'_> {
@@ -424,13 +359,11 @@ impl Recorder<'_> {
         aux: Option<&wgpu::Buffer>,
     ) -> Result<()> {
         let k_chunk = if g.k_chunk == 0 { g.depth.max(1) } else { g.k_chunk };
-        // (tile_rows × 64) output tile per 16×16 workgroup, one workgroup layer per split
-        let tile_rows = self.tiles.tile_rows(g.rows, g.cols, g.batch.is_some());
-        let kernel = if tile_rows == WIDE_ROWS { Kernel::GemmWide } else { Kernel::Gemm };
+        // a 64×64 output tile per 16×16 workgroup, one workgroup layer per split
         // a ones column that would open a column tile of its own is folded into the last
         // full tile instead (matmul.wgsl: the row sums of A)
         let col_tiles = if g.folds_ones_column() { (g.cols - 1) / 64 } else { g.cols.div_ceil(64) };
-        let mut groups = self.grid.tiles(col_tiles, g.rows.div_ceil(tile_rows))?;
+        let mut groups = self.grid.tiles(col_tiles, g.rows.div_ceil(64))?;
         let batch = g.batch.unwrap_or(Batch { count: 1, inner: 1, ..Batch::default() });
         let (z, flags) = match g.batch {
             Some(batch) => (batch.count, g.flags | GemmFlags::BATCHED),
@@ -478,7 +411,7 @@ impl Recorder<'_> {
         let tokens = if g.flags.contains(GemmFlags::ONEHOT_A) { a } else { self.dummy };
         let aux = aux.unwrap_or(&act.unused_aux);
         self.push(
-            kernel,
+            Kernel::Gemm,
             uniform,
             &[(1, a), (2, b), (3, bias), (4, addend), (5, c), (6, tokens), (7, aux)],
             groups,
@@ -513,8 +446,7 @@ impl Recorder<'_> {
         side_off: usize,
         onto_last: bool,
     ) -> Result<()> {
-        let (splits, k_chunk) =
-            split_k(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
+        let (splits, k_chunk) = split_k(g.rows, g.cols, g.depth);
         let slab = g.rows * g.cols;
         let at = self.grad_region(splits * slab)?;
         let grad_slabs = &self.act.grad_slabs;
@@ -600,8 +532,7 @@ impl Recorder<'_> {
         c: &wgpu::Buffer,
         aux: Option<&wgpu::Buffer>,
     ) -> Result<Option<Slabs>> {
-        let (splits, k_chunk) =
-            split_activation(g.rows, g.cols, g.depth, self.tiles.tile_rows(g.rows, g.cols, false));
+        let (splits, k_chunk) = split_activation(g.rows, g.cols, g.depth);
         if splits == 1 || aux.is_some() {
             self.gemm(g, a, b, bias, addend, c, aux)?;
             return Ok(None);
@@ -999,12 +930,7 @@ struct Activations {
 }
 
 impl Activations {
-    fn new(
-        device: &wgpu::Device,
-        cfg: &GptConfig,
-        s: &Shape,
-        tiles: GemmTiles,
-    ) -> Result<Activations> {
+    fn new(device: &wgpu::Device, cfg: &GptConfig, s: &Shape) -> Result<Activations> {
         let limits = device.limits();
         let (b, t, n, v, nl, nc) = (s.b, s.t, s.n, s.v, s.nl, s.nc());
         let storage = wgpu::BufferUsages::STORAGE
@@ -1021,7 +947,7 @@ impl Activations {
                 mapped_at_creation: false,
             }))
         };
-        let grad_floats = grad_slab_floats(cfg, n, tiles);
+        let grad_floats = grad_slab_floats(cfg, n);
         Ok(Activations {
             tokens: make("tokens", n)?,
             mask: make("mask", n)?,
@@ -1054,7 +980,7 @@ impl Activations {
             dfch: make("dfch", 4 * nc)?,
             dlogits: make("dlogits", n * v)?,
             dpre: make("dpre", s.att_len)?,
-            partial: make("split partials", partial_floats(cfg, n, tiles))?,
+            partial: make("split partials", partial_floats(cfg, n))?,
             grad_slabs: make("gradient split slabs", grad_floats)?,
             grad_floats,
             unused_aux: make("unused aux", 1)?,
@@ -1830,10 +1756,9 @@ impl Plan {
         loss: &LossBuffers,
         b: usize,
         t: usize,
-        tiles: GemmTiles,
     ) -> Result<Plan> {
         let shape = Shape::new(cfg, b, t);
-        let act = Activations::new(device, cfg, &shape, tiles)?;
+        let act = Activations::new(device, cfg, &shape)?;
         let mut rec = Recorder {
             grid: Grid { max_per_dim: device.limits().max_compute_workgroups_per_dimension },
             params,
@@ -1845,7 +1770,6 @@ impl Plan {
             segments: Vec::new(),
             specs: Vec::new(),
             backward: false,
-            tiles,
         };
         rec.forward()?;
         rec.backward(device)?;
@@ -1886,31 +1810,6 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auto_tiles_are_wide_only_where_the_output_has_tiles_to_spare() {
-        // medium (C = 256) at the benchmark's B·T = 2048
-        let n = 2048;
-        assert_eq!(
-            GemmTiles::Auto.tile_rows(n, 4 * 256, false),
-            128,
-            "fc forward, fcproj input gradient"
-        );
-        assert_eq!(GemmTiles::Auto.tile_rows(n, 3 * 256, false), 128, "qkv forward");
-        assert_eq!(GemmTiles::Auto.tile_rows(n, 256, false), 64, "projections back to C");
-        assert_eq!(
-            GemmTiles::Auto.tile_rows(4 * 256, 257, false),
-            64,
-            "weight gradients split instead"
-        );
-        assert_eq!(GemmTiles::Auto.tile_rows(64, 64, true), 64, "attention's batched products");
-        // tiny (C = 64): nothing is wide enough
-        assert_eq!(GemmTiles::Auto.tile_rows(n, 4 * 64, false), 64);
-        assert_eq!(GemmTiles::Narrow.tile_rows(n, 4 * 256, false), 64);
-        assert_eq!(GemmTiles::Wide.tile_rows(57, 48, false), 128);
-        assert_eq!(GemmTiles::Wide.tile_rows(64, 64, true), 64);
-        assert!(GemmTiles::parse("sideways").unwrap_err().to_string().contains("\"sideways\""));
-    }
 
     #[test]
     fn aligned_operands_are_read_four_floats_at_a_time() {
@@ -2028,25 +1927,23 @@ mod tests {
 
     #[test]
     fn splits_cover_the_depth_and_aim_at_the_target_workgroups() {
-        for tile_rows in [64, 128] {
-            for (rows, cols, depth) in
-                [(1024, 257, 2048), (256, 1025, 2048), (96, 256, 2048), (48, 49, 57)]
-            {
-                let (splits, k_chunk) = split_k(rows, cols, depth, tile_rows);
-                assert!(
-                    splits * k_chunk >= depth && (splits - 1) * k_chunk < depth,
-                    "{rows}×{cols}×{depth}: {splits} × {k_chunk}"
-                );
-                assert_eq!(k_chunk % 16, 0);
-                assert!(splits <= MAX_SPLITS);
-            }
-            let (splits, k_chunk) = split_activation(2048, 256, 1024, tile_rows);
-            assert_eq!(splits * k_chunk, 1024);
-            assert_eq!(
-                2048usize.div_ceil(tile_rows) * 4 * splits,
-                SPLIT_TARGET_GROUPS,
-                "fcproj forward at B·T = 2048, C = 256"
+        for (rows, cols, depth) in
+            [(1024, 257, 2048), (256, 1025, 2048), (96, 256, 2048), (48, 49, 57)]
+        {
+            let (splits, k_chunk) = split_k(rows, cols, depth);
+            assert!(
+                splits * k_chunk >= depth && (splits - 1) * k_chunk < depth,
+                "{rows}×{cols}×{depth}: {splits} × {k_chunk}"
             );
+            assert_eq!(k_chunk % 16, 0);
+            assert!(splits <= MAX_SPLITS);
         }
+        let (splits, k_chunk) = split_activation(2048, 256, 1024);
+        assert_eq!(splits * k_chunk, 1024);
+        assert_eq!(
+            2048usize.div_ceil(64) * 4 * splits,
+            SPLIT_TARGET_GROUPS,
+            "fcproj forward at B·T = 2048, C = 256"
+        );
     }
 }

@@ -16,8 +16,8 @@ const FIXED_NEEDS: [(&str, u32, fn(&wgpu::Limits) -> u32); 6] = [
     ("max_compute_invocations_per_workgroup", 256, |l| l.max_compute_invocations_per_workgroup),
     ("max_compute_workgroup_size_x", 64, |l| l.max_compute_workgroup_size_x),
     ("max_compute_workgroup_size_y", 16, |l| l.max_compute_workgroup_size_y),
-    // matmul.wgsl `gemm_wide`: two buffers of an 8×132 and an 8×68 f32 tile
-    ("max_compute_workgroup_storage_size", 12800, |l| l.max_compute_workgroup_storage_size),
+    // matmul.wgsl: two 16×68 f32 tiles (the largest workgroup memory of any kernel)
+    ("max_compute_workgroup_storage_size", 8704, |l| l.max_compute_workgroup_storage_size),
     ("max_uniform_buffer_binding_size", 256, |l| {
         l.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32
     }),

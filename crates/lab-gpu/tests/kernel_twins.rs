@@ -13,7 +13,6 @@ use lab_cpu::reference;
 use lab_gpu::kernels::{Kernel, Pipelines};
 use lab_gpu::setup::{self, Faults};
 use lab_gpu::uniforms::{self, GemmFlags, ShaderStruct};
-use lab_gpu::ShaderChecks;
 use wgpu::util::DeviceExt;
 
 /// Agreement asked of f32 kernels against the f64 twin: |gpu − twin| ≤ REL·max|twin| + ABS.
@@ -46,7 +45,7 @@ impl Rig {
         };
         let (device, queue) = pollster::block_on(setup::open_device(&adapter)).unwrap();
         let faults = Faults::install(&device);
-        let pipelines = Pipelines::new(&device, ShaderChecks::Full).unwrap();
+        let pipelines = Pipelines::new(&device).unwrap();
         Some(Rig { device, queue, faults, pipelines })
     }
 
@@ -299,11 +298,9 @@ fn layernorm_backward_dinp_matches_its_twin_overwriting_and_accumulating() {
 const GEMM_SHAPES: [(usize, usize, usize); 4] =
     [(1, 3, 5), (7, 13, 65), (70, 80, 96), (130, 33, 129)];
 
-/// One GEMM launch on either kernel (`Gemm`: 64-row tiles, `GemmWide`: 128), depth unsplit,
-/// its grid as the engine sizes it.
-fn gemm_groups(kernel: Kernel, rows: usize, cols: usize) -> [u32; 3] {
-    let tile_rows = if kernel == Kernel::GemmWide { 128 } else { 64 };
-    [cols.div_ceil(64) as u32, rows.div_ceil(tile_rows) as u32, 1]
+/// One GEMM launch's grid (64×64 tiles, depth unsplit) as the engine sizes it.
+fn gemm_groups(rows: usize, cols: usize) -> [u32; 3] {
+    [cols.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1]
 }
 
 /// A linear layer's forward as matmul.wgsl reads it: A = x (N, IC), B = Wᵀ read from
@@ -328,89 +325,86 @@ fn projection(n: usize, ic: usize, oc: usize) -> uniforms::Gemm {
 #[test]
 fn gemm_forward_with_bias_and_residual_matches_its_twin() {
     let Some(rig) = Rig::open() else { return };
-    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
-        for (n, ic, oc) in GEMM_SHAPES {
-            // y = x·Wᵀ + b + residual, the projection layers' forward
-            let (x, w, b) =
-                (values(n * ic, 11, 1.0), values(oc * ic, 12, 0.5), values(oc, 13, 0.5));
-            let residual = values(n * oc, 14, 1.0);
-            let want: Vec<f64> = reference::matmul_forward(&x, &w, Some(&b), ic, oc)
-                .iter()
-                .zip(&residual)
-                .map(|(y, r)| y + r)
-                .collect();
-            let (a_off, b_off, bias_off, addend_off, c_off) = (2, 3, 1, 4, 5);
-            let (a, bw) = (rig.buffer(&padded(a_off, &x)), rig.buffer(&padded(b_off, &w)));
-            let (bias, addend) =
-                (rig.buffer(&padded(bias_off, &b)), rig.buffer(&padded(addend_off, &residual)));
-            let c = rig.buffer(&vec![0.0; c_off + n * oc]);
-            let uniform = uniforms::Gemm {
-                flags: (GemmFlags::BIAS | GemmFlags::ADDEND).bits(),
-                a_off: a_off as u32,
-                b_off: b_off as u32,
-                c_off: c_off as u32,
-                bias_off: bias_off as u32,
-                addend_off: addend_off as u32,
-                ..projection(n, ic, oc)
-            };
-            rig.gemm(
-                kernel,
-                uniform,
-                [Some(&a), Some(&bw), Some(&bias), Some(&addend), Some(&c), None, None],
-                gemm_groups(kernel, n, oc),
-            );
-            assert_close(
-                &format!("{} forward, {n}×{ic}→{oc}", kernel.name()),
-                &rig.read(&c)[c_off..],
-                &want,
-            );
-        }
+    let kernel = Kernel::Gemm;
+    for (n, ic, oc) in GEMM_SHAPES {
+        // y = x·Wᵀ + b + residual, the projection layers' forward
+        let (x, w, b) = (values(n * ic, 11, 1.0), values(oc * ic, 12, 0.5), values(oc, 13, 0.5));
+        let residual = values(n * oc, 14, 1.0);
+        let want: Vec<f64> = reference::matmul_forward(&x, &w, Some(&b), ic, oc)
+            .iter()
+            .zip(&residual)
+            .map(|(y, r)| y + r)
+            .collect();
+        let (a_off, b_off, bias_off, addend_off, c_off) = (2, 3, 1, 4, 5);
+        let (a, bw) = (rig.buffer(&padded(a_off, &x)), rig.buffer(&padded(b_off, &w)));
+        let (bias, addend) =
+            (rig.buffer(&padded(bias_off, &b)), rig.buffer(&padded(addend_off, &residual)));
+        let c = rig.buffer(&vec![0.0; c_off + n * oc]);
+        let uniform = uniforms::Gemm {
+            flags: (GemmFlags::BIAS | GemmFlags::ADDEND).bits(),
+            a_off: a_off as u32,
+            b_off: b_off as u32,
+            c_off: c_off as u32,
+            bias_off: bias_off as u32,
+            addend_off: addend_off as u32,
+            ..projection(n, ic, oc)
+        };
+        rig.gemm(
+            kernel,
+            uniform,
+            [Some(&a), Some(&bw), Some(&bias), Some(&addend), Some(&c), None, None],
+            gemm_groups(n, oc),
+        );
+        assert_close(
+            &format!("{} forward, {n}×{ic}→{oc}", kernel.name()),
+            &rig.read(&c)[c_off..],
+            &want,
+        );
     }
 }
 
 #[test]
 fn gemm_input_gradient_matches_its_twin() {
     let Some(rig) = Rig::open() else { return };
-    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
-        for (n, ic, oc) in GEMM_SHAPES {
-            // dx = dy·W, depth = the layer's output channels
-            let (x, w, dy) =
-                (values(n * ic, 15, 1.0), values(oc * ic, 16, 0.5), values(n * oc, 17, 1.0));
-            let mut dw = vec![0.0; oc * ic];
-            let want = reference::matmul_backward(&dy, &x, &w, &mut dw, None, ic, oc);
-            let (a_off, b_off, c_off) = (1, 2, 3);
-            let (a, bw) = (rig.buffer(&padded(a_off, &dy)), rig.buffer(&padded(b_off, &w)));
-            let c = rig.buffer(&vec![0.0; c_off + n * ic]);
-            let uniform = uniforms::Gemm {
-                rows: n as u32,
-                cols: ic as u32,
-                depth: oc as u32,
-                a_off: a_off as u32,
-                a_rs: oc as u32,
-                a_ks: 1,
-                // B[k, s] = W[k, s]
-                b_off: b_off as u32,
-                b_ks: ic as u32,
-                b_ss: 1,
-                c_off: c_off as u32,
-                c_rs: ic as u32,
-                k_chunk: oc as u32,
-                z_inner: 1,
-                scale: 1.0,
-                ..Default::default()
-            };
-            rig.gemm(
-                kernel,
-                uniform,
-                [Some(&a), Some(&bw), None, None, Some(&c), None, None],
-                gemm_groups(kernel, n, ic),
-            );
-            assert_close(
-                &format!("{} dx, {n}×{oc}→{ic}", kernel.name()),
-                &rig.read(&c)[c_off..],
-                &want,
-            );
-        }
+    let kernel = Kernel::Gemm;
+    for (n, ic, oc) in GEMM_SHAPES {
+        // dx = dy·W, depth = the layer's output channels
+        let (x, w, dy) =
+            (values(n * ic, 15, 1.0), values(oc * ic, 16, 0.5), values(n * oc, 17, 1.0));
+        let mut dw = vec![0.0; oc * ic];
+        let want = reference::matmul_backward(&dy, &x, &w, &mut dw, None, ic, oc);
+        let (a_off, b_off, c_off) = (1, 2, 3);
+        let (a, bw) = (rig.buffer(&padded(a_off, &dy)), rig.buffer(&padded(b_off, &w)));
+        let c = rig.buffer(&vec![0.0; c_off + n * ic]);
+        let uniform = uniforms::Gemm {
+            rows: n as u32,
+            cols: ic as u32,
+            depth: oc as u32,
+            a_off: a_off as u32,
+            a_rs: oc as u32,
+            a_ks: 1,
+            // B[k, s] = W[k, s]
+            b_off: b_off as u32,
+            b_ks: ic as u32,
+            b_ss: 1,
+            c_off: c_off as u32,
+            c_rs: ic as u32,
+            k_chunk: oc as u32,
+            z_inner: 1,
+            scale: 1.0,
+            ..Default::default()
+        };
+        rig.gemm(
+            kernel,
+            uniform,
+            [Some(&a), Some(&bw), None, None, Some(&c), None, None],
+            gemm_groups(n, ic),
+        );
+        assert_close(
+            &format!("{} dx, {n}×{oc}→{ic}", kernel.name()),
+            &rig.read(&c)[c_off..],
+            &want,
+        );
     }
 }
 
@@ -818,76 +812,72 @@ fn attention_softmax_forward_and_backward_match_their_twin() {
 #[test]
 fn gemm_split_k_slabs_and_gelu_epilogues_match_their_twin() {
     let Some(rig) = Rig::open() else { return };
-    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
-        for (n, ic, oc) in GEMM_SHAPES {
-            let (x, w, b) =
-                (values(n * ic, 91, 1.0), values(oc * ic, 92, 0.5), values(oc, 93, 0.5));
-            let pre = reference::matmul_forward(&x, &w, Some(&b), ic, oc);
-            let shape = format!("{}, {n}×{ic}→{oc}", kernel.name());
-            let linear =
-                |flags: GemmFlags, k_chunk: usize, c_zs: usize, aux_off: usize| uniforms::Gemm {
-                    flags: flags.bits(),
-                    k_chunk: k_chunk as u32,
-                    c_zs: c_zs as u32,
-                    aux_off: aux_off as u32,
-                    ..projection(n, ic, oc)
-                };
-            let (a, bw, bias) =
-                (rig.operand(&f32s(&x)), rig.operand(&f32s(&w)), rig.operand(&f32s(&b)));
-
-            // the fc layer's forward: C = x·Wᵀ + b and aux = GELU(C), GPT-2's gelu_new
-            let aux_off = 2;
-            let (c, aux) =
-                (rig.buffer(&vec![0.0; n * oc]), rig.buffer(&vec![0.0; aux_off + n * oc]));
-            let uniform = linear(GemmFlags::BIAS | GemmFlags::GELU_OUT, ic, 0, aux_off);
-            let bound = [Some(&a), Some(&bw), Some(&bias), None, Some(&c), None, Some(&aux)];
-            rig.gemm(kernel, uniform, bound, gemm_groups(kernel, n, oc));
-            assert_close(&format!("{shape}: GELU_OUT pre-activation"), &rig.read(&c), &pre);
-            let gelu = reference::gelu_forward(&pre);
-            assert_close(&format!("{shape}: GELU_OUT"), &rig.read(&aux)[aux_off..], &gelu);
-
-            // its backward: C = dy·W ·= gelu′(pre), the input gradient through the GELU
-            let dy = values(n * oc, 94, 1.0);
-            let want = reference::gelu_backward(&dy, &pre);
-            let eye: Vec<f64> =
-                (0..oc * oc).map(|i| f64::from(u8::from(i / oc == i % oc))).collect();
-            let (dy_buf, eye_buf) = (rig.operand(&f32s(&dy)), rig.operand(&f32s(&eye)));
-            let pre_buf = rig.buffer(&f32s(&pre));
-            let c = rig.buffer(&vec![0.0; n * oc]);
-            let uniform = uniforms::Gemm {
-                depth: oc as u32,
-                a_rs: oc as u32,
-                b_ks: oc as u32,
-                b_ss: 1,
-                k_chunk: oc as u32,
-                aux_off: 0,
-                ..linear(GemmFlags::GELU_GRAD, oc, 0, 0)
+    let kernel = Kernel::Gemm;
+    for (n, ic, oc) in GEMM_SHAPES {
+        let (x, w, b) = (values(n * ic, 91, 1.0), values(oc * ic, 92, 0.5), values(oc, 93, 0.5));
+        let pre = reference::matmul_forward(&x, &w, Some(&b), ic, oc);
+        let shape = format!("{}, {n}×{ic}→{oc}", kernel.name());
+        let linear =
+            |flags: GemmFlags, k_chunk: usize, c_zs: usize, aux_off: usize| uniforms::Gemm {
+                flags: flags.bits(),
+                k_chunk: k_chunk as u32,
+                c_zs: c_zs as u32,
+                aux_off: aux_off as u32,
+                ..projection(n, ic, oc)
             };
-            // dy·I, so the product is dy itself and the epilogue is what is checked
-            rig.gemm(
-                kernel,
-                uniform,
-                [Some(&dy_buf), Some(&eye_buf), None, None, Some(&c), None, Some(&pre_buf)],
-                gemm_groups(kernel, n, oc),
-            );
-            assert_close(&format!("{shape}: GELU_GRAD"), &rig.read(&c), &want);
+        let (a, bw, bias) =
+            (rig.operand(&f32s(&x)), rig.operand(&f32s(&w)), rig.operand(&f32s(&b)));
 
-            // split-K: workgroup layer z sums depth [z·k_chunk, (z+1)·k_chunk) into slab z,
-            // c_zs apart; the slabs add up to the product
-            let k_chunk = 16;
-            let splits = ic.div_ceil(k_chunk);
-            let c_zs = n * oc + 7;
-            let slabs = rig.buffer(&vec![0.0; splits * c_zs]);
-            let mut groups = gemm_groups(kernel, n, oc);
-            groups[2] = splits as u32;
-            let bound = [Some(&a), Some(&bw), None, None, Some(&slabs), None, None];
-            rig.gemm(kernel, linear(GemmFlags::NONE, k_chunk, c_zs, 0), bound, groups);
-            let slabs = rig.read(&slabs);
-            let summed: Vec<f64> =
-                (0..n * oc).map(|m| (0..splits).map(|z| slabs[z * c_zs + m]).sum()).collect();
-            let want = reference::matmul_forward(&x, &w, None, ic, oc);
-            assert_close(&format!("{shape}: {splits} split-K slabs"), &summed, &want);
-        }
+        // the fc layer's forward: C = x·Wᵀ + b and aux = GELU(C), GPT-2's gelu_new
+        let aux_off = 2;
+        let (c, aux) = (rig.buffer(&vec![0.0; n * oc]), rig.buffer(&vec![0.0; aux_off + n * oc]));
+        let uniform = linear(GemmFlags::BIAS | GemmFlags::GELU_OUT, ic, 0, aux_off);
+        let bound = [Some(&a), Some(&bw), Some(&bias), None, Some(&c), None, Some(&aux)];
+        rig.gemm(kernel, uniform, bound, gemm_groups(n, oc));
+        assert_close(&format!("{shape}: GELU_OUT pre-activation"), &rig.read(&c), &pre);
+        let gelu = reference::gelu_forward(&pre);
+        assert_close(&format!("{shape}: GELU_OUT"), &rig.read(&aux)[aux_off..], &gelu);
+
+        // its backward: C = dy·W ·= gelu′(pre), the input gradient through the GELU
+        let dy = values(n * oc, 94, 1.0);
+        let want = reference::gelu_backward(&dy, &pre);
+        let eye: Vec<f64> = (0..oc * oc).map(|i| f64::from(u8::from(i / oc == i % oc))).collect();
+        let (dy_buf, eye_buf) = (rig.operand(&f32s(&dy)), rig.operand(&f32s(&eye)));
+        let pre_buf = rig.buffer(&f32s(&pre));
+        let c = rig.buffer(&vec![0.0; n * oc]);
+        let uniform = uniforms::Gemm {
+            depth: oc as u32,
+            a_rs: oc as u32,
+            b_ks: oc as u32,
+            b_ss: 1,
+            k_chunk: oc as u32,
+            aux_off: 0,
+            ..linear(GemmFlags::GELU_GRAD, oc, 0, 0)
+        };
+        // dy·I, so the product is dy itself and the epilogue is what is checked
+        rig.gemm(
+            kernel,
+            uniform,
+            [Some(&dy_buf), Some(&eye_buf), None, None, Some(&c), None, Some(&pre_buf)],
+            gemm_groups(n, oc),
+        );
+        assert_close(&format!("{shape}: GELU_GRAD"), &rig.read(&c), &want);
+
+        // split-K: workgroup layer z sums depth [z·k_chunk, (z+1)·k_chunk) into slab z,
+        // c_zs apart; the slabs add up to the product
+        let k_chunk = 16;
+        let splits = ic.div_ceil(k_chunk);
+        let c_zs = n * oc + 7;
+        let slabs = rig.buffer(&vec![0.0; splits * c_zs]);
+        let mut groups = gemm_groups(n, oc);
+        groups[2] = splits as u32;
+        let bound = [Some(&a), Some(&bw), None, None, Some(&slabs), None, None];
+        rig.gemm(kernel, linear(GemmFlags::NONE, k_chunk, c_zs, 0), bound, groups);
+        let slabs = rig.read(&slabs);
+        let summed: Vec<f64> =
+            (0..n * oc).map(|m| (0..splits).map(|z| slabs[z * c_zs + m]).sum()).collect();
+        let want = reference::matmul_forward(&x, &w, None, ic, oc);
+        assert_close(&format!("{shape}: {splits} split-K slabs"), &summed, &want);
     }
 }
 
@@ -905,89 +895,86 @@ fn ones_column_tiles(cols: usize) -> usize {
 fn gemm_weight_gradient_with_ones_column_and_one_hot_embedding_gradient_match_their_twin() {
     let Some(rig) = Rig::open() else { return };
     // (N, IC, OC): IC 64 and 128 make the ones column fold into the last full tile
-    for kernel in [Kernel::Gemm, Kernel::GemmWide] {
-        for (n, ic, oc) in [(5, 3, 7), (70, 64, 10), (33, 128, 65), (130, 80, 3)] {
-            let (x, w, dy) =
-                (values(n * ic, 101, 1.0), values(oc * ic, 102, 0.5), values(n * oc, 103, 1.0));
-            let (mut dw, mut db) = (vec![0.0; oc * ic], vec![0.0; oc]);
-            reference::matmul_backward(&dy, &x, &w, &mut dw, Some(&mut db), ic, oc);
-            let want: Vec<f64> = (0..oc)
-                .flat_map(|o| dw[o * ic..(o + 1) * ic].iter().copied().chain([db[o]]))
-                .collect();
-            let cols = ic + 1;
-            // A = dyᵀ (OC, N) read from dy; B = [x | 1] (N, IC + 1); C = [dW | db]
-            let uniform = uniforms::Gemm {
-                rows: oc as u32,
-                cols: cols as u32,
-                depth: n as u32,
-                flags: GemmFlags::ONES_COLUMN.bits(),
-                a_rs: 1,
-                a_ks: oc as u32,
-                b_ks: ic as u32,
-                b_ss: 1,
-                c_rs: cols as u32,
-                k_chunk: n as u32,
-                z_inner: 1,
-                scale: 1.0,
-                ..Default::default()
-            };
-            let (a, b) = (rig.operand(&f32s(&dy)), rig.operand(&f32s(&x)));
-            let c = rig.buffer(&vec![0.0; oc * cols]);
-            let tile_rows = if kernel == Kernel::GemmWide { 128 } else { 64 };
-            rig.gemm(
-                kernel,
-                uniform,
-                [Some(&a), Some(&b), None, None, Some(&c), None, None],
-                [ones_column_tiles(cols) as u32, oc.div_ceil(tile_rows) as u32, 1],
-            );
-            let shape = format!("{}, N {n} IC {ic} OC {oc}", kernel.name());
-            assert_close(&format!("{shape}: [dW | db]"), &rig.read(&c), &want);
-        }
-        // dwte = one-hot(tokens)ᵀ · dres: the scatter-add of reference::backward
-        for (n, v, c) in [(5, 7, 3), (70, 50, 80), (130, 65, 64)] {
-            let tokens: Vec<u32> = (0..n).map(|i| ((i * 11 + 2) % v) as u32).collect();
-            let dres = values(n * c, 104, 1.0);
-            let mut want = vec![0.0; v * c];
-            for (t, &tok) in tokens.iter().enumerate() {
-                for ch in 0..c {
-                    want[tok as usize * c + ch] += dres[t * c + ch];
-                }
+    let kernel = Kernel::Gemm;
+    for (n, ic, oc) in [(5, 3, 7), (70, 64, 10), (33, 128, 65), (130, 80, 3)] {
+        let (x, w, dy) =
+            (values(n * ic, 101, 1.0), values(oc * ic, 102, 0.5), values(n * oc, 103, 1.0));
+        let (mut dw, mut db) = (vec![0.0; oc * ic], vec![0.0; oc]);
+        reference::matmul_backward(&dy, &x, &w, &mut dw, Some(&mut db), ic, oc);
+        let want: Vec<f64> =
+            (0..oc).flat_map(|o| dw[o * ic..(o + 1) * ic].iter().copied().chain([db[o]])).collect();
+        let cols = ic + 1;
+        // A = dyᵀ (OC, N) read from dy; B = [x | 1] (N, IC + 1); C = [dW | db]
+        let uniform = uniforms::Gemm {
+            rows: oc as u32,
+            cols: cols as u32,
+            depth: n as u32,
+            flags: GemmFlags::ONES_COLUMN.bits(),
+            a_rs: 1,
+            a_ks: oc as u32,
+            b_ks: ic as u32,
+            b_ss: 1,
+            c_rs: cols as u32,
+            k_chunk: n as u32,
+            z_inner: 1,
+            scale: 1.0,
+            ..Default::default()
+        };
+        let (a, b) = (rig.operand(&f32s(&dy)), rig.operand(&f32s(&x)));
+        let c = rig.buffer(&vec![0.0; oc * cols]);
+        rig.gemm(
+            kernel,
+            uniform,
+            [Some(&a), Some(&b), None, None, Some(&c), None, None],
+            [ones_column_tiles(cols) as u32, oc.div_ceil(64) as u32, 1],
+        );
+        let shape = format!("{}, N {n} IC {ic} OC {oc}", kernel.name());
+        assert_close(&format!("{shape}: [dW | db]"), &rig.read(&c), &want);
+    }
+    // dwte = one-hot(tokens)ᵀ · dres: the scatter-add of reference::backward
+    for (n, v, c) in [(5, 7, 3), (70, 50, 80), (130, 65, 64)] {
+        let tokens: Vec<u32> = (0..n).map(|i| ((i * 11 + 2) % v) as u32).collect();
+        let dres = values(n * c, 104, 1.0);
+        let mut want = vec![0.0; v * c];
+        for (t, &tok) in tokens.iter().enumerate() {
+            for ch in 0..c {
+                want[tok as usize * c + ch] += dres[t * c + ch];
             }
-            let a_off = 1;
-            let mut ids = vec![u32::MAX; a_off];
-            ids.extend(&tokens);
-            let tokens_buf = rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(&ids),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
-            let uniform = uniforms::Gemm {
-                rows: v as u32,
-                cols: c as u32,
-                depth: n as u32,
-                flags: GemmFlags::ONEHOT_A.bits(),
-                a_off: a_off as u32,
-                b_ks: c as u32,
-                b_ss: 1,
-                c_rs: c as u32,
-                k_chunk: n as u32,
-                z_inner: 1,
-                scale: 1.0,
-                ..Default::default()
-            };
-            let (b, out) = (rig.operand(&f32s(&dres)), rig.buffer(&vec![0.0; v * c]));
-            rig.gemm(
-                kernel,
-                uniform,
-                [None, Some(&b), None, None, Some(&out), Some(&tokens_buf), None],
-                gemm_groups(kernel, v, c),
-            );
-            assert_close(
-                &format!("{}, one-hot dwte, N {n} V {v} C {c}", kernel.name()),
-                &rig.read(&out),
-                &want,
-            );
         }
+        let a_off = 1;
+        let mut ids = vec![u32::MAX; a_off];
+        ids.extend(&tokens);
+        let tokens_buf = rig.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&ids),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let uniform = uniforms::Gemm {
+            rows: v as u32,
+            cols: c as u32,
+            depth: n as u32,
+            flags: GemmFlags::ONEHOT_A.bits(),
+            a_off: a_off as u32,
+            b_ks: c as u32,
+            b_ss: 1,
+            c_rs: c as u32,
+            k_chunk: n as u32,
+            z_inner: 1,
+            scale: 1.0,
+            ..Default::default()
+        };
+        let (b, out) = (rig.operand(&f32s(&dres)), rig.buffer(&vec![0.0; v * c]));
+        rig.gemm(
+            kernel,
+            uniform,
+            [None, Some(&b), None, None, Some(&out), Some(&tokens_buf), None],
+            gemm_groups(v, c),
+        );
+        assert_close(
+            &format!("{}, one-hot dwte, N {n} V {v} C {c}", kernel.name()),
+            &rig.read(&out),
+            &want,
+        );
     }
 }
 
@@ -1032,147 +1019,146 @@ fn layernorm_parameter_gradient_splits_add_up_to_the_twin_s() {
 fn batched_attention_products_with_the_fused_softmax_match_their_twin() {
     let Some(rig) = Rig::open() else { return };
     // (B, NH, T, C): the fused softmax serves rows of up to one tile (T ≤ 64). Batched
-    // products run on the 64-row kernel only (plan.rs `GemmTiles::tile_rows`).
-    for kernel in [Kernel::Gemm] {
-        for (b, nh, t, c) in [(1, 1, 1, 4), (2, 2, 5, 8), (2, 4, 64, 80)] {
-            let hs = c / nh;
-            let qkv = values(b * t * 3 * c, 121, 1.0);
-            let (mut want_att, mut want_out) = (Vec::new(), Vec::new());
-            for seq in qkv.chunks(t * 3 * c) {
-                let (out, att) = reference::attention_forward(seq, c, nh);
-                want_out.extend(out);
-                want_att.extend(att);
-            }
-            let qkv_buf = rig.operand(&f32s(&qkv));
-            let z = (b * nh) as u32;
-            // att[b, h] = softmax(scale · Q Kᵀ), causal, Q and K read in place from qkv
-            let scores = uniforms::Gemm {
-                rows: t as u32,
-                cols: t as u32,
-                depth: hs as u32,
-                flags: (GemmFlags::BATCHED | GemmFlags::SOFTMAX).bits(),
-                a_rs: (3 * c) as u32,
-                a_ks: 1,
-                b_off: c as u32,
-                b_ks: 1,
-                b_ss: (3 * c) as u32,
-                c_rs: t as u32,
-                k_chunk: hs as u32,
-                z_inner: nh as u32,
-                a_zo: (t * 3 * c) as u32,
-                a_zi: hs as u32,
-                b_zo: (t * 3 * c) as u32,
-                b_zi: hs as u32,
-                c_zo: (nh * t * t) as u32,
-                c_zi: (t * t) as u32,
-                scale: 1.0 / (hs as f32).sqrt(),
-                ..Default::default()
-            };
-            let att = rig.buffer(&vec![0.0; b * nh * t * t]);
-            let mut groups = gemm_groups(kernel, t, t);
-            groups[2] = z;
-            rig.gemm(
-                kernel,
-                scores,
-                [Some(&qkv_buf), Some(&qkv_buf), None, None, Some(&att), None, None],
-                groups,
-            );
-            let shape = format!("{}, B {b} NH {nh} T {t} C {c}", kernel.name());
-            assert_close(&format!("{shape}: att"), &rig.read(&att), &want_att);
+    // products run on `gemm`'s 64×64 tiles.
+    let kernel = Kernel::Gemm;
+    for (b, nh, t, c) in [(1, 1, 1, 4), (2, 2, 5, 8), (2, 4, 64, 80)] {
+        let hs = c / nh;
+        let qkv = values(b * t * 3 * c, 121, 1.0);
+        let (mut want_att, mut want_out) = (Vec::new(), Vec::new());
+        for seq in qkv.chunks(t * 3 * c) {
+            let (out, att) = reference::attention_forward(seq, c, nh);
+            want_out.extend(out);
+            want_att.extend(att);
+        }
+        let qkv_buf = rig.operand(&f32s(&qkv));
+        let z = (b * nh) as u32;
+        // att[b, h] = softmax(scale · Q Kᵀ), causal, Q and K read in place from qkv
+        let scores = uniforms::Gemm {
+            rows: t as u32,
+            cols: t as u32,
+            depth: hs as u32,
+            flags: (GemmFlags::BATCHED | GemmFlags::SOFTMAX).bits(),
+            a_rs: (3 * c) as u32,
+            a_ks: 1,
+            b_off: c as u32,
+            b_ks: 1,
+            b_ss: (3 * c) as u32,
+            c_rs: t as u32,
+            k_chunk: hs as u32,
+            z_inner: nh as u32,
+            a_zo: (t * 3 * c) as u32,
+            a_zi: hs as u32,
+            b_zo: (t * 3 * c) as u32,
+            b_zi: hs as u32,
+            c_zo: (nh * t * t) as u32,
+            c_zi: (t * t) as u32,
+            scale: 1.0 / (hs as f32).sqrt(),
+            ..Default::default()
+        };
+        let att = rig.buffer(&vec![0.0; b * nh * t * t]);
+        let mut groups = gemm_groups(t, t);
+        groups[2] = z;
+        rig.gemm(
+            kernel,
+            scores,
+            [Some(&qkv_buf), Some(&qkv_buf), None, None, Some(&att), None, None],
+            groups,
+        );
+        let shape = format!("{}, B {b} NH {nh} T {t} C {c}", kernel.name());
+        assert_close(&format!("{shape}: att"), &rig.read(&att), &want_att);
 
-            // y[b, :, h] = att[b, h] · V, V read in place, written into its head's columns
-            let values_product = uniforms::Gemm {
-                rows: t as u32,
-                cols: hs as u32,
-                depth: t as u32,
-                flags: GemmFlags::BATCHED.bits(),
-                a_rs: t as u32,
-                a_ks: 1,
-                b_off: (2 * c) as u32,
-                b_ks: (3 * c) as u32,
-                b_ss: 1,
-                c_rs: c as u32,
-                k_chunk: t as u32,
-                z_inner: nh as u32,
-                a_zo: (nh * t * t) as u32,
-                a_zi: (t * t) as u32,
-                b_zo: (t * 3 * c) as u32,
-                b_zi: hs as u32,
-                c_zo: (t * c) as u32,
-                c_zi: hs as u32,
-                scale: 1.0,
-                ..Default::default()
-            };
-            let att_in = rig.operand(&f32s(&want_att));
-            let out = rig.buffer(&vec![0.0; b * t * c]);
-            let mut groups = gemm_groups(kernel, t, hs);
-            groups[2] = z;
-            rig.gemm(
-                kernel,
-                values_product,
-                [Some(&att_in), Some(&qkv_buf), None, None, Some(&out), None, None],
-                groups,
-            );
-            assert_close(&format!("{shape}: att·V"), &rig.read(&out), &want_out);
+        // y[b, :, h] = att[b, h] · V, V read in place, written into its head's columns
+        let values_product = uniforms::Gemm {
+            rows: t as u32,
+            cols: hs as u32,
+            depth: t as u32,
+            flags: GemmFlags::BATCHED.bits(),
+            a_rs: t as u32,
+            a_ks: 1,
+            b_off: (2 * c) as u32,
+            b_ks: (3 * c) as u32,
+            b_ss: 1,
+            c_rs: c as u32,
+            k_chunk: t as u32,
+            z_inner: nh as u32,
+            a_zo: (nh * t * t) as u32,
+            a_zi: (t * t) as u32,
+            b_zo: (t * 3 * c) as u32,
+            b_zi: hs as u32,
+            c_zo: (t * c) as u32,
+            c_zi: hs as u32,
+            scale: 1.0,
+            ..Default::default()
+        };
+        let att_in = rig.operand(&f32s(&want_att));
+        let out = rig.buffer(&vec![0.0; b * t * c]);
+        let mut groups = gemm_groups(t, hs);
+        groups[2] = z;
+        rig.gemm(
+            kernel,
+            values_product,
+            [Some(&att_in), Some(&qkv_buf), None, None, Some(&out), None, None],
+            groups,
+        );
+        assert_close(&format!("{shape}: att·V"), &rig.read(&out), &want_out);
 
-            // backward: dpre[b, h] = P ⊙ (dy Vᵀ − rowsum(P ⊙ dy Vᵀ)) · scale, P read
-            // through the addend binding (the softmax backward fused into dy·Vᵀ)
-            let dy = values(b * t * c, 122, 1.0);
-            let mut want = vec![0.0; b * nh * t * t];
-            for (z, block) in want.chunks_mut(t * t).enumerate() {
-                let (bi, h) = (z / nh, z % nh);
-                let at = |row: usize, col: usize| want_att[z * t * t + row * t + col];
-                for row in 0..t {
-                    let da: Vec<f64> = (0..=row)
-                        .map(|t2| {
-                            (0..hs)
-                                .map(|d| {
-                                    dy[(bi * t + row) * c + h * hs + d]
-                                        * qkv[(bi * t + t2) * 3 * c + 2 * c + h * hs + d]
-                                })
-                                .sum()
-                        })
-                        .collect();
-                    let dot: f64 = (0..=row).map(|t2| at(row, t2) * da[t2]).sum();
-                    for t2 in 0..=row {
-                        block[row * t + t2] = at(row, t2) * (da[t2] - dot) / (hs as f64).sqrt();
-                    }
+        // backward: dpre[b, h] = P ⊙ (dy Vᵀ − rowsum(P ⊙ dy Vᵀ)) · scale, P read
+        // through the addend binding (the softmax backward fused into dy·Vᵀ)
+        let dy = values(b * t * c, 122, 1.0);
+        let mut want = vec![0.0; b * nh * t * t];
+        for (z, block) in want.chunks_mut(t * t).enumerate() {
+            let (bi, h) = (z / nh, z % nh);
+            let at = |row: usize, col: usize| want_att[z * t * t + row * t + col];
+            for row in 0..t {
+                let da: Vec<f64> = (0..=row)
+                    .map(|t2| {
+                        (0..hs)
+                            .map(|d| {
+                                dy[(bi * t + row) * c + h * hs + d]
+                                    * qkv[(bi * t + t2) * 3 * c + 2 * c + h * hs + d]
+                            })
+                            .sum()
+                    })
+                    .collect();
+                let dot: f64 = (0..=row).map(|t2| at(row, t2) * da[t2]).sum();
+                for t2 in 0..=row {
+                    block[row * t + t2] = at(row, t2) * (da[t2] - dot) / (hs as f64).sqrt();
                 }
             }
-            let grad = uniforms::Gemm {
-                rows: t as u32,
-                cols: t as u32,
-                depth: hs as u32,
-                flags: (GemmFlags::BATCHED | GemmFlags::SOFTMAX_GRAD).bits(),
-                a_rs: c as u32,
-                a_ks: 1,
-                b_off: (2 * c) as u32,
-                b_ks: 1,
-                b_ss: (3 * c) as u32,
-                c_rs: t as u32,
-                k_chunk: hs as u32,
-                z_inner: nh as u32,
-                a_zo: (t * c) as u32,
-                a_zi: hs as u32,
-                b_zo: (t * 3 * c) as u32,
-                b_zi: hs as u32,
-                c_zo: (nh * t * t) as u32,
-                c_zi: (t * t) as u32,
-                scale: 1.0 / (hs as f32).sqrt(),
-                ..Default::default()
-            };
-            let (dy_buf, probs) = (rig.operand(&f32s(&dy)), rig.buffer(&f32s(&want_att)));
-            let dpre = rig.buffer(&vec![0.0; b * nh * t * t]);
-            let mut groups = gemm_groups(kernel, t, t);
-            groups[2] = z;
-            rig.gemm(
-                kernel,
-                grad,
-                [Some(&dy_buf), Some(&qkv_buf), None, Some(&probs), Some(&dpre), None, None],
-                groups,
-            );
-            assert_close(&format!("{shape}: SOFTMAX_GRAD"), &rig.read(&dpre), &want);
         }
+        let grad = uniforms::Gemm {
+            rows: t as u32,
+            cols: t as u32,
+            depth: hs as u32,
+            flags: (GemmFlags::BATCHED | GemmFlags::SOFTMAX_GRAD).bits(),
+            a_rs: c as u32,
+            a_ks: 1,
+            b_off: (2 * c) as u32,
+            b_ks: 1,
+            b_ss: (3 * c) as u32,
+            c_rs: t as u32,
+            k_chunk: hs as u32,
+            z_inner: nh as u32,
+            a_zo: (t * c) as u32,
+            a_zi: hs as u32,
+            b_zo: (t * 3 * c) as u32,
+            b_zi: hs as u32,
+            c_zo: (nh * t * t) as u32,
+            c_zi: (t * t) as u32,
+            scale: 1.0 / (hs as f32).sqrt(),
+            ..Default::default()
+        };
+        let (dy_buf, probs) = (rig.operand(&f32s(&dy)), rig.buffer(&f32s(&want_att)));
+        let dpre = rig.buffer(&vec![0.0; b * nh * t * t]);
+        let mut groups = gemm_groups(t, t);
+        groups[2] = z;
+        rig.gemm(
+            kernel,
+            grad,
+            [Some(&dy_buf), Some(&qkv_buf), None, Some(&probs), Some(&dpre), None, None],
+            groups,
+        );
+        assert_close(&format!("{shape}: SOFTMAX_GRAD"), &rig.read(&dpre), &want);
     }
 }
 
