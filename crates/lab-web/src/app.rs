@@ -6,7 +6,8 @@ mod annotate;
 
 use crate::bridge;
 use crate::charts::{self, RunHistory, CHART_IDS, RUN_COLORS};
-use crate::protocol::{Candidate, FromWorker, Metric, PairRow, PairText, ScenarioInfo, ToWorker};
+use crate::history;
+use crate::protocol::{Candidate, FromWorker, PairRow, PairText, ScenarioInfo, ToWorker};
 use crate::state::{UiState, MAX_RUNS};
 use lab_core::loss::{LossKind, LossMix};
 use lab_train::scenario::{Check, SCENARIOS};
@@ -150,17 +151,10 @@ impl Store {
     }
 
     fn receive(&self, msg: FromWorker) {
+        if !history::is_current(&msg, self.generation.get_untracked()) {
+            return;
+        }
         match msg {
-            FromWorker::Ready { generation, .. }
-                if generation != self.generation.get_untracked() => {}
-            FromWorker::Stepped { generation, .. }
-                if generation != self.generation.get_untracked() => {}
-            FromWorker::Diverged { generation, .. }
-                if generation != self.generation.get_untracked() => {}
-            FromWorker::Continued { generation, .. }
-                if generation != self.generation.get_untracked() => {}
-            FromWorker::LiveVerdict { generation, .. }
-                if generation != self.generation.get_untracked() => {}
             FromWorker::Ready {
                 engine,
                 engine_note,
@@ -186,16 +180,7 @@ impl Store {
                 self.engine_note.set(engine_note);
                 self.model.set(model);
                 self.scenario.set(scenario);
-                self.runs.set(
-                    runs.into_iter()
-                        .zip(start)
-                        .map(|(info, s)| RunHistory {
-                            info: Some(info),
-                            points: vec![s],
-                            ..Default::default()
-                        })
-                        .collect(),
-                );
+                self.runs.set(RunHistory::started(runs, start));
                 let first_prompt = prompts.first().cloned();
                 self.pairs.set(pairs);
                 self.prompts.set(prompts);
@@ -219,9 +204,7 @@ impl Store {
                 }
                 self.runs.update(|runs| {
                     if let Some(r) = runs.get_mut(run) {
-                        r.points.push(metrics);
-                        r.displaced_at = displaced_at;
-                        r.last_step_ms = step_ms;
+                        r.stepped(metrics, displaced_at, step_ms);
                     }
                 });
                 if let Some(table) = table {
@@ -240,8 +223,7 @@ impl Store {
                 // the run is back at step `kept`: its later points described spoilt weights
                 self.runs.update(|runs| {
                     if let Some(r) = runs.get_mut(run) {
-                        r.points.retain(|p| p.get("step").is_none_or(|&s| s <= f64::from(kept)));
-                        r.displaced_at = r.displaced_at.filter(|&at| at <= kept);
+                        r.rewound(kept);
                     }
                 });
                 self.diverged.set(Some(Diverged { run, step, kept, message }));
@@ -272,14 +254,7 @@ impl Store {
                 scenario, step, passed, line, checks, missing, gold, ..
             } => {
                 if gold.iter().any(Option::is_some) {
-                    self.runs.update(|runs| {
-                        for (run, value) in runs.iter_mut().zip(gold) {
-                            let point = run.points.get_mut(step as usize);
-                            if let (Some(point), Some(value)) = (point, value) {
-                                point.insert(Metric::Gold.key().into(), value);
-                            }
-                        }
-                    });
+                    self.runs.update(|runs| RunHistory::note_gold(runs, step, &gold));
                 }
                 self.live.set(Some(LiveChecks { scenario, step, passed, line, checks, missing }))
             }

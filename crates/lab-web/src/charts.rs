@@ -2,7 +2,8 @@
 //! sent, drawn by uPlot through `js/glue.js`. Nothing here computes a metric; it only picks
 //! which recorded metric goes in which series.
 
-use crate::protocol::{Metric, Metrics, RunInfo};
+pub use crate::history::RunHistory;
+use crate::protocol::Metric;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -10,16 +11,6 @@ use wasm_bindgen::prelude::*;
 extern "C" {
     #[wasm_bindgen(js_name = drawChart)]
     fn draw_chart(id: &str, json: &str);
-}
-
-/// One run's history as the page keeps it: `points[s]` holds the metrics of step `s`
-/// (step 0: the instruments of the reference itself).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RunHistory {
-    pub info: Option<RunInfo>,
-    pub points: Vec<Metrics>,
-    pub displaced_at: Option<u32>,
-    pub last_step_ms: f64,
 }
 
 pub const RUN_COLORS: [&str; 3] = ["#2563eb", "#dc2626", "#059669"];

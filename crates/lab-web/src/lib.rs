@@ -8,6 +8,7 @@
 //! the numbers it is sent.
 
 pub mod divergence;
+pub mod history;
 pub mod live;
 pub mod protocol;
 pub mod replica;
