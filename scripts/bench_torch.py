@@ -1,10 +1,13 @@
 """The PyTorch side of `alignlab bench`: a plain PyTorch eager implementation of the same
 DPO step (the reference's log-probs computed once without grad and cached, as the lab
-does; then per step the policy forward on 16 chosen + 16 rejected rows of 64 tokens with
-the prompt's 16 tokens masked, sigmoid DPO loss, backward, AdamW), on the same GPT-2
-configs. Prints one JSON line like `alignlab bench`.
+does; then per step the policy forward on `--pairs` chosen + rejected rows of `--seq-len`
+tokens with the first quarter (the prompt) masked, sigmoid DPO loss, backward, AdamW), on
+the same GPT-2 configs; with `--lora-rank` the policy is wrapped by PEFT (LoRA on the
+layers alignlab's --lora-targets name) and only the adapters train. Prints one JSON line
+like `alignlab bench`.
 
     python3 scripts/bench_torch.py --config tiny --device cpu --steps 30
+    python3 scripts/bench_torch.py --config distilgpt2 --pairs 4 --seq-len 128 --lora-rank 8 --steps 3
 """
 
 import argparse
@@ -19,8 +22,11 @@ import torch.nn.functional as F
 CONFIGS = {
     "tiny": dict(vocab=96, ctx=64, d_model=64, n_layer=2, n_head=4),
     "medium": dict(vocab=96, ctx=128, d_model=256, n_layer=4, n_head=8),
+    "gpt2": dict(vocab=50257, ctx=1024, d_model=768, n_layer=12, n_head=12),
+    "distilgpt2": dict(vocab=50257, ctx=1024, d_model=768, n_layer=6, n_head=12),
 }
-PAIRS, PROMPT, RESPONSE = 16, 16, 48
+# PEFT's GPT-2 module names (as alignlab's --lora-targets take them) -> this model's
+PEFT_NAMES = {"c_attn": ["qkv"], "c_proj": ["proj", "fc_proj"], "c_fc": ["fc"]}
 
 
 class Block(nn.Module):
@@ -79,7 +85,13 @@ def main():
     parser.add_argument("--config", default="tiny", choices=CONFIGS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=64, help="tokens per row, the first quarter prompt")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA-DPO with PEFT (0: full fine-tuning)")
+    parser.add_argument("--lora-alpha", type=float, default=8.0)
+    parser.add_argument("--lora-targets", default="c_attn")
     args = parser.parse_args()
+    pairs, prompt = args.pairs, args.seq_len // 4
     torch.manual_seed(0)
     device = torch.device(args.device)
     cfg = CONFIGS[args.config]
@@ -87,10 +99,17 @@ def main():
     reference = GPT(**cfg).to(device)
     reference.load_state_dict(policy.state_dict())
     reference.requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=0.0)
-    tokens = torch.randint(1, cfg["vocab"], (2 * PAIRS, PROMPT + RESPONSE), device=device)
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        targets = [name for t in args.lora_targets.split(",") for name in PEFT_NAMES[t]]
+        lora = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
+        policy = get_peft_model(policy, lora)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.0)
+    tokens = torch.randint(1, cfg["vocab"], (2 * pairs, args.seq_len), device=device)
     mask = torch.zeros_like(tokens, dtype=torch.float32)
-    mask[:, PROMPT:] = 1.0
+    mask[:, prompt:] = 1.0
     beta = 0.1
 
     with torch.no_grad():
@@ -98,7 +117,7 @@ def main():
 
     def step():
         pol = seq_logps(policy, tokens, mask)
-        margin = (pol[:PAIRS] - ref[:PAIRS]) - (pol[PAIRS:] - ref[PAIRS:])
+        margin = (pol[:pairs] - ref[:pairs]) - (pol[pairs:] - ref[pairs:])
         loss = -F.logsigmoid(beta * margin).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,8 +136,10 @@ def main():
     steps_per_s = args.steps / seconds
     print(json.dumps({
         "engine": "pytorch-eager", "device": str(device), "threads": torch.get_num_threads(),
-        "config": args.config, "steps": args.steps, "seconds": seconds, "steps_per_s": steps_per_s,
-        "tokens_per_s": steps_per_s * 2 * PAIRS * (PROMPT + RESPONSE), "final_loss": float(loss.detach()),
+        "config": args.config, "pairs": pairs, "seq_len": args.seq_len,
+        "lora": {"r": args.lora_rank, "lora_alpha": args.lora_alpha, "target_modules": args.lora_targets, "trainable": sum(p.numel() for p in trainable)} if args.lora_rank else None,
+        "steps": args.steps, "seconds": seconds, "steps_per_s": steps_per_s,
+        "tokens_per_s": steps_per_s * 2 * pairs * args.seq_len, "final_loss": float(loss.detach()),
     }))
 
 

@@ -16,15 +16,21 @@ use lab_core::{LabError, Result};
 use serde_json::{json, Value};
 use std::time::Instant;
 
-const PAIRS: usize = 16;
-const PROMPT_TOKENS: usize = 16;
-const RESPONSE_TOKENS: usize = 48;
-
 #[derive(Args)]
 pub struct BenchArgs {
-    /// tiny | medium
+    /// tiny | medium (the 96-symbol presets), or a GPT-2 shape with random weights:
+    /// gpt2 (124M: 12 layers, 768 wide, vocab 50257) | distilgpt2 (6 layers)
     #[arg(long, default_value = "tiny")]
     config: String,
+    /// Preference pairs per step (2 × this many rows).
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// Tokens per row, the first quarter prompt, the rest the scored response.
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// Time a LoRA-DPO step: adapters of this rank on the frozen model (`LoraEngine`).
+    #[command(flatten)]
+    lora: crate::commands::LoraArgs,
     #[arg(long, default_value = "cpu")]
     engine: String,
     /// Timed steps (after 2 warm-up steps).
@@ -52,18 +58,23 @@ const PARITY_ABS: f32 = 1e-6;
 /// DPO steps whose losses `--parity` compares.
 const PARITY_STEPS: u32 = 3;
 
-/// 2·PAIRS rows of random tokens, the response part scored.
-fn synthetic_batch(cfg: &GptConfig, seed: u64) -> Result<TokenBatch> {
+/// The model shape benched: a preset, or GPT-2 small / distilgpt2 (random weights).
+fn bench_config(name: &str) -> Result<GptConfig> {
+    let gpt2 = |n_layer| GptConfig { vocab: 50257, ctx: 1024, d_model: 768, n_layer, n_head: 12 };
+    match name {
+        "gpt2" => Ok(gpt2(12)),
+        "distilgpt2" => Ok(gpt2(6)),
+        other => GptConfig::preset(other),
+    }
+}
+
+/// 2·`pairs` rows (chosen rows first) of `seq_len` random tokens, the last three quarters
+/// scored.
+fn synthetic_batch(cfg: &GptConfig, pairs: usize, seq_len: usize, seed: u64) -> Result<TokenBatch> {
     let mut rng = Rng::new(seed);
-    let rows: Vec<(Vec<u32>, usize)> = (0..2 * PAIRS)
-        .map(|_| {
-            (
-                (0..PROMPT_TOKENS + RESPONSE_TOKENS)
-                    .map(|_| 1 + rng.below(cfg.vocab - 1) as u32)
-                    .collect(),
-                PROMPT_TOKENS,
-            )
-        })
+    let prompt = seq_len / 4;
+    let rows: Vec<(Vec<u32>, usize)> = (0..2 * pairs)
+        .map(|_| ((0..seq_len).map(|_| 1 + rng.below(cfg.vocab - 1) as u32).collect(), prompt))
         .collect();
     TokenBatch::from_rows(&rows)
 }
@@ -81,15 +92,15 @@ struct BenchLoss {
 }
 
 impl BenchLoss {
-    fn new() -> BenchLoss {
+    fn new(batch: &TokenBatch) -> BenchLoss {
         BenchLoss {
             mix: LossMix::single(LossKind::Sigmoid),
             params: LossParams::default(),
-            lengths: vec![RESPONSE_TOKENS as f64; 2 * PAIRS],
+            lengths: batch.scored_lengths().iter().map(|&n| n as f64).collect(),
         }
     }
 
-    /// With these (2·PAIRS) reference log-probs.
+    /// With these reference log-probs (one per row).
     fn with<'a>(&'a self, reference: &'a [f64]) -> StepLoss<'a> {
         StepLoss {
             mix: &self.mix,
@@ -104,7 +115,7 @@ impl BenchLoss {
 /// A d(loss)/d(sequence log-prob) like a DPO step's on the bench's batch (chosen rows
 /// first): −0.05 for each chosen row, +0.05 for each rejected one.
 fn sample_d_seq(batch: &TokenBatch) -> Vec<f32> {
-    (0..batch.batch).map(|b| if b < PAIRS { -0.05 } else { 0.05 }).collect()
+    (0..batch.batch).map(|b| if b < batch.batch / 2 { -0.05 } else { 0.05 }).collect()
 }
 
 fn to64(values: &[f32]) -> Vec<f64> {
@@ -112,7 +123,7 @@ fn to64(values: &[f32]) -> Vec<f64> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<Value> {
-    let cfg = GptConfig::preset(&args.config)?;
+    let cfg = bench_config(&args.config)?;
     if args.steps == 0 {
         return Err(LabError::param("steps", "must be at least 1"));
     }
@@ -128,8 +139,22 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
             ),
         ));
     }
+    if args.pairs == 0 || args.seq_len < 2 || args.seq_len > cfg.ctx {
+        return Err(LabError::param(
+            "pairs",
+            format!(
+                "{} pairs of {} tokens: at least one pair, 2..={} tokens",
+                args.pairs, args.seq_len, cfg.ctx
+            ),
+        ));
+    }
+    let lora = args.lora.config()?;
     let mut engine = open(&args.engine, cfg)?;
-    let batch = synthetic_batch(&cfg, 1)?;
+    if let Some(lora) = &lora {
+        let adapters = lora.init(&cfg, 0);
+        engine = Box::new(lab_train::lora::LoraEngine::new(engine, lora.clone(), adapters)?);
+    }
+    let batch = synthetic_batch(&cfg, args.pairs, args.seq_len, 1)?;
     let opt = AdamWConfig { lr: 1e-4, ..AdamWConfig::default() };
     let reference = reference_logps(engine.as_mut(), &batch)?;
     run_steps(engine.as_mut(), &reference, &batch, &opt, 1, 2)?;
@@ -154,12 +179,14 @@ pub fn bench(args: BenchArgs) -> Result<Value> {
         "engine": args.engine,
         "adapter": engine.name(),
         "config": args.config,
-        "batch_pairs": PAIRS,
-        "seq_len": PROMPT_TOKENS + RESPONSE_TOKENS,
+        "params": cfg.layout().total,
+        "lora": lora.as_ref().map(|l| json!({"r": l.rank, "lora_alpha": l.alpha, "target_modules": l.targets, "trainable": l.param_count(&cfg)})),
+        "batch_pairs": args.pairs,
+        "seq_len": args.seq_len,
         "steps": args.steps,
         "seconds": seconds,
         "steps_per_s": steps_per_s,
-        "tokens_per_s": steps_per_s * (2 * PAIRS * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64,
+        "tokens_per_s": steps_per_s * (2 * args.pairs * args.seq_len) as f64,
         "final_loss": loss,
         "gpu_profile": profile,
         "parity": parity,
@@ -182,7 +209,7 @@ fn run_steps(
     first: u32,
     count: u32,
 ) -> Result<f64> {
-    let bench_loss = BenchLoss::new();
+    let bench_loss = BenchLoss::new(batch);
     let loss = bench_loss.with(reference);
     let mut last = 0.0;
     for step in first..first + count {
@@ -256,8 +283,8 @@ fn gpu_profile(cfg: GptConfig, batch: &TokenBatch, opt: &AdamWConfig) -> Result<
     let d_seq = sample_d_seq(batch);
     // one whole training step first (every kernel the profile runs, the loss gradient
     // included), so no first use of a kernel (a driver compiling lazily) is timed
-    let reference = vec![-1.0; 2 * PAIRS];
-    gpu.train_step(batch, &BenchLoss::new().with(&reference), opt, 1)?;
+    let reference = vec![-1.0; batch.batch];
+    gpu.train_step(batch, &BenchLoss::new(batch).with(&reference), opt, 1)?;
     let method = lab_gpu::timing::Method::best(gpu.device());
     let Some(profile) = gpu.profile_step(batch, &d_seq, opt, 2, method)? else {
         return Ok(Value::Null);

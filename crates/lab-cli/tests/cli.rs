@@ -211,6 +211,33 @@ fn assert_bench_refuses(flags: &[&str], words: &[&str]) {
 }
 
 #[test]
+fn bench_times_a_lora_step_at_the_shape_asked_for() {
+    let (code, stdout, stderr) = alignlab(&[
+        "bench",
+        "--config",
+        "tiny",
+        "--steps",
+        "1",
+        "--pairs",
+        "2",
+        "--seq-len",
+        "32",
+        "--lora-rank",
+        "2",
+        "--lora-targets",
+        "c_attn,c_fc",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(json["adapter"].as_str().unwrap().contains("LoRA (r 2"), "{json}");
+    // r·(in + out) per adapted matrix: c_attn 2·(64 + 192), c_fc 2·(64 + 256), two layers
+    assert_eq!(json["lora"]["trainable"], 2 * (2 * (64 + 192) + 2 * (64 + 256)), "{json}");
+    assert_eq!((json["batch_pairs"].as_u64(), json["seq_len"].as_u64()), (Some(2), Some(32)));
+    assert!(json["final_loss"].as_f64().unwrap().is_finite());
+    assert_bench_refuses(&["--engine", "cpu", "--seq-len", "65"], &["pairs", "2..=64"]);
+}
+
+#[test]
 fn bench_parity_needs_the_gpu_engine() {
     assert_bench_refuses(&["--engine", "cpu", "--parity"], &["parity", "--engine gpu"]);
 }
