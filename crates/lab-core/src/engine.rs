@@ -450,6 +450,12 @@ pub trait Engine {
     /// Back-propagate d(loss)/d(seq_logp) (one per row) through the last `forward`,
     /// overwriting the gradient buffer.
     fn backward(&mut self, d_seq_logps: &[f32]) -> Result<()>;
+    /// Parameter tensors (by their names in `ParamLayout::tensors`) whose gradient the
+    /// caller never reads, such as a LoRA base's: an engine may skip computing them, and
+    /// their gradient then reads zero. The default computes every gradient.
+    fn freeze(&mut self, _tensors: &[&str]) -> Result<()> {
+        Ok(())
+    }
     /// The flat gradient of the last `backward` (parity tests).
     fn grads(&self) -> Vec<f32>;
     /// One AdamW update from the current gradients; `step` counts from 1.
@@ -561,6 +567,9 @@ impl<E: Engine + ?Sized> Engine for Box<E> {
     }
     fn backward(&mut self, d_seq_logps: &[f32]) -> Result<()> {
         (**self).backward(d_seq_logps)
+    }
+    fn freeze(&mut self, tensors: &[&str]) -> Result<()> {
+        (**self).freeze(tensors)
     }
     fn grads(&self) -> Vec<f32> {
         (**self).grads()

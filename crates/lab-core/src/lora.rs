@@ -62,7 +62,7 @@ impl LoraModule {
     }
 
     /// The base weight's name in [`crate::config::ParamLayout::tensors`].
-    fn base_tensor(self) -> &'static str {
+    pub fn base_tensor(self) -> &'static str {
         match self {
             LoraModule::Qkv => "qkvw",
             LoraModule::AttnProj => "attprojw",
@@ -184,6 +184,18 @@ impl LoraConfig {
         LoraModule::ALL
             .into_iter()
             .filter(|m| self.targets.iter().any(|t| m.matched_by(t)))
+            .collect()
+    }
+
+    /// The base's parameter tensors no adapter reads the gradient of: every tensor but the
+    /// adapted layers' weights (an engine may skip them, [`crate::engine::Engine::freeze`]).
+    pub fn frozen_tensors(&self, cfg: &GptConfig) -> Vec<&'static str> {
+        let adapted: Vec<&str> = self.modules().iter().map(|m| m.base_tensor()).collect();
+        cfg.layout()
+            .tensors(cfg)
+            .into_iter()
+            .map(|t| t.0)
+            .filter(|name| !adapted.contains(name))
             .collect()
     }
 

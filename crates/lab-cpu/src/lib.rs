@@ -132,6 +132,22 @@ impl Engine for CpuEngine {
         Ok(())
     }
 
+    /// Skips the frozen tensors' parameter-gradient products (their gradient reads zero);
+    /// the input gradients, which every earlier layer needs, are computed as before.
+    fn freeze(&mut self, tensors: &[&str]) -> Result<()> {
+        let cfg = self.model.cfg;
+        let names: Vec<&str> = cfg.layout().tensors(&cfg).into_iter().map(|t| t.0).collect();
+        let mut frozen = [false; 16];
+        for tensor in tensors {
+            let i = names.iter().position(|n| n == tensor).ok_or_else(|| {
+                LabError::param("tensors", format!("no parameter tensor {tensor:?} ({names:?})"))
+            })?;
+            frozen[i] = true;
+        }
+        self.model.frozen = frozen;
+        Ok(())
+    }
+
     fn grads(&self) -> Vec<f32> {
         self.model.grads.clone()
     }

@@ -1547,6 +1547,9 @@ pub struct Gpt<F> {
     pub params: Vec<F>,
     /// Flat gradient of the last backward, same layout.
     pub grads: Vec<F>,
+    /// Per parameter tensor (the order of `ParamLayout::tensors`): its gradient is not
+    /// computed and stays zero (a LoRA base's frozen weights).
+    pub frozen: [bool; 16],
     acts: Option<Activations<F>>,
     /// Whether `acts` holds a forward that `backward` may use.
     forward_done: bool,
@@ -1563,6 +1566,7 @@ impl<F: Float> Gpt<F> {
             cfg,
             params,
             grads: vec![F::ZERO; total],
+            frozen: [false; 16],
             acts: None,
             forward_done: false,
             weights_t: Vec::new(),
@@ -1876,6 +1880,7 @@ impl<F: Float> Gpt<F> {
 
         // parameter gradients
         self.grads.fill(F::ZERO);
+        let frozen = self.frozen;
         let acts = self.acts.as_ref().unwrap();
         let [dwte, dwpe, dln1w, dln1b, dqkvw, dqkvb, dattprojw, dattprojb, dln2w, dln2b, dfcw, dfcb, dfcprojw, dfcprojb, dlnfw, dlnfb] =
             split_params_mut(&mut self.grads, &cfg);
@@ -1906,6 +1911,8 @@ impl<F: Float> Gpt<F> {
             },
         }
         let mut jobs: Vec<Job<F>> = Vec::new();
+        // a job runs unless every tensor it writes is frozen
+        let live = |tensors: &[usize]| tensors.iter().any(|&i| !frozen[i]);
         fn mat_jobs<'a, F>(
             jobs: &mut Vec<Job<'a, F>>,
             dw: &'a mut [F],
@@ -1941,73 +1948,69 @@ impl<F: Float> Gpt<F> {
             per(dfcprojw, nl),
             per(dfcprojb, nl),
         );
-        for (j, dw) in dwte.chunks_mut(OUT_PER_TASK * c).enumerate() {
-            jobs.push(Job::Wte { dw, o0: j * OUT_PER_TASK });
+        if live(&[0]) {
+            for (j, dw) in dwte.chunks_mut(OUT_PER_TASK * c).enumerate() {
+                jobs.push(Job::Wte { dw, o0: j * OUT_PER_TASK });
+            }
         }
-        jobs.push(Job::Wpe { dw: dwpe });
-        jobs.push(Job::Ln {
-            dw: dlnfw,
-            db: dlnfb,
-            dout: &acts.dlnf,
-            inp: layer(&acts.residual3, nl - 1, nl),
-            mean: &acts.lnf_mean,
-            rstd: &acts.lnf_rstd,
-        });
+        if live(&[1]) {
+            jobs.push(Job::Wpe { dw: dwpe });
+        }
+        if live(&[14, 15]) {
+            jobs.push(Job::Ln {
+                dw: dlnfw,
+                db: dlnfb,
+                dout: &acts.dlnf,
+                inp: layer(&acts.residual3, nl - 1, nl),
+                mean: &acts.lnf_mean,
+                rstd: &acts.lnf_rstd,
+            });
+        }
         for l in 0..nl {
-            mat_jobs(
-                &mut jobs,
-                dfcprojw.next().unwrap(),
-                dfcprojb.next().unwrap(),
-                layer(&acts.dres3, l, nl),
-                layer(&acts.fch_gelu, l, nl),
-                4 * c,
-                c,
-            );
-            mat_jobs(
-                &mut jobs,
-                dfcw.next().unwrap(),
-                dfcb.next().unwrap(),
-                layer(&acts.dfch, l, nl),
-                layer(&acts.ln2, l, nl),
-                c,
-                4 * c,
-            );
-            jobs.push(Job::Ln {
-                dw: dln2w.next().unwrap(),
-                db: dln2b.next().unwrap(),
-                dout: layer(&acts.dln2, l, nl),
-                inp: layer(&acts.residual2, l, nl),
-                mean: layer(&acts.ln2_mean, l, nl),
-                rstd: layer(&acts.ln2_rstd, l, nl),
-            });
-            mat_jobs(
-                &mut jobs,
-                dattprojw.next().unwrap(),
-                dattprojb.next().unwrap(),
-                layer(&acts.dres2, l, nl),
-                layer(&acts.atty, l, nl),
-                c,
-                c,
-            );
-            mat_jobs(
-                &mut jobs,
-                dqkvw.next().unwrap(),
-                dqkvb.next().unwrap(),
-                layer(&acts.dqkv, l, nl),
-                layer(&acts.ln1, l, nl),
-                c,
-                3 * c,
-            );
-            let residual =
-                if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) };
-            jobs.push(Job::Ln {
-                dw: dln1w.next().unwrap(),
-                db: dln1b.next().unwrap(),
-                dout: layer(&acts.dln1, l, nl),
-                inp: residual,
-                mean: layer(&acts.ln1_mean, l, nl),
-                rstd: layer(&acts.ln1_rstd, l, nl),
-            });
+            let (dw, db) = (dfcprojw.next().unwrap(), dfcprojb.next().unwrap());
+            if live(&[12, 13]) {
+                let (dout, inp) = (layer(&acts.dres3, l, nl), layer(&acts.fch_gelu, l, nl));
+                mat_jobs(&mut jobs, dw, db, dout, inp, 4 * c, c);
+            }
+            let (dw, db) = (dfcw.next().unwrap(), dfcb.next().unwrap());
+            if live(&[10, 11]) {
+                let (dout, inp) = (layer(&acts.dfch, l, nl), layer(&acts.ln2, l, nl));
+                mat_jobs(&mut jobs, dw, db, dout, inp, c, 4 * c);
+            }
+            let (dw, db) = (dln2w.next().unwrap(), dln2b.next().unwrap());
+            if live(&[8, 9]) {
+                jobs.push(Job::Ln {
+                    dw,
+                    db,
+                    dout: layer(&acts.dln2, l, nl),
+                    inp: layer(&acts.residual2, l, nl),
+                    mean: layer(&acts.ln2_mean, l, nl),
+                    rstd: layer(&acts.ln2_rstd, l, nl),
+                });
+            }
+            let (dw, db) = (dattprojw.next().unwrap(), dattprojb.next().unwrap());
+            if live(&[6, 7]) {
+                let (dout, inp) = (layer(&acts.dres2, l, nl), layer(&acts.atty, l, nl));
+                mat_jobs(&mut jobs, dw, db, dout, inp, c, c);
+            }
+            let (dw, db) = (dqkvw.next().unwrap(), dqkvb.next().unwrap());
+            if live(&[4, 5]) {
+                let (dout, inp) = (layer(&acts.dqkv, l, nl), layer(&acts.ln1, l, nl));
+                mat_jobs(&mut jobs, dw, db, dout, inp, c, 3 * c);
+            }
+            let (dw, db) = (dln1w.next().unwrap(), dln1b.next().unwrap());
+            if live(&[2, 3]) {
+                let residual =
+                    if l == 0 { &acts.encoded[..] } else { layer(&acts.residual3, l - 1, nl) };
+                jobs.push(Job::Ln {
+                    dw,
+                    db,
+                    dout: layer(&acts.dln1, l, nl),
+                    inp: residual,
+                    mean: layer(&acts.ln1_mean, l, nl),
+                    rstd: layer(&acts.ln1_rstd, l, nl),
+                });
+            }
         }
         jobs.into_par_iter().for_each(|job| match job {
             Job::Mat { dw, db, o0, dout, inp, ic, oc } => {
@@ -2040,6 +2043,13 @@ impl<F: Float> Gpt<F> {
                 }
             }
         });
+        // a frozen tensor computed beside a live one (a bias beside its weight) reads zero
+        // all the same
+        for (grad, _) in
+            split_params_mut(&mut self.grads, &cfg).into_iter().zip(frozen).filter(|(_, f)| *f)
+        {
+            grad.fill(F::ZERO);
+        }
     }
 }
 

@@ -295,3 +295,42 @@ fn swapping_weights_in_and_out_keeps_the_optimizer_state() {
     let mut engine = CpuEngine::random(MICRO, 1).unwrap();
     assert!(engine.set_params_keep_optimizer(&[0.0; 3]).is_err());
 }
+
+/// Frozen tensors (a LoRA base's) skip their parameter-gradient products: every other
+/// tensor's gradient is the same, bit for bit, and theirs reads zero; a name the layout
+/// does not have is refused.
+#[test]
+fn frozen_tensors_read_zero_and_leave_the_others_bit_for_bit() {
+    let cfg = MICRO;
+    let mut rng = Rng::new(5);
+    let batch = micro_batch(&mut rng);
+    let d_seq: Vec<f32> = (0..batch.batch).map(|b| if b % 2 == 0 { 0.5 } else { -0.25 }).collect();
+    let gradient = |frozen: &[&str]| {
+        let mut engine = CpuEngine::new(cfg, micro_params(3)).unwrap();
+        engine.freeze(frozen).unwrap();
+        engine.forward(&batch).unwrap();
+        engine.backward(&d_seq).unwrap();
+        engine.grads()
+    };
+    let all = gradient(&[]);
+    let frozen = ["wte", "wpe", "ln1w", "ln1b", "qkvb", "attprojw", "attprojb", "fcw", "lnfw"];
+    let some = gradient(&frozen);
+    for (name, offset, shape) in cfg.layout().tensors(&cfg) {
+        let range = offset..offset + shape.iter().product::<usize>();
+        if frozen.contains(&name) {
+            assert!(some[range].iter().all(|&g| g == 0.0), "{name} is frozen");
+        } else {
+            assert!(all[range.clone()].iter().any(|&g| g != 0.0), "{name} has a gradient");
+            assert!(
+                all[range.clone()]
+                    .iter()
+                    .zip(&some[range])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}"
+            );
+        }
+    }
+    let mut engine = CpuEngine::new(cfg, micro_params(3)).unwrap();
+    let err = engine.freeze(&["wte", "c_attn"]).unwrap_err().to_string();
+    assert!(err.contains("\"c_attn\""), "{err}");
+}

@@ -32,6 +32,9 @@ impl<E: Engine> LoraEngine<E> {
         let base = inner.params();
         let merged = lora.merged(inner.config(), &base, &adapters)?;
         inner.set_params(&merged)?;
+        // only the adapted weights' gradients are read (projected onto the adapters)
+        let frozen = lora.frozen_tensors(inner.config());
+        inner.freeze(&frozen)?;
         let n = adapters.len();
         Ok(LoraEngine {
             inner,
