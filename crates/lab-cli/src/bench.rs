@@ -255,9 +255,8 @@ fn parity(cfg: GptConfig, batch: &TokenBatch, opt: &AdamWConfig) -> Result<Value
         }
         None => Value::Null,
     };
-    // the steps from fresh engines, the reference the CPU engine's log-probs
-    let mut on_gpu = open("gpu", cfg)?;
-    let mut on_cpu = open("cpu", cfg)?;
+    // the steps from the same weights (a backward alone changes none), the reference the
+    // CPU engine's log-probs
     let reference = reference_logps(on_cpu.as_mut(), batch)?;
     let mut losses = (Vec::new(), Vec::new());
     for step in 1..=PARITY_STEPS {

@@ -139,7 +139,7 @@ fn ches_pool(rng: &mut Rng) -> ScenarioData {
         .iter()
         .map(|&prompt| {
             // one character token each, start and end tokens included, within 128
-            let room = 126 - prompt.len();
+            let room = 126usize.saturating_sub(prompt.len());
             let mut draw = |not: &[&String]| loop {
                 let answer = answers[rng.below(answers.len())];
                 if answer.len() <= room && !own[prompt].contains(answer) && !not.contains(&answer) {

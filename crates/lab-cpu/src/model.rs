@@ -2043,12 +2043,13 @@ impl<F: Float> Gpt<F> {
                 }
             }
         });
-        // a frozen tensor computed beside a live one (a bias beside its weight) reads zero
-        // all the same
-        for (grad, _) in
-            split_params_mut(&mut self.grads, &cfg).into_iter().zip(frozen).filter(|(_, f)| *f)
-        {
-            grad.fill(F::ZERO);
+        // a frozen tensor whose job ran for its live partner (a LayerNorm's or a layer's
+        // weight and bias: tensors 2k and 2k + 1 from 2 on) reads zero all the same
+        let grads = split_params_mut(&mut self.grads, &cfg);
+        for (i, grad) in grads.into_iter().enumerate().skip(2) {
+            if frozen[i] && !frozen[i ^ 1] {
+                grad.fill(F::ZERO);
+            }
         }
     }
 }
